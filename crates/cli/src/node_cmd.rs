@@ -1,0 +1,207 @@
+//! `flotilla node`: one node on RocksDB, serving gRPC, until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use flotilla_node::{AddressBook, Node, NodeConfig};
+use flotilla_rpc::GrpcTransport;
+use flotilla_storage_rocksdb::RocksEngine;
+use flotilla_types::SystemClock;
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// A TOML file with the node's configuration (keys as in docs/configuration.md);
+    /// flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id (1 or more).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address to listen on (host:port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address others reach this node at, if not --listen.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The initial cluster, as ID=HOST:PORT, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// The metadata group's voters (default: the first three peers).
+    #[arg(long, value_delimiter = ',')]
+    controllers: Vec<u64>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    zone: Option<String>,
+    #[arg(long)]
+    rack: Option<String>,
+}
+
+pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<NodeConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+        if args.data_dir.is_none() && args.config.is_none() {
+            config.data_dir = PathBuf::from(format!("./.flotilla/node-{id}"));
+        }
+    }
+    if let Some(l) = &args.listen {
+        config.listen = l.clone();
+    }
+    if let Some(a) = &args.advertise {
+        config.advertise = Some(a.clone());
+    }
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers.clone();
+    }
+    if !args.controllers.is_empty() {
+        config.controllers = args.controllers.clone();
+    }
+    if let Some(r) = &args.region {
+        config.region = r.clone();
+    }
+    if let Some(z) = &args.zone {
+        config.zone = z.clone();
+    }
+    if let Some(r) = &args.rack {
+        config.rack = r.clone();
+    }
+    if config.peers.is_empty() {
+        // A single-node cluster of itself.
+        config.peers = vec![format!("{}={}", config.id, config.advertised())];
+    }
+    if let Err(e) = config.validate() {
+        bail!("invalid configuration: {e}");
+    }
+    Ok(config)
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = load_config(&args)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let engine = RocksEngine::open(config.data_dir.join("db"))
+        .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
+    let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engine);
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addresses = AddressBook::new();
+    let transport = GrpcTransport::new(config.id, addresses.clone());
+    let node = Node::start(config.clone(), engine.clone(), transport, addresses, Arc::new(SystemClock))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flotilla_rpc::serve(node.clone(), listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(());
+    node.shutdown().await;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+        Err(_) => tracing::warn!("server did not stop within 5 s"),
+        _ => {}
+    }
+    // Make everything durable before exiting.
+    let (tx, rx) = std::sync::mpsc::channel();
+    engine.on_durable(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    if let Ok(Err(e)) = rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        tracing::error!(error = %e, "final sync failed");
+    }
+    drop(node);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> NodeArgs {
+        NodeArgs {
+            config: None,
+            id: None,
+            listen: None,
+            advertise: None,
+            data_dir: None,
+            peers: vec![],
+            controllers: vec![],
+            region: None,
+            zone: None,
+            rack: None,
+        }
+    }
+
+    #[test]
+    fn toml_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            r#"
+id = 2
+listen = "127.0.0.1:7071"
+data-dir = "/var/lib/flotilla"
+peers = ["1=127.0.0.1:7070", "2=127.0.0.1:7071", "3=127.0.0.1:7072"]
+zone = "b"
+produce-timeout-ms = 5000
+"#,
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let c = load_config(&a).unwrap();
+        assert_eq!((c.id, c.zone.as_str(), c.produce_timeout_ms), (2, "b", 5000));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/flotilla"));
+        a.zone = Some("c".into());
+        assert_eq!(load_config(&a).unwrap().zone, "c");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "id = 1\nlisten-addr = \"x\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let e = format!("{:#}", load_config(&a).unwrap_err());
+        assert!(e.contains("listen-addr"), "{e}");
+        let mut a = args();
+        a.id = Some(0);
+        assert!(format!("{:#}", load_config(&a).unwrap_err()).contains("node ids start at 1"));
+    }
+}

@@ -1,0 +1,114 @@
+//! Settings, each with a default a person would expect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_types::{Clock, SystemClock, limits};
+
+/// How the client connects and retries.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The longest one attempt of one request may take before it counts as a timeout
+    /// (an indeterminate failure). A fetch's long-poll wait is added to it. Default 10 s.
+    pub request_timeout: Duration,
+    /// The total time an operation may spend retrying (redirects, backoffs, metadata
+    /// refreshes) before it gives up. Default 30 s.
+    pub retry_deadline: Duration,
+    /// The longest a TCP connection may take to open. Default 3 s.
+    pub connect_timeout: Duration,
+    /// The first backoff between retries; it doubles up to `backoff_max`, jittered.
+    /// Default 50 ms.
+    pub backoff_initial: Duration,
+    /// Default 1 s.
+    pub backoff_max: Duration,
+    /// How long `create_topic` waits for every new partition to have a leader before
+    /// returning (it returns anyway when this runs out). Default 10 s.
+    pub create_topic_wait: Duration,
+    /// Stamps records whose `timestamp_ms` is 0. Default: the system clock.
+    pub clock: Arc<dyn Clock>,
+    /// Seeds the backoff jitter and the round-robin start, for reproducible runs.
+    /// Default: random.
+    pub seed: Option<u64>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            request_timeout: Duration::from_secs(10),
+            retry_deadline: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            create_topic_wait: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+            seed: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("request_timeout", &self.request_timeout)
+            .field("retry_deadline", &self.retry_deadline)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("create_topic_wait", &self.create_topic_wait)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a [`crate::Producer`] batches and retries.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a partition's batch waits for more records after its first one arrives,
+    /// when nothing is in flight to that partition yet. Default 2 ms.
+    pub linger: Duration,
+    /// The most encoded bytes in one batch; clamped to `limits::BATCH_BYTES_MAX`.
+    pub max_batch_bytes: usize,
+    /// The most records in one batch; clamped to `limits::BATCH_RECORDS_MAX`.
+    pub max_batch_records: usize,
+    /// Records queued per partition before `send` waits for room (backpressure).
+    /// Default 16384.
+    pub queue_records: usize,
+    /// Retry a produce whose previous attempt failed indeterminately (timeout,
+    /// connection lost mid-request). Default true. **This may duplicate records**: the
+    /// earlier attempt may have been committed. With `false`, such a failure is returned
+    /// to the caller (`ClientError::is_indeterminate` is true) and nothing is resent.
+    /// Definite failures (`NOT_LEADER`, `UNAVAILABLE`, connection refused, ...) are always
+    /// retried: they cannot duplicate.
+    pub retry_indeterminate: bool,
+    /// How long a record may take from `send` to its acknowledgement, retries included.
+    /// Default: the client's `retry_deadline`.
+    pub delivery_timeout: Option<Duration>,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            linger: Duration::from_millis(2),
+            max_batch_bytes: limits::BATCH_BYTES_MAX,
+            max_batch_records: limits::BATCH_RECORDS_MAX,
+            queue_records: 16_384,
+            retry_indeterminate: true,
+            delivery_timeout: None,
+        }
+    }
+}
+
+/// How a [`crate::Consumer`] fetches.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The batch bytes asked for per fetch (at least one batch comes back whatever its
+    /// size). Default 1 MiB; clamped to `limits::BATCH_BYTES_MAX` so an answer always fits
+    /// in one gRPC message.
+    pub fetch_max_bytes: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> ConsumerConfig {
+        ConsumerConfig { fetch_max_bytes: 1024 * 1024 }
+    }
+}

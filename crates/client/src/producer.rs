@@ -1,0 +1,432 @@
+//! The batching producer.
+//!
+//! Each partition has a queue and a background task. The task takes the first queued
+//! record, waits up to `linger` (counted from when that record was queued) for more,
+//! packs what came into one [`RecordBatch`] within the batch limits, sends it to the
+//! partition's leader, and hands each waiting caller its own offset (the batch's base
+//! offset plus the record's index). One batch per partition is in flight at a time, so
+//! records sent to one partition are appended in the order they were queued; while a
+//! batch is in flight the next one fills up, so batches grow with the load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use flotilla_types::batch::BATCH_HEADER_BYTES;
+use flotilla_types::{ErrorCode, Offset, PartitionId, Record, RecordBatch, limits};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::client::{Client, ClientInner};
+use crate::config::ProducerConfig;
+use crate::error::{ClientError, Result};
+use crate::partitioner::partition_for_key;
+
+/// Sends records to one topic. Cheap to clone; clones share the batching queues. Dropping
+/// the last clone lets the queues drain: records already queued are still sent.
+///
+/// **Duplicates.** With `ProducerConfig::retry_indeterminate` (the default) a batch whose
+/// attempt timed out or lost its connection is sent again, and if the first attempt had
+/// in fact been committed, its records are in the partition twice. Turn it off to get the
+/// indeterminate error instead (`ClientError::is_indeterminate`) and decide yourself.
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("topic", &self.shared.topic).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    client: Client,
+    topic: String,
+    config: ProducerConfig,
+    queues: Mutex<HashMap<PartitionId, mpsc::Sender<Pending>>>,
+    round_robin: AtomicU32,
+}
+
+/// The acknowledgement of one queued record: resolves to its partition and offset, or
+/// to the error its batch failed with (shared by every record of the batch).
+#[derive(Debug)]
+#[must_use = "an Ack does nothing unless awaited (the record is sent anyway)"]
+pub struct Ack {
+    partition: PartitionId,
+    answer: oneshot::Receiver<Result<Offset>>,
+}
+
+impl Ack {
+    /// The partition the record was queued for.
+    pub fn partition(&self) -> PartitionId {
+        self.partition
+    }
+}
+
+impl std::future::Future for Ack {
+    type Output = Result<(PartitionId, Offset)>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.answer).poll(cx) {
+            std::task::Poll::Ready(Ok(r)) => std::task::Poll::Ready(r.map(|o| (this.partition, o))),
+            std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Err(ClientError::Closed)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// One record waiting for its batch.
+struct Pending {
+    record: Record,
+    size: usize,
+    queued_at: Instant,
+    reply: oneshot::Sender<Result<Offset>>,
+}
+
+/// Batch limits after clamping to the global limits.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    bytes: usize,
+    records: usize,
+}
+
+impl BatchLimits {
+    fn new(config: &ProducerConfig) -> BatchLimits {
+        BatchLimits {
+            bytes: config.max_batch_bytes.clamp(BATCH_HEADER_BYTES + 1, limits::BATCH_BYTES_MAX),
+            records: config.max_batch_records.clamp(1, limits::BATCH_RECORDS_MAX),
+        }
+    }
+}
+
+/// Refuses, before anything is sent, a record that could never be written: its
+/// encoded size (in a batch of its own) is returned.
+pub(crate) fn check_record(r: &Record) -> Result<usize> {
+    let too_large = |m: String| ClientError::refused(ErrorCode::RecordTooLarge, m);
+    if let Some(k) = &r.key
+        && k.len() > limits::RECORD_KEY_BYTES_MAX
+    {
+        return Err(too_large(format!("key of {} bytes, the limit is {}", k.len(), limits::RECORD_KEY_BYTES_MAX)));
+    }
+    if r.headers.len() > limits::RECORD_HEADERS_MAX {
+        return Err(too_large(format!("{} headers, the limit is {}", r.headers.len(), limits::RECORD_HEADERS_MAX)));
+    }
+    if let Some((name, _)) = r.headers.iter().find(|(n, _)| n.len() > u16::MAX as usize) {
+        return Err(too_large(format!("header name of {} bytes, the limit is {}", name.len(), u16::MAX)));
+    }
+    let size = r.encoded_len();
+    if BATCH_HEADER_BYTES + size > limits::BATCH_BYTES_MAX {
+        return Err(too_large(format!(
+            "record of {} bytes encoded, the limit is {} (one batch)",
+            size,
+            limits::BATCH_BYTES_MAX - BATCH_HEADER_BYTES
+        )));
+    }
+    Ok(size)
+}
+
+impl Producer {
+    pub(crate) fn new(client: Client, topic: String, config: ProducerConfig) -> Producer {
+        let start = client.inner.config.seed.map_or_else(rand::random::<u32>, |s| s as u32);
+        Producer {
+            shared: Arc::new(Shared {
+                client,
+                topic,
+                config,
+                queues: Mutex::new(HashMap::new()),
+                round_robin: AtomicU32::new(start),
+            }),
+        }
+    }
+
+    /// The topic this producer writes to.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// Sends one record and waits for its acknowledgement (acks=all: durable on a quorum).
+    /// The partition is chosen by key (Kafka's murmur2 hash partitioner), or round-robin
+    /// for records without a key. Returns the partition and the record's offset.
+    pub async fn send(&self, record: Record) -> Result<(PartitionId, Offset)> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Sends one record to `partition`, batched with other records for it; its offset.
+    pub async fn send_to(&self, partition: PartitionId, record: Record) -> Result<Offset> {
+        Ok(self.enqueue_to(partition, record).await?.await?.1)
+    }
+
+    /// Queues one record (partition chosen as by [`Producer::send`]) and returns as soon
+    /// as it is queued, waiting only while the partition's queue is full. The returned
+    /// [`Ack`] resolves to its partition and offset. Records queued one after another
+    /// from one task are appended in that order, so a caller can keep many records in
+    /// flight without giving up ordering. A queued record is sent whether or not its
+    /// `Ack` is awaited.
+    pub async fn enqueue(&self, record: Record) -> Result<Ack> {
+        check_record(&record)?;
+        let n = self.shared.client.partition_count(&self.shared.topic).await?;
+        if n == 0 {
+            return Err(ClientError::refused(
+                ErrorCode::Unavailable,
+                format!("topic '{}' has no partitions yet", self.shared.topic),
+            ));
+        }
+        let partition = match &record.key {
+            Some(k) => partition_for_key(k, n),
+            None => self.shared.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        self.enqueue_to(partition, record).await
+    }
+
+    /// [`Producer::enqueue`] to a given partition.
+    pub async fn enqueue_to(&self, partition: PartitionId, mut record: Record) -> Result<Ack> {
+        let size = check_record(&record)?;
+        if record.timestamp_ms == 0 {
+            record.timestamp_ms = self.shared.client.inner.now_ms();
+        }
+        let queue = self.queue(partition).await?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Pending { record, size, queued_at: Instant::now(), reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(Ack { partition, answer })
+    }
+
+    /// Sends `records` as one batch to `partition` at once (no lingering, not ordered
+    /// with records queued by `send`); the offset of the first. Every record must pass
+    /// the limits and the batch must fit in one batch (`limits::BATCH_BYTES_MAX`,
+    /// `BATCH_RECORDS_MAX`), else nothing is sent.
+    pub async fn send_batch(&self, partition: PartitionId, mut records: Vec<Record>) -> Result<Offset> {
+        let now = self.shared.client.inner.now_ms();
+        for r in &mut records {
+            check_record(r)?;
+            if r.timestamp_ms == 0 {
+                r.timestamp_ms = now;
+            }
+        }
+        let batch = RecordBatch::encode(&records)
+            .map_err(|e| ClientError::refused(flotilla_proto::batch_error_code(&e), e.to_string()))?;
+        self.shared.client.inner.partition_info(&self.shared.topic, partition).await?;
+        let deadline = self.shared.config.delivery_timeout.map(|d| Instant::now() + d);
+        self.shared
+            .client
+            .inner
+            .produce(&self.shared.topic, partition, &batch, self.shared.config.retry_indeterminate, deadline)
+            .await
+    }
+
+    /// The queue of `partition`, created with its task on first use.
+    async fn queue(&self, partition: PartitionId) -> Result<mpsc::Sender<Pending>> {
+        if let Some(q) = self.shared.queues.lock().expect("queues lock").get(&partition) {
+            return Ok(q.clone());
+        }
+        // Checked before a task is spawned, so an unknown partition costs nothing.
+        self.shared.client.inner.partition_info(&self.shared.topic, partition).await?;
+        let mut queues = self.shared.queues.lock().expect("queues lock");
+        let q = queues.entry(partition).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.shared.config.queue_records.max(1));
+            let task = PartitionTask {
+                client: self.shared.client.inner.clone(),
+                topic: self.shared.topic.clone(),
+                partition,
+                config: self.shared.config.clone(),
+                limits: BatchLimits::new(&self.shared.config),
+            };
+            tokio::spawn(task.run(rx));
+            tx
+        });
+        Ok(q.clone())
+    }
+}
+
+struct PartitionTask {
+    client: Arc<ClientInner>,
+    topic: String,
+    partition: PartitionId,
+    config: ProducerConfig,
+    limits: BatchLimits,
+}
+
+impl PartitionTask {
+    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+        let mut carry: Option<Pending> = None;
+        while let Some(batch) = next_batch(&mut rx, &mut carry, self.config.linger, self.limits).await {
+            self.send(batch).await;
+        }
+    }
+
+    async fn send(&self, batch: Vec<Pending>) {
+        let Some(first) = batch.first() else { return };
+        let timeout = self.config.delivery_timeout.unwrap_or(self.client.config.retry_deadline);
+        let deadline = first.queued_at + timeout;
+        let (records, replies): (Vec<Record>, Vec<_>) = batch.into_iter().map(|p| (p.record, p.reply)).unzip();
+        let result = match RecordBatch::encode(&records) {
+            Ok(b) => {
+                self.client
+                    .produce(&self.topic, self.partition, &b, self.config.retry_indeterminate, Some(deadline))
+                    .await
+            }
+            Err(e) => Err(ClientError::refused(flotilla_proto::batch_error_code(&e), e.to_string())),
+        };
+        for (i, reply) in replies.into_iter().enumerate() {
+            let _ = reply.send(result.clone().map(|base| base + i as u64));
+        }
+    }
+}
+
+/// Gathers the next batch: the first record (carried over or awaited), then whatever
+/// arrives until the first record's linger has passed or the batch is full. A record
+/// that does not fit is carried over to the next batch. `None` when the queue is closed
+/// and empty.
+async fn next_batch(
+    rx: &mut mpsc::Receiver<Pending>,
+    carry: &mut Option<Pending>,
+    linger: std::time::Duration,
+    limits: BatchLimits,
+) -> Option<Vec<Pending>> {
+    let first = match carry.take() {
+        Some(p) => p,
+        None => rx.recv().await?,
+    };
+    let linger_until = first.queued_at + linger;
+    let mut bytes = BATCH_HEADER_BYTES + first.size;
+    let mut batch = vec![first];
+    while batch.len() < limits.records {
+        let next = match rx.try_recv() {
+            Ok(p) => Some(p),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if Instant::now() >= linger_until {
+                    None
+                } else {
+                    tokio::time::timeout_at(linger_until, rx.recv()).await.ok().flatten()
+                }
+            }
+        };
+        let Some(p) = next else { break };
+        if bytes + p.size > limits.bytes {
+            *carry = Some(p);
+            break;
+        }
+        bytes += p.size;
+        batch.push(p);
+    }
+    Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn pending(value_len: usize) -> (Pending, oneshot::Receiver<Result<Offset>>) {
+        let record = Record::value(vec![0u8; value_len]);
+        let size = check_record(&record).unwrap();
+        let (reply, rx) = oneshot::channel();
+        (Pending { record, size, queued_at: Instant::now(), reply }, rx)
+    }
+
+    #[test]
+    fn oversized_records_are_refused_locally() {
+        let big = Record::value(vec![0u8; limits::BATCH_BYTES_MAX]);
+        let e = check_record(&big).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::RecordTooLarge));
+        assert!(!e.is_indeterminate());
+        assert!(e.to_string().contains("limit"), "{e}");
+
+        let key = Record { key: Some(Bytes::from(vec![0u8; limits::RECORD_KEY_BYTES_MAX + 1])), ..Record::value("v") };
+        assert_eq!(check_record(&key).unwrap_err().code(), Some(ErrorCode::RecordTooLarge));
+
+        let headers =
+            Record { headers: vec![("h".into(), Bytes::new()); limits::RECORD_HEADERS_MAX + 1], ..Record::value("v") };
+        assert_eq!(check_record(&headers).unwrap_err().code(), Some(ErrorCode::RecordTooLarge));
+
+        // The largest record that fits a batch of its own is accepted and encodes.
+        let max_value = limits::BATCH_BYTES_MAX - BATCH_HEADER_BYTES - Record::value("").encoded_len();
+        let fits = Record::value(vec![0u8; max_value]);
+        assert!(check_record(&fits).is_ok());
+        assert!(RecordBatch::encode(&[fits]).is_ok());
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        let l = BatchLimits::new(&ProducerConfig {
+            max_batch_bytes: usize::MAX,
+            max_batch_records: 0,
+            ..Default::default()
+        });
+        assert_eq!(l.bytes, limits::BATCH_BYTES_MAX);
+        assert_eq!(l.records, 1);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_the_record_limit() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let mut answers = vec![];
+        for _ in 0..25 {
+            let (p, a) = pending(10);
+            answers.push(a);
+            tx.send(p).await.unwrap();
+        }
+        drop(tx);
+        let limits = BatchLimits { bytes: limits::BATCH_BYTES_MAX, records: 10 };
+        let mut carry = None;
+        let mut sizes = vec![];
+        while let Some(b) = next_batch(&mut rx, &mut carry, Duration::from_millis(1), limits).await {
+            sizes.push(b.len());
+        }
+        assert_eq!(sizes, vec![10, 10, 5]);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_the_byte_limit_and_carry_over() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let mut answers = vec![];
+        for _ in 0..5 {
+            let (p, a) = pending(1000);
+            answers.push(a);
+            tx.send(p).await.unwrap();
+        }
+        drop(tx);
+        let one = Record::value(vec![0u8; 1000]).encoded_len();
+        // Room for two records, not three.
+        let limits = BatchLimits { bytes: BATCH_HEADER_BYTES + 2 * one + one / 2, records: 100 };
+        let mut carry = None;
+        let mut sizes = vec![];
+        while let Some(b) = next_batch(&mut rx, &mut carry, Duration::from_millis(1), limits).await {
+            let records: Vec<Record> = b.iter().map(|p| p.record.clone()).collect();
+            assert!(RecordBatch::encode(&records).unwrap().bytes().len() <= limits.bytes);
+            sizes.push(b.len());
+        }
+        assert_eq!(sizes, vec![2, 2, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_gathers_late_records_but_not_after_it() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let (p1, _a1) = pending(1);
+        tx.send(p1).await.unwrap();
+        let tx2 = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let (p2, a2) = pending(1);
+            tx2.send(p2).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let (p3, a3) = pending(1);
+            tx2.send(p3).await.unwrap();
+            std::mem::forget((a2, a3));
+        });
+        let limits = BatchLimits { bytes: limits::BATCH_BYTES_MAX, records: 100 };
+        let mut carry = None;
+        let b = next_batch(&mut rx, &mut carry, Duration::from_millis(20), limits).await.unwrap();
+        assert_eq!(b.len(), 2, "the record 5 ms later joins a 20 ms linger");
+        let b = next_batch(&mut rx, &mut carry, Duration::from_millis(20), limits).await.unwrap();
+        assert_eq!(b.len(), 1, "the record 55 ms later starts a new batch");
+    }
+}

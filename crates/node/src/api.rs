@@ -1,0 +1,349 @@
+//! The request handlers behind the client and admin APIs, in domain types.
+//!
+//! Every error is an `ApiError` with a stable `ErrorCode`; a wrong-leader error names
+//! the leader when this node knows it. Input was checked for shape at the edge (`rpc`);
+//! here it is checked against the cluster (topics, partitions, leadership, limits).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse, Topic};
+use flotilla_partition::{PartitionState, Response as PartResponse};
+use flotilla_raft::state_machine::GroupState;
+use flotilla_raft::{Command, Group, RaftTransport, Response, WriteError};
+use flotilla_types::{BatchError, ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
+use serde::Serialize;
+
+use crate::Node;
+
+/// A refused or failed request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For NOT_LEADER: the leader's id and address, when known.
+    pub leader: Option<(NodeId, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), leader: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionView {
+    pub partition: PartitionId,
+    pub group: GroupId,
+    pub leader: Option<NodeId>,
+    pub replicas: Vec<NodeId>,
+    pub high_watermark: Option<Offset>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicView {
+    pub name: String,
+    pub replication_factor: u32,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerView {
+    pub id: NodeId,
+    pub addr: String,
+    pub region: String,
+    pub zone: String,
+    pub rack: String,
+    /// alive, unreachable, or unknown (this node does not lead the metadata group).
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    pub brokers: Vec<BrokerView>,
+    pub metadata_leader: Option<NodeId>,
+    pub topics: Vec<TopicView>,
+    pub answered_by: NodeId,
+    pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBatch {
+    pub base_offset: Offset,
+    pub batch: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
+    pub batches: Vec<FetchedBatch>,
+}
+
+/// A peer is "alive" while it acknowledged the metadata leader within this long.
+const ALIVE_WITHIN: Duration = Duration::from_secs(3);
+
+impl<T: RaftTransport> Node<T> {
+    fn leader_error(&self, group: GroupId, leader: Option<NodeId>, code: ErrorCode, what: &str) -> ApiError {
+        let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
+        let message = match &leader {
+            Some((id, addr)) => format!("node {} does not lead {what} (group {group}); node {id} at {addr} does", self.id()),
+            None => format!("node {} does not lead {what} (group {group}); the leader is not known", self.id()),
+        };
+        ApiError { code, message, leader }
+    }
+
+    fn write_error(&self, e: WriteError, what: &str) -> ApiError {
+        match e {
+            WriteError::NotLeader { group, leader } => self.leader_error(group, leader, ErrorCode::NotLeader, what),
+            WriteError::LeaderChanged { group, leader } => {
+                let mut err = self.leader_error(group, leader, ErrorCode::LeaderChanged, what);
+                err.message = format!("leadership of {what} changed while the write was in flight; it may or may not have been applied");
+                err
+            }
+            WriteError::Unavailable { group, reason } => {
+                ApiError::new(ErrorCode::Unavailable, format!("{what} (group {group}) is unavailable: {reason}"))
+            }
+            WriteError::Timeout { group } => ApiError::new(
+                ErrorCode::Timeout,
+                format!("{what} (group {group}) did not commit in time; the write may or may not have been applied"),
+            ),
+        }
+    }
+
+    /// The partition's group on this node, or why it cannot serve it.
+    fn partition_group(&self, topic: &str, partition: PartitionId) -> Result<Arc<Group>, ApiError> {
+        let assignment = self.with_metadata(|m| {
+            let t = m.topic(topic).ok_or_else(|| {
+                ApiError::new(ErrorCode::UnknownTopic, format!("topic '{topic}' does not exist"))
+            })?;
+            t.partitions.get(partition as usize).cloned().ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::UnknownPartition,
+                    format!("topic '{topic}' has {} partitions; {partition} does not exist", t.partitions.len()),
+                )
+            })
+        })?;
+        let what = format!("{topic}/{partition}");
+        match self.groups().get(assignment.group) {
+            Some(g) => Ok(g),
+            None if assignment.replicas.contains(&self.id()) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{what}: the replica on node {} is starting", self.id()),
+            )),
+            None => Err(self.leader_error(assignment.group, None, ErrorCode::NotLeader, &what)),
+        }
+    }
+
+    fn read_partition<R>(g: &Group, f: impl FnOnce(&PartitionState) -> R) -> R {
+        g.read(|s| match s {
+            GroupState::Partition(p) => f(p),
+            GroupState::Metadata(_) => unreachable!("partition groups hold partitions"),
+        })
+    }
+
+    /// Appends a batch; answers once a quorum has it durable and it is applied.
+    pub async fn produce(&self, topic: &str, partition: PartitionId, batch: Bytes) -> Result<(Offset, u32), ApiError> {
+        let what = format!("{topic}/{partition}");
+        let batch = RecordBatch::decode(batch).map_err(|e| match e {
+            BatchError::Checksum { .. } => ApiError::new(ErrorCode::CorruptBatch, format!("{what}: {e}")),
+            BatchError::TooLarge(_) => ApiError::new(ErrorCode::RecordTooLarge, format!("{what}: {e}")),
+            BatchError::Malformed(_) => ApiError::new(ErrorCode::InvalidRequest, format!("{what}: {e}")),
+        })?;
+        let group = self.partition_group(topic, partition)?;
+        let cmd = Command::Partition(flotilla_partition::produce_command(&batch));
+        match group.write(cmd, self.produce_timeout()).await {
+            Ok(Response::Partition(PartResponse::Produced { base_offset, records })) => {
+                assert_eq!(records, batch.len(), "applied a different batch than proposed");
+                Ok((base_offset, records))
+            }
+            Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("{what}: unexpected response {other:?}"))),
+            Err(e) => Err(self.write_error(e, &what)),
+        }
+    }
+
+    /// Reads committed batches from `offset`, waiting up to `max_wait` for data.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Fetched, ApiError> {
+        let what = format!("{topic}/{partition}");
+        let max_bytes = max_bytes.clamp(1, limits::FETCH_BYTES_MAX);
+        let max_wait = max_wait.min(Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
+        let group = self.partition_group(topic, partition)?;
+        if !group.is_leader() {
+            return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
+        }
+        let mut applied = group.state().subscribe();
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let (located, hw, start) =
+                Self::read_partition(&group, |p| (p.locate(offset, max_bytes), p.high_watermark(), p.log_start_offset()));
+            let Some(locations) = located else {
+                return Err(ApiError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!("{what}: offset {offset} is outside [{start}, {hw}]"),
+                ));
+            };
+            if !locations.is_empty() || tokio::time::Instant::now() >= deadline {
+                let mut batches = Vec::with_capacity(locations.len());
+                for loc in locations {
+                    let bytes = group
+                        .read_batch(loc.log_index)
+                        .map_err(|e| ApiError::new(ErrorCode::StorageError, format!("{what}: {e}")))?
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                ErrorCode::StorageError,
+                                format!("{what}: log entry {} for offset {} is missing", loc.log_index, loc.base_offset),
+                            )
+                        })?;
+                    // Verified on read as on write: a corrupt batch is never served.
+                    RecordBatch::decode(bytes.clone()).map_err(|e| {
+                        tracing::error!(%what, offset = loc.base_offset, error = %e, "corrupt batch in the log");
+                        ApiError::new(ErrorCode::CorruptBatch, format!("{what}: stored batch at {}: {e}", loc.base_offset))
+                    })?;
+                    batches.push(FetchedBatch { base_offset: loc.base_offset, batch: bytes });
+                }
+                return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches });
+            }
+            if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
+                continue; // deadline: answer with what there is (nothing)
+            }
+            if !group.is_leader() {
+                return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
+            }
+        }
+    }
+
+    /// The earliest and latest offsets, linearizable: confirmed by a quorum first.
+    pub async fn list_offsets(&self, topic: &str, partition: PartitionId) -> Result<(Offset, Offset), ApiError> {
+        let what = format!("{topic}/{partition}");
+        let group = self.partition_group(topic, partition)?;
+        group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
+        Ok(Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark())))
+    }
+
+    fn topic_view(&self, t: &Topic) -> TopicView {
+        TopicView {
+            name: t.name.clone(),
+            replication_factor: t.replication_factor,
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let local = self.groups().get(p.group);
+                    PartitionView {
+                        partition: p.partition,
+                        group: p.group,
+                        leader: local.as_ref().and_then(|g| g.leader()),
+                        replicas: p.replicas.clone(),
+                        high_watermark: local.as_ref().map(|g| Self::read_partition(g, |s| s.high_watermark())),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Brokers and the named topics (all when `topics` is empty). Unknown names are
+    /// returned as errors per topic.
+    pub fn metadata(&self, topics: &[String]) -> (Vec<BrokerView>, Vec<Result<TopicView, ApiError>>, Option<NodeId>) {
+        let all: Vec<Topic> = self.with_metadata(|m| m.topics().values().cloned().collect());
+        let views = if topics.is_empty() {
+            all.iter().map(|t| Ok(self.topic_view(t))).collect()
+        } else {
+            topics
+                .iter()
+                .map(|name| match all.iter().find(|t| &t.name == name) {
+                    Some(t) => Ok(self.topic_view(t)),
+                    None => Err(ApiError::new(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist"))),
+                })
+                .collect()
+        };
+        (self.broker_views(), views, self.metadata_group().leader())
+    }
+
+    fn broker_views(&self) -> Vec<BrokerView> {
+        let group = self.metadata_group();
+        let leader = group.leader();
+        let ages = if group.is_leader() { group.peer_ack_ages() } else { None };
+        self.with_metadata(|m| {
+            m.brokers()
+                .values()
+                .map(|b| {
+                    let state = if b.id == self.id() || Some(b.id) == leader {
+                        "alive"
+                    } else if let Some(ages) = &ages {
+                        match ages.get(&b.id) {
+                            Some(Some(age)) if *age <= ALIVE_WITHIN => "alive",
+                            Some(_) => "unreachable",
+                            None => "unknown",
+                        }
+                    } else {
+                        "unknown"
+                    };
+                    BrokerView {
+                        id: b.id,
+                        addr: b.addr.clone(),
+                        region: b.labels.region.clone(),
+                        zone: b.labels.zone.clone(),
+                        rack: b.labels.rack.clone(),
+                        state: state.to_string(),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    async fn metadata_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
+        let group = self.metadata_group();
+        match group.write_or_forward(self.groups().router(), Command::Metadata(cmd), self.produce_timeout()).await {
+            Ok(Response::Metadata(MetaResponse::Error { code, message })) => Err(ApiError::new(code, message)),
+            Ok(Response::Metadata(r)) => Ok(r),
+            Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("unexpected metadata response {other:?}"))),
+            Err(e) => Err(self.write_error(e, "the metadata group")),
+        }
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> Result<TopicView, ApiError> {
+        limits::check_topic_name(name).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+        let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor };
+        match self.metadata_write(cmd).await? {
+            MetaResponse::TopicCreated(t) => Ok(self.topic_view(&t)),
+            other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected response {other:?}"))),
+        }
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
+        self.metadata_write(MetaCommand::DeleteTopic { name: name.to_string() }).await.map(|_| ())
+    }
+
+    pub fn list_topics(&self) -> Vec<(String, u32, u32)> {
+        self.with_metadata(|m| {
+            m.topics().values().map(|t| (t.name.clone(), t.partitions.len() as u32, t.replication_factor)).collect()
+        })
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicView, ApiError> {
+        let t = self.with_metadata(|m| m.topic(name).cloned());
+        t.map(|t| self.topic_view(&t))
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")))
+    }
+
+    pub fn describe_cluster(&self) -> ClusterView {
+        let topics: Vec<Topic> = self.with_metadata(|m| m.topics().values().cloned().collect());
+        ClusterView {
+            brokers: self.broker_views(),
+            metadata_leader: self.metadata_group().leader(),
+            topics: topics.iter().map(|t| self.topic_view(t)).collect(),
+            answered_by: self.id(),
+            now_ms: self.inner.clock.now_ms(),
+        }
+    }
+}
+

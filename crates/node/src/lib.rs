@@ -1,0 +1,148 @@
+//! The composition root: one Flotilla node is its metadata replica, its partition
+//! replicas, the reconciler that keeps the second in line with the first, and the
+//! request handlers the `rpc` crate exposes over gRPC.
+//!
+//! A node is generic over its transport (`RaftTransport`), storage engine
+//! (`flotilla_storage::Engine`) and clock (`flotilla_types::Clock`), so the simulator
+//! runs this same code over its own network, in-memory disks and time.
+//!
+//! Architecture invariant: no tonic, prost or rocksdb here. Handlers take and return
+//! domain types; protobuf stops at `rpc`.
+
+pub mod api;
+pub mod config;
+mod reconciler;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flotilla_metadata::MetadataState;
+use flotilla_raft::state_machine::GroupState;
+use flotilla_raft::{Group, GroupKind, Groups, RaftTransport};
+use flotilla_storage::Engine;
+use flotilla_types::{Clock, METADATA_GROUP, NodeId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use api::{ApiError, BrokerView, ClusterView, FetchedBatch, Fetched, PartitionView, TopicView};
+pub use config::NodeConfig;
+
+/// Node id → address of every known node. Shared with the transport, which dials by id.
+#[derive(Clone, Default)]
+pub struct AddressBook(Arc<RwLock<BTreeMap<NodeId, String>>>);
+
+impl AddressBook {
+    pub fn new() -> AddressBook {
+        AddressBook::default()
+    }
+    pub fn get(&self, id: NodeId) -> Option<String> {
+        self.0.read().expect("address book poisoned").get(&id).cloned()
+    }
+    pub fn set(&self, id: NodeId, addr: String) {
+        self.0.write().expect("address book poisoned").insert(id, addr);
+    }
+    pub fn all(&self) -> BTreeMap<NodeId, String> {
+        self.0.read().expect("address book poisoned").clone()
+    }
+}
+
+pub(crate) struct Inner<T: RaftTransport> {
+    pub(crate) config: NodeConfig,
+    pub(crate) groups: Arc<Groups<T>>,
+    pub(crate) addresses: AddressBook,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node<T: RaftTransport> {
+    pub(crate) inner: Arc<Inner<T>>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl<T: RaftTransport> Node<T> {
+    /// Starts the node: recovers or initialises its metadata replica, then keeps
+    /// registering itself and reconciling its partition replicas in the background.
+    pub async fn start(
+        config: NodeConfig,
+        engine: Arc<dyn Engine>,
+        transport: T,
+        addresses: AddressBook,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Node<T>, String> {
+        config.validate()?;
+        for (id, addr) in config.peer_map()? {
+            addresses.set(id, addr);
+        }
+        let groups = Arc::new(Groups::new(config.id, engine, transport));
+        let voters: BTreeSet<NodeId> = config.controller_ids()?.into_iter().collect();
+        groups.ensure(METADATA_GROUP, GroupKind::Metadata, &voters).await?;
+        let (shutdown, _) = watch::channel(false);
+        let node = Node {
+            inner: Arc::new(Inner { config, groups, addresses, clock, shutdown }),
+            tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
+        let tasks = vec![
+            tokio::spawn(reconciler::register_loop(node.clone())),
+            tokio::spawn(reconciler::reconcile_loop(node.clone())),
+        ];
+        node.tasks.lock().expect("tasks poisoned").extend(tasks);
+        tracing::info!(node = node.id(), addr = node.inner.config.advertised(), "node started");
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.config.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    pub fn groups(&self) -> &Arc<Groups<T>> {
+        &self.inner.groups
+    }
+
+    pub fn addresses(&self) -> &AddressBook {
+        &self.inner.addresses
+    }
+
+    pub(crate) fn metadata_group(&self) -> Arc<Group> {
+        self.inner.groups.get(METADATA_GROUP).expect("the metadata group runs for the node's whole life")
+    }
+
+    /// Runs `f` on the metadata state as this node has applied it.
+    pub fn with_metadata<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
+        self.metadata_group().read(|s| match s {
+            GroupState::Metadata(m) => f(m),
+            GroupState::Partition(_) => unreachable!("group 0 holds metadata"),
+        })
+    }
+
+    /// Handles a Raft message from a peer (the transport's server side).
+    pub async fn handle_raft(&self, from: NodeId, group: flotilla_types::GroupId, payload: &[u8]) -> Vec<u8> {
+        self.inner.groups.handle(from, group, payload).await
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Stops background work and every Raft group. Data stays on disk.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().expect("tasks poisoned").drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        self.inner.groups.shutdown().await;
+        tracing::info!(node = self.id(), "node stopped");
+    }
+
+    pub(crate) fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.produce_timeout_ms)
+    }
+}

@@ -1,0 +1,36 @@
+//! Raft timings per kind of group (design decision 7: partitions heartbeat slowly, so
+//! that many groups per node stay cheap).
+
+use std::sync::Arc;
+
+use flotilla_types::limits;
+
+/// Heartbeat and election timings of one kind of group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl GroupTimings {
+    pub const METADATA: GroupTimings = GroupTimings { heartbeat_ms: 150, election_min_ms: 600, election_max_ms: 1200 };
+    pub const PARTITION: GroupTimings = GroupTimings { heartbeat_ms: 250, election_min_ms: 800, election_max_ms: 1600 };
+
+    pub(crate) fn openraft_config(&self, name: String) -> Arc<openraft::Config> {
+        let config = openraft::Config {
+            cluster_name: name,
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            max_payload_entries: limits::RAFT_ENTRIES_PER_APPEND_MAX,
+            // The Raft log is the partition log: data is never compacted into a
+            // snapshot, retention (a later feature) purges it.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        Arc::new(config.validate().expect("static Raft configuration is valid"))
+    }
+}

@@ -1,0 +1,176 @@
+//! One Raft group on this node: writes, leadership, and reads of applied state and of
+//! the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_types::{GroupId, NodeId};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{EntryPayload, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::log_store::LogStore;
+use crate::network::{RaftRpc, RaftReply, RaftTransport, Router};
+use crate::state_machine::{GroupState, SharedState};
+use crate::{Command, Raft, Response};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupKind {
+    Metadata,
+    Partition,
+}
+
+/// Why a write was not applied. `NotLeader` and `Unavailable` are definite: nothing was
+/// proposed. `LeaderChanged` and `Timeout` are indeterminate: the entry may still commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    #[error("not the leader of group {group} (leader: {leader:?})")]
+    NotLeader { group: GroupId, leader: Option<NodeId> },
+    #[error("leadership of group {group} changed while the write was in flight")]
+    LeaderChanged { group: GroupId, leader: Option<NodeId> },
+    #[error("group {group} is unavailable: {reason}")]
+    Unavailable { group: GroupId, reason: String },
+    #[error("write to group {group} timed out")]
+    Timeout { group: GroupId },
+}
+
+/// A snapshot of a group's Raft status on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub leader: Option<NodeId>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub voters: Vec<NodeId>,
+}
+
+pub struct Group {
+    pub(crate) id: GroupId,
+    pub(crate) node: NodeId,
+    pub(crate) kind: GroupKind,
+    pub(crate) raft: Raft,
+    pub(crate) shared: Arc<SharedState>,
+    pub(crate) log: LogStore,
+}
+
+impl Group {
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    pub fn kind(&self) -> GroupKind {
+        self.kind
+    }
+
+    /// The leader as this replica knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node)
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        GroupStatus {
+            leader: m.current_leader,
+            is_leader: m.state == ServerState::Leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed: m.cluster_committed.as_ref().map(|l| l.index),
+            applied: m.last_applied.as_ref().map(|l| l.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+        }
+    }
+
+    /// The applied state (never hold across an await).
+    pub fn state(&self) -> &SharedState {
+        &self.shared
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&GroupState) -> R) -> R {
+        self.shared.read(f)
+    }
+
+    /// Proposes `command` if this replica leads the group and waits until it is committed
+    /// and applied.
+    pub async fn write(&self, command: Command, timeout: Duration) -> Result<Response, WriteError> {
+        if !self.is_leader() {
+            return Err(WriteError::NotLeader { group: self.id, leader: self.leader() });
+        }
+        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+            Err(_) => Err(WriteError::Timeout { group: self.id }),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(WriteError::LeaderChanged { group: self.id, leader: f.leader_id })
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
+            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::LeaderChanged { group: self.id, leader: None }).map_err(|e| {
+                tracing::error!(group = self.id, error = %f, "raft group stopped");
+                e
+            }),
+        }
+    }
+
+    /// Writes through this replica if it leads, else forwards the write to the leader.
+    pub async fn write_or_forward<T: RaftTransport>(
+        &self,
+        router: &Router<T>,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Response, WriteError> {
+        match self.write(command.clone(), timeout).await {
+            Err(WriteError::NotLeader { leader: Some(leader), .. }) if leader != self.node => {
+                match router.call(leader, self.id, &RaftRpc::Write(command), timeout).await {
+                    Ok(RaftReply::Write(r)) => r,
+                    Ok(other) => Err(WriteError::Unavailable { group: self.id, reason: format!("leader answered {other:?}") }),
+                    Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The produce batch stored at `log_index`, read from the log.
+    pub fn read_batch(&self, log_index: u64) -> std::io::Result<Option<bytes::Bytes>> {
+        Ok(self.log.entry(log_index)?.and_then(|e| match e.payload {
+            EntryPayload::Normal(Command::Partition(flotilla_partition::Command::Produce { batch, .. })) => Some(batch),
+            _ => None,
+        }))
+    }
+
+    /// Asks the group to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Group {
+    /// On the leader: how long ago each peer last acknowledged a heartbeat or append.
+    pub fn peer_ack_ages(&self) -> Option<std::collections::BTreeMap<NodeId, Option<Duration>>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.heartbeat.as_ref().map(|h| {
+            h.iter().map(|(id, t)| (*id, t.as_ref().map(|t| openraft::Instant::elapsed(&**t)))).collect()
+        })
+    }
+
+    /// Waits until this replica has applied everything the group had committed when the
+    /// call was made, as confirmed by a quorum (ReadIndex). Only on the leader.
+    pub async fn linearizable_barrier(&self) -> Result<(), WriteError> {
+        match self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::LinearizableReadError::ForwardToLeader(f))) => {
+                Err(WriteError::NotLeader { group: self.id, leader: f.leader_id })
+            }
+            Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
+        }
+    }
+}

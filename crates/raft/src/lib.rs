@@ -1,0 +1,41 @@
+//! openraft glue: the type configuration, the log-store and state-machine adapters over
+//! the node's one storage engine, the transport seam, and the registry of the many Raft
+//! groups one node hosts.
+//!
+//! Every openraft type stays inside this crate (its 0.10 alpha API moves between
+//! releases); the rest of the node sees `Groups`, `Group`, `Command`, `Response` and
+//! `WriteError`. Raft messages cross the network as opaque bytes through the
+//! `RaftTransport` trait, so this crate knows nothing of gRPC, and storage is any
+//! `flotilla_storage::Engine`, so it knows nothing of RocksDB.
+//!
+//! Architecture invariant: no tonic, prost or rocksdb here; time comes from tokio (which
+//! the simulator drives), randomness from openraft's seeded RNG.
+
+pub mod command;
+pub mod config;
+pub mod group;
+pub mod keys;
+pub mod log_store;
+pub mod network;
+pub mod registry;
+pub mod state_machine;
+
+pub use command::{Command, Response};
+pub use config::GroupTimings;
+pub use group::{Group, GroupKind, GroupStatus, WriteError};
+pub use network::{RaftTransport, TransportError};
+pub use registry::Groups;
+
+openraft::declare_raft_types!(
+    /// The one type configuration shared by the metadata group and every partition group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        Node = openraft::EmptyNode,
+);
+
+/// What a Raft entry carries, in openraft's terms.
+pub(crate) type Payload = openraft::EntryPayload<Command, flotilla_types::NodeId, openraft::EmptyNode>;
+
+/// A Raft group running on this node.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachineStore>;

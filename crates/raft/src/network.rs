@@ -1,0 +1,220 @@
+//! The transport seam: openraft messages become bytes here and cross the network through
+//! a `RaftTransport`, which the `rpc` crate implements over one gRPC connection per peer
+//! node and the simulator implements over its own network. Every message names its
+//! group, so all groups share the connection (design decision 8).
+
+use std::future::Future;
+use std::time::Duration;
+
+use flotilla_types::{GroupId, NodeId, limits};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{EntryPayload, OptionalSend};
+use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
+use serde::{Deserialize, Serialize};
+
+use crate::group::WriteError;
+use crate::log_store::{decode, encode};
+use crate::{Command, Response, TypeConfig};
+
+/// Why a call to a peer did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("node {0} is unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("call to node {0} timed out")]
+    Timeout(NodeId),
+}
+
+/// Carries one group's message to a peer node and brings back its answer.
+pub trait RaftTransport: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+}
+
+/// A message from one node's group to the same group on another node.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum RaftRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, data: Vec<u8> },
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// A client write forwarded to the group's leader.
+    Write(Command),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum RaftReply {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    Write(Result<Response, WriteError>),
+    /// The group is not hosted on the target (yet), or refused the message.
+    Refused(String),
+}
+
+/// Routes every group's messages through one transport.
+#[derive(Clone)]
+pub struct Router<T: RaftTransport> {
+    transport: T,
+}
+
+impl<T: RaftTransport> Router<T> {
+    pub fn new(transport: T) -> Router<T> {
+        Router { transport }
+    }
+
+    pub(crate) async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: &RaftRpc,
+        timeout: Duration,
+    ) -> Result<RaftReply, TransportError> {
+        let bytes = self.transport.call(target, group, encode(rpc), timeout).await?;
+        decode(&bytes, "raft reply").map_err(|e| TransportError::Unreachable(target, e.to_string()))
+    }
+
+    async fn rpc(&self, target: NodeId, group: GroupId, rpc: RaftRpc, option: &RPCOption) -> Result<RaftReply, Unreachable<TypeConfig>> {
+        let timeout = option.hard_ttl().min(Duration::from_millis(limits::RAFT_CALL_TIMEOUT_MS));
+        match self.call(target, group, &rpc, timeout).await {
+            Ok(RaftReply::Refused(why)) => Err(unreachable(format!("node {target} group {group}: {why}"))),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(unreachable(e.to_string())),
+        }
+    }
+}
+
+fn unreachable(msg: String) -> Unreachable<TypeConfig> {
+    Unreachable::new(&std::io::Error::other(msg))
+}
+
+fn unexpected<R>(what: &str) -> Result<R, RPCError<TypeConfig>> {
+    Err(RPCError::Unreachable(unreachable(format!("unexpected reply to {what}"))))
+}
+
+/// The bytes an entry adds to an AppendEntries message (its batch, or a small constant).
+fn entry_bytes(payload: &crate::Payload) -> usize {
+    match payload {
+        EntryPayload::Normal(Command::Partition(flotilla_partition::Command::Produce { batch, .. })) => batch.len() + 64,
+        _ => 256,
+    }
+}
+
+impl<T: RaftTransport> GroupRouter<TypeConfig, GroupId> for Router<T> {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // Bound the message by bytes: send the longest prefix within the limit (at least
+        // one entry) and report a partial success, which openraft continues from.
+        let mut total = 0usize;
+        let mut keep = rpc.entries.len();
+        for (i, e) in rpc.entries.iter().enumerate() {
+            total += entry_bytes(&e.payload);
+            if i > 0 && total > limits::RAFT_APPEND_BYTES_MAX {
+                keep = i;
+                break;
+            }
+        }
+        let truncated = keep < rpc.entries.len();
+        if truncated {
+            rpc.entries.truncate(keep);
+        }
+        let last_sent = rpc.entries.last().map(|e| e.log_id.clone());
+        match self.rpc(target, group, RaftRpc::Append(rpc), &option).await.map_err(RPCError::Unreachable)? {
+            RaftReply::Append(AppendEntriesResponse::Success) if truncated => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
+            RaftReply::Append(r) => Ok(r),
+            _ => unexpected("append_entries"),
+        }
+    }
+
+    async fn vote(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(target, group, RaftRpc::Vote(rpc), &option).await.map_err(RPCError::Unreachable)? {
+            RaftReply::Vote(r) => Ok(r),
+            _ => unexpected("vote"),
+        }
+    }
+
+    async fn pre_vote(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(target, group, RaftRpc::PreVote(rpc), &option).await.map_err(RPCError::Unreachable)? {
+            RaftReply::Vote(r) => Ok(r),
+            _ => unexpected("pre_vote"),
+        }
+    }
+
+    async fn full_snapshot(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Self::SnapshotData>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let rpc = RaftRpc::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
+        match self.rpc(target, group, rpc, &option).await.map_err(StreamingError::Unreachable)? {
+            RaftReply::Snapshot(r) => Ok(r),
+            _ => Err(StreamingError::Unreachable(unreachable("unexpected reply to full_snapshot".into()))),
+        }
+    }
+
+    async fn transfer_leader(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.rpc(target, group, RaftRpc::TransferLeader(req), &option).await.map_err(RPCError::Unreachable)? {
+            RaftReply::TransferLeader(r) => Ok(r),
+            _ => unexpected("transfer_leader"),
+        }
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}
+
+/// openraft's per-group network factory: binds the router to a group.
+pub type NetworkFactory<T> = GroupNetworkFactory<Router<T>, GroupId>;
+
+impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
+    type Network = GroupNetworkAdapter<TypeConfig, GroupId, Router<T>>;
+
+    async fn new_client(&mut self, target: NodeId, _node: &openraft::EmptyNode) -> Self::Network {
+        GroupNetworkAdapter::new(self.factory.clone(), target, self.group_id)
+    }
+}

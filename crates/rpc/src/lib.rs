@@ -1,0 +1,14 @@
+//! gRPC for Flotilla: the client and admin services over a `Node`, the node-to-node Raft
+//! service, and `GrpcTransport`, the `RaftTransport` that carries every group's Raft
+//! messages to a peer over one HTTP/2 connection.
+//!
+//! Protobuf types stop here: requests are checked and converted to domain types on the
+//! way in, answers converted on the way out. Junk is rejected in that conversion and
+//! nowhere else.
+
+mod convert;
+mod server;
+mod transport;
+
+pub use server::{ServeError, serve};
+pub use transport::GrpcTransport;

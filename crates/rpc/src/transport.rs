@@ -1,0 +1,70 @@
+//! Node-to-node Raft messages over gRPC: one lazily connected HTTP/2 channel per peer
+//! node, shared by every group (each message carries its group id).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_node::AddressBook;
+use flotilla_proto::raft::v1::RaftRequest;
+use flotilla_proto::raft::v1::raft_client::RaftClient;
+use flotilla_raft::{RaftTransport, TransportError};
+use flotilla_types::{GroupId, NodeId, limits};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone)]
+pub struct GrpcTransport {
+    me: NodeId,
+    addresses: AddressBook,
+    channels: Arc<Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>>,
+}
+
+impl GrpcTransport {
+    pub fn new(me: NodeId, addresses: AddressBook) -> GrpcTransport {
+        GrpcTransport { me, addresses, channels: Arc::new(Mutex::new(BTreeMap::new())) }
+    }
+
+    fn client(&self, target: NodeId) -> Result<RaftClient<Channel>, TransportError> {
+        let addr = self
+            .addresses
+            .get(target)
+            .ok_or_else(|| TransportError::Unreachable(target, "no address known".into()))?;
+        let mut channels = self.channels.lock().expect("channels poisoned");
+        if let Some((a, c)) = channels.get(&target)
+            && *a == addr
+        {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TransportError::Unreachable(target, format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(1000))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
+        channels.insert(target, (addr, client.clone()));
+        Ok(client)
+    }
+}
+
+impl RaftTransport for GrpcTransport {
+    async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let mut client = self.client(target)?;
+        let mut req = tonic::Request::new(RaftRequest { group_id: group, from_node: self.me, payload: payload.into() });
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.call(req)).await {
+            Err(_) => Err(TransportError::Timeout(target)),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err(TransportError::Timeout(target)),
+            Ok(Err(status)) => Err(TransportError::Unreachable(target, status.message().to_string())),
+            Ok(Ok(resp)) => Ok(resp.into_inner().payload.into()),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A cluster of real node processes on 127.0.0.1.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct NodeProc {
+    id: u64,
+    addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Real `flotilla node` processes. Every node is killed when this is dropped.
+pub struct ProcessCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    peers: String,
+    nodes: Vec<NodeProc>,
+}
+
+/// Ports that were free a moment ago (bound to port 0, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}
+
+impl ProcessCluster {
+    /// Starts `n` nodes of the binary at `bin`; returns once they are listening.
+    pub fn start(bin: impl AsRef<Path>, n: u64) -> ProcessCluster {
+        let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
+        let ports = free_ports(n as usize);
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let id = i as u64 + 1;
+                NodeProc {
+                    id,
+                    addr: a.clone(),
+                    data_dir: dir.path().join(format!("node-{id}")),
+                    log: dir.path().join(format!("node-{id}.log")),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut c = ProcessCluster { bin: bin.as_ref().to_path_buf(), dir, peers, nodes };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        for id in 1..=n {
+            c.wait_listening(id, Duration::from_secs(30));
+        }
+        c
+    }
+
+    fn node(&self, id: u64) -> &NodeProc {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let bin = self.bin.clone();
+        let peers = self.peers.clone();
+        let n = self.node_mut(id);
+        assert!(n.child.is_none(), "node {id} is already running");
+        let log = File::options().create(true).append(true).open(&n.log).expect("open node log");
+        let child = Command::new(&bin)
+            .arg("node")
+            .args(["--id", &id.to_string(), "--listen", &n.addr, "--peers", &peers])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        n.child = Some(child);
+    }
+
+    fn wait_listening(&self, id: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        let addr = &self.node(id).addr;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {id} is not listening on {addr} after {within:?}; log:\n{}", self.log_tail(id, 40));
+    }
+
+    /// The address of node 1, for clients.
+    pub fn bootstrap(&self) -> String {
+        self.node(1).addr.clone()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.node(id).addr.clone()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn id_of_addr(&self, addr: &str) -> Option<u64> {
+        self.nodes.iter().find(|n| n.addr == addr).map(|n| n.id)
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).child.is_some()
+    }
+
+    /// SIGKILL: no chance to sync or clean up.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit (SIGKILL after 15 s).
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+
+    /// Starts a stopped or killed node again on its data.
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_listening(id, Duration::from_secs(30));
+    }
+
+    /// The last `lines` lines of a node's log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Where the cluster keeps data and logs (deleted on drop unless FLOTILLA_KEEP=1).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::env::var("FLOTILLA_KEEP").as_deref() == Ok("1") {
+            let path = self.dir.path().to_path_buf();
+            eprintln!("keeping cluster data in {}", path.display());
+            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")));
+        }
+    }
+}

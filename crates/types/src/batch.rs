@@ -1,0 +1,344 @@
+//! The record-batch format: what a producer sends, what one Raft entry carries, and what
+//! a fetch returns. Offsets are not in the batch: the partition assigns them when the
+//! entry is applied (design decision 2), so a record's bytes are written once.
+//!
+//! Layout, little-endian:
+//!
+//! ```text
+//! magic u8 (=1) | crc32c u32 | record_count u32 | records…
+//! record: timestamp_ms u64 | key_len i32 (-1: no key) | key | value_len u32 | value
+//!         | header_count u16 | (name_len u16 | name | value_len u32 | value)*
+//! ```
+//!
+//! The CRC32C covers every byte after the checksum field. It is computed by the
+//! producer, verified by the node before the batch is proposed, and verified again by
+//! the consumer after a fetch.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::limits;
+
+const MAGIC: u8 = 1;
+/// magic + crc + record count.
+pub const BATCH_HEADER_BYTES: usize = 1 + 4 + 4;
+
+/// One record, as a producer gives it and a consumer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+    pub timestamp_ms: u64,
+}
+
+impl Record {
+    /// A record with a value only, timestamp 0 (the producer stamps it).
+    pub fn value(value: impl Into<Bytes>) -> Record {
+        Record { value: value.into(), ..Record::default() }
+    }
+
+    /// Bytes this record takes in a batch.
+    pub fn encoded_len(&self) -> usize {
+        8 + 4
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + 4
+            + self.value.len()
+            + 2
+            + self.headers.iter().map(|(k, v)| 2 + k.len() + 4 + v.len()).sum::<usize>()
+    }
+}
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch checksum mismatch: header says {expected:#010x}, contents give {actual:#010x}")]
+    Checksum { expected: u32, actual: u32 },
+    #[error("malformed batch: {0}")]
+    Malformed(String),
+    #[error("batch too large: {0}")]
+    TooLarge(String),
+}
+
+/// An encoded, checksummed batch of one or more records. Constructed only by `encode`
+/// (which computes the checksum) or `decode` (which verifies it and the structure), so
+/// a `RecordBatch` value is always well-formed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    bytes: Bytes,
+    count: u32,
+}
+
+impl RecordBatch {
+    /// Encodes `records`. Fails if the batch breaks a limit.
+    pub fn encode(records: &[Record]) -> Result<RecordBatch, BatchError> {
+        if records.is_empty() {
+            return Err(BatchError::Malformed("a batch needs at least one record".into()));
+        }
+        if records.len() > limits::BATCH_RECORDS_MAX {
+            return Err(BatchError::TooLarge(format!(
+                "{} records, the limit is {}",
+                records.len(),
+                limits::BATCH_RECORDS_MAX
+            )));
+        }
+        let len = BATCH_HEADER_BYTES + records.iter().map(Record::encoded_len).sum::<usize>();
+        if len > limits::BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge(format!("{len} bytes, the limit is {}", limits::BATCH_BYTES_MAX)));
+        }
+        let mut buf = BytesMut::with_capacity(len);
+        buf.put_u8(MAGIC);
+        buf.put_u32_le(0); // checksum, filled in below
+        buf.put_u32_le(records.len() as u32);
+        for r in records {
+            check_record(r)?;
+            buf.put_u64_le(r.timestamp_ms);
+            match &r.key {
+                Some(k) => {
+                    buf.put_i32_le(k.len() as i32);
+                    buf.put_slice(k);
+                }
+                None => buf.put_i32_le(-1),
+            }
+            buf.put_u32_le(r.value.len() as u32);
+            buf.put_slice(&r.value);
+            buf.put_u16_le(r.headers.len() as u16);
+            for (name, value) in &r.headers {
+                buf.put_u16_le(name.len() as u16);
+                buf.put_slice(name.as_bytes());
+                buf.put_u32_le(value.len() as u32);
+                buf.put_slice(value);
+            }
+        }
+        assert_eq!(buf.len(), len, "encoded_len disagrees with the encoder");
+        let crc = crc32c::crc32c(&buf[5..]);
+        buf[1..5].copy_from_slice(&crc.to_le_bytes());
+        Ok(RecordBatch { bytes: buf.freeze(), count: records.len() as u32 })
+    }
+
+    /// Verifies the checksum and the structure of `bytes` against every limit.
+    pub fn decode(bytes: Bytes) -> Result<RecordBatch, BatchError> {
+        if bytes.len() > limits::BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge(format!("{} bytes, the limit is {}", bytes.len(), limits::BATCH_BYTES_MAX)));
+        }
+        if bytes.len() < BATCH_HEADER_BYTES {
+            return Err(BatchError::Malformed(format!("{} bytes is shorter than a batch header", bytes.len())));
+        }
+        if bytes[0] != MAGIC {
+            return Err(BatchError::Malformed(format!("unknown batch format {}", bytes[0])));
+        }
+        let expected = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes"));
+        let actual = crc32c::crc32c(&bytes[5..]);
+        if expected != actual {
+            return Err(BatchError::Checksum { expected, actual });
+        }
+        let count = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
+        if count == 0 || count as usize > limits::BATCH_RECORDS_MAX {
+            return Err(BatchError::Malformed(format!("record count {count} outside 1..={}", limits::BATCH_RECORDS_MAX)));
+        }
+        let batch = RecordBatch { bytes, count };
+        // Walk every record once so that `records()` can never fail later.
+        let mut n = 0;
+        let mut cur = Cursor { buf: &batch.bytes[BATCH_HEADER_BYTES..] };
+        while !cur.buf.is_empty() {
+            cur.record()?;
+            n += 1;
+        }
+        if n != count {
+            return Err(BatchError::Malformed(format!("header says {count} records, found {n}")));
+        }
+        Ok(batch)
+    }
+
+    /// The number of records.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Always false: a batch holds at least one record.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The encoded bytes, checksum included.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The checksum stored in the header.
+    pub fn crc(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[1..5].try_into().expect("4 bytes"))
+    }
+
+    /// The records, in order.
+    pub fn records(&self) -> Vec<Record> {
+        let mut cur = Cursor { buf: &self.bytes[BATCH_HEADER_BYTES..] };
+        let mut out = Vec::with_capacity(self.count as usize);
+        while !cur.buf.is_empty() {
+            out.push(cur.record_bytes(&self.bytes).expect("validated by decode or encode"));
+        }
+        out
+    }
+}
+
+fn check_record(r: &Record) -> Result<(), BatchError> {
+    if let Some(k) = &r.key
+        && k.len() > limits::RECORD_KEY_BYTES_MAX
+    {
+        return Err(BatchError::TooLarge(format!("key of {} bytes, the limit is {}", k.len(), limits::RECORD_KEY_BYTES_MAX)));
+    }
+    if r.headers.len() > limits::RECORD_HEADERS_MAX {
+        return Err(BatchError::TooLarge(format!("{} headers, the limit is {}", r.headers.len(), limits::RECORD_HEADERS_MAX)));
+    }
+    for (name, _) in &r.headers {
+        if name.len() > u16::MAX as usize {
+            return Err(BatchError::TooLarge("header name over 65535 bytes".into()));
+        }
+    }
+    Ok(())
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], BatchError> {
+        if self.buf.len() < n {
+            return Err(BatchError::Malformed(format!("truncated {what}: need {n} bytes, have {}", self.buf.len())));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, BatchError> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, BatchError> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, BatchError> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
+
+    /// Validates one record; returns the byte ranges of its parts.
+    fn record(&mut self) -> Result<RecordRanges<'a>, BatchError> {
+        let timestamp_ms = self.u64("timestamp")?;
+        let key_len = self.u32("key length")? as i32;
+        let key = match key_len {
+            -1 => None,
+            n if n < 0 => return Err(BatchError::Malformed(format!("key length {n}"))),
+            n if n as usize > limits::RECORD_KEY_BYTES_MAX => {
+                return Err(BatchError::TooLarge(format!("key of {n} bytes, the limit is {}", limits::RECORD_KEY_BYTES_MAX)));
+            }
+            n => Some(self.take(n as usize, "key")?),
+        };
+        let value_len = self.u32("value length")? as usize;
+        let value = self.take(value_len, "value")?;
+        let header_count = self.u16("header count")? as usize;
+        if header_count > limits::RECORD_HEADERS_MAX {
+            return Err(BatchError::TooLarge(format!("{header_count} headers, the limit is {}", limits::RECORD_HEADERS_MAX)));
+        }
+        let mut headers = Vec::with_capacity(header_count);
+        for _ in 0..header_count {
+            let name_len = self.u16("header name length")? as usize;
+            let name = self.take(name_len, "header name")?;
+            if std::str::from_utf8(name).is_err() {
+                return Err(BatchError::Malformed("header name is not UTF-8".into()));
+            }
+            let v_len = self.u32("header value length")? as usize;
+            let v = self.take(v_len, "header value")?;
+            headers.push((name, v));
+        }
+        Ok(RecordRanges { timestamp_ms, key, value, headers })
+    }
+
+    fn record_bytes(&mut self, whole: &Bytes) -> Result<Record, BatchError> {
+        let r = self.record()?;
+        Ok(Record {
+            timestamp_ms: r.timestamp_ms,
+            key: r.key.map(|k| whole.slice_ref(k)),
+            value: whole.slice_ref(r.value),
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(n, v)| (String::from_utf8(n.to_vec()).expect("checked UTF-8"), whole.slice_ref(v)))
+                .collect(),
+        })
+    }
+}
+
+type HeaderRanges<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+struct RecordRanges<'a> {
+    timestamp_ms: u64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    headers: HeaderRanges<'a>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record { key: Some(Bytes::from_static(b"k1")), value: Bytes::from_static(b"v1"), headers: vec![], timestamp_ms: 7 },
+            Record {
+                key: None,
+                value: Bytes::from(vec![0u8; 1000]),
+                headers: vec![("h".into(), Bytes::from_static(b"x"))],
+                timestamp_ms: 8,
+            },
+            Record { key: Some(Bytes::new()), value: Bytes::new(), headers: vec![], timestamp_ms: 9 },
+        ]
+    }
+
+    #[test]
+    fn round_trip() {
+        let b = RecordBatch::encode(&sample()).unwrap();
+        assert_eq!(b.len(), 3);
+        let d = RecordBatch::decode(b.bytes().clone()).unwrap();
+        assert_eq!(d.records(), sample());
+        assert_eq!(d.crc(), b.crc());
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let b = RecordBatch::encode(&sample()).unwrap();
+        let bytes = b.bytes().to_vec();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(RecordBatch::decode(Bytes::from(bad)).is_err(), "flip at byte {i} not caught");
+        }
+    }
+
+    #[test]
+    fn truncation_is_caught() {
+        let bytes = RecordBatch::encode(&sample()).unwrap().bytes().to_vec();
+        for n in 0..bytes.len() {
+            assert!(RecordBatch::decode(Bytes::copy_from_slice(&bytes[..n])).is_err(), "truncation to {n} not caught");
+        }
+    }
+
+    #[test]
+    fn lying_lengths_with_a_valid_checksum_are_refused() {
+        // A well-checksummed batch whose key length points past the end.
+        let mut buf = vec![MAGIC, 0, 0, 0, 0];
+        buf.extend_from_slice(&1u32.to_le_bytes());
+        buf.extend_from_slice(&0u64.to_le_bytes());
+        buf.extend_from_slice(&(i32::MAX).to_le_bytes());
+        let crc = crc32c::crc32c(&buf[5..]);
+        buf[1..5].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(RecordBatch::decode(Bytes::from(buf)), Err(BatchError::TooLarge(_))));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        assert!(RecordBatch::encode(&[]).is_err());
+        let big = Record::value(vec![0u8; limits::BATCH_BYTES_MAX]);
+        assert!(matches!(RecordBatch::encode(&[big]), Err(BatchError::TooLarge(_))));
+        let many = vec![Record::value("x"); limits::BATCH_RECORDS_MAX + 1];
+        assert!(matches!(RecordBatch::encode(&many), Err(BatchError::TooLarge(_))));
+    }
+}

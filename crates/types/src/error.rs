@@ -1,0 +1,139 @@
+//! Stable error codes shared by the server, the wire and the client.
+//!
+//! A code's number is part of the wire protocol: never reuse or renumber one. The
+//! client decides whether to retry from the code alone (see `is_retriable`) and whether
+//! a failed write may still have happened (see `is_definite`).
+
+use serde::{Deserialize, Serialize};
+
+/// Every error a Flotilla node can answer with. `docs/errors.md` documents each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// Not an error.
+    None = 0,
+    /// Something unexpected went wrong on the server. The write may or may not have happened.
+    Internal = 1,
+    /// The request is malformed or breaks a limit; nothing was done.
+    InvalidRequest = 2,
+    /// No such topic.
+    UnknownTopic = 3,
+    /// The topic exists but has no such partition.
+    UnknownPartition = 4,
+    /// This node does not lead the partition (or the metadata group). The error carries
+    /// the leader's address when it is known. Nothing was done.
+    NotLeader = 5,
+    /// The partition (or metadata group) has no leader right now, or is not hosted here
+    /// yet. Nothing was done; retry after a short backoff.
+    Unavailable = 6,
+    /// A batch's checksum does not match its contents; nothing was written.
+    CorruptBatch = 7,
+    /// A batch or record is over its size limit; nothing was written.
+    RecordTooLarge = 8,
+    /// The requested offset is outside `[log start, high watermark]`.
+    OffsetOutOfRange = 9,
+    /// A topic with this name exists already.
+    TopicExists = 10,
+    /// The cluster cannot satisfy the request (for example, fewer live brokers than the
+    /// replication factor).
+    PolicyViolation = 11,
+    /// The server did not finish in time; a write may or may not have happened.
+    Timeout = 12,
+    /// The node's storage failed (disk full, I/O error); nothing was acknowledged.
+    StorageError = 13,
+    /// The node is shutting down; retry on another node.
+    ShuttingDown = 14,
+    /// Leadership changed while the write was in flight: it may or may not have been
+    /// committed by the new leader.
+    LeaderChanged = 15,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and round-trip tests.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::None,
+        ErrorCode::Internal,
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnknownTopic,
+        ErrorCode::UnknownPartition,
+        ErrorCode::NotLeader,
+        ErrorCode::Unavailable,
+        ErrorCode::CorruptBatch,
+        ErrorCode::RecordTooLarge,
+        ErrorCode::OffsetOutOfRange,
+        ErrorCode::TopicExists,
+        ErrorCode::PolicyViolation,
+        ErrorCode::Timeout,
+        ErrorCode::StorageError,
+        ErrorCode::ShuttingDown,
+        ErrorCode::LeaderChanged,
+    ];
+
+    /// The wire number.
+    pub fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// The code for a wire number; unknown numbers (from a newer server) map to `Internal`.
+    pub fn from_u32(n: u32) -> ErrorCode {
+        Self::ALL.iter().copied().find(|c| c.as_u32() == n).unwrap_or(ErrorCode::Internal)
+    }
+
+    /// A stable, upper-snake name, as shown by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::None => "NONE",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::UnknownTopic => "UNKNOWN_TOPIC",
+            ErrorCode::UnknownPartition => "UNKNOWN_PARTITION",
+            ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::CorruptBatch => "CORRUPT_BATCH",
+            ErrorCode::RecordTooLarge => "RECORD_TOO_LARGE",
+            ErrorCode::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            ErrorCode::TopicExists => "TOPIC_EXISTS",
+            ErrorCode::PolicyViolation => "POLICY_VIOLATION",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::StorageError => "STORAGE_ERROR",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::LeaderChanged => "LEADER_CHANGED",
+        }
+    }
+
+    /// Worth retrying (after refreshing metadata and a backoff).
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::ShuttingDown | ErrorCode::StorageError
+                | ErrorCode::LeaderChanged
+        )
+    }
+
+    /// True when a write answered with this code definitely did not happen. `Internal`
+    /// and `Timeout` are indeterminate: the write may have been committed.
+    pub fn is_definite(self) -> bool {
+        !matches!(self, ErrorCode::Internal | ErrorCode::Timeout | ErrorCode::LeaderChanged)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_u32()), "code {} reused", c.as_u32());
+            assert_eq!(ErrorCode::from_u32(c.as_u32()), c);
+        }
+        assert_eq!(ErrorCode::from_u32(9999), ErrorCode::Internal);
+    }
+}

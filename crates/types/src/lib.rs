@@ -1,0 +1,16 @@
+//! Flotilla's vocabulary: identifiers, offsets, the record-batch wire format and its
+//! checksum, stable error codes, every limit, and the `Clock` trait.
+//!
+//! This crate knows nothing of networking, storage engines or consensus. Everything
+//! here is plain data plus pure functions, so every other crate may depend on it.
+
+pub mod batch;
+pub mod clock;
+pub mod error;
+pub mod ids;
+pub mod limits;
+
+pub use batch::{BatchError, Record, RecordBatch};
+pub use clock::{Clock, SystemClock};
+pub use error::ErrorCode;
+pub use ids::{GroupId, NodeId, Offset, PartitionId, METADATA_GROUP};

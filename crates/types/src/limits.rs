@@ -1,0 +1,84 @@
+//! Every limit in one place (design decision 11). Units are named last.
+//!
+//! A request over one of these is refused with `ErrorCode::InvalidRequest` or
+//! `ErrorCode::RecordTooLarge`; no allocation is ever sized by a client's number.
+
+/// The largest gRPC message a node accepts or sends (client and Raft traffic).
+pub const REQUEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The largest encoded record batch a producer may send in one Produce request.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The most records in one batch.
+pub const BATCH_RECORDS_MAX: usize = 10_000;
+
+/// The largest key of one record.
+pub const RECORD_KEY_BYTES_MAX: usize = 64 * 1024;
+
+/// The most headers on one record.
+pub const RECORD_HEADERS_MAX: usize = 64;
+
+/// The most bytes a Fetch may ask for; larger asks are clamped to this.
+pub const FETCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The longest a Fetch may wait for new data.
+pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+/// Topic names: 1..=TOPIC_NAME_BYTES_MAX bytes of `[a-zA-Z0-9._-]`.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// The most partitions in one topic.
+pub const TOPIC_PARTITIONS_MAX: u32 = 4096;
+
+/// The most topics in a cluster.
+pub const TOPICS_MAX: usize = 10_000;
+
+/// The replication factor every partition has in this version.
+pub const REPLICATION_FACTOR_MAX: u32 = 7;
+
+/// Node labels: at most this many bytes each (region, zone, rack).
+pub const LABEL_BYTES_MAX: usize = 128;
+
+/// The most Raft entries in one AppendEntries message.
+pub const RAFT_ENTRIES_PER_APPEND_MAX: u64 = 256;
+
+/// The most entry bytes in one AppendEntries message; a larger one is cut short (the
+/// follower acknowledges the prefix it got). At least one entry is always sent.
+pub const RAFT_APPEND_BYTES_MAX: usize = 6 * 1024 * 1024;
+
+/// The largest node-to-node Raft message: one batch at its limit plus framing.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// How long one node-to-node Raft call may take before it counts as unreachable.
+pub const RAFT_CALL_TIMEOUT_MS: u64 = 5_000;
+
+/// Checks a topic name; returns why it is refused.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!("topic name is {} bytes, the limit is {TOPIC_NAME_BYTES_MAX}", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name may not be '.' or '..'".into());
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("topic name contains {c:?}; allowed are ASCII letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(check_topic_name("orders.v1_x-y").is_ok());
+        assert!(check_topic_name("").is_err());
+        assert!(check_topic_name("..").is_err());
+        assert!(check_topic_name("a/b").is_err());
+        assert!(check_topic_name(&"a".repeat(TOPIC_NAME_BYTES_MAX + 1)).is_err());
+    }
+}
