@@ -15,7 +15,6 @@ use flotilla_client::{
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::AsyncBufReadExt;
 use tokio::task::JoinSet;
 
 /// How results are printed.
@@ -159,7 +158,7 @@ pub struct BenchProduceArgs {
     #[arg(long)]
     pub duration_secs: Option<u64>,
     /// Producer linger, milliseconds.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 0)]
     pub linger_ms: u64,
 }
 
@@ -364,6 +363,37 @@ fn split_line(line: &[u8], sep: Option<&[u8]>) -> (Option<Bytes>, Bytes) {
     (None, Bytes::copy_from_slice(line))
 }
 
+/// Standard input's lines, without their line ending, read on a thread of their own.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                    }
+                    if tx.blocking_send(Ok(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Counts of acknowledged and failed records, and why they failed.
 #[derive(Default)]
 struct Tally {
@@ -400,22 +430,12 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
     }
     let producer = client.producer(&a.topic, ProducerConfig::default());
     let sep = a.key_separator.as_deref().map(str::as_bytes);
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    let mut line = Vec::new();
+    let mut lines = stdin_lines();
     let mut in_flight = JoinSet::new();
     let mut tally = Tally::default();
     let mut refused = None;
-    loop {
-        line.clear();
-        if stdin.read_until(b'\n', &mut line).await.context("reading standard input")? == 0 {
-            break;
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-        }
+    while let Some(line) = lines.recv().await {
+        let line = line.context("reading standard input")?;
         let (key, value) = split_line(&line, sep);
         let record = Record { key, value, ..Record::default() };
         // Queued in input order, so records of one partition keep it.
@@ -454,7 +474,7 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
             "maybe_written": tally.maybe_written,
             "errors": tally.reasons,
         }))?,
-        Output::Text => eprintln!("{} records acknowledged", tally.acked),
+        Output::Text => eprintln!("{} record{} acknowledged", tally.acked, if tally.acked == 1 { "" } else { "s" }),
     }
     if tally.failed > 0 {
         let (reason, _) = tally.reasons.iter().max_by_key(|(_, n)| **n).expect("a reason per failure");

@@ -34,17 +34,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         start.insert(p, client.list_offsets(TOPIC, p).await?.1);
     }
 
-    // Ten records with five keys: records with one key go to one partition, in order.
+    // Ten records with five keys: records with one key go to one partition, in the order
+    // they were queued. `enqueue` returns once a record is queued, so all ten are in
+    // flight together (and batched); each `Ack` resolves to the record's place.
     let producer = client.producer(TOPIC, ProducerConfig::default());
-    let mut sends = vec![];
+    let mut acks = vec![];
     for i in 0..10 {
-        let p = producer.clone();
         let record = Record::value(format!("hello #{i}")).with_key(format!("user-{}", i % 5));
-        sends.push(tokio::spawn(async move { p.send(record).await }));
+        acks.push(producer.enqueue(record).await?);
     }
     let mut last = BTreeMap::new();
-    for s in sends {
-        let (partition, offset) = s.await??;
+    for ack in acks {
+        let (partition, offset) = ack.await?;
         println!("produced to partition {partition} at offset {offset}");
         let end = last.entry(partition).or_insert(offset + 1);
         *end = (*end).max(offset + 1);

@@ -485,6 +485,27 @@ impl ClientInner {
         Err(last.expect("at least one candidate"))
     }
 
+    /// [`ClientInner::refresh`], retried with backoff for up to `retry_deadline`. Its
+    /// failure is `UNAVAILABLE` and definite: it happens before any request is sent.
+    async fn refresh_patiently(&self, topics: &[String]) -> Result<()> {
+        let until = Instant::now() + self.config.retry_deadline;
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            let e = match self.refresh(topics).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let delay = self.backoff_delay(&mut backoff);
+            if Instant::now() + delay > until {
+                return Err(ClientError::refused(
+                    ErrorCode::Unavailable,
+                    format!("cannot load the cluster's metadata: {e}"),
+                ));
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     fn note_interest(&self, topic: &str) {
         let mut i = self.interest.lock().expect("interest lock");
         if !i.contains(topic) && i.len() < limits::TOPICS_MAX {
@@ -499,7 +520,7 @@ impl ClientInner {
         if let Some(t) = self.cache.read().expect("cache lock").topics.get(topic) {
             return Ok(t.clone());
         }
-        self.refresh(&[topic.to_string()]).await?;
+        self.refresh_patiently(&[topic.to_string()]).await?;
         self.cache
             .read()
             .expect("cache lock")
@@ -514,7 +535,7 @@ impl ClientInner {
     pub(crate) async fn partition_info(&self, topic: &str, partition: PartitionId) -> Result<PartitionInfo> {
         let mut t = self.topic_info(topic).await?;
         if partition as usize >= t.partitions.len() {
-            self.refresh(&[topic.to_string()]).await?;
+            self.refresh_patiently(&[topic.to_string()]).await?;
             t = self.topic_info(topic).await?;
         }
         t.partitions.get(partition as usize).cloned().ok_or_else(|| {
@@ -690,6 +711,21 @@ impl ClientInner {
                 ClientError::Server { code: ErrorCode::NotLeader, addr, leader_id, leader_addr, .. } => {
                     let named = {
                         let mut c = self.cache.write().expect("cache lock");
+                        // A leader the cache has not heard of yet (a node that just joined).
+                        if let (Some(id), Some(a)) = (leader_id, leader_addr)
+                            && !c.brokers.contains_key(id)
+                            && let Ok(a) = normalize_addr(a)
+                        {
+                            let info = metadata::BrokerInfo {
+                                id: *id,
+                                addr: a,
+                                region: String::new(),
+                                zone: String::new(),
+                                rack: String::new(),
+                                state: String::new(),
+                            };
+                            c.brokers.insert(*id, info);
+                        }
                         if let Some(id) = leader_id {
                             match &target {
                                 Target::Partition { topic, partition } => c.set_leader(topic, *partition, *id),

@@ -64,7 +64,8 @@ impl std::fmt::Debug for ClientConfig {
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// How long a partition's batch waits for more records after its first one arrives,
-    /// when nothing is in flight to that partition yet. Default 2 ms.
+    /// when nothing is in flight to that partition yet. Default 0: while a batch is in
+    /// flight the next one fills up anyway, so lingering only adds latency.
     pub linger: Duration,
     /// The most encoded bytes in one batch; clamped to `limits::BATCH_BYTES_MAX`.
     pub max_batch_bytes: usize,
@@ -88,7 +89,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> ProducerConfig {
         ProducerConfig {
-            linger: Duration::from_millis(2),
+            linger: Duration::ZERO,
             max_batch_bytes: limits::BATCH_BYTES_MAX,
             max_batch_records: limits::BATCH_RECORDS_MAX,
             queue_records: 16_384,

@@ -15,7 +15,7 @@
 //!   [`ProducerConfig::retry_indeterminate`] (default on; documented as "may duplicate").
 //! - **Batching producer.** [`Producer::send`] picks the partition by key (Kafka's murmur2
 //!   partitioner, round-robin without a key), gathers concurrent sends to one partition
-//!   into one record batch (linger 2 ms by default) and gives each caller its own offset.
+//!   into one record batch (no linger by default: the next batch fills while one is in flight) and gives each caller its own offset.
 //! - **Consumer.** [`Consumer::poll`] long-polls a partition's leader and verifies every
 //!   batch's CRC32C.
 //! - **Admin.** Topics and cluster description, as plain serialisable structs.

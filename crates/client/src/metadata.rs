@@ -70,7 +70,7 @@ pub(crate) fn broker_from_wire(b: &v1::Broker) -> Result<BrokerInfo, String> {
     if b.addr.trim().is_empty() {
         return Err(format!("broker {} has no address", b.id));
     }
-    crate::client::normalize_addr(&b.addr).map_err(|e| format!("broker {}: {e}", b.id))?;
+    let addr = crate::client::normalize_addr(&b.addr).map_err(|e| format!("broker {}: {e}", b.id))?;
     for (what, v) in [("region", &b.region), ("zone", &b.zone), ("rack", &b.rack)] {
         if v.len() > limits::LABEL_BYTES_MAX {
             return Err(format!("broker {} has a {what} label of {} bytes", b.id, v.len()));
@@ -78,7 +78,7 @@ pub(crate) fn broker_from_wire(b: &v1::Broker) -> Result<BrokerInfo, String> {
     }
     Ok(BrokerInfo {
         id: b.id,
-        addr: b.addr.trim().to_string(),
+        addr,
         region: b.region.clone(),
         zone: b.zone.clone(),
         rack: b.rack.clone(),
@@ -252,6 +252,7 @@ mod tests {
     fn brokers_are_checked() {
         let b = |id, addr: &str| v1::Broker { id, addr: addr.into(), ..Default::default() };
         assert!(brokers_from_wire(&[b(1, "h:1"), b(2, "h:2")]).is_ok());
+        assert_eq!(brokers_from_wire(&[b(1, "http://h:1/")]).unwrap()[0].addr, "h:1");
         assert!(brokers_from_wire(&[b(0, "h:1")]).is_err());
         assert!(brokers_from_wire(&[b(1, "")]).is_err());
         assert!(brokers_from_wire(&[b(1, "h:1"), b(1, "h:2")]).is_err());

@@ -13,7 +13,7 @@ use flotilla_client::{Client, ClientConfig, ClientError, ErrorCode, ProducerConf
 use flotilla_proto::v1::{self, admin_server, flotilla_server};
 use flotilla_types::RecordBatch;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// What a broker does with the next request of a kind; `Ok` once the script runs out.
@@ -292,7 +292,7 @@ impl Cluster {
                 tonic::transport::Server::builder()
                     .add_service(flotilla_server::FlotillaServer::new(b.clone()))
                     .add_service(admin_server::AdminServer::new(b))
-                    .serve_with_incoming(TcpListenerStream::new(l)),
+                    .serve_with_incoming(TcpIncoming::from(l).with_nodelay(Some(true))),
             );
         }
         Cluster { shared, brokers: fakes, addrs }
@@ -433,9 +433,9 @@ async fn definite_refusals_fail_at_once() {
 async fn a_timed_out_produce_is_retried_only_when_the_caller_opted_in() {
     let c = Cluster::start(1, None).await;
     c.add_topic(topic("t", 1, 1, &[1]));
-    let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(150), ..config() }).await;
+    let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(400), ..config() }).await;
 
-    c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(600)));
+    c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(1200)));
     let careful = client.producer("t", ProducerConfig { retry_indeterminate: false, ..Default::default() });
     let e = careful.send_to(0, Record::value("a")).await.unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
@@ -444,8 +444,8 @@ async fn a_timed_out_produce_is_retried_only_when_the_caller_opted_in() {
 
     // The stalled attempt completes on the server: the write happened although the
     // client saw a timeout. With retries on, the record is written twice.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(600)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(1200)));
     let eager = client.producer("t", ProducerConfig::default());
     eager.send_to(0, Record::value("b")).await.unwrap();
     assert_eq!(c.broker(1).produce_calls, 3);
@@ -455,8 +455,8 @@ async fn a_timed_out_produce_is_retried_only_when_the_caller_opted_in() {
 async fn a_final_error_after_an_unknown_outcome_stays_indeterminate() {
     let c = Cluster::start(1, None).await;
     c.add_topic(topic("t", 1, 1, &[1]));
-    let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(150), ..config() }).await;
-    c.broker(1).produce.extend([Act::Stall(Duration::from_millis(400)), fail(ErrorCode::InvalidRequest)]);
+    let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(400), ..config() }).await;
+    c.broker(1).produce.extend([Act::Stall(Duration::from_millis(1000)), fail(ErrorCode::InvalidRequest)]);
     let e = client.producer("t", ProducerConfig::default()).send_to(0, Record::value("a")).await.unwrap_err();
     assert!(matches!(e, ClientError::GaveUp { maybe_applied: true, .. }), "{e:?}");
     assert_eq!(e.code(), Some(ErrorCode::InvalidRequest));

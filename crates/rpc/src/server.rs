@@ -206,7 +206,11 @@ pub async fn serve<T: RaftTransport>(
         .add_service(admin)
         .add_service(raft)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        // serve_with_incoming ignores the builder's nodelay: set it on the incoming stream.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| ServeError::Serve(e.to_string()))
 }

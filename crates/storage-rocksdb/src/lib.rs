@@ -9,7 +9,7 @@
 //! Architecture invariant: this crate knows nothing of Raft, partitions or the network,
 //! and no other crate knows RocksDB: everything above talks to [`Engine`].
 //!
-//! Durability (see `/work/shared/DESIGN.md`, decision 3):
+//! Durability (docs/ARCHITECTURE.md, "Invariants"):
 //! - `write` writes the batch to the WAL without syncing it, so it is readable at once.
 //! - `on_durable` queues its callback for the flusher thread, named `flotilla-flusher`,
 //!   which takes every queued callback, syncs the WAL once (`flush_wal(true)`), and
