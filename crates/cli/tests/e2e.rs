@@ -19,7 +19,7 @@ use flotilla_types::{RecordBatch, limits};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_hundred_thousand_records_by_key_round_trip() {
     const N: usize = 100_000;
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = cluster(3);
     let client = ready_client(&cluster, 3).await;
     create_topic(&client, "orders", 6).await;
@@ -61,7 +61,7 @@ async fn t10_hundred_thousand_records_by_key_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t20_kill_busiest_leader_under_load() {
     const N: usize = 30_000;
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = cluster(3);
     let client = ready_client(&cluster, 3).await;
     create_topic(&client, "events", 6).await;
@@ -121,7 +121,7 @@ async fn t20_kill_busiest_leader_under_load() {
 /// acknowledged record is still there, and produce works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t30_full_restart_keeps_acknowledged_records() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = cluster(3);
     let client = ready_client(&cluster, 3).await;
     create_topic(&client, "ledger", 3).await;
@@ -156,10 +156,8 @@ async fn t30_full_restart_keeps_acknowledged_records() {
         // Produce works again, and is durable for the next round.
         let producer = client.producer("ledger", ProducerConfig::default());
         let v = format!("after-{round}");
-        eventually("produce after restart", Duration::from_secs(30), async || {
-            producer.send(keyed("k", &v)).await
-        })
-        .await;
+        eventually("produce after restart", Duration::from_secs(30), async || producer.send(keyed("k", &v)).await)
+            .await;
         expected.insert(v);
     }
 }
@@ -167,7 +165,7 @@ async fn t30_full_restart_keeps_acknowledged_records() {
 /// t40: bad requests get their documented error codes, and the cluster keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t40_bad_requests_get_documented_errors() {
-    let _serial = serial();
+    let _serial = serial().await;
     let cluster = cluster(3);
     let client = ready_client(&cluster, 3).await;
     create_topic(&client, "t", 1).await;

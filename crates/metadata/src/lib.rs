@@ -52,8 +52,14 @@ pub struct Topic {
 pub enum Command {
     /// Adds a broker or updates its address and labels.
     RegisterBroker(Broker),
-    CreateTopic { name: String, partitions: u32, replication_factor: u32 },
-    DeleteTopic { name: String },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+    },
+    DeleteTopic {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +130,10 @@ impl MetadataState {
             return Response::error(ErrorCode::TopicExists, format!("topic '{name}' already exists"));
         }
         if self.topics.len() >= limits::TOPICS_MAX {
-            return Response::error(ErrorCode::PolicyViolation, format!("the cluster has {} topics, the limit", limits::TOPICS_MAX));
+            return Response::error(
+                ErrorCode::PolicyViolation,
+                format!("the cluster has {} topics, the limit", limits::TOPICS_MAX),
+            );
         }
         if partitions == 0 || partitions > limits::TOPIC_PARTITIONS_MAX {
             return Response::error(

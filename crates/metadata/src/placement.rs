@@ -27,10 +27,9 @@ pub enum PlacementError {
 impl std::fmt::Display for PlacementError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PlacementError::NotEnoughBrokers { needed, available } => write!(
-                f,
-                "replication factor {needed} needs {needed} brokers, the cluster has {available} registered"
-            ),
+            PlacementError::NotEnoughBrokers { needed, available } => {
+                write!(f, "replication factor {needed} needs {needed} brokers, the cluster has {available} registered")
+            }
         }
     }
 }
@@ -46,7 +45,8 @@ pub fn place_topic(
     if (brokers.len() as u64) < u64::from(rf) {
         return Err(PlacementError::NotEnoughBrokers { needed: rf, available: brokers.len() });
     }
-    let mut load: BTreeMap<NodeId, Load> = brokers.keys().map(|id| (*id, load.get(id).copied().unwrap_or_default())).collect();
+    let mut load: BTreeMap<NodeId, Load> =
+        brokers.keys().map(|id| (*id, load.get(id).copied().unwrap_or_default())).collect();
     let mut plan = Vec::with_capacity(partitions as usize);
     for _ in 0..partitions {
         let replicas = place_one(brokers, &load, rf);
@@ -101,7 +101,10 @@ mod tests {
             .enumerate()
             .map(|(i, z)| {
                 let id = i as NodeId + 1;
-                (id, Broker { id, addr: format!("h:{id}"), labels: Labels { zone: z.to_string(), ..Labels::default() } })
+                (
+                    id,
+                    Broker { id, addr: format!("h:{id}"), labels: Labels { zone: z.to_string(), ..Labels::default() } },
+                )
             })
             .collect()
     }

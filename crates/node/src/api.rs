@@ -89,7 +89,9 @@ impl<T: RaftTransport> Node<T> {
     fn leader_error(&self, group: GroupId, leader: Option<NodeId>, code: ErrorCode, what: &str) -> ApiError {
         let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
         let message = match &leader {
-            Some((id, addr)) => format!("node {} does not lead {what} (group {group}); node {id} at {addr} does", self.id()),
+            Some((id, addr)) => {
+                format!("node {} does not lead {what} (group {group}); node {id} at {addr} does", self.id())
+            }
             None => format!("node {} does not lead {what} (group {group}); the leader is not known", self.id()),
         };
         ApiError { code, message, leader }
@@ -100,7 +102,9 @@ impl<T: RaftTransport> Node<T> {
             WriteError::NotLeader { group, leader } => self.leader_error(group, leader, ErrorCode::NotLeader, what),
             WriteError::LeaderChanged { group, leader } => {
                 let mut err = self.leader_error(group, leader, ErrorCode::LeaderChanged, what);
-                err.message = format!("leadership of {what} changed while the write was in flight; it may or may not have been applied");
+                err.message = format!(
+                    "leadership of {what} changed while the write was in flight; it may or may not have been applied"
+                );
                 err
             }
             WriteError::Unavailable { group, reason } => {
@@ -116,9 +120,9 @@ impl<T: RaftTransport> Node<T> {
     /// The partition's group on this node, or why it cannot serve it.
     fn partition_group(&self, topic: &str, partition: PartitionId) -> Result<Arc<Group>, ApiError> {
         let assignment = self.with_metadata(|m| {
-            let t = m.topic(topic).ok_or_else(|| {
-                ApiError::new(ErrorCode::UnknownTopic, format!("topic '{topic}' does not exist"))
-            })?;
+            let t = m
+                .topic(topic)
+                .ok_or_else(|| ApiError::new(ErrorCode::UnknownTopic, format!("topic '{topic}' does not exist")))?;
             t.partitions.get(partition as usize).cloned().ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::UnknownPartition,
@@ -183,8 +187,9 @@ impl<T: RaftTransport> Node<T> {
         let mut applied = group.state().subscribe();
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
-            let (located, hw, start) =
-                Self::read_partition(&group, |p| (p.locate(offset, max_bytes), p.high_watermark(), p.log_start_offset()));
+            let (located, hw, start) = Self::read_partition(&group, |p| {
+                (p.locate(offset, max_bytes), p.high_watermark(), p.log_start_offset())
+            });
             let Some(locations) = located else {
                 return Err(ApiError::new(
                     ErrorCode::OffsetOutOfRange,
@@ -200,13 +205,19 @@ impl<T: RaftTransport> Node<T> {
                         .ok_or_else(|| {
                             ApiError::new(
                                 ErrorCode::StorageError,
-                                format!("{what}: log entry {} for offset {} is missing", loc.log_index, loc.base_offset),
+                                format!(
+                                    "{what}: log entry {} for offset {} is missing",
+                                    loc.log_index, loc.base_offset
+                                ),
                             )
                         })?;
                     // Verified on read as on write: a corrupt batch is never served.
                     RecordBatch::decode(bytes.clone()).map_err(|e| {
                         tracing::error!(%what, offset = loc.base_offset, error = %e, "corrupt batch in the log");
-                        ApiError::new(ErrorCode::CorruptBatch, format!("{what}: stored batch at {}: {e}", loc.base_offset))
+                        ApiError::new(
+                            ErrorCode::CorruptBatch,
+                            format!("{what}: stored batch at {}: {e}", loc.base_offset),
+                        )
                     })?;
                     batches.push(FetchedBatch { base_offset: loc.base_offset, batch: bytes });
                 }
@@ -310,7 +321,12 @@ impl<T: RaftTransport> Node<T> {
         }
     }
 
-    pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> Result<TopicView, ApiError> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Result<TopicView, ApiError> {
         limits::check_topic_name(name).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
         let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor };
         match self.metadata_write(cmd).await? {
@@ -346,4 +362,3 @@ impl<T: RaftTransport> Node<T> {
         }
     }
 }
-

@@ -105,7 +105,11 @@ impl NodeConfig {
         if let Some(a) = peers.get(&self.id)
             && a != self.advertised()
         {
-            return Err(format!("peers: this node ({}) is listed at {a} but advertises {}", self.id, self.advertised()));
+            return Err(format!(
+                "peers: this node ({}) is listed at {a} but advertises {}",
+                self.id,
+                self.advertised()
+            ));
         }
         let controllers = self.controller_ids()?;
         if !controllers.contains(&self.id) {

@@ -26,7 +26,13 @@ struct LocalTransport {
 }
 
 impl RaftTransport for LocalTransport {
-    async fn call(&self, target: NodeId, group: GroupId, payload: Vec<u8>, _t: Duration) -> Result<Vec<u8>, TransportError> {
+    async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        payload: Vec<u8>,
+        _t: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         let cut = self.net.cut.read().unwrap().clone();
         if cut.contains(&self.me) || cut.contains(&target) {
             return Err(TransportError::Unreachable(target, "cut".into()));

@@ -58,18 +58,13 @@ impl PartitionState {
 
     /// Applies the command committed at `log_index`.
     pub fn apply(&mut self, log_index: u64, command: &Command) -> Response {
-        assert!(
-            log_index > self.last_applied_index,
-            "log index {log_index} applied after {}",
-            self.last_applied_index
-        );
+        assert!(log_index > self.last_applied_index, "log index {log_index} applied after {}", self.last_applied_index);
         self.last_applied_index = log_index;
         match command {
             Command::Produce { batch, records } => {
                 assert!(*records > 0, "an empty batch was proposed");
                 let base_offset = self.next_offset;
-                let location =
-                    BatchLocation { base_offset, records: *records, log_index, bytes: batch.len() as u32 };
+                let location = BatchLocation { base_offset, records: *records, log_index, bytes: batch.len() as u32 };
                 let previous = self.batches.insert(base_offset, location);
                 assert!(previous.is_none(), "offset {base_offset} assigned twice");
                 self.next_offset = base_offset + u64::from(*records);
@@ -108,7 +103,8 @@ impl PartitionState {
         if offset == self.next_offset {
             return Some(out);
         }
-        let (_, first) = self.batches.range(..=offset).next_back().expect("offset below the high watermark has a batch");
+        let (_, first) =
+            self.batches.range(..=offset).next_back().expect("offset below the high watermark has a batch");
         assert!(first.base_offset <= offset && offset < first.base_offset + u64::from(first.records));
         let mut total = 0usize;
         for (_, loc) in self.batches.range(first.base_offset..) {

@@ -11,7 +11,7 @@ use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::LogStore;
-use crate::network::{RaftRpc, RaftReply, RaftTransport, Router};
+use crate::network::{RaftReply, RaftRpc, RaftTransport, Router};
 use crate::state_machine::{GroupState, SharedState};
 use crate::{Command, Raft, Response};
 
@@ -112,10 +112,12 @@ impl Group {
                 Err(WriteError::LeaderChanged { group: self.id, leader: f.leader_id })
             }
             Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
-            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::LeaderChanged { group: self.id, leader: None }).map_err(|e| {
+            Ok(Err(RaftError::Fatal(f))) => {
+                // The group stopped (storage failure or shutdown) with the write possibly
+                // appended: indeterminate.
                 tracing::error!(group = self.id, error = %f, "raft group stopped");
-                e
-            }),
+                Err(WriteError::LeaderChanged { group: self.id, leader: None })
+            }
         }
     }
 
@@ -130,7 +132,9 @@ impl Group {
             Err(WriteError::NotLeader { leader: Some(leader), .. }) if leader != self.node => {
                 match router.call(leader, self.id, &RaftRpc::Write(command), timeout).await {
                     Ok(RaftReply::Write(r)) => r,
-                    Ok(other) => Err(WriteError::Unavailable { group: self.id, reason: format!("leader answered {other:?}") }),
+                    Ok(other) => {
+                        Err(WriteError::Unavailable { group: self.id, reason: format!("leader answered {other:?}") })
+                    }
                     Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
                 }
             }
@@ -157,9 +161,9 @@ impl Group {
     pub fn peer_ack_ages(&self) -> Option<std::collections::BTreeMap<NodeId, Option<Duration>>> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        m.heartbeat.as_ref().map(|h| {
-            h.iter().map(|(id, t)| (*id, t.as_ref().map(|t| openraft::Instant::elapsed(&**t)))).collect()
-        })
+        m.heartbeat
+            .as_ref()
+            .map(|h| h.iter().map(|(id, t)| (*id, t.as_ref().map(|t| openraft::Instant::elapsed(&**t)))).collect())
     }
 
     /// Waits until this replica has applied everything the group had committed when the

@@ -37,7 +37,10 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -
     let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable {what}: {e}")))?;
     if used != bytes.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{what} has {} trailing bytes", bytes.len() - used)));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} has {} trailing bytes", bytes.len() - used),
+        ));
     }
     Ok(v)
 }
@@ -87,8 +90,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let pairs = self.engine.scan(&keys::log(self.group, start), &end_key, usize::MAX).map_err(to_io)?;
         let mut out = Vec::with_capacity(pairs.len());
-        let mut expect = start;
-        for (k, v) in pairs {
+        for (expect, (k, v)) in (start..).zip(pairs) {
             let index = keys::index_of(&k);
             if index != expect {
                 return Err(io::Error::new(
@@ -99,7 +101,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let entry: Entry = decode(&v, "log entry")?;
             assert_eq!(entry.log_id.index, index, "entry stored under the wrong index");
             out.push(entry);
-            expect += 1;
         }
         Ok(out)
     }
@@ -121,7 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|(_, v)| decode::<Entry>(&v, "log entry"))
             .transpose()?
             .map(|e| e.log_id);
-        let last_log_id = last.or_else(|| last_purged.clone());
+        let last_log_id = last.or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 

@@ -48,7 +48,11 @@ pub(crate) enum RaftRpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
-    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, data: Vec<u8> },
+    Snapshot {
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: Vec<u8>,
+    },
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A client write forwarded to the group's leader.
     Write(Command),
@@ -87,7 +91,13 @@ impl<T: RaftTransport> Router<T> {
         decode(&bytes, "raft reply").map_err(|e| TransportError::Unreachable(target, e.to_string()))
     }
 
-    async fn rpc(&self, target: NodeId, group: GroupId, rpc: RaftRpc, option: &RPCOption) -> Result<RaftReply, Unreachable<TypeConfig>> {
+    async fn rpc(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        rpc: RaftRpc,
+        option: &RPCOption,
+    ) -> Result<RaftReply, Unreachable<TypeConfig>> {
         let timeout = option.hard_ttl().min(Duration::from_millis(limits::RAFT_CALL_TIMEOUT_MS));
         match self.call(target, group, &rpc, timeout).await {
             Ok(RaftReply::Refused(why)) => Err(unreachable(format!("node {target} group {group}: {why}"))),
@@ -108,7 +118,9 @@ fn unexpected<R>(what: &str) -> Result<R, RPCError<TypeConfig>> {
 /// The bytes an entry adds to an AppendEntries message (its batch, or a small constant).
 fn entry_bytes(payload: &crate::Payload) -> usize {
     match payload {
-        EntryPayload::Normal(Command::Partition(flotilla_partition::Command::Produce { batch, .. })) => batch.len() + 64,
+        EntryPayload::Normal(Command::Partition(flotilla_partition::Command::Produce { batch, .. })) => {
+            batch.len() + 64
+        }
         _ => 256,
     }
 }
@@ -138,7 +150,7 @@ impl<T: RaftTransport> GroupRouter<TypeConfig, GroupId> for Router<T> {
         if truncated {
             rpc.entries.truncate(keep);
         }
-        let last_sent = rpc.entries.last().map(|e| e.log_id.clone());
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
         match self.rpc(target, group, RaftRpc::Append(rpc), &option).await.map_err(RPCError::Unreachable)? {
             RaftReply::Append(AppendEntriesResponse::Success) if truncated => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))

@@ -67,7 +67,10 @@ impl StateMachineStore {
     pub fn new(initial: GroupState) -> StateMachineStore {
         let (applied_tx, _) = watch::channel(0);
         let inner = Applied { last_applied: None, membership: Default::default(), state: initial };
-        StateMachineStore { shared: Arc::new(SharedState { inner: RwLock::new(inner), applied_tx }), current_snapshot: None }
+        StateMachineStore {
+            shared: Arc::new(SharedState { inner: RwLock::new(inner), applied_tx }),
+            current_snapshot: None,
+        }
     }
 
     pub fn shared(&self) -> Arc<SharedState> {
@@ -107,7 +110,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let applied = self.shared.inner.read().expect("state lock poisoned").clone();
         let data = encode(&applied);
         let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: applied.last_applied.clone(),
+            last_log_id: applied.last_applied,
             last_membership: applied.membership.clone(),
         };
         self.current_snapshot = Some((meta.clone(), data.clone()));
@@ -123,7 +126,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let inner = self.shared.inner.read().expect("state lock poisoned");
-        Ok((inner.last_applied.clone(), inner.membership.clone()))
+        Ok((inner.last_applied, inner.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -139,10 +142,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     assert!(index > prev.index, "entry {index} applied after {}", prev.index);
                 }
                 if let EntryPayload::Membership(m) = &entry.payload {
-                    inner.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id.clone()), m.clone());
+                    inner.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                 }
                 let response = apply_one(&mut inner.state, index, &entry.payload);
-                inner.last_applied = Some(entry.log_id.clone());
+                inner.last_applied = Some(entry.log_id);
                 response
             };
             last = Some(entry.log_id.index);
@@ -178,9 +181,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Self::SnapshotData>>, io::Error> {
-        Ok(self
-            .current_snapshot
-            .as_ref()
-            .map(|(meta, data)| SnapshotOf::<TypeConfig, _> { meta: meta.clone(), snapshot: Cursor::new(data.clone()) }))
+        Ok(self.current_snapshot.as_ref().map(|(meta, data)| SnapshotOf::<TypeConfig, _> {
+            meta: meta.clone(),
+            snapshot: Cursor::new(data.clone()),
+        }))
     }
 }

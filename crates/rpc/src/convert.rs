@@ -10,7 +10,12 @@ pub(crate) fn error(e: &ApiError) -> v1::Error {
 }
 
 pub(crate) fn invalid(message: impl Into<String>) -> v1::Error {
-    v1::Error { code: ErrorCode::InvalidRequest.as_u32(), message: message.into(), leader_id: 0, leader_addr: String::new() }
+    v1::Error {
+        code: ErrorCode::InvalidRequest.as_u32(),
+        message: message.into(),
+        leader_id: 0,
+        leader_addr: String::new(),
+    }
 }
 
 pub(crate) fn partition(p: &PartitionView) -> v1::PartitionMetadata {

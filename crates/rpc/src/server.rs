@@ -41,7 +41,7 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
         if let Err(e) = check_topic(&r.topic) {
             return Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }));
         }
-        let resp = match self.node.produce(&r.topic, r.partition, r.batch.into()).await {
+        let resp = match self.node.produce(&r.topic, r.partition, r.batch).await {
             Ok((base_offset, record_count)) => v1::ProduceResponse { error: None, base_offset, record_count },
             Err(e) => v1::ProduceResponse { error: Some(convert::error(&e)), ..Default::default() },
         };
@@ -62,7 +62,7 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                 batches: f
                     .batches
                     .into_iter()
-                    .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch.into() })
+                    .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
                     .collect(),
             },
             Err(e) => v1::FetchResponse { error: Some(convert::error(&e)), ..Default::default() },
@@ -134,7 +134,10 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         Ok(Response::new(v1::DeleteTopicResponse { error }))
     }
 
-    async fn list_topics(&self, _req: Request<v1::ListTopicsRequest>) -> Result<Response<v1::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _req: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
         let topics = self
             .node
             .list_topics()

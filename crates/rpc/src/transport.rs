@@ -12,11 +12,14 @@ use flotilla_raft::{RaftTransport, TransportError};
 use flotilla_types::{GroupId, NodeId, limits};
 use tonic::transport::{Channel, Endpoint};
 
+/// Per peer: the address the channel was opened to, and the client on it.
+type Channels = BTreeMap<NodeId, (String, RaftClient<Channel>)>;
+
 #[derive(Clone)]
 pub struct GrpcTransport {
     me: NodeId,
     addresses: AddressBook,
-    channels: Arc<Mutex<BTreeMap<NodeId, (String, RaftClient<Channel>)>>>,
+    channels: Arc<Mutex<Channels>>,
 }
 
 impl GrpcTransport {
@@ -25,10 +28,8 @@ impl GrpcTransport {
     }
 
     fn client(&self, target: NodeId) -> Result<RaftClient<Channel>, TransportError> {
-        let addr = self
-            .addresses
-            .get(target)
-            .ok_or_else(|| TransportError::Unreachable(target, "no address known".into()))?;
+        let addr =
+            self.addresses.get(target).ok_or_else(|| TransportError::Unreachable(target, "no address known".into()))?;
         let mut channels = self.channels.lock().expect("channels poisoned");
         if let Some((a, c)) = channels.get(&target)
             && *a == addr

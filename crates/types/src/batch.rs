@@ -118,7 +118,11 @@ impl RecordBatch {
     /// Verifies the checksum and the structure of `bytes` against every limit.
     pub fn decode(bytes: Bytes) -> Result<RecordBatch, BatchError> {
         if bytes.len() > limits::BATCH_BYTES_MAX {
-            return Err(BatchError::TooLarge(format!("{} bytes, the limit is {}", bytes.len(), limits::BATCH_BYTES_MAX)));
+            return Err(BatchError::TooLarge(format!(
+                "{} bytes, the limit is {}",
+                bytes.len(),
+                limits::BATCH_BYTES_MAX
+            )));
         }
         if bytes.len() < BATCH_HEADER_BYTES {
             return Err(BatchError::Malformed(format!("{} bytes is shorter than a batch header", bytes.len())));
@@ -133,7 +137,10 @@ impl RecordBatch {
         }
         let count = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
         if count == 0 || count as usize > limits::BATCH_RECORDS_MAX {
-            return Err(BatchError::Malformed(format!("record count {count} outside 1..={}", limits::BATCH_RECORDS_MAX)));
+            return Err(BatchError::Malformed(format!(
+                "record count {count} outside 1..={}",
+                limits::BATCH_RECORDS_MAX
+            )));
         }
         let batch = RecordBatch { bytes, count };
         // Walk every record once so that `records()` can never fail later.
@@ -184,10 +191,18 @@ fn check_record(r: &Record) -> Result<(), BatchError> {
     if let Some(k) = &r.key
         && k.len() > limits::RECORD_KEY_BYTES_MAX
     {
-        return Err(BatchError::TooLarge(format!("key of {} bytes, the limit is {}", k.len(), limits::RECORD_KEY_BYTES_MAX)));
+        return Err(BatchError::TooLarge(format!(
+            "key of {} bytes, the limit is {}",
+            k.len(),
+            limits::RECORD_KEY_BYTES_MAX
+        )));
     }
     if r.headers.len() > limits::RECORD_HEADERS_MAX {
-        return Err(BatchError::TooLarge(format!("{} headers, the limit is {}", r.headers.len(), limits::RECORD_HEADERS_MAX)));
+        return Err(BatchError::TooLarge(format!(
+            "{} headers, the limit is {}",
+            r.headers.len(),
+            limits::RECORD_HEADERS_MAX
+        )));
     }
     for (name, _) in &r.headers {
         if name.len() > u16::MAX as usize {
@@ -228,7 +243,10 @@ impl<'a> Cursor<'a> {
             -1 => None,
             n if n < 0 => return Err(BatchError::Malformed(format!("key length {n}"))),
             n if n as usize > limits::RECORD_KEY_BYTES_MAX => {
-                return Err(BatchError::TooLarge(format!("key of {n} bytes, the limit is {}", limits::RECORD_KEY_BYTES_MAX)));
+                return Err(BatchError::TooLarge(format!(
+                    "key of {n} bytes, the limit is {}",
+                    limits::RECORD_KEY_BYTES_MAX
+                )));
             }
             n => Some(self.take(n as usize, "key")?),
         };
@@ -236,7 +254,10 @@ impl<'a> Cursor<'a> {
         let value = self.take(value_len, "value")?;
         let header_count = self.u16("header count")? as usize;
         if header_count > limits::RECORD_HEADERS_MAX {
-            return Err(BatchError::TooLarge(format!("{header_count} headers, the limit is {}", limits::RECORD_HEADERS_MAX)));
+            return Err(BatchError::TooLarge(format!(
+                "{header_count} headers, the limit is {}",
+                limits::RECORD_HEADERS_MAX
+            )));
         }
         let mut headers = Vec::with_capacity(header_count);
         for _ in 0..header_count {
@@ -282,7 +303,12 @@ mod tests {
 
     fn sample() -> Vec<Record> {
         vec![
-            Record { key: Some(Bytes::from_static(b"k1")), value: Bytes::from_static(b"v1"), headers: vec![], timestamp_ms: 7 },
+            Record {
+                key: Some(Bytes::from_static(b"k1")),
+                value: Bytes::from_static(b"v1"),
+                headers: vec![],
+                timestamp_ms: 7,
+            },
             Record {
                 key: None,
                 value: Bytes::from(vec![0u8; 1000]),

@@ -105,7 +105,11 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::ShuttingDown | ErrorCode::StorageError
+            ErrorCode::NotLeader
+                | ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::ShuttingDown
+                | ErrorCode::StorageError
                 | ErrorCode::LeaderChanged
         )
     }

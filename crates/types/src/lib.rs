@@ -13,4 +13,4 @@ pub mod limits;
 pub use batch::{BatchError, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};
 pub use error::ErrorCode;
-pub use ids::{GroupId, NodeId, Offset, PartitionId, METADATA_GROUP};
+pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId};

@@ -11,10 +11,10 @@ use flotilla_testkit::ProcessCluster;
 
 /// The end-to-end tests run one at a time: each starts three node processes, and
 /// several clusters at once on two cores would starve their elections.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 pub fn cluster(nodes: u64) -> ProcessCluster {
@@ -53,10 +53,12 @@ pub async fn ready_client(c: &ProcessCluster, nodes: usize) -> Client {
 
 /// Creates a topic and waits until every partition has a leader.
 pub async fn create_topic(client: &Client, name: &str, partitions: u32) {
-    eventually("create topic", Duration::from_secs(30), async || match client.create_topic(name, partitions, 3).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(flotilla_client::ErrorCode::TopicExists) => Ok(()),
-        Err(e) => Err(e),
+    eventually("create topic", Duration::from_secs(30), async || {
+        match client.create_topic(name, partitions, 3).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(flotilla_client::ErrorCode::TopicExists) => Ok(()),
+            Err(e) => Err(e),
+        }
     })
     .await;
     eventually("partition leaders", Duration::from_secs(30), async || {
@@ -75,9 +77,12 @@ pub async fn create_topic(client: &Client, name: &str, partitions: u32) {
 pub async fn drain(client: &Client, topic: &str, partitions: u32) -> BTreeMap<PartitionId, Vec<(u64, String)>> {
     let mut out = BTreeMap::new();
     for p in 0..partitions {
-        let (_, end) = eventually("list offsets", Duration::from_secs(30), async || client.list_offsets(topic, p).await).await;
-        let mut consumer =
-            eventually("consumer", Duration::from_secs(30), async || client.consumer(topic, p, StartAt::Beginning).await).await;
+        let (_, end) =
+            eventually("list offsets", Duration::from_secs(30), async || client.list_offsets(topic, p).await).await;
+        let mut consumer = eventually("consumer", Duration::from_secs(30), async || {
+            client.consumer(topic, p, StartAt::Beginning).await
+        })
+        .await;
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while consumer.position() < end {
