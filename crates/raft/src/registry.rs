@@ -57,7 +57,15 @@ impl<T: RaftTransport> Groups<T> {
     /// Starts the group on this node if it is not running: recovers it from storage, or
     /// initialises it with `voters` when storage has nothing of it. Every replica
     /// initialises with the same voters, so whichever starts first, they agree.
-    pub async fn ensure(&self, id: GroupId, kind: GroupKind, voters: &BTreeSet<NodeId>) -> Result<Arc<Group>, String> {
+    ///
+    /// `preferred_leader` campaigns right after a fresh initialisation.
+    pub async fn ensure(
+        &self,
+        id: GroupId,
+        kind: GroupKind,
+        voters: &BTreeSet<NodeId>,
+        preferred_leader: Option<NodeId>,
+    ) -> Result<Arc<Group>, String> {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
@@ -79,7 +87,16 @@ impl<T: RaftTransport> Groups<T> {
             .await
             .map_err(|e| format!("group {id}: cannot start: {e}"))?;
         match raft.initialize(voters.clone()).await {
-            Ok(()) => tracing::info!(group = id, ?voters, "initialised group"),
+            Ok(()) => {
+                tracing::info!(group = id, ?voters, "initialised group");
+                // The preferred leader (the first replica) campaigns at once, so that a
+                // new topic's leaders start out spread as placement intended.
+                if preferred_leader == Some(self.node)
+                    && let Err(e) = raft.trigger().elect(true).await
+                {
+                    tracing::debug!(group = id, error = %e, "could not campaign");
+                }
+            }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 tracing::debug!(group = id, "group recovered from storage")
             }
