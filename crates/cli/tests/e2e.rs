@@ -224,6 +224,31 @@ async fn t40_bad_requests_get_documented_errors() {
     let r = raw.produce(produce("bad/name", small.clone())).await.unwrap().into_inner();
     assert_eq!(r.error.unwrap().code, ErrorCode::InvalidRequest.as_u32());
 
+    // gRPC reflection lists the services, as `grpcurl -plaintext ADDR list` does.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.addr(leader)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("reflection did not list services")
+    };
+    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in ["flotilla.v1.Flotilla", "flotilla.v1.Admin", "flotilla.raft.v1.Raft"] {
+        assert!(names.contains(s), "{s} not in {names:?}");
+    }
+
     // The cluster keeps serving.
     let (p, o) = producer.send(Record::value("still-here")).await.unwrap();
     assert_eq!(p, 0);

@@ -155,6 +155,16 @@ async fn t10_topic_produce_fetch_and_failover() {
     let corrupt = nodes[0].produce("t", 0, corrupt.into()).await.unwrap_err();
     assert_eq!(corrupt.code, ErrorCode::CorruptBatch);
 
+    // Deleting the topic removes its replicas from every node.
+    eventually("delete topic", async || nodes[2].delete_topic("t").await.ok()).await;
+    let gone = nodes[0].delete_topic("t").await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::UnknownTopic);
+    let groups: BTreeSet<GroupId> = topic.partitions.iter().map(|p| p.group).collect();
+    eventually("replicas removed", async || {
+        nodes.iter().all(|n| n.groups().ids().iter().all(|g| !groups.contains(g))).then_some(())
+    })
+    .await;
+
     for n in &nodes {
         n.shutdown().await;
     }

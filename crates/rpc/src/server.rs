@@ -190,9 +190,14 @@ pub async fn serve<T: RaftTransport>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
+    // Both reflection versions: grpcurl and other tools still ask for v1alpha first.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| ServeError::Serve(e.to_string()))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| ServeError::Serve(e.to_string()))?;
     let client = v1::flotilla_server::FlotillaServer::new(ClientApi { node: node.clone() })
         .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
@@ -209,6 +214,7 @@ pub async fn serve<T: RaftTransport>(
         .add_service(admin)
         .add_service(raft)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         // serve_with_incoming ignores the builder's nodelay: set it on the incoming stream.
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
