@@ -136,13 +136,35 @@ async fn t10_topic_produce_fetch_and_failover() {
     assert_eq!(produce(&nodes, "t", 0, &["c"]).await, 2);
     assert_eq!(read_all(&nodes, "t", 0).await, vec!["a", "b", "c"]);
 
-    // Cut the partition's leader off: a new leader takes over and keeps every record.
+    // A fetch at the high watermark waits (long poll) and returns as soon as a record
+    // is committed.
     let group = topic.partitions[0].group;
     let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
+    let leader_node = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
+    let waiter = {
+        let n = leader_node.clone();
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let f = n.fetch("t", 0, 3, 1 << 20, Duration::from_secs(10)).await.unwrap();
+            (f, t0.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(produce(&nodes, "t", 0, &["late"]).await, 3);
+    let (fetched, waited) = waiter.await.unwrap();
+    assert_eq!(fetched.batches.len(), 1, "the long poll returns the new batch");
+    assert_eq!(fetched.batches[0].base_offset, 3);
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "waited {waited:?}");
+    // With nothing new, it answers empty once max_wait has passed.
+    let empty = leader_node.fetch("t", 0, 4, 1 << 20, Duration::from_millis(200)).await.unwrap();
+    assert!(empty.batches.is_empty());
+    assert_eq!(empty.high_watermark, 4);
+
+    // Cut the partition's leader off: a new leader takes over and keeps every record.
     net.cut.write().unwrap().insert(leader);
     let others: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != leader).cloned().collect();
-    assert_eq!(produce(&others, "t", 0, &["d"]).await, 3);
-    assert_eq!(read_all(&others, "t", 0).await, vec!["a", "b", "c", "d"]);
+    assert_eq!(produce(&others, "t", 0, &["d"]).await, 4);
+    assert_eq!(read_all(&others, "t", 0).await, vec!["a", "b", "c", "late", "d"]);
 
     // Heal: the old leader catches up and serves nothing stale as leader.
     net.cut.write().unwrap().clear();
