@@ -12,7 +12,7 @@ use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse, Topic}
 use flotilla_partition::{PartitionState, Response as PartResponse};
 use flotilla_raft::state_machine::GroupState;
 use flotilla_raft::{Command, Group, RaftTransport, Response, WriteError};
-use flotilla_types::{BatchError, ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
+use flotilla_types::{ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
 use serde::Serialize;
 
 use crate::Node;
@@ -148,14 +148,15 @@ impl<T: RaftTransport> Node<T> {
         })
     }
 
-    /// Appends a batch; answers once a quorum has it durable and it is applied.
-    pub async fn produce(&self, topic: &str, partition: PartitionId, batch: Bytes) -> Result<(Offset, u32), ApiError> {
+    /// Appends a batch (checked at the edge: checksum, structure, limits); answers once a
+    /// quorum has it durable and it is applied.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        batch: RecordBatch,
+    ) -> Result<(Offset, u32), ApiError> {
         let what = format!("{topic}/{partition}");
-        let batch = RecordBatch::decode(batch).map_err(|e| match e {
-            BatchError::Checksum { .. } => ApiError::new(ErrorCode::CorruptBatch, format!("{what}: {e}")),
-            BatchError::TooLarge(_) => ApiError::new(ErrorCode::RecordTooLarge, format!("{what}: {e}")),
-            BatchError::Malformed(_) => ApiError::new(ErrorCode::InvalidRequest, format!("{what}: {e}")),
-        })?;
         let group = self.partition_group(topic, partition)?;
         let cmd = Command::Partition(flotilla_partition::produce_command(&batch));
         match group.write(cmd, self.produce_timeout()).await {

@@ -77,9 +77,9 @@ async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     panic!("timed out waiting for {what}");
 }
 
-fn batch(values: &[&str]) -> bytes::Bytes {
+fn batch(values: &[&str]) -> RecordBatch {
     let records: Vec<Record> = values.iter().map(|v| Record::value(v.to_string())).collect();
-    RecordBatch::encode(&records).unwrap().bytes().clone()
+    RecordBatch::encode(&records).unwrap()
 }
 
 async fn produce(nodes: &[Node<LocalTransport>], topic: &str, p: u32, values: &[&str]) -> u64 {
@@ -172,10 +172,6 @@ async fn t10_topic_produce_fetch_and_failover() {
     assert_eq!(unknown.code, ErrorCode::UnknownTopic);
     let bad_partition = nodes[0].produce("t", 9, batch(&["x"])).await.unwrap_err();
     assert_eq!(bad_partition.code, ErrorCode::UnknownPartition);
-    let mut corrupt = batch(&["x"]).to_vec();
-    *corrupt.last_mut().unwrap() ^= 1;
-    let corrupt = nodes[0].produce("t", 0, corrupt.into()).await.unwrap_err();
-    assert_eq!(corrupt.code, ErrorCode::CorruptBatch);
 
     // Deleting the topic removes its replicas from every node.
     eventually("delete topic", async || nodes[2].delete_topic("t").await.ok()).await;

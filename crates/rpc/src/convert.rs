@@ -2,20 +2,10 @@
 
 use flotilla_node::{ApiError, BrokerView, PartitionView, TopicView};
 use flotilla_proto::v1;
-use flotilla_types::ErrorCode;
 
 pub(crate) fn error(e: &ApiError) -> v1::Error {
     let (leader_id, leader_addr) = e.leader.clone().unwrap_or((0, String::new()));
     v1::Error { code: e.code.as_u32(), message: e.message.clone(), leader_id, leader_addr }
-}
-
-pub(crate) fn invalid(message: impl Into<String>) -> v1::Error {
-    v1::Error {
-        code: ErrorCode::InvalidRequest.as_u32(),
-        message: message.into(),
-        leader_id: 0,
-        leader_addr: String::new(),
-    }
 }
 
 pub(crate) fn partition(p: &PartitionView) -> v1::PartitionMetadata {

@@ -1,11 +1,10 @@
 //! The gRPC server of one node: client API, admin API, Raft transport, reflection.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use flotilla_node::Node;
 use flotilla_proto::raft::v1 as raftpb;
-use flotilla_proto::v1;
+use flotilla_proto::{request, v1};
 use flotilla_raft::RaftTransport;
 use flotilla_types::limits;
 use tonic::{Request, Response, Status};
@@ -30,17 +29,13 @@ struct RaftApi<T: RaftTransport> {
     node: Node<T>,
 }
 
-fn check_topic(topic: &str) -> Result<(), v1::Error> {
-    limits::check_topic_name(topic).map_err(convert::invalid)
-}
-
 #[tonic::async_trait]
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
-        let r = req.into_inner();
-        if let Err(e) = check_topic(&r.topic) {
-            return Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }));
-        }
+        let r = match request::Produce::try_from(req.into_inner()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() })),
+        };
         let resp = match self.node.produce(&r.topic, r.partition, r.batch).await {
             Ok((base_offset, record_count)) => v1::ProduceResponse { error: None, base_offset, record_count },
             Err(e) => v1::ProduceResponse { error: Some(convert::error(&e)), ..Default::default() },
@@ -49,12 +44,11 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
-        let r = req.into_inner();
-        if let Err(e) = check_topic(&r.topic) {
-            return Ok(Response::new(v1::FetchResponse { error: Some(e), ..Default::default() }));
-        }
-        let wait = Duration::from_millis(u64::from(r.max_wait_ms));
-        let resp = match self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes as usize, wait).await {
+        let r = match request::Fetch::try_from(req.into_inner()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Response::new(v1::FetchResponse { error: Some(e), ..Default::default() })),
+        };
+        let resp = match self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait).await {
             Ok(f) => v1::FetchResponse {
                 error: None,
                 high_watermark: f.high_watermark,
@@ -74,10 +68,10 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
         &self,
         req: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
-        let r = req.into_inner();
-        if let Err(e) = check_topic(&r.topic) {
-            return Ok(Response::new(v1::ListOffsetsResponse { error: Some(e), ..Default::default() }));
-        }
+        let r = match request::TopicPartition::try_from(req.into_inner()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Response::new(v1::ListOffsetsResponse { error: Some(e), ..Default::default() })),
+        };
         let resp = match self.node.list_offsets(&r.topic, r.partition).await {
             Ok((earliest, latest)) => v1::ListOffsetsResponse { error: None, earliest, latest },
             Err(e) => v1::ListOffsetsResponse { error: Some(convert::error(&e)), ..Default::default() },
@@ -86,10 +80,8 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     }
 
     async fn metadata(&self, req: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
-        let r = req.into_inner();
-        if r.topics.len() > limits::TOPICS_MAX {
-            return Err(Status::invalid_argument(format!("more than {} topics asked", limits::TOPICS_MAX)));
-        }
+        // A metadata answer has no error field of its own: junk is a gRPC INVALID_ARGUMENT.
+        let r = request::MetadataQuery::try_from(req.into_inner()).map_err(|e| Status::invalid_argument(e.message))?;
         let (brokers, topics, leader) = self.node.metadata(&r.topics);
         let topics = topics
             .into_iter()
@@ -117,7 +109,10 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
-        let r = req.into_inner();
+        let r = match request::CreateTopic::try_from(req.into_inner()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Response::new(v1::CreateTopicResponse { error: Some(e), topic: None })),
+        };
         let resp = match self.node.create_topic(&r.name, r.partitions, r.replication_factor).await {
             Ok(t) => v1::CreateTopicResponse { error: None, topic: Some(convert::topic(&t)) },
             Err(e) => v1::CreateTopicResponse { error: Some(convert::error(&e)), topic: None },
@@ -129,8 +124,10 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
-        let r = req.into_inner();
-        let error = self.node.delete_topic(&r.name).await.err().map(|e| convert::error(&e));
+        let error = match request::TopicName::try_from(req.into_inner()) {
+            Ok(request::TopicName(name)) => self.node.delete_topic(&name).await.err().map(|e| convert::error(&e)),
+            Err(e) => Some(e),
+        };
         Ok(Response::new(v1::DeleteTopicResponse { error }))
     }
 
@@ -151,8 +148,11 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
-        let r = req.into_inner();
-        let resp = match self.node.describe_topic(&r.name) {
+        let name = match request::TopicName::try_from(req.into_inner()) {
+            Ok(request::TopicName(name)) => name,
+            Err(e) => return Ok(Response::new(v1::DescribeTopicResponse { error: Some(e), topic: None })),
+        };
+        let resp = match self.node.describe_topic(&name) {
             Ok(t) => v1::DescribeTopicResponse { error: None, topic: Some(convert::topic(&t)) },
             Err(e) => v1::DescribeTopicResponse { error: Some(convert::error(&e)), topic: None },
         };
