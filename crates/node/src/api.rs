@@ -328,7 +328,8 @@ impl<T: RaftTransport> Node<T> {
         partitions: u32,
         replication_factor: u32,
     ) -> Result<TopicView, ApiError> {
-        limits::check_topic_name(name).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+        // The name and counts are checked where the command is applied (the metadata state
+        // machine), so every way in gets the same answer.
         let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor };
         match self.metadata_write(cmd).await? {
             MetaResponse::TopicCreated(t) => Ok(self.topic_view(&t)),

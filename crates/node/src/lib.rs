@@ -78,7 +78,7 @@ impl<T: RaftTransport> Node<T> {
         }
         let groups = Arc::new(Groups::new(config.id, engine, transport));
         let voters: BTreeSet<NodeId> = config.controller_ids()?.into_iter().collect();
-        groups.ensure(METADATA_GROUP, GroupKind::Metadata, &voters, None).await?;
+        groups.ensure(METADATA_GROUP, GroupKind::Metadata, &voters).await?;
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner { config, groups, addresses, clock, shutdown }),

@@ -61,7 +61,7 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>) {
             continue;
         }
         let voters: BTreeSet<NodeId> = replicas.iter().copied().collect();
-        match node.groups().ensure(*group, GroupKind::Partition, &voters, replicas.first().copied()).await {
+        match node.groups().ensure(*group, GroupKind::Partition, &voters).await {
             Ok(_) => tracing::info!(group, ?voters, "started partition replica"),
             Err(e) => tracing::warn!(group, error = %e, "cannot start partition replica"),
         }

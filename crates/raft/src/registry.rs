@@ -11,7 +11,7 @@ use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use openraft::error::{InitializeError, RaftError};
 
 use crate::config::GroupTimings;
-use crate::group::{Group, GroupKind, WriteError};
+use crate::group::{Group, GroupKind};
 use crate::log_store::{LogStore, decode, destroy, encode};
 use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Router};
 use crate::state_machine::{GroupState, StateMachineStore};
@@ -57,15 +57,7 @@ impl<T: RaftTransport> Groups<T> {
     /// Starts the group on this node if it is not running: recovers it from storage, or
     /// initialises it with `voters` when storage has nothing of it. Every replica
     /// initialises with the same voters, so whichever starts first, they agree.
-    ///
-    /// `preferred_leader` campaigns right after a fresh initialisation.
-    pub async fn ensure(
-        &self,
-        id: GroupId,
-        kind: GroupKind,
-        voters: &BTreeSet<NodeId>,
-        preferred_leader: Option<NodeId>,
-    ) -> Result<Arc<Group>, String> {
+    pub async fn ensure(&self, id: GroupId, kind: GroupKind, voters: &BTreeSet<NodeId>) -> Result<Arc<Group>, String> {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
@@ -87,16 +79,7 @@ impl<T: RaftTransport> Groups<T> {
             .await
             .map_err(|e| format!("group {id}: cannot start: {e}"))?;
         match raft.initialize(voters.clone()).await {
-            Ok(()) => {
-                tracing::info!(group = id, ?voters, "initialised group");
-                // The preferred leader (the first replica) campaigns at once, so that a
-                // new topic's leaders start out spread as placement intended.
-                if preferred_leader == Some(self.node)
-                    && let Err(e) = raft.trigger().elect(true).await
-                {
-                    tracing::debug!(group = id, error = %e, "could not campaign");
-                }
-            }
+            Ok(()) => tracing::info!(group = id, ?voters, "initialised group"),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
                 tracing::debug!(group = id, "group recovered from storage")
             }
@@ -159,10 +142,8 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
         RaftRpc::TransferLeader(r) => {
             g.raft.handle_transfer_leader(r).await.map(RaftReply::TransferLeader).unwrap_or_else(|e| refused(&e))
         }
-        RaftRpc::Write(c) => RaftReply::Write(match g.write(c, std::time::Duration::from_secs(10)).await {
-            // A forwarded write must not bounce again: report the leader instead.
-            Err(WriteError::NotLeader { group, leader }) => Err(WriteError::NotLeader { group, leader }),
-            other => other,
-        }),
+        // A forwarded write is written here or refused (`Group::write` never forwards), so it
+        // cannot bounce between nodes: a NotLeader answer names the leader instead.
+        RaftRpc::Write(c) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
     }
 }
