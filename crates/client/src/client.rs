@@ -558,7 +558,7 @@ impl ClientInner {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = flotilla_proto::dial(endpoint, self.config.dialer.as_ref());
         if channels.len() >= CHANNELS_MAX {
             channels.clear();
         }

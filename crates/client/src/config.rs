@@ -29,6 +29,9 @@ pub struct ClientConfig {
     /// Seeds the backoff jitter and the round-robin start, for reproducible runs.
     /// Default: random.
     pub seed: Option<u64>,
+    /// Opens connections to brokers. Default: the host's TCP stack. The simulator sets
+    /// one that dials over its simulated network.
+    pub dialer: Option<flotilla_proto::Dialer>,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +45,7 @@ impl Default for ClientConfig {
             create_topic_wait: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
             seed: None,
+            dialer: None,
         }
     }
 }
@@ -56,6 +60,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("backoff_max", &self.backoff_max)
             .field("create_topic_wait", &self.create_topic_wait)
             .field("seed", &self.seed)
+            .field("dialer", &self.dialer.as_ref().map(|_| "custom"))
             .finish_non_exhaustive()
     }
 }

@@ -25,6 +25,19 @@ pub mod request;
 
 pub use convert::{LeaderHint, batch_error_code, check};
 
+/// Opens the channel for an endpoint. By default, [`dial`] connects over the host's TCP
+/// stack; the simulator supplies one that dials over its simulated network, so the same
+/// tonic, hyper and h2 code runs in both.
+pub type Dialer = std::sync::Arc<dyn Fn(tonic::transport::Endpoint) -> tonic::transport::Channel + Send + Sync>;
+
+/// A lazily connected channel for `endpoint`, through `dialer` when there is one.
+pub fn dial(endpoint: tonic::transport::Endpoint, dialer: Option<&Dialer>) -> tonic::transport::Channel {
+    match dialer {
+        Some(d) => d(endpoint),
+        None => endpoint.connect_lazy(),
+    }
+}
+
 /// The encoded `FileDescriptorSet` of `flotilla.v1` and `flotilla.raft.v1`, for
 /// `tonic-reflection`'s `register_encoded_file_descriptor_set`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));

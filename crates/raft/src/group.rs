@@ -105,7 +105,8 @@ impl Group {
         if !self.is_leader() {
             return Err(WriteError::NotLeader { group: self.id, leader: self.leader() });
         }
-        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+        match <crate::rt::Runtime as openraft_rt::AsyncRuntime>::timeout(timeout, self.raft.client_write(command)).await
+        {
             Err(_) => Err(WriteError::Timeout { group: self.id }),
             Ok(Ok(r)) => Ok(r.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {

@@ -18,6 +18,9 @@ pub mod keys;
 pub mod log_store;
 pub mod network;
 pub mod registry;
+// Under `--cfg madsim` (the madsim simulation tier) openraft runs on madsim instead of tokio.
+#[cfg_attr(madsim, path = "rt_madsim.rs")]
+pub mod rt;
 pub mod state_machine;
 
 pub use command::{Command, Response};
@@ -32,6 +35,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Response,
         Node = openraft::EmptyNode,
+        AsyncRuntime = rt::Runtime,
 );
 
 /// What a Raft entry carries, in openraft's terms.

@@ -10,5 +10,5 @@ mod convert;
 mod server;
 mod transport;
 
-pub use server::{ServeError, serve};
+pub use server::{ServeError, serve, serve_with_incoming};
 pub use transport::GrpcTransport;

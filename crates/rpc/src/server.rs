@@ -190,6 +190,26 @@ pub async fn serve<T: RaftTransport>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "serving gRPC");
+    // serve_with_incoming ignores the builder's nodelay: set it on the incoming stream.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    serve_with_incoming(node, incoming, shutdown).await
+}
+
+/// Serves the node's APIs on the connections `incoming` yields until `shutdown`
+/// completes. The simulator passes the connections of its simulated network.
+pub async fn serve_with_incoming<T, S, IO, E>(
+    node: Node<T>,
+    incoming: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    T: RaftTransport,
+    S: futures::Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // Both reflection versions: grpcurl and other tools still ask for v1alpha first.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
@@ -207,7 +227,6 @@ pub async fn serve<T: RaftTransport>(
     let raft = raftpb::raft_server::RaftServer::new(RaftApi { node })
         .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
-    tracing::info!(?addr, "serving gRPC");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(client)
@@ -215,11 +234,7 @@ pub async fn serve<T: RaftTransport>(
         .add_service(raft)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        // serve_with_incoming ignores the builder's nodelay: set it on the incoming stream.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| ServeError::Serve(e.to_string()))
 }

@@ -20,11 +20,17 @@ pub struct GrpcTransport {
     me: NodeId,
     addresses: AddressBook,
     channels: Arc<Mutex<Channels>>,
+    dialer: Option<flotilla_proto::Dialer>,
 }
 
 impl GrpcTransport {
     pub fn new(me: NodeId, addresses: AddressBook) -> GrpcTransport {
-        GrpcTransport { me, addresses, channels: Arc::new(Mutex::new(BTreeMap::new())) }
+        GrpcTransport { me, addresses, channels: Arc::new(Mutex::new(BTreeMap::new())), dialer: None }
+    }
+
+    /// A transport that opens its connections through `dialer` (the simulator's network).
+    pub fn with_dialer(me: NodeId, addresses: AddressBook, dialer: flotilla_proto::Dialer) -> GrpcTransport {
+        GrpcTransport { dialer: Some(dialer), ..GrpcTransport::new(me, addresses) }
     }
 
     fn client(&self, target: NodeId) -> Result<RaftClient<Channel>, TransportError> {
@@ -42,7 +48,7 @@ impl GrpcTransport {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let client = RaftClient::new(endpoint.connect_lazy())
+        let client = RaftClient::new(flotilla_proto::dial(endpoint, self.dialer.as_ref()))
             .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
         channels.insert(target, (addr, client.clone()));

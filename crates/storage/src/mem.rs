@@ -56,6 +56,8 @@ struct MemState {
     unsynced: Vec<WriteBatch>,
     fail_syncs: bool,
     no_space: bool,
+    /// Group commit: `on_durable` callbacks wait here for the next [`MemEngine::sync_deferred`].
+    deferred: Option<Vec<DurableCallback>>,
 }
 
 impl MemEngine {
@@ -78,6 +80,10 @@ impl MemEngine {
         }
         state.visible = state.durable.clone();
         assert!(state.unsynced.is_empty());
+        // Whoever waited for a sync is gone with the process.
+        if let Some(waiting) = state.deferred.as_mut() {
+            waiting.clear();
+        }
     }
 
     /// While `on`, every sync fails: `on_durable` calls back with
@@ -91,6 +97,37 @@ impl MemEngine {
     /// apply nothing. Syncs still work.
     pub fn fail_writes_no_space(&self, on: bool) {
         self.lock().no_space = on;
+    }
+
+    /// Switches to group commit, as a real engine's flusher does it: from now on
+    /// `on_durable` only queues its callback, and the simulator's flusher task calls
+    /// [`sync_deferred`](MemEngine::sync_deferred) every few milliseconds to sync once
+    /// and call every queued callback. Writes thus stay unsynced for a while, which is
+    /// the window a power loss can cut into. A power loss drops the queued callbacks.
+    pub fn defer_syncs(&self) {
+        let mut state = self.lock();
+        if state.deferred.is_none() {
+            state.deferred = Some(Vec::new());
+        }
+    }
+
+    /// Syncs once and calls every callback queued since the last call (see
+    /// [`defer_syncs`](MemEngine::defer_syncs)). Returns how many it called.
+    pub fn sync_deferred(&self) -> usize {
+        let (result, waiting) = {
+            let mut state = self.lock();
+            let waiting = state.deferred.as_mut().map(std::mem::take).unwrap_or_default();
+            if waiting.is_empty() {
+                return 0;
+            }
+            (state.sync(), waiting)
+        };
+        let n = waiting.len();
+        // The lock is released: the callbacks may call back into the engine.
+        for done in waiting {
+            done(result.clone());
+        }
+        n
     }
 
     /// How many batches were written since the last successful sync: the batches a power
@@ -168,7 +205,14 @@ impl Engine for MemEngine {
     }
 
     fn on_durable(&self, done: DurableCallback) {
-        let result = self.lock().sync();
+        let result = {
+            let mut state = self.lock();
+            if let Some(waiting) = state.deferred.as_mut() {
+                waiting.push(done);
+                return;
+            }
+            state.sync()
+        };
         // The lock is released: the callback may call back into the engine.
         done(result);
     }
@@ -266,6 +310,37 @@ mod tests {
             engine.power_loss(0);
             assert_eq!(engine.get(b"last").unwrap(), Some(vec![k]));
         }
+    }
+
+    #[test]
+    fn deferred_syncs_wait_for_the_flusher_and_die_with_a_power_loss() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let engine = MemEngine::new();
+        engine.defer_syncs();
+        let called = Arc::new(AtomicUsize::new(0));
+        for i in 0..2 {
+            engine.write(numbered(i)).unwrap();
+            let c = called.clone();
+            engine.on_durable(Box::new(move |r| {
+                r.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        assert_eq!(called.load(Ordering::SeqCst), 0, "nothing is durable before the flusher runs");
+        assert_eq!(engine.unsynced_batches(), 2);
+        assert_eq!(engine.sync_deferred(), 2);
+        assert_eq!(called.load(Ordering::SeqCst), 2);
+        assert_eq!(engine.unsynced_batches(), 0);
+
+        engine.write(numbered(2)).unwrap();
+        let c = called.clone();
+        engine.on_durable(Box::new(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+        }));
+        engine.power_loss(0);
+        assert_eq!(engine.sync_deferred(), 0, "the waiter died with the power");
+        assert_eq!(called.load(Ordering::SeqCst), 2);
+        assert_eq!(engine.get(b"last").unwrap(), Some(vec![1]));
     }
 
     #[test]
