@@ -12,6 +12,7 @@ use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse, Topic}
 use flotilla_partition::{PartitionState, Response as PartResponse};
 use flotilla_raft::state_machine::GroupState;
 use flotilla_raft::{Command, Group, RaftTransport, Response, WriteError};
+use flotilla_types::planted::{self, Bug};
 use flotilla_types::{ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
 use serde::Serialize;
 
@@ -197,6 +198,12 @@ impl<T: RaftTransport> Node<T> {
                     format!("{what}: offset {offset} is outside [{start}, {hw}]"),
                 ));
             };
+            if planted::armed(Bug::FetchPastCommit) && locations.is_empty() && offset == hw {
+                let uncommitted = Self::planted_uncommitted(&group, hw);
+                if !uncommitted.is_empty() {
+                    return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches: uncommitted });
+                }
+            }
             if !locations.is_empty() || tokio::time::Instant::now() >= deadline {
                 let mut batches = Vec::with_capacity(locations.len());
                 for loc in locations {
@@ -231,6 +238,22 @@ impl<T: RaftTransport> Node<T> {
                 return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
             }
         }
+    }
+
+    /// The planted bug `FetchPastCommit`: the leader's log entries past the commit
+    /// index, served as if they were committed from offset `hw` on.
+    fn planted_uncommitted(group: &Group, hw: Offset) -> Vec<FetchedBatch> {
+        let mut out = Vec::new();
+        let mut base_offset = hw;
+        let applied = group.state().last_applied_index();
+        for index in applied + 1..applied + 64 {
+            let Ok(Some(bytes)) = group.read_batch(index) else { continue };
+            let Ok(batch) = RecordBatch::decode(bytes.clone()) else { continue };
+            let records = u64::from(batch.len());
+            out.push(FetchedBatch { base_offset, batch: bytes });
+            base_offset += records;
+        }
+        out
     }
 
     /// The earliest and latest offsets, linearizable: confirmed by a quorum first.

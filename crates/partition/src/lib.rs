@@ -73,6 +73,22 @@ impl PartitionState {
         }
     }
 
+    /// Applies `command` again under the log index it was just applied at: the planted
+    /// bug `flotilla_types::planted::Bug::DoubleApply`, which nothing else calls.
+    pub fn planted_reapply(&mut self, command: &Command) -> Response {
+        let Command::Produce { batch, records } = command;
+        let base_offset = self.next_offset;
+        let location = BatchLocation {
+            base_offset,
+            records: *records,
+            log_index: self.last_applied_index,
+            bytes: batch.len() as u32,
+        };
+        self.batches.insert(base_offset, location);
+        self.next_offset = base_offset + u64::from(*records);
+        Response::Produced { base_offset, records: *records }
+    }
+
     /// Notes a log index that carried no partition command (a blank or membership entry).
     pub fn skip(&mut self, log_index: u64) {
         assert!(log_index > self.last_applied_index || (log_index == 0 && self.last_applied_index == 0));

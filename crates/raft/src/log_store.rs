@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use flotilla_storage::{Engine, StorageError, WriteBatch};
 use flotilla_types::GroupId;
+use flotilla_types::planted::{self, Bug};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, RaftTypeConfig};
@@ -131,6 +132,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
+        if planted::armed(Bug::ForgetVote) {
+            return Ok(());
+        }
         let mut b = WriteBatch::new();
         b.put(keys::meta(self.group, keys::VOTE), encode(vote));
         // A vote must never be forgotten: it is durable before we answer anyone.
@@ -165,6 +169,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let err = to_io(e);
             callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
             return Err(err);
+        }
+        if planted::armed(Bug::AckBeforeFlush) {
+            callback.io_completed(Ok(()));
+            self.engine.on_durable(Box::new(|_| {}));
+            return Ok(());
         }
         // openraft counts these entries as flushed only once the engine says they are
         // durable; the leader's commit (and so every acknowledgement) waits for that.

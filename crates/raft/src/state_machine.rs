@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use flotilla_metadata::MetadataState;
 use flotilla_partition::PartitionState;
+use flotilla_types::planted::{self, Bug};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -61,6 +62,8 @@ impl SharedState {
 pub struct StateMachineStore {
     shared: Arc<SharedState>,
     current_snapshot: Option<(SnapshotMetaOf<TypeConfig>, Vec<u8>)>,
+    /// The leader of the last produce applied; only the planted bug `DoubleApply` reads it.
+    last_produce_leader: Option<String>,
 }
 
 impl StateMachineStore {
@@ -70,6 +73,7 @@ impl StateMachineStore {
         StateMachineStore {
             shared: Arc::new(SharedState { inner: RwLock::new(inner), applied_tx }),
             current_snapshot: None,
+            last_produce_leader: None,
         }
     }
 
@@ -144,7 +148,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 if let EntryPayload::Membership(m) = &entry.payload {
                     inner.membership = StoredMembershipOf::<TypeConfig>::new(Some(entry.log_id), m.clone());
                 }
-                let response = apply_one(&mut inner.state, index, &entry.payload);
+                let mut response = apply_one(&mut inner.state, index, &entry.payload);
+                if planted::armed(Bug::DoubleApply)
+                    && let (GroupState::Partition(p), EntryPayload::Normal(Command::Partition(c))) =
+                        (&mut inner.state, &entry.payload)
+                {
+                    let leader = format!("{:?}", entry.log_id.leader_id);
+                    if self.last_produce_leader.as_ref().is_some_and(|l| *l != leader) {
+                        response = Response::Partition(p.planted_reapply(c));
+                    }
+                    self.last_produce_leader = Some(leader);
+                }
                 inner.last_applied = Some(entry.log_id);
                 response
             };

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod planted;
 
 pub use batch::{BatchError, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};
