@@ -12,7 +12,7 @@ NODES ?= 3
 # Crates that must never depend on tonic, prost or rocksdb (docs/ARCHITECTURE.md).
 CORE_CRATES := flotilla-types flotilla-storage flotilla-partition flotilla-metadata flotilla-raft flotilla-node
 
-.PHONY: run build test verify fmt-check clippy layers fix deps clean-data bench
+.PHONY: run build test verify fmt-check clippy layers fix deps clean-data bench sim sim-ci sim-determinism sim-planted sim-madsim cargo-test
 
 deps:
 	@./.ci/install-deps
@@ -27,9 +27,56 @@ build: deps
 run: build
 	$(FLOTILLA) dev --nodes $(NODES)
 
-## Every test.
+## Every test: unit, in-process and end-to-end tests, then the simulation suites.
 test: deps
+	@fail=0; \
+	$(MAKE) --no-print-directory cargo-test || fail=1; \
+	$(MAKE) --no-print-directory sim-ci || fail=1; \
+	$(MAKE) --no-print-directory sim-madsim || fail=1; \
+	exit $$fail
+
+cargo-test:
 	$(CARGO) test --workspace --no-fail-fast
+
+# ---- Simulation (docs/simulation.md) ----
+SIM := $(CARGO_TARGET_DIR)/debug/flotilla-sim
+# Seeds per CI run, sized to finish in about ten minutes on two cores.
+SIM_CI_SEEDS ?= 300
+# Each planted bug, and the anomalies that must name it (Panic: one of openraft's own
+# safety assertions stopped a node).
+PLANTED := ack-before-flush=LostWrite,UnseenAtEnd forget-vote=Panic \
+	fetch-past-commit=InconsistentOffsets,AbortedRead,LostWrite double-apply=Duplicate
+PLANTED_SEEDS ?= 40
+
+## make sim: the CI sweep; make sim SEEDS=N [START=S]: a larger one;
+## make sim SEED=S [PLANT=bug]: replay one seed with its full trace.
+sim: build
+ifdef SEED
+	$(SIM) --seed $(SEED) $(if $(PLANT),--plant $(PLANT))
+else
+	$(SIM) --seeds $(or $(SEEDS),$(SIM_CI_SEEDS)) $(if $(START),--start $(START)) $(if $(PLANT),--plant $(PLANT))
+endif
+
+## What CI runs: the sweep (regression seeds included), the determinism check, and the
+## planted bugs, each of which the sweep must find.
+sim-ci: build
+	$(SIM) --seeds $(SIM_CI_SEEDS)
+	$(MAKE) --no-print-directory sim-determinism sim-planted
+
+sim-determinism: build
+	$(SIM) --check-determinism 7
+	$(SIM) --check-determinism 1234
+
+sim-planted: build
+	@fail=0; for p in $(PLANTED); do \
+	  bug=$${p%%=*}; kinds=$${p#*=}; \
+	  $(SIM) --plant $$bug --seeds $(PLANTED_SEEDS) --expect-anomaly $$kinds > $(CARGO_TARGET_DIR)/planted-$$bug.log; rc=$$?; \
+	  tail -1 $(CARGO_TARGET_DIR)/planted-$$bug.log; [ $$rc = 0 ] || fail=1; \
+	done; exit $$fail
+
+## Tier 2: the core under madsim, in its own workspace and target dir.
+sim-madsim:
+	./sim-tests/madsim/run
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
