@@ -29,6 +29,13 @@ impl GroupTimings {
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             enable_pre_vote: Some(true),
+            // A restarted leader must win an election again. openraft's default lets it
+            // resume its old term at once, but appends are acknowledged to openraft only
+            // once durable, so a quorum of followers can commit entries the leader never
+            // synced: after a power loss it would re-propose other entries under the same
+            // log ids, and the followers, seeing matching ids, would keep theirs (found by
+            // the madsim tier).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         Arc::new(config.validate().expect("static Raft configuration is valid"))
