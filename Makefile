@@ -46,7 +46,7 @@ SIM_CI_SEEDS ?= 300
 # safety assertions stopped a node).
 PLANTED := ack-before-flush=LostWrite,UnseenAtEnd forget-vote=Panic \
 	fetch-past-commit=InconsistentOffsets,AbortedRead,LostWrite double-apply=Duplicate
-PLANTED_SEEDS ?= 40
+PLANTED_SEEDS ?= 200
 
 ## make sim: the CI sweep; make sim SEEDS=N [START=S]: a larger one;
 ## make sim SEED=S [PLANT=bug]: replay one seed with its full trace.

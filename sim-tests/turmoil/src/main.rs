@@ -287,7 +287,15 @@ fn sweep(args: &Args) -> ExitCode {
                             if !hits.is_empty() {
                                 let mut kinds: Vec<&String> = hits.clone();
                                 kinds.dedup();
-                                let first = outcome.details.first().cloned().unwrap_or_default();
+                                // details list the error (if any) first, then one line per kind.
+                                let offset = outcome.details.len().saturating_sub(outcome.kinds.len());
+                                let first = outcome
+                                    .kinds
+                                    .iter()
+                                    .position(|k| wanted.is_empty() || wanted.contains(&k.as_str()))
+                                    .and_then(|i| outcome.details.get(offset + i))
+                                    .cloned()
+                                    .unwrap_or_default();
                                 let what = format!(
                                     "{}: {first}",
                                     kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
