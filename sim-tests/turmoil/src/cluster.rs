@@ -13,7 +13,8 @@ use flotilla_rpc::GrpcTransport;
 use flotilla_storage::MemEngine;
 use flotilla_testkit::checker::ReplicaLog;
 use flotilla_types::batch::RecordBatch;
-use flotilla_types::{Clock, METADATA_GROUP, NodeId};
+use flotilla_types::{Clock, GroupId, METADATA_GROUP, NodeId};
+use tokio::sync::mpsc;
 
 use crate::net;
 
@@ -59,6 +60,15 @@ pub struct Cluster {
     /// node is removed by the nemesis; a started one adds itself.
     pub running: Arc<Mutex<BTreeMap<NodeId, SimNode>>>,
     pub clocks: BTreeMap<NodeId, SimClock>,
+    /// Admin operations for the running nodes, carried out inside their hosts.
+    pub control: Arc<Mutex<BTreeMap<NodeId, mpsc::UnboundedSender<Control>>>>,
+}
+
+/// An admin operation the nemesis asks a node to perform.
+#[derive(Debug)]
+pub enum Control {
+    /// Hand the leadership of `group` (led by this node) to node `to`.
+    TransferLeader { group: GroupId, to: NodeId },
 }
 
 impl Cluster {
@@ -74,6 +84,7 @@ impl Cluster {
                 .collect(),
             running: Arc::new(Mutex::new(BTreeMap::new())),
             clocks: (1..=size).map(|id| (id, SimClock::default())).collect(),
+            control: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -98,11 +109,13 @@ impl Cluster {
             let engine = self.engines[&id].clone();
             let clock = self.clocks[&id].clone();
             let running = self.running.clone();
+            let control = self.control.clone();
             let config = self.config(id);
             sim.host(host(id), move || {
                 let engine = engine.clone();
                 let clock = clock.clone();
                 let running = running.clone();
+                let control = control.clone();
                 let config = config.clone();
                 async move {
                     // The node's flusher: group commit every FLUSH_EVERY, as RocksEngine's
@@ -121,6 +134,20 @@ impl Cluster {
                     let clock: Arc<dyn Clock> = Arc::new(clock);
                     let node = Node::start(config, Arc::new(engine), transport, addresses, clock).await?;
                     running.lock().expect("running poisoned").insert(id, node.clone());
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    control.lock().expect("control poisoned").insert(id, tx);
+                    let admin = node.clone();
+                    tokio::spawn(async move {
+                        while let Some(op) = rx.recv().await {
+                            match op {
+                                Control::TransferLeader { group, to } => {
+                                    if let Some(g) = admin.groups().get(group) {
+                                        let _ = g.transfer_leader(to).await;
+                                    }
+                                }
+                            }
+                        }
+                    });
                     flotilla_rpc::serve_with_incoming(node, incoming, std::future::pending()).await?;
                     Ok(())
                 }
@@ -140,6 +167,22 @@ impl Cluster {
             })
             .filter(|(_, led)| *led > 0)
             .max_by_key(|(id, led)| (*led, std::cmp::Reverse(*id)))
+    }
+
+    /// Asks node `at` to perform `op`; false if it is not running.
+    pub fn control(&self, at: NodeId, op: Control) -> bool {
+        self.control.lock().expect("control poisoned").get(&at).is_some_and(|tx| tx.send(op).is_ok())
+    }
+
+    /// The partition groups `node` leads right now.
+    pub fn led_partitions(&self, node: NodeId) -> Vec<GroupId> {
+        let running = self.running.lock().expect("running poisoned");
+        let Some(n) = running.get(&node) else { return Vec::new() };
+        n.groups()
+            .ids()
+            .into_iter()
+            .filter(|g| *g != METADATA_GROUP && n.groups().get(*g).is_some_and(|g| g.is_leader()))
+            .collect()
     }
 
     /// A one-line fingerprint of who leads what, for the trace.

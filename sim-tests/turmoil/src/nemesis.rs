@@ -8,7 +8,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 
-use crate::cluster::{Cluster, host};
+use crate::cluster::{Cluster, Control, host};
 
 /// The client host's name; it runs every workload process.
 pub const CLIENT: &str = "client";
@@ -42,9 +42,11 @@ pub enum FaultKind {
     FsyncFail,
     /// A node's wall clock jumps forward or back.
     ClockJump,
+    /// An admin operation: a partition's leader hands its leadership to another replica.
+    LeaderTransfer,
 }
 
-pub const ALL_FAULTS: [FaultKind; 12] = [
+pub const ALL_FAULTS: [FaultKind; 13] = [
     FaultKind::Partition,
     FaultKind::LeaderMinority,
     FaultKind::OneWay,
@@ -57,6 +59,7 @@ pub const ALL_FAULTS: [FaultKind; 12] = [
     FaultKind::Restart,
     FaultKind::FsyncFail,
     FaultKind::ClockJump,
+    FaultKind::LeaderTransfer,
 ];
 
 /// A fault in effect, with what undoing it needs.
@@ -182,6 +185,19 @@ pub fn inject(
         FaultKind::FsyncFail => {
             cluster.engines[&any].fail_syncs(true);
             (format!("fsync fails on {}", host(any)), vec![any], Active::FsyncFail { node: any })
+        }
+        FaultKind::LeaderTransfer => {
+            let groups = cluster.led_partitions(leader);
+            let Some(group) = groups.choose(rng).copied() else {
+                return (format!("leader transfer: {} leads no partition", host(leader)), vec![], Active::None);
+            };
+            let to = *ids.iter().filter(|i| **i != leader).collect::<Vec<_>>().choose(rng).expect("two nodes");
+            let sent = cluster.control(leader, Control::TransferLeader { group, to: *to });
+            (
+                format!("transfer leadership of group {group} from {} to {} (sent: {sent})", host(leader), host(*to)),
+                vec![leader, *to],
+                Active::None,
+            )
         }
         FaultKind::ClockJump => {
             let by = rng.random_range(-86_400_000i64..86_400_000);
