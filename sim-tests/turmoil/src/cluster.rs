@@ -54,6 +54,8 @@ pub fn address(id: NodeId) -> String {
 #[derive(Clone)]
 pub struct Cluster {
     pub size: u64,
+    /// How often each node's simulated disk syncs what was written (its group commit).
+    pub flush_every: Duration,
     /// The nodes' disks: they survive crashes; the crash model decides what of them does.
     pub engines: BTreeMap<NodeId, MemEngine>,
     /// The running node instances, for inspection (leaders, replica logs). A crashed
@@ -72,9 +74,10 @@ pub enum Control {
 }
 
 impl Cluster {
-    pub fn new(size: u64) -> Cluster {
+    pub fn new(size: u64, flush_every: Duration) -> Cluster {
         Cluster {
             size,
+            flush_every,
             engines: (1..=size)
                 .map(|id| {
                     let e = MemEngine::new();
@@ -111,6 +114,7 @@ impl Cluster {
             let running = self.running.clone();
             let control = self.control.clone();
             let config = self.config(id);
+            let flush_every = self.flush_every;
             sim.host(host(id), move || {
                 let engine = engine.clone();
                 let clock = clock.clone();
@@ -118,13 +122,13 @@ impl Cluster {
                 let control = control.clone();
                 let config = config.clone();
                 async move {
-                    // The node's flusher: group commit every FLUSH_EVERY, as RocksEngine's
+                    // The node's flusher: group commit every `flush_every`, as RocksEngine's
                     // flusher thread does it. It dies with the host; what it had not
                     // synced is what a power loss may take.
                     let flusher = engine.clone();
                     tokio::spawn(async move {
                         loop {
-                            tokio::time::sleep(FLUSH_EVERY).await;
+                            tokio::time::sleep(flush_every).await;
                             flusher.sync_deferred();
                         }
                     });
@@ -243,9 +247,6 @@ impl Cluster {
         logs
     }
 }
-
-/// How often a node's simulated disk syncs what was written.
-const FLUSH_EVERY: Duration = Duration::from_millis(2);
 
 /// How long after the last heal the cluster has to serve every partition again.
 pub const CONVERGE_BOUND: Duration = Duration::from_secs(30);

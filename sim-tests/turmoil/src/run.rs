@@ -64,13 +64,19 @@ pub fn run(seed: u64) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     // openraft's election timeouts, on this thread, follow from the seed too.
     flotilla_raft::rt::seed_rng(rng.random());
-    let cluster = Cluster::new(3);
+    // A disk that syncs every 1 to 20 ms: fast SSD to slow disk.
+    let flush_every = Duration::from_millis(rng.random_range(1..=20));
+    let cluster = Cluster::new(3, flush_every);
     let schedule = Schedule::draw(&mut rng, FAULTS_FROM, FAULTS_UNTIL);
     let plan = Plan::draw(&mut rng, FAULTS_UNTIL);
     let history = Arc::new(Mutex::new(History::new()));
     let mut trace = vec![format!(
-        "seed {seed}: faults {:?}; {} producers ({} retrying), {} consumers",
-        schedule.enabled, plan.producers, plan.retrying_producers, plan.consumers
+        "seed {seed}: faults {:?}; {} producers ({} retrying), {} consumers; disks sync every {} ms",
+        schedule.enabled,
+        plan.producers,
+        plan.retrying_producers,
+        plan.consumers,
+        flush_every.as_millis()
     )];
 
     let mut sim = turmoil::Builder::new()
