@@ -68,6 +68,10 @@ async fn t20_kill_busiest_leader_under_load() {
     let victim = busiest_leader(&client, "events").await;
 
     let producer = client.producer("events", ProducerConfig::default());
+    // The kill lands after a third of the records are acknowledged, whatever the speed of
+    // the machine (a fixed delay let a fast run finish before the kill).
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = progress.clone();
     let task = tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut failed = Vec::new();
@@ -80,7 +84,10 @@ async fn t20_kill_busiest_leader_under_load() {
                 while let Some((j, ack)) = in_flight.pop_front() {
                     match ack {
                         Ok(a) => match a.await {
-                            Ok(_) => acked.push((j, Instant::now())),
+                            Ok(_) => {
+                                acked.push((j, Instant::now()));
+                                counted.store(acked.len(), std::sync::atomic::Ordering::SeqCst);
+                            }
                             Err(e) => failed.push((j, e.to_string())),
                         },
                         Err(e) => failed.push((j, e.to_string())),
@@ -91,7 +98,10 @@ async fn t20_kill_busiest_leader_under_load() {
         }
         (acked, failed)
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    while progress.load(std::sync::atomic::Ordering::SeqCst) < N / 3 {
+        assert!(!task.is_finished(), "the producer stopped before a third of its records were acknowledged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let killed_at = Instant::now();
     cluster.kill(victim);
     eprintln!("killed node {victim} (the busiest leader)");

@@ -247,6 +247,3 @@ impl Cluster {
         logs
     }
 }
-
-/// How long after the last heal the cluster has to serve every partition again.
-pub const CONVERGE_BOUND: Duration = Duration::from_secs(30);

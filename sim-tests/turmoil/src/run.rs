@@ -10,13 +10,15 @@ use flotilla_testkit::history::{Event, History, NEMESIS_PROCESS as NEMESIS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cluster::{CONVERGE_BOUND, Cluster};
+use crate::cluster::Cluster;
 use crate::nemesis::{self, Active, CLIENT, Schedule};
 use crate::workload::{self, Plan};
 
 /// Simulated time at which faults may start, and by which they stop.
 const FAULTS_FROM: Duration = Duration::from_secs(4);
 const FAULTS_UNTIL: Duration = Duration::from_secs(24);
+/// How long after the last heal the cluster has to serve every partition again.
+const CONVERGE_BOUND: Duration = Duration::from_secs(30);
 /// Turmoil's network latency range outside Delay faults.
 const LATENCY_MAX: Duration = Duration::from_millis(20);
 
@@ -156,6 +158,13 @@ pub fn run(seed: u64) -> Outcome {
     let replica_anomalies = checker::check_replicas(&cluster.replica_logs());
     let history = std::mem::take(&mut *history.lock().expect("history poisoned"));
     let verdict = checker::check(&history);
+    // Liveness: after the heal, producers kept sending for the convergence phase; every
+    // partition they sent to must have acknowledged something again.
+    let stalled = &verdict.liveness.partitions_without_ack_after_heal;
+    if error.is_none() && !stalled.is_empty() {
+        let names: Vec<String> = stalled.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        error = Some(format!("no progress after the heal: no send acknowledged on {}", names.join(", ")));
+    }
     let mut digest = Digest::new();
     for line in &trace {
         digest.add(line.as_bytes());
