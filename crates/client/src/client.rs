@@ -437,7 +437,10 @@ impl ClientInner {
         let after = self.config.request_timeout;
         let resp = match tokio::time::timeout(after, flotilla(ch).metadata(req)).await {
             Ok(r) => r.map_err(rpc_err(addr))?.into_inner(),
-            Err(_) => return Err(ClientError::Timeout { addr: addr.to_string(), after }),
+            Err(_) => {
+                self.forget_channel(addr);
+                return Err(ClientError::Timeout { addr: addr.to_string(), after });
+            }
         };
         self.cache.write().expect("cache lock").apply(&resp, topics).map_err(|e| ClientError::protocol(addr, e))
     }
@@ -566,6 +569,15 @@ impl ClientInner {
         Ok(channel)
     }
 
+    /// Drops the channel to `addr` after a request on it got no answer in time, so the
+    /// next request dials a fresh connection (as Kafka's client closes a connection on a
+    /// request timeout). A connection can stay open while the bytes on it are lost (a
+    /// half-open connection after a partition); reusing it would time out again until
+    /// HTTP/2 keepalive noticed.
+    fn forget_channel(&self, addr: &str) {
+        self.channels.lock().expect("channels lock").remove(addr);
+    }
+
     /// The address to send the next attempt for `target` to. `cursor` rotates through
     /// the candidates when there is no single right one; `avoid` is a node that just
     /// failed, skipped when there is any other choice.
@@ -690,7 +702,10 @@ impl ClientInner {
                 let after = self.config.request_timeout + extra_wait;
                 match tokio::time::timeout(after, f(ch, addr.clone())).await {
                     Ok(r) => r,
-                    Err(_) => Err(ClientError::Timeout { addr, after }),
+                    Err(_) => {
+                        self.forget_channel(&addr);
+                        Err(ClientError::Timeout { addr, after })
+                    }
                 }
             }
             .await;

@@ -56,6 +56,15 @@ impl GrpcTransport {
     }
 }
 
+impl GrpcTransport {
+    /// Drops the channel to `target` after a message on it got no answer in time: the
+    /// connection may be half-open (its bytes lost while it stays up), and the next
+    /// message should dial afresh rather than wait for HTTP/2 keepalive to notice.
+    fn forget(&self, target: NodeId) {
+        self.channels.lock().expect("channels poisoned").remove(&target);
+    }
+}
+
 impl RaftTransport for GrpcTransport {
     async fn call(
         &self,
@@ -68,8 +77,14 @@ impl RaftTransport for GrpcTransport {
         let mut req = tonic::Request::new(RaftRequest { group_id: group, from_node: self.me, payload: payload.into() });
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.call(req)).await {
-            Err(_) => Err(TransportError::Timeout(target)),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err(TransportError::Timeout(target)),
+            Err(_) => {
+                self.forget(target);
+                Err(TransportError::Timeout(target))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                self.forget(target);
+                Err(TransportError::Timeout(target))
+            }
             Ok(Err(status)) => Err(TransportError::Unreachable(target, status.message().to_string())),
             Ok(Ok(resp)) => Ok(resp.into_inner().payload.into()),
         }

@@ -139,7 +139,12 @@ fn report_failure(o: &run::Outcome, args: &Args) {
 fn replay(seed: u64, args: &Args) -> ExitCode {
     let filter =
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn,h2=warn,hyper=warn,tower=warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).without_time().with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let started = Instant::now();
     let outcome = run::run(seed);
     for line in &outcome.trace {
