@@ -42,9 +42,10 @@ cargo-test:
 SIM := $(CARGO_TARGET_DIR)/debug/flotilla-sim
 # Seeds per CI run, sized to finish in about ten minutes on two cores.
 SIM_CI_SEEDS ?= 300
-# Each planted bug, and the anomalies that must name it (Panic: one of openraft's own
-# safety assertions stopped a node).
-PLANTED := ack-before-flush=LostWrite,UnseenAtEnd forget-vote=Panic \
+# Each planted bug, and the anomalies that must name it. LogReversion and VoteBehindLog
+# are openraft's own safety assertions stopping a node (a follower's durable log went
+# back; a node's vote is older than its log).
+PLANTED := ack-before-flush=LostWrite,UnseenAtEnd,LogReversion forget-vote=VoteBehindLog \
 	fetch-past-commit=InconsistentOffsets,AbortedRead,LostWrite double-apply=Duplicate
 PLANTED_SEEDS ?= 200
 

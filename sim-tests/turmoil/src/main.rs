@@ -53,7 +53,8 @@ struct Args {
     plant: Option<String>,
     /// With --plant: succeed when some seed finds an anomaly, and say which. With a
     /// list (e.g. `--expect-anomaly LostWrite,UnseenAtEnd`), only those kinds count;
-    /// `Panic` names a node that stopped on one of openraft's own safety assertions.
+    /// `LogReversion` and `VoteBehindLog` name a node that stopped on one of openraft's own
+    /// safety assertions, `Panic` any other panic.
     #[arg(long, num_args = 0..=1, default_missing_value = "", value_delimiter = None)]
     expect_anomaly: Option<String>,
     /// Run one seed twice and compare the trace digests.
@@ -214,7 +215,7 @@ fn run_child(seed: u64, args: &Args) -> Child {
                 .position(|l| l.contains("panicked at"))
                 .map(|i| format!("{} {}", lines[i].trim(), lines.get(i + 1).map_or("", |l| l.trim())));
             let (kind, detail) = match panic {
-                Some(p) => ("Panic", format!("PANIC {p}")),
+                Some(p) => (panic_kind(&p), format!("PANIC {p}")),
                 None => ("Crash", lines.iter().rev().take(5).rev().copied().collect::<Vec<_>>().join(" | ")),
             };
             Child {
@@ -225,6 +226,21 @@ fn run_child(seed: u64, args: &Args) -> Child {
                 kinds: vec![kind.to_string()],
             }
         }
+    }
+}
+
+/// Names a node that stopped on one of openraft's own safety assertions after what the
+/// assertion caught; any other panic is `Panic`.
+fn panic_kind(message: &str) -> &'static str {
+    if message.contains("log reversion") {
+        // A leader saw a follower's log go back: entries the follower had reported
+        // durable were gone.
+        "LogReversion"
+    } else if message.contains("must GE last_leader_log_ids") {
+        // A node's vote is older than leaders recorded in its own log: a vote was lost.
+        "VoteBehindLog"
+    } else {
+        "Panic"
     }
 }
 
