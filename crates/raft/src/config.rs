@@ -34,7 +34,7 @@ impl GroupTimings {
             // once durable, so a quorum of followers can commit entries the leader never
             // synced: after a power loss it would re-propose other entries under the same
             // log ids, and the followers, seeing matching ids, would keep theirs (found by
-            // the madsim tier).
+            // both simulation tiers; see sim-tests/turmoil/regressions.txt and madsim t30).
             enable_leader_restore: Some(false),
             ..Default::default()
         };
