@@ -81,6 +81,7 @@ fn main() -> ExitCode {
         }
     }
     if let Some(seed) = args.child {
+        let started = Instant::now();
         let o = run::run(seed);
         let anomalies: Vec<String> =
             o.verdict.anomalies.iter().chain(&o.replica_anomalies).map(|a| a.to_string()).collect();
@@ -90,8 +91,7 @@ fn main() -> ExitCode {
             "seed": seed,
             "passed": o.passed(),
             "digest": format!("{:016x}", o.digest),
-            "sim_ms": o.sim_time.as_millis() as u64,
-            "summary": o.verdict.summary(),
+            "line": summary(&o, started.elapsed()),
             "error": o.error,
             "anomalies": anomalies,
             "kinds": kinds,
@@ -190,14 +190,7 @@ fn run_child(seed: u64, args: &Args) -> Child {
         Some(v) => Child {
             passed: v["passed"].as_bool().unwrap_or(false),
             digest: v["digest"].as_str().unwrap_or("").to_string(),
-            line: format!(
-                "seed {seed} {} digest {} sim {:.1}s wall {:.1}s {}",
-                if v["passed"].as_bool().unwrap_or(false) { "ok" } else { "FAIL" },
-                v["digest"].as_str().unwrap_or(""),
-                v["sim_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-                wall.as_secs_f64(),
-                v["summary"].as_str().unwrap_or("")
-            ),
+            line: v["line"].as_str().unwrap_or("").to_string(),
             details: v["error"]
                 .as_str()
                 .map(|e| format!("error: {e}"))
