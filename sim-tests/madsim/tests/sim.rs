@@ -12,6 +12,31 @@ use flotilla_sim_madsim::workload::{self, Outcome};
 use flotilla_sim_madsim::{Sim, init, seed};
 use madsim::rand::Rng;
 
+/// The partition group t20 and t30 work on.
+const GROUP: u64 = 1;
+
+/// A quiet cluster whose partition group has committed a write, led by a random node.
+/// The first leader is most often the highest node id (it wins the initial vote ties),
+/// so the leadership is moved to a node drawn from the seed.
+async fn leader_on_a_random_node() -> (Sim, u64) {
+    let sim = Sim::start(Spec::quiet(1)).await;
+    sim.register_brokers().await;
+    let client = sim.client.clone();
+    let first = sim
+        .on_client(
+            async move { client.write_until_acked(GROUP, Duration::from_secs(30), || workload::produce(0, 0)).await },
+        )
+        .await;
+    assert!(first.is_some(), "seed {}: no first write", seed());
+    let leader = NODES[madsim::rand::thread_rng().gen_range(0..NODES.len())];
+    assert!(
+        sim.transfer_leader(GROUP, leader, Duration::from_secs(10)).await,
+        "seed {}: no transfer to {leader}",
+        seed()
+    );
+    (sim, leader)
+}
+
 /// t10: writers write while the nemesis kills (with power loss), pauses, clogs and drops;
 /// then every fault ends, the cluster must converge, and every acknowledged write must be
 /// in every replica's committed log at the place it was acknowledged.
@@ -27,22 +52,7 @@ async fn t10_random_faults_then_convergence() {
 #[madsim::test]
 async fn t20_paused_leader_acknowledges_only_committed_writes() {
     init();
-    const GROUP: u64 = 1;
-    let sim = Sim::start(Spec::quiet(1)).await;
-    sim.register_brokers().await;
-
-    // A leader that has committed a write in its term.
-    let client = sim.client.clone();
-    let first = sim
-        .on_client(
-            async move { client.write_until_acked(GROUP, Duration::from_secs(30), || workload::produce(0, 0)).await },
-        )
-        .await;
-    assert!(first.is_some(), "seed {}: no first write", seed());
-    // The first leader is most often the highest node id (it wins the initial vote
-    // ties); move the leadership to a random node.
-    let old = NODES[madsim::rand::thread_rng().gen_range(0..NODES.len())];
-    assert!(sim.transfer_leader(GROUP, old, Duration::from_secs(10)).await, "seed {}: no transfer to {old}", seed());
+    let (sim, old) = leader_on_a_random_node().await;
 
     // Writes in flight to it; it freezes at a random moment among them.
     let mut in_flight = Vec::new();
@@ -102,22 +112,7 @@ async fn t20_paused_leader_acknowledges_only_committed_writes() {
 #[madsim::test]
 async fn t30_a_leader_that_lost_its_unsynced_tail_cannot_reuse_its_log_ids() {
     init();
-    const GROUP: u64 = 1;
-    let sim = Sim::start(Spec::quiet(1)).await;
-    sim.register_brokers().await;
-    let client = sim.client.clone();
-    let first = sim
-        .on_client(
-            async move { client.write_until_acked(GROUP, Duration::from_secs(30), || workload::produce(0, 0)).await },
-        )
-        .await;
-    assert!(first.is_some(), "seed {}: no first write", seed());
-    let leader = NODES[madsim::rand::thread_rng().gen_range(0..NODES.len())];
-    assert!(
-        sim.transfer_leader(GROUP, leader, Duration::from_secs(10)).await,
-        "seed {}: no transfer to {leader}",
-        seed()
-    );
+    let (sim, leader) = leader_on_a_random_node().await;
 
     // The leader's disk stalls; its followers' do not.
     sim.cluster.lock().unwrap().set_flush_window(leader, Duration::from_secs(10));

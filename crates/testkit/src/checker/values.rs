@@ -59,43 +59,25 @@ impl<'h> Index<'h> {
                     for r in &op.invoke.records {
                         x.sent.entry(r.value.as_str()).or_default().push(i);
                     }
-                    if let Some(c) = op.ok() {
-                        for r in &c.records {
-                            let s = Seen {
-                                part: op.part(),
-                                offset: r.offset,
-                                value: &r.value,
-                                event: c.index,
-                                op: i,
-                                ack: true,
-                            };
-                            x.seen.push(s);
-                        }
-                    }
                 }
-                Op::Poll => {
-                    x.has_final_drain |= op.final_drain();
-                    if let Some(c) = op.ok() {
-                        for r in &c.records {
-                            let s = Seen {
-                                part: op.part(),
-                                offset: r.offset,
-                                value: &r.value,
-                                event: c.index,
-                                op: i,
-                                ack: false,
-                            };
-                            x.seen.push(s);
-                            if op.final_drain() {
-                                x.drained.insert(&r.value);
-                            }
-                        }
-                    }
-                }
+                Op::Poll => x.has_final_drain |= op.final_drain(),
                 Op::DeleteTopic if op.outcome() != Kind::Fail => {
                     x.deleted.insert(op.invoke.topic.as_str());
                 }
                 _ => {}
+            }
+            // An acknowledged send and an answered poll both place values at offsets.
+            let ack = match op.op {
+                Op::Send => true,
+                Op::Poll => false,
+                _ => continue,
+            };
+            let Some(c) = op.ok() else { continue };
+            for r in &c.records {
+                x.seen.push(Seen { part: op.part(), offset: r.offset, value: &r.value, event: c.index, op: i, ack });
+                if !ack && op.final_drain() {
+                    x.drained.insert(&r.value);
+                }
             }
         }
         // First sightings first, so "the first event that saw it" is the earliest.
