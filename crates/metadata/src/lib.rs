@@ -1,16 +1,18 @@
 //! The metadata state machine (group 0) and the placement planner: pure, synchronous and
 //! deterministic.
 //!
-//! It holds the cluster's truth: registered brokers with their addresses and failure
-//! domain labels, topics, and each partition's Raft group and replica assignment. Every
-//! node applies the same committed log and so derives the same assignment, which its
-//! reconciler then makes real.
+//! It holds the cluster's truth: registered brokers with their addresses, failure-domain
+//! labels, liveness and administrative state; topics with their placement policy; and each
+//! partition's Raft group, replicas and the move in progress, if any. Every node applies
+//! the same committed log and so derives the same assignment, which its reconciler then
+//! makes real. The metadata leader's controller (in `node`) decides *when* to write a
+//! command (a lease ran out, a node was drained); what the command does is decided here.
 //!
 //! Architecture invariant: no clock, no randomness, no I/O, ordered collections only.
 
 pub mod placement;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_types::{ErrorCode, GroupId, NodeId, PartitionId, limits};
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,30 @@ pub struct Labels {
     pub rack: String,
 }
 
+/// Whether the metadata leader hears from a node (its lease), as last recorded in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Liveness {
+    #[default]
+    Alive,
+    /// Its lease ran out: partition groups it leads elect a new leader, it gets no new
+    /// replicas, its replicas stay.
+    Suspected,
+    /// Silent past the grace period: its replicas are re-created elsewhere.
+    Dead,
+}
+
+/// What the operator wants of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AdminState {
+    #[default]
+    Active,
+    /// Every replica moves off it; it receives none.
+    Draining,
+    /// Out of the cluster for good: no replicas, not a member of the metadata group. The
+    /// id is never reused.
+    Removed,
+}
+
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Broker {
@@ -30,6 +56,63 @@ pub struct Broker {
     /// host:port of its gRPC endpoint.
     pub addr: String,
     pub labels: Labels,
+    pub liveness: Liveness,
+    pub admin: AdminState,
+}
+
+impl Broker {
+    /// A newly registering broker: alive and active.
+    pub fn new(id: NodeId, addr: impl Into<String>, labels: Labels) -> Broker {
+        Broker { id, addr: addr.into(), labels, liveness: Liveness::Alive, admin: AdminState::Active }
+    }
+
+    /// The one word `flotilla cluster describe` shows: removed, draining, dead, suspected
+    /// or alive, the first that applies.
+    pub fn state_name(&self) -> &'static str {
+        match (self.admin, self.liveness) {
+            (AdminState::Removed, _) => "removed",
+            (AdminState::Draining, _) => "draining",
+            (_, Liveness::Dead) => "dead",
+            (_, Liveness::Suspected) => "suspected",
+            (_, Liveness::Alive) => "alive",
+        }
+    }
+
+    /// May receive new replicas and preferred leaderships.
+    pub fn accepts_replicas(&self) -> bool {
+        self.admin == AdminState::Active && self.liveness == Liveness::Alive
+    }
+}
+
+/// Where a topic's replicas may go and where its leaders should be.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPolicy {
+    /// Replicas only in these regions; empty: any region.
+    pub allowed_regions: Vec<String>,
+    /// Preferred leaders in this region while it has a healthy replica.
+    pub preferred_leader_region: Option<String>,
+    /// Never place a replica on these nodes.
+    pub excluded_nodes: Vec<NodeId>,
+    /// Never place a replica in these zones.
+    pub excluded_zones: Vec<String>,
+}
+
+/// A membership change of one partition in progress: the partition leader adds the new
+/// replicas as learners, waits for them to catch up, changes the voters jointly, then
+/// reports `FinishMove`. Cancelling turns it into a move back to `replicas`: the voters
+/// may already have changed, so the cancelled target's nodes keep their replicas until
+/// the group is back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// The log index of the command that started it; unique.
+    pub id: u64,
+    /// The replicas once done; `target[0]` is the preferred leader.
+    pub target: Vec<NodeId>,
+    /// Why: "reassign", "drain node 4", "node 3 dead", "balance", ...
+    pub reason: String,
+    /// For a rollback: the nodes of the cancelled target, which keep hosting a replica
+    /// until the group's voters are `target` again.
+    pub rolling_back: Vec<NodeId>,
 }
 
 /// One partition's Raft group and replicas. `replicas[0]` is the preferred leader.
@@ -38,27 +121,95 @@ pub struct PartitionAssignment {
     pub partition: PartitionId,
     pub group: GroupId,
     pub replicas: Vec<NodeId>,
+    /// How many membership changes completed. While 0, `replicas` is the group's initial
+    /// membership and a replica with no data initialises the group with it; after that a
+    /// new replica waits to be added by the partition leader.
+    pub epoch: u64,
+    pub moving: Option<Move>,
+}
+
+impl PartitionAssignment {
+    /// The nodes that must host a replica now: the current replicas and, during a move,
+    /// the target's too.
+    pub fn hosts(&self) -> BTreeSet<NodeId> {
+        let mut out: BTreeSet<NodeId> = self.replicas.iter().copied().collect();
+        if let Some(m) = &self.moving {
+            out.extend(m.target.iter().chain(&m.rolling_back).copied());
+        }
+        out
+    }
+
+    /// The voters the partition leader drives its group toward.
+    pub fn desired(&self) -> &[NodeId] {
+        self.moving.as_ref().map(|m| m.target.as_slice()).unwrap_or(&self.replicas)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Topic {
     pub name: String,
     pub replication_factor: u32,
+    pub policy: TopicPolicy,
     pub partitions: Vec<PartitionAssignment>,
 }
 
 /// A command in the metadata log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Adds a broker or updates its address and labels.
+    /// Adds a broker (alive, active) or updates its address and labels. A removed broker
+    /// cannot register again.
     RegisterBroker(Broker),
     CreateTopic {
         name: String,
         partitions: u32,
         replication_factor: u32,
+        policy: TopicPolicy,
     },
     DeleteTopic {
         name: String,
+    },
+    /// The metadata leader's view of a node's lease.
+    SetLiveness {
+        node: NodeId,
+        liveness: Liveness,
+    },
+    /// Drain (`Draining`), undrain (`Active`) or remove (`Removed`, only once it hosts no
+    /// replica).
+    SetAdmin {
+        node: NodeId,
+        admin: AdminState,
+    },
+    /// Starts moving a partition to `target` (refused while another move of it runs).
+    StartMove {
+        group: GroupId,
+        target: Vec<NodeId>,
+        reason: String,
+    },
+    /// The partition leader reports that the group's voters are the move's target.
+    FinishMove {
+        group: GroupId,
+        move_id: u64,
+    },
+    /// Drops the move's target; the partition leader moves the group back to `replicas`.
+    CancelMove {
+        group: GroupId,
+    },
+    /// Reorders a partition's replicas (same set): the first becomes the preferred leader.
+    SetPreferredLeader {
+        group: GroupId,
+        leader: NodeId,
+    },
+    /// Replaces a topic's policy and replication factor; the controller then moves
+    /// replicas that break it.
+    SetTopicConfig {
+        name: String,
+        replication_factor: u32,
+        policy: TopicPolicy,
+    },
+    /// Grows a topic to `total` partitions (never shrinks).
+    AddPartitions {
+        name: String,
+        total: u32,
     },
 }
 
@@ -66,7 +217,12 @@ pub enum Command {
 pub enum Response {
     Ok,
     TopicCreated(Topic),
-    Error { code: ErrorCode, message: String },
+    /// A move started; its id.
+    MoveStarted(u64),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Response {
@@ -100,20 +256,97 @@ impl MetadataState {
         assert!(log_index > self.last_applied_index, "log index {log_index} after {}", self.last_applied_index);
         self.last_applied_index = log_index;
         match command {
-            Command::RegisterBroker(b) => {
-                if let Err(e) = check_broker(b) {
-                    return Response::error(ErrorCode::InvalidRequest, e);
-                }
-                self.brokers.insert(b.id, b.clone());
-                Response::Ok
-            }
-            Command::CreateTopic { name, partitions, replication_factor } => {
-                self.create_topic(name, *partitions, *replication_factor)
+            Command::RegisterBroker(b) => self.register(b),
+            Command::CreateTopic { name, partitions, replication_factor, policy } => {
+                self.create_topic(name, *partitions, *replication_factor, policy)
             }
             Command::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => Response::Ok,
                 None => Response::error(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")),
             },
+            Command::SetLiveness { node, liveness } => match self.brokers.get_mut(node) {
+                Some(b) => {
+                    b.liveness = *liveness;
+                    Response::Ok
+                }
+                None => unknown_node(*node),
+            },
+            Command::SetAdmin { node, admin } => self.set_admin(*node, *admin),
+            Command::StartMove { group, target, reason } => self.start_move(log_index, *group, target, reason),
+            Command::FinishMove { group, move_id } => {
+                let Some(p) = self.partition_mut(*group) else { return unknown_group(*group) };
+                match &p.moving {
+                    Some(m) if m.id == *move_id => {
+                        p.replicas = m.target.clone();
+                        p.moving = None;
+                        p.epoch += 1;
+                        Response::Ok
+                    }
+                    _ => Response::error(
+                        ErrorCode::StaleEpoch,
+                        format!("group {group} has no move {move_id} in progress (cancelled or finished)"),
+                    ),
+                }
+            }
+            Command::CancelMove { group } => {
+                let Some(p) = self.partition_mut(*group) else { return unknown_group(*group) };
+                match &p.moving {
+                    Some(m) if m.rolling_back.is_empty() => {
+                        let rollback = Move {
+                            id: log_index,
+                            target: p.replicas.clone(),
+                            reason: format!("rollback of move {} ({})", m.id, m.reason),
+                            rolling_back: m.target.clone(),
+                        };
+                        p.moving = Some(rollback);
+                        Response::MoveStarted(log_index)
+                    }
+                    Some(m) => Response::error(
+                        ErrorCode::InvalidRequest,
+                        format!("group {group} is already rolling back ({})", m.reason),
+                    ),
+                    None => {
+                        Response::error(ErrorCode::InvalidRequest, format!("group {group} has no move in progress"))
+                    }
+                }
+            }
+            Command::SetPreferredLeader { group, leader } => {
+                let Some(p) = self.partition_mut(*group) else { return unknown_group(*group) };
+                let list = match &mut p.moving {
+                    Some(m) => &mut m.target,
+                    None => &mut p.replicas,
+                };
+                match list.iter().position(|r| r == leader) {
+                    Some(i) => {
+                        let l = list.remove(i);
+                        list.insert(0, l);
+                        Response::Ok
+                    }
+                    None => Response::error(
+                        ErrorCode::InvalidRequest,
+                        format!("node {leader} is not a replica of group {group} ({list:?})"),
+                    ),
+                }
+            }
+            Command::SetTopicConfig { name, replication_factor, policy } => {
+                if let Err(e) = check_rf(*replication_factor).and_then(|_| check_policy(policy)) {
+                    return Response::error(ErrorCode::InvalidRequest, e);
+                }
+                if !self.topics.contains_key(name) {
+                    return Response::error(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist"));
+                }
+                // Refused, with the reason, when no partition could be placed under it.
+                if let Err(e) =
+                    placement::place_topic(&self.brokers, &self.replica_load(), 1, *replication_factor, policy)
+                {
+                    return Response::error(ErrorCode::PolicyViolation, e.to_string());
+                }
+                let t = self.topics.get_mut(name).expect("checked above");
+                t.replication_factor = *replication_factor;
+                t.policy = policy.clone();
+                Response::Ok
+            }
+            Command::AddPartitions { name, total } => self.add_partitions(name, *total),
         }
     }
 
@@ -122,7 +355,86 @@ impl MetadataState {
         self.last_applied_index = log_index;
     }
 
-    fn create_topic(&mut self, name: &str, partitions: u32, rf: u32) -> Response {
+    fn register(&mut self, b: &Broker) -> Response {
+        if let Err(e) = check_broker(b) {
+            return Response::error(ErrorCode::InvalidRequest, e);
+        }
+        match self.brokers.get_mut(&b.id) {
+            Some(old) if old.admin == AdminState::Removed => Response::error(
+                ErrorCode::PolicyViolation,
+                format!("node {} was removed from the cluster; node ids are never reused", b.id),
+            ),
+            Some(old) => {
+                old.addr = b.addr.clone();
+                old.labels = b.labels.clone();
+                Response::Ok
+            }
+            None => {
+                self.brokers.insert(b.id, Broker::new(b.id, b.addr.clone(), b.labels.clone()));
+                Response::Ok
+            }
+        }
+    }
+
+    fn set_admin(&mut self, node: NodeId, admin: AdminState) -> Response {
+        let hosted = self.partitions_on(node);
+        let Some(b) = self.brokers.get_mut(&node) else { return unknown_node(node) };
+        if b.admin == AdminState::Removed {
+            return Response::error(ErrorCode::PolicyViolation, format!("node {node} was removed"));
+        }
+        if admin == AdminState::Removed && hosted > 0 {
+            return Response::error(
+                ErrorCode::PolicyViolation,
+                format!("node {node} still hosts {hosted} replicas; drain it first"),
+            );
+        }
+        b.admin = admin;
+        Response::Ok
+    }
+
+    fn start_move(&mut self, log_index: u64, group: GroupId, target: &[NodeId], reason: &str) -> Response {
+        let brokers = &self.brokers;
+        let Some((topic, p)) = self
+            .topics
+            .values_mut()
+            .find_map(|t| t.partitions.iter_mut().find(|p| p.group == group).map(|p| (t.name.clone(), p)))
+        else {
+            return unknown_group(group);
+        };
+        if let Some(m) = &p.moving {
+            return Response::error(
+                ErrorCode::PolicyViolation,
+                format!("{topic}/{} is already moving to {:?} (move {})", p.partition, m.target, m.id),
+            );
+        }
+        let set: BTreeSet<NodeId> = target.iter().copied().collect();
+        if set.len() != target.len() || target.is_empty() || target.len() > limits::REPLICATION_FACTOR_MAX as usize {
+            return Response::error(
+                ErrorCode::InvalidRequest,
+                format!("target {target:?}: 1 to {} distinct nodes", limits::REPLICATION_FACTOR_MAX),
+            );
+        }
+        for n in target {
+            match brokers.get(n) {
+                None => return unknown_node(*n),
+                Some(b) if b.admin == AdminState::Removed => {
+                    return Response::error(ErrorCode::PolicyViolation, format!("node {n} was removed"));
+                }
+                Some(_) => {}
+            }
+        }
+        if target == p.replicas.as_slice() {
+            return Response::error(
+                ErrorCode::InvalidRequest,
+                format!("{topic}/{} already has {target:?}", p.partition),
+            );
+        }
+        p.moving =
+            Some(Move { id: log_index, target: target.to_vec(), reason: reason.to_string(), rolling_back: Vec::new() });
+        Response::MoveStarted(log_index)
+    }
+
+    fn create_topic(&mut self, name: &str, partitions: u32, rf: u32, policy: &TopicPolicy) -> Response {
         if let Err(e) = limits::check_topic_name(name) {
             return Response::error(ErrorCode::InvalidRequest, e);
         }
@@ -141,37 +453,67 @@ impl MetadataState {
                 format!("partitions must be 1..={}, got {partitions}", limits::TOPIC_PARTITIONS_MAX),
             );
         }
-        if rf == 0 || rf > limits::REPLICATION_FACTOR_MAX {
-            return Response::error(
-                ErrorCode::InvalidRequest,
-                format!("replication factor must be 1..={}, got {rf}", limits::REPLICATION_FACTOR_MAX),
-            );
+        if let Err(e) = check_rf(rf).and_then(|_| check_policy(policy)) {
+            return Response::error(ErrorCode::InvalidRequest, e);
         }
-        let load = self.replica_load();
-        let plan = match placement::place_topic(&self.brokers, &load, partitions, rf) {
+        let plan = match placement::place_topic(&self.brokers, &self.replica_load(), partitions, rf, policy) {
             Ok(p) => p,
             Err(e) => return Response::error(ErrorCode::PolicyViolation, e.to_string()),
         };
-        let assignments: Vec<PartitionAssignment> = plan
-            .into_iter()
-            .enumerate()
-            .map(|(p, replicas)| {
-                let group = self.next_group;
-                self.next_group += 1;
-                PartitionAssignment { partition: p as PartitionId, group, replicas }
-            })
-            .collect();
-        let topic = Topic { name: name.to_string(), replication_factor: rf, partitions: assignments };
+        let mut topic = Topic {
+            name: name.to_string(),
+            replication_factor: rf,
+            policy: policy.clone(),
+            partitions: Vec::with_capacity(partitions as usize),
+        };
+        for replicas in plan {
+            topic.partitions.push(self.new_partition(topic.partitions.len() as PartitionId, replicas));
+        }
         self.topics.insert(name.to_string(), topic.clone());
         Response::TopicCreated(topic)
     }
 
-    /// Replicas and preferred leaderships per broker, for balanced placement.
-    fn replica_load(&self) -> BTreeMap<NodeId, placement::Load> {
+    fn new_partition(&mut self, partition: PartitionId, replicas: Vec<NodeId>) -> PartitionAssignment {
+        let group = self.next_group;
+        self.next_group += 1;
+        PartitionAssignment { partition, group, replicas, epoch: 0, moving: None }
+    }
+
+    fn add_partitions(&mut self, name: &str, total: u32) -> Response {
+        let Some(t) = self.topics.get(name) else {
+            return Response::error(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist"));
+        };
+        let have = t.partitions.len() as u32;
+        if total <= have || total > limits::TOPIC_PARTITIONS_MAX {
+            return Response::error(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "topic '{name}' has {have} partitions; the new count must be {}..={}",
+                    have + 1,
+                    limits::TOPIC_PARTITIONS_MAX
+                ),
+            );
+        }
+        let (rf, policy) = (t.replication_factor, t.policy.clone());
+        let plan = match placement::place_topic(&self.brokers, &self.replica_load(), total - have, rf, &policy) {
+            Ok(p) => p,
+            Err(e) => return Response::error(ErrorCode::PolicyViolation, e.to_string()),
+        };
+        let mut added = Vec::new();
+        for (i, replicas) in plan.into_iter().enumerate() {
+            added.push(self.new_partition(have + i as PartitionId, replicas));
+        }
+        let t = self.topics.get_mut(name).expect("checked above");
+        t.partitions.extend(added);
+        Response::Ok
+    }
+
+    /// Replicas and preferred leaderships per broker (move targets count), for balance.
+    pub fn replica_load(&self) -> BTreeMap<NodeId, placement::Load> {
         let mut load: BTreeMap<NodeId, placement::Load> = BTreeMap::new();
         for t in self.topics.values() {
             for p in &t.partitions {
-                for (i, r) in p.replicas.iter().enumerate() {
+                for (i, r) in p.desired().iter().enumerate() {
                     let l = load.entry(*r).or_default();
                     l.replicas += 1;
                     if i == 0 {
@@ -181,6 +523,14 @@ impl MetadataState {
             }
         }
         load
+    }
+
+    fn partitions_on(&self, node: NodeId) -> usize {
+        self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.hosts().contains(&node)).count()
+    }
+
+    fn partition_mut(&mut self, group: GroupId) -> Option<&mut PartitionAssignment> {
+        self.topics.values_mut().find_map(|t| t.partitions.iter_mut().find(|p| p.group == group))
     }
 
     pub fn brokers(&self) -> &BTreeMap<NodeId, Broker> {
@@ -199,13 +549,14 @@ impl MetadataState {
         self.last_applied_index
     }
 
-    /// Every partition group that should have a replica on `node`.
-    pub fn groups_on(&self, node: NodeId) -> BTreeMap<GroupId, Vec<NodeId>> {
+    /// Every partition group that should have a replica on `node` (current replicas and
+    /// move targets).
+    pub fn groups_on(&self, node: NodeId) -> BTreeMap<GroupId, PartitionAssignment> {
         let mut out = BTreeMap::new();
         for t in self.topics.values() {
             for p in &t.partitions {
-                if p.replicas.contains(&node) {
-                    out.insert(p.group, p.replicas.clone());
+                if p.hosts().contains(&node) {
+                    out.insert(p.group, p.clone());
                 }
             }
         }
@@ -216,6 +567,48 @@ impl MetadataState {
     pub fn partition_of_group(&self, group: GroupId) -> Option<(&Topic, &PartitionAssignment)> {
         self.topics.values().find_map(|t| t.partitions.iter().find(|p| p.group == group).map(|p| (t, p)))
     }
+
+    /// Every move in progress, as (topic, partition).
+    pub fn moves(&self) -> Vec<(&Topic, &PartitionAssignment)> {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter().filter(|p| p.moving.is_some()).map(move |p| (t, p)))
+            .collect()
+    }
+}
+
+fn unknown_node(node: NodeId) -> Response {
+    Response::error(ErrorCode::UnknownNode, format!("node {node} is not registered"))
+}
+
+fn unknown_group(group: GroupId) -> Response {
+    Response::error(ErrorCode::UnknownPartition, format!("no partition has group {group}"))
+}
+
+fn check_rf(rf: u32) -> Result<(), String> {
+    if rf == 0 || rf > limits::REPLICATION_FACTOR_MAX {
+        return Err(format!("replication factor must be 1..={}, got {rf}", limits::REPLICATION_FACTOR_MAX));
+    }
+    Ok(())
+}
+
+fn check_policy(p: &TopicPolicy) -> Result<(), String> {
+    let labels = p.allowed_regions.iter().chain(&p.excluded_zones).chain(p.preferred_leader_region.iter());
+    for l in labels {
+        if l.is_empty() || l.len() > limits::LABEL_BYTES_MAX {
+            return Err(format!("label '{l}' is empty or over {} bytes", limits::LABEL_BYTES_MAX));
+        }
+    }
+    if p.allowed_regions.len() + p.excluded_zones.len() + p.excluded_nodes.len() > limits::POLICY_ENTRIES_MAX {
+        return Err(format!("a policy lists at most {} regions, zones and nodes", limits::POLICY_ENTRIES_MAX));
+    }
+    if let Some(r) = &p.preferred_leader_region
+        && !p.allowed_regions.is_empty()
+        && !p.allowed_regions.contains(r)
+    {
+        return Err(format!("preferred leader region '{r}' is not among the allowed regions"));
+    }
+    Ok(())
 }
 
 fn check_broker(b: &Broker) -> Result<(), String> {
@@ -238,11 +631,11 @@ mod tests {
     use super::*;
 
     fn broker(id: NodeId, zone: &str) -> Command {
-        Command::RegisterBroker(Broker {
+        Command::RegisterBroker(Broker::new(
             id,
-            addr: format!("127.0.0.1:{}", 7070 + id),
-            labels: Labels { region: "r".into(), zone: zone.into(), rack: String::new() },
-        })
+            format!("127.0.0.1:{}", 7070 + id),
+            Labels { region: "r".into(), zone: zone.into(), rack: String::new() },
+        ))
     }
 
     fn three_brokers() -> MetadataState {
@@ -256,7 +649,15 @@ mod tests {
     #[test]
     fn create_topic_assigns_distinct_replicas_and_fresh_groups() {
         let mut s = three_brokers();
-        let r = s.apply(4, &Command::CreateTopic { name: "t".into(), partitions: 6, replication_factor: 3 });
+        let r = s.apply(
+            4,
+            &Command::CreateTopic {
+                name: "t".into(),
+                partitions: 6,
+                replication_factor: 3,
+                policy: TopicPolicy::default(),
+            },
+        );
         let Response::TopicCreated(t) = r else { panic!("{r:?}") };
         assert_eq!(t.partitions.len(), 6);
         let mut groups = std::collections::BTreeSet::new();
@@ -275,12 +676,27 @@ mod tests {
     #[test]
     fn errors_are_codes_not_panics() {
         let mut s = three_brokers();
-        let c = Command::CreateTopic { name: "t".into(), partitions: 1, replication_factor: 3 };
+        let c = Command::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 3,
+            policy: TopicPolicy::default(),
+        };
         assert!(matches!(s.apply(4, &c), Response::TopicCreated(_)));
         assert!(matches!(s.apply(5, &c), Response::Error { code: ErrorCode::TopicExists, .. }));
-        let too_many = Command::CreateTopic { name: "u".into(), partitions: 1, replication_factor: 4 };
+        let too_many = Command::CreateTopic {
+            name: "u".into(),
+            partitions: 1,
+            replication_factor: 4,
+            policy: TopicPolicy::default(),
+        };
         assert!(matches!(s.apply(6, &too_many), Response::Error { code: ErrorCode::PolicyViolation, .. }));
-        let bad = Command::CreateTopic { name: "a b".into(), partitions: 1, replication_factor: 1 };
+        let bad = Command::CreateTopic {
+            name: "a b".into(),
+            partitions: 1,
+            replication_factor: 1,
+            policy: TopicPolicy::default(),
+        };
         assert!(matches!(s.apply(7, &bad), Response::Error { code: ErrorCode::InvalidRequest, .. }));
         let gone = Command::DeleteTopic { name: "nope".into() };
         assert!(matches!(s.apply(8, &gone), Response::Error { code: ErrorCode::UnknownTopic, .. }));
@@ -289,11 +705,131 @@ mod tests {
     #[test]
     fn group_ids_are_never_reused_after_delete() {
         let mut s = three_brokers();
-        let c = Command::CreateTopic { name: "t".into(), partitions: 2, replication_factor: 3 };
+        let c = Command::CreateTopic {
+            name: "t".into(),
+            partitions: 2,
+            replication_factor: 3,
+            policy: TopicPolicy::default(),
+        };
         let Response::TopicCreated(a) = s.apply(4, &c) else { panic!() };
         s.apply(5, &Command::DeleteTopic { name: "t".into() });
         let Response::TopicCreated(b) = s.apply(6, &c) else { panic!() };
         assert!(b.partitions[0].group > a.partitions[1].group);
+    }
+
+    fn create(s: &mut MetadataState, index: u64, name: &str, partitions: u32) -> Topic {
+        let c = Command::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 3,
+            policy: TopicPolicy::default(),
+        };
+        match s.apply(index, &c) {
+            Response::TopicCreated(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_move_hosts_both_sets_until_finished_then_bumps_the_epoch() {
+        let mut s = three_brokers();
+        s.apply(4, &broker(4, "a"));
+        let t = create(&mut s, 5, "t", 1);
+        let group = t.partitions[0].group;
+        let old = t.partitions[0].replicas.clone();
+        let mut target = old.clone();
+        let leaving = target.pop().unwrap();
+        target.push(4);
+        let Response::MoveStarted(id) =
+            s.apply(6, &Command::StartMove { group, target: target.clone(), reason: "test".into() })
+        else {
+            panic!()
+        };
+        assert!(s.groups_on(4).contains_key(&group), "the new replica starts before the move finishes");
+        assert!(s.groups_on(leaving).contains_key(&group), "the old replica stays until the move finishes");
+        // A second move of the same partition is refused; so is a finish for another move.
+        let again = Command::StartMove { group, target: old.clone(), reason: "x".into() };
+        assert!(matches!(s.apply(7, &again), Response::Error { code: ErrorCode::PolicyViolation, .. }));
+        let stale = Command::FinishMove { group, move_id: id + 100 };
+        assert!(matches!(s.apply(8, &stale), Response::Error { code: ErrorCode::StaleEpoch, .. }));
+        assert_eq!(s.apply(9, &Command::FinishMove { group, move_id: id }), Response::Ok);
+        let p = &s.topic("t").unwrap().partitions[0];
+        assert_eq!((p.replicas.clone(), p.epoch, p.moving.clone()), (target, 1, None));
+        assert!(!s.groups_on(leaving).contains_key(&group));
+    }
+
+    #[test]
+    fn a_cancelled_move_leaves_the_old_replicas() {
+        let mut s = three_brokers();
+        s.apply(4, &broker(4, "a"));
+        let t = create(&mut s, 5, "t", 1);
+        let group = t.partitions[0].group;
+        let Response::MoveStarted(id) =
+            s.apply(6, &Command::StartMove { group, target: vec![4, 1, 2], reason: "r".into() })
+        else {
+            panic!()
+        };
+        let Response::MoveStarted(back) = s.apply(7, &Command::CancelMove { group }) else { panic!() };
+        assert!(matches!(
+            s.apply(8, &Command::FinishMove { group, move_id: id }),
+            Response::Error { code: ErrorCode::StaleEpoch, .. }
+        ));
+        // Node 4 may already be a voter: it keeps its replica until the group is back.
+        assert!(s.groups_on(4).contains_key(&group));
+        assert_eq!(s.topic("t").unwrap().partitions[0].desired(), t.partitions[0].replicas.as_slice());
+        assert_eq!(s.apply(9, &Command::FinishMove { group, move_id: back }), Response::Ok);
+        assert_eq!(s.topic("t").unwrap().partitions[0].replicas, t.partitions[0].replicas);
+        assert!(!s.groups_on(4).contains_key(&group));
+    }
+
+    #[test]
+    fn a_node_is_removed_only_once_empty_and_never_comes_back() {
+        let mut s = three_brokers();
+        s.apply(4, &broker(4, "a"));
+        let t = create(&mut s, 5, "t", 4);
+        let on4 = t.partitions.iter().filter(|p| p.replicas.contains(&4)).count();
+        assert!(on4 > 0);
+        let remove = Command::SetAdmin { node: 4, admin: AdminState::Removed };
+        assert!(matches!(s.apply(6, &remove), Response::Error { code: ErrorCode::PolicyViolation, .. }));
+        assert_eq!(s.apply(7, &Command::SetAdmin { node: 4, admin: AdminState::Draining }), Response::Ok);
+        assert_eq!(s.brokers()[&4].state_name(), "draining");
+        let mut index = 8;
+        for p in t.partitions.iter().filter(|p| p.replicas.contains(&4)) {
+            let target: Vec<NodeId> = vec![1, 2, 3];
+            let Response::MoveStarted(id) =
+                s.apply(index, &Command::StartMove { group: p.group, target, reason: "drain".into() })
+            else {
+                panic!()
+            };
+            assert_eq!(s.apply(index + 1, &Command::FinishMove { group: p.group, move_id: id }), Response::Ok);
+            index += 2;
+        }
+        assert_eq!(s.apply(index, &remove), Response::Ok);
+        assert!(matches!(
+            s.apply(index + 1, &broker(4, "a")),
+            Response::Error { code: ErrorCode::PolicyViolation, .. }
+        ));
+        assert_eq!(s.brokers()[&4].state_name(), "removed");
+    }
+
+    #[test]
+    fn liveness_and_preferred_leader_are_recorded() {
+        let mut s = three_brokers();
+        let t = create(&mut s, 4, "t", 1);
+        let group = t.partitions[0].group;
+        s.apply(5, &Command::SetLiveness { node: 2, liveness: Liveness::Suspected });
+        assert_eq!(s.brokers()[&2].state_name(), "suspected");
+        let other = t.partitions[0].replicas[2];
+        assert_eq!(s.apply(6, &Command::SetPreferredLeader { group, leader: other }), Response::Ok);
+        assert_eq!(s.topic("t").unwrap().partitions[0].replicas[0], other);
+        assert_eq!(s.topic("t").unwrap().partitions[0].replicas.len(), 3);
+        let add = Command::AddPartitions { name: "t".into(), total: 3 };
+        // A suspected node receives no new replicas: two eligible nodes cannot hold three.
+        assert!(matches!(s.apply(7, &add), Response::Error { code: ErrorCode::PolicyViolation, .. }));
+        s.apply(77, &Command::SetLiveness { node: 2, liveness: Liveness::Alive });
+        assert_eq!(s.apply(78, &add), Response::Ok);
+        assert_eq!(s.topic("t").unwrap().partitions.len(), 3);
+        assert!(matches!(s.apply(79, &add), Response::Error { code: ErrorCode::InvalidRequest, .. }));
     }
 
     #[test]
@@ -302,7 +838,12 @@ mod tests {
             broker(2, "b"),
             broker(1, "a"),
             broker(3, "a"),
-            Command::CreateTopic { name: "x".into(), partitions: 5, replication_factor: 2 },
+            Command::CreateTopic {
+                name: "x".into(),
+                partitions: 5,
+                replication_factor: 2,
+                policy: TopicPolicy::default(),
+            },
         ];
         let mut a = MetadataState::new();
         let mut b = MetadataState::new();

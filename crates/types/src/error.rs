@@ -46,11 +46,16 @@ pub enum ErrorCode {
     /// Leadership changed while the write was in flight: it may or may not have been
     /// committed by the new leader.
     LeaderChanged = 15,
+    /// No registered node has this id.
+    UnknownNode = 16,
+    /// The request refers to a move, epoch or membership that is no longer current
+    /// (cancelled, finished or superseded); nothing was done.
+    StaleEpoch = 17,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::InvalidRequest,
@@ -67,6 +72,8 @@ impl ErrorCode {
         ErrorCode::StorageError,
         ErrorCode::ShuttingDown,
         ErrorCode::LeaderChanged,
+        ErrorCode::UnknownNode,
+        ErrorCode::StaleEpoch,
     ];
 
     /// The wire number.
@@ -98,6 +105,8 @@ impl ErrorCode {
             ErrorCode::StorageError => "STORAGE_ERROR",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::LeaderChanged => "LEADER_CHANGED",
+            ErrorCode::UnknownNode => "UNKNOWN_NODE",
+            ErrorCode::StaleEpoch => "STALE_EPOCH",
         }
     }
 

@@ -69,6 +69,19 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Log bytes per second a node sends to replicas catching up in partition moves, unless
+/// configured (`move-bytes-per-sec`).
+pub const MOVE_BYTES_PER_SEC_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Partition moves the controller keeps in progress at once, unless configured.
+pub const MOVES_CONCURRENT_DEFAULT: usize = 8;
+
+/// Voters of the metadata group at most.
+pub const CONTROLLERS_MAX: usize = 7;
+
+/// Regions, zones and nodes one topic policy lists at most.
+pub const POLICY_ENTRIES_MAX: usize = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;
