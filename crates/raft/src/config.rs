@@ -1,5 +1,9 @@
 //! Raft timings per kind of group (design decision 7: partitions heartbeat slowly, so
-//! that many groups per node stay cheap).
+//! that many groups per node stay cheap). A partition group whose leader's node dies does
+//! not wait for its own election timeout: once the metadata leader marks the node
+//! suspected (`suspect-after-ms`, 1.5 s by default), the live replicas start an
+//! election (`node::mover`). The partition timeout is the fallback for a leader cut off
+//! from its followers but not from the metadata leader.
 
 use std::sync::Arc;
 
@@ -15,7 +19,8 @@ pub struct GroupTimings {
 
 impl GroupTimings {
     pub const METADATA: GroupTimings = GroupTimings { heartbeat_ms: 150, election_min_ms: 600, election_max_ms: 1200 };
-    pub const PARTITION: GroupTimings = GroupTimings { heartbeat_ms: 250, election_min_ms: 800, election_max_ms: 1600 };
+    pub const PARTITION: GroupTimings =
+        GroupTimings { heartbeat_ms: 500, election_min_ms: 1500, election_max_ms: 3000 };
 
     pub(crate) fn openraft_config(&self, name: String) -> Arc<openraft::Config> {
         let config = openraft::Config {

@@ -131,15 +131,27 @@ impl Group {
     ) -> Result<Response, WriteError> {
         match self.write(command.clone(), timeout).await {
             Err(WriteError::NotLeader { leader: Some(leader), .. }) if leader != self.node => {
-                match router.call(leader, self.id, &RaftRpc::Write(command), timeout).await {
-                    Ok(RaftReply::Write(r)) => r,
-                    Ok(other) => {
-                        Err(WriteError::Unavailable { group: self.id, reason: format!("leader answered {other:?}") })
-                    }
-                    Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
-                }
+                self.forward_to(router, leader, command, timeout).await
             }
             other => other,
+        }
+    }
+
+    /// Sends a write to `node`'s replica of this group, which writes it if it leads; a
+    /// `NotLeader` answer names the leader it knows.
+    pub async fn forward_to<T: RaftTransport>(
+        &self,
+        router: &Router<T>,
+        node: NodeId,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<Response, WriteError> {
+        match router.call(node, self.id, &RaftRpc::Write(command), timeout).await {
+            Ok(RaftReply::Write(r)) => r,
+            Ok(other) => {
+                Err(WriteError::Unavailable { group: self.id, reason: format!("node {node} answered {other:?}") })
+            }
+            Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
         }
     }
 
@@ -157,7 +169,87 @@ impl Group {
     }
 }
 
+/// A group's Raft membership as this replica knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MembershipView {
+    /// Voters of every configuration (two during a joint change).
+    pub configs: Vec<std::collections::BTreeSet<NodeId>>,
+    pub learners: std::collections::BTreeSet<NodeId>,
+    /// The latest membership entry is committed (no change in flight).
+    pub committed: bool,
+}
+
+impl MembershipView {
+    /// The voters when not in a joint configuration.
+    pub fn uniform_voters(&self) -> Option<&std::collections::BTreeSet<NodeId>> {
+        match self.configs.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.configs.iter().flatten().copied().collect()
+    }
+
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.learners.contains(&node) || self.configs.iter().any(|c| c.contains(&node))
+    }
+}
+
 impl Group {
+    pub fn membership(&self) -> MembershipView {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let current = m.membership_config.membership();
+        MembershipView {
+            configs: current.get_joint_config().clone(),
+            learners: current.learner_ids().collect(),
+            committed: m.membership_config.log_id() == m.committed_membership_config.log_id(),
+        }
+    }
+
+    /// On the leader: the last log index each peer (voter or learner) is known to hold.
+    pub fn replication_matched(&self) -> Option<std::collections::BTreeMap<NodeId, Option<u64>>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.replication.as_ref().map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect())
+    }
+
+    /// On the leader: starts replicating to `node` as a learner (returns once the
+    /// membership entry is committed, not when the learner caught up).
+    pub async fn add_learner(&self, node: NodeId) -> Result<(), String> {
+        self.raft.add_learner(node, openraft::EmptyNode {}, false).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// On the leader: makes `voters` the voters, through a joint configuration when
+    /// needed. With `retain`, removed voters stay learners.
+    pub async fn change_voters(&self, voters: std::collections::BTreeSet<NodeId>, retain: bool) -> Result<(), String> {
+        self.raft.change_membership(voters, retain).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// On the leader: stops replicating to these learners.
+    pub async fn remove_learners(&self, nodes: std::collections::BTreeSet<NodeId>) -> Result<(), String> {
+        let change = openraft::ChangeMembers::<NodeId, openraft::EmptyNode>::RemoveNodes(nodes);
+        self.raft.change_membership(change, false).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Starts an election now, on the cluster's word that the leader's node is gone
+    /// (node liveness), without waiting for the leader lease to run out: this replica
+    /// hands itself the current leader's term as in a leadership transfer, whose vote
+    /// requests followers grant despite the lease (Raft dissertation 4.2.3). Safety does
+    /// not rest on the lease (reads use ReadIndex), only the disruption of a live leader
+    /// wrongly suspected.
+    pub async fn take_over(&self) -> Result<(), String> {
+        let vote = self.raft.metrics().borrow_watched().vote;
+        let req = openraft::raft::TransferLeaderRequest::new(vote, self.node, None);
+        match self.raft.handle_transfer_leader(req).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// On the leader: how long ago each peer last acknowledged a heartbeat or append.
     pub fn peer_ack_ages(&self) -> Option<std::collections::BTreeMap<NodeId, Option<Duration>>> {
         let m = self.raft.metrics();

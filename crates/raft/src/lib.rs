@@ -25,8 +25,8 @@ pub mod state_machine;
 
 pub use command::{Command, Response};
 pub use config::GroupTimings;
-pub use group::{Group, GroupKind, GroupStatus, WriteError};
-pub use network::{RaftTransport, TransportError};
+pub use group::{Group, GroupKind, GroupStatus, MembershipView, WriteError};
+pub use network::{MoveThrottle, RaftTransport, TransportError};
 pub use registry::Groups;
 
 openraft::declare_raft_types!(

@@ -3,7 +3,10 @@
 //! node and the simulator implements over its own network. Every message names its
 //! group, so all groups share the connection (design decision 8).
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_types::{GroupId, NodeId, limits};
@@ -69,15 +72,88 @@ pub(crate) enum RaftReply {
     Refused(String),
 }
 
+/// Caps the rate of log data sent to replicas that are catching up during a partition
+/// move (`(group, node)` pairs the node's mover registers), so moves do not starve
+/// producers. Paced with tokio time, so the simulator drives it.
+pub struct MoveThrottle {
+    bytes_per_sec: AtomicU64,
+    pairs: RwLock<BTreeSet<(GroupId, NodeId)>>,
+    /// When the next throttled byte may leave.
+    next_free: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    sent: AtomicU64,
+}
+
+/// How far ahead of the rate a burst may run.
+const THROTTLE_BURST: Duration = Duration::from_millis(100);
+
+impl MoveThrottle {
+    pub fn new(bytes_per_sec: u64) -> MoveThrottle {
+        MoveThrottle {
+            bytes_per_sec: AtomicU64::new(bytes_per_sec.max(1)),
+            pairs: RwLock::new(BTreeSet::new()),
+            next_free: tokio::sync::Mutex::new(None),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.bytes_per_sec.store(bytes_per_sec.max(1), Ordering::Relaxed);
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.bytes_per_sec.load(Ordering::Relaxed)
+    }
+
+    /// The pairs whose appends are throttled (replaces the previous set).
+    pub fn set_pairs(&self, pairs: BTreeSet<(GroupId, NodeId)>) {
+        *self.pairs.write().expect("throttle lock poisoned") = pairs;
+    }
+
+    /// Throttles one more pair at once (before its learner is added, so its first append
+    /// is paced too).
+    pub fn add_pair(&self, group: GroupId, node: NodeId) {
+        self.pairs.write().expect("throttle lock poisoned").insert((group, node));
+    }
+
+    /// Bytes sent to throttled replicas since the node started.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn applies(&self, group: GroupId, target: NodeId) -> bool {
+        self.pairs.read().expect("throttle lock poisoned").contains(&(group, target))
+    }
+
+    /// Waits until `bytes` more fit the rate: a message leaves once the bytes sent before
+    /// it and itself are at most `THROTTLE_BURST` ahead of the rate.
+    async fn pace(&self, bytes: usize) {
+        let cost = Duration::from_secs_f64(bytes as f64 / self.rate() as f64);
+        let send_at = {
+            let mut next = self.next_free.lock().await;
+            let now = tokio::time::Instant::now();
+            let done = next.map_or(now, |n| n.max(now)) + cost;
+            *next = Some(done);
+            done.checked_sub(THROTTLE_BURST).unwrap_or(now)
+        };
+        tokio::time::sleep_until(send_at).await;
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
 /// Routes every group's messages through one transport.
 #[derive(Clone)]
 pub struct Router<T: RaftTransport> {
     transport: T,
+    throttle: Arc<MoveThrottle>,
 }
 
 impl<T: RaftTransport> Router<T> {
     pub fn new(transport: T) -> Router<T> {
-        Router { transport }
+        Router { transport, throttle: Arc::new(MoveThrottle::new(limits::MOVE_BYTES_PER_SEC_DEFAULT)) }
+    }
+
+    pub fn throttle(&self) -> &Arc<MoveThrottle> {
+        &self.throttle
     }
 
     pub(crate) async fn call(
@@ -151,6 +227,9 @@ impl<T: RaftTransport> GroupRouter<TypeConfig, GroupId> for Router<T> {
             rpc.entries.truncate(keep);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        if !rpc.entries.is_empty() && self.throttle.applies(group, target) {
+            self.throttle.pace(total.min(limits::RAFT_APPEND_BYTES_MAX)).await;
+        }
         match self.rpc(target, group, RaftRpc::Append(rpc), &option).await.map_err(RPCError::Unreachable)? {
             RaftReply::Append(AppendEntriesResponse::Success) if truncated => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))

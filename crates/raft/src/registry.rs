@@ -25,6 +25,7 @@ pub struct Groups<T: RaftTransport> {
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     /// Serialises group creation and removal.
     lifecycle: tokio::sync::Mutex<()>,
+    partition_timings: GroupTimings,
 }
 
 impl<T: RaftTransport> Groups<T> {
@@ -35,7 +36,14 @@ impl<T: RaftTransport> Groups<T> {
             router: Router::new(transport),
             groups: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            partition_timings: GroupTimings::PARTITION,
         }
+    }
+
+    /// Partition groups' heartbeat and election timings (default `GroupTimings::PARTITION`).
+    pub fn with_partition_timings(mut self, timings: GroupTimings) -> Groups<T> {
+        self.partition_timings = timings;
+        self
     }
 
     pub fn node(&self) -> NodeId {
@@ -54,10 +62,16 @@ impl<T: RaftTransport> Groups<T> {
         self.groups.read().expect("groups lock poisoned").keys().copied().collect()
     }
 
-    /// Starts the group on this node if it is not running: recovers it from storage, or
-    /// initialises it with `voters` when storage has nothing of it. Every replica
-    /// initialises with the same voters, so whichever starts first, they agree.
-    pub async fn ensure(&self, id: GroupId, kind: GroupKind, voters: &BTreeSet<NodeId>) -> Result<Arc<Group>, String> {
+    /// Starts the group on this node if it is not running: recovers it from storage, or,
+    /// when storage has nothing of it, initialises it with `voters` if given (every
+    /// initial replica initialises with the same voters, so whichever starts first, they
+    /// agree) or else waits empty for a leader to add it as a learner.
+    pub async fn ensure(
+        &self,
+        id: GroupId,
+        kind: GroupKind,
+        voters: Option<&BTreeSet<NodeId>>,
+    ) -> Result<Arc<Group>, String> {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
@@ -68,7 +82,7 @@ impl<T: RaftTransport> Groups<T> {
         assert_eq!(kind == GroupKind::Metadata, id == METADATA_GROUP, "group 0 is the metadata group");
         let (timings, initial) = match kind {
             GroupKind::Metadata => (GroupTimings::METADATA, GroupState::Metadata(MetadataState::new())),
-            GroupKind::Partition => (GroupTimings::PARTITION, GroupState::Partition(PartitionState::new())),
+            GroupKind::Partition => (self.partition_timings, GroupState::Partition(PartitionState::new())),
         };
         let config = timings.openraft_config(format!("group-{id}"));
         let log = LogStore::new(id, self.engine.clone());
@@ -78,12 +92,14 @@ impl<T: RaftTransport> Groups<T> {
         let raft: Raft = openraft::Raft::new(self.node, config, network, log.clone(), sm)
             .await
             .map_err(|e| format!("group {id}: cannot start: {e}"))?;
-        match raft.initialize(voters.clone()).await {
-            Ok(()) => tracing::info!(group = id, ?voters, "initialised group"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                tracing::debug!(group = id, "group recovered from storage")
+        if let Some(voters) = voters {
+            match raft.initialize(voters.clone()).await {
+                Ok(()) => tracing::info!(group = id, ?voters, "initialised group"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::debug!(group = id, "group recovered from storage")
+                }
+                Err(e) => return Err(format!("group {id}: cannot initialise: {e}")),
             }
-            Err(e) => return Err(format!("group {id}: cannot initialise: {e}")),
         }
         let group = Arc::new(Group { id, node: self.node, kind, raft, shared, log });
         self.groups.write().expect("groups lock poisoned").insert(id, group.clone());
