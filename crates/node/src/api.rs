@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse, Topic};
+use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse, Topic, TopicPolicy};
 use flotilla_partition::{PartitionState, Response as PartResponse};
 use flotilla_raft::state_machine::GroupState;
 use flotilla_raft::{Command, Group, RaftTransport, Response, WriteError};
@@ -57,8 +57,13 @@ pub struct BrokerView {
     pub region: String,
     pub zone: String,
     pub rack: String,
-    /// alive, unreachable, or unknown (this node does not lead the metadata group).
+    /// alive, suspected, dead, draining or removed, as the metadata group records it.
     pub state: String,
+    /// In the metadata group: voter, learner, or none (not yet added, or removed).
+    pub role: String,
+    /// Replicas and preferred leaderships assigned to it (move targets included).
+    pub replicas: u64,
+    pub preferred_leaders: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,9 +87,6 @@ pub struct Fetched {
     pub log_start_offset: Offset,
     pub batches: Vec<FetchedBatch>,
 }
-
-/// A peer is "alive" while it acknowledged the metadata leader within this long.
-const ALIVE_WITHIN: Duration = Duration::from_secs(3);
 
 impl<T: RaftTransport> Node<T> {
     fn leader_error(&self, group: GroupId, leader: Option<NodeId>, code: ErrorCode, what: &str) -> ApiError {
@@ -170,7 +172,10 @@ impl<T: RaftTransport> Node<T> {
         }
     }
 
-    /// Reads committed batches from `offset`, waiting up to `max_wait` for data.
+    /// Reads committed batches from `offset`, waiting up to `max_wait` for data. With
+    /// `from_follower`, a replica that does not lead serves what it has applied: never
+    /// past the committed high watermark, since entries are applied only once committed
+    /// (follower fetching, for consumers reading in their own zone).
     pub async fn fetch(
         &self,
         topic: &str,
@@ -178,12 +183,25 @@ impl<T: RaftTransport> Node<T> {
         offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
+        from_follower: bool,
     ) -> Result<Fetched, ApiError> {
         let what = format!("{topic}/{partition}");
         let max_bytes = max_bytes.clamp(1, limits::FETCH_BYTES_MAX);
         let max_wait = max_wait.min(Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
         let group = self.partition_group(topic, partition)?;
-        if !group.is_leader() {
+        // A follower serves only while it knows a leader on a node the metadata group
+        // holds alive; otherwise the consumer is sent to the leader (a follower cut off
+        // from its leader would answer long polls with nothing new).
+        let leader_alive = |g: &Group| {
+            g.leader().is_some_and(|l| {
+                self.with_metadata(|m| {
+                    m.brokers().get(&l).is_some_and(|b| b.liveness == flotilla_metadata::Liveness::Alive)
+                })
+            })
+        };
+        let serves =
+            |g: &Group| g.is_leader() || (from_follower && g.membership().contains(self.id()) && leader_alive(g));
+        if !serves(&group) {
             return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
         }
         let mut applied = group.state().subscribe();
@@ -234,7 +252,7 @@ impl<T: RaftTransport> Node<T> {
             if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
                 continue; // deadline: answer with what there is (nothing)
             }
-            if !group.is_leader() {
+            if !serves(&group) {
                 return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
             }
         }
@@ -304,38 +322,38 @@ impl<T: RaftTransport> Node<T> {
     }
 
     fn broker_views(&self) -> Vec<BrokerView> {
-        let group = self.metadata_group();
-        let leader = group.leader();
-        let ages = if group.is_leader() { group.peer_ack_ages() } else { None };
+        let members = self.metadata_group().membership();
+        let voters = members.voters();
         self.with_metadata(|m| {
+            let load = m.replica_load();
             m.brokers()
                 .values()
                 .map(|b| {
-                    let state = if b.id == self.id() || Some(b.id) == leader {
-                        "alive"
-                    } else if let Some(ages) = &ages {
-                        match ages.get(&b.id) {
-                            Some(Some(age)) if *age <= ALIVE_WITHIN => "alive",
-                            Some(_) => "unreachable",
-                            None => "unknown",
-                        }
+                    let role = if voters.contains(&b.id) {
+                        "voter"
+                    } else if members.learners.contains(&b.id) {
+                        "learner"
                     } else {
-                        "unknown"
+                        "none"
                     };
+                    let l = load.get(&b.id).copied().unwrap_or_default();
                     BrokerView {
                         id: b.id,
                         addr: b.addr.clone(),
                         region: b.labels.region.clone(),
                         zone: b.labels.zone.clone(),
                         rack: b.labels.rack.clone(),
-                        state: state.to_string(),
+                        state: b.state_name().to_string(),
+                        role: role.to_string(),
+                        replicas: l.replicas,
+                        preferred_leaders: l.leaders,
                     }
                 })
                 .collect()
         })
     }
 
-    async fn metadata_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
+    pub(crate) async fn metadata_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         let group = self.metadata_group();
         match group.write_or_forward(self.groups().router(), Command::Metadata(cmd), self.produce_timeout()).await {
             Ok(Response::Metadata(MetaResponse::Error { code, message })) => Err(ApiError::new(code, message)),
@@ -350,10 +368,11 @@ impl<T: RaftTransport> Node<T> {
         name: &str,
         partitions: u32,
         replication_factor: u32,
+        policy: TopicPolicy,
     ) -> Result<TopicView, ApiError> {
-        // The name and counts are checked where the command is applied (the metadata state
-        // machine), so every way in gets the same answer.
-        let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor };
+        // The name, counts and policy are checked where the command is applied (the
+        // metadata state machine), so every way in gets the same answer.
+        let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor, policy };
         match self.metadata_write(cmd).await? {
             MetaResponse::TopicCreated(t) => Ok(self.topic_view(&t)),
             other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected response {other:?}"))),

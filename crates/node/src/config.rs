@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use flotilla_metadata::Labels;
+use flotilla_raft::GroupTimings;
 use flotilla_types::{NodeId, limits};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,28 @@ pub struct NodeConfig {
     pub rack: String,
     /// How long a produce may wait for its batch to commit before answering TIMEOUT.
     pub produce_timeout_ms: u64,
+    /// Join a running cluster through this node (host:port) instead of forming one from
+    /// `peers`. The node then never initialises the metadata group itself.
+    pub join: Option<String>,
+    /// Controller: a node the metadata leader has not heard from for this long is
+    /// suspected (its partition groups elect new leaders, it receives no new replicas).
+    pub suspect_after_ms: u64,
+    /// Controller: a node silent for this long is dead and its replicas are re-created on
+    /// other nodes (the grace period).
+    pub dead_after_ms: u64,
+    /// Controller: keep replicas and leaders balanced without being asked.
+    pub auto_balance: bool,
+    /// Controller: partition moves in progress at once.
+    pub max_concurrent_moves: usize,
+    /// Log bytes per second this node sends to replicas catching up in moves.
+    pub move_bytes_per_sec: u64,
+    /// Where to serve Prometheus metrics over HTTP (`/metrics`); none when unset.
+    pub metrics_listen: Option<String>,
+    /// Partition groups' heartbeat interval.
+    pub partition_heartbeat_ms: u64,
+    /// Partition groups' own election timeout (randomised up to twice this). A group whose
+    /// leader's node is suspected elects at once, without waiting for it.
+    pub partition_election_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -46,6 +69,15 @@ impl Default for NodeConfig {
             zone: String::new(),
             rack: String::new(),
             produce_timeout_ms: 10_000,
+            join: None,
+            suspect_after_ms: 1_500,
+            dead_after_ms: 30_000,
+            auto_balance: true,
+            max_concurrent_moves: limits::MOVES_CONCURRENT_DEFAULT,
+            move_bytes_per_sec: limits::MOVE_BYTES_PER_SEC_DEFAULT,
+            metrics_listen: None,
+            partition_heartbeat_ms: GroupTimings::PARTITION.heartbeat_ms,
+            partition_election_timeout_ms: GroupTimings::PARTITION.election_min_ms,
         }
     }
 }
@@ -53,6 +85,14 @@ impl Default for NodeConfig {
 impl NodeConfig {
     pub fn advertised(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    pub fn partition_timings(&self) -> GroupTimings {
+        GroupTimings {
+            heartbeat_ms: self.partition_heartbeat_ms,
+            election_min_ms: self.partition_election_timeout_ms,
+            election_max_ms: self.partition_election_timeout_ms * 2,
+        }
     }
 
     pub fn labels(&self) -> Labels {
@@ -80,7 +120,18 @@ impl NodeConfig {
         Ok(out)
     }
 
-    /// The metadata group's voters.
+    /// The voters this node initialises the metadata group with when its storage has
+    /// none, or `None` when it must wait to be added by the metadata leader (it joins, or
+    /// it is not one of the initial controllers).
+    pub fn initial_metadata_voters(&self) -> Result<Option<Vec<NodeId>>, String> {
+        if self.join.is_some() {
+            return Ok(None);
+        }
+        let voters = self.controller_ids()?;
+        Ok(voters.contains(&self.id).then_some(voters))
+    }
+
+    /// The metadata group's initial voters.
     pub fn controller_ids(&self) -> Result<Vec<NodeId>, String> {
         let peers = self.peer_map()?;
         if self.controllers.is_empty() {
@@ -111,12 +162,28 @@ impl NodeConfig {
                 self.advertised()
             ));
         }
-        let controllers = self.controller_ids()?;
-        if !controllers.contains(&self.id) {
+        if self.join.is_none() {
+            self.controller_ids()?;
+        }
+        if let Some(j) = &self.join
+            && !j.contains(':')
+        {
+            return Err(format!("join: '{j}' is not HOST:PORT"));
+        }
+        if self.suspect_after_ms == 0 || self.dead_after_ms < self.suspect_after_ms {
             return Err(format!(
-                "node {} is not a metadata voter ({controllers:?}); nodes beyond the controllers are not supported yet",
-                self.id
+                "suspect-after-ms ({}) must be positive and at most dead-after-ms ({})",
+                self.suspect_after_ms, self.dead_after_ms
             ));
+        }
+        if self.partition_heartbeat_ms == 0 || self.partition_election_timeout_ms < 2 * self.partition_heartbeat_ms {
+            return Err(format!(
+                "partition-election-timeout-ms ({}) must be at least twice partition-heartbeat-ms ({})",
+                self.partition_election_timeout_ms, self.partition_heartbeat_ms
+            ));
+        }
+        if self.max_concurrent_moves == 0 || self.move_bytes_per_sec < 1024 {
+            return Err("max-concurrent-moves must be positive and move-bytes-per-sec at least 1024".into());
         }
         for (name, l) in [("region", &self.region), ("zone", &self.zone), ("rack", &self.rack)] {
             if l.len() > limits::LABEL_BYTES_MAX {

@@ -9,8 +9,12 @@
 //! Architecture invariant: no tonic, prost or rocksdb here. Handlers take and return
 //! domain types; protobuf stops at `rpc`.
 
+pub mod admin;
 pub mod api;
 pub mod config;
+mod controller;
+pub mod metrics;
+pub mod mover;
 mod reconciler;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +57,9 @@ pub(crate) struct Inner<T: RaftTransport> {
     pub(crate) addresses: AddressBook,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Wakes the controller for an immediate tick ("balance now").
+    pub(crate) controller_kick: Arc<tokio::sync::Notify>,
+    pub(crate) metrics: metrics::Registry,
 }
 
 /// A running node. Cheap to clone.
@@ -76,17 +83,31 @@ impl<T: RaftTransport> Node<T> {
         for (id, addr) in config.peer_map()? {
             addresses.set(id, addr);
         }
-        let groups = Arc::new(Groups::new(config.id, engine, transport));
-        let voters: BTreeSet<NodeId> = config.controller_ids()?.into_iter().collect();
-        groups.ensure(METADATA_GROUP, GroupKind::Metadata, &voters).await?;
+        let groups =
+            Arc::new(Groups::new(config.id, engine, transport).with_partition_timings(config.partition_timings()));
+        groups.router().throttle().set_rate(config.move_bytes_per_sec);
+        // A joining node, or one beyond the initial controllers, starts its metadata
+        // replica empty; the metadata leader adds it as a learner once it is registered.
+        let voters: Option<BTreeSet<NodeId>> = config.initial_metadata_voters()?.map(|v| v.into_iter().collect());
+        groups.ensure(METADATA_GROUP, GroupKind::Metadata, voters.as_ref()).await?;
         let (shutdown, _) = watch::channel(false);
         let node = Node {
-            inner: Arc::new(Inner { config, groups, addresses, clock, shutdown }),
+            inner: Arc::new(Inner {
+                config,
+                groups,
+                addresses,
+                clock,
+                shutdown,
+                controller_kick: Arc::new(tokio::sync::Notify::new()),
+                metrics: metrics::Registry::default(),
+            }),
             tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
         let tasks = vec![
             tokio::spawn(reconciler::register_loop(node.clone())),
             tokio::spawn(reconciler::reconcile_loop(node.clone())),
+            tokio::spawn(controller::controller_loop(node.clone())),
+            tokio::spawn(mover::mover_loop(node.clone())),
         ];
         node.tasks.lock().expect("tasks poisoned").extend(tasks);
         tracing::info!(node = node.id(), addr = node.inner.config.advertised(), "node started");
@@ -144,5 +165,14 @@ impl<T: RaftTransport> Node<T> {
 
     pub(crate) fn produce_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.config.produce_timeout_ms)
+    }
+
+    pub(crate) fn suspect_after(&self) -> Duration {
+        Duration::from_millis(self.inner.config.suspect_after_ms)
+    }
+
+    /// Request latency histograms and counters, filled by the `rpc` layer.
+    pub fn metrics(&self) -> &metrics::Registry {
+        &self.inner.metrics
     }
 }

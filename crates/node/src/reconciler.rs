@@ -6,29 +6,46 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flotilla_metadata::{Broker, Command as MetaCommand, Response as MetaResponse};
-use flotilla_raft::{Command, GroupKind, RaftTransport, Response};
+use flotilla_raft::{Command, GroupKind, RaftTransport, Response, WriteError};
 use flotilla_types::{METADATA_GROUP, NodeId};
 
 use crate::Node;
 
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
-/// Registers this node (address and labels) until the metadata group has it.
+/// Registers this node (address and labels) until the metadata group has it. A node
+/// whose metadata replica does not know the leader yet (it is not a voter and has not
+/// been added as a learner) asks the configured peers, which name the leader.
 pub(crate) async fn register_loop<T: RaftTransport>(node: Node<T>) {
-    let me = Broker { id: node.id(), addr: node.config().advertised().to_string(), labels: node.config().labels() };
+    let me = Broker::new(node.id(), node.config().advertised(), node.config().labels());
+    let peers: Vec<NodeId> = node.config().peer_map().map(|p| p.into_keys().collect()).unwrap_or_default();
+    let mut attempt = 0usize;
     loop {
-        if node.with_metadata(|m| m.brokers().get(&me.id) == Some(&me)) {
+        let known = node.with_metadata(|m| m.brokers().get(&me.id).map(|b| (b.addr.clone(), b.labels.clone())));
+        if known == Some((me.addr.clone(), me.labels.clone())) {
             tracing::info!(node = me.id, "registered with the metadata group");
             return;
         }
         let group = node.metadata_group();
         let cmd = Command::Metadata(MetaCommand::RegisterBroker(me.clone()));
-        match group.write_or_forward(node.groups().router(), cmd, Duration::from_secs(5)).await {
+        let timeout = Duration::from_secs(5);
+        let mut result = group.write_or_forward(node.groups().router(), cmd.clone(), timeout).await;
+        let others: Vec<NodeId> = peers.iter().copied().filter(|p| *p != me.id).collect();
+        if let (Err(WriteError::NotLeader { leader: None, .. }), false) = (&result, others.is_empty()) {
+            let via = others[attempt % others.len()];
+            result = group.forward_to(node.groups().router(), via, cmd.clone(), timeout).await;
+            if let Err(WriteError::NotLeader { leader: Some(l), .. }) = &result {
+                result = group.forward_to(node.groups().router(), *l, cmd, timeout).await;
+            }
+        }
+        match result {
             Ok(Response::Metadata(MetaResponse::Ok)) => {}
             Ok(other) => tracing::warn!(?other, "registration refused"),
             Err(e) => tracing::debug!(error = %e, "registration not done yet"),
         }
+        attempt += 1;
         tokio::time::sleep(REGISTER_RETRY).await;
     }
 }
@@ -38,6 +55,16 @@ pub(crate) async fn register_loop<T: RaftTransport>(node: Node<T>) {
 pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
     let mut applied = node.metadata_group().state().subscribe();
     let mut shutdown = node.shutdown_signal();
+    // A restarted node's metadata is as old as its last run: acting on it would delete
+    // replicas that were moved away and back meanwhile, after their leader had already
+    // matched the old log (a log reversion). Wait until it has caught up first.
+    while !metadata_caught_up(&node) {
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(CATCH_UP_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
     loop {
         reconcile_once(&node).await;
         tokio::select! {
@@ -48,6 +75,13 @@ pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
     }
 }
 
+/// The metadata replica knows a leader (so it has heard the leader's commit index) and
+/// has applied everything it knows committed.
+pub(crate) fn metadata_caught_up<T: RaftTransport>(node: &Node<T>) -> bool {
+    let s = node.metadata_group().status();
+    s.leader.is_some() && s.applied.is_some() && s.applied >= s.committed
+}
+
 async fn reconcile_once<T: RaftTransport>(node: &Node<T>) {
     let me = node.id();
     let (desired, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
@@ -56,13 +90,16 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>) {
             node.addresses().set(id, b.addr);
         }
     }
-    for (group, replicas) in &desired {
+    for (group, p) in &desired {
         if node.groups().get(*group).is_some() {
             continue;
         }
-        let voters: BTreeSet<NodeId> = replicas.iter().copied().collect();
-        match node.groups().ensure(*group, GroupKind::Partition, &voters).await {
-            Ok(_) => tracing::info!(group, ?voters, "started partition replica"),
+        // Only the initial replicas of a group that never changed membership initialise
+        // it; any other replica starts empty and is added by the partition leader.
+        let voters: BTreeSet<NodeId> = p.replicas.iter().copied().collect();
+        let init = (p.epoch == 0 && voters.contains(&me)).then_some(&voters);
+        match node.groups().ensure(*group, GroupKind::Partition, init).await {
+            Ok(_) => tracing::info!(group, ?voters, initialised = init.is_some(), "started partition replica"),
             Err(e) => tracing::warn!(group, error = %e, "cannot start partition replica"),
         }
     }

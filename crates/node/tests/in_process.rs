@@ -4,118 +4,16 @@
 //! partition write/read path without gRPC or RocksDB (those are covered end to end in
 //! `crates/cli/tests/`). A node is cut off by making the transport refuse its traffic.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+mod common;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flotilla_node::{AddressBook, ApiError, Node, NodeConfig};
-use flotilla_raft::{RaftTransport, TransportError};
+use common::*;
+use flotilla_metadata::TopicPolicy;
+use flotilla_node::Node;
 use flotilla_storage::MemEngine;
-use flotilla_types::{ErrorCode, GroupId, NodeId, Record, RecordBatch, SystemClock};
-
-#[derive(Clone, Default)]
-struct LocalNet {
-    nodes: Arc<RwLock<BTreeMap<NodeId, Node<LocalTransport>>>>,
-    cut: Arc<RwLock<BTreeSet<NodeId>>>,
-}
-
-#[derive(Clone)]
-struct LocalTransport {
-    me: NodeId,
-    net: LocalNet,
-}
-
-impl RaftTransport for LocalTransport {
-    async fn call(
-        &self,
-        target: NodeId,
-        group: GroupId,
-        payload: Vec<u8>,
-        _t: Duration,
-    ) -> Result<Vec<u8>, TransportError> {
-        let cut = self.net.cut.read().unwrap().clone();
-        if cut.contains(&self.me) || cut.contains(&target) {
-            return Err(TransportError::Unreachable(target, "cut".into()));
-        }
-        let node = self.net.nodes.read().unwrap().get(&target).cloned();
-        match node {
-            Some(n) => Ok(n.handle_raft(self.me, group, &payload).await),
-            None => Err(TransportError::Unreachable(target, "down".into())),
-        }
-    }
-}
-
-fn config(id: NodeId) -> NodeConfig {
-    NodeConfig {
-        id,
-        listen: format!("127.0.0.1:{}", 17000 + id),
-        peers: (1..=3).map(|i| format!("{i}=127.0.0.1:{}", 17000 + i)).collect(),
-        zone: format!("z{id}"),
-        ..NodeConfig::default()
-    }
-}
-
-async fn start_cluster(net: &LocalNet, engines: &[MemEngine]) -> Vec<Node<LocalTransport>> {
-    let mut nodes = Vec::new();
-    for id in 1..=3u64 {
-        let transport = LocalTransport { me: id, net: net.clone() };
-        let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engines[id as usize - 1].clone());
-        let node = Node::start(config(id), engine, transport, AddressBook::new(), Arc::new(SystemClock)).await.unwrap();
-        net.nodes.write().unwrap().insert(id, node.clone());
-        nodes.push(node);
-    }
-    nodes
-}
-
-async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn batch(values: &[&str]) -> RecordBatch {
-    let records: Vec<Record> = values.iter().map(|v| Record::value(v.to_string())).collect();
-    RecordBatch::encode(&records).unwrap()
-}
-
-async fn produce(nodes: &[Node<LocalTransport>], topic: &str, p: u32, values: &[&str]) -> u64 {
-    eventually("a produce to succeed", async || {
-        for n in nodes {
-            match n.produce(topic, p, batch(values)).await {
-                Ok((base, _)) => return Some(base),
-                Err(ApiError {
-                    code: ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::LeaderChanged | ErrorCode::UnknownTopic,
-                    ..
-                }) => {}
-                Err(e) => panic!("produce failed: {e}"),
-            }
-        }
-        None
-    })
-    .await
-}
-
-async fn read_all(nodes: &[Node<LocalTransport>], topic: &str, p: u32) -> Vec<String> {
-    eventually("a fetch from the leader", async || {
-        for n in nodes {
-            if let Ok(f) = n.fetch(topic, p, 0, 1 << 20, Duration::ZERO).await {
-                let mut out = Vec::new();
-                for b in f.batches {
-                    for r in RecordBatch::decode(b.batch).unwrap().records() {
-                        out.push(String::from_utf8(r.value.to_vec()).unwrap());
-                    }
-                }
-                return Some(out);
-            }
-        }
-        None
-    })
-    .await
-}
+use flotilla_types::{ErrorCode, GroupId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_topic_produce_fetch_and_failover() {
@@ -125,11 +23,12 @@ async fn t10_topic_produce_fetch_and_failover() {
 
     // All three register, then a topic is placed on three distinct zones.
     eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
-    let topic = eventually("create topic", async || nodes[0].create_topic("t", 3, 3).await.ok()).await;
+    let topic =
+        eventually("create topic", async || nodes[0].create_topic("t", 3, 3, TopicPolicy::default()).await.ok()).await;
     for p in &topic.partitions {
         assert_eq!(p.replicas.iter().collect::<BTreeSet<_>>().len(), 3);
     }
-    let err = nodes[1].create_topic("t", 3, 3).await.unwrap_err();
+    let err = nodes[1].create_topic("t", 3, 3, TopicPolicy::default()).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::TopicExists);
 
     assert_eq!(produce(&nodes, "t", 0, &["a", "b"]).await, 0);
@@ -145,7 +44,7 @@ async fn t10_topic_produce_fetch_and_failover() {
         let n = leader_node.clone();
         tokio::spawn(async move {
             let t0 = std::time::Instant::now();
-            let f = n.fetch("t", 0, 3, 1 << 20, Duration::from_secs(10)).await.unwrap();
+            let f = n.fetch("t", 0, 3, 1 << 20, Duration::from_secs(10), false).await.unwrap();
             (f, t0.elapsed())
         })
     };
@@ -156,7 +55,7 @@ async fn t10_topic_produce_fetch_and_failover() {
     assert_eq!(fetched.batches[0].base_offset, 3);
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "waited {waited:?}");
     // With nothing new, it answers empty once max_wait has passed.
-    let empty = leader_node.fetch("t", 0, 4, 1 << 20, Duration::from_millis(200)).await.unwrap();
+    let empty = leader_node.fetch("t", 0, 4, 1 << 20, Duration::from_millis(200), false).await.unwrap();
     assert!(empty.batches.is_empty());
     assert_eq!(empty.high_watermark, 4);
 
@@ -194,7 +93,7 @@ async fn t20_power_loss_of_every_node_keeps_acknowledged_records() {
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = start_cluster(&net, &engines).await;
     eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
-    eventually("create topic", async || nodes[0].create_topic("t", 1, 3).await.ok()).await;
+    eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
     for i in 0..20 {
         let v = format!("v{i}");
         assert_eq!(produce(&nodes, "t", 0, &[v.as_str()]).await, i);

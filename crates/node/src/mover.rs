@@ -1,0 +1,233 @@
+//! What every node does for the partition groups it hosts, driven by the metadata it has
+//! applied (design decision 5: a partition's leader carries out its own membership
+//! change):
+//!
+//! - **Moves.** Where this node leads a group whose desired voters (`desired()`: the
+//!   move's target, else the replicas) differ from the group's voters, it adds the
+//!   missing nodes as learners, waits until they have caught up (their log data paced by
+//!   the node's `MoveThrottle`), changes the voters (openraft goes through a joint
+//!   configuration), drops leftover learners, and reports `FinishMove`. A new leader, or
+//!   the same one after a restart, resumes from whatever step the group is at; a
+//!   cancelled move is a move back, run the same way.
+//! - **Leaders.** Where this node leads a group whose preferred leader (`desired()[0]`)
+//!   is another live, caught-up voter, it hands leadership over.
+//! - **Elections.** Where this node follows a leader whose node the metadata group marks
+//!   suspected or dead, the first live replica in preference order starts an election at
+//!   once instead of waiting for its election timeout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_metadata::{Broker, Command as MetaCommand, Liveness, PartitionAssignment};
+use flotilla_raft::{Group, RaftTransport};
+use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
+use tokio::time::Instant;
+
+use crate::Node;
+
+const TICK: Duration = Duration::from_millis(250);
+/// A learner within this many entries of the leader's log counts as caught up.
+const CAUGHT_UP_LAG: u64 = 8;
+/// A leader hands leadership to the preferred replica only after leading this long, so
+/// leadership does not bounce while a group settles.
+const LEAD_BEFORE_HANDOVER: Duration = Duration::from_secs(2);
+/// Woken elections go in rounds of this length; each live replica campaigns at most once
+/// a round.
+const WAKE_ROUND: Duration = Duration::from_secs(2);
+/// Within a round, replicas campaign this far apart, in preference order rotated by the
+/// round number: a replica whose log is behind (it cannot win, and its own vote blocks
+/// the others in its term) does not go first every round.
+const WAKE_STAGGER: Duration = Duration::from_millis(300);
+
+/// Progress of one catching-up replica, as its group's leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CatchUp {
+    pub node: NodeId,
+    /// The last log index it is known to hold (none: it has not answered yet).
+    pub matched: Option<u64>,
+    /// The leader's last log index.
+    pub leader_last: u64,
+}
+
+#[derive(Default)]
+struct LoopState {
+    /// Since when this node leads each group (for the handover delay).
+    leading_since: BTreeMap<GroupId, Instant>,
+    /// The last round in which this node started an election for each group.
+    elected_in: BTreeMap<GroupId, u32>,
+    /// Since when this node has seen each group's leader on a suspected or dead node.
+    leader_gone_since: BTreeMap<GroupId, Instant>,
+    /// The last leader this node knew of each group (a replica that saw another's vote
+    /// request forgets the leader, but must still take part).
+    last_leader: BTreeMap<GroupId, NodeId>,
+}
+
+pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
+    let mut shutdown = node.shutdown_signal();
+    let mut applied = node.metadata_group().state().subscribe();
+    let mut st = LoopState::default();
+    loop {
+        tick(&node, &mut st).await;
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = applied.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
+    // Acting on stale metadata would drive a group toward a move already finished or
+    // cancelled (adding a learner the node no longer hosts, whose replica is later
+    // re-created empty: a log reversion for this leader).
+    if !crate::reconciler::metadata_caught_up(node) {
+        return;
+    }
+    let me = node.id();
+    let (hosted, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
+    let mut throttled = BTreeSet::new();
+    for (id, assignment) in &hosted {
+        let Some(group) = node.groups().get(*id) else { continue };
+        if group.is_leader() {
+            st.elected_in.remove(id);
+            let since = *st.leading_since.entry(*id).or_insert_with(Instant::now);
+            match drive_membership(node, &group, assignment).await {
+                Ok(catching_up) => throttled.extend(catching_up.into_iter().map(|n| (*id, n))),
+                Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
+            }
+            if since.elapsed() >= LEAD_BEFORE_HANDOVER {
+                hand_over(&group, assignment, &brokers).await;
+            }
+        } else {
+            st.leading_since.remove(id);
+            wake_election(node, &group, assignment, &brokers, st).await;
+        }
+    }
+    st.leading_since.retain(|g, _| hosted.contains_key(g));
+    st.elected_in.retain(|g, _| hosted.contains_key(g));
+    st.leader_gone_since.retain(|g, _| hosted.contains_key(g));
+    st.last_leader.retain(|g, _| hosted.contains_key(g));
+    node.groups().router().throttle().set_pairs(throttled);
+}
+
+/// One step of the membership change toward `desired()`. Returns the learners still
+/// catching up (their appends are throttled).
+async fn drive_membership<T: RaftTransport>(
+    node: &Node<T>,
+    group: &Group,
+    p: &PartitionAssignment,
+) -> Result<Vec<NodeId>, String> {
+    let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+    let members = group.membership();
+    if !members.committed {
+        return Ok(Vec::new()); // a change is in flight; openraft finishes it
+    }
+    // A leader that voted itself out keeps leading until it steps down; it must not start
+    // another change (openraft refuses, and a new leader among the voters will).
+    if !members.voters().contains(&node.id()) {
+        return Ok(Vec::new());
+    }
+    let voters = members.voters();
+    if members.uniform_voters() == Some(&desired) {
+        let extra: BTreeSet<NodeId> = members.learners.difference(&desired).copied().collect();
+        if !extra.is_empty() {
+            group.remove_learners(extra).await?;
+            return Ok(Vec::new());
+        }
+        if let Some(m) = &p.moving {
+            let cmd = MetaCommand::FinishMove { group: group.id(), move_id: m.id };
+            node.metadata_write(cmd).await.map_err(|e| e.to_string())?;
+            tracing::info!(group = group.id(), move_id = m.id, voters = ?desired, "move finished");
+        }
+        return Ok(Vec::new());
+    }
+    // Missing replicas join as learners first.
+    if let Some(n) = desired.iter().find(|n| !members.contains(**n)) {
+        node.groups().router().throttle().add_pair(group.id(), *n);
+        group.add_learner(*n).await?;
+        tracing::info!(group = group.id(), node = n, "added learner");
+        return Ok(vec![*n]);
+    }
+    let new: Vec<NodeId> = desired.difference(&voters).copied().collect();
+    let lagging: Vec<NodeId> = catch_up(group, &new).into_iter().filter(|c| !c.caught_up()).map(|c| c.node).collect();
+    if !lagging.is_empty() {
+        return Ok(lagging);
+    }
+    tracing::info!(group = group.id(), from = ?voters, to = ?desired, "changing voters");
+    group.change_voters(desired, false).await?;
+    Ok(Vec::new())
+}
+
+impl CatchUp {
+    fn caught_up(&self) -> bool {
+        self.matched.is_some_and(|m| m + CAUGHT_UP_LAG >= self.leader_last)
+    }
+}
+
+/// On the leader: how far each of `nodes` has caught up.
+pub(crate) fn catch_up(group: &Group, nodes: &[NodeId]) -> Vec<CatchUp> {
+    let matched = group.replication_matched().unwrap_or_default();
+    let leader_last = group.status().last_log_index.unwrap_or(0);
+    nodes.iter().map(|n| CatchUp { node: *n, matched: matched.get(n).copied().flatten(), leader_last }).collect()
+}
+
+/// Hands leadership to the preferred replica when it is a live, caught-up voter.
+async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>) {
+    let Some(&preferred) = p.desired().first() else { return };
+    if preferred == group.status().leader.unwrap_or(0) || !brokers.get(&preferred).is_some_and(|b| b.accepts_replicas())
+    {
+        return;
+    }
+    let members = group.membership();
+    if !members.committed || members.uniform_voters().is_none_or(|v| !v.contains(&preferred)) {
+        return;
+    }
+    if !catch_up(group, &[preferred]).iter().all(CatchUp::caught_up) {
+        return;
+    }
+    match group.transfer_leader(preferred).await {
+        Ok(()) => tracing::info!(group = group.id(), to = preferred, "handing leadership to the preferred replica"),
+        Err(e) => tracing::debug!(group = group.id(), error = %e, "leader transfer refused"),
+    }
+}
+
+/// Starts an election when the leader this replica knows is on a node the metadata group
+/// marks suspected or dead. Live replicas campaign in preference order, staggered.
+async fn wake_election<T: RaftTransport>(
+    node: &Node<T>,
+    group: &Arc<Group>,
+    p: &PartitionAssignment,
+    brokers: &BTreeMap<NodeId, Broker>,
+    st: &mut LoopState,
+) {
+    let gone = |n: &NodeId| brokers.get(n).is_none_or(|b| b.liveness != Liveness::Alive);
+    let leader = match group.leader() {
+        Some(l) => {
+            st.last_leader.insert(group.id(), l);
+            Some(l)
+        }
+        None => st.last_leader.get(&group.id()).copied(),
+    };
+    if group.id() == METADATA_GROUP || leader.is_none_or(|l| l == node.id() || !gone(&l)) {
+        st.leader_gone_since.remove(&group.id());
+        return;
+    }
+    let noticed = *st.leader_gone_since.entry(group.id()).or_insert_with(Instant::now);
+    let voters = group.membership().voters();
+    let live: Vec<NodeId> = p.desired().iter().copied().filter(|n| !gone(n) && voters.contains(n)).collect();
+    let Some(rank) = live.iter().position(|n| *n == node.id()) else { return };
+    let elapsed = noticed.elapsed();
+    let round = (elapsed.as_millis() / WAKE_ROUND.as_millis()) as u32;
+    let turn = (rank + live.len() - round as usize % live.len()) % live.len();
+    let into_round = elapsed - WAKE_ROUND * round;
+    if into_round < WAKE_STAGGER * turn as u32 || st.elected_in.get(&group.id()) == Some(&round) {
+        return;
+    }
+    st.elected_in.insert(group.id(), round);
+    tracing::info!(group = group.id(), ?leader, "the leader's node is suspected: starting an election");
+    node.metrics().count_woken_election();
+    if let Err(e) = group.take_over().await {
+        tracing::debug!(group = group.id(), error = %e, "cannot start an election");
+    }
+}

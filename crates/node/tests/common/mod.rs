@@ -1,0 +1,122 @@
+//! The in-process harness: real `Node`s over an in-memory transport and `MemEngine`s.
+//! A node is cut off by making the transport refuse its traffic.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flotilla_node::{AddressBook, ApiError, Node, NodeConfig};
+use flotilla_raft::{RaftTransport, TransportError};
+use flotilla_storage::MemEngine;
+use flotilla_types::{ErrorCode, GroupId, NodeId, Record, RecordBatch, SystemClock};
+
+#[derive(Clone, Default)]
+pub struct LocalNet {
+    pub nodes: Arc<RwLock<BTreeMap<NodeId, Node<LocalTransport>>>>,
+    pub cut: Arc<RwLock<BTreeSet<NodeId>>>,
+}
+
+#[derive(Clone)]
+pub struct LocalTransport {
+    pub me: NodeId,
+    pub net: LocalNet,
+}
+
+impl RaftTransport for LocalTransport {
+    async fn call(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        payload: Vec<u8>,
+        _t: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let cut = self.net.cut.read().unwrap().clone();
+        if cut.contains(&self.me) || cut.contains(&target) {
+            return Err(TransportError::Unreachable(target, "cut".into()));
+        }
+        let node = self.net.nodes.read().unwrap().get(&target).cloned();
+        match node {
+            Some(n) => Ok(n.handle_raft(self.me, group, &payload).await),
+            None => Err(TransportError::Unreachable(target, "down".into())),
+        }
+    }
+}
+
+pub fn config(id: NodeId) -> NodeConfig {
+    NodeConfig {
+        id,
+        listen: format!("127.0.0.1:{}", 17000 + id),
+        peers: (1..=3).map(|i| format!("{i}=127.0.0.1:{}", 17000 + i)).collect(),
+        zone: format!("z{id}"),
+        ..NodeConfig::default()
+    }
+}
+
+pub async fn start_cluster(net: &LocalNet, engines: &[MemEngine]) -> Vec<Node<LocalTransport>> {
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        nodes.push(start_node(net, config(id), &engines[id as usize - 1]).await);
+    }
+    nodes
+}
+
+/// Starts one node on `engine` and puts it on the network.
+pub async fn start_node(net: &LocalNet, config: NodeConfig, engine: &MemEngine) -> Node<LocalTransport> {
+    let id = config.id;
+    let transport = LocalTransport { me: id, net: net.clone() };
+    let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engine.clone());
+    let node = Node::start(config, engine, transport, AddressBook::new(), Arc::new(SystemClock)).await.unwrap();
+    net.nodes.write().unwrap().insert(id, node.clone());
+    node
+}
+
+pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..600 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn batch(values: &[&str]) -> RecordBatch {
+    let records: Vec<Record> = values.iter().map(|v| Record::value(v.to_string())).collect();
+    RecordBatch::encode(&records).unwrap()
+}
+
+pub async fn produce(nodes: &[Node<LocalTransport>], topic: &str, p: u32, values: &[&str]) -> u64 {
+    eventually("a produce to succeed", async || {
+        for n in nodes {
+            match n.produce(topic, p, batch(values)).await {
+                Ok((base, _)) => return Some(base),
+                Err(ApiError {
+                    code: ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::LeaderChanged | ErrorCode::UnknownTopic,
+                    ..
+                }) => {}
+                Err(e) => panic!("produce failed: {e}"),
+            }
+        }
+        None
+    })
+    .await
+}
+
+pub async fn read_all(nodes: &[Node<LocalTransport>], topic: &str, p: u32) -> Vec<String> {
+    eventually("a fetch from the leader", async || {
+        for n in nodes {
+            if let Ok(f) = n.fetch(topic, p, 0, 1 << 20, Duration::ZERO, false).await {
+                let mut out = Vec::new();
+                for b in f.batches {
+                    for r in RecordBatch::decode(b.batch).unwrap().records() {
+                        out.push(String::from_utf8(r.value.to_vec()).unwrap());
+                    }
+                }
+                return Some(out);
+            }
+        }
+        None
+    })
+    .await
+}

@@ -1,0 +1,428 @@
+//! t30–t36: the controller, moves and the metadata group's membership, with five real
+//! `Node`s in one process (in-memory transport and engines). Real processes on RocksDB
+//! run the same scenarios in `crates/cli/tests/controller.rs`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use flotilla_metadata::{Labels, TopicPolicy};
+use flotilla_node::admin::Scenario;
+use flotilla_node::{Node, NodeConfig};
+use flotilla_storage::MemEngine;
+use flotilla_types::{ErrorCode, GroupId, NodeId};
+
+/// Nodes 1-3 are the initial controllers; 4 and 5 are listed peers that become
+/// metadata learners. Zones a, b, c, a, b.
+fn five_config(id: NodeId, tune: impl Fn(&mut NodeConfig)) -> NodeConfig {
+    let mut c = config(id);
+    c.peers = (1..=5).map(|i| format!("{i}=127.0.0.1:{}", 17000 + i)).collect();
+    c.controllers = vec![1, 2, 3];
+    c.zone = ["a", "b", "c"][(id as usize - 1) % 3].to_string();
+    c.suspect_after_ms = 1_000;
+    c.dead_after_ms = 3_000;
+    tune(&mut c);
+    c
+}
+
+async fn start_five(
+    net: &LocalNet,
+    engines: &[MemEngine],
+    tune: impl Fn(&mut NodeConfig),
+) -> Vec<Node<LocalTransport>> {
+    let mut nodes = Vec::new();
+    for id in 1..=5u64 {
+        nodes.push(start_node(net, five_config(id, &tune), &engines[id as usize - 1]).await);
+    }
+    eventually("five registered brokers", async || (nodes[0].describe_cluster().brokers.len() == 5).then_some(()))
+        .await;
+    nodes
+}
+
+/// The partition assignment as node 1 knows it: group → (replicas, moving).
+fn assignment(n: &Node<LocalTransport>, topic: &str) -> BTreeMap<GroupId, (Vec<NodeId>, bool)> {
+    n.with_metadata(|m| {
+        m.topic(topic)
+            .map(|t| t.partitions.iter().map(|p| (p.group, (p.replicas.clone(), p.moving.is_some()))).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// `old` with one replica replaced by the other node of its zone (zones a: 1, 4; b: 2, 5;
+/// c: 3), so the zone spread stays whole.
+fn same_zone_swap(old: &[NodeId]) -> Vec<NodeId> {
+    let twin = |n: NodeId| match n {
+        1 | 2 => Some(n + 3),
+        4 | 5 => Some(n - 3),
+        _ => None,
+    };
+    let (i, new) = old
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| twin(*n).filter(|t| !old.contains(t)).map(|t| (i, t)))
+        .expect("a replica with a free twin");
+    let mut target = old.to_vec();
+    target[i] = new;
+    target
+}
+
+fn voters(n: &Node<LocalTransport>, group: GroupId) -> Option<BTreeSet<NodeId>> {
+    n.groups().get(group).and_then(|g| g.membership().uniform_voters().cloned())
+}
+
+async fn shutdown(nodes: &[Node<LocalTransport>]) {
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_listed_and_joining_nodes_become_learners_and_get_replicas() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..6).map(|_| MemEngine::new()).collect();
+    let mut nodes = start_five(&net, &engines, |_| {}).await;
+    eventually("nodes 4 and 5 in the metadata group as learners", async || {
+        let c = nodes[0].controllers();
+        (c.voters == vec![1, 2, 3] && c.learners == vec![4, 5]).then_some(())
+    })
+    .await;
+    // Node 6 joins: it knows no peer, is registered through node 2's admin API, and is
+    // added by the metadata leader.
+    let mut c6 = five_config(6, |_| {});
+    c6.peers = Vec::new();
+    c6.join = Some("127.0.0.1:17002".into());
+    nodes.push(start_node(&net, c6, &engines[5]).await);
+    let labels = Labels { region: "local".into(), zone: "c".into(), rack: String::new() };
+    nodes[1].add_node(6, "127.0.0.1:17006", labels).await.unwrap();
+    eventually("node 6 has the metadata log", async || {
+        (nodes[5].with_metadata(|m| m.brokers().len()) == 6 && nodes[0].controllers().learners.contains(&6))
+            .then_some(())
+    })
+    .await;
+    // A topic over six nodes in three zones: each partition in three zones, replicas and
+    // preferred leaders even.
+    eventually("create", async || nodes[5].create_topic("t", 12, 3, TopicPolicy::default()).await.ok()).await;
+    let zone = |id: NodeId| ["a", "b", "c"][(id as usize - 1) % 3];
+    let mut per_node: BTreeMap<NodeId, (usize, usize)> = BTreeMap::new();
+    for (replicas, _) in assignment(&nodes[0], "t").values() {
+        assert_eq!(replicas.iter().map(|r| zone(*r)).collect::<BTreeSet<_>>().len(), 3, "{replicas:?}");
+        for (i, r) in replicas.iter().enumerate() {
+            let e = per_node.entry(*r).or_default();
+            e.0 += 1;
+            e.1 += usize::from(i == 0);
+        }
+    }
+    assert!(per_node.values().all(|(r, l)| *r == 6 && *l == 2), "{per_node:?}");
+    // Every partition ends up led by its preferred replica (leader balancing).
+    let groups = assignment(&nodes[0], "t");
+    eventually("leaders on preferred replicas", async || {
+        groups
+            .iter()
+            .all(|(g, (replicas, _))| {
+                nodes.iter().any(|n| n.groups().get(*g).and_then(|g| g.leader()) == Some(replicas[0]))
+            })
+            .then_some(())
+    })
+    .await;
+    // A node id cannot be registered twice with a removed id, and unknown nodes are named.
+    let e = nodes[0].drain_node(42).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownNode);
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t31_reassign_moves_a_partition_without_losing_records() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |c| c.auto_balance = false).await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let group = topic.partitions[0].group;
+    let values: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
+    for v in &values {
+        produce(&nodes, "t", 0, &[v.as_str()]).await;
+    }
+    let old = topic.partitions[0].replicas.clone();
+    let target = same_zone_swap(&old);
+    let dry = nodes[2].plan(&Scenario::Now).unwrap();
+    assert!(dry.actions.is_empty(), "auto balance is off and the cluster is balanced: {:?}", dry.actions);
+    nodes[2].reassign("t", 0, target.clone()).await.unwrap();
+    eventually("the move finished", async || {
+        let a = assignment(&nodes[0], "t");
+        (a[&group] == (target.clone(), false)).then_some(())
+    })
+    .await;
+    let want: BTreeSet<NodeId> = target.iter().copied().collect();
+    eventually("the group's voters are the target", async || {
+        nodes
+            .iter()
+            .any(|n| n.groups().get(group).is_some_and(|g| g.is_leader()) && voters(n, group) == Some(want.clone()))
+            .then_some(())
+    })
+    .await;
+    eventually("the old replicas deleted", async || {
+        old.iter()
+            .filter(|o| !target.contains(o))
+            .all(|o| nodes[*o as usize - 1].groups().get(group).is_none())
+            .then_some(())
+    })
+    .await;
+    let now: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| target.contains(&n.id())).cloned().collect();
+    assert_eq!(read_all(&now, "t", 0).await, values);
+    assert_eq!(produce(&now, "t", 0, &["after"]).await, 50);
+    // Reassigning to an unknown node or moving twice at once is refused.
+    assert_eq!(nodes[0].reassign("t", 0, vec![1, 2, 99]).await.unwrap_err().code, ErrorCode::UnknownNode);
+    assert_eq!(nodes[0].reassign("t", 5, vec![1, 2, 3]).await.unwrap_err().code, ErrorCode::UnknownPartition);
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t32_a_drained_node_ends_empty_and_can_be_removed() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    eventually("create", async || nodes[0].create_topic("t", 10, 3, TopicPolicy::default()).await.ok()).await;
+    for p in 0..10 {
+        produce(&nodes, "t", p, &["x"]).await;
+    }
+    let e = nodes[0].remove_node(4).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::PolicyViolation, "a node with replicas cannot be removed: {e}");
+    let plan = nodes[0].plan(&Scenario::Drain(4)).unwrap();
+    assert!(!plan.actions.is_empty());
+    nodes[1].drain_node(4).await.unwrap();
+    eventually("node 4 empty", async || {
+        let on4 = assignment(&nodes[0], "t").values().filter(|(r, m)| r.contains(&4) || *m).count();
+        (on4 == 0 && nodes[3].groups().ids().len() == 1).then_some(())
+    })
+    .await;
+    for p in 0..10 {
+        assert_eq!(read_all(&nodes, "t", p).await, vec!["x"]);
+    }
+    eventually("remove node 4", async || nodes[0].remove_node(4).await.ok()).await;
+    eventually("node 4 out of the metadata group", async || {
+        (!nodes[0].controllers().learners.contains(&4)).then_some(())
+    })
+    .await;
+    assert_eq!(nodes[0].describe_cluster().brokers.iter().find(|b| b.id == 4).unwrap().state, "removed");
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t33_a_dead_nodes_replicas_are_recreated_elsewhere() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    eventually("create", async || nodes[0].create_topic("t", 6, 3, TopicPolicy::default()).await.ok()).await;
+    for p in 0..6 {
+        produce(&nodes, "t", p, &["before"]).await;
+    }
+    // Node 5 (not a controller) goes silent: suspected, then dead after the grace period.
+    net.cut.write().unwrap().insert(5);
+    let live: Vec<Node<LocalTransport>> = nodes[..4].to_vec();
+    eventually("node 5 suspected or dead", async || {
+        let s = live[0].describe_cluster().brokers.iter().find(|b| b.id == 5).map(|b| b.state.clone());
+        matches!(s.as_deref(), Some("suspected" | "dead")).then_some(())
+    })
+    .await;
+    eventually("every partition back to three replicas, none on node 5", async || {
+        let a = assignment(&live[0], "t");
+        a.values().all(|(r, m)| r.len() == 3 && !r.contains(&5) && !*m).then_some(())
+    })
+    .await;
+    for p in 0..6 {
+        assert_eq!(read_all(&live, "t", p).await, vec!["before"]);
+        produce(&live, "t", p, &["after"]).await;
+    }
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t34_the_metadata_group_grows_to_five_and_shrinks_back() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    eventually("learners 4 and 5", async || (nodes[0].controllers().learners == vec![4, 5]).then_some(())).await;
+    let on_leader = async |voters: Vec<NodeId>| {
+        eventually("set controllers", async || {
+            for n in &nodes {
+                if let Ok(v) = n.set_controllers(voters.clone()).await {
+                    return Some(v);
+                }
+            }
+            None
+        })
+        .await
+    };
+    let v = on_leader(vec![1, 2, 3, 4, 5]).await;
+    assert_eq!(v.voters, vec![1, 2, 3, 4, 5]);
+    // Two of five voters lost: the group still commits.
+    net.cut.write().unwrap().extend([1, 2]);
+    let live: Vec<Node<LocalTransport>> = nodes[2..].to_vec();
+    eventually("a topic created with two voters gone", async || {
+        for n in &live {
+            if n.create_topic("after-loss", 1, 3, TopicPolicy::default()).await.is_ok() {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    net.cut.write().unwrap().clear();
+    let v = on_leader(vec![1, 2, 3]).await;
+    assert_eq!(v.voters, vec![1, 2, 3]);
+    eventually("4 and 5 back to learners", async || (nodes[0].controllers().learners == vec![4, 5]).then_some(()))
+        .await;
+    let e = nodes[0].set_controllers(vec![1, 1]).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    // A voter dies: a learner replaces it, and the group keeps committing.
+    net.cut.write().unwrap().insert(3);
+    let v = on_leader(vec![1, 2, 4]).await;
+    assert_eq!(v.voters, vec![1, 2, 4]);
+    eventually("a topic created after the replacement", async || {
+        for n in &nodes[..2] {
+            if n.create_topic("after-replace", 1, 3, TopicPolicy::default()).await.is_ok() {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t35_a_cancelled_move_rolls_back() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    // Moves crawl at 2 KiB/s, so the cancel arrives while the new replica catches up.
+    let nodes = start_five(&net, &engines, |c| {
+        c.auto_balance = false;
+        c.move_bytes_per_sec = 2048;
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let group = topic.partitions[0].group;
+    let big = "x".repeat(4000);
+    for _ in 0..10 {
+        produce(&nodes, "t", 0, &[big.as_str()]).await;
+    }
+    let old = topic.partitions[0].replicas.clone();
+    let target = same_zone_swap(&old);
+    let newcomer = *target.iter().find(|n| !old.contains(n)).unwrap();
+    nodes[0].reassign("t", 0, target).await.unwrap();
+    eventually("the move shows progress", async || {
+        nodes.iter().flat_map(|n| n.moves()).find(|m| !m.progress.is_empty()).map(|_| ())
+    })
+    .await;
+    nodes[0].cancel_move("t", 0).await.unwrap();
+    eventually("rolled back", async || (assignment(&nodes[0], "t")[&group] == (old.clone(), false)).then_some(()))
+        .await;
+    eventually("the newcomer's replica deleted", async || {
+        nodes[newcomer as usize - 1].groups().get(group).is_none().then_some(())
+    })
+    .await;
+    let want: BTreeSet<NodeId> = old.iter().copied().collect();
+    eventually("voters are the old replicas", async || {
+        nodes
+            .iter()
+            .any(|n| n.groups().get(group).is_some_and(|g| g.is_leader()) && voters(n, group) == Some(want.clone()))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(read_all(&nodes, "t", 0).await.len(), 10);
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t36_a_suspected_leaders_groups_elect_without_waiting_for_their_timeout() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    // The partition groups' own election timeout is 5-10 s, well past the suspicion
+    // (400 ms): the new leaders that follow are elected by the wake-up (counted below).
+    let nodes = start_five(&net, &engines, |c| {
+        c.suspect_after_ms = 400;
+        c.dead_after_ms = 60_000;
+        c.partition_election_timeout_ms = 5_000;
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 5, 3, TopicPolicy::default()).await.ok()).await;
+    for p in 0..5 {
+        produce(&nodes, "t", p, &["x"]).await;
+    }
+    // Node 4 is no controller, so the metadata leader survives and judges its lease.
+    let led_by_4: Vec<GroupId> = eventually("node 4 leads a partition once leaders are balanced", async || {
+        let led: Vec<GroupId> = topic
+            .partitions
+            .iter()
+            .filter(|p| nodes[3].groups().get(p.group).is_some_and(|g| g.is_leader()))
+            .map(|p| p.group)
+            .collect();
+        (!led.is_empty()).then_some(led)
+    })
+    .await;
+    net.cut.write().unwrap().insert(4);
+    let live: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != 4).cloned().collect();
+    for p in 0..5 {
+        produce(&live, "t", p, &["y"]).await;
+    }
+    let woken: u64 = live.iter().map(|n| n.metrics().elections_woken()).sum();
+    assert!(woken >= 1, "the groups node 4 led ({led_by_4:?}) were woken by node liveness");
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t37_a_reassignment_that_breaks_zone_spread_is_refused_with_the_reason() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    // Nodes 1 and 4 are both in zone a, while zones b and c have nodes too.
+    let e = eventually("the topic known to node 1", async || {
+        let e = nodes[0].reassign("t", 0, vec![1, 4, 2]).await.unwrap_err();
+        (e.code != ErrorCode::UnknownTopic).then_some(e)
+    })
+    .await;
+    assert_eq!(e.code, ErrorCode::PolicyViolation);
+    assert!(e.message.contains("3 distinct zones are possible"), "{e}");
+    shutdown(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t38_a_follower_serves_committed_records_to_a_follower_fetch() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    for v in ["a", "b", "c"] {
+        produce(&nodes, "t", 0, &[v]).await;
+    }
+    let group = topic.partitions[0].group;
+    let follower = eventually("a follower that has applied all three", async || {
+        nodes.iter().find(|n| {
+            n.groups()
+                .get(group)
+                .is_some_and(|g| !g.is_leader() && g.leader().is_some() && g.state().last_applied_index() >= 3)
+        })
+    })
+    .await
+    .clone();
+    let e = follower.fetch("t", 0, 0, 1 << 20, std::time::Duration::ZERO, false).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotLeader, "without from_follower a follower redirects");
+    let f = eventually("a follower fetch", async || {
+        let f = follower.fetch("t", 0, 0, 1 << 20, std::time::Duration::ZERO, true).await.ok()?;
+        (f.high_watermark == 3).then_some(f)
+    })
+    .await;
+    let records: usize =
+        f.batches.iter().map(|b| flotilla_types::RecordBatch::decode(b.batch.clone()).unwrap().len() as usize).sum();
+    assert_eq!(records, 3);
+    // A node that hosts no replica refuses a follower fetch.
+    let outsider = nodes.iter().find(|n| n.groups().get(group).is_none()).unwrap();
+    let e = outsider.fetch("t", 0, 0, 1 << 20, std::time::Duration::ZERO, true).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotLeader);
+    shutdown(&nodes).await;
+}
