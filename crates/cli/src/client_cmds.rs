@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_client::{
-    Client, ClientError, ClusterInfo, ErrorCode, PartitionId, ProducerConfig, Record, StartAt, TopicInfo,
+    Client, ClientConfig, ClientError, ClusterInfo, ControllersInfo, ErrorCode, MoveInfo, NodeId, NodeLabels,
+    PartitionId, PlanInfo, PlanScenario, ProducerConfig, Record, StartAt, TopicInfo, TopicPolicy,
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -35,7 +36,7 @@ pub enum ClientCommand {
     Produce(ProduceArgs),
     /// Print records, one value per line.
     Consume(ConsumeArgs),
-    /// Show the cluster.
+    /// Show and operate the cluster: nodes, partition moves, plans, controllers.
     #[command(subcommand)]
     Cluster(ClusterCmd),
     /// Measure the cluster under a bounded load.
@@ -59,6 +60,17 @@ pub enum TopicCmd {
         /// The topic.
         name: String,
     },
+    /// Change a topic's replication factor and placement policy; the cluster then moves
+    /// the replicas that break it. The policy is replaced: flags not given are cleared.
+    Config(TopicConfigArgs),
+    /// Grow a topic to a total number of partitions (never shrinks).
+    AddPartitions {
+        /// The topic.
+        name: String,
+        /// The partition count afterwards.
+        #[arg(long)]
+        total: u32,
+    },
 }
 
 #[derive(Args)]
@@ -71,6 +83,51 @@ pub struct TopicCreateArgs {
     /// Replicas per partition.
     #[arg(long, default_value_t = 3)]
     pub replication_factor: u32,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Args)]
+pub struct TopicConfigArgs {
+    /// The topic.
+    pub name: String,
+    /// Replicas per partition (default: unchanged).
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Where a topic's replicas may go and where its leaders should be.
+#[derive(Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// Replicas only in these regions (default: any).
+    #[arg(long, value_delimiter = ',', value_name = "REGION,...")]
+    pub allowed_regions: Vec<String>,
+    /// Preferred leaders in this region while it has a healthy replica.
+    #[arg(long, value_name = "REGION")]
+    pub preferred_leader_region: Option<String>,
+    /// Never place a replica on these nodes.
+    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+    pub exclude_nodes: Vec<NodeId>,
+    /// Never place a replica in these zones.
+    #[arg(long, value_delimiter = ',', value_name = "ZONE,...")]
+    pub exclude_zones: Vec<String>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> TopicPolicy {
+        TopicPolicy {
+            allowed_regions: self.allowed_regions.clone(),
+            preferred_leader_region: self.preferred_leader_region.clone(),
+            excluded_nodes: self.exclude_nodes.clone(),
+            excluded_zones: self.exclude_zones.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.policy() == TopicPolicy::default()
+    }
 }
 
 #[derive(Args)]
@@ -113,13 +170,119 @@ pub struct ConsumeArgs {
     /// Print each record's partition:offset before it, tab-separated.
     #[arg(long)]
     pub print_offset: bool,
+    /// The zone this consumer runs in: read from a replica in that zone when there is
+    /// one (follower fetching), else from the leader.
+    #[arg(long)]
+    pub zone: Option<String>,
 }
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Nodes with their labels and state, the metadata leader, every partition's leader
-    /// and replicas.
+    /// Nodes with their labels, state, metadata role and load; the metadata leader;
+    /// every partition's leader and replicas.
     Describe,
+    /// Register a node that joins the cluster (what `flotilla node --join` does).
+    AddNode(AddNodeArgs),
+    /// Move every replica off a node (or, with --undo, make it active again).
+    Drain {
+        /// The node.
+        id: NodeId,
+        /// Undrain: the node takes replicas again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Remove an empty node for good (drain it first; its id is never reused).
+    Remove {
+        /// The node.
+        id: NodeId,
+    },
+    /// Move a partition to new replicas; the first becomes its preferred leader.
+    Reassign {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+        /// The replicas once moved.
+        #[arg(long, value_delimiter = ',', required = true, value_name = "ID,...")]
+        replicas: Vec<NodeId>,
+    },
+    /// Make a replica the partition's preferred leader; leadership moves once it has
+    /// caught up.
+    TransferLeader {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+        /// The new leader.
+        #[arg(long)]
+        to: NodeId,
+    },
+    /// Run the planner now and start what it finds.
+    Balance,
+    /// Show what the controller would do, now or in a scenario, without doing it.
+    Plan(PlanArgs),
+    /// Partition moves in progress, with the new replicas' catch-up.
+    Moves,
+    /// Cancel a partition's move: it goes back to its replicas.
+    Cancel {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+    },
+    /// Show the metadata group's voters and learners, or change the voters.
+    Controllers {
+        /// Make these nodes the voters (1 to 7; only the metadata leader can).
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        set: Option<Vec<NodeId>>,
+    },
+}
+
+#[derive(Args)]
+pub struct AddNodeArgs {
+    /// The node's id.
+    #[arg(long)]
+    pub id: NodeId,
+    /// The node's address (host:port).
+    #[arg(long)]
+    pub addr: String,
+    #[arg(long, default_value = "")]
+    pub region: String,
+    #[arg(long, default_value = "")]
+    pub zone: String,
+    #[arg(long, default_value = "")]
+    pub rack: String,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("scenario").args(["drain", "dead", "add_node", "topic"])))]
+pub struct PlanArgs {
+    /// If this node were drained.
+    #[arg(long, value_name = "ID")]
+    pub drain: Option<NodeId>,
+    /// If this node were dead.
+    #[arg(long, value_name = "ID")]
+    pub dead: Option<NodeId>,
+    /// If a node with this id (and --region/--zone/--rack) joined.
+    #[arg(long, value_name = "ID")]
+    pub add_node: Option<NodeId>,
+    /// The new node's region (with --add-node).
+    #[arg(long, requires = "add_node", default_value = "local")]
+    pub region: String,
+    /// The new node's zone (with --add-node).
+    #[arg(long, requires = "add_node")]
+    pub zone: Option<String>,
+    /// The new node's rack (with --add-node).
+    #[arg(long, requires = "add_node")]
+    pub rack: Option<String>,
+    /// If this topic had the replication factor and policy given.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The topic's replication factor (with --topic; default: unchanged).
+    #[arg(long, requires = "topic")]
+    pub replication_factor: Option<u32>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 #[derive(Subcommand)]
@@ -164,23 +327,209 @@ pub struct BenchProduceArgs {
 
 /// Runs one client command against the cluster at `bootstrap`.
 pub async fn run(cmd: ClientCommand, bootstrap: &str, output: Output) -> anyhow::Result<()> {
-    let client = Client::connect(bootstrap).await.map_err(one_line)?;
+    let config = match &cmd {
+        ClientCommand::Consume(a) => ClientConfig { zone: a.zone.clone(), ..ClientConfig::default() },
+        _ => ClientConfig::default(),
+    };
+    let client = Client::connect_with(bootstrap, config).await.map_err(one_line)?;
     match cmd {
         ClientCommand::Topic(c) => topic(&client, c, output).await,
         ClientCommand::Produce(a) => produce(&client, a, output).await,
         ClientCommand::Consume(a) => consume(&client, a, output).await,
-        ClientCommand::Cluster(ClusterCmd::Describe) => {
-            let info = client.describe_cluster().await.map_err(one_line)?;
-            match output {
-                Output::Json => print_json(&info),
-                Output::Text => {
-                    print!("{}", cluster_text(&info));
-                    Ok(())
-                }
-            }
-        }
+        ClientCommand::Cluster(c) => cluster(&client, c, output).await,
         ClientCommand::Bench(BenchCmd::Produce(a)) => bench_produce(&client, a, output).await,
     }
+}
+
+/// Prints `value` as JSON, or `text` for people.
+fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(value),
+        Output::Text => {
+            print!("{}", text());
+            Ok(())
+        }
+    }
+}
+
+async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Describe => {
+            let info = client.describe_cluster().await.map_err(one_line)?;
+            show(output, &info, || cluster_text(&info))
+        }
+        ClusterCmd::AddNode(a) => {
+            let labels = NodeLabels { region: a.region, zone: a.zone, rack: a.rack };
+            client.add_node(a.id, &a.addr, &labels).await.map_err(one_line)?;
+            let json = serde_json::json!({ "added_node": a.id, "addr": a.addr, "labels": labels });
+            show(output, &json, || {
+                format!(
+                    "added node {} at {} (region {}, zone {}, rack {})\n",
+                    a.id,
+                    a.addr,
+                    dash(&labels.region),
+                    dash(&labels.zone),
+                    dash(&labels.rack)
+                )
+            })
+        }
+        ClusterCmd::Drain { id, undo: false } => {
+            client.drain_node(id).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "draining": id }), || {
+                format!("draining node {id}: its replicas move to other nodes (see `flotilla cluster moves`)\n")
+            })
+        }
+        ClusterCmd::Drain { id, undo: true } => {
+            client.undrain_node(id).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "undrained": id }), || format!("node {id} takes replicas again\n"))
+        }
+        ClusterCmd::Remove { id } => {
+            client.remove_node(id).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "removed_node": id }), || format!("removed node {id}\n"))
+        }
+        ClusterCmd::Reassign { topic, partition, replicas } => {
+            let move_id = client.reassign(&topic, partition, &replicas).await.map_err(one_line)?;
+            let json =
+                serde_json::json!({ "topic": topic, "partition": partition, "replicas": replicas, "move_id": move_id });
+            show(output, &json, || {
+                format!(
+                    "moving {topic}/{partition} to replicas {} (move {move_id}); see `flotilla cluster moves`\n",
+                    join_ids(&replicas)
+                )
+            })
+        }
+        ClusterCmd::TransferLeader { topic, partition, to } => {
+            client.transfer_leader(&topic, partition, to).await.map_err(one_line)?;
+            let json = serde_json::json!({ "topic": topic, "partition": partition, "preferred_leader": to });
+            show(output, &json, || {
+                format!(
+                    "node {to} is now the preferred leader of {topic}/{partition}; leadership moves once it has caught up\n"
+                )
+            })
+        }
+        ClusterCmd::Balance => {
+            let plan = client.balance().await.map_err(one_line)?;
+            show(output, &plan, || {
+                let mut out = plan_text(&plan);
+                if !plan.actions.is_empty() {
+                    out.push_str("started; see `flotilla cluster moves`\n");
+                }
+                out
+            })
+        }
+        ClusterCmd::Plan(a) => {
+            let scenario = scenario(client, a).await?;
+            let plan = client.plan(&scenario).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "scenario": scenario, "plan": plan }), || plan_text(&plan))
+        }
+        ClusterCmd::Moves => {
+            let moves = client.moves().await.map_err(one_line)?;
+            show(output, &moves, || moves_text(&moves))
+        }
+        ClusterCmd::Cancel { topic, partition } => {
+            client.cancel_move(&topic, partition).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "cancelled": { "topic": topic, "partition": partition } }), || {
+                format!("cancelled the move of {topic}/{partition}: it goes back to its replicas\n")
+            })
+        }
+        ClusterCmd::Controllers { set: None } => {
+            let c = client.controllers().await.map_err(one_line)?;
+            show(output, &c, || controllers_text(&c))
+        }
+        ClusterCmd::Controllers { set: Some(voters) } => {
+            let c = client.set_controllers(&voters).await.map_err(one_line)?;
+            show(output, &c, || controllers_text(&c))
+        }
+    }
+}
+
+/// The scenario `flotilla cluster plan` asks about.
+async fn scenario(client: &Client, a: PlanArgs) -> anyhow::Result<PlanScenario> {
+    if a.topic.is_none() && !a.policy.is_empty() {
+        bail!(
+            "policy flags (--allowed-regions, --preferred-leader-region, --exclude-nodes, --exclude-zones) need --topic"
+        );
+    }
+    Ok(match (a.drain, a.dead, a.add_node, a.topic) {
+        (Some(id), ..) => PlanScenario::Drain(id),
+        (_, Some(id), ..) => PlanScenario::Dead(id),
+        (_, _, Some(id), _) => PlanScenario::AddNode {
+            id,
+            labels: NodeLabels { region: a.region, zone: a.zone.unwrap_or_default(), rack: a.rack.unwrap_or_default() },
+        },
+        (_, _, _, Some(name)) => {
+            let replication_factor = match a.replication_factor {
+                Some(rf) => rf,
+                None => client.describe_topic(&name).await.map_err(one_line)?.replication_factor,
+            };
+            PlanScenario::TopicConfig { name, replication_factor, policy: a.policy.policy() }
+        }
+        (None, None, None, None) => PlanScenario::Now,
+    })
+}
+
+fn plan_text(p: &PlanInfo) -> String {
+    let mut out = String::new();
+    if p.actions.is_empty() {
+        out.push_str("nothing to do\n");
+    }
+    for a in &p.actions {
+        out.push_str(&a.text);
+        out.push('\n');
+    }
+    for n in &p.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    out
+}
+
+fn moves_text(moves: &[MoveInfo]) -> String {
+    if moves.is_empty() {
+        return "no moves in progress\n".into();
+    }
+    let mut out = String::new();
+    for m in moves {
+        out.push_str(&format!(
+            "{}/{} (group {}, move {}): {} -> {}: {}; leader {}\n",
+            m.topic,
+            m.partition,
+            m.group_id,
+            m.move_id,
+            join_ids(&m.from),
+            join_ids(&m.to),
+            m.reason,
+            opt(m.leader)
+        ));
+        if m.progress.is_empty() {
+            out.push_str(&format!("  group {}: no catch-up progress reported by its leader\n", m.group_id));
+        }
+        for c in &m.progress {
+            match c.matched {
+                Some(matched) => out.push_str(&format!(
+                    "  group {}: node {} at {matched}/{} entries ({}%)\n",
+                    m.group_id,
+                    c.node,
+                    c.leader_last,
+                    c.percent()
+                )),
+                None => out.push_str(&format!(
+                    "  group {}: node {} has not answered yet (leader at {} entries)\n",
+                    m.group_id, c.node, c.leader_last
+                )),
+            }
+        }
+    }
+    out
+}
+
+fn controllers_text(c: &ControllersInfo) -> String {
+    format!(
+        "metadata leader: {}\nvoters: {}\nlearners: {}\n{}",
+        opt(c.leader),
+        dash(&join_ids(&c.voters)),
+        dash(&join_ids(&c.learners)),
+        if c.changing { "a membership change is in progress\n" } else { "" }
+    )
 }
 
 /// A client error as one line; `main` prints it after "error: ".
@@ -268,7 +617,10 @@ fn cluster_text(c: &ClusterInfo) -> String {
         .brokers
         .iter()
         .map(|b| {
-            let role = if Some(b.id) == c.metadata_leader { "metadata leader" } else { "" };
+            let mut role = dash(&b.role);
+            if Some(b.id) == c.metadata_leader {
+                role.push_str(" (leader)");
+            }
             vec![
                 b.id.to_string(),
                 b.addr.clone(),
@@ -276,7 +628,9 @@ fn cluster_text(c: &ClusterInfo) -> String {
                 dash(&b.zone),
                 dash(&b.rack),
                 dash(&b.state),
-                role.to_string(),
+                role,
+                b.replicas.to_string(),
+                b.preferred_leaders.to_string(),
             ]
         })
         .collect();
@@ -286,7 +640,10 @@ fn cluster_text(c: &ClusterInfo) -> String {
         opt(c.metadata_leader),
         opt(c.answered_by)
     );
-    out.push_str(&table(&["NODE", "ADDRESS", "REGION", "ZONE", "RACK", "STATE", "ROLE"], &brokers));
+    out.push_str(&table(
+        &["NODE", "ADDRESS", "REGION", "ZONE", "RACK", "STATE", "ROLE", "REPLICAS", "LEADERS"],
+        &brokers,
+    ));
     let partitions: Vec<Vec<String>> = c.topics.iter().flat_map(|t| partition_rows(t, true)).collect();
     out.push('\n');
     if partitions.is_empty() {
@@ -300,13 +657,24 @@ fn cluster_text(c: &ClusterInfo) -> String {
 async fn topic(client: &Client, cmd: TopicCmd, output: Output) -> anyhow::Result<()> {
     match cmd {
         TopicCmd::Create(a) => {
-            let t = client.create_topic(&a.name, a.partitions, a.replication_factor).await.map_err(one_line)?;
+            let policy = a.policy.policy();
+            let t = client
+                .create_topic_with(&a.name, a.partitions, a.replication_factor, &policy)
+                .await
+                .map_err(one_line)?;
             match output {
                 Output::Json => print_json(&t),
                 Output::Text => {
                     println!(
-                        "created topic '{}' with {} partitions, replication factor {}",
-                        a.name, a.partitions, a.replication_factor
+                        "created topic '{}' with {} partitions, replication factor {}{}",
+                        a.name,
+                        a.partitions,
+                        a.replication_factor,
+                        if policy == TopicPolicy::default() {
+                            String::new()
+                        } else {
+                            format!(" ({})", policy_text(&policy))
+                        }
                     );
                     Ok(())
                 }
@@ -350,7 +718,46 @@ async fn topic(client: &Client, cmd: TopicCmd, output: Output) -> anyhow::Result
                 }
             }
         }
+        TopicCmd::Config(a) => {
+            let rf = match a.replication_factor {
+                Some(rf) => rf,
+                None => client.describe_topic(&a.name).await.map_err(one_line)?.replication_factor,
+            };
+            let policy = a.policy.policy();
+            client.set_topic_config(&a.name, rf, &policy).await.map_err(one_line)?;
+            let json = serde_json::json!({ "topic": a.name, "replication_factor": rf, "policy": policy });
+            show(output, &json, || {
+                format!(
+                    "topic '{}': replication factor {rf}, {}; replicas that break it move (see `flotilla cluster moves`)\n",
+                    a.name,
+                    policy_text(&policy)
+                )
+            })
+        }
+        TopicCmd::AddPartitions { name, total } => {
+            client.add_partitions(&name, total).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "topic": name, "partitions": total }), || {
+                format!("topic '{name}' now has {total} partitions\n")
+            })
+        }
     }
+}
+
+fn policy_text(p: &TopicPolicy) -> String {
+    let mut parts = vec![];
+    if !p.allowed_regions.is_empty() {
+        parts.push(format!("regions {}", p.allowed_regions.join(",")));
+    }
+    if let Some(r) = &p.preferred_leader_region {
+        parts.push(format!("leaders in {r}"));
+    }
+    if !p.excluded_nodes.is_empty() {
+        parts.push(format!("not on nodes {}", join_ids(&p.excluded_nodes)));
+    }
+    if !p.excluded_zones.is_empty() {
+        parts.push(format!("not in zones {}", p.excluded_zones.join(",")));
+    }
+    if parts.is_empty() { "no placement constraints".into() } else { parts.join("; ") }
 }
 
 /// Splits a line into key and value at the first `sep`.
@@ -772,6 +1179,53 @@ mod tests {
     }
 
     #[test]
+    fn plans_moves_and_controllers_read_well() {
+        use flotilla_client::{ActionKind, CatchUpInfo, PlanAction};
+        let plan = PlanInfo {
+            actions: vec![PlanAction {
+                kind: ActionKind::Move,
+                topic: "t".into(),
+                partition: 0,
+                group_id: 7,
+                from: vec![1, 2, 3],
+                to: vec![1, 2, 5],
+                reason: "drain node 3".into(),
+                text: "t/0 (group 7): [1,2,3] -> [1,2,5]: drain node 3".into(),
+            }],
+            notes: vec!["leader balance waits".into()],
+        };
+        assert_eq!(plan_text(&plan), "t/0 (group 7): [1,2,3] -> [1,2,5]: drain node 3\nnote: leader balance waits\n");
+        assert_eq!(plan_text(&PlanInfo::default()), "nothing to do\n");
+
+        let m = MoveInfo {
+            topic: "t".into(),
+            partition: 0,
+            group_id: 7,
+            move_id: 42,
+            from: vec![1, 2, 3],
+            to: vec![1, 2, 5],
+            reason: "drain node 3".into(),
+            leader: Some(1),
+            progress: vec![
+                CatchUpInfo { node: 5, matched: Some(1234), leader_last: 2000 },
+                CatchUpInfo { node: 6, matched: None, leader_last: 2000 },
+            ],
+        };
+        let text = moves_text(&[m]);
+        assert!(text.starts_with("t/0 (group 7, move 42): 1,2,3 -> 1,2,5: drain node 3; leader 1\n"), "{text}");
+        assert!(text.contains("  group 7: node 5 at 1234/2000 entries (61%)\n"), "{text}");
+        assert!(text.contains("  group 7: node 6 has not answered yet (leader at 2000 entries)\n"), "{text}");
+        assert_eq!(moves_text(&[]), "no moves in progress\n");
+
+        let c = ControllersInfo { leader: Some(2), voters: vec![1, 2, 3], learners: vec![], changing: true };
+        assert_eq!(
+            controllers_text(&c),
+            "metadata leader: 2\nvoters: 1,2,3\nlearners: -\na membership change is in progress\n"
+        );
+        assert_eq!(policy_text(&TopicPolicy::default()), "no placement constraints");
+    }
+
+    #[test]
     fn tables_align() {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
@@ -795,6 +1249,35 @@ mod tests {
         assert!(parse(&["consume", "t", "--from-beginning", "--offset", "3"]).is_err());
         assert!(parse(&["consume", "t", "--partition", "1", "--offset", "3", "--follow"]).is_ok());
         assert!(parse(&["cluster", "describe"]).is_ok());
+        let create = ["topic", "create", "t", "--allowed-regions", "eu,us", "--preferred-leader-region", "eu"];
+        assert!(parse(&[&create[..], &["--exclude-nodes", "1,2", "--exclude-zones", "z"]].concat()).is_ok());
+        assert!(parse(&["topic", "config", "t", "--replication-factor", "5", "--exclude-zones", "a,b"]).is_ok());
+        assert!(parse(&["topic", "config", "t"]).is_ok());
+        assert!(parse(&["topic", "add-partitions", "t", "--total", "12"]).is_ok());
+        assert!(parse(&["topic", "add-partitions", "t"]).is_err(), "--total is required");
+        assert!(parse(&["cluster", "add-node", "--id", "4", "--addr", "h:7073", "--zone", "c"]).is_ok());
+        assert!(parse(&["cluster", "drain", "3"]).is_ok());
+        assert!(parse(&["cluster", "drain", "3", "--undo"]).is_ok());
+        assert!(parse(&["cluster", "remove", "3"]).is_ok());
+        assert!(parse(&["cluster", "reassign", "t", "0", "--replicas", "1,2,4"]).is_ok());
+        assert!(parse(&["cluster", "reassign", "t", "0"]).is_err(), "--replicas is required");
+        assert!(parse(&["cluster", "transfer-leader", "t", "0", "--to", "2"]).is_ok());
+        assert!(parse(&["cluster", "balance"]).is_ok());
+        assert!(parse(&["cluster", "moves"]).is_ok());
+        assert!(parse(&["cluster", "cancel", "t", "0"]).is_ok());
+        assert!(parse(&["cluster", "controllers"]).is_ok());
+        assert!(parse(&["cluster", "controllers", "--set", "1,2,3,4,5"]).is_ok());
+        assert!(parse(&["cluster", "plan"]).is_ok());
+        assert!(parse(&["cluster", "plan", "--drain", "3"]).is_ok());
+        assert!(parse(&["cluster", "plan", "--dead", "3"]).is_ok());
+        assert!(parse(&["cluster", "plan", "--add-node", "7", "--zone", "c", "--region", "eu"]).is_ok());
+        assert!(
+            parse(&["cluster", "plan", "--topic", "t", "--replication-factor", "5", "--exclude-nodes", "2"]).is_ok()
+        );
+        assert!(parse(&["cluster", "plan", "--drain", "3", "--dead", "2"]).is_err(), "one scenario at a time");
+        assert!(parse(&["cluster", "plan", "--zone", "c"]).is_err(), "--zone needs --add-node");
+        assert!(parse(&["cluster", "plan", "--replication-factor", "3"]).is_err(), "needs --topic");
+        assert!(parse(&["consume", "t", "--zone", "a"]).is_ok());
         let bench = ["bench", "produce", "--topic", "t", "--create", "--partitions", "3", "--producers", "8"];
         assert!(parse(&[&bench[..], &["--record-size", "1024", "--records", "1000"]].concat()).is_ok());
         assert!(parse(&[&bench[..], &["--duration-secs", "10"]].concat()).is_ok());

@@ -1,5 +1,6 @@
 //! `flotilla dev`: a local cluster of node processes on one machine, for trying
-//! Flotilla out. Data is kept under `--dir` across restarts.
+//! Flotilla out. Data is kept under `--dir` across restarts. The first three nodes vote
+//! in the metadata group; any further ones are learners that only host partitions.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -8,37 +9,80 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
+/// The most nodes `flotilla dev` starts.
+const DEV_NODES_MAX: u64 = 64;
+/// Node i serves metrics on its gRPC port plus this.
+const METRICS_PORT_OFFSET: u64 = 1000;
+
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// How many nodes (1..=7). Up to three, all vote in the metadata group; beyond
-    /// three, every node does (the controller-only layout comes with node joining).
+    /// How many nodes (1..=64). The first three vote in the metadata group; the others
+    /// are learners.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
     /// Where the nodes keep their data and logs.
     #[arg(long, default_value = ".flotilla")]
     dir: PathBuf,
-    /// Node i listens on 127.0.0.1:(base-port + i - 1).
+    /// Node i listens on 127.0.0.1:(base-port + i - 1) and serves metrics on that port
+    /// plus 1000.
     #[arg(long, default_value_t = 7070)]
     base_port: u16,
+    /// Zones to spread the nodes over: node i is in zone zones[(i - 1) % len] (region
+    /// "local"). Default: no zones.
+    #[arg(long, value_delimiter = ',')]
+    zones: Vec<String>,
+    /// A node not heard from for this long is dead and its replicas are re-created
+    /// elsewhere.
+    #[arg(long, default_value_t = flotilla_node::NodeConfig::default().dead_after_ms)]
+    dead_after_ms: u64,
+}
+
+impl DevArgs {
+    /// The gRPC and metrics addresses of node `i`; checked by [`DevArgs::check`].
+    fn addrs(&self, i: u64) -> (String, String) {
+        let port = u64::from(self.base_port) + i - 1;
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", port + METRICS_PORT_OFFSET))
+    }
+
+    /// Node `i`'s zone, when zones were given.
+    fn zone(&self, i: u64) -> Option<&str> {
+        (!self.zones.is_empty()).then(|| self.zones[((i - 1) % self.zones.len() as u64) as usize].as_str())
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.nodes == 0 || self.nodes > DEV_NODES_MAX {
+            bail!("--nodes must be 1..={DEV_NODES_MAX}, got {}", self.nodes);
+        }
+        let last_metrics_port = u64::from(self.base_port) + self.nodes - 1 + METRICS_PORT_OFFSET;
+        if self.base_port == 0 || last_metrics_port > u64::from(u16::MAX) {
+            bail!(
+                "--base-port {}: the ports {}..={last_metrics_port} (gRPC, then metrics) must fit in 1..=65535",
+                self.base_port,
+                self.base_port
+            );
+        }
+        if let Some(z) = self.zones.iter().find(|z| z.trim().is_empty() || z.contains(char::is_whitespace)) {
+            bail!("--zones: {z:?} is not a zone name");
+        }
+        Ok(())
+    }
 }
 
 struct Running {
     id: u64,
     addr: String,
+    metrics: String,
     log: PathBuf,
     child: Child,
     exited: bool,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    if args.nodes == 0 || args.nodes > 7 {
-        bail!("--nodes must be 1..=7, got {}", args.nodes);
-    }
+    args.check()?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let exe = std::env::current_exe().context("finding the flotilla binary")?;
-    let addr = |i: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + i - 1);
+    let addr = |i: u64| args.addrs(i).0;
     let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", addr(i))).collect();
-    let controllers: Vec<String> = (1..=args.nodes).map(|i| i.to_string()).collect();
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
         let data = args.dir.join(format!("node-{i}"));
@@ -48,24 +92,38 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(&exe)
-            .arg("node")
-            .args(["--id", &i.to_string(), "--listen", &addr(i)])
+        let (grpc, metrics) = args.addrs(i);
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .args(["--id", &i.to_string(), "--listen", &grpc])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--peers", &peers.join(","), "--controllers", &controllers.join(",")])
+            .args(["--peers", &peers.join(",")])
+            .args(["--dead-after-ms", &args.dead_after_ms.to_string(), "--metrics-listen", &metrics]);
+        if let Some(zone) = args.zone(i) {
+            cmd.args(["--zone", zone]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting node {i}"))?;
-        nodes.push(Running { id: i, addr: addr(i), log, child, exited: false });
+        nodes.push(Running { id: i, addr: grpc, metrics, log, child, exited: false });
     }
     let bootstrap = addr(1);
     println!("Flotilla dev cluster: {} nodes, data in {} (kept across restarts)", args.nodes, args.dir.display());
     for n in &nodes {
-        println!("  node {}  {}  pid {}  log {}", n.id, n.addr, n.child.id().unwrap_or(0), n.log.display());
+        let zone = args.zone(n.id).map(|z| format!("  zone {z}")).unwrap_or_default();
+        println!(
+            "  node {}  {}{zone}  metrics http://{}/metrics  pid {}  log {}",
+            n.id,
+            n.addr,
+            n.metrics,
+            n.child.id().unwrap_or(0),
+            n.log.display()
+        );
     }
     match wait_ready(&bootstrap, args.nodes as usize, Duration::from_secs(60)).await {
         Ok(leader) => println!("Ready: metadata leader is node {leader}."),
@@ -78,6 +136,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  seq 1 1000 | flotilla produce demo");
     println!("  flotilla consume demo --from-beginning --max 10");
     println!("  flotilla cluster describe");
+    println!("  curl -s http://{}/metrics", nodes[0].metrics);
     println!("Ctrl-C stops every node.");
 
     let signal = tokio::spawn(crate::node_cmd::wait_for_signal());
@@ -131,4 +190,40 @@ async fn wait_ready(bootstrap: &str, nodes: usize, within: Duration) -> anyhow::
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     bail!("{last}")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> DevArgs {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            dev: DevArgs,
+        }
+        Cli::try_parse_from(std::iter::once("dev").chain(args.iter().copied())).unwrap().dev
+    }
+
+    #[test]
+    fn zones_ports_and_limits() {
+        let d = parse(&[]);
+        assert_eq!(d.nodes, 3);
+        assert_eq!(d.dead_after_ms, flotilla_node::NodeConfig::default().dead_after_ms);
+        assert_eq!(d.zone(1), None);
+        assert_eq!(d.addrs(2), ("127.0.0.1:7071".to_string(), "127.0.0.1:8071".to_string()));
+        d.check().unwrap();
+
+        let d = parse(&["--nodes", "5", "--zones", "a,b,c", "--dead-after-ms", "4000"]);
+        assert_eq!((1..=5).map(|i| d.zone(i).unwrap()).collect::<Vec<_>>(), ["a", "b", "c", "a", "b"]);
+        assert_eq!(d.dead_after_ms, 4000);
+        d.check().unwrap();
+
+        assert!(parse(&["--nodes", "0"]).check().is_err());
+        assert!(parse(&["--nodes", "65"]).check().is_err());
+        assert!(parse(&["--base-port", "65000"]).check().unwrap_err().to_string().contains("must fit"));
+        assert!(parse(&["--zones", "a,,b"]).check().is_err());
+    }
 }

@@ -1,4 +1,6 @@
-//! `flotilla node`: one node on RocksDB, serving gRPC, until SIGTERM or Ctrl-C.
+//! `flotilla node`: one node on RocksDB, serving gRPC (and, when asked, Prometheus
+//! metrics over HTTP), until SIGTERM or Ctrl-C. With `--join` it registers itself with a
+//! running cluster instead of forming one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,30 @@ pub struct NodeArgs {
     zone: Option<String>,
     #[arg(long)]
     rack: Option<String>,
+    /// Join a running cluster through this node (host:port): no static peers are needed;
+    /// the node registers itself there, retrying until it succeeds.
+    #[arg(long)]
+    join: Option<String>,
+    /// Controller: a node not heard from for this long is suspected.
+    #[arg(long)]
+    suspect_after_ms: Option<u64>,
+    /// Controller: a node not heard from for this long is dead; its replicas are
+    /// re-created elsewhere.
+    #[arg(long)]
+    dead_after_ms: Option<u64>,
+    /// Controller: keep replicas and leaders balanced without being asked
+    /// (`--auto-balance false` to turn off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    auto_balance: Option<bool>,
+    /// Controller: partition moves in progress at once.
+    #[arg(long)]
+    max_concurrent_moves: Option<usize>,
+    /// Log bytes per second this node sends to replicas catching up in moves.
+    #[arg(long)]
+    move_bytes_per_sec: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
 }
 
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
@@ -79,6 +105,27 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(r) = &args.rack {
         config.rack = r.clone();
     }
+    if let Some(j) = &args.join {
+        config.join = Some(j.clone());
+    }
+    if let Some(ms) = args.suspect_after_ms {
+        config.suspect_after_ms = ms;
+    }
+    if let Some(ms) = args.dead_after_ms {
+        config.dead_after_ms = ms;
+    }
+    if let Some(b) = args.auto_balance {
+        config.auto_balance = b;
+    }
+    if let Some(n) = args.max_concurrent_moves {
+        config.max_concurrent_moves = n;
+    }
+    if let Some(n) = args.move_bytes_per_sec {
+        config.move_bytes_per_sec = n;
+    }
+    if let Some(m) = &args.metrics_listen {
+        config.metrics_listen = Some(m.clone());
+    }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
         config.peers = vec![format!("{}={}", config.id, config.advertised())];
@@ -106,6 +153,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let addresses = AddressBook::new();
     let transport = GrpcTransport::new(config.id, addresses.clone());
     let node = Node::start(config.clone(), engine.clone(), transport, addresses, Arc::new(SystemClock))
@@ -115,8 +168,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(flotilla_rpc::serve(node.clone(), listener, async move {
         let _ = stop_rx.await;
     }));
+    let metrics = metrics_listener.map(|l| {
+        let node = node.clone();
+        tokio::spawn(flotilla_rpc::serve_metrics(l, move || node.render_metrics()))
+    });
+    let joining = config.join.clone().map(|via| tokio::spawn(join(via, config.clone())));
     let signal = wait_for_signal().await;
     tracing::info!(signal, "shutting down");
+    for task in joining.iter().chain(&metrics) {
+        task.abort();
+    }
     let _ = stop_tx.send(());
     node.shutdown().await;
     match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
@@ -135,6 +196,44 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     drop(node);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The first wait between attempts to join, doubling up to [`JOIN_BACKOFF_MAX`].
+const JOIN_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(200);
+const JOIN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Registers this node with the cluster through `via` (AddNode with its id, advertised
+/// address and labels), retrying with backoff until it succeeds. The metadata leader
+/// then adds it to the metadata group and gives it replicas.
+async fn join(via: String, config: NodeConfig) {
+    let labels = flotilla_client::NodeLabels {
+        region: config.region.clone(),
+        zone: config.zone.clone(),
+        rack: config.rack.clone(),
+    };
+    let mut backoff = JOIN_BACKOFF_INITIAL;
+    let mut attempts = 0u64;
+    loop {
+        attempts += 1;
+        let attempt = async {
+            let client = flotilla_client::Client::connect(&via).await?;
+            client.add_node(config.id, config.advertised(), &labels).await
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!(via, node = config.id, addr = config.advertised(), attempts, "joined the cluster");
+                return;
+            }
+            // Refused (a removed id, bad labels): an operator must act. Keep trying in
+            // case the cause is fixed, but say so loudly.
+            Err(e) if e.code().is_some_and(|c| !c.is_retriable() && c.is_definite()) => {
+                tracing::error!(via, error = %e, attempts, "the cluster refused this node; retrying");
+            }
+            Err(e) => tracing::warn!(via, error = %e, attempts, "could not join yet; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
+    }
 }
 
 pub async fn wait_for_signal() -> &'static str {
@@ -163,6 +262,13 @@ mod tests {
             region: None,
             zone: None,
             rack: None,
+            join: None,
+            suspect_after_ms: None,
+            dead_after_ms: None,
+            auto_balance: None,
+            max_concurrent_moves: None,
+            move_bytes_per_sec: None,
+            metrics_listen: None,
         }
     }
 
@@ -203,5 +309,48 @@ produce-timeout-ms = 5000
         let mut a = args();
         a.id = Some(0);
         assert!(format!("{:#}", load_config(&a).unwrap_err()).contains("node ids start at 1"));
+    }
+
+    #[test]
+    fn cluster_flags_override_the_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("node").chain(args.iter().copied())).unwrap();
+            load_config(&cli.node)
+        };
+        let c = parse(&[
+            "--id",
+            "4",
+            "--listen",
+            "127.0.0.1:7073",
+            "--join",
+            "127.0.0.1:7070",
+            "--suspect-after-ms",
+            "500",
+            "--dead-after-ms",
+            "3000",
+            "--auto-balance",
+            "false",
+            "--max-concurrent-moves",
+            "2",
+            "--move-bytes-per-sec",
+            "1048576",
+            "--metrics-listen",
+            "127.0.0.1:8073",
+        ])
+        .unwrap();
+        assert_eq!(c.join.as_deref(), Some("127.0.0.1:7070"));
+        assert_eq!((c.suspect_after_ms, c.dead_after_ms, c.auto_balance), (500, 3000, false));
+        assert_eq!((c.max_concurrent_moves, c.move_bytes_per_sec), (2, 1 << 20));
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:8073"));
+        assert_eq!(c.initial_metadata_voters().unwrap(), None, "a joining node waits to be added");
+        assert!(parse(&["--auto-balance"]).unwrap().auto_balance);
+        let e = format!("{:#}", parse(&["--join", "nowhere"]).unwrap_err());
+        assert!(e.contains("join"), "{e}");
     }
 }

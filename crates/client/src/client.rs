@@ -6,14 +6,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use flotilla_proto::request::CreateTopic;
+use flotilla_proto::request::{self, CreateTopic};
 use flotilla_proto::v1::{self, admin_client::AdminClient, flotilla_client::FlotillaClient};
-use flotilla_types::{ErrorCode, Offset, PartitionId, RecordBatch, limits};
+use flotilla_types::{ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::admin::TopicPolicy;
 use crate::backoff::Backoff;
 use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
 use crate::consumer::{Consumer, StartAt};
@@ -29,6 +30,9 @@ const REFRESH_NODES_PER_ROUND: usize = 3;
 /// Immediate redirects (NOT_LEADER with a hint) before backing off: stops two nodes that
 /// name each other from bouncing a request without pause.
 const REDIRECTS_WITHOUT_BACKOFF: u32 = 3;
+/// After a fetch from a replica in the client's zone fails (it is down, lags behind the
+/// position, or no longer hosts the partition), fetches go to the leader for this long.
+const FOLLOWER_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// A connection to a Flotilla cluster. Cheap to clone; clones share the metadata cache
 /// and the connections. Must be used inside a tokio runtime.
@@ -53,6 +57,8 @@ pub(crate) struct ClientInner {
     /// Topics this client routes requests for: what a refresh asks about.
     interest: Mutex<BTreeSet<String>>,
     rng: Mutex<StdRng>,
+    /// Replicas in this client's zone not to fetch from until the instant given.
+    follower_cooldown: Mutex<HashMap<String, Instant>>,
 }
 
 /// Where a request goes.
@@ -95,22 +101,22 @@ pub(crate) fn flotilla(ch: Channel) -> FlotillaClient<Channel> {
         .max_encoding_message_size(limits::REQUEST_BYTES_MAX)
 }
 
-fn admin(ch: Channel) -> AdminClient<Channel> {
+pub(crate) fn admin(ch: Channel) -> AdminClient<Channel> {
     AdminClient::new(ch)
         .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
         .max_encoding_message_size(limits::REQUEST_BYTES_MAX)
 }
 
 /// Turns an in-band error into `Err`.
-fn answered(addr: &str, error: &Option<v1::Error>) -> Result<()> {
+pub(crate) fn answered(addr: &str, error: &Option<v1::Error>) -> Result<()> {
     flotilla_proto::check(error).map_err(|e| ClientError::server(addr, e))
 }
 
-fn rpc_err(addr: &str) -> impl Fn(tonic::Status) -> ClientError + '_ {
+pub(crate) fn rpc_err(addr: &str) -> impl Fn(tonic::Status) -> ClientError + '_ {
     move |s| ClientError::from_status(addr, &s)
 }
 
-fn refused(e: v1::Error) -> ClientError {
+pub(crate) fn refused(e: v1::Error) -> ClientError {
     ClientError::refused(e.error_code(), e.message)
 }
 
@@ -148,6 +154,7 @@ impl Client {
                 refresh_lock: tokio::sync::Mutex::new(()),
                 interest: Mutex::new(BTreeSet::new()),
                 rng: Mutex::new(rng),
+                follower_cooldown: Mutex::new(HashMap::new()),
             }),
         };
         client.inner.bootstrap_metadata().await?;
@@ -259,7 +266,23 @@ impl Client {
     /// answer to such a retry comes back as [`ClientError::GaveUp`] with
     /// `maybe_applied: true` (the first attempt may have created it).
     pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> Result<TopicInfo> {
-        let req = CreateTopic::new(name, partitions, replication_factor).map_err(refused)?;
+        self.create_topic_with(name, partitions, replication_factor, &TopicPolicy::default()).await
+    }
+
+    /// [`Client::create_topic`] with a placement policy: where its replicas may go and
+    /// where its leaders should be. A policy the cluster cannot satisfy is refused with
+    /// `POLICY_VIOLATION` and the reason.
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        policy: &TopicPolicy,
+    ) -> Result<TopicInfo> {
+        let req = CreateTopic {
+            policy: request::Policy::try_from(v1::TopicPolicy::from(policy)).map_err(refused)?,
+            ..CreateTopic::new(name, partitions, replication_factor).map_err(refused)?
+        };
         let wire = v1::CreateTopicRequest::from(&req);
         let created = self
             .inner
@@ -574,7 +597,7 @@ impl ClientInner {
     /// request timeout). A connection can stay open while the bytes on it are lost (a
     /// half-open connection after a partition); reusing it would time out again until
     /// HTTP/2 keepalive noticed.
-    fn forget_channel(&self, addr: &str) {
+    pub(crate) fn forget_channel(&self, addr: &str) {
         self.channels.lock().expect("channels lock").remove(addr);
     }
 
@@ -731,15 +754,7 @@ impl ClientInner {
                             && !c.brokers.contains_key(id)
                             && let Ok(a) = normalize_addr(a)
                         {
-                            let info = metadata::BrokerInfo {
-                                id: *id,
-                                addr: a,
-                                region: String::new(),
-                                zone: String::new(),
-                                rack: String::new(),
-                                state: String::new(),
-                            };
-                            c.brokers.insert(*id, info);
+                            c.brokers.insert(*id, metadata::BrokerInfo::bare(*id, a));
                         }
                         if let Some(id) = leader_id {
                             match &target {
@@ -865,7 +880,9 @@ impl ClientInner {
         .await
     }
 
-    /// One fetch at the partition's leader, with retries.
+    /// One fetch of a partition, with retries. With [`ClientConfig::zone`] set, first
+    /// once from a replica in that zone (see [`ClientInner::zone_replica`]); from the
+    /// leader when there is none or it fails.
     pub(crate) async fn fetch(
         &self,
         topic: &str,
@@ -881,7 +898,18 @@ impl ClientInner {
             offset,
             max_bytes: max_bytes.min(limits::BATCH_BYTES_MAX as u32),
             max_wait_ms: max_wait.as_millis() as u32,
+            from_follower: false,
         };
+        if let Some(addr) = self.zone_replica(topic, partition).await {
+            let follower = v1::FetchRequest { from_follower: true, ..req.clone() };
+            match self.fetch_once(&addr, follower, max_wait).await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::debug!(%addr, topic, partition, error = %e, "follower fetch failed; fetching from the leader");
+                    self.follower_failed(&addr);
+                }
+            }
+        }
         let target = Target::Partition { topic: topic.to_string(), partition };
         self.call(target, Kind::Read, max_wait, None, |ch, addr| {
             let req = req.clone();
@@ -892,6 +920,61 @@ impl ClientInner {
             }
         })
         .await
+    }
+
+    /// One attempt of `req` at `addr`, no retries.
+    async fn fetch_once(&self, addr: &str, req: v1::FetchRequest, max_wait: Duration) -> Result<v1::FetchResponse> {
+        let ch = self.channel(addr)?;
+        let after = self.config.request_timeout + max_wait;
+        match tokio::time::timeout(after, flotilla(ch).fetch(req)).await {
+            Ok(r) => {
+                let r = r.map_err(rpc_err(addr))?.into_inner();
+                answered(addr, &r.error)?;
+                Ok(r)
+            }
+            Err(_) => {
+                self.forget_channel(addr);
+                Err(ClientError::Timeout { addr: addr.to_string(), after })
+            }
+        }
+    }
+
+    /// The address of a replica of the partition in this client's zone to fetch from,
+    /// when the client has a zone, the leader is not in it (then the leader is the
+    /// right replica anyway), and such a replica has not failed in the last
+    /// [`FOLLOWER_COOLDOWN`]. Among several, each partition picks its own, so the load
+    /// spreads.
+    async fn zone_replica(&self, topic: &str, partition: PartitionId) -> Option<String> {
+        let zone = self.config.zone.as_deref().filter(|z| !z.is_empty())?;
+        let p = self.partition_info(topic, partition).await.ok()?;
+        let now = Instant::now();
+        let c = self.cache.read().expect("cache lock");
+        let in_zone = |id: &NodeId| c.brokers.get(id).is_some_and(|b| b.zone == zone && b.may_serve());
+        if p.leader.as_ref().is_some_and(in_zone) {
+            return None;
+        }
+        let cooling = self.follower_cooldown.lock().expect("cooldown lock");
+        let candidates: Vec<&str> = p
+            .replicas
+            .iter()
+            .filter(|id| in_zone(id))
+            .filter_map(|id| c.broker_addr(*id))
+            .filter(|a| cooling.get(*a).is_none_or(|until| *until <= now))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(candidates[partition as usize % candidates.len()].to_string())
+    }
+
+    /// Stops fetching from the replica at `addr` for a while: it failed or lags.
+    fn follower_failed(&self, addr: &str) {
+        let mut cooling = self.follower_cooldown.lock().expect("cooldown lock");
+        let now = Instant::now();
+        cooling.retain(|_, until| *until > now);
+        if cooling.len() < CHANNELS_MAX {
+            cooling.insert(addr.to_string(), now + FOLLOWER_COOLDOWN);
+        }
     }
 }
 

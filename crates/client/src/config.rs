@@ -32,6 +32,12 @@ pub struct ClientConfig {
     /// Opens connections to brokers. Default: the host's TCP stack. The simulator sets
     /// one that dials over its simulated network.
     pub dialer: Option<flotilla_proto::Dialer>,
+    /// The zone this client runs in. When set, consumers fetch from a replica whose
+    /// broker is in this zone (follower fetching: it serves what it has committed, so
+    /// reads cross no zone boundary), falling back to the leader when the partition has
+    /// no replica there or the replica fails. Produce always goes to the leader.
+    /// Default: none (every fetch goes to the leader).
+    pub zone: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +52,7 @@ impl Default for ClientConfig {
             clock: Arc::new(SystemClock),
             seed: None,
             dialer: None,
+            zone: None,
         }
     }
 }
@@ -61,6 +68,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("create_topic_wait", &self.create_topic_wait)
             .field("seed", &self.seed)
             .field("dialer", &self.dialer.as_ref().map(|_| "custom"))
+            .field("zone", &self.zone)
             .finish_non_exhaustive()
     }
 }

@@ -17,8 +17,12 @@
 //!   partitioner, round-robin without a key), gathers concurrent sends to one partition
 //!   into one record batch (no linger by default: the next batch fills while one is in flight) and gives each caller its own offset.
 //! - **Consumer.** [`Consumer::poll`] long-polls a partition's leader and verifies every
-//!   batch's CRC32C.
-//! - **Admin.** Topics and cluster description, as plain serialisable structs.
+//!   batch's CRC32C. With [`ClientConfig::zone`] set it reads from a replica in the
+//!   client's zone instead (follower fetching), falling back to the leader.
+//! - **Admin.** Topics (with placement policies), cluster description, and cluster
+//!   operations: adding, draining and removing nodes, moving partitions and leaders,
+//!   plans, moves in progress, the metadata group's voters; all as plain serialisable
+//!   structs.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,6 +50,7 @@
 //! Of the workspace's crates this one depends on `flotilla-proto` and `flotilla-types`
 //! only; protobuf types do not appear in its API.
 
+mod admin;
 mod backoff;
 mod client;
 mod config;
@@ -55,6 +60,9 @@ mod metadata;
 pub mod partitioner;
 mod producer;
 
+pub use admin::{
+    ActionKind, CatchUpInfo, ControllersInfo, MoveInfo, NodeLabels, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
+};
 pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, StartAt};

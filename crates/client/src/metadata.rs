@@ -16,8 +16,37 @@ pub struct BrokerInfo {
     pub region: String,
     pub zone: String,
     pub rack: String,
-    /// `alive` when the answering node sees it in the metadata group's membership.
+    /// `alive`, `suspected`, `dead`, `draining` or `removed`, as the metadata group
+    /// records it (empty when the node did not say).
     pub state: String,
+    /// In the metadata group: `voter`, `learner` or `none` (empty when not said).
+    pub role: String,
+    /// Replicas assigned to it (move targets included).
+    pub replicas: u64,
+    /// Partitions that prefer it as their leader.
+    pub preferred_leaders: u64,
+}
+
+impl BrokerInfo {
+    /// A broker known only by its id and address (from a `NOT_LEADER` hint).
+    pub(crate) fn bare(id: NodeId, addr: String) -> BrokerInfo {
+        BrokerInfo {
+            id,
+            addr,
+            region: String::new(),
+            zone: String::new(),
+            rack: String::new(),
+            state: String::new(),
+            role: String::new(),
+            replicas: 0,
+            preferred_leaders: 0,
+        }
+    }
+
+    /// Whether it may serve reads: not known to be dead, suspected or removed.
+    pub(crate) fn may_serve(&self) -> bool {
+        !matches!(self.state.as_str(), "dead" | "suspected" | "removed")
+    }
 }
 
 /// One partition of a topic.
@@ -71,7 +100,9 @@ pub(crate) fn broker_from_wire(b: &v1::Broker) -> Result<BrokerInfo, String> {
         return Err(format!("broker {} has no address", b.id));
     }
     let addr = crate::client::normalize_addr(&b.addr).map_err(|e| format!("broker {}: {e}", b.id))?;
-    for (what, v) in [("region", &b.region), ("zone", &b.zone), ("rack", &b.rack)] {
+    for (what, v) in
+        [("region", &b.region), ("zone", &b.zone), ("rack", &b.rack), ("state", &b.state), ("role", &b.role)]
+    {
         if v.len() > limits::LABEL_BYTES_MAX {
             return Err(format!("broker {} has a {what} label of {} bytes", b.id, v.len()));
         }
@@ -83,6 +114,9 @@ pub(crate) fn broker_from_wire(b: &v1::Broker) -> Result<BrokerInfo, String> {
         zone: b.zone.clone(),
         rack: b.rack.clone(),
         state: b.state.clone(),
+        role: b.role.clone(),
+        replicas: b.replicas,
+        preferred_leaders: b.preferred_leaders,
     })
 }
 

@@ -37,6 +37,8 @@ struct BrokerState {
     produce_calls: u32,
     metadata_calls: u32,
     fetch_calls: u32,
+    /// `from_follower` of every fetch received.
+    fetch_from_follower: Vec<bool>,
     create_calls: u32,
     /// Records per produce call that was answered Ok.
     batch_sizes: Vec<u32>,
@@ -105,6 +107,7 @@ impl flotilla_server::Flotilla for Broker {
         let req = req.into_inner();
         let mut s = self.state.lock().unwrap();
         s.fetch_calls += 1;
+        s.fetch_from_follower.push(req.from_follower);
         let act = Broker::next(&mut s.fetch, &None);
         if let Act::Fail(e) = act {
             return Ok(Response::new(v1::FetchResponse { error: Some(e), ..Default::default() }));
@@ -229,6 +232,80 @@ impl admin_server::Admin for Broker {
             answered_by: self.id,
         }))
     }
+
+    // Cluster operations: the client's routing of them is that of any admin write.
+    async fn add_node(&self, _req: Request<v1::AddNodeRequest>) -> Result<Response<v1::AddNodeResponse>, Status> {
+        Err(Status::unimplemented("add_node: not scripted"))
+    }
+
+    async fn drain_node(&self, _req: Request<v1::DrainNodeRequest>) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        Err(Status::unimplemented("drain_node: not scripted"))
+    }
+
+    async fn remove_node(
+        &self,
+        _req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
+        Err(Status::unimplemented("remove_node: not scripted"))
+    }
+
+    async fn reassign(&self, _req: Request<v1::ReassignRequest>) -> Result<Response<v1::ReassignResponse>, Status> {
+        Err(Status::unimplemented("reassign: not scripted"))
+    }
+
+    async fn transfer_leader(
+        &self,
+        _req: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        Err(Status::unimplemented("transfer_leader: not scripted"))
+    }
+
+    async fn cancel_move(
+        &self,
+        _req: Request<v1::CancelMoveRequest>,
+    ) -> Result<Response<v1::CancelMoveResponse>, Status> {
+        Err(Status::unimplemented("cancel_move: not scripted"))
+    }
+
+    async fn balance(&self, _req: Request<v1::BalanceRequest>) -> Result<Response<v1::BalanceResponse>, Status> {
+        Err(Status::unimplemented("balance: not scripted"))
+    }
+
+    async fn plan(&self, _req: Request<v1::PlanRequest>) -> Result<Response<v1::PlanResponse>, Status> {
+        Err(Status::unimplemented("plan: not scripted"))
+    }
+
+    async fn list_moves(&self, _req: Request<v1::ListMovesRequest>) -> Result<Response<v1::ListMovesResponse>, Status> {
+        Err(Status::unimplemented("list_moves: not scripted"))
+    }
+
+    async fn set_topic_config(
+        &self,
+        _req: Request<v1::SetTopicConfigRequest>,
+    ) -> Result<Response<v1::SetTopicConfigResponse>, Status> {
+        Err(Status::unimplemented("set_topic_config: not scripted"))
+    }
+
+    async fn add_partitions(
+        &self,
+        _req: Request<v1::AddPartitionsRequest>,
+    ) -> Result<Response<v1::AddPartitionsResponse>, Status> {
+        Err(Status::unimplemented("add_partitions: not scripted"))
+    }
+
+    async fn describe_controllers(
+        &self,
+        _req: Request<v1::DescribeControllersRequest>,
+    ) -> Result<Response<v1::DescribeControllersResponse>, Status> {
+        Err(Status::unimplemented("describe_controllers: not scripted"))
+    }
+
+    async fn set_controllers(
+        &self,
+        _req: Request<v1::SetControllersRequest>,
+    ) -> Result<Response<v1::SetControllersResponse>, Status> {
+        Err(Status::unimplemented("set_controllers: not scripted"))
+    }
 }
 
 fn topic(name: &str, partitions: u32, leader: u64, replicas: &[u64]) -> v1::TopicMetadata {
@@ -273,6 +350,7 @@ impl Cluster {
                 zone: format!("z{i}"),
                 rack: String::new(),
                 state: "alive".into(),
+                ..Default::default()
             })
             .collect();
         if let Some(id) = dead {
@@ -693,4 +771,66 @@ async fn leader_changed_is_indeterminate_and_retried_only_when_opted_in() {
     c.broker(1).fetch.push_back(fail(ErrorCode::Timeout));
     let mut consumer = client.consumer("t", 0, StartAt::Beginning).await.unwrap();
     assert_eq!(consumer.poll(Duration::from_millis(10)).await.unwrap().len(), 1);
+}
+
+/// With a zone, a consumer reads from the replica in its zone (asking it to serve as a
+/// follower), falls back to the leader when that fails and stays there for a while;
+/// produce still goes to the leader.
+#[tokio::test]
+async fn a_zoned_consumer_fetches_from_its_zone_and_falls_back_to_the_leader() {
+    let c = Cluster::start(3, None).await;
+    // Broker 1 leads, in zone z0; broker 2 is a replica in zone z1.
+    c.add_topic(topic("t", 1, 1, &[1, 2]));
+    let client = c.client_with(ClientConfig { zone: Some("z1".into()), ..config() }).await;
+    let p = client.producer("t", ProducerConfig::default());
+    p.send_batch(0, (0..4).map(|i| Record::value(format!("r{i}"))).collect()).await.unwrap();
+    assert_eq!((c.broker(1).produce_calls, c.broker(2).produce_calls), (1, 0), "produce goes to the leader");
+    let (log, next) = {
+        let b1 = c.broker(1);
+        (b1.log.clone(), b1.next_offset)
+    };
+    {
+        let mut b2 = c.broker(2);
+        b2.log = log;
+        b2.next_offset = next;
+    }
+
+    let mut consumer = client.consumer("t", 0, StartAt::Offset(0)).await.unwrap();
+    assert_eq!(consumer.poll(Duration::from_millis(10)).await.unwrap().len(), 4);
+    assert_eq!(c.broker(2).fetch_from_follower, vec![true]);
+    assert_eq!(c.broker(1).fetch_calls, 0);
+
+    // The replica fails: this poll is answered by the leader, and so is the next.
+    c.broker(2).fetch.push_back(fail(ErrorCode::OffsetOutOfRange));
+    consumer.seek(2);
+    assert_eq!(consumer.poll(Duration::from_millis(10)).await.unwrap().len(), 2);
+    consumer.seek(3);
+    assert_eq!(consumer.poll(Duration::from_millis(10)).await.unwrap().len(), 1);
+    assert_eq!(c.broker(2).fetch_calls, 2);
+    assert_eq!(c.broker(1).fetch_from_follower, vec![false, false], "the leader is asked as the leader");
+
+    // A consumer in the leader's zone, or in a zone without a replica, reads from the leader.
+    for zone in ["z0", "z2"] {
+        let client = c.client_with(ClientConfig { zone: Some(zone.into()), ..config() }).await;
+        let mut consumer = client.consumer("t", 0, StartAt::Offset(0)).await.unwrap();
+        assert_eq!(consumer.poll(Duration::from_millis(10)).await.unwrap().len(), 4);
+    }
+    assert_eq!(c.broker(1).fetch_calls, 4);
+    assert_eq!(c.broker(3).fetch_calls, 0);
+}
+
+/// Cluster operations are checked before anything is sent, and a node that does not know
+/// an operation is a definite gRPC refusal.
+#[tokio::test]
+async fn cluster_operations_are_checked_then_sent() {
+    let c = Cluster::start(1, None).await;
+    let client = c.client().await;
+    let e = client.reassign("t", 0, &[1, 1]).await.unwrap_err();
+    assert!(matches!(e, ClientError::Refused { code: ErrorCode::InvalidRequest, .. }), "{e:?}");
+    assert!(e.to_string().contains("listed twice"), "{e}");
+    assert!(client.set_controllers(&[1, 2, 3, 4, 5, 6, 7, 8]).await.is_err());
+    assert!(client.drain_node(0).await.is_err());
+    let e = client.drain_node(3).await.unwrap_err();
+    assert!(matches!(e, ClientError::Rpc { code: tonic::Code::Unimplemented, .. }), "{e:?}");
+    assert!(!e.is_indeterminate());
 }

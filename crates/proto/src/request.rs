@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use flotilla_types::{ErrorCode, Offset, PartitionId, RecordBatch, limits};
+use std::collections::BTreeSet;
+
+use flotilla_types::{ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
 
 use crate::v1;
 
@@ -18,6 +20,59 @@ fn invalid(message: impl Into<String>) -> v1::Error {
 fn topic_name(name: String) -> Result<String, v1::Error> {
     limits::check_topic_name(&name).map_err(invalid)?;
     Ok(name)
+}
+
+pub use flotilla_types::limits::{CONTROLLERS_MAX, POLICY_ENTRIES_MAX};
+
+fn node_id(what: &str, id: NodeId) -> Result<NodeId, v1::Error> {
+    if id == 0 {
+        return Err(invalid(format!("{what}: node ids start at 1, got 0")));
+    }
+    Ok(id)
+}
+
+/// A list of node ids: `1..=max` of them, distinct, none 0.
+fn node_ids(what: &str, ids: Vec<NodeId>, max: usize) -> Result<Vec<NodeId>, v1::Error> {
+    if ids.is_empty() || ids.len() > max {
+        return Err(invalid(format!("{what}: {} nodes given; 1 to {max} are allowed", ids.len())));
+    }
+    let mut seen = BTreeSet::new();
+    for id in &ids {
+        node_id(what, *id)?;
+        if !seen.insert(*id) {
+            return Err(invalid(format!("{what}: node {id} is listed twice")));
+        }
+    }
+    Ok(ids)
+}
+
+/// A label value (region, zone, rack): at most `LABEL_BYTES_MAX` bytes, printable, no
+/// whitespace; empty only where `may_be_empty`.
+fn label(what: &str, value: String, may_be_empty: bool) -> Result<String, v1::Error> {
+    if value.is_empty() {
+        return if may_be_empty { Ok(value) } else { Err(invalid(format!("{what} is empty"))) };
+    }
+    if value.len() > limits::LABEL_BYTES_MAX {
+        return Err(invalid(format!("{what} is {} bytes, the limit is {}", value.len(), limits::LABEL_BYTES_MAX)));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(format!("{what} {value:?} contains {c:?}")));
+    }
+    Ok(value)
+}
+
+/// `host:port` with a non-empty host and a port number, as a node advertises itself.
+fn host_port(what: &str, addr: String) -> Result<String, v1::Error> {
+    let bad = || invalid(format!("{what} {addr:?} is not HOST:PORT"));
+    if addr.len() > 2 * limits::LABEL_BYTES_MAX {
+        return Err(invalid(format!("{what} is {} bytes, the limit is {}", addr.len(), 2 * limits::LABEL_BYTES_MAX)));
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        return Err(bad());
+    }
+    port.parse::<u16>().map_err(|_| bad())?;
+    Ok(addr)
 }
 
 /// A produce request whose batch has been verified (checksum, structure, limits).
@@ -54,6 +109,8 @@ pub struct Fetch {
     pub max_bytes: usize,
     /// At most `FETCH_WAIT_MS_MAX`.
     pub max_wait: Duration,
+    /// A replica that does not lead may answer with what it has committed.
+    pub from_follower: bool,
 }
 
 impl TryFrom<v1::FetchRequest> for Fetch {
@@ -65,6 +122,7 @@ impl TryFrom<v1::FetchRequest> for Fetch {
             offset: r.offset,
             max_bytes: (r.max_bytes as usize).min(limits::FETCH_BYTES_MAX),
             max_wait: Duration::from_millis(u64::from(r.max_wait_ms).min(limits::FETCH_WAIT_MS_MAX)),
+            from_follower: r.from_follower,
         })
     }
 }
@@ -100,6 +158,85 @@ impl TryFrom<v1::MetadataRequest> for MetadataQuery {
     }
 }
 
+fn partition_count(partitions: u32) -> Result<u32, v1::Error> {
+    if partitions == 0 || partitions > limits::TOPIC_PARTITIONS_MAX {
+        return Err(invalid(format!(
+            "{partitions} partitions requested; a topic has 1 to {} partitions",
+            limits::TOPIC_PARTITIONS_MAX
+        )));
+    }
+    Ok(partitions)
+}
+
+fn replication_factor(rf: u32) -> Result<u32, v1::Error> {
+    if rf == 0 || rf > limits::REPLICATION_FACTOR_MAX {
+        return Err(invalid(format!(
+            "replication factor {rf} requested; it must be 1 to {}",
+            limits::REPLICATION_FACTOR_MAX
+        )));
+    }
+    Ok(rf)
+}
+
+/// A topic's placement policy, its labels and node ids well-formed. Whether the cluster
+/// can satisfy it is decided by the metadata group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Replicas only in these regions; empty: any region.
+    pub allowed_regions: Vec<String>,
+    /// Preferred leaders in this region; one of `allowed_regions` when those are given.
+    pub preferred_leader_region: Option<String>,
+    pub excluded_nodes: Vec<NodeId>,
+    pub excluded_zones: Vec<String>,
+}
+
+impl TryFrom<v1::TopicPolicy> for Policy {
+    type Error = v1::Error;
+    fn try_from(p: v1::TopicPolicy) -> Result<Policy, v1::Error> {
+        let entries = p.allowed_regions.len() + p.excluded_nodes.len() + p.excluded_zones.len();
+        if entries > POLICY_ENTRIES_MAX {
+            return Err(invalid(format!(
+                "the policy lists {entries} regions, zones and nodes; the limit is {POLICY_ENTRIES_MAX}"
+            )));
+        }
+        let labels = |what: &str, values: Vec<String>| -> Result<Vec<String>, v1::Error> {
+            values.into_iter().map(|v| label(what, v, false)).collect()
+        };
+        let allowed_regions = labels("an allowed region", p.allowed_regions)?;
+        let excluded_zones = labels("an excluded zone", p.excluded_zones)?;
+        let preferred_leader_region =
+            p.preferred_leader_region.map(|r| label("the preferred leader region", r, false)).transpose()?;
+        if let Some(r) = &preferred_leader_region
+            && !allowed_regions.is_empty()
+            && !allowed_regions.contains(r)
+        {
+            return Err(invalid(format!(
+                "the preferred leader region '{r}' is not among the allowed regions {allowed_regions:?}"
+            )));
+        }
+        for n in &p.excluded_nodes {
+            node_id("an excluded node", *n)?;
+        }
+        Ok(Policy { allowed_regions, preferred_leader_region, excluded_nodes: p.excluded_nodes, excluded_zones })
+    }
+}
+
+impl From<&Policy> for v1::TopicPolicy {
+    fn from(p: &Policy) -> v1::TopicPolicy {
+        v1::TopicPolicy {
+            allowed_regions: p.allowed_regions.clone(),
+            preferred_leader_region: p.preferred_leader_region.clone(),
+            excluded_nodes: p.excluded_nodes.clone(),
+            excluded_zones: p.excluded_zones.clone(),
+        }
+    }
+}
+
+/// An absent policy is the empty one (no constraints).
+fn policy(p: Option<v1::TopicPolicy>) -> Result<Policy, v1::Error> {
+    p.map(Policy::try_from).transpose().map(Option::unwrap_or_default)
+}
+
 /// A topic to create, its counts within the limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateTopic {
@@ -108,32 +245,26 @@ pub struct CreateTopic {
     pub partitions: u32,
     /// `1..=REPLICATION_FACTOR_MAX`.
     pub replication_factor: u32,
+    pub policy: Policy,
 }
 
 impl CreateTopic {
-    /// Checks the name and counts; the same checks a node applies.
+    /// Checks the name and counts; the same checks a node applies. No placement policy.
     pub fn new(name: impl Into<String>, partitions: u32, replication_factor: u32) -> Result<CreateTopic, v1::Error> {
-        let name = topic_name(name.into())?;
-        if partitions == 0 || partitions > limits::TOPIC_PARTITIONS_MAX {
-            return Err(invalid(format!(
-                "{partitions} partitions requested; a topic has 1 to {} partitions",
-                limits::TOPIC_PARTITIONS_MAX
-            )));
-        }
-        if replication_factor == 0 || replication_factor > limits::REPLICATION_FACTOR_MAX {
-            return Err(invalid(format!(
-                "replication factor {replication_factor} requested; it must be 1 to {}",
-                limits::REPLICATION_FACTOR_MAX
-            )));
-        }
-        Ok(CreateTopic { name, partitions, replication_factor })
+        Ok(CreateTopic {
+            name: topic_name(name.into())?,
+            partitions: partition_count(partitions)?,
+            replication_factor: self::replication_factor(replication_factor)?,
+            policy: Policy::default(),
+        })
     }
 }
 
 impl TryFrom<v1::CreateTopicRequest> for CreateTopic {
     type Error = v1::Error;
     fn try_from(r: v1::CreateTopicRequest) -> Result<CreateTopic, v1::Error> {
-        CreateTopic::new(r.name, r.partitions, r.replication_factor)
+        let c = CreateTopic::new(r.name, r.partitions, r.replication_factor)?;
+        Ok(CreateTopic { policy: policy(r.policy)?, ..c })
     }
 }
 
@@ -143,7 +274,188 @@ impl From<&CreateTopic> for v1::CreateTopicRequest {
             name: c.name.clone(),
             partitions: c.partitions,
             replication_factor: c.replication_factor,
+            policy: (c.policy != Policy::default()).then(|| v1::TopicPolicy::from(&c.policy)),
         }
+    }
+}
+
+/// A topic's new replication factor and policy (SetTopicConfig, and the scenario of Plan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub name: String,
+    /// `1..=REPLICATION_FACTOR_MAX`.
+    pub replication_factor: u32,
+    pub policy: Policy,
+}
+
+impl TopicConfig {
+    fn new(name: String, rf: u32, p: Option<v1::TopicPolicy>) -> Result<TopicConfig, v1::Error> {
+        Ok(TopicConfig { name: topic_name(name)?, replication_factor: replication_factor(rf)?, policy: policy(p)? })
+    }
+}
+
+impl TryFrom<v1::SetTopicConfigRequest> for TopicConfig {
+    type Error = v1::Error;
+    fn try_from(r: v1::SetTopicConfigRequest) -> Result<TopicConfig, v1::Error> {
+        TopicConfig::new(r.name, r.replication_factor, r.policy)
+    }
+}
+
+/// A topic to grow to `total` partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddPartitions {
+    pub name: String,
+    /// `1..=TOPIC_PARTITIONS_MAX`; more than the topic has (checked by the node).
+    pub total: u32,
+}
+
+impl TryFrom<v1::AddPartitionsRequest> for AddPartitions {
+    type Error = v1::Error;
+    fn try_from(r: v1::AddPartitionsRequest) -> Result<AddPartitions, v1::Error> {
+        Ok(AddPartitions { name: topic_name(r.name)?, total: partition_count(r.total)? })
+    }
+}
+
+/// A node's failure-domain labels, each at most `LABEL_BYTES_MAX` bytes (may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeLabels {
+    pub region: String,
+    pub zone: String,
+    pub rack: String,
+}
+
+impl TryFrom<Option<v1::Labels>> for NodeLabels {
+    type Error = v1::Error;
+    fn try_from(l: Option<v1::Labels>) -> Result<NodeLabels, v1::Error> {
+        let l = l.unwrap_or_default();
+        Ok(NodeLabels {
+            region: label("the region", l.region, true)?,
+            zone: label("the zone", l.zone, true)?,
+            rack: label("the rack", l.rack, true)?,
+        })
+    }
+}
+
+/// A node that joins: its id, address and labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddNode {
+    pub id: NodeId,
+    /// `host:port`.
+    pub addr: String,
+    pub labels: NodeLabels,
+}
+
+impl TryFrom<v1::AddNodeRequest> for AddNode {
+    type Error = v1::Error;
+    fn try_from(r: v1::AddNodeRequest) -> Result<AddNode, v1::Error> {
+        Ok(AddNode {
+            id: node_id("the node id", r.id)?,
+            addr: host_port("the node address", r.addr)?,
+            labels: NodeLabels::try_from(r.labels)?,
+        })
+    }
+}
+
+/// A node to drain (or, with `undo`, to make active again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainNode {
+    pub id: NodeId,
+    pub undo: bool,
+}
+
+impl TryFrom<v1::DrainNodeRequest> for DrainNode {
+    type Error = v1::Error;
+    fn try_from(r: v1::DrainNodeRequest) -> Result<DrainNode, v1::Error> {
+        Ok(DrainNode { id: node_id("the node id", r.id)?, undo: r.undo })
+    }
+}
+
+/// A request naming one node (RemoveNode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRef(pub NodeId);
+
+impl TryFrom<v1::RemoveNodeRequest> for NodeRef {
+    type Error = v1::Error;
+    fn try_from(r: v1::RemoveNodeRequest) -> Result<NodeRef, v1::Error> {
+        Ok(NodeRef(node_id("the node id", r.id)?))
+    }
+}
+
+/// A partition to move to `replicas` (distinct, `1..=REPLICATION_FACTOR_MAX` of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassign {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub replicas: Vec<NodeId>,
+}
+
+impl TryFrom<v1::ReassignRequest> for Reassign {
+    type Error = v1::Error;
+    fn try_from(r: v1::ReassignRequest) -> Result<Reassign, v1::Error> {
+        Ok(Reassign {
+            topic: topic_name(r.topic)?,
+            partition: r.partition,
+            replicas: node_ids("the replicas", r.replicas, limits::REPLICATION_FACTOR_MAX as usize)?,
+        })
+    }
+}
+
+/// A partition whose preferred leader becomes `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferLeader {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub to: NodeId,
+}
+
+impl TryFrom<v1::TransferLeaderRequest> for TransferLeader {
+    type Error = v1::Error;
+    fn try_from(r: v1::TransferLeaderRequest) -> Result<TransferLeader, v1::Error> {
+        Ok(TransferLeader { topic: topic_name(r.topic)?, partition: r.partition, to: node_id("the new leader", r.to)? })
+    }
+}
+
+/// What a Plan request asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scenario {
+    /// What the controller would do now.
+    Now,
+    /// If this node were drained.
+    Drain(NodeId),
+    /// If this node were dead.
+    Dead(NodeId),
+    /// If a node with these labels joined.
+    AddNode { id: NodeId, labels: NodeLabels },
+    /// If the topic had this configuration.
+    TopicConfig(TopicConfig),
+}
+
+impl TryFrom<v1::PlanRequest> for Scenario {
+    type Error = v1::Error;
+    fn try_from(r: v1::PlanRequest) -> Result<Scenario, v1::Error> {
+        use v1::plan_request::Scenario as S;
+        Ok(match r.scenario {
+            None | Some(S::Now(_)) => Scenario::Now,
+            Some(S::DrainNode(id)) => Scenario::Drain(node_id("the node to drain", id)?),
+            Some(S::DeadNode(id)) => Scenario::Dead(node_id("the dead node", id)?),
+            Some(S::AddNode(a)) => {
+                Scenario::AddNode { id: node_id("the new node", a.id)?, labels: NodeLabels::try_from(a.labels)? }
+            }
+            Some(S::TopicConfig(t)) => Scenario::TopicConfig(TopicConfig::new(t.name, t.replication_factor, t.policy)?),
+        })
+    }
+}
+
+/// The metadata group's new voters: `1..=CONTROLLERS_MAX` distinct nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetControllers {
+    pub voters: Vec<NodeId>,
+}
+
+impl TryFrom<v1::SetControllersRequest> for SetControllers {
+    type Error = v1::Error;
+    fn try_from(r: v1::SetControllersRequest) -> Result<SetControllers, v1::Error> {
+        Ok(SetControllers { voters: node_ids("the controllers", r.voters, CONTROLLERS_MAX)? })
     }
 }
 
@@ -162,6 +474,13 @@ impl TryFrom<v1::DescribeTopicRequest> for TopicName {
     type Error = v1::Error;
     fn try_from(r: v1::DescribeTopicRequest) -> Result<TopicName, v1::Error> {
         Ok(TopicName(topic_name(r.name)?))
+    }
+}
+
+impl TryFrom<v1::CancelMoveRequest> for TopicPartition {
+    type Error = v1::Error;
+    fn try_from(r: v1::CancelMoveRequest) -> Result<TopicPartition, v1::Error> {
+        Ok(TopicPartition { topic: topic_name(r.topic)?, partition: r.partition })
     }
 }
 
@@ -204,8 +523,10 @@ mod tests {
             offset: 5,
             max_bytes: u32::MAX,
             max_wait_ms: u32::MAX,
+            from_follower: true,
         })
         .unwrap();
+        assert!(f.from_follower);
         assert_eq!(f.max_bytes, limits::FETCH_BYTES_MAX);
         assert_eq!(f.max_wait, Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
         assert!(Fetch::try_from(v1::FetchRequest::default()).is_err(), "empty topic name");
@@ -219,8 +540,139 @@ mod tests {
             let e = CreateTopic::new("t", p, rf).unwrap_err();
             assert_eq!(e.error_code(), ErrorCode::InvalidRequest, "{p} {rf}");
         }
-        let e = CreateTopic::try_from(v1::CreateTopicRequest { name: "".into(), partitions: 1, replication_factor: 1 });
+        let e = CreateTopic::try_from(v1::CreateTopicRequest {
+            name: "".into(),
+            partitions: 1,
+            replication_factor: 1,
+            policy: None,
+        });
         assert!(e.unwrap_err().message.contains("empty"));
+    }
+
+    fn message(e: v1::Error) -> String {
+        assert_eq!(e.error_code(), ErrorCode::InvalidRequest, "{e}");
+        e.message
+    }
+
+    #[test]
+    fn policies_are_checked() {
+        let ok = v1::TopicPolicy {
+            allowed_regions: vec!["eu".into(), "us".into()],
+            preferred_leader_region: Some("eu".into()),
+            excluded_nodes: vec![4],
+            excluded_zones: vec!["eu-1a".into()],
+        };
+        let p = Policy::try_from(ok.clone()).unwrap();
+        assert_eq!(v1::TopicPolicy::from(&p), ok, "round trip");
+        let r = v1::CreateTopicRequest { name: "t".into(), partitions: 1, replication_factor: 3, policy: Some(ok) };
+        let c = CreateTopic::try_from(r.clone()).unwrap();
+        assert_eq!(c.policy, p);
+        assert_eq!(v1::CreateTopicRequest::from(&c), r);
+        assert_eq!(
+            v1::CreateTopicRequest::from(&CreateTopic::new("t", 1, 3).unwrap()).policy,
+            None,
+            "no policy is sent as none"
+        );
+
+        let bad = |f: fn(&mut v1::TopicPolicy)| {
+            let mut p = v1::TopicPolicy::default();
+            f(&mut p);
+            message(Policy::try_from(p).unwrap_err())
+        };
+        assert!(bad(|p| p.allowed_regions = vec![String::new()]).contains("allowed region is empty"));
+        assert!(bad(|p| p.excluded_zones = vec!["z".repeat(limits::LABEL_BYTES_MAX + 1)]).contains("limit is"));
+        assert!(bad(|p| p.excluded_zones = vec!["a b".into()]).contains("contains ' '"));
+        assert!(bad(|p| p.excluded_nodes = vec![0]).contains("start at 1"));
+        assert!(bad(|p| p.preferred_leader_region = Some(String::new())).contains("empty"));
+        assert!(
+            bad(|p| {
+                p.allowed_regions = vec!["us".into()];
+                p.preferred_leader_region = Some("eu".into());
+            })
+            .contains("not among the allowed regions")
+        );
+        assert!(bad(|p| p.excluded_nodes = (1..=POLICY_ENTRIES_MAX as u64 + 1).collect()).contains("the limit is"));
+    }
+
+    #[test]
+    fn node_requests_are_checked() {
+        let labels = Some(v1::Labels { region: "eu".into(), zone: "eu-1a".into(), rack: String::new() });
+        let a = AddNode::try_from(v1::AddNodeRequest { id: 4, addr: "10.0.0.4:7070".into(), labels }).unwrap();
+        assert_eq!(
+            (a.id, a.addr.as_str(), a.labels.zone.as_str(), a.labels.rack.as_str()),
+            (4, "10.0.0.4:7070", "eu-1a", "")
+        );
+        let add = |id, addr: &str| AddNode::try_from(v1::AddNodeRequest { id, addr: addr.into(), labels: None });
+        assert!(add(5, "[::1]:7070").is_ok());
+        assert!(message(add(0, "h:1").unwrap_err()).contains("start at 1"));
+        for addr in ["", "h", "h:", ":7070", "h:port", "h:70000", "a b:1"] {
+            assert!(message(add(5, addr).unwrap_err()).contains("HOST:PORT"), "{addr:?}");
+        }
+        let long = v1::Labels { zone: "z".repeat(limits::LABEL_BYTES_MAX + 1), ..Default::default() };
+        let e = AddNode::try_from(v1::AddNodeRequest { id: 5, addr: "h:1".into(), labels: Some(long) }).unwrap_err();
+        assert!(message(e).contains("zone"));
+
+        assert_eq!(
+            DrainNode::try_from(v1::DrainNodeRequest { id: 3, undo: true }).unwrap(),
+            DrainNode { id: 3, undo: true }
+        );
+        assert!(DrainNode::try_from(v1::DrainNodeRequest { id: 0, undo: false }).is_err());
+        assert!(NodeRef::try_from(v1::RemoveNodeRequest { id: 0 }).is_err());
+        assert_eq!(NodeRef::try_from(v1::RemoveNodeRequest { id: 2 }).unwrap(), NodeRef(2));
+    }
+
+    #[test]
+    fn replica_lists_are_checked() {
+        let reassign =
+            |replicas: Vec<u64>| Reassign::try_from(v1::ReassignRequest { topic: "t".into(), partition: 1, replicas });
+        assert_eq!(reassign(vec![4, 2, 3]).unwrap().replicas, vec![4, 2, 3]);
+        assert!(message(reassign(vec![]).unwrap_err()).contains("0 nodes given"));
+        assert!(message(reassign(vec![1, 2, 1]).unwrap_err()).contains("listed twice"));
+        assert!(message(reassign(vec![1, 0]).unwrap_err()).contains("start at 1"));
+        let too_many = (1..=u64::from(limits::REPLICATION_FACTOR_MAX) + 1).collect();
+        assert!(message(reassign(too_many).unwrap_err()).contains("1 to 7"));
+        let e = Reassign::try_from(v1::ReassignRequest { topic: "".into(), partition: 0, replicas: vec![1] });
+        assert!(message(e.unwrap_err()).contains("empty"));
+
+        let set = |voters: Vec<u64>| SetControllers::try_from(v1::SetControllersRequest { voters });
+        assert!(set(vec![1, 2, 3, 4, 5]).is_ok());
+        assert!(set(vec![]).is_err());
+        assert!(message(set((1..=CONTROLLERS_MAX as u64 + 1).collect()).unwrap_err()).contains("1 to 7"));
+        assert!(set(vec![2, 2]).is_err());
+
+        let t = |to| TransferLeader::try_from(v1::TransferLeaderRequest { topic: "t".into(), partition: 0, to });
+        assert!(t(0).is_err());
+        assert_eq!(t(3).unwrap().to, 3);
+        assert!(TopicPartition::try_from(v1::CancelMoveRequest { topic: "x y".into(), partition: 0 }).is_err());
+    }
+
+    #[test]
+    fn topic_config_and_partitions_are_checked() {
+        let cfg = |rf| {
+            TopicConfig::try_from(v1::SetTopicConfigRequest { name: "t".into(), replication_factor: rf, policy: None })
+        };
+        assert_eq!(cfg(5).unwrap().policy, Policy::default());
+        assert!(message(cfg(0).unwrap_err()).contains("replication factor 0"));
+        let add = |total| AddPartitions::try_from(v1::AddPartitionsRequest { name: "t".into(), total });
+        assert_eq!(add(12).unwrap().total, 12);
+        assert!(add(0).is_err());
+        assert!(add(limits::TOPIC_PARTITIONS_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn plan_scenarios_are_checked() {
+        use v1::plan_request::{self as pr, Scenario as S};
+        let plan = |s: Option<S>| Scenario::try_from(v1::PlanRequest { scenario: s });
+        assert_eq!(plan(None).unwrap(), Scenario::Now);
+        assert_eq!(plan(Some(S::Now(pr::Now {}))).unwrap(), Scenario::Now);
+        assert_eq!(plan(Some(S::DrainNode(4))).unwrap(), Scenario::Drain(4));
+        assert_eq!(plan(Some(S::DeadNode(2))).unwrap(), Scenario::Dead(2));
+        assert!(plan(Some(S::DeadNode(0))).is_err());
+        let add = pr::AddNode { id: 9, labels: Some(v1::Labels { zone: "c".into(), ..Default::default() }) };
+        let Scenario::AddNode { id, labels } = plan(Some(S::AddNode(add))).unwrap() else { panic!() };
+        assert_eq!((id, labels.zone.as_str()), (9, "c"));
+        let tc = pr::TopicConfig { name: "t".into(), replication_factor: 9, policy: None };
+        assert!(plan(Some(S::TopicConfig(tc))).is_err());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Conversions between protobuf messages and the node's domain types.
 
+use flotilla_metadata::placement::{Action, Plan};
+use flotilla_metadata::{Labels, TopicPolicy};
+use flotilla_node::admin::{ControllersView, MoveView, Scenario};
 use flotilla_node::{ApiError, BrokerView, PartitionView, TopicView};
-use flotilla_proto::v1;
+use flotilla_proto::{request, v1};
 
 pub(crate) fn error(e: &ApiError) -> v1::Error {
     let (leader_id, leader_addr) = e.leader.clone().unwrap_or((0, String::new()));
@@ -35,5 +38,91 @@ pub(crate) fn broker(b: &BrokerView) -> v1::Broker {
         zone: b.zone.clone(),
         rack: b.rack.clone(),
         state: b.state.clone(),
+        role: b.role.clone(),
+        replicas: b.replicas,
+        preferred_leaders: b.preferred_leaders,
+    }
+}
+
+pub(crate) fn policy(p: request::Policy) -> TopicPolicy {
+    TopicPolicy {
+        allowed_regions: p.allowed_regions,
+        preferred_leader_region: p.preferred_leader_region,
+        excluded_nodes: p.excluded_nodes,
+        excluded_zones: p.excluded_zones,
+    }
+}
+
+pub(crate) fn labels(l: request::NodeLabels) -> Labels {
+    Labels { region: l.region, zone: l.zone, rack: l.rack }
+}
+
+pub(crate) fn scenario(s: request::Scenario) -> Scenario {
+    match s {
+        request::Scenario::Now => Scenario::Now,
+        request::Scenario::Drain(id) => Scenario::Drain(id),
+        request::Scenario::Dead(id) => Scenario::Dead(id),
+        request::Scenario::AddNode { id, labels: l } => Scenario::AddNode { id, labels: labels(l) },
+        request::Scenario::TopicConfig(t) => {
+            Scenario::TopicConfig { name: t.name, replication_factor: t.replication_factor, policy: policy(t.policy) }
+        }
+    }
+}
+
+fn action(a: &Action) -> v1::PlanAction {
+    use v1::plan_action::Kind;
+    let text = a.to_string();
+    match a {
+        Action::Move { topic, partition, group, from, to, reason } => v1::PlanAction {
+            kind: Kind::Move.into(),
+            topic: topic.clone(),
+            partition: *partition,
+            group_id: *group,
+            from: from.clone(),
+            to: to.clone(),
+            reason: reason.clone(),
+            text,
+        },
+        Action::PreferLeader { topic, partition, group, from, to, reason } => v1::PlanAction {
+            kind: Kind::PreferLeader.into(),
+            topic: topic.clone(),
+            partition: *partition,
+            group_id: *group,
+            from: vec![*from],
+            to: vec![*to],
+            reason: reason.clone(),
+            text,
+        },
+    }
+}
+
+pub(crate) fn plan(p: &Plan) -> v1::Plan {
+    v1::Plan { actions: p.actions.iter().map(action).collect(), notes: p.notes.clone() }
+}
+
+pub(crate) fn move_view(m: &MoveView) -> v1::Move {
+    v1::Move {
+        topic: m.topic.clone(),
+        partition: m.partition,
+        group_id: m.group,
+        move_id: m.move_id,
+        from: m.from.clone(),
+        to: m.to.clone(),
+        reason: m.reason.clone(),
+        leader_id: m.leader.unwrap_or(0),
+        progress: m
+            .progress
+            .iter()
+            .map(|c| v1::CatchUp { node: c.node, matched: c.matched, leader_last: c.leader_last })
+            .collect(),
+    }
+}
+
+pub(crate) fn controllers(c: &ControllersView) -> v1::Controllers {
+    v1::Controllers {
+        leader_id: c.leader.unwrap_or(0),
+        voters: c.voters.clone(),
+        learners: c.learners.clone(),
+        changing: c.changing,
     }
 }

@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 
-use flotilla_node::Node;
+use flotilla_node::{ApiError, Node};
 use flotilla_proto::raft::v1 as raftpb;
 use flotilla_proto::{request, v1};
 use flotilla_raft::RaftTransport;
 use flotilla_types::limits;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -29,26 +30,93 @@ struct RaftApi<T: RaftTransport> {
     node: Node<T>,
 }
 
+/// A response with the in-band error every Flotilla answer carries.
+trait Answer {
+    fn error(&self) -> Option<&v1::Error>;
+}
+
+macro_rules! answers {
+    ($($t:ty),* $(,)?) => {
+        $(impl Answer for $t {
+            fn error(&self) -> Option<&v1::Error> {
+                self.error.as_ref()
+            }
+        })*
+    };
+}
+
+answers!(
+    v1::ProduceResponse,
+    v1::FetchResponse,
+    v1::ListOffsetsResponse,
+    v1::CreateTopicResponse,
+    v1::DeleteTopicResponse,
+    v1::ListTopicsResponse,
+    v1::DescribeTopicResponse,
+    v1::DescribeClusterResponse,
+    v1::AddNodeResponse,
+    v1::DrainNodeResponse,
+    v1::RemoveNodeResponse,
+    v1::ReassignResponse,
+    v1::TransferLeaderResponse,
+    v1::CancelMoveResponse,
+    v1::BalanceResponse,
+    v1::PlanResponse,
+    v1::ListMovesResponse,
+    v1::SetTopicConfigResponse,
+    v1::AddPartitionsResponse,
+    v1::DescribeControllersResponse,
+    v1::SetControllersResponse,
+);
+
+/// The outcome label of a request's latency: `ok` or the error code's name.
+fn outcome(error: Option<&v1::Error>) -> &'static str {
+    match error {
+        Some(e) if !e.is_none() => e.error_code().name(),
+        _ => "ok",
+    }
+}
+
+/// Records how long `method` took and how it ended, and answers with `resp`.
+fn timed<T: RaftTransport, R: Answer>(
+    node: &Node<T>,
+    method: &'static str,
+    started: Instant,
+    resp: R,
+) -> Result<Response<R>, Status> {
+    node.metrics().observe(method, outcome(resp.error()), started.elapsed());
+    Ok(Response::new(resp))
+}
+
+/// The error of a node call, or none.
+fn err<V>(r: &Result<V, ApiError>) -> Option<v1::Error> {
+    r.as_ref().err().map(convert::error)
+}
+
 #[tonic::async_trait]
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
-        let r = match request::Produce::try_from(req.into_inner()) {
-            Ok(r) => r,
-            Err(e) => return Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() })),
+        let started = Instant::now();
+        let resp = match request::Produce::try_from(req.into_inner()) {
+            Err(e) => v1::ProduceResponse { error: Some(e), ..Default::default() },
+            Ok(r) => match self.node.produce(&r.topic, r.partition, r.batch).await {
+                Ok((base_offset, record_count)) => v1::ProduceResponse { error: None, base_offset, record_count },
+                Err(e) => v1::ProduceResponse { error: Some(convert::error(&e)), ..Default::default() },
+            },
         };
-        let resp = match self.node.produce(&r.topic, r.partition, r.batch).await {
-            Ok((base_offset, record_count)) => v1::ProduceResponse { error: None, base_offset, record_count },
-            Err(e) => v1::ProduceResponse { error: Some(convert::error(&e)), ..Default::default() },
-        };
-        Ok(Response::new(resp))
+        timed(&self.node, "produce", started, resp)
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+        let started = Instant::now();
         let r = match request::Fetch::try_from(req.into_inner()) {
             Ok(r) => r,
-            Err(e) => return Ok(Response::new(v1::FetchResponse { error: Some(e), ..Default::default() })),
+            Err(e) => {
+                return timed(&self.node, "fetch", started, v1::FetchResponse { error: Some(e), ..Default::default() });
+            }
         };
-        let resp = match self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait).await {
+        let fetched = self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
+        let resp = match fetched {
             Ok(f) => v1::FetchResponse {
                 error: None,
                 high_watermark: f.high_watermark,
@@ -61,27 +129,34 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
             },
             Err(e) => v1::FetchResponse { error: Some(convert::error(&e)), ..Default::default() },
         };
-        Ok(Response::new(resp))
+        timed(&self.node, "fetch", started, resp)
     }
 
     async fn list_offsets(
         &self,
         req: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
-        let r = match request::TopicPartition::try_from(req.into_inner()) {
-            Ok(r) => r,
-            Err(e) => return Ok(Response::new(v1::ListOffsetsResponse { error: Some(e), ..Default::default() })),
+        let started = Instant::now();
+        let resp = match request::TopicPartition::try_from(req.into_inner()) {
+            Err(e) => v1::ListOffsetsResponse { error: Some(e), ..Default::default() },
+            Ok(r) => match self.node.list_offsets(&r.topic, r.partition).await {
+                Ok((earliest, latest)) => v1::ListOffsetsResponse { error: None, earliest, latest },
+                Err(e) => v1::ListOffsetsResponse { error: Some(convert::error(&e)), ..Default::default() },
+            },
         };
-        let resp = match self.node.list_offsets(&r.topic, r.partition).await {
-            Ok((earliest, latest)) => v1::ListOffsetsResponse { error: None, earliest, latest },
-            Err(e) => v1::ListOffsetsResponse { error: Some(convert::error(&e)), ..Default::default() },
-        };
-        Ok(Response::new(resp))
+        timed(&self.node, "list_offsets", started, resp)
     }
 
     async fn metadata(&self, req: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
+        let started = Instant::now();
         // A metadata answer has no error field of its own: junk is a gRPC INVALID_ARGUMENT.
-        let r = request::MetadataQuery::try_from(req.into_inner()).map_err(|e| Status::invalid_argument(e.message))?;
+        let r = match request::MetadataQuery::try_from(req.into_inner()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.node.metrics().observe("metadata", outcome(Some(&e)), started.elapsed());
+                return Err(Status::invalid_argument(e.message));
+            }
+        };
         let (brokers, topics, leader) = self.node.metadata(&r.topics);
         let topics = topics
             .into_iter()
@@ -95,6 +170,7 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                 },
             })
             .collect();
+        self.node.metrics().observe("metadata", "ok", started.elapsed());
         Ok(Response::new(v1::MetadataResponse {
             brokers: brokers.iter().map(convert::broker).collect(),
             topics,
@@ -109,68 +185,222 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
-        let r = match request::CreateTopic::try_from(req.into_inner()) {
-            Ok(r) => r,
-            Err(e) => return Ok(Response::new(v1::CreateTopicResponse { error: Some(e), topic: None })),
+        let started = Instant::now();
+        let resp = match request::CreateTopic::try_from(req.into_inner()) {
+            Err(e) => v1::CreateTopicResponse { error: Some(e), topic: None },
+            Ok(r) => {
+                let policy = convert::policy(r.policy);
+                match self.node.create_topic(&r.name, r.partitions, r.replication_factor, policy).await {
+                    Ok(t) => v1::CreateTopicResponse { error: None, topic: Some(convert::topic(&t)) },
+                    Err(e) => v1::CreateTopicResponse { error: Some(convert::error(&e)), topic: None },
+                }
+            }
         };
-        let resp = match self.node.create_topic(&r.name, r.partitions, r.replication_factor).await {
-            Ok(t) => v1::CreateTopicResponse { error: None, topic: Some(convert::topic(&t)) },
-            Err(e) => v1::CreateTopicResponse { error: Some(convert::error(&e)), topic: None },
-        };
-        Ok(Response::new(resp))
+        timed(&self.node, "create_topic", started, resp)
     }
 
     async fn delete_topic(
         &self,
         req: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        let started = Instant::now();
         let error = match request::TopicName::try_from(req.into_inner()) {
-            Ok(request::TopicName(name)) => self.node.delete_topic(&name).await.err().map(|e| convert::error(&e)),
+            Ok(request::TopicName(name)) => err(&self.node.delete_topic(&name).await),
             Err(e) => Some(e),
         };
-        Ok(Response::new(v1::DeleteTopicResponse { error }))
+        timed(&self.node, "delete_topic", started, v1::DeleteTopicResponse { error })
     }
 
     async fn list_topics(
         &self,
         _req: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let started = Instant::now();
         let topics = self
             .node
             .list_topics()
             .into_iter()
             .map(|(name, partitions, replication_factor)| v1::TopicSummary { name, partitions, replication_factor })
             .collect();
-        Ok(Response::new(v1::ListTopicsResponse { error: None, topics }))
+        timed(&self.node, "list_topics", started, v1::ListTopicsResponse { error: None, topics })
     }
 
     async fn describe_topic(
         &self,
         req: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
-        let name = match request::TopicName::try_from(req.into_inner()) {
-            Ok(request::TopicName(name)) => name,
-            Err(e) => return Ok(Response::new(v1::DescribeTopicResponse { error: Some(e), topic: None })),
+        let started = Instant::now();
+        let resp = match request::TopicName::try_from(req.into_inner()) {
+            Err(e) => v1::DescribeTopicResponse { error: Some(e), topic: None },
+            Ok(request::TopicName(name)) => match self.node.describe_topic(&name) {
+                Ok(t) => v1::DescribeTopicResponse { error: None, topic: Some(convert::topic(&t)) },
+                Err(e) => v1::DescribeTopicResponse { error: Some(convert::error(&e)), topic: None },
+            },
         };
-        let resp = match self.node.describe_topic(&name) {
-            Ok(t) => v1::DescribeTopicResponse { error: None, topic: Some(convert::topic(&t)) },
-            Err(e) => v1::DescribeTopicResponse { error: Some(convert::error(&e)), topic: None },
-        };
-        Ok(Response::new(resp))
+        timed(&self.node, "describe_topic", started, resp)
     }
 
     async fn describe_cluster(
         &self,
         _req: Request<v1::DescribeClusterRequest>,
     ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
+        let started = Instant::now();
         let c = self.node.describe_cluster();
-        Ok(Response::new(v1::DescribeClusterResponse {
+        let resp = v1::DescribeClusterResponse {
             error: None,
             brokers: c.brokers.iter().map(convert::broker).collect(),
             metadata_leader_id: c.metadata_leader.unwrap_or(0),
             topics: c.topics.iter().map(convert::topic).collect(),
             answered_by: c.answered_by,
-        }))
+        };
+        timed(&self.node, "describe_cluster", started, resp)
+    }
+
+    async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Result<Response<v1::AddNodeResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::AddNode::try_from(req.into_inner()) {
+            Ok(r) => err(&self.node.add_node(r.id, &r.addr, convert::labels(r.labels)).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "add_node", started, v1::AddNodeResponse { error })
+    }
+
+    async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Result<Response<v1::DrainNodeResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::DrainNode::try_from(req.into_inner()) {
+            Ok(request::DrainNode { id, undo: false }) => err(&self.node.drain_node(id).await),
+            Ok(request::DrainNode { id, undo: true }) => err(&self.node.undrain_node(id).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "drain_node", started, v1::DrainNodeResponse { error })
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::NodeRef::try_from(req.into_inner()) {
+            Ok(request::NodeRef(id)) => err(&self.node.remove_node(id).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "remove_node", started, v1::RemoveNodeResponse { error })
+    }
+
+    async fn reassign(&self, req: Request<v1::ReassignRequest>) -> Result<Response<v1::ReassignResponse>, Status> {
+        let started = Instant::now();
+        let resp = match request::Reassign::try_from(req.into_inner()) {
+            Err(e) => v1::ReassignResponse { error: Some(e), move_id: 0 },
+            Ok(r) => match self.node.reassign(&r.topic, r.partition, r.replicas).await {
+                Ok(move_id) => v1::ReassignResponse { error: None, move_id },
+                Err(e) => v1::ReassignResponse { error: Some(convert::error(&e)), move_id: 0 },
+            },
+        };
+        timed(&self.node, "reassign", started, resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::TransferLeader::try_from(req.into_inner()) {
+            Ok(r) => err(&self.node.transfer_leader(&r.topic, r.partition, r.to).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "transfer_leader", started, v1::TransferLeaderResponse { error })
+    }
+
+    async fn cancel_move(
+        &self,
+        req: Request<v1::CancelMoveRequest>,
+    ) -> Result<Response<v1::CancelMoveResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::TopicPartition::try_from(req.into_inner()) {
+            Ok(r) => err(&self.node.cancel_move(&r.topic, r.partition).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "cancel_move", started, v1::CancelMoveResponse { error })
+    }
+
+    async fn balance(&self, _req: Request<v1::BalanceRequest>) -> Result<Response<v1::BalanceResponse>, Status> {
+        let started = Instant::now();
+        let resp = match self.node.balance_now().await {
+            Ok(p) => v1::BalanceResponse { error: None, plan: Some(convert::plan(&p)) },
+            Err(e) => v1::BalanceResponse { error: Some(convert::error(&e)), plan: None },
+        };
+        timed(&self.node, "balance", started, resp)
+    }
+
+    async fn plan(&self, req: Request<v1::PlanRequest>) -> Result<Response<v1::PlanResponse>, Status> {
+        let started = Instant::now();
+        let resp = match request::Scenario::try_from(req.into_inner()) {
+            Err(e) => v1::PlanResponse { error: Some(e), plan: None },
+            Ok(s) => match self.node.plan(&convert::scenario(s)) {
+                Ok(p) => v1::PlanResponse { error: None, plan: Some(convert::plan(&p)) },
+                Err(e) => v1::PlanResponse { error: Some(convert::error(&e)), plan: None },
+            },
+        };
+        timed(&self.node, "plan", started, resp)
+    }
+
+    async fn list_moves(&self, _req: Request<v1::ListMovesRequest>) -> Result<Response<v1::ListMovesResponse>, Status> {
+        let started = Instant::now();
+        let moves = self.node.moves().iter().map(convert::move_view).collect();
+        timed(
+            &self.node,
+            "list_moves",
+            started,
+            v1::ListMovesResponse { error: None, moves, answered_by: self.node.id() },
+        )
+    }
+
+    async fn set_topic_config(
+        &self,
+        req: Request<v1::SetTopicConfigRequest>,
+    ) -> Result<Response<v1::SetTopicConfigResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::TopicConfig::try_from(req.into_inner()) {
+            Ok(r) => err(&self.node.set_topic_config(&r.name, r.replication_factor, convert::policy(r.policy)).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "set_topic_config", started, v1::SetTopicConfigResponse { error })
+    }
+
+    async fn add_partitions(
+        &self,
+        req: Request<v1::AddPartitionsRequest>,
+    ) -> Result<Response<v1::AddPartitionsResponse>, Status> {
+        let started = Instant::now();
+        let error = match request::AddPartitions::try_from(req.into_inner()) {
+            Ok(r) => err(&self.node.add_partitions(&r.name, r.total).await),
+            Err(e) => Some(e),
+        };
+        timed(&self.node, "add_partitions", started, v1::AddPartitionsResponse { error })
+    }
+
+    async fn describe_controllers(
+        &self,
+        _req: Request<v1::DescribeControllersRequest>,
+    ) -> Result<Response<v1::DescribeControllersResponse>, Status> {
+        let started = Instant::now();
+        let controllers = Some(convert::controllers(&self.node.controllers()));
+        timed(&self.node, "describe_controllers", started, v1::DescribeControllersResponse { error: None, controllers })
+    }
+
+    async fn set_controllers(
+        &self,
+        req: Request<v1::SetControllersRequest>,
+    ) -> Result<Response<v1::SetControllersResponse>, Status> {
+        let started = Instant::now();
+        let resp = match request::SetControllers::try_from(req.into_inner()) {
+            Err(e) => v1::SetControllersResponse { error: Some(e), controllers: None },
+            Ok(r) => match self.node.set_controllers(r.voters).await {
+                Ok(c) => v1::SetControllersResponse { error: None, controllers: Some(convert::controllers(&c)) },
+                Err(e) => v1::SetControllersResponse { error: Some(convert::error(&e)), controllers: None },
+            },
+        };
+        timed(&self.node, "set_controllers", started, resp)
     }
 }
 

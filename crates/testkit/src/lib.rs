@@ -20,5 +20,5 @@ pub mod recorder;
 
 pub use checker::{Anomaly, AnomalyKind, ReplicaLog, Verdict, check, check_replicas};
 pub use history::{Event, History, Kind, Op};
-pub use process::ProcessCluster;
+pub use process::{ClusterOptions, ProcessCluster};
 pub use recorder::{Actor, Recorder};

@@ -12,6 +12,20 @@ struct NodeProc {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Extra flags of this node (its zone, `--join`).
+    args: Vec<String>,
+    metrics: Option<String>,
+}
+
+/// How to start a cluster's nodes.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Node `i` (from 1) is in zone `zones[(i - 1) % len]`; no zone when empty.
+    pub zones: Vec<String>,
+    /// Flags every node gets (for example `--dead-after-ms 4000`).
+    pub node_args: Vec<String>,
+    /// Serve Prometheus metrics from every node (`metrics_addr`).
+    pub metrics: bool,
 }
 
 /// Real `flotilla node` processes. Every node is killed when this is dropped.
@@ -20,6 +34,7 @@ pub struct ProcessCluster {
     dir: tempfile::TempDir,
     peers: String,
     nodes: Vec<NodeProc>,
+    options: ClusterOptions,
 }
 
 /// Ports that were free a moment ago (bound to port 0, then released).
@@ -32,6 +47,12 @@ fn free_ports(n: usize) -> Vec<u16> {
 impl ProcessCluster {
     /// Starts `n` nodes of the binary at `bin`; returns once they are listening.
     pub fn start(bin: impl AsRef<Path>, n: u64) -> ProcessCluster {
+        Self::start_with(bin, n, ClusterOptions::default())
+    }
+
+    /// Starts `n` nodes with `options`; returns once they are listening. The first three
+    /// are the metadata group's voters; the others become its learners.
+    pub fn start_with(bin: impl AsRef<Path>, n: u64, options: ClusterOptions) -> ProcessCluster {
         let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
         let ports = free_ports(n as usize);
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -47,10 +68,12 @@ impl ProcessCluster {
                     data_dir: dir.path().join(format!("node-{id}")),
                     log: dir.path().join(format!("node-{id}.log")),
                     child: None,
+                    args: zone_args(&options, id),
+                    metrics: options.metrics.then(|| format!("127.0.0.1:{}", free_ports(1)[0])),
                 }
             })
             .collect();
-        let mut c = ProcessCluster { bin: bin.as_ref().to_path_buf(), dir, peers, nodes };
+        let mut c = ProcessCluster { bin: bin.as_ref().to_path_buf(), dir, peers, nodes, options };
         for id in 1..=n {
             c.spawn(id);
         }
@@ -68,15 +91,44 @@ impl ProcessCluster {
         &mut self.nodes[(id - 1) as usize]
     }
 
+    /// Starts a new node that joins the running cluster through node 1 (`--join`), in
+    /// `zone`; returns its id once it listens.
+    pub fn join(&mut self, zone: &str) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let mut args = vec!["--zone".to_string(), zone.to_string(), "--join".to_string(), self.bootstrap()];
+        args.extend(self.options.node_args.iter().cloned());
+        self.nodes.push(NodeProc {
+            id,
+            addr,
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+            args,
+            metrics: self.options.metrics.then(|| format!("127.0.0.1:{}", free_ports(1)[0])),
+        });
+        self.spawn(id);
+        self.wait_listening(id, Duration::from_secs(30));
+        id
+    }
+
     fn spawn(&mut self, id: u64) {
         let bin = self.bin.clone();
         let peers = self.peers.clone();
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&n.log).expect("open node log");
-        let child = Command::new(&bin)
-            .arg("node")
-            .args(["--id", &id.to_string(), "--listen", &n.addr, "--peers", &peers])
+        let joins = n.args.iter().any(|a| a == "--join");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("node").args(["--id", &id.to_string(), "--listen", &n.addr]);
+        if !joins {
+            cmd.args(["--peers", &peers]);
+        }
+        if let Some(m) = &n.metrics {
+            cmd.args(["--metrics-listen", m]);
+        }
+        let child = cmd
+            .args(&n.args)
             .arg("--data-dir")
             .arg(&n.data_dir)
             .env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
@@ -107,6 +159,11 @@ impl ProcessCluster {
 
     pub fn addr(&self, id: u64) -> String {
         self.node(id).addr.clone()
+    }
+
+    /// Where node `id` serves `/metrics` (with `ClusterOptions::metrics`).
+    pub fn metrics_addr(&self, id: u64) -> Option<String> {
+        self.node(id).metrics.clone()
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -165,6 +222,16 @@ impl ProcessCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+fn zone_args(options: &ClusterOptions, id: u64) -> Vec<String> {
+    let mut args = Vec::new();
+    if !options.zones.is_empty() {
+        let zone = &options.zones[(id as usize - 1) % options.zones.len()];
+        args.extend(["--zone".to_string(), zone.clone()]);
+    }
+    args.extend(options.node_args.iter().cloned());
+    args
 }
 
 impl Drop for ProcessCluster {

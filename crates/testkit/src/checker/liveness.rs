@@ -49,7 +49,11 @@ pub(super) fn measure<'h>(history: &'h History, ops: &[Operation<'h>]) -> Livene
     let mut tried = BTreeSet::new();
     let mut acked = BTreeSet::new();
     for op in ops.iter().filter(|op| op.op == Op::Send) {
-        if op.invoke.index > heal.index {
+        // A send to a topic that no longer exists (deleted by the workload, sent by a
+        // client with older metadata) definitely failed and asks no progress of anyone.
+        let gone = op.outcome() == Kind::Fail
+            && op.completion.is_some_and(|c| c.note.contains("UNKNOWN_TOPIC") || c.note.contains("UNKNOWN_PARTITION"));
+        if op.invoke.index > heal.index && !gone {
             tried.insert(op.part());
         }
         if op.ok().is_some_and(|ok| ok.index > heal.index) {

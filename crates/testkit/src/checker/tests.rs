@@ -469,6 +469,9 @@ fn t40_liveness_figures() {
     h.send(1, 0, &["c"], false);
     h.send(2, 1, &["d"], false); // never acknowledged
     h.send_ok(1, 0, 2, &["c"]); // t = 80
+    // A send to a topic deleted meanwhile definitely failed: it asks no progress.
+    h.send(3, 2, &["e"], false);
+    h.push(Event::new(3, 1, Op::Send, Kind::Fail, 0).on(T, 2).note("topic 't' does not exist (UNKNOWN_TOPIC)"));
     let v = h.check();
     assert!(v.is_valid(), "{v}");
     let l = &v.liveness;
