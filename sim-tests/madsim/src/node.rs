@@ -113,7 +113,7 @@ pub async fn run(id: NodeId, engine: MemEngine, flush_ms: Arc<AtomicU64>, spec: 
     let voters: BTreeSet<NodeId> = NODES.into_iter().collect();
     for group in spec.groups() {
         let kind = if group == METADATA_GROUP { GroupKind::Metadata } else { GroupKind::Partition };
-        groups.ensure(group, kind, &voters).await.unwrap_or_else(|e| panic!("node {id}: {e}"));
+        groups.ensure(group, kind, Some(&voters)).await.unwrap_or_else(|e| panic!("node {id}: {e}"));
     }
     *slot.lock().expect("slot lock poisoned") = Some(groups);
     tracing::info!(node = id, "node started");

@@ -186,7 +186,7 @@ pub fn produce(writer: usize, seq: u64) -> Command {
 
 pub fn register(id: NodeId) -> Command {
     let labels = Labels { region: "r".into(), zone: format!("z{id}"), rack: format!("k{id}") };
-    Command::Metadata(flotilla_metadata::Command::RegisterBroker(Broker { id, addr: addr_of(id).to_string(), labels }))
+    Command::Metadata(flotilla_metadata::Command::RegisterBroker(Broker::new(id, addr_of(id).to_string(), labels)))
 }
 
 pub fn create_topic(writer: usize, seq: u64) -> Command {
@@ -195,6 +195,7 @@ pub fn create_topic(writer: usize, seq: u64) -> Command {
         name: format!("t-{writer}-{seq}"),
         partitions: madsim::rand::thread_rng().gen_range(1..=3),
         replication_factor: rf,
+        policy: flotilla_metadata::TopicPolicy::default(),
     })
 }
 

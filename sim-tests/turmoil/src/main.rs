@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! flotilla-sim --seed 42            replay one seed and print its full trace
+//! flotilla-sim --seed 21 --profile classic
 //! flotilla-sim --seeds 300          sweep seeds 1..=300 (plus the regression list)
 //! flotilla-sim --seeds 1000 --start 77000 --jobs 2
 //! flotilla-sim --plant ack-before-flush --seeds 50 --expect-anomaly
 //! ```
+//!
+//! A run's profile (`--profile`, default `controller`) is the cluster's shape and the
+//! fault kinds its schedule is drawn from: `classic` is three nodes and the original
+//! thirteen kinds, `controller` four nodes with drain, reassign and node kill added.
 //!
 //! The real node code (metadata group, partition groups, reconciler, tonic services)
 //! runs on turmoil hosts, gRPC over turmoil's TCP, storage on `MemEngine` with its crash
@@ -17,6 +22,7 @@ compile_error!("the simulation needs --cfg tokio_unstable (set in .cargo/config.
 mod cluster;
 mod nemesis;
 mod net;
+mod profile;
 mod run;
 mod workload;
 
@@ -28,6 +34,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use flotilla_types::planted::{self, Bug};
+use profile::Profile;
 
 #[derive(Parser, Debug)]
 #[command(name = "flotilla-sim", about = "Deterministic simulation of a Flotilla cluster under faults")]
@@ -41,10 +48,15 @@ struct Args {
     /// The first seed of a sweep.
     #[arg(long, default_value_t = 1)]
     start: u64,
+    /// The cluster's shape and fault kinds: `controller` (four nodes, drain, reassign,
+    /// node kill) or `classic` (three nodes, the original faults). For --seed, --seeds,
+    /// --check-determinism and --plant; each regression seed names its own.
+    #[arg(long, value_enum, default_value_t = Profile::Controller)]
+    profile: Profile,
     /// Runs in parallel (each seed in a process of its own; a run is single-threaded).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
-    /// Seeds that once failed, replayed by every sweep.
+    /// Seeds that once failed, replayed by every sweep: `SEED PROFILE` per line.
     #[arg(long, default_value = "sim-tests/turmoil/regressions.txt")]
     regressions: PathBuf,
     /// Plant a known bug (test of the tests): ack-before-flush, forget-vote,
@@ -82,13 +94,14 @@ fn main() -> ExitCode {
     }
     if let Some(seed) = args.child {
         let started = Instant::now();
-        let o = run::run(seed);
+        let o = run::run(seed, args.profile, false);
         let anomalies: Vec<String> =
             o.verdict.anomalies.iter().chain(&o.replica_anomalies).map(|a| a.to_string()).collect();
         let kinds: Vec<String> =
             o.verdict.anomalies.iter().chain(&o.replica_anomalies).map(|a| format!("{:?}", a.kind)).collect();
         let line = serde_json::json!({
             "seed": seed,
+            "profile": args.profile.name(),
             "passed": o.passed(),
             "digest": format!("{:016x}", o.digest),
             "line": summary(&o, started.elapsed()),
@@ -108,18 +121,19 @@ fn main() -> ExitCode {
     sweep(&args)
 }
 
-fn replay_command(seed: u64, args: &Args) -> String {
+fn replay_command(seed: u64, profile: Profile, args: &Args) -> String {
     match &args.plant {
-        Some(bug) => format!("make sim SEED={seed} PLANT={bug}"),
-        None => format!("make sim SEED={seed}"),
+        Some(bug) => format!("make sim SEED={seed} PROFILE={profile} PLANT={bug}"),
+        None => format!("make sim SEED={seed} PROFILE={profile}"),
     }
 }
 
 fn summary(o: &run::Outcome, wall: std::time::Duration) -> String {
     let status = if o.passed() { "ok" } else { "FAIL" };
     format!(
-        "seed {} {status} digest {:016x} sim {:.1}s wall {:.1}s {}",
+        "seed {} {} {status} digest {:016x} sim {:.1}s wall {:.1}s {}",
         o.seed,
+        o.profile,
         o.digest,
         o.sim_time.as_secs_f64(),
         wall.as_secs_f64(),
@@ -134,7 +148,19 @@ fn report_failure(o: &run::Outcome, args: &Args) {
     for a in o.verdict.anomalies.iter().chain(&o.replica_anomalies).take(20) {
         eprintln!("  {a}");
     }
-    eprintln!("  replay: {}", replay_command(o.seed, args));
+    eprintln!("  replay: {}", replay_command(o.seed, o.profile, args));
+}
+
+/// Stamps the nodes' log lines with simulated milliseconds, as the trace lines are.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>8}", t.as_millis()),
+            None => write!(w, "{:>8}", "-"),
+        }
+    }
 }
 
 fn replay(seed: u64, args: &Args) -> ExitCode {
@@ -142,15 +168,13 @@ fn replay(seed: u64, args: &Args) -> ExitCode {
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn,h2=warn,hyper=warn,tower=warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .without_time()
+        .with_timer(SimTime)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let started = Instant::now();
-    let outcome = run::run(seed);
-    for line in &outcome.trace {
-        println!("trace {line}");
-    }
+    // The trace is printed as it is recorded, among the nodes' logs.
+    let outcome = run::run(seed, args.profile, true);
     for e in outcome.history.events() {
         println!("event {}", serde_json::to_string(e).expect("event serialises"));
     }
@@ -170,10 +194,10 @@ fn replay(seed: u64, args: &Args) -> ExitCode {
 }
 
 /// Runs `seed` in a fresh process of its own; its outcome line.
-fn run_child(seed: u64, args: &Args) -> Child {
+fn run_child(seed: u64, profile: Profile, args: &Args) -> Child {
     let exe = std::env::current_exe().expect("own executable");
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--child").arg(seed.to_string()).env_remove("RUST_LOG");
+    cmd.arg("--child").arg(seed.to_string()).arg("--profile").arg(profile.name()).env_remove("RUST_LOG");
     if let Some(bug) = &args.plant {
         cmd.arg("--plant").arg(bug);
     }
@@ -214,7 +238,7 @@ fn run_child(seed: u64, args: &Args) -> Child {
             Child {
                 passed: false,
                 digest: String::new(),
-                line: format!("seed {seed} FAIL {} after {:.1}s", kind.to_lowercase(), wall.as_secs_f64()),
+                line: format!("seed {seed} {profile} FAIL {} after {:.1}s", kind.to_lowercase(), wall.as_secs_f64()),
                 details: vec![detail],
                 kinds: vec![kind.to_string()],
             }
@@ -248,38 +272,68 @@ struct Child {
 
 /// Runs `seed` twice, each time in a fresh process, and compares the trace digests.
 fn check_determinism(seed: u64, args: &Args) -> ExitCode {
-    let a = run_child(seed, args);
-    let b = run_child(seed, args);
-    println!("seed {seed}: digest {} then {}", a.digest, b.digest);
+    let a = run_child(seed, args.profile, args);
+    let b = run_child(seed, args.profile, args);
+    println!("seed {seed} ({}): digest {} then {}", args.profile, a.digest, b.digest);
     if !a.digest.is_empty() && a.digest == b.digest {
         println!("determinism: ok");
         ExitCode::SUCCESS
     } else {
-        eprintln!("determinism: FAILED; compare the traces of two `make sim SEED={seed}` runs");
+        eprintln!("determinism: FAILED; compare the traces of two `{}` runs", replay_command(seed, args.profile, args));
         ExitCode::FAILURE
     }
 }
 
-fn regressions(args: &Args) -> Vec<u64> {
-    let Ok(text) = std::fs::read_to_string(&args.regressions) else { return Vec::new() };
-    text.lines().filter_map(|l| l.split('#').next()).filter_map(|l| l.trim().parse().ok()).collect()
+/// The regression list: `SEED PROFILE` per line, `#` starts a comment. A seed listed
+/// twice (it caught two bugs) runs once.
+fn regressions(args: &Args) -> Result<Vec<(u64, Profile)>, String> {
+    let path = args.regressions.display();
+    let Ok(text) = std::fs::read_to_string(&args.regressions) else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let words: Vec<&str> = line.split('#').next().unwrap_or("").split_whitespace().collect();
+        let entry = match words.as_slice() {
+            [] => continue,
+            [seed, profile] => seed.parse().ok().zip(Profile::parse(profile)),
+            _ => None,
+        };
+        let Some(entry) = entry else {
+            return Err(format!("{path}:{}: not `SEED classic|controller`: {line:?}", i + 1));
+        };
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
+    Ok(out)
 }
 
 fn sweep(args: &Args) -> ExitCode {
     let count = args.seeds.unwrap_or(100);
-    let mut seeds: Vec<u64> = if args.plant.is_some() { Vec::new() } else { regressions(args) };
-    seeds.extend(args.start..args.start + count);
+    let mut seeds: Vec<(u64, Profile)> = if args.plant.is_some() {
+        Vec::new()
+    } else {
+        match regressions(args) {
+            Ok(list) => list,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let listed = seeds.len();
+    seeds.extend((args.start..args.start + count).map(|s| (s, args.profile)));
     println!(
-        "sweeping {} seeds ({} from the regression list) on {} threads{}",
+        "sweeping {} seeds ({listed} from the regression list, {count} {} from {}) on {} threads{}",
         seeds.len(),
-        seeds.len() as u64 - count,
+        args.profile,
+        args.start,
         args.jobs,
         args.plant.as_ref().map(|b| format!(", planted bug {b}")).unwrap_or_default()
     );
     let started = Instant::now();
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
-    let found = Mutex::new(None::<(u64, String)>);
+    let found = Mutex::new(None::<(u64, Profile, String)>);
     std::thread::scope(|s| {
         for _ in 0..args.jobs.max(1) {
             s.spawn(|| {
@@ -288,8 +342,8 @@ fn sweep(args: &Args) -> ExitCode {
                         return;
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(&seed) = seeds.get(i) else { return };
-                    let outcome = run_child(seed, args);
+                    let Some(&(seed, profile)) = seeds.get(i) else { return };
+                    let outcome = run_child(seed, profile, args);
                     println!("{}", outcome.line);
                     if !outcome.passed {
                         if let Some(expected) = &args.expect_anomaly {
@@ -317,16 +371,16 @@ fn sweep(args: &Args) -> ExitCode {
                                 );
                                 let mut f = found.lock().expect("found");
                                 if f.is_none() {
-                                    *f = Some((seed, what));
+                                    *f = Some((seed, profile, what));
                                 }
                             }
                         } else {
                             for d in outcome.details.iter().take(20) {
                                 eprintln!("  {d}");
                             }
-                            eprintln!("  replay: {}", replay_command(seed, args));
+                            eprintln!("  replay: {}", replay_command(seed, profile, args));
                         }
-                        failures.lock().expect("failures").push(seed);
+                        failures.lock().expect("failures").push((seed, profile));
                     }
                 }
             });
@@ -337,12 +391,12 @@ fn sweep(args: &Args) -> ExitCode {
     if args.expect_anomaly.is_some() {
         let bug = args.plant.clone().unwrap_or_default();
         return match found.into_inner().expect("found") {
-            Some((seed, what)) => {
-                println!("planted bug {bug}: found by seed {seed} ({what}) after {elapsed:.0} s");
+            Some((seed, profile, what)) => {
+                println!("planted bug {bug}: found by seed {seed} ({profile}; {what}) after {elapsed:.0} s");
                 ExitCode::SUCCESS
             }
             None => {
-                println!("planted bug {bug}: NOT found in {count} seeds ({elapsed:.0} s)");
+                println!("planted bug {bug}: NOT found in {count} {} seeds ({elapsed:.0} s)", args.profile);
                 ExitCode::FAILURE
             }
         };
@@ -353,7 +407,8 @@ fn sweep(args: &Args) -> ExitCode {
     } else {
         let mut sorted = failures;
         sorted.sort_unstable();
-        println!("failing seeds: {sorted:?}");
+        let list: Vec<String> = sorted.iter().map(|(s, p)| format!("{s} {p}")).collect();
+        println!("failing seeds: {}", list.join(", "));
         ExitCode::FAILURE
     }
 }

@@ -2,6 +2,7 @@
 //! let the cluster converge, drain every partition, and judge the history.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::Cluster;
+use crate::cluster::Control;
 use crate::nemesis::{self, Active, CLIENT, Schedule};
+use crate::profile::Profile;
 use crate::workload::{self, Plan};
 
 /// Simulated time at which faults may start, and by which they stop.
@@ -19,12 +22,23 @@ const FAULTS_FROM: Duration = Duration::from_secs(4);
 const FAULTS_UNTIL: Duration = Duration::from_secs(24);
 /// How long after the last heal the cluster has to serve every partition again.
 const CONVERGE_BOUND: Duration = Duration::from_secs(30);
+/// Controller profile: how long after the convergence phase every move must have
+/// finished and the cluster be at rest (`Cluster::settled`).
+const SETTLE_BOUND: Duration = Duration::from_secs(60);
+/// How often the run checks whether the cluster is at rest, and undrains a node left
+/// draining after the heal.
+const SETTLE_CHECK_EVERY: Duration = Duration::from_millis(250);
+const UNDRAIN_EVERY: Duration = Duration::from_secs(1);
+/// Controller profile: how often the trace records what the controller has recorded
+/// (node states, moves), when it changed.
+const VIEW_EVERY: Duration = Duration::from_millis(100);
 /// Turmoil's network latency range outside Delay faults.
 const LATENCY_MAX: Duration = Duration::from_millis(20);
 
 /// What a run produced.
 pub struct Outcome {
     pub seed: u64,
+    pub profile: Profile,
     pub verdict: Verdict,
     /// Replica-divergence anomalies, on top of the history's.
     pub replica_anomalies: Vec<checker::Anomaly>,
@@ -32,7 +46,6 @@ pub struct Outcome {
     pub error: Option<String>,
     pub digest: u64,
     pub sim_time: Duration,
-    pub trace: Vec<String>,
     pub history: History,
 }
 
@@ -61,25 +74,41 @@ impl Digest {
     }
 }
 
-/// Runs `seed`. Deterministic: the same seed on the same build gives the same trace.
-pub fn run(seed: u64) -> Outcome {
+/// Runs `seed` with `profile`. Deterministic: the same seed and profile on the same build
+/// give the same trace. The classic profile draws exactly what it drew before the
+/// controller profile existed, so its regression seeds replay the same schedules.
+pub fn run(seed: u64, profile: Profile, live: bool) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     // openraft's election timeouts, on this thread, follow from the seed too.
     flotilla_raft::rt::seed_rng(rng.random());
     // A disk that syncs every 1 to 20 ms: fast SSD to slow disk.
     let flush_every = Duration::from_millis(rng.random_range(1..=20));
-    let cluster = Cluster::new(3, flush_every);
-    let schedule = Schedule::draw(&mut rng, FAULTS_FROM, FAULTS_UNTIL);
-    let plan = Plan::draw(&mut rng, FAULTS_UNTIL);
+    let cluster = Cluster::new(profile, flush_every);
+    let schedule = Schedule::draw(&mut rng, profile, FAULTS_FROM, FAULTS_UNTIL);
+    let mut plan = Plan::draw(&mut rng, FAULTS_UNTIL);
+    let settled = Arc::new(AtomicBool::new(false));
+    if profile.settles() {
+        plan.settled = Some(settled.clone());
+    }
     let history = Arc::new(Mutex::new(History::new()));
-    let mut trace = vec![format!(
+    let mut trace = Trace { lines: Vec::new(), live };
+    trace.push(format!(
         "seed {seed}: faults {:?}; {} producers ({} retrying), {} consumers; disks sync every {} ms",
         schedule.enabled,
         plan.producers,
         plan.retrying_producers,
         plan.consumers,
         flush_every.as_millis()
-    )];
+    ));
+    if profile != Profile::Classic {
+        let nodes: Vec<String> = cluster.ids().map(|id| format!("n{id} {}", profile.zone(id))).collect();
+        trace.push(format!(
+            "profile {profile}: nodes {}; metadata voters {:?}; grace period {} ms",
+            nodes.join(", "),
+            profile.controllers(),
+            profile.dead_after_ms().unwrap_or_default()
+        ));
+    }
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(rng.random())
@@ -106,6 +135,14 @@ pub fn run(seed: u64) -> Outcome {
     let mut next_fault = schedule.start + Duration::from_millis(rng.random_range(0..2000));
     let mut healed = false;
     let mut error = None;
+    // Controller profile: when the cluster came to rest, and the next checks.
+    let settle_from = schedule.end + workload::CONVERGE;
+    let mut settled_at: Option<Duration> = None;
+    let mut next_settle_check = settle_from;
+    // The heal's own undrain first gets a moment to apply.
+    let mut next_undrain = schedule.end + UNDRAIN_EVERY * 2;
+    let mut unsettled = String::new();
+    let (mut next_view, mut last_view) = (Duration::ZERO, String::new());
     loop {
         match sim.step() {
             Ok(true) => break,
@@ -116,6 +153,18 @@ pub fn run(seed: u64) -> Outcome {
             }
         }
         let now = sim.elapsed();
+        for note in cluster.take_notes() {
+            trace.push(note);
+        }
+        if profile == Profile::Controller && now >= next_view {
+            next_view = now + VIEW_EVERY;
+            if let Some(view) = cluster.controller_view()
+                && view != last_view
+            {
+                trace.push(format!("{:>8} controller: {view}", ms(now)));
+                last_view = view;
+            }
+        }
         if let Some((_, until)) = &active
             && now >= *until
         {
@@ -126,23 +175,75 @@ pub fn run(seed: u64) -> Outcome {
             }
         }
         if active.is_none() && now >= next_fault && now < schedule.end {
-            let kind = *rand::seq::IndexedRandom::choose(schedule.enabled.as_slice(), &mut rng).expect("a fault");
-            let (note, nodes, a) = nemesis::inject(kind, &mut sim, &cluster, &mut rng);
-            record(&history, &mut trace, now, Event::fault(NEMESIS, ms(now), note, nodes));
-            // Every fault ends by the end of the fault phase, so convergence gets its full time.
-            let lasts = Duration::from_millis(rng.random_range(300..5000)).min(schedule.end - now);
-            active = Some((a, now + lasts));
-            next_fault = now + lasts + Duration::from_millis(rng.random_range(0..2000));
+            if let Some(kind) = schedule.pick(&mut rng, schedule.end - now) {
+                let (note, nodes, a) = nemesis::inject(kind, &mut sim, &cluster, &mut rng);
+                record(&history, &mut trace, now, Event::fault(NEMESIS, ms(now), note, nodes));
+                // Every fault ends by the end of the fault phase, so convergence gets its full time.
+                let lasts = schedule.duration(kind, &mut rng).min(schedule.end - now);
+                active = Some((a, now + lasts));
+                next_fault = now + lasts + Duration::from_millis(rng.random_range(0..2000));
+            } else {
+                next_fault = schedule.end;
+            }
         }
         if !healed && now >= schedule.end && active.is_none() {
             healed = true;
             record(&history, &mut trace, now, Event::heal(NEMESIS, ms(now), "all faults healed"));
             trace.push(format!("{:>8} leaders {}", ms(now), cluster.leaders()));
         }
-        if healed && now > schedule.end + CONVERGE_BOUND + workload::DRAIN_BOUND {
+        if !profile.settles() {
+            if healed && now > schedule.end + CONVERGE_BOUND + workload::DRAIN_BOUND {
+                error = Some(format!(
+                    "no convergence: the workload had not drained {} s after the heal",
+                    (CONVERGE_BOUND + workload::DRAIN_BOUND).as_secs()
+                ));
+                break;
+            }
+            continue;
+        }
+        // A drain whose answer came after its undrain leaves the node draining: once
+        // every fault is healed, no node may stay so.
+        if healed && settled_at.is_none() && now >= next_undrain {
+            next_undrain = now + UNDRAIN_EVERY;
+            for node in cluster.draining() {
+                let (through, sent) = nemesis::send_admin(&cluster, node, Control::Undrain { node });
+                trace.push(format!("{:>8} n{node} left draining: undrain through {through} (sent: {sent})", ms(now)));
+            }
+        }
+        if healed && settled_at.is_none() && now >= next_settle_check {
+            next_settle_check = now + SETTLE_CHECK_EVERY;
+            match cluster.settled() {
+                Ok(layout) => {
+                    settled_at = Some(now);
+                    settled.store(true, Ordering::SeqCst);
+                    trace.push(format!(
+                        "{:>8} at rest {} ms after the convergence phase: {layout}",
+                        ms(now),
+                        ms(now - settle_from)
+                    ));
+                    trace.push(format!("{:>8} leaders {}", ms(now), cluster.leaders()));
+                }
+                Err(why) => {
+                    if why != unsettled {
+                        trace.push(format!("{:>8} not at rest: {why}", ms(now)));
+                        unsettled = why;
+                    }
+                    if now > settle_from + SETTLE_BOUND {
+                        error = Some(format!(
+                            "no rest: {} s after the convergence phase the cluster still moves: {unsettled}",
+                            SETTLE_BOUND.as_secs()
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(at) = settled_at
+            && now > at + workload::DRAIN_BOUND + Duration::from_secs(10)
+        {
             error = Some(format!(
-                "no convergence: the workload had not drained {} s after the heal",
-                (CONVERGE_BOUND + workload::DRAIN_BOUND).as_secs()
+                "no convergence: the workload had not drained {} s after the cluster came to rest",
+                (workload::DRAIN_BOUND + Duration::from_secs(10)).as_secs()
             ));
             break;
         }
@@ -166,20 +267,37 @@ pub fn run(seed: u64) -> Outcome {
         error = Some(format!("no progress after the heal: no send acknowledged on {}", names.join(", ")));
     }
     let mut digest = Digest::new();
-    for line in &trace {
+    for line in &trace.lines {
         digest.add(line.as_bytes());
     }
     digest.add(history.to_jsonl().as_bytes());
     // Dropping the simulation drops every host's runtime; do it before the next run.
     drop(sim);
-    Outcome { seed, verdict, replica_anomalies, error, digest: digest.value(), sim_time, trace, history }
+    Outcome { seed, profile, verdict, replica_anomalies, error, digest: digest.value(), sim_time, history }
 }
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn record(history: &Mutex<History>, trace: &mut Vec<String>, now: Duration, event: Event) {
+/// The run's trace: the fault schedule as applied, admin answers, the controller's view.
+/// Live (a replay), each line is printed as it is recorded, so a run that a panic stops
+/// still shows what led to it.
+struct Trace {
+    lines: Vec<String>,
+    live: bool,
+}
+
+impl Trace {
+    fn push(&mut self, line: String) {
+        if self.live {
+            println!("trace {line}");
+        }
+        self.lines.push(line);
+    }
+}
+
+fn record(history: &Mutex<History>, trace: &mut Trace, now: Duration, event: Event) {
     let mut line = String::new();
     let _ = write!(line, "{:>8} {:?} {}", ms(now), event.op, event.note);
     trace.push(line);

@@ -4,6 +4,7 @@
 //! smart client and is recorded by `testkit`'s recorder.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use crate::net;
 /// How long the final drain may take once the convergence phase is over.
 pub const DRAIN_BOUND: Duration = Duration::from_secs(30);
 /// How long producers keep going after the last fault healed: the convergence phase.
-const CONVERGE: Duration = Duration::from_secs(10);
+pub const CONVERGE: Duration = Duration::from_secs(10);
 /// The topic every producer and consumer works on.
-const MAIN_TOPIC: &str = "t-0";
+pub const MAIN_TOPIC: &str = "t-0";
 
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -33,6 +34,9 @@ pub struct Plan {
     pub partitions: u32,
     pub admin: bool,
     pub faults_until: Duration,
+    /// When set, the final drain waits until the run sets this flag: every move has
+    /// finished and the cluster is at rest (controller profile). Not drawn from the seed.
+    pub settled: Option<Arc<AtomicBool>>,
 }
 
 impl Plan {
@@ -46,6 +50,7 @@ impl Plan {
             partitions: rng.random_range(1..=4),
             admin: rng.random_bool(0.5),
             faults_until,
+            settled: None,
         }
     }
 }
@@ -111,6 +116,12 @@ pub async fn run(plan: Plan, cluster_size: u64, history: Arc<Mutex<History>>) ->
     }
     for t in tasks {
         t.await.map_err(|e| format!("workload task failed: {e}"))?;
+    }
+    if let Some(settled) = &plan.settled {
+        // The run bounds this wait (and reports what never finished).
+        while !settled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let topics = topics.lock().expect("topics poisoned").clone();
     drain(&rec, &topics, Instant::now() + DRAIN_BOUND).await
