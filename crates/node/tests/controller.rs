@@ -5,11 +5,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use common::*;
 use flotilla_metadata::{Labels, TopicPolicy};
 use flotilla_node::admin::Scenario;
-use flotilla_node::{Node, NodeConfig};
+use flotilla_node::{Node, NodeConfig, TopicView};
 use flotilla_storage::MemEngine;
 use flotilla_types::{ErrorCode, GroupId, NodeId};
 
@@ -422,7 +423,127 @@ async fn t38_a_follower_serves_committed_records_to_a_follower_fetch() {
     assert_eq!(records, 3);
     // A node that hosts no replica refuses a follower fetch.
     let outsider = nodes.iter().find(|n| n.groups().get(group).is_none()).unwrap();
+    eventually("the outsider knows the topic", async || outsider.describe_topic("t").ok()).await;
     let e = outsider.fetch("t", 0, 0, 1 << 20, std::time::Duration::ZERO, true).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotLeader);
+    shutdown(&nodes).await;
+}
+
+/// Regression: a metadata leader cut off from every other node still believes it leads,
+/// and a membership change it proposes can never commit. The operator's request must
+/// fail with a clear error, not wait until the partition heals (t34 once hung here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t39_a_cut_off_metadata_leader_fails_a_membership_change_in_bounded_time() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    eventually("learners 4 and 5", async || (nodes[0].controllers().learners == vec![4, 5]).then_some(())).await;
+    let leader = eventually("a metadata leader", async || nodes[0].controllers().leader).await;
+    let cut_off = nodes[leader as usize - 1].clone();
+    net.cut.write().unwrap().insert(leader);
+    let bound = flotilla_raft::MEMBERSHIP_TIMEOUT + Duration::from_secs(5);
+    let answer = tokio::time::timeout(bound, cut_off.set_controllers(vec![1, 2, 3, 4, 5])).await;
+    let e = answer.expect("set_controllers on a cut-off leader must answer").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    net.cut.write().unwrap().clear();
+    shutdown(&nodes).await;
+}
+
+/// The groups a node hosts, by whether their Raft timers run: (ticking, quiet).
+fn ticking_and_quiet(n: &Node<LocalTransport>, topic: &TopicView) -> (usize, usize) {
+    let hosted: Vec<bool> = topic.partitions.iter().filter_map(|p| n.groups().get(p.group)).map(|g| g.is_ticking()).collect();
+    (hosted.iter().filter(|t| **t).count(), hosted.iter().filter(|t| !**t).count())
+}
+
+/// Idle groups stop their timers on every replica; a write to a quiet group still
+/// commits; when the leader's node is cut off, node liveness (not the stopped election
+/// timers) wakes the followers, which elect a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |c| {
+        c.quiesce_after_ms = 300;
+        c.suspect_after_ms = 500;
+        c.dead_after_ms = 60_000;
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 4, 3, TopicPolicy::default()).await.ok()).await;
+    for p in 0..4 {
+        produce(&nodes, "t", p, &["a"]).await;
+    }
+    eventually("every replica quiet", async || {
+        nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
+    })
+    .await;
+    let quiet: usize = nodes.iter().map(|n| ticking_and_quiet(n, &topic).1).sum();
+    assert_eq!(quiet, 12, "4 partitions x 3 replicas");
+    // A write to a quiet group commits without waiting for any timer.
+    produce(&nodes, "t", 0, &["b"]).await;
+    assert_eq!(read_all(&nodes, "t", 0).await, vec!["a", "b"]);
+    // Cut off a non-controller node that leads a partition (the metadata leader
+    // survives and judges its lease).
+    let (victim, led) = eventually("node 4 or 5 leads a partition", async || {
+        nodes[3..].iter().find_map(|n| {
+            let led: Vec<u32> = topic
+                .partitions
+                .iter()
+                .filter(|p| n.groups().get(p.group).is_some_and(|g| g.is_leader()))
+                .map(|p| p.partition)
+                .collect();
+            (!led.is_empty()).then(|| (n.id(), led))
+        })
+    })
+    .await;
+    eventually("every replica quiet again", async || {
+        nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
+    })
+    .await;
+    net.cut.write().unwrap().insert(victim);
+    let live: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != victim).cloned().collect();
+    for p in &led {
+        produce(&live, "t", *p, &["c"]).await;
+    }
+    let woken: u64 = live.iter().map(|n| n.metrics().elections_woken()).sum();
+    assert!(woken >= 1, "partitions {led:?} led by node {victim} were woken by node liveness");
+    net.cut.write().unwrap().clear();
+    shutdown(&nodes).await;
+}
+
+/// The backstop: a quiet group's leader whose node still reaches the metadata leader (so
+/// it is never suspected) but no longer reaches its followers. The followers, hearing no
+/// keepalive, start their own timers and elect a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |c| {
+        c.quiesce_after_ms = 300;
+        // Node liveness never acts within the test.
+        c.suspect_after_ms = 600_000;
+        c.dead_after_ms = 600_000;
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    produce(&nodes, "t", 0, &["a"]).await;
+    let group = topic.partitions[0].group;
+    let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
+    eventually("every replica quiet", async || {
+        nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
+    })
+    .await;
+    let followers: Vec<NodeId> = topic.partitions[0].replicas.iter().copied().filter(|r| *r != leader).collect();
+    for f in &followers {
+        net.cut_link(leader, *f);
+    }
+    let others: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != leader).cloned().collect();
+    produce(&others, "t", 0, &["b"]).await;
+    let new_leader = nodes[followers[0] as usize - 1].groups().get(group).and_then(|g| g.leader());
+    assert!(new_leader.is_some_and(|l| followers.contains(&l)), "a follower leads now: {new_leader:?}");
+    let woken: u64 = nodes.iter().map(|n| n.metrics().elections_woken()).sum();
+    assert_eq!(woken, 0, "no node was suspected; the followers' own timers elected");
+    net.cut_links.write().unwrap().clear();
     shutdown(&nodes).await;
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_types::{GroupId, NodeId};
+use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{EntryPayload, ServerState};
@@ -54,7 +55,13 @@ pub struct Group {
     pub(crate) raft: Raft,
     pub(crate) shared: Arc<SharedState>,
     pub(crate) log: LogStore,
+    /// Whether openraft's ticker runs (see `set_ticking`).
+    pub(crate) ticking: std::sync::atomic::AtomicBool,
+    /// When this replica last received an AppendEntries (a heartbeat or entries).
+    pub(crate) last_append: std::sync::Mutex<Option<RtInstant>>,
 }
+
+type RtInstant = <crate::rt::Runtime as openraft_rt::AsyncRuntime>::Instant;
 
 impl Group {
     pub fn id(&self) -> GroupId {
@@ -167,6 +174,37 @@ impl Group {
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
         self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
     }
+
+    /// Turns openraft's ticker on or off. Off, a leader sends no heartbeats and a follower
+    /// never times out into an election; entries are still replicated as they are written.
+    /// This is how idle groups are quiesced (DESIGN decision 7); node liveness, not the
+    /// group's own timers, then notices a dead leader.
+    pub fn set_ticking(&self, on: bool) {
+        use std::sync::atomic::Ordering;
+        if self.ticking.swap(on, Ordering::Relaxed) != on {
+            self.raft.runtime_config().tick(on);
+        }
+    }
+
+    pub fn is_ticking(&self) -> bool {
+        self.ticking.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends one heartbeat to every follower now, ticking or not.
+    pub async fn heartbeat_now(&self) -> Result<(), String> {
+        self.raft.trigger().heartbeat().await.map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn note_append(&self) {
+        *self.last_append.lock().expect("last_append lock poisoned") = Some(RtInstant::now());
+    }
+
+    /// How long ago this replica last received an AppendEntries (none: never, since it
+    /// started).
+    pub fn since_last_append(&self) -> Option<Duration> {
+        let at = *self.last_append.lock().expect("last_append lock poisoned");
+        at.map(|t| RtInstant::now().saturating_duration_since(t))
+    }
 }
 
 /// A group's Raft membership as this replica knows it.
@@ -219,19 +257,19 @@ impl Group {
     /// On the leader: starts replicating to `node` as a learner (returns once the
     /// membership entry is committed, not when the learner caught up).
     pub async fn add_learner(&self, node: NodeId) -> Result<(), String> {
-        self.raft.add_learner(node, openraft::EmptyNode {}, false).await.map(|_| ()).map_err(|e| e.to_string())
+        bounded(self.raft.add_learner(node, openraft::EmptyNode {}, false)).await
     }
 
     /// On the leader: makes `voters` the voters, through a joint configuration when
     /// needed. With `retain`, removed voters stay learners.
     pub async fn change_voters(&self, voters: std::collections::BTreeSet<NodeId>, retain: bool) -> Result<(), String> {
-        self.raft.change_membership(voters, retain).await.map(|_| ()).map_err(|e| e.to_string())
+        bounded(self.raft.change_membership(voters, retain)).await
     }
 
     /// On the leader: stops replicating to these learners.
     pub async fn remove_learners(&self, nodes: std::collections::BTreeSet<NodeId>) -> Result<(), String> {
         let change = openraft::ChangeMembers::<NodeId, openraft::EmptyNode>::RemoveNodes(nodes);
-        self.raft.change_membership(change, false).await.map(|_| ()).map_err(|e| e.to_string())
+        bounded(self.raft.change_membership(change, false)).await
     }
 
     /// Starts an election now, on the cluster's word that the leader's node is gone
@@ -269,5 +307,21 @@ impl Group {
             }
             Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
         }
+    }
+}
+
+/// How long a membership change may wait for its commit. A leader cut off from its
+/// quorum does not learn that it was deposed until the partition heals, so without a
+/// bound the caller (an operator's request, the controller's or the mover's loop) would
+/// wait that long.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T, E: std::fmt::Display>(
+    change: impl std::future::Future<Output = Result<T, E>> + openraft_rt::OptionalSend,
+) -> Result<(), String> {
+    match <crate::rt::Runtime as openraft_rt::AsyncRuntime>::timeout(MEMBERSHIP_TIMEOUT, change).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("the membership change was not committed within {MEMBERSHIP_TIMEOUT:?}")),
     }
 }

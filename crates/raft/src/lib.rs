@@ -25,7 +25,7 @@ pub mod state_machine;
 
 pub use command::{Command, Response};
 pub use config::GroupTimings;
-pub use group::{Group, GroupKind, GroupStatus, MembershipView, WriteError};
+pub use group::{Group, GroupKind, GroupStatus, MEMBERSHIP_TIMEOUT, MembershipView, WriteError};
 pub use network::{MoveThrottle, RaftTransport, TransportError};
 pub use registry::Groups;
 

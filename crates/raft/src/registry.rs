@@ -101,7 +101,16 @@ impl<T: RaftTransport> Groups<T> {
                 Err(e) => return Err(format!("group {id}: cannot initialise: {e}")),
             }
         }
-        let group = Arc::new(Group { id, node: self.node, kind, raft, shared, log });
+        let group = Arc::new(Group {
+            id,
+            node: self.node,
+            kind,
+            raft,
+            shared,
+            log,
+            ticking: std::sync::atomic::AtomicBool::new(true),
+            last_append: std::sync::Mutex::new(None),
+        });
         self.groups.write().expect("groups lock poisoned").insert(id, group.clone());
         Ok(group)
     }
@@ -148,7 +157,10 @@ impl<T: RaftTransport> Groups<T> {
 async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
     let refused = |e: &dyn std::fmt::Display| RaftReply::Refused(e.to_string());
     match rpc {
-        RaftRpc::Append(r) => g.raft.append_entries(r).await.map(RaftReply::Append).unwrap_or_else(|e| refused(&e)),
+        RaftRpc::Append(r) => {
+            g.note_append();
+            g.raft.append_entries(r).await.map(RaftReply::Append).unwrap_or_else(|e| refused(&e))
+        }
         RaftRpc::Vote(r) => g.raft.vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
         RaftRpc::PreVote(r) => g.raft.pre_vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
         RaftRpc::Snapshot { vote, meta, data } => {

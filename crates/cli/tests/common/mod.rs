@@ -29,7 +29,10 @@ pub async fn eventually<T, E: std::fmt::Display>(
 ) -> T {
     let deadline = Instant::now() + within;
     loop {
-        match f().await {
+        // An attempt that never returns fails the test at the deadline, never hangs it.
+        let attempt = tokio::time::timeout_at(deadline.into(), f()).await;
+        let Ok(attempt) = attempt else { panic!("{what}: an attempt still running after {within:?}") };
+        match attempt {
             Ok(v) => return v,
             Err(e) if Instant::now() > deadline => panic!("{what}: still failing after {within:?}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -15,6 +15,14 @@ use flotilla_types::{ErrorCode, GroupId, NodeId, Record, RecordBatch, SystemCloc
 pub struct LocalNet {
     pub nodes: Arc<RwLock<BTreeMap<NodeId, Node<LocalTransport>>>>,
     pub cut: Arc<RwLock<BTreeSet<NodeId>>>,
+    /// Links cut in both directions (the nodes still reach everyone else).
+    pub cut_links: Arc<RwLock<BTreeSet<(NodeId, NodeId)>>>,
+}
+
+impl LocalNet {
+    pub fn cut_link(&self, a: NodeId, b: NodeId) {
+        self.cut_links.write().unwrap().insert((a.min(b), a.max(b)));
+    }
 }
 
 #[derive(Clone)]
@@ -32,7 +40,8 @@ impl RaftTransport for LocalTransport {
         _t: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         let cut = self.net.cut.read().unwrap().clone();
-        if cut.contains(&self.me) || cut.contains(&target) {
+        let link = (self.me.min(target), self.me.max(target));
+        if cut.contains(&self.me) || cut.contains(&target) || self.net.cut_links.read().unwrap().contains(&link) {
             return Err(TransportError::Unreachable(target, "cut".into()));
         }
         let node = self.net.nodes.read().unwrap().get(&target).cloned();
@@ -71,15 +80,25 @@ pub async fn start_node(net: &LocalNet, config: NodeConfig, engine: &MemEngine) 
     node
 }
 
+/// Retries `f` every 50 ms until it gives a value. The whole wait, including an attempt
+/// that never returns, is bounded: a test fails with `what` rather than hanging.
 pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..600 {
-        if let Some(v) = f().await {
-            return v;
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        match tokio::time::timeout_at(deadline, f()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out waiting for {what} (an attempt was still running)"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out waiting for {what}");
 }
+
+/// How long `eventually` waits.
+pub const EVENTUALLY: Duration = Duration::from_secs(45);
 
 pub fn batch(values: &[&str]) -> RecordBatch {
     let records: Vec<Record> = values.iter().map(|v| Record::value(v.to_string())).collect();
