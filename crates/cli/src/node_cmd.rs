@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// Quiesce a partition group idle this long (no heartbeats, no election timers); 0:
+    /// never.
+    #[arg(long)]
+    quiesce_after_ms: Option<u64>,
 }
 
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
@@ -125,6 +129,9 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(m) = &args.metrics_listen {
         config.metrics_listen = Some(m.clone());
+    }
+    if let Some(ms) = args.quiesce_after_ms {
+        config.quiesce_after_ms = ms;
     }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
@@ -269,6 +276,7 @@ mod tests {
             max_concurrent_moves: None,
             move_bytes_per_sec: None,
             metrics_listen: None,
+            quiesce_after_ms: None,
         }
     }
 

@@ -54,6 +54,10 @@ pub struct NodeConfig {
     /// Partition groups' own election timeout (randomised up to twice this). A group whose
     /// leader's node is suspected elects at once, without waiting for it.
     pub partition_election_timeout_ms: u64,
+    /// A partition group with no new entries for this long, every voter caught up, is
+    /// quiesced: its replicas stop ticking (no heartbeats, no election timers) until the
+    /// next write, and node liveness stands in for its failure detection. 0: never.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -78,6 +82,7 @@ impl Default for NodeConfig {
             metrics_listen: None,
             partition_heartbeat_ms: GroupTimings::PARTITION.heartbeat_ms,
             partition_election_timeout_ms: GroupTimings::PARTITION.election_min_ms,
+            quiesce_after_ms: 3_000,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 mod controller;
 pub mod metrics;
 pub mod mover;
+mod quiesce;
 mod reconciler;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -177,6 +177,14 @@ impl<T: RaftTransport> Node<T> {
         let _ = writeln!(out, "flotilla_move_bytes_sent_total {}", self.groups().router().throttle().bytes_sent());
         family(&mut out, "flotilla_partitions_leading", "gauge", "Partitions this node leads.");
         let _ = writeln!(out, "flotilla_partitions_leading {}", rows.iter().filter(|r| r.4.is_some()).count());
+        family(
+            &mut out,
+            "flotilla_partitions_quiesced",
+            "gauge",
+            "Partition replicas on this node whose Raft timers are stopped (idle groups).",
+        );
+        let quiesced = partitions.iter().filter(|p| self.groups().get(p.2).is_some_and(|g| !g.is_ticking())).count();
+        let _ = writeln!(out, "flotilla_partitions_quiesced {quiesced}");
         family(&mut out, "flotilla_node_state", "gauge", "1 for each node's state as the metadata group records it.");
         for (id, state) in brokers {
             let _ = writeln!(out, "flotilla_node_state{{node=\"{id}\",state=\"{state}\"}} 1");

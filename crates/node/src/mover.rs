@@ -14,6 +14,8 @@
 //! - **Elections.** Where this node follows a leader whose node the metadata group marks
 //!   suspected or dead, the first live replica in preference order starts an election at
 //!   once instead of waiting for its election timeout.
+//! - **Quiet groups.** Idle groups stop their Raft timers and wake on the next write or a
+//!   suspected leader (`quiesce`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use tokio::time::Instant;
 
 use crate::Node;
+use crate::quiesce::Quiescer;
 
 const TICK: Duration = Duration::from_millis(250);
 /// A learner within this many entries of the leader's log counts as caught up.
@@ -61,6 +64,7 @@ struct LoopState {
     /// The last leader this node knew of each group (a replica that saw another's vote
     /// request forgets the leader, but must still take part).
     last_leader: BTreeMap<GroupId, NodeId>,
+    quiescer: Quiescer,
 }
 
 pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
@@ -87,6 +91,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
     let me = node.id();
     let (hosted, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
     let mut throttled = BTreeSet::new();
+    let quiesce_after = Duration::from_millis(node.config().quiesce_after_ms);
     for (id, assignment) in &hosted {
         let Some(group) = node.groups().get(*id) else { continue };
         if group.is_leader() {
@@ -99,11 +104,14 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
             if since.elapsed() >= LEAD_BEFORE_HANDOVER {
                 hand_over(&group, assignment, &brokers).await;
             }
+            st.quiescer.leader(&group, assignment, &brokers, quiesce_after).await;
         } else {
             st.leading_since.remove(id);
             wake_election(node, &group, assignment, &brokers, st).await;
+            st.quiescer.follower(me, &group, &brokers, !quiesce_after.is_zero());
         }
     }
+    st.quiescer.retain(&hosted.keys().copied().collect());
     st.leading_since.retain(|g, _| hosted.contains_key(g));
     st.elected_in.retain(|g, _| hosted.contains_key(g));
     st.leader_gone_since.retain(|g, _| hosted.contains_key(g));

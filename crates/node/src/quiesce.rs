@@ -1,0 +1,111 @@
+//! Quiescing idle partition groups (DESIGN decision 7).
+//!
+//! openraft ticks every replica about five times a heartbeat interval, and a leader
+//! heartbeats each follower every interval, written or not. A thousand partitions mostly
+//! at rest would spend two cores on that. So a partition group with nothing to do stops
+//! its timers (`Group::set_ticking(false)`), and node liveness — which the metadata group
+//! already tracks — stands in for its failure detection: a replica whose leader's node is
+//! suspected wakes up and campaigns (`mover::wake_election`).
+//!
+//! - **A leader** quiesces once its log has not grown for `quiesce-after-ms`, every voter
+//!   holds its last entry, no membership change is pending and every voter's node is
+//!   alive. It ticks again as soon as an entry is written (the write itself is replicated
+//!   at once, ticking or not). While quiet it sends one heartbeat every `KEEPALIVE`.
+//! - **A follower** stops ticking while it knows a leader on a live node and has heard from
+//!   it within `BACKSTOP`; otherwise it ticks, and its own election timeout runs. The
+//!   keepalive and the backstop cover what node liveness cannot see: a leader's node that
+//!   reaches the metadata leader but not this follower, or a leader replica that stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use flotilla_metadata::{Broker, Liveness, PartitionAssignment};
+use flotilla_raft::Group;
+use flotilla_types::{GroupId, NodeId};
+use tokio::time::Instant;
+
+/// A quiesced leader's heartbeat period.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+/// A quiesced follower that has heard nothing from its leader for this long ticks again.
+pub(crate) const BACKSTOP: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+pub(crate) struct Quiescer {
+    /// Groups led here: the last log index seen, and since when it has not changed.
+    unchanged_since: BTreeMap<GroupId, (Option<u64>, Instant)>,
+    /// Quiesced groups led here: when the last keepalive went.
+    keepalive_at: BTreeMap<GroupId, Instant>,
+}
+
+impl Quiescer {
+    /// On a group's leader: quiesce it when idle and settled, wake it otherwise.
+    pub(crate) async fn leader(
+        &mut self,
+        group: &Group,
+        p: &PartitionAssignment,
+        brokers: &BTreeMap<NodeId, Broker>,
+        after: Duration,
+    ) {
+        let id = group.id();
+        let last = group.status().last_log_index;
+        let now = Instant::now();
+        let since = self.unchanged_since.entry(id).or_insert((last, now));
+        if since.0 != last {
+            *since = (last, now);
+        }
+        let idle = !after.is_zero() && now.duration_since(since.1) >= after;
+        if !idle || !settled(group, p, brokers, last) {
+            group.set_ticking(true);
+            self.keepalive_at.remove(&id);
+            return;
+        }
+        if group.is_ticking() {
+            group.set_ticking(false);
+            self.keepalive_at.insert(id, now);
+            tracing::debug!(group = id, "quiesced");
+            return;
+        }
+        let due = self.keepalive_at.get(&id).is_none_or(|t| now.duration_since(*t) >= KEEPALIVE);
+        if due {
+            self.keepalive_at.insert(id, now);
+            if let Err(e) = group.heartbeat_now().await {
+                tracing::debug!(group = id, error = %e, "keepalive heartbeat not sent");
+            }
+        }
+    }
+
+    /// On a group's follower (or candidate): tick only when there is no live leader to
+    /// rely on.
+    pub(crate) fn follower(&mut self, me: NodeId, group: &Group, brokers: &BTreeMap<NodeId, Broker>, enabled: bool) {
+        self.unchanged_since.remove(&group.id());
+        self.keepalive_at.remove(&group.id());
+        let leader_alive = group.leader().is_some_and(|l| l != me && alive(brokers, l));
+        let hearing = group.since_last_append().is_some_and(|d| d < BACKSTOP);
+        group.set_ticking(!(enabled && leader_alive && hearing));
+    }
+
+    /// Forgets groups no longer hosted here.
+    pub(crate) fn retain(&mut self, hosted: &BTreeSet<GroupId>) {
+        self.unchanged_since.retain(|g, _| hosted.contains(g));
+        self.keepalive_at.retain(|g, _| hosted.contains(g));
+    }
+}
+
+fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
+    brokers.get(&n).is_some_and(|b| b.liveness == Liveness::Alive)
+}
+
+/// Nothing for the group's timers to do: its voters are the desired replicas, all on live
+/// nodes and all holding the leader's last entry, with no membership change in flight.
+fn settled(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, last: Option<u64>) -> bool {
+    let members = group.membership();
+    let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+    if !members.committed || !members.learners.is_empty() || members.uniform_voters() != Some(&desired) {
+        return false;
+    }
+    if !desired.iter().all(|n| alive(brokers, *n)) {
+        return false;
+    }
+    let matched = group.replication_matched().unwrap_or_default();
+    desired.iter().filter(|n| **n != group.status().leader.unwrap_or(0)).all(|n| matched.get(n).copied().flatten() == last)
+}
