@@ -108,7 +108,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         } else {
             st.leading_since.remove(id);
             wake_election(node, &group, assignment, &brokers, st).await;
-            st.quiescer.follower(me, &group, &brokers, !quiesce_after.is_zero());
+            st.quiescer.follower(me, &group, assignment, &brokers, !quiesce_after.is_zero());
         }
     }
     st.quiescer.retain(&hosted.keys().copied().collect());
@@ -201,7 +201,8 @@ async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<No
 }
 
 /// Starts an election when the leader this replica knows is on a node the metadata group
-/// marks suspected or dead. Live replicas campaign in preference order, staggered.
+/// marks suspected or dead, and this replica has not heard from it lately either. Live
+/// replicas campaign in preference order, staggered.
 async fn wake_election<T: RaftTransport>(
     node: &Node<T>,
     group: &Arc<Group>,
@@ -217,7 +218,11 @@ async fn wake_election<T: RaftTransport>(
         }
         None => st.last_leader.get(&group.id()).copied(),
     };
-    if group.id() == METADATA_GROUP || leader.is_none_or(|l| l == node.id() || !gone(&l)) {
+    // The metadata leader's verdict must agree with this replica's own evidence: a
+    // replica that heard from the leader within the suspicion window leaves it be (under
+    // load a metadata heartbeat can be late while the partition group's traffic flows).
+    let heard_lately = group.since_last_append().is_some_and(|d| d < node.suspect_after());
+    if group.id() == METADATA_GROUP || heard_lately || leader.is_none_or(|l| l == node.id() || !gone(&l)) {
         st.leader_gone_since.remove(&group.id());
         return;
     }

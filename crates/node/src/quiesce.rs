@@ -15,6 +15,8 @@
 //!   it within `BACKSTOP`; otherwise it ticks, and its own election timeout runs. The
 //!   keepalive and the backstop cover what node liveness cannot see: a leader's node that
 //!   reaches the metadata leader but not this follower, or a leader replica that stopped.
+//! - **A restarted node** knows no leader yet; its replicas wait `START_GRACE` for their
+//!   leaders' keepalives rather than campaign (`Quiescer::follower`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -29,12 +31,23 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
 /// A quiesced follower that has heard nothing from its leader for this long ticks again.
 pub(crate) const BACKSTOP: Duration = Duration::from_secs(15);
 
-#[derive(Default)]
+/// After this node starts, a replica that knows no leader yet waits this long (one
+/// keepalive and a margin) to hear from one before its own timers run, unless it is the
+/// group's preferred leader or a voter's node is not alive.
+pub(crate) const START_GRACE: Duration = Duration::from_secs(6);
+
 pub(crate) struct Quiescer {
+    started: Instant,
     /// Groups led here: the last log index seen, and since when it has not changed.
     unchanged_since: BTreeMap<GroupId, (Option<u64>, Instant)>,
     /// Quiesced groups led here: when the last keepalive went.
     keepalive_at: BTreeMap<GroupId, Instant>,
+}
+
+impl Default for Quiescer {
+    fn default() -> Self {
+        Quiescer { started: Instant::now(), unchanged_since: BTreeMap::new(), keepalive_at: BTreeMap::new() }
+    }
 }
 
 impl Quiescer {
@@ -76,12 +89,38 @@ impl Quiescer {
 
     /// On a group's follower (or candidate): tick only when there is no live leader to
     /// rely on.
-    pub(crate) fn follower(&mut self, me: NodeId, group: &Group, brokers: &BTreeMap<NodeId, Broker>, enabled: bool) {
+    ///
+    /// A node that has just restarted knows no leader in any group, and a quiet group's
+    /// leader may not speak for another `KEEPALIVE`: were its replicas to tick at once,
+    /// they would time out, campaign with logs as long as anyone's, and take over groups
+    /// that had a leader. So for `START_GRACE` such a replica stays quiet while every
+    /// voter's node is alive, and only the preferred leader's replica ticks (on a whole
+    /// cluster's restart, it is the one that elects).
+    pub(crate) fn follower(
+        &mut self,
+        me: NodeId,
+        group: &Group,
+        p: &PartitionAssignment,
+        brokers: &BTreeMap<NodeId, Broker>,
+        enabled: bool,
+    ) {
         self.unchanged_since.remove(&group.id());
         self.keepalive_at.remove(&group.id());
-        let leader_alive = group.leader().is_some_and(|l| l != me && alive(brokers, l));
-        let hearing = group.since_last_append().is_some_and(|d| d < BACKSTOP);
-        group.set_ticking(!(enabled && leader_alive && hearing));
+        let leader = group.leader().filter(|l| *l != me);
+        let quiet = match leader {
+            // A replica restarted with its vote remembers the leader, but has not heard
+            // from it yet: the time since the start counts as the silence.
+            Some(l) => {
+                alive(brokers, l) && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < BACKSTOP
+            }
+            // This node may itself still be marked suspected after its restart.
+            None => {
+                self.started.elapsed() < START_GRACE
+                    && p.desired().first() != Some(&me)
+                    && group.membership().voters().iter().all(|v| *v == me || alive(brokers, *v))
+            }
+        };
+        group.set_ticking(!(enabled && quiet));
     }
 
     /// Forgets groups no longer hosted here.

@@ -54,8 +54,12 @@ impl ProcessCluster {
     /// are the metadata group's voters; the others become its learners.
     pub fn start_with(bin: impl AsRef<Path>, n: u64, options: ClusterOptions) -> ProcessCluster {
         let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
-        let ports = free_ports(n as usize);
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        // Every port at once: ports picked in separate calls can repeat, since each call
+        // releases what it bound (a metrics listener would then take a node's gRPC port).
+        let per_node = if options.metrics { 2 } else { 1 };
+        let ports = free_ports(n as usize * per_node);
+        let addrs: Vec<String> = ports[..n as usize].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let metrics_ports = &ports[n as usize..];
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let nodes = addrs
             .iter()
@@ -69,7 +73,7 @@ impl ProcessCluster {
                     log: dir.path().join(format!("node-{id}.log")),
                     child: None,
                     args: zone_args(&options, id),
-                    metrics: options.metrics.then(|| format!("127.0.0.1:{}", free_ports(1)[0])),
+                    metrics: options.metrics.then(|| format!("127.0.0.1:{}", metrics_ports[i])),
                 }
             })
             .collect();
@@ -95,7 +99,8 @@ impl ProcessCluster {
     /// `zone`; returns its id once it listens.
     pub fn join(&mut self, zone: &str) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let ports = free_ports(2);
+        let addr = format!("127.0.0.1:{}", ports[0]);
         let mut args = vec!["--zone".to_string(), zone.to_string(), "--join".to_string(), self.bootstrap()];
         args.extend(self.options.node_args.iter().cloned());
         self.nodes.push(NodeProc {
@@ -105,7 +110,7 @@ impl ProcessCluster {
             log: self.dir.path().join(format!("node-{id}.log")),
             child: None,
             args,
-            metrics: self.options.metrics.then(|| format!("127.0.0.1:{}", free_ports(1)[0])),
+            metrics: self.options.metrics.then(|| format!("127.0.0.1:{}", ports[1])),
         });
         self.spawn(id);
         self.wait_listening(id, Duration::from_secs(30));
