@@ -108,7 +108,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         } else {
             st.leading_since.remove(id);
             wake_election(node, &group, assignment, &brokers, st).await;
-            st.quiescer.follower(me, &group, assignment, &brokers, !quiesce_after.is_zero());
+            st.quiescer.follower(me, &group, assignment, &brokers, quiesce_after);
         }
     }
     st.quiescer.retain(&hosted.keys().copied().collect());

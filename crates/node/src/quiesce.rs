@@ -11,8 +11,9 @@
 //!   holds its last entry, no membership change is pending and every voter's node is
 //!   alive. It ticks again as soon as an entry is written (the write itself is replicated
 //!   at once, ticking or not). While quiet it sends one heartbeat every `KEEPALIVE`.
-//! - **A follower** stops ticking while it knows a leader on a live node and has heard from
-//!   it within `BACKSTOP`; otherwise it ticks, and its own election timeout runs. The
+//! - **A follower** stops ticking once its own log has been still as long, while it knows a
+//!   leader on a live node and has heard from it within `BACKSTOP`; otherwise it ticks,
+//!   and its own election timeout runs. The
 //!   keepalive and the backstop cover what node liveness cannot see: a leader's node that
 //!   reaches the metadata leader but not this follower, or a leader replica that stopped.
 //! - **A restarted node** knows no leader yet; its replicas wait `START_GRACE` for their
@@ -62,11 +63,7 @@ impl Quiescer {
         let id = group.id();
         let last = group.status().last_log_index;
         let now = Instant::now();
-        let since = self.unchanged_since.entry(id).or_insert((last, now));
-        if since.0 != last {
-            *since = (last, now);
-        }
-        let idle = !after.is_zero() && now.duration_since(since.1) >= after;
+        let idle = self.idle(group, after);
         if !idle || !settled(group, p, brokers, last) {
             group.set_ticking(true);
             self.keepalive_at.remove(&id);
@@ -102,25 +99,42 @@ impl Quiescer {
         group: &Group,
         p: &PartitionAssignment,
         brokers: &BTreeMap<NodeId, Broker>,
-        enabled: bool,
+        after: Duration,
     ) {
-        self.unchanged_since.remove(&group.id());
         self.keepalive_at.remove(&group.id());
-        let leader = group.leader().filter(|l| *l != me);
-        let quiet = match leader {
-            // A replica restarted with its vote remembers the leader, but has not heard
-            // from it yet: the time since the start counts as the silence.
+        let idle = self.idle(group, after);
+        let quiet = match group.leader() {
+            // Restarted, it remembers leading: the others may still wait for it.
+            Some(l) if l == me => false,
+            // While entries arrive the leader is busy and heartbeating: the follower keeps
+            // its own election timer, so a leader replica that stops (a failed disk) is
+            // replaced as fast as without quiescing. Once its log has been still as long
+            // as the leader waits before quiescing, it stops too. A replica restarted
+            // with its vote remembers the leader but has not heard from it yet: the time
+            // since the start counts as the silence.
             Some(l) => {
-                alive(brokers, l) && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < BACKSTOP
+                idle && alive(brokers, l)
+                    && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < BACKSTOP
             }
             // This node may itself still be marked suspected after its restart.
             None => {
                 self.started.elapsed() < START_GRACE
-                    && p.desired().first() != Some(&me)
+                    && preferred_voter(group, p) != Some(me)
                     && group.membership().voters().iter().all(|v| *v == me || alive(brokers, *v))
             }
         };
-        group.set_ticking(!(enabled && quiet));
+        group.set_ticking(after.is_zero() || !quiet);
+    }
+
+    /// This replica's log has not grown for `after` (never, when `after` is zero).
+    fn idle(&mut self, group: &Group, after: Duration) -> bool {
+        let last = group.status().last_log_index;
+        let now = Instant::now();
+        let since = self.unchanged_since.entry(group.id()).or_insert((last, now));
+        if since.0 != last {
+            *since = (last, now);
+        }
+        !after.is_zero() && now.duration_since(since.1) >= after
     }
 
     /// Forgets groups no longer hosted here.
@@ -128,6 +142,13 @@ impl Quiescer {
         self.unchanged_since.retain(|g, _| hosted.contains(g));
         self.keepalive_at.retain(|g, _| hosted.contains(g));
     }
+}
+
+/// The first of the desired replicas that votes now (during a move the first desired
+/// replica may still be a learner, which cannot campaign).
+fn preferred_voter(group: &Group, p: &PartitionAssignment) -> Option<NodeId> {
+    let voters = group.membership().voters();
+    p.desired().iter().copied().find(|n| voters.contains(n))
 }
 
 fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
@@ -146,5 +167,8 @@ fn settled(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Br
         return false;
     }
     let matched = group.replication_matched().unwrap_or_default();
-    desired.iter().filter(|n| **n != group.status().leader.unwrap_or(0)).all(|n| matched.get(n).copied().flatten() == last)
+    desired
+        .iter()
+        .filter(|n| **n != group.status().leader.unwrap_or(0))
+        .all(|n| matched.get(n).copied().flatten() == last)
 }

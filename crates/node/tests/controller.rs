@@ -451,7 +451,8 @@ async fn t39_a_cut_off_metadata_leader_fails_a_membership_change_in_bounded_time
 
 /// The groups a node hosts, by whether their Raft timers run: (ticking, quiet).
 fn ticking_and_quiet(n: &Node<LocalTransport>, topic: &TopicView) -> (usize, usize) {
-    let hosted: Vec<bool> = topic.partitions.iter().filter_map(|p| n.groups().get(p.group)).map(|g| g.is_ticking()).collect();
+    let hosted: Vec<bool> =
+        topic.partitions.iter().filter_map(|p| n.groups().get(p.group)).map(|g| g.is_ticking()).collect();
     (hosted.iter().filter(|t| **t).count(), hosted.iter().filter(|t| !**t).count())
 }
 
@@ -473,10 +474,8 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
     for p in 0..4 {
         produce(&nodes, "t", p, &["a"]).await;
     }
-    eventually("every replica quiet", async || {
-        nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
-    })
-    .await;
+    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
+        .await;
     let quiet: usize = nodes.iter().map(|n| ticking_and_quiet(n, &topic).1).sum();
     assert_eq!(quiet, 12, "4 partitions x 3 replicas");
     // A write to a quiet group commits without waiting for any timer.
@@ -530,10 +529,8 @@ async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own()
     produce(&nodes, "t", 0, &["a"]).await;
     let group = topic.partitions[0].group;
     let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
-    eventually("every replica quiet", async || {
-        nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
-    })
-    .await;
+    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
+        .await;
     let followers: Vec<NodeId> = topic.partitions[0].replicas.iter().copied().filter(|r| *r != leader).collect();
     for f in &followers {
         net.cut_link(leader, *f);

@@ -178,6 +178,7 @@ impl Cluster {
             controllers: self.profile.controllers(),
             zone: self.profile.zone(id),
             dead_after_ms: self.profile.dead_after_ms().unwrap_or(NodeConfig::default().dead_after_ms),
+            quiesce_after_ms: quiesce_after_ms(),
             ..NodeConfig::default()
         }
     }
@@ -466,4 +467,13 @@ impl Cluster {
         }
         logs
     }
+}
+
+/// `FLOTILLA_SIM_QUIESCE_MS` sweeps with idle partition groups quiesced (the product's
+/// default leaves them ticking; docs/simulation.md). A sweep's children inherit it.
+fn quiesce_after_ms() -> u64 {
+    std::env::var("FLOTILLA_SIM_QUIESCE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NodeConfig::default().quiesce_after_ms)
 }

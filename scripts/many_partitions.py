@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Many partitions on three local nodes: leader balance, idle CPU, failover, handover.
+
+Usage: scripts/many_partitions.py [PARTITIONS] [extra `flotilla node` flags...]
+  e.g. scripts/many_partitions.py 1000 --quiesce-after-ms 3000
+Starts three `flotilla node` processes (ports 7071-7073, metrics 8071-8073, data in
+/tmp/flotilla-many), creates one topic, and prints: when leaders are even, idle CPU per
+node, how long after a kill -9 of node 1 every partition has a leader again, and how
+long after its restart leaders are even again. FLOTILLA names the binary.
+"""
+import os, re, signal, subprocess, sys, time, urllib.request
+
+BIN = os.environ.get("FLOTILLA", "/root/.cache/flotilla/target/debug/flotilla")
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+DIR = "/tmp/flotilla-many"
+PEERS = ",".join(f"{i}=127.0.0.1:{7070+i}" for i in (1, 2, 3))
+procs = {}
+
+def start(i):
+    log = open(f"{DIR}/node-{i}.log", "a")
+    procs[i] = subprocess.Popen([BIN, "node", "--id", str(i), "--listen", f"127.0.0.1:{7070+i}",
+        "--data-dir", f"{DIR}/node-{i}", "--peers", PEERS, "--zone", "abc"[i-1],
+        "--metrics-listen", f"127.0.0.1:{8070+i}"] + EXTRA, stdout=log, stderr=log)
+
+def metric(i, name):
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{8070+i}/metrics", timeout=2).read().decode()
+    except Exception:
+        return None
+    m = re.search(rf"^{name} (\d+)", text, re.M)
+    return int(m.group(1)) if m else None
+
+def leaders():
+    return {i: metric(i, "flotilla_partitions_leading") for i in (1, 2, 3)}
+
+def cpu(i):
+    f = open(f"/proc/{procs[i].pid}/stat").read().split(")")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+def wait(what, cond, limit=300):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        l = leaders()
+        if cond(l):
+            return time.time() - t0, l
+        time.sleep(0.25)
+    raise SystemExit(f"{what}: not within {limit}s: {leaders()}")
+
+EXTRA = sys.argv[2:]
+subprocess.run(["rm", "-rf", DIR])
+os.makedirs(DIR)
+for i in (1, 2, 3):
+    start(i)
+time.sleep(3)
+t0 = time.time()
+subprocess.run([BIN, "--bootstrap", "127.0.0.1:7071", "topic", "create", "many", "--partitions", str(N),
+                "--replication-factor", "3"], check=True)
+print(f"topic of {N} partitions created in {time.time()-t0:.1f}s", flush=True)
+even = lambda l: None not in l.values() and sum(l.values()) == N and max(l.values()) - min(l.values()) <= 1
+dt, l = wait("balanced", even, 600)
+print(f"leaders balanced {l} {dt:.1f}s after create", flush=True)
+time.sleep(10)
+c0 = {i: cpu(i) for i in procs}; t = time.time(); time.sleep(20)
+use = {i: round(100 * (cpu(i) - c0[i]) / (time.time() - t), 1) for i in procs}
+print(f"idle CPU % of a core per node over 20 s: {use}; quiesced replicas: "
+      f"{ {i: metric(i, 'flotilla_partitions_quiesced') for i in procs} }", flush=True)
+led1 = leaders()[1]
+procs[1].send_signal(signal.SIGKILL); procs[1].wait(); tk = time.time()
+dt, l = wait("failover", lambda l: l[2] is not None and l[3] is not None and l[2] + l[3] == N, 300)
+print(f"kill -9 node 1 (led {led1}): all {N} led by 2 and 3 {dt:.1f}s after: {l}", flush=True)
+time.sleep(5)
+start(1); tr = time.time()
+up, _ = wait("restart", lambda l: l[1] is not None, 300)
+first, _ = wait("first handover", lambda l: (l[1] or 0) > 0, 300)
+dt, l = wait("handover", even, 300)
+print(f"node 1 restarted: serving metrics after {up:.1f}s, leading its first partition after "
+      f"{up+first:.1f}s, leaders even again {up+first+dt:.1f}s after the restart: {l}", flush=True)
+time.sleep(5)
+print("final", leaders(), flush=True)
+for p in procs.values():
+    p.send_signal(signal.SIGTERM)
+for p in procs.values():
+    p.wait()
