@@ -13,9 +13,9 @@
 //!   at once, ticking or not). While quiet it sends one heartbeat every `KEEPALIVE`.
 //! - **A follower** stops ticking once its own log has been still as long, while it knows a
 //!   leader on a live node and has heard from it within `BACKSTOP`; otherwise it ticks,
-//!   and its own election timeout runs. The
-//!   keepalive and the backstop cover what node liveness cannot see: a leader's node that
-//!   reaches the metadata leader but not this follower, or a leader replica that stopped.
+//!   and its own election timeout runs. The keepalive and the backstop cover what node
+//!   liveness cannot see: a leader's node that reaches the metadata leader but not this
+//!   follower, or a leader replica that stopped.
 //! - **A restarted node** knows no leader yet; its replicas wait `START_GRACE` for their
 //!   leaders' keepalives rather than campaign (`Quiescer::follower`).
 

@@ -481,10 +481,11 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
     // A write to a quiet group commits without waiting for any timer.
     produce(&nodes, "t", 0, &["b"]).await;
     assert_eq!(read_all(&nodes, "t", 0).await, vec!["a", "b"]);
-    // Cut off a non-controller node that leads a partition (the metadata leader
-    // survives and judges its lease).
-    let (victim, led) = eventually("node 4 or 5 leads a partition", async || {
-        nodes[3..].iter().find_map(|n| {
+    // Cut off a node that leads a partition but not the metadata group (the metadata
+    // leader survives and judges its lease).
+    let (victim, led) = eventually("a partition leader that does not lead the metadata group", async || {
+        let metadata_leader = nodes[0].controllers().leader?;
+        nodes.iter().filter(|n| n.id() != metadata_leader).find_map(|n| {
             let led: Vec<u32> = topic
                 .partitions
                 .iter()

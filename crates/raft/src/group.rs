@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_types::{GroupId, NodeId};
-use openraft::Instant as _;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{EntryPayload, ServerState};
@@ -196,14 +195,14 @@ impl Group {
     }
 
     pub(crate) fn note_append(&self) {
-        *self.last_append.lock().expect("last_append lock poisoned") = Some(RtInstant::now());
+        *self.last_append.lock().expect("last_append lock poisoned") = Some(<RtInstant as openraft::Instant>::now());
     }
 
     /// How long ago this replica last received an AppendEntries (none: never, since it
     /// started).
     pub fn since_last_append(&self) -> Option<Duration> {
         let at = *self.last_append.lock().expect("last_append lock poisoned");
-        at.map(|t| RtInstant::now().saturating_duration_since(t))
+        at.map(|t| openraft::Instant::saturating_duration_since(&<RtInstant as openraft::Instant>::now(), t))
     }
 }
 
