@@ -496,27 +496,20 @@ impl Client {
     pub async fn set_controllers(&self, voters: &[NodeId]) -> Result<ControllersInfo> {
         let wire = v1::SetControllersRequest { voters: voters.to_vec() };
         request::SetControllers::try_from(wire.clone()).map_err(refused)?;
-        self.inner
-            .call(
-                Target::MetadataLeader,
-                Kind::Write { retry_indeterminate: true },
-                Duration::ZERO,
-                None,
-                |ch, addr| {
-                    let wire = wire.clone();
-                    async move {
-                        let r = admin(ch).set_controllers(wire).await.map_err(rpc_err(&addr))?.into_inner();
-                        answered(&addr, &r.error)?;
-                        controllers_from_wire(r.controllers).map_err(|e| ClientError::protocol(&addr, e))
-                    }
-                },
-            )
-            .await
+        self.admin_write(true, |ch, addr| {
+            let wire = wire.clone();
+            async move {
+                let r = admin(ch).set_controllers(wire).await.map_err(rpc_err(&addr))?.into_inner();
+                answered(&addr, &r.error)?;
+                controllers_from_wire(r.controllers).map_err(|e| ClientError::protocol(&addr, e))
+            }
+        })
+        .await
     }
 
     /// One metadata write, at the metadata leader when known, retried by the usual
     /// rules; after an unknown outcome only when `idempotent`.
-    async fn admin_write<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T>
+    pub(crate) async fn admin_write<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T>
     where
         F: FnMut(tonic::transport::Channel, String) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,

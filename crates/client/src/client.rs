@@ -285,25 +285,18 @@ impl Client {
         };
         let wire = v1::CreateTopicRequest::from(&req);
         let created = self
-            .inner
-            .call(
-                Target::MetadataLeader,
-                Kind::Write { retry_indeterminate: true },
-                Duration::ZERO,
-                None,
-                |ch, addr| {
-                    let wire = wire.clone();
-                    async move {
-                        let r = admin(ch).create_topic(wire).await.map_err(rpc_err(&addr))?.into_inner();
-                        answered(&addr, &r.error)?;
-                        r.topic
-                            .as_ref()
-                            .map(metadata::topic_from_wire)
-                            .transpose()
-                            .map_err(|e| ClientError::protocol(&addr, e))
-                    }
-                },
-            )
+            .admin_write(true, |ch, addr| {
+                let wire = wire.clone();
+                async move {
+                    let r = admin(ch).create_topic(wire).await.map_err(rpc_err(&addr))?.into_inner();
+                    answered(&addr, &r.error)?;
+                    r.topic
+                        .as_ref()
+                        .map(metadata::topic_from_wire)
+                        .transpose()
+                        .map_err(|e| ClientError::protocol(&addr, e))
+                }
+            })
             .await?;
         let mut last = created.clone();
         let until = Instant::now() + self.inner.config.create_topic_wait;
@@ -330,21 +323,14 @@ impl Client {
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         limits::check_topic_name(name).map_err(|e| ClientError::refused(ErrorCode::InvalidRequest, e))?;
         let req = v1::DeleteTopicRequest { name: name.to_string() };
-        self.inner
-            .call(
-                Target::MetadataLeader,
-                Kind::Write { retry_indeterminate: true },
-                Duration::ZERO,
-                None,
-                |ch, addr| {
-                    let req = req.clone();
-                    async move {
-                        let r = admin(ch).delete_topic(req).await.map_err(rpc_err(&addr))?.into_inner();
-                        answered(&addr, &r.error)
-                    }
-                },
-            )
-            .await?;
+        self.admin_write(true, |ch, addr| {
+            let req = req.clone();
+            async move {
+                let r = admin(ch).delete_topic(req).await.map_err(rpc_err(&addr))?.into_inner();
+                answered(&addr, &r.error)
+            }
+        })
+        .await?;
         self.inner.cache.write().expect("cache lock").topics.remove(name);
         Ok(())
     }

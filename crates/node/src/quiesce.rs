@@ -61,10 +61,10 @@ impl Quiescer {
         after: Duration,
     ) {
         let id = group.id();
-        let last = group.status().last_log_index;
+        let status = group.status();
         let now = Instant::now();
-        let idle = self.idle(group, after);
-        if !idle || !settled(group, p, brokers, last) {
+        let idle = self.idle(id, status.last_log_index, after);
+        if !idle || !settled(group, p, brokers, status.last_log_index, status.leader) {
             group.set_ticking(true);
             self.keepalive_at.remove(&id);
             return;
@@ -102,7 +102,7 @@ impl Quiescer {
         after: Duration,
     ) {
         self.keepalive_at.remove(&group.id());
-        let idle = self.idle(group, after);
+        let idle = self.idle(group.id(), group.status().last_log_index, after);
         let quiet = match group.leader() {
             // Restarted, it remembers leading: the others may still wait for it.
             Some(l) if l == me => false,
@@ -126,11 +126,11 @@ impl Quiescer {
         group.set_ticking(after.is_zero() || !quiet);
     }
 
-    /// This replica's log has not grown for `after` (never, when `after` is zero).
-    fn idle(&mut self, group: &Group, after: Duration) -> bool {
-        let last = group.status().last_log_index;
+    /// This replica's log (last index `last`) has not grown for `after` (never, when
+    /// `after` is zero).
+    fn idle(&mut self, group: GroupId, last: Option<u64>, after: Duration) -> bool {
         let now = Instant::now();
-        let since = self.unchanged_since.entry(group.id()).or_insert((last, now));
+        let since = self.unchanged_since.entry(group).or_insert((last, now));
         if since.0 != last {
             *since = (last, now);
         }
@@ -157,7 +157,13 @@ fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
 
 /// Nothing for the group's timers to do: its voters are the desired replicas, all on live
 /// nodes and all holding the leader's last entry, with no membership change in flight.
-fn settled(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, last: Option<u64>) -> bool {
+fn settled(
+    group: &Group,
+    p: &PartitionAssignment,
+    brokers: &BTreeMap<NodeId, Broker>,
+    last: Option<u64>,
+    leader: Option<NodeId>,
+) -> bool {
     let members = group.membership();
     let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
     if !members.committed || !members.learners.is_empty() || members.uniform_voters() != Some(&desired) {
@@ -167,8 +173,5 @@ fn settled(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Br
         return false;
     }
     let matched = group.replication_matched().unwrap_or_default();
-    desired
-        .iter()
-        .filter(|n| **n != group.status().leader.unwrap_or(0))
-        .all(|n| matched.get(n).copied().flatten() == last)
+    desired.iter().filter(|n| Some(**n) != leader).all(|n| matched.get(n).copied().flatten() == last)
 }
