@@ -42,6 +42,9 @@ const WAKE_ROUND: Duration = Duration::from_secs(2);
 /// round number: a replica whose log is behind (it cannot win, and its own vote blocks
 /// the others in its term) does not go first every round.
 const WAKE_STAGGER: Duration = Duration::from_millis(300);
+/// A leadership transfer that has not happened this long after it started is retried
+/// toward another voter (a transfer normally completes within a few round trips).
+const TRANSFER_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Progress of one catching-up replica, as its group's leader sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +104,9 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
                 Ok(catching_up) => throttled.extend(catching_up.into_iter().map(|n| (*id, n))),
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
             }
-            if since.elapsed() >= LEAD_BEFORE_HANDOVER {
+            if let Some(stuck) = group.stalled_transfer(TRANSFER_PATIENCE) {
+                retry_transfer(&group, assignment, &brokers, stuck).await;
+            } else if since.elapsed() >= LEAD_BEFORE_HANDOVER {
                 hand_over(&group, assignment, &brokers).await;
             }
             st.quiescer.leader(&group, assignment, &brokers, quiesce_after).await;
@@ -197,6 +202,30 @@ async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<No
     match group.transfer_leader(preferred).await {
         Ok(()) => tracing::info!(group = group.id(), to = preferred, "handing leadership to the preferred replica"),
         Err(e) => tracing::debug!(group = group.id(), error = %e, "leader transfer refused"),
+    }
+}
+
+/// A transfer this leader started has not happened (its target is down, behind, or
+/// never got the request), and meanwhile the group takes no writes: hand leadership to
+/// another live, caught-up voter in preference order, or to the same one again when it
+/// is the only choice.
+async fn retry_transfer(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, stuck: NodeId) {
+    let me = group.status().leader.unwrap_or(0);
+    let voters = group.membership().voters();
+    let mut order: Vec<NodeId> = p.desired().to_vec();
+    let others: Vec<NodeId> = voters.iter().copied().filter(|v| !order.contains(v)).collect();
+    order.extend(others);
+    let usable = |n: &NodeId| {
+        *n != me
+            && voters.contains(n)
+            && brokers.get(n).is_some_and(|b| b.liveness == Liveness::Alive)
+            && catch_up(group, &[*n]).iter().all(CatchUp::caught_up)
+    };
+    let to = order.iter().copied().filter(usable).find(|n| *n != stuck).or_else(|| usable(&stuck).then_some(stuck));
+    let Some(to) = to else { return };
+    tracing::info!(group = group.id(), stuck, to, "leadership transfer did not happen: transferring again");
+    if let Err(e) = group.transfer_leader(to).await {
+        tracing::debug!(group = group.id(), error = %e, "leader transfer refused");
     }
 }
 

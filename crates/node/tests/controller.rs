@@ -511,6 +511,41 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
     shutdown(&nodes).await;
 }
 
+/// Regression (simulation seeds 195 and 267 with quiescing): a leader accepts writes
+/// only within its lease (a quorum's acknowledgement less than an election timeout ago),
+/// and a quiet group's leader heartbeats only every keepalive, so writes to it were
+/// refused until the next keepalive. A write now renews the lease first, and succeeds at
+/// the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |c| {
+        c.quiesce_after_ms = 300;
+        // A 400 ms lease, far shorter than the 5 s keepalive.
+        c.partition_heartbeat_ms = 50;
+        c.partition_election_timeout_ms = 200;
+        c.suspect_after_ms = 600_000;
+        c.dead_after_ms = 600_000;
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    produce(&nodes, "t", 0, &["a"]).await;
+    let group = topic.partitions[0].group;
+    for value in ["b", "c", "d"] {
+        eventually("every replica quiet", async || {
+            nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).expect("a leader");
+        leader.produce("t", 0, batch(&[value])).await.unwrap_or_else(|e| panic!("write {value} refused: {e}"));
+    }
+    assert_eq!(read_all(&nodes, "t", 0).await, vec!["a", "b", "c", "d"]);
+    shutdown(&nodes).await;
+}
+
 /// The backstop: a quiet group's leader whose node still reaches the metadata leader (so
 /// it is never suspected) but no longer reaches its followers. The followers, hearing no
 /// keepalive, start their own timers and elect a new leader.

@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_types::{GroupId, NodeId};
+use openraft::alias::LogIdOf;
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardReason, RaftError};
+use openraft::raft::VoteResponse;
 use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::LogStore;
 use crate::network::{RaftReply, RaftRpc, RaftTransport, Router};
 use crate::state_machine::{GroupState, SharedState};
-use crate::{Command, Raft, Response};
+use crate::{Command, Raft, Response, TypeConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupKind {
@@ -58,6 +60,13 @@ pub struct Group {
     pub(crate) ticking: std::sync::atomic::AtomicBool,
     /// When this replica last received an AppendEntries (a heartbeat or entries).
     pub(crate) last_append: std::sync::Mutex<Option<RtInstant>>,
+    /// For a replica re-created on a node that hosted it before: the last log id the
+    /// removed replica held (`log_store::Tombstone`), until this replica's own log passes
+    /// it. No vote goes to a candidate whose log is shorter.
+    pub(crate) vote_floor: std::sync::Mutex<Option<LogIdOf<TypeConfig>>>,
+    /// The last leadership transfer this replica started as leader: to whom, in which
+    /// term, and when.
+    pub(crate) transfer: std::sync::Mutex<Option<(NodeId, u64, RtInstant)>>,
 }
 
 type RtInstant = <crate::rt::Runtime as openraft_rt::AsyncRuntime>::Instant;
@@ -108,23 +117,52 @@ impl Group {
     /// Proposes `command` if this replica leads the group and waits until it is committed
     /// and applied.
     pub async fn write(&self, command: Command, timeout: Duration) -> Result<Response, WriteError> {
-        if !self.is_leader() {
-            return Err(WriteError::NotLeader { group: self.id, leader: self.leader() });
-        }
-        match <crate::rt::Runtime as openraft_rt::AsyncRuntime>::timeout(timeout, self.raft.client_write(command)).await
+        match <crate::rt::Runtime as openraft_rt::AsyncRuntime>::timeout(timeout, self.write_renewing_lease(command))
+            .await
         {
             Err(_) => Err(WriteError::Timeout { group: self.id }),
-            Ok(Ok(r)) => Ok(r.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(WriteError::LeaderChanged { group: self.id, leader: f.leader_id })
+            Ok(r) => r,
+        }
+    }
+
+    async fn write_renewing_lease(&self, command: Command) -> Result<Response, WriteError> {
+        let mut renewed = false;
+        loop {
+            if !self.is_leader() {
+                return Err(WriteError::NotLeader { group: self.id, leader: self.leader() });
             }
-            Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
-            Ok(Err(RaftError::Fatal(f))) => {
-                // The group stopped (storage failure or shutdown) with the write possibly
-                // appended: indeterminate.
-                tracing::error!(group = self.id, error = %f, "raft group stopped");
-                Err(WriteError::LeaderChanged { group: self.id, leader: None })
-            }
+            return match self.raft.client_write(command.clone()).await {
+                Ok(r) => Ok(r.data),
+                // A leader accepts writes only while a quorum acknowledged it within the
+                // leader lease. A quiesced group's leader heartbeats only every keepalive,
+                // so its lease has usually lapsed when a write arrives: nothing was
+                // proposed; one ReadIndex round (a heartbeat a quorum answers) renews it.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if f.reason == ForwardReason::LeaseExpired && !renewed =>
+                {
+                    renewed = true;
+                    self.set_ticking(true);
+                    self.linearizable_barrier().await?;
+                    continue;
+                }
+                // Refused before anything was proposed: definite.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if f.reason != ForwardReason::NotLeader =>
+                {
+                    Err(WriteError::NotLeader { group: self.id, leader: f.leader_id })
+                }
+                // The leader stepped down with the write possibly appended: indeterminate.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(WriteError::LeaderChanged { group: self.id, leader: f.leader_id })
+                }
+                Err(RaftError::APIError(e)) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
+                Err(RaftError::Fatal(f)) => {
+                    // The group stopped (storage failure or shutdown) with the write possibly
+                    // appended: indeterminate.
+                    tracing::error!(group = self.id, error = %f, "raft group stopped");
+                    Err(WriteError::LeaderChanged { group: self.id, leader: None })
+                }
+            };
         }
     }
 
@@ -169,9 +207,27 @@ impl Group {
         }))
     }
 
-    /// Asks the group to hand leadership to `to`.
+    /// Asks the group to hand leadership to `to`. From then on this leader accepts no
+    /// writes and sends no heartbeats; `to` campaigns once it has the leader's last entry.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
-        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+        let term = self.status().term;
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
+        *self.transfer.lock().expect("transfer lock poisoned") =
+            Some((to, term, <RtInstant as openraft::Instant>::now()));
+        Ok(())
+    }
+
+    /// On the leader: the target of a leadership transfer started at least `after` ago
+    /// in this term that has not happened (the target is down, or its log is behind, or
+    /// the request was lost). Until the leader starts another transfer, the group takes
+    /// no writes, and only followers' election timers would end it, which a quiesced
+    /// group does not run.
+    pub fn stalled_transfer(&self, after: Duration) -> Option<NodeId> {
+        let status = self.status();
+        let t = self.transfer.lock().expect("transfer lock poisoned");
+        let (to, term, at) = t.as_ref()?;
+        let waited = openraft::Instant::saturating_duration_since(&<RtInstant as openraft::Instant>::now(), *at);
+        (self.is_leader() && *term == status.term && waited >= after).then_some(*to)
     }
 
     /// Turns openraft's ticker on or off. Off, a leader sends no heartbeats and a follower
@@ -203,6 +259,37 @@ impl Group {
     pub fn since_last_append(&self) -> Option<Duration> {
         let at = *self.last_append.lock().expect("last_append lock poisoned");
         at.map(|t| openraft::Instant::saturating_duration_since(&<RtInstant as openraft::Instant>::now(), t))
+    }
+}
+
+impl Group {
+    /// The answer to a vote request from a candidate whose last log id is
+    /// `candidate_last`, when this re-created replica must refuse it without asking
+    /// openraft: the candidate's log is shorter than the one the removed replica held
+    /// (`Group::vote_floor`). None: openraft decides.
+    pub(crate) fn refuse_below_floor(
+        &self,
+        candidate_last: Option<&LogIdOf<TypeConfig>>,
+    ) -> Option<VoteResponse<TypeConfig>> {
+        let mut floor = self.vote_floor.lock().expect("vote floor lock poisoned");
+        let f = *floor.as_ref()?;
+        let mine = match self.log.last_log_id() {
+            Ok(l) => l,
+            // Unreadable log: refuse, the safe answer.
+            Err(e) => {
+                tracing::warn!(group = self.id, error = %e, "cannot read the last log id");
+                return Some(VoteResponse::new(self.raft.metrics().borrow_watched().vote, Some(f), false));
+            }
+        };
+        if mine.as_ref() >= Some(&f) {
+            *floor = None; // its own log now holds as much; openraft's check suffices
+            return None;
+        }
+        if candidate_last >= Some(&f) {
+            return None;
+        }
+        tracing::info!(group = self.id, floor = %f, candidate_last = ?candidate_last, "vote refused: the candidate's log is shorter than this replica once held");
+        Some(VoteResponse::new(self.raft.metrics().borrow_watched().vote, Some(f), false))
     }
 }
 
@@ -256,18 +343,27 @@ impl Group {
     /// On the leader: starts replicating to `node` as a learner (returns once the
     /// membership entry is committed, not when the learner caught up).
     pub async fn add_learner(&self, node: NodeId) -> Result<(), String> {
+        self.renew_lease().await?;
         bounded(self.raft.add_learner(node, openraft::EmptyNode {}, false)).await
+    }
+
+    /// Before a membership change: a leader takes one only within its lease, which a
+    /// quiesced group's leader has usually let lapse (see `write`).
+    async fn renew_lease(&self) -> Result<(), String> {
+        self.linearizable_barrier().await.map_err(|e| e.to_string())
     }
 
     /// On the leader: makes `voters` the voters, through a joint configuration when
     /// needed. With `retain`, removed voters stay learners.
     pub async fn change_voters(&self, voters: std::collections::BTreeSet<NodeId>, retain: bool) -> Result<(), String> {
+        self.renew_lease().await?;
         bounded(self.raft.change_membership(voters, retain)).await
     }
 
     /// On the leader: stops replicating to these learners.
     pub async fn remove_learners(&self, nodes: std::collections::BTreeSet<NodeId>) -> Result<(), String> {
         let change = openraft::ChangeMembers::<NodeId, openraft::EmptyNode>::RemoveNodes(nodes);
+        self.renew_lease().await?;
         bounded(self.raft.change_membership(change, false)).await
     }
 

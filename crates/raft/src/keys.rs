@@ -13,6 +13,9 @@ pub const VOTE: u8 = 2;
 pub const COMMITTED: u8 = 3;
 /// The last purged log id: `[group][PURGED]`.
 pub const PURGED: u8 = 4;
+/// What a removed replica had voted and logged (`log_store::Tombstone`): the one key
+/// `destroy` leaves behind.
+pub const TOMBSTONE: u8 = 5;
 
 pub fn log(group: GroupId, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);

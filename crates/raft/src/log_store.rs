@@ -67,10 +67,12 @@ impl LogStore {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, kind: u8, what: &str) -> io::Result<Option<T>> {
-        match self.engine.get(&keys::meta(self.group, kind)).map_err(to_io)? {
-            Some(v) => Ok(Some(decode(&v, what)?)),
-            None => Ok(None),
-        }
+        read_meta_from(self.engine.as_ref(), self.group, kind, what)
+    }
+
+    /// The id of the last entry in the log.
+    pub fn last_log_id(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+        last_log_id(self.engine.as_ref(), self.group)
     }
 }
 
@@ -116,14 +118,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogIdOf<TypeConfig>> = self.read_meta(keys::PURGED, "purged log id")?;
-        let last = self
-            .engine
-            .last(&keys::log(self.group, 0), &keys::log_end(self.group))
-            .map_err(to_io)?
-            .map(|(_, v)| decode::<Entry>(&v, "log entry"))
-            .transpose()?
-            .map(|e| e.log_id);
-        let last_log_id = last.or(last_purged);
+        let last_log_id = last_log_id(self.engine.as_ref(), self.group)?;
         Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 
@@ -197,10 +192,95 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Deletes every key of `group` (its log, vote and committed id), durably.
+/// What a removed replica had voted and the last log id it held, kept after its data is
+/// deleted. Raft's safety rests on a voter never forgetting its vote or its log: a replica
+/// removed from a group and later re-created empty on the same node would otherwise grant
+/// its vote (and its acknowledgements) to a stale member that still counts it as a voter
+/// of an old configuration, with a log missing entries that this replica had helped
+/// commit. So a re-created replica starts from the remembered vote and refuses to vote
+/// for a candidate whose log is shorter than the one it once held
+/// (`Group::refuses_vote`), until its own log has caught up past it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    pub vote: Option<VoteOf<TypeConfig>>,
+    pub last_log_id: Option<LogIdOf<TypeConfig>>,
+}
+
+/// The tombstone `destroy` left for `group` on this node, if any.
+pub fn tombstone(engine: &dyn Engine, group: GroupId) -> io::Result<Option<Tombstone>> {
+    read_meta_from(engine, group, keys::TOMBSTONE, "tombstone")
+}
+
+fn read_meta_from<T: serde::de::DeserializeOwned>(
+    engine: &dyn Engine,
+    group: GroupId,
+    kind: u8,
+    what: &str,
+) -> io::Result<Option<T>> {
+    match engine.get(&keys::meta(group, kind)).map_err(to_io)? {
+        Some(v) => Ok(Some(decode(&v, what)?)),
+        None => Ok(None),
+    }
+}
+
+/// The id of the last entry of `group`'s log (or the last purged one).
+fn last_log_id(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    let last = engine
+        .last(&keys::log(group, 0), &keys::log_end(group))
+        .map_err(to_io)?
+        .map(|(_, v)| decode::<Entry>(&v, "log entry"))
+        .transpose()?
+        .map(|e| e.log_id);
+    Ok(match last {
+        Some(l) => Some(l),
+        None => read_meta_from(engine, group, keys::PURGED, "purged log id")?,
+    })
+}
+
+/// Before a re-created replica starts: its vote is the one its tombstone remembers, so it
+/// accepts no leader and grants no candidate that the removed replica would have turned
+/// away. Returns the tombstone's last log id (the floor for granting votes).
+pub fn restore_from_tombstone(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    let Some(t) = tombstone(engine, group)? else { return Ok(None) };
+    let current: Option<VoteOf<TypeConfig>> = read_meta_from(engine, group, keys::VOTE, "vote")?;
+    if let (None, Some(vote)) = (current, &t.vote) {
+        use openraft::vote::RaftVote;
+        // Not committed: this replica has not seen that leader's quorum since it started.
+        let vote = VoteOf::<TypeConfig>::from_leader_id(*vote.leader_id(), false);
+        let mut b = WriteBatch::new();
+        b.put(keys::meta(group, keys::VOTE), encode(&vote));
+        engine.write_durable(b).map_err(to_io)?;
+    }
+    Ok(t.last_log_id)
+}
+
+/// Deletes every key of `group` (its log, vote and committed id), durably, leaving its
+/// tombstone: the greater of the vote and last log id it had and those of any earlier
+/// tombstone.
 pub fn destroy(engine: &dyn Engine, group: GroupId) -> Result<(), StorageError> {
+    let io = |e: io::Error| StorageError::Io(e.to_string());
+    let earlier = tombstone(engine, group).map_err(io)?.unwrap_or_default();
+    let vote: Option<VoteOf<TypeConfig>> = read_meta_from(engine, group, keys::VOTE, "vote").map_err(io)?;
+    let last = last_log_id(engine, group).map_err(io)?;
+    let t = Tombstone { vote: vote.max_by(earlier.vote), last_log_id: last.max(earlier.last_log_id) };
     let (start, end) = keys::group_range(group);
     let mut b = WriteBatch::new();
     b.delete_range(start, end);
+    b.put(keys::meta(group, keys::TOMBSTONE), encode(&t));
     engine.write_durable(b)
+}
+
+trait MaxBy {
+    fn max_by(self, other: Self) -> Self;
+}
+
+impl MaxBy for Option<VoteOf<TypeConfig>> {
+    /// The greater vote (votes are partially ordered; an incomparable one keeps `self`).
+    fn max_by(self, other: Self) -> Self {
+        match (&self, &other) {
+            (Some(a), Some(b)) if b > a => other,
+            (None, _) => other,
+            _ => self,
+        }
+    }
 }

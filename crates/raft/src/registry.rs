@@ -12,7 +12,7 @@ use openraft::error::{InitializeError, RaftError};
 
 use crate::config::GroupTimings;
 use crate::group::{Group, GroupKind};
-use crate::log_store::{LogStore, decode, destroy, encode};
+use crate::log_store::{LogStore, decode, destroy, encode, restore_from_tombstone};
 use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Router};
 use crate::state_machine::{GroupState, StateMachineStore};
 use crate::{Raft, TypeConfig};
@@ -85,6 +85,9 @@ impl<T: RaftTransport> Groups<T> {
             GroupKind::Partition => (self.partition_timings, GroupState::Partition(PartitionState::new())),
         };
         let config = timings.openraft_config(format!("group-{id}"));
+        // A replica this node held before and removed: start from what it remembered.
+        let vote_floor = restore_from_tombstone(self.engine.as_ref(), id)
+            .map_err(|e| format!("group {id}: cannot read its tombstone: {e}"))?;
         let log = LogStore::new(id, self.engine.clone());
         let sm = StateMachineStore::new(initial);
         let shared = sm.shared();
@@ -110,6 +113,8 @@ impl<T: RaftTransport> Groups<T> {
             log,
             ticking: std::sync::atomic::AtomicBool::new(true),
             last_append: std::sync::Mutex::new(None),
+            vote_floor: std::sync::Mutex::new(vote_floor),
+            transfer: std::sync::Mutex::new(None),
         });
         self.groups.write().expect("groups lock poisoned").insert(id, group.clone());
         Ok(group)
@@ -161,8 +166,14 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
             g.note_append();
             g.raft.append_entries(r).await.map(RaftReply::Append).unwrap_or_else(|e| refused(&e))
         }
-        RaftRpc::Vote(r) => g.raft.vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
-        RaftRpc::PreVote(r) => g.raft.pre_vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
+        RaftRpc::Vote(r) => match g.refuse_below_floor(r.last_log_id.as_ref()) {
+            Some(no) => RaftReply::Vote(no),
+            None => g.raft.vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
+        },
+        RaftRpc::PreVote(r) => match g.refuse_below_floor(r.last_log_id.as_ref()) {
+            Some(no) => RaftReply::Vote(no),
+            None => g.raft.pre_vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
+        },
         RaftRpc::Snapshot { vote, meta, data } => {
             let snapshot = openraft::alias::SnapshotOf::<TypeConfig, _> { meta, snapshot: std::io::Cursor::new(data) };
             g.raft.install_full_snapshot(vote, snapshot).await.map(RaftReply::Snapshot).unwrap_or_else(|e| refused(&e))
@@ -173,5 +184,85 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
         // A forwarded write is written here or refused (`Group::write` never forwards), so it
         // cannot bounce between nodes: a NotLeader answer names the leader instead.
         RaftRpc::Write(c) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flotilla_storage::MemEngine;
+    use openraft::Vote;
+    use openraft::raft::VoteRequest;
+
+    use super::*;
+    use crate::network::TransportError;
+    use crate::{Command, keys};
+
+    /// A single-node test reaches nobody.
+    #[derive(Clone)]
+    struct Nowhere;
+
+    impl RaftTransport for Nowhere {
+        async fn call(&self, target: NodeId, _: GroupId, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, TransportError> {
+            Err(TransportError::Unreachable(target, "no network in this test".into()))
+        }
+    }
+
+    async fn ask_vote(g: &Group, req: VoteRequest<TypeConfig>) -> bool {
+        match dispatch(g, RaftRpc::Vote(req)).await {
+            RaftReply::Vote(r) => r.vote_granted,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Regression (simulation seed 42, controller profile, with quiescing): a replica
+    /// removed from a group and re-created empty on the same node granted its vote to a
+    /// lagging member that still counted it as a voter of the old configuration, which
+    /// then led with a log missing committed entries. The re-created replica now starts
+    /// from the removed one's vote and refuses candidates whose log is shorter than the
+    /// one it held.
+    #[tokio::test]
+    async fn a_re_created_replica_remembers_its_vote_and_the_log_it_held() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let groups = Groups::new(1, engine.clone(), Nowhere);
+        let g = groups.ensure(7, GroupKind::Partition, Some(&BTreeSet::from([1]))).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !g.is_leader() {
+            assert!(tokio::time::Instant::now() < deadline, "a single voter elects itself");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let batch = bytes::Bytes::from_static(b"x");
+        let cmd = Command::Partition(flotilla_partition::Command::Produce { batch, records: 1 });
+        for _ in 0..3 {
+            g.write(cmd.clone(), Duration::from_secs(10)).await.unwrap();
+        }
+        let held = g.log.last_log_id().unwrap().expect("entries written");
+        let term = g.status().term;
+        drop(g);
+        groups.remove(7).await.unwrap();
+        assert_eq!(engine.scan(&keys::log(7, 0), &keys::log_end(7), 10).unwrap(), vec![], "the log is gone");
+
+        let g = groups.ensure(7, GroupKind::Partition, None).await.unwrap();
+        assert_eq!(g.log.last_log_id().unwrap(), None, "re-created empty");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while g.status().term != term {
+            assert!(tokio::time::Instant::now() < deadline, "the vote it had is back: term {}", g.status().term);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A candidate of a higher term with a shorter log than the one held: refused.
+        let shorter = Some(openraft::LogId::new(held.leader_id, held.index - 1));
+        assert!(!ask_vote(&g, VoteRequest::new(Vote::new(term + 1, 2), shorter)).await);
+        assert!(!ask_vote(&g, VoteRequest::new(Vote::new(term + 1, 2), None)).await);
+        // As long as the one it held: openraft decides, and grants.
+        assert!(ask_vote(&g, VoteRequest::new(Vote::new(term + 1, 2), Some(held))).await);
+
+        // Removed again (now with a vote of term + 1 and no log): the tombstone keeps the
+        // longest log and the highest vote it has seen.
+        drop(g);
+        groups.remove(7).await.unwrap();
+        let t = crate::log_store::tombstone(engine.as_ref(), 7).unwrap().unwrap();
+        assert_eq!(t.last_log_id, Some(held));
+        assert_eq!(t.vote.map(|v| v.leader_id.term), Some(term + 1));
     }
 }
