@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Many partitions on three local nodes: leader balance, idle CPU, failover, handover.
+"""Many partitions on three local nodes: leader balance, idle CPU, failover, handover,
+and every leader moved by a preferred-region change.
 
 Usage: scripts/many_partitions.py [PARTITIONS] [extra `flotilla node` flags...]
   e.g. scripts/many_partitions.py 1000 --quiesce-after-ms 3000
 Starts three `flotilla node` processes (ports 7071-7073, metrics 8071-8073, data in
 /tmp/flotilla-many), creates one topic, and prints: when leaders are even, idle CPU per
 node, how long after a kill -9 of node 1 every partition has a leader again, and how
-long after its restart leaders are even again. FLOTILLA names the binary.
+long after its restart leaders are even again; then how long it takes every partition's
+leadership to follow the topic's preferred leader region to node 2 (region r2), then to
+node 3 (r3: N transfers). FLOTILLA names the binary.
 """
 import os, re, signal, subprocess, sys, time, urllib.request
 
@@ -19,7 +22,7 @@ procs = {}
 def start(i):
     log = open(f"{DIR}/node-{i}.log", "a")
     procs[i] = subprocess.Popen([BIN, "node", "--id", str(i), "--listen", f"127.0.0.1:{7070+i}",
-        "--data-dir", f"{DIR}/node-{i}", "--peers", PEERS, "--zone", "abc"[i-1],
+        "--data-dir", f"{DIR}/node-{i}", "--peers", PEERS, "--zone", "abc"[i-1], "--region", f"r{i}",
         "--metrics-listen", f"127.0.0.1:{8070+i}"] + EXTRA, stdout=log, stderr=log)
 
 def metric(i, name):
@@ -76,6 +79,14 @@ dt, l = wait("handover", even, 300)
 print(f"node 1 restarted: serving metrics after {up:.1f}s, leading its first partition after "
       f"{up+first:.1f}s, leaders even again {up+first+dt:.1f}s after the restart: {l}", flush=True)
 time.sleep(5)
+for region, node in (("r2", 2), ("r3", 3)):
+    before = leaders()
+    t0 = time.time()
+    subprocess.run([BIN, "--bootstrap", "127.0.0.1:7071", "topic", "config", "many", "--replication-factor", "3",
+                    "--preferred-leader-region", region], check=True, stdout=subprocess.DEVNULL)
+    dt, l = wait(f"leaders to {region}", lambda l, node=node: l[node] == N, 300)
+    print(f"preferred leader region {region}: {N - before[node]} transfers, all {N} led by node {node} "
+          f"{dt:.1f}s after the change: {l}", flush=True)
 print("final", leaders(), flush=True)
 for p in procs.values():
     p.send_signal(signal.SIGTERM)

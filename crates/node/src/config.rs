@@ -82,9 +82,7 @@ impl Default for NodeConfig {
             metrics_listen: None,
             partition_heartbeat_ms: GroupTimings::PARTITION.heartbeat_ms,
             partition_election_timeout_ms: GroupTimings::PARTITION.election_min_ms,
-            // Off by default: with quiescing on, the simulation sweep still finds stalls
-            // and openraft assertions (docs/simulation.md, "Quiesced groups").
-            quiesce_after_ms: 0,
+            quiesce_after_ms: 3000,
         }
     }
 }

@@ -112,8 +112,11 @@ impl Quiescer {
             // as the leader waits before quiescing, it stops too. A replica restarted
             // with its vote remembers the leader but has not heard from it yet: the time
             // since the start counts as the silence.
+            // A leader that committed its own removal from the voters steps down without
+            // a word to its followers: they must time out and elect.
             Some(l) => {
                 idle && alive(brokers, l)
+                    && group.membership().voters().contains(&l)
                     && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < BACKSTOP
             }
             // This node may itself still be marked suspected after its restart.

@@ -469,8 +469,8 @@ impl Cluster {
     }
 }
 
-/// `FLOTILLA_SIM_QUIESCE_MS` sweeps with idle partition groups quiesced (the product's
-/// default leaves them ticking; docs/simulation.md). A sweep's children inherit it.
+/// `FLOTILLA_SIM_QUIESCE_MS` overrides the product's `quiesce-after-ms` (0: idle groups
+/// keep ticking; docs/simulation.md). A sweep's children inherit it.
 fn quiesce_after_ms() -> u64 {
     std::env::var("FLOTILLA_SIM_QUIESCE_MS")
         .ok()
