@@ -4,11 +4,12 @@
 //! the leader when this node knows it. Input was checked for shape at the edge (`rpc`);
 //! here it is checked against the cluster (topics, partitions, leadership, limits).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse, Topic, TopicPolicy};
+use flotilla_metadata::{Command as MetaCommand, Liveness, Response as MetaResponse, Topic, TopicPolicy};
 use flotilla_partition::{PartitionState, Response as PartResponse};
 use flotilla_raft::state_machine::GroupState;
 use flotilla_raft::{Command, Group, RaftTransport, Response, WriteError};
@@ -283,6 +284,8 @@ impl<T: RaftTransport> Node<T> {
     }
 
     fn topic_view(&self, t: &Topic) -> TopicView {
+        let alive: BTreeSet<NodeId> = self
+            .with_metadata(|m| m.brokers().values().filter(|b| b.liveness == Liveness::Alive).map(|b| b.id).collect());
         TopicView {
             name: t.name.clone(),
             replication_factor: t.replication_factor,
@@ -291,10 +294,16 @@ impl<T: RaftTransport> Node<T> {
                 .iter()
                 .map(|p| {
                     let local = self.groups().get(p.group);
+                    // A partition not hosted here: its leader's own report, while the
+                    // metadata group holds that node alive.
+                    let leader = match &local {
+                        Some(g) => g.leader(),
+                        None => self.groups().reported_leader(p.group).filter(|n| alive.contains(n)),
+                    };
                     PartitionView {
                         partition: p.partition,
                         group: p.group,
-                        leader: local.as_ref().and_then(|g| g.leader()),
+                        leader,
                         replicas: p.replicas.clone(),
                         high_watermark: local.as_ref().map(|g| Self::read_partition(g, |s| s.high_watermark())),
                     }

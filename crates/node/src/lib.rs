@@ -109,6 +109,7 @@ impl<T: RaftTransport> Node<T> {
             tokio::spawn(reconciler::reconcile_loop(node.clone())),
             tokio::spawn(controller::controller_loop(node.clone())),
             tokio::spawn(mover::mover_loop(node.clone())),
+            tokio::spawn(reconciler::leadership_loop(node.clone())),
         ];
         node.tasks.lock().expect("tasks poisoned").extend(tasks);
         tracing::info!(node = node.id(), addr = node.inner.config.advertised(), "node started");

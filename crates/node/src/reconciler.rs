@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flotilla_metadata::{Broker, Command as MetaCommand, Response as MetaResponse};
+use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, Response as MetaResponse};
 use flotilla_raft::{Command, GroupKind, RaftTransport, Response, WriteError};
 use flotilla_types::{METADATA_GROUP, NodeId};
 
@@ -14,6 +14,11 @@ use crate::Node;
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+/// How often a node checks what it leads; it reports at once on a change.
+const LEADING_POLL: Duration = Duration::from_millis(250);
+/// A node repeats an unchanged leadership report this often (a peer restarted since).
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Registers this node (address and labels) until the metadata group has it. A node
 /// whose metadata replica does not know the leader yet (it is not a voter and has not
@@ -72,6 +77,29 @@ pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Tells every other registered node which partition groups this node leads, on each
+/// change and every `REPORT_EVERY`, so any node answering a metadata request names the
+/// leaders of partitions it does not host.
+pub(crate) async fn leadership_loop<T: RaftTransport>(node: Node<T>) {
+    let mut shutdown = node.shutdown_signal();
+    let mut last: Option<(Vec<(flotilla_types::GroupId, u64)>, tokio::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEADING_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let leading = node.groups().leading();
+        if last.as_ref().is_some_and(|(l, at)| *l == leading && at.elapsed() < REPORT_EVERY) {
+            continue;
+        }
+        let peers: Vec<NodeId> = node.with_metadata(|m| {
+            m.brokers().values().filter(|b| b.admin != AdminState::Removed && b.id != node.id()).map(|b| b.id).collect()
+        });
+        node.groups().report_leadership(&peers, leading.clone(), REPORT_TIMEOUT).await;
+        last = Some((leading, tokio::time::Instant::now()));
     }
 }
 

@@ -546,6 +546,38 @@ async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
     shutdown(&nodes).await;
 }
 
+/// Every node names the leader of every partition, hosted there or not (leadership
+/// reports), and follows a leadership change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t43_every_node_names_every_partitions_leader() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |_| {}).await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 6, 3, TopicPolicy::default()).await.ok()).await;
+    let truth =
+        |group: GroupId| nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).map(|n| n.id());
+    let agree = || {
+        topic.partitions.iter().all(|p| {
+            let leader = truth(p.group);
+            leader.is_some()
+                && nodes
+                    .iter()
+                    .all(|n| n.describe_topic("t").is_ok_and(|t| t.partitions[p.partition as usize].leader == leader))
+        })
+    };
+    eventually("every node names every leader", async || agree().then_some(())).await;
+    // Some node describes a partition it does not host.
+    assert!(topic.partitions.iter().any(|p| nodes.iter().any(|n| n.groups().get(p.group).is_none())));
+    // Move one leadership (as the preferred leader, so it stays); every node follows.
+    let p = &topic.partitions[0];
+    let from = truth(p.group).expect("a leader");
+    let to = *p.replicas.iter().find(|r| **r != from).expect("another replica");
+    eventually("transfer", async || nodes[0].transfer_leader("t", 0, to).await.ok()).await;
+    eventually("every node names the new leader", async || (truth(p.group) == Some(to) && agree()).then_some(())).await;
+    shutdown(&nodes).await;
+}
+
 /// The backstop: a quiet group's leader whose node still reaches the metadata leader (so
 /// it is never suspected) but no longer reaches its followers. The followers, hearing no
 /// keepalive, start their own timers and elect a new leader.

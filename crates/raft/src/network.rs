@@ -59,6 +59,9 @@ pub(crate) enum RaftRpc {
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A client write forwarded to the group's leader.
     Write(Command),
+    /// Node-wide, sent to the metadata group: every partition group the sending node
+    /// leads, with its term (`Groups::report_leadership`).
+    Leading(Vec<(GroupId, u64)>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,6 +73,8 @@ pub(crate) enum RaftReply {
     Write(Result<Response, WriteError>),
     /// The group is not hosted on the target (yet), or refused the message.
     Refused(String),
+    /// A leadership report was recorded.
+    Noted,
 }
 
 /// Caps the rate of log data sent to replicas that are catching up during a partition

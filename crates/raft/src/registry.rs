@@ -25,6 +25,8 @@ pub struct Groups<T: RaftTransport> {
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     /// Serialises group creation and removal.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Who leads the groups this node does not host, as other nodes report.
+    reports: RwLock<LeaderReports>,
     partition_timings: GroupTimings,
 }
 
@@ -36,6 +38,7 @@ impl<T: RaftTransport> Groups<T> {
             router: Router::new(transport),
             groups: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            reports: RwLock::new(LeaderReports::default()),
             partition_timings: GroupTimings::PARTITION,
         }
     }
@@ -143,10 +146,50 @@ impl<T: RaftTransport> Groups<T> {
         }
     }
 
+    /// Sends every other node in `peers` the partition groups this node leads, so that
+    /// any node can name the leader of a partition it does not host (metadata answers,
+    /// `cluster describe`). Each report replaces the sender's previous one.
+    pub async fn report_leadership(
+        &self,
+        peers: &[NodeId],
+        leading: Vec<(GroupId, u64)>,
+        timeout: std::time::Duration,
+    ) {
+        let rpc = RaftRpc::Leading(leading);
+        let sends =
+            peers.iter().filter(|p| **p != self.node).map(|p| self.router.call(*p, METADATA_GROUP, &rpc, timeout));
+        for (peer, result) in peers.iter().filter(|p| **p != self.node).zip(futures::future::join_all(sends).await) {
+            if let Err(e) = result {
+                tracing::debug!(peer, error = %e, "leadership report not delivered");
+            }
+        }
+    }
+
+    /// The partition groups this node leads, with their terms.
+    pub fn leading(&self) -> Vec<(GroupId, u64)> {
+        self.groups
+            .read()
+            .expect("groups lock poisoned")
+            .values()
+            .filter(|g| g.id != METADATA_GROUP && g.is_leader())
+            .map(|g| (g.id, g.status().term))
+            .collect()
+    }
+
+    /// The leader of a group this node does not host, as the latest report of the node
+    /// that leads it says.
+    pub fn reported_leader(&self, group: GroupId) -> Option<NodeId> {
+        self.reports.read().expect("reports lock poisoned").by_group.get(&group).map(|(_, n)| *n)
+    }
+
     /// Handles one message from `from` for `group`; returns the encoded reply.
     pub async fn handle(&self, from: NodeId, group: GroupId, payload: &[u8]) -> Vec<u8> {
         let reply = match decode::<RaftRpc>(payload, "raft message") {
             Err(e) => RaftReply::Refused(e.to_string()),
+            Ok(RaftRpc::Leading(leading)) => {
+                self.reports.write().expect("reports lock poisoned").apply(from, &leading);
+                RaftReply::Noted
+            }
             Ok(rpc) => match self.get(group) {
                 None => RaftReply::Refused(format!("group {group} is not hosted on node {}", self.node)),
                 Some(g) => dispatch(&g, rpc).await,
@@ -184,6 +227,39 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
         // A forwarded write is written here or refused (`Group::write` never forwards), so it
         // cannot bounce between nodes: a NotLeader answer names the leader instead.
         RaftRpc::Write(c) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
+        RaftRpc::Leading(_) => refused(&"a leadership report is node-wide"),
+    }
+}
+
+/// The partition groups each other node last reported leading, with their terms.
+#[derive(Default)]
+struct LeaderReports {
+    by_group: BTreeMap<GroupId, (u64, NodeId)>,
+    by_node: BTreeMap<NodeId, BTreeSet<GroupId>>,
+}
+
+impl LeaderReports {
+    /// `from`'s report replaces its previous one. A group another node reported leading
+    /// in a higher term keeps that leader.
+    fn apply(&mut self, from: NodeId, leading: &[(GroupId, u64)]) {
+        for g in self.by_node.remove(&from).unwrap_or_default() {
+            if self.by_group.get(&g).is_some_and(|(_, n)| *n == from) {
+                self.by_group.remove(&g);
+            }
+        }
+        let mut mine = BTreeSet::new();
+        for &(g, term) in leading {
+            if self.by_group.get(&g).is_some_and(|(t, _)| *t > term) {
+                continue;
+            }
+            if let Some((_, other)) = self.by_group.insert(g, (term, from))
+                && let Some(theirs) = self.by_node.get_mut(&other)
+            {
+                theirs.remove(&g);
+            }
+            mine.insert(g);
+        }
+        self.by_node.insert(from, mine);
     }
 }
 
@@ -207,6 +283,25 @@ mod tests {
         async fn call(&self, target: NodeId, _: GroupId, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, TransportError> {
             Err(TransportError::Unreachable(target, "no network in this test".into()))
         }
+    }
+
+    #[test]
+    fn leadership_reports_replace_the_senders_previous_one_and_keep_higher_terms() {
+        let mut r = LeaderReports::default();
+        r.apply(2, &[(10, 3), (11, 1)]);
+        r.apply(3, &[(12, 1)]);
+        assert_eq!(r.by_group.get(&10), Some(&(3, 2)));
+        // Node 3 now leads 11 in a higher term; node 2's stale claim of 10 in a lower
+        // term than it reported before loses to nothing (its own new report replaces it).
+        r.apply(3, &[(11, 2), (12, 1)]);
+        assert_eq!(r.by_group.get(&11), Some(&(2, 3)));
+        r.apply(2, &[(10, 3), (11, 1)]);
+        assert_eq!(r.by_group.get(&11), Some(&(2, 3)), "a lower term does not take over");
+        // Node 2 no longer leads 10: gone from the table.
+        r.apply(2, &[]);
+        assert_eq!(r.by_group.get(&10), None);
+        assert_eq!(r.by_group.get(&11), Some(&(2, 3)));
+        assert_eq!(r.by_group.get(&12), Some(&(1, 3)));
     }
 
     async fn ask_vote(g: &Group, req: VoteRequest<TypeConfig>) -> bool {
