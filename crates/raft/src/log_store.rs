@@ -199,7 +199,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// of an old configuration, with a log missing entries that this replica had helped
 /// commit. So a re-created replica starts from the remembered vote and refuses to vote
 /// for a candidate whose log is shorter than the one it once held
-/// (`Group::refuses_vote`), until its own log has caught up past it.
+/// (`Group::refuse_below_floor`), until its own log has caught up past it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tombstone {
     pub vote: Option<VoteOf<TypeConfig>>,
