@@ -113,7 +113,11 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         } else {
             st.leading_since.remove(id);
             wake_election(node, &group, assignment, &brokers, st).await;
-            st.quiescer.follower(me, &group, assignment, &brokers, quiesce_after);
+            // Whether the leader this replica knows still says it leads (its leadership
+            // report): a leader replica that stopped (a failed disk) or restarted on a
+            // live node says otherwise within a report.
+            let claimed = group.leader().is_some_and(|l| node.groups().reported_leader(*id) == Some(l));
+            st.quiescer.follower(me, &group, assignment, &brokers, claimed, quiesce_after);
         }
     }
     st.quiescer.retain(&hosted.keys().copied().collect());

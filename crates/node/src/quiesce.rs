@@ -12,10 +12,11 @@
 //!   alive. It ticks again as soon as an entry is written (the write itself is replicated
 //!   at once, ticking or not). While quiet it sends one heartbeat every `KEEPALIVE`.
 //! - **A follower** stops ticking once its own log has been still as long, while it knows a
-//!   leader on a live node and has heard from it within `BACKSTOP`; otherwise it ticks,
-//!   and its own election timeout runs. The keepalive and the backstop cover what node
-//!   liveness cannot see: a leader's node that reaches the metadata leader but not this
-//!   follower, or a leader replica that stopped.
+//!   leader on a live node that is still a voter and still claims the group in its node's
+//!   leadership report, and has heard from it within `BACKSTOP`; otherwise it ticks, and
+//!   its own election timeout runs. The report covers a leader replica that stopped (a
+//!   failed disk) or restarted on a live node; the keepalive and the backstop cover what
+//!   neither sees: a leader's node that reaches the metadata leader but not this follower.
 //! - **A restarted node** knows no leader yet; its replicas wait `START_GRACE` for their
 //!   leaders' keepalives rather than campaign (`Quiescer::follower`).
 
@@ -99,6 +100,7 @@ impl Quiescer {
         group: &Group,
         p: &PartitionAssignment,
         brokers: &BTreeMap<NodeId, Broker>,
+        leader_claims: bool,
         after: Duration,
     ) {
         self.keepalive_at.remove(&group.id());
@@ -113,10 +115,15 @@ impl Quiescer {
             // with its vote remembers the leader but has not heard from it yet: the time
             // since the start counts as the silence.
             // A leader that committed its own removal from the voters steps down without
-            // a word to its followers: they must time out and elect.
+            // a word to its followers, and a leader replica can stop (a failed disk) or
+            // restart on a live node: the follower stays quiet only while the leader is a
+            // voter and its node's leadership report still claims the group (reports
+            // arrive every 2 s, so a restarted follower does not ask for one during
+            // `START_GRACE`).
             Some(l) => {
                 idle && alive(brokers, l)
                     && group.membership().voters().contains(&l)
+                    && (leader_claims || self.started.elapsed() < START_GRACE)
                     && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < BACKSTOP
             }
             // This node may itself still be marked suspected after its restart.

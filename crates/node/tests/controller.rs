@@ -546,6 +546,42 @@ async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
     shutdown(&nodes).await;
 }
 
+/// Regression (pinned classic simulation seed 219): a quiet group's leader replica stops
+/// (a failed disk stops one group) while its node stays alive and reachable. The node's
+/// leadership report no longer claims the group, so the followers wake and elect
+/// instead of waiting for the 15 s backstop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t44_quiet_followers_elect_when_the_leader_replica_stops() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
+    let nodes = start_five(&net, &engines, |c| {
+        c.quiesce_after_ms = 300;
+        // Node liveness never acts within the test: the node stays alive.
+        c.suspect_after_ms = 600_000;
+        c.dead_after_ms = 600_000;
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    produce(&nodes, "t", 0, &["a"]).await;
+    let group = topic.partitions[0].group;
+    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
+        .await;
+    let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).expect("a leader").id();
+    let started = tokio::time::Instant::now();
+    nodes[leader as usize - 1].groups().remove(group).await.unwrap();
+    let others: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != leader).cloned().collect();
+    produce(&others, "t", 0, &["b"]).await;
+    let took = started.elapsed();
+    // Without the report the followers wait for the backstop (15 s after the last
+    // keepalive, which comes every 5 s: at least 10 s) and an election timeout (1.5-3 s):
+    // 14.6 s measured. With it, a report, an election timeout and the producer's
+    // retries: 4.6-5.0 s measured.
+    assert!(took < Duration::from_secs(10), "a new leader took {took:?}");
+    assert_eq!(read_all(&others, "t", 0).await, vec!["a", "b"]);
+    shutdown(&nodes).await;
+}
+
 /// Every node names the leader of every partition, hosted there or not (leadership
 /// reports), and follows a leadership change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
