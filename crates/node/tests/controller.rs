@@ -456,6 +456,30 @@ fn ticking_and_quiet(n: &Node<LocalTransport>, topic: &TopicView) -> (usize, usi
     (hosted.iter().filter(|t| **t).count(), hosted.iter().filter(|t| !**t).count())
 }
 
+/// Five nodes whose node liveness never acts (a node is never suspected), with idle
+/// groups quiescing after 300 ms (plus `tune`), and one topic "t" of one partition holding
+/// "a" whose replicas have all gone quiet. Returns the nodes, the topic and its group.
+async fn one_quiet_partition(
+    net: &LocalNet,
+    engines: &[MemEngine],
+    tune: impl Fn(&mut NodeConfig),
+) -> (Vec<Node<LocalTransport>>, TopicView, GroupId) {
+    let nodes = start_five(net, engines, |c| {
+        c.quiesce_after_ms = 300;
+        c.suspect_after_ms = 600_000;
+        c.dead_after_ms = 600_000;
+        tune(c);
+    })
+    .await;
+    let topic =
+        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    produce(&nodes, "t", 0, &["a"]).await;
+    let group = topic.partitions[0].group;
+    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
+        .await;
+    (nodes, topic, group)
+}
+
 /// Idle groups stop their timers on every replica; a write to a quiet group still
 /// commits; when the leader's node is cut off, node liveness (not the stopped election
 /// timers) wakes the followers, which elect a new leader.
@@ -520,19 +544,12 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
 async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
     let net = LocalNet::default();
     let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |c| {
-        c.quiesce_after_ms = 300;
-        // A 400 ms lease, far shorter than the 5 s keepalive.
+    // A 400 ms lease, far shorter than the 5 s keepalive.
+    let (nodes, topic, group) = one_quiet_partition(&net, &engines, |c| {
         c.partition_heartbeat_ms = 50;
         c.partition_election_timeout_ms = 200;
-        c.suspect_after_ms = 600_000;
-        c.dead_after_ms = 600_000;
     })
     .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
-    produce(&nodes, "t", 0, &["a"]).await;
-    let group = topic.partitions[0].group;
     for value in ["b", "c", "d"] {
         eventually("every replica quiet", async || {
             nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
@@ -554,19 +571,7 @@ async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
 async fn t44_quiet_followers_elect_when_the_leader_replica_stops() {
     let net = LocalNet::default();
     let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |c| {
-        c.quiesce_after_ms = 300;
-        // Node liveness never acts within the test: the node stays alive.
-        c.suspect_after_ms = 600_000;
-        c.dead_after_ms = 600_000;
-    })
-    .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
-    produce(&nodes, "t", 0, &["a"]).await;
-    let group = topic.partitions[0].group;
-    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
-        .await;
+    let (nodes, _, group) = one_quiet_partition(&net, &engines, |_| {}).await;
     let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).expect("a leader").id();
     let started = tokio::time::Instant::now();
     nodes[leader as usize - 1].groups().remove(group).await.unwrap();
@@ -621,20 +626,8 @@ async fn t43_every_node_names_every_partitions_leader() {
 async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own() {
     let net = LocalNet::default();
     let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |c| {
-        c.quiesce_after_ms = 300;
-        // Node liveness never acts within the test.
-        c.suspect_after_ms = 600_000;
-        c.dead_after_ms = 600_000;
-    })
-    .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
-    produce(&nodes, "t", 0, &["a"]).await;
-    let group = topic.partitions[0].group;
+    let (nodes, topic, group) = one_quiet_partition(&net, &engines, |_| {}).await;
     let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
-    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
-        .await;
     let followers: Vec<NodeId> = topic.partitions[0].replicas.iter().copied().filter(|r| *r != leader).collect();
     for f in &followers {
         net.cut_link(leader, *f);
