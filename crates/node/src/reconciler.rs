@@ -2,17 +2,23 @@
 //! reconciling the local partition replicas toward the assignment. Both are idempotent
 //! and safe to restart at any point.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, Response as MetaResponse};
 use flotilla_raft::{Command, GroupKind, RaftTransport, Response, WriteError};
-use flotilla_types::{METADATA_GROUP, NodeId};
+use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 
 use crate::Node;
 
 const REGISTER_RETRY: Duration = Duration::from_millis(300);
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// A replica is deleted only once the metadata has not listed it on this node for this
+/// long. A node catching up on the metadata log (after a partition heals) applies it in
+/// batches, and an intermediate state can drop a replica that a later entry moves back:
+/// deleted and re-created empty, its leader would find its log gone back (a log
+/// reversion, simulation seed 754).
+const REMOVE_AFTER: Duration = Duration::from_secs(5);
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// How often a node checks what it leads; it reports at once on a change.
 const LEADING_POLL: Duration = Duration::from_millis(250);
@@ -70,8 +76,9 @@ pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
             _ = shutdown.changed() => return,
         }
     }
+    let mut unlisted = BTreeMap::new();
     loop {
-        reconcile_once(&node).await;
+        reconcile_once(&node, &mut unlisted).await;
         tokio::select! {
             _ = applied.changed() => {}
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
@@ -85,7 +92,7 @@ pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
 /// leaders of partitions it does not host.
 pub(crate) async fn leadership_loop<T: RaftTransport>(node: Node<T>) {
     let mut shutdown = node.shutdown_signal();
-    let mut last: Option<(Vec<(flotilla_types::GroupId, u64)>, tokio::time::Instant)> = None;
+    let mut last: Option<(Vec<(GroupId, u64)>, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(LEADING_POLL) => {}
@@ -110,7 +117,8 @@ pub(crate) fn metadata_caught_up<T: RaftTransport>(node: &Node<T>) -> bool {
     s.leader.is_some() && s.applied.is_some() && s.applied >= s.committed
 }
 
-async fn reconcile_once<T: RaftTransport>(node: &Node<T>) {
+/// `unlisted`: since when each hosted replica has not been in the metadata.
+async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMap<GroupId, tokio::time::Instant>) {
     let me = node.id();
     let (desired, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
     for (id, b) in brokers {
@@ -131,8 +139,15 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>) {
             Err(e) => tracing::warn!(group, error = %e, "cannot start partition replica"),
         }
     }
-    for group in node.groups().ids() {
-        if group != METADATA_GROUP && !desired.contains_key(&group) {
+    let hosted: Vec<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();
+    unlisted.retain(|g, _| hosted.contains(g) && !desired.contains_key(g));
+    for group in hosted {
+        if desired.contains_key(&group) {
+            continue;
+        }
+        let since = *unlisted.entry(group).or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= REMOVE_AFTER {
+            unlisted.remove(&group);
             match node.groups().remove(group).await {
                 Ok(()) => tracing::info!(group, "removed partition replica"),
                 Err(e) => tracing::warn!(group, error = %e, "cannot remove partition replica"),
