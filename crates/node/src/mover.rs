@@ -100,7 +100,6 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         if group.is_leader() {
             st.elected_in.remove(id);
             let since = *st.leading_since.entry(*id).or_insert_with(Instant::now);
-            group.allow_learner_reversion().await;
             match drive_membership(node, &group, assignment).await {
                 Ok(catching_up) => throttled.extend(catching_up.into_iter().map(|n| (*id, n))),
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),

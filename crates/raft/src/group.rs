@@ -347,19 +347,6 @@ impl Group {
         bounded(self.raft.add_learner(node, openraft::EmptyNode {}, false)).await
     }
 
-    /// On the leader: lets each learner's log go back once without tripping openraft's
-    /// log-reversion check (the leader starts its replication over). A learner holds no
-    /// vote and counts toward no commit, and its replica may have been deleted and
-    /// re-created empty while the leader still tracked it (a move cancelled and started
-    /// again before the leader dropped the learner).
-    pub async fn allow_learner_reversion(&self) {
-        for learner in self.membership().learners {
-            if let Ok(Err(e)) = self.raft.trigger().allow_next_revert(&learner, true).await {
-                tracing::debug!(group = self.id, learner, error = %e, "cannot allow the learner's log to go back");
-            }
-        }
-    }
-
     /// Before a membership change: a leader takes one only within its lease, which a
     /// quiesced group's leader has usually let lapse (see `write`).
     async fn renew_lease(&self) -> Result<(), String> {
