@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_metadata::{Broker, Command as MetaCommand, Liveness, PartitionAssignment};
+use flotilla_metadata::{Broker, Command as MetaCommand, PartitionAssignment};
 use flotilla_raft::{Group, RaftTransport};
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use tokio::time::Instant;
@@ -222,7 +222,7 @@ async fn retry_transfer(group: &Group, p: &PartitionAssignment, brokers: &BTreeM
     let usable = |n: &NodeId| {
         *n != me
             && voters.contains(n)
-            && brokers.get(n).is_some_and(|b| b.liveness == Liveness::Alive)
+            && crate::quiesce::alive(brokers, *n)
             && catch_up(group, &[*n]).iter().all(CatchUp::caught_up)
     };
     let to = order.iter().copied().filter(usable).find(|n| *n != stuck).or_else(|| usable(&stuck).then_some(stuck));
@@ -243,7 +243,7 @@ async fn wake_election<T: RaftTransport>(
     brokers: &BTreeMap<NodeId, Broker>,
     st: &mut LoopState,
 ) {
-    let gone = |n: &NodeId| brokers.get(n).is_none_or(|b| b.liveness != Liveness::Alive);
+    let gone = |n: &NodeId| !crate::quiesce::alive(brokers, *n);
     let leader = match group.leader() {
         Some(l) => {
             st.last_leader.insert(group.id(), l);

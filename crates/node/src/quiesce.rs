@@ -111,15 +111,15 @@ impl Quiescer {
             // While entries arrive the leader is busy and heartbeating: the follower keeps
             // its own election timer, so a leader replica that stops (a failed disk) is
             // replaced as fast as without quiescing. Once its log has been still as long
-            // as the leader waits before quiescing, it stops too. A replica restarted
-            // with its vote remembers the leader but has not heard from it yet: the time
-            // since the start counts as the silence.
-            // A leader that committed its own removal from the voters steps down without
-            // a word to its followers, and a leader replica can stop (a failed disk) or
-            // restart on a live node: the follower stays quiet only while the leader is a
-            // voter and its node's leadership report still claims the group (reports
-            // arrive every 2 s, so a restarted follower does not ask for one during
-            // `START_GRACE`).
+            // as the leader waits before quiescing, it stops too, while:
+            // - the leader is still a voter (one that committed its own removal steps
+            //   down without a word to its followers);
+            // - its node's leadership report still claims the group (a leader replica can
+            //   stop or restart on a live node). Reports come every 2 s, so a restarted
+            //   follower does not ask for one during `START_GRACE`;
+            // - it was heard from within `BACKSTOP`. A replica restarted with its vote
+            //   remembers the leader but has not heard from it yet: the time since the
+            //   start counts as the silence.
             Some(l) => {
                 idle && alive(brokers, l)
                     && group.membership().voters().contains(&l)
@@ -161,7 +161,7 @@ fn preferred_voter(group: &Group, p: &PartitionAssignment) -> Option<NodeId> {
     p.desired().iter().copied().find(|n| voters.contains(n))
 }
 
-fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
+pub(crate) fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
     brokers.get(&n).is_some_and(|b| b.liveness == Liveness::Alive)
 }
 

@@ -262,7 +262,7 @@ pub fn destroy(engine: &dyn Engine, group: GroupId) -> Result<(), StorageError> 
     let earlier = tombstone(engine, group).map_err(io)?.unwrap_or_default();
     let vote: Option<VoteOf<TypeConfig>> = read_meta_from(engine, group, keys::VOTE, "vote").map_err(io)?;
     let last = last_log_id(engine, group).map_err(io)?;
-    let t = Tombstone { vote: vote.max_by(earlier.vote), last_log_id: last.max(earlier.last_log_id) };
+    let t = Tombstone { vote: greater_vote(vote, earlier.vote), last_log_id: last.max(earlier.last_log_id) };
     let (start, end) = keys::group_range(group);
     let mut b = WriteBatch::new();
     b.delete_range(start, end);
@@ -270,17 +270,11 @@ pub fn destroy(engine: &dyn Engine, group: GroupId) -> Result<(), StorageError> 
     engine.write_durable(b)
 }
 
-trait MaxBy {
-    fn max_by(self, other: Self) -> Self;
-}
-
-impl MaxBy for Option<VoteOf<TypeConfig>> {
-    /// The greater vote (votes are partially ordered; an incomparable one keeps `self`).
-    fn max_by(self, other: Self) -> Self {
-        match (&self, &other) {
-            (Some(a), Some(b)) if b > a => other,
-            (None, _) => other,
-            _ => self,
-        }
+/// The greater vote (votes are partially ordered; of two incomparable ones, `a`).
+fn greater_vote(a: Option<VoteOf<TypeConfig>>, b: Option<VoteOf<TypeConfig>>) -> Option<VoteOf<TypeConfig>> {
+    match (&a, &b) {
+        (Some(x), Some(y)) if y > x => b,
+        (None, _) => b,
+        _ => a,
     }
 }

@@ -25,7 +25,7 @@ pub struct Groups<T: RaftTransport> {
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     /// Serialises group creation and removal.
     lifecycle: tokio::sync::Mutex<()>,
-    /// Who leads the groups this node does not host, as other nodes report.
+    /// The partition groups other nodes say they lead (`report_leadership`).
     reports: RwLock<LeaderReports>,
     partition_timings: GroupTimings,
 }
@@ -156,9 +156,9 @@ impl<T: RaftTransport> Groups<T> {
         timeout: std::time::Duration,
     ) {
         let rpc = RaftRpc::Leading(leading);
-        let sends =
-            peers.iter().filter(|p| **p != self.node).map(|p| self.router.call(*p, METADATA_GROUP, &rpc, timeout));
-        for (peer, result) in peers.iter().filter(|p| **p != self.node).zip(futures::future::join_all(sends).await) {
+        let targets: Vec<NodeId> = peers.iter().copied().filter(|p| *p != self.node).collect();
+        let sends = targets.iter().map(|p| self.router.call(*p, METADATA_GROUP, &rpc, timeout));
+        for (peer, result) in targets.iter().zip(futures::future::join_all(sends).await) {
             if let Err(e) = result {
                 tracing::debug!(peer, error = %e, "leadership report not delivered");
             }
@@ -176,8 +176,8 @@ impl<T: RaftTransport> Groups<T> {
             .collect()
     }
 
-    /// The leader of a group this node does not host, as the latest report of the node
-    /// that leads it says.
+    /// The node whose latest leadership report claims `group` (for a group hosted here
+    /// too: whether the leader this replica knows still says it leads).
     pub fn reported_leader(&self, group: GroupId) -> Option<NodeId> {
         self.reports.read().expect("reports lock poisoned").by_group.get(&group).map(|(_, n)| *n)
     }
