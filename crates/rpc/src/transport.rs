@@ -10,10 +10,24 @@ use flotilla_proto::raft::v1::RaftRequest;
 use flotilla_proto::raft::v1::raft_client::RaftClient;
 use flotilla_raft::{RaftTransport, TransportError};
 use flotilla_types::{GroupId, NodeId, limits};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-/// Per peer: the address the channel was opened to, and the client on it.
-type Channels = BTreeMap<NodeId, (String, RaftClient<Channel>)>;
+/// The channel to one peer: the address it was opened to, the client on it, and when it
+/// last brought back an answer (or was opened).
+struct Peer {
+    addr: String,
+    client: RaftClient<Channel>,
+    last_answer: Instant,
+}
+
+type Channels = BTreeMap<NodeId, Peer>;
+
+/// How long a channel may go without any answer before a timed-out call on it drops it.
+/// A single timeout proves little (a slow disk, a long queue, a latency spike), and a
+/// redial costs round trips of its own, so dropping on every timeout would keep replacing
+/// the channels to a slow peer; a channel silent this long is taken to be half-open.
+const SILENT_BEFORE_REDIAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct GrpcTransport {
@@ -37,10 +51,10 @@ impl GrpcTransport {
         let addr =
             self.addresses.get(target).ok_or_else(|| TransportError::Unreachable(target, "no address known".into()))?;
         let mut channels = self.channels.lock().expect("channels poisoned");
-        if let Some((a, c)) = channels.get(&target)
-            && *a == addr
+        if let Some(p) = channels.get(&target)
+            && p.addr == addr
         {
-            return Ok(c.clone());
+            return Ok(p.client.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| TransportError::Unreachable(target, format!("bad address {addr}: {e}")))?
@@ -51,17 +65,39 @@ impl GrpcTransport {
         let client = RaftClient::new(flotilla_proto::dial(endpoint, self.dialer.as_ref()))
             .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
-        channels.insert(target, (addr, client.clone()));
+        channels.insert(target, Peer { addr, client: client.clone(), last_answer: Instant::now() });
         Ok(client)
     }
 }
 
 impl GrpcTransport {
-    /// Drops the channel to `target` after a message on it got no answer in time: the
-    /// connection may be half-open (its bytes lost while it stays up), and the next
-    /// message should dial afresh rather than wait for HTTP/2 keepalive to notice.
-    fn forget(&self, target: NodeId) {
-        self.channels.lock().expect("channels poisoned").remove(&target);
+    fn answered(&self, target: NodeId) {
+        if let Some(p) = self.channels.lock().expect("channels poisoned").get_mut(&target) {
+            p.last_answer = Instant::now();
+        }
+    }
+
+    /// After a message to `target` got no answer in time: drops the channel if nothing
+    /// came back on it for `SILENT_BEFORE_REDIAL`. The connection may be half-open (its
+    /// bytes lost while it stays up), and the next message should dial afresh rather than
+    /// wait up to ten seconds for HTTP/2 keepalive to notice.
+    fn timed_out(&self, target: NodeId) {
+        let mut channels = self.channels.lock().expect("channels poisoned");
+        if channels.get(&target).is_some_and(|p| p.last_answer.elapsed() >= SILENT_BEFORE_REDIAL) {
+            tracing::debug!(peer = target, "no answer on the channel for {SILENT_BEFORE_REDIAL:?}: redialling");
+            channels.remove(&target);
+        }
+    }
+}
+
+/// Whether a call failed for want of an answer in time. tonic enforces the request's
+/// deadline on the client side and reports it as CANCELLED "Timeout expired"; a server
+/// past the deadline answers DEADLINE_EXCEEDED.
+fn is_timeout(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Cancelled => status.message() == tonic::TimeoutExpired(()).to_string(),
+        _ => false,
     }
 }
 
@@ -78,15 +114,77 @@ impl RaftTransport for GrpcTransport {
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.call(req)).await {
             Err(_) => {
-                self.forget(target);
+                self.timed_out(target);
                 Err(TransportError::Timeout(target))
             }
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                self.forget(target);
+            Ok(Err(status)) if is_timeout(&status) => {
+                self.timed_out(target);
                 Err(TransportError::Timeout(target))
             }
             Ok(Err(status)) => Err(TransportError::Unreachable(target, status.message().to_string())),
-            Ok(Ok(resp)) => Ok(resp.into_inner().payload.into()),
+            Ok(Ok(resp)) => {
+                self.answered(target);
+                Ok(resp.into_inner().payload.into())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::raft::v1::raft_server::{Raft, RaftServer};
+    use flotilla_proto::raft::v1::{RaftRequest, RaftResponse};
+
+    /// Answers group 1 at once and never answers group 2.
+    struct HalfDeaf;
+
+    #[tonic::async_trait]
+    impl Raft for HalfDeaf {
+        async fn call(&self, req: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftResponse>, tonic::Status> {
+            if req.get_ref().group_id == 2 {
+                std::future::pending::<()>().await;
+            }
+            Ok(tonic::Response::new(RaftResponse { payload: req.into_inner().payload }))
+        }
+    }
+
+    async fn peer() -> (GrpcTransport, NodeId) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder().add_service(RaftServer::new(HalfDeaf)).serve_with_incoming(incoming),
+        );
+        let book = AddressBook::new();
+        book.set(2, addr.to_string());
+        (GrpcTransport::new(1, book), 2)
+    }
+
+    fn has_channel(t: &GrpcTransport, peer: NodeId) -> bool {
+        t.channels.lock().unwrap().contains_key(&peer)
+    }
+
+    /// A deadline tonic enforces on the client side (CANCELLED "Timeout expired") is a
+    /// timeout like any other: a channel silent for a second is then redialled, while one
+    /// that answered recently is kept. Taking it for a refusal once left half-open
+    /// connections in use until HTTP/2 keepalive gave up on them (sim seed 614).
+    #[tokio::test]
+    async fn a_channel_silent_for_a_second_is_redialled_after_a_timeout_and_a_talkative_one_kept() {
+        let (t, peer) = peer().await;
+        let short = Duration::from_millis(100);
+        assert_eq!(t.call(peer, 1, b"hello".to_vec(), Duration::from_secs(5)).await.unwrap(), b"hello");
+
+        let r = t.call(peer, 2, vec![], short).await;
+        assert!(matches!(r, Err(TransportError::Timeout(p)) if p == peer), "{r:?}");
+        assert!(has_channel(&t, peer), "a timeout right after an answer must not drop the channel");
+
+        tokio::time::sleep(SILENT_BEFORE_REDIAL).await;
+        let r = t.call(peer, 2, vec![], short).await;
+        assert!(matches!(r, Err(TransportError::Timeout(_))), "{r:?}");
+        assert!(!has_channel(&t, peer), "a channel silent for {SILENT_BEFORE_REDIAL:?} must be dropped");
+
+        // The next call dials afresh and is answered.
+        assert_eq!(t.call(peer, 1, b"again".to_vec(), Duration::from_secs(5)).await.unwrap(), b"again");
     }
 }
