@@ -69,6 +69,10 @@ pub struct NodeArgs {
     /// never.
     #[arg(long)]
     quiesce_after_ms: Option<u64>,
+    /// A quiesced group's leader heartbeats this often; a quiet follower that hears
+    /// nothing for three of these starts its own timers.
+    #[arg(long)]
+    quiesce_keepalive_ms: Option<u64>,
 }
 
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
@@ -132,6 +136,9 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.quiesce_after_ms {
         config.quiesce_after_ms = ms;
+    }
+    if let Some(ms) = args.quiesce_keepalive_ms {
+        config.quiesce_keepalive_ms = ms;
     }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
@@ -277,6 +284,7 @@ mod tests {
             move_bytes_per_sec: None,
             metrics_listen: None,
             quiesce_after_ms: None,
+            quiesce_keepalive_ms: None,
         }
     }
 
@@ -317,6 +325,13 @@ produce-timeout-ms = 5000
         let mut a = args();
         a.id = Some(0);
         assert!(format!("{:#}", load_config(&a).unwrap_err()).contains("node ids start at 1"));
+        // A keepalive shorter than the heartbeat it stands in for.
+        let mut a = args();
+        a.quiesce_keepalive_ms = Some(100);
+        let e = format!("{:#}", load_config(&a).unwrap_err());
+        assert!(e.contains("quiesce-keepalive-ms (100) must be at least partition-heartbeat-ms (500)"), "{e}");
+        a.quiesce_keepalive_ms = Some(2000);
+        assert_eq!(load_config(&a).unwrap().quiesce_keepalive_ms, 2000);
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct NodeConfig {
     /// quiesced: its replicas stop ticking (no heartbeats, no election timers) until the
     /// next write, and node liveness stands in for its failure detection. 0: never.
     pub quiesce_after_ms: u64,
+    /// A quiesced group's leader heartbeats its followers this often. A quiet follower
+    /// that hears nothing for three of these starts its own timers again (a leader's node
+    /// that reaches the metadata leader but not this follower); a restarted node's
+    /// replicas wait one of these and a second for their leaders before campaigning.
+    pub quiesce_keepalive_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -83,6 +88,7 @@ impl Default for NodeConfig {
             partition_heartbeat_ms: GroupTimings::PARTITION.heartbeat_ms,
             partition_election_timeout_ms: GroupTimings::PARTITION.election_min_ms,
             quiesce_after_ms: 3000,
+            quiesce_keepalive_ms: 5000,
         }
     }
 }
@@ -185,6 +191,12 @@ impl NodeConfig {
             return Err(format!(
                 "partition-election-timeout-ms ({}) must be at least twice partition-heartbeat-ms ({})",
                 self.partition_election_timeout_ms, self.partition_heartbeat_ms
+            ));
+        }
+        if self.quiesce_keepalive_ms < self.partition_heartbeat_ms {
+            return Err(format!(
+                "quiesce-keepalive-ms ({}) must be at least partition-heartbeat-ms ({})",
+                self.quiesce_keepalive_ms, self.partition_heartbeat_ms
             ));
         }
         if self.max_concurrent_moves == 0 || self.move_bytes_per_sec < 1024 {

@@ -56,7 +56,6 @@ pub struct CatchUp {
     pub leader_last: u64,
 }
 
-#[derive(Default)]
 struct LoopState {
     /// Since when this node leads each group (for the handover delay).
     leading_since: BTreeMap<GroupId, Instant>,
@@ -73,7 +72,17 @@ struct LoopState {
 pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
     let mut shutdown = node.shutdown_signal();
     let mut applied = node.metadata_group().state().subscribe();
-    let mut st = LoopState::default();
+    let config = node.config();
+    let mut st = LoopState {
+        leading_since: BTreeMap::new(),
+        elected_in: BTreeMap::new(),
+        leader_gone_since: BTreeMap::new(),
+        last_leader: BTreeMap::new(),
+        quiescer: Quiescer::new(
+            Duration::from_millis(config.quiesce_after_ms),
+            Duration::from_millis(config.quiesce_keepalive_ms),
+        ),
+    };
     loop {
         tick(&node, &mut st).await;
         tokio::select! {
@@ -94,7 +103,6 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
     let me = node.id();
     let (hosted, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
     let mut throttled = BTreeSet::new();
-    let quiesce_after = Duration::from_millis(node.config().quiesce_after_ms);
     for (id, assignment) in &hosted {
         let Some(group) = node.groups().get(*id) else { continue };
         if group.is_leader() {
@@ -109,7 +117,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
             } else if since.elapsed() >= LEAD_BEFORE_HANDOVER {
                 hand_over(&group, assignment, &brokers).await;
             }
-            st.quiescer.leader(&group, assignment, &brokers, quiesce_after).await;
+            st.quiescer.leader(&group, assignment, &brokers).await;
         } else {
             st.leading_since.remove(id);
             wake_election(node, &group, assignment, &brokers, st).await;
@@ -117,7 +125,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
             // report): a leader replica that stopped (a failed disk) or restarted on a
             // live node says otherwise within a report.
             let claimed = group.leader().is_some_and(|l| node.groups().reported_leader(*id) == Some(l));
-            st.quiescer.follower(me, &group, assignment, &brokers, claimed, quiesce_after);
+            st.quiescer.follower(me, &group, assignment, &brokers, claimed);
         }
     }
     st.quiescer.retain(&hosted.keys().copied().collect());

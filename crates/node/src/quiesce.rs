@@ -10,15 +10,18 @@
 //! - **A leader** quiesces once its log has not grown for `quiesce-after-ms`, every voter
 //!   holds its last entry, no membership change is pending and every voter's node is
 //!   alive. It ticks again as soon as an entry is written (the write itself is replicated
-//!   at once, ticking or not). While quiet it sends one heartbeat every `KEEPALIVE`.
+//!   at once, ticking or not). While quiet it sends one heartbeat every keepalive
+//!   (`quiesce-keepalive-ms`).
 //! - **A follower** stops ticking once its own log has been still as long, while it knows a
 //!   leader on a live node that is still a voter and still claims the group in its node's
-//!   leadership report, and has heard from it within `BACKSTOP`; otherwise it ticks, and
-//!   its own election timeout runs. The report covers a leader replica that stopped (a
-//!   failed disk) or restarted on a live node; the keepalive and the backstop cover what
-//!   neither sees: a leader's node that reaches the metadata leader but not this follower.
-//! - **A restarted node** knows no leader yet; its replicas wait `START_GRACE` for their
-//!   leaders' keepalives rather than campaign (`Quiescer::follower`).
+//!   leadership report, and has heard from it within the backstop (three keepalives);
+//!   otherwise it ticks, and its own election timeout runs. The report covers a leader
+//!   replica that stopped (a failed disk) or restarted on a live node; the keepalive and
+//!   the backstop cover what neither sees: a leader's node that reaches the metadata
+//!   leader but not this follower.
+//! - **A restarted node** knows no leader yet; its replicas wait the start grace (one
+//!   keepalive and a second) for their leaders' keepalives rather than campaign
+//!   (`Quiescer::follower`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -28,17 +31,11 @@ use flotilla_raft::Group;
 use flotilla_types::{GroupId, NodeId};
 use tokio::time::Instant;
 
-/// A quiesced leader's heartbeat period.
-pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
-/// A quiesced follower that has heard nothing from its leader for this long ticks again.
-pub(crate) const BACKSTOP: Duration = Duration::from_secs(15);
-
-/// After this node starts, a replica that knows no leader yet waits this long (one
-/// keepalive and a margin) to hear from one before its own timers run, unless it is the
-/// group's preferred leader or a voter's node is not alive.
-pub(crate) const START_GRACE: Duration = Duration::from_secs(6);
-
 pub(crate) struct Quiescer {
+    /// A group whose log has not grown for this long may quiesce (zero: never).
+    after: Duration,
+    /// A quiesced leader's heartbeat period.
+    keepalive: Duration,
     started: Instant,
     /// Groups led here: the last log index seen, and since when it has not changed.
     unchanged_since: BTreeMap<GroupId, (Option<u64>, Instant)>,
@@ -46,25 +43,36 @@ pub(crate) struct Quiescer {
     keepalive_at: BTreeMap<GroupId, Instant>,
 }
 
-impl Default for Quiescer {
-    fn default() -> Self {
-        Quiescer { started: Instant::now(), unchanged_since: BTreeMap::new(), keepalive_at: BTreeMap::new() }
-    }
-}
-
 impl Quiescer {
+    pub(crate) fn new(after: Duration, keepalive: Duration) -> Quiescer {
+        Quiescer {
+            after,
+            keepalive,
+            started: Instant::now(),
+            unchanged_since: BTreeMap::new(),
+            keepalive_at: BTreeMap::new(),
+        }
+    }
+
+    /// A quiesced follower that has heard nothing from its leader for this long ticks
+    /// again: three keepalives, so one or two lost ones do not wake it.
+    fn backstop(&self) -> Duration {
+        3 * self.keepalive
+    }
+
+    /// After this node starts, a replica that knows no leader yet waits this long (one
+    /// keepalive and a margin) to hear from one before its own timers run, unless it is
+    /// the group's preferred leader or a voter's node is not alive.
+    fn start_grace(&self) -> Duration {
+        self.keepalive + Duration::from_secs(1)
+    }
+
     /// On a group's leader: quiesce it when idle and settled, wake it otherwise.
-    pub(crate) async fn leader(
-        &mut self,
-        group: &Group,
-        p: &PartitionAssignment,
-        brokers: &BTreeMap<NodeId, Broker>,
-        after: Duration,
-    ) {
+    pub(crate) async fn leader(&mut self, group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>) {
         let id = group.id();
         let status = group.status();
         let now = Instant::now();
-        let idle = self.idle(id, status.last_log_index, after);
+        let idle = self.idle(id, status.last_log_index);
         if !idle || !settled(group, p, brokers, status.last_log_index, status.leader) {
             group.set_ticking(true);
             self.keepalive_at.remove(&id);
@@ -76,7 +84,7 @@ impl Quiescer {
             tracing::debug!(group = id, "quiesced");
             return;
         }
-        let due = self.keepalive_at.get(&id).is_none_or(|t| now.duration_since(*t) >= KEEPALIVE);
+        let due = self.keepalive_at.get(&id).is_none_or(|t| now.duration_since(*t) >= self.keepalive);
         if due {
             self.keepalive_at.insert(id, now);
             if let Err(e) = group.heartbeat_now().await {
@@ -89,9 +97,9 @@ impl Quiescer {
     /// rely on.
     ///
     /// A node that has just restarted knows no leader in any group, and a quiet group's
-    /// leader may not speak for another `KEEPALIVE`: were its replicas to tick at once,
+    /// leader may not speak for another keepalive: were its replicas to tick at once,
     /// they would time out, campaign with logs as long as anyone's, and take over groups
-    /// that had a leader. So for `START_GRACE` such a replica stays quiet while every
+    /// that had a leader. So for the start grace such a replica stays quiet while every
     /// voter's node is alive, and only the preferred leader's replica ticks (on a whole
     /// cluster's restart, it is the one that elects).
     pub(crate) fn follower(
@@ -101,10 +109,9 @@ impl Quiescer {
         p: &PartitionAssignment,
         brokers: &BTreeMap<NodeId, Broker>,
         leader_claims: bool,
-        after: Duration,
     ) {
         self.keepalive_at.remove(&group.id());
-        let idle = self.idle(group.id(), group.status().last_log_index, after);
+        let idle = self.idle(group.id(), group.status().last_log_index);
         let quiet = match group.leader() {
             // Restarted, it remembers leading: the others may still wait for it.
             Some(l) if l == me => false,
@@ -116,35 +123,35 @@ impl Quiescer {
             //   down without a word to its followers);
             // - its node's leadership report still claims the group (a leader replica can
             //   stop or restart on a live node). Reports come every 2 s, so a restarted
-            //   follower does not ask for one during `START_GRACE`;
-            // - it was heard from within `BACKSTOP`. A replica restarted with its vote
+            //   follower does not ask for one during the start grace;
+            // - it was heard from within the backstop. A replica restarted with its vote
             //   remembers the leader but has not heard from it yet: the time since the
             //   start counts as the silence.
             Some(l) => {
                 idle && alive(brokers, l)
                     && group.membership().voters().contains(&l)
-                    && (leader_claims || self.started.elapsed() < START_GRACE)
-                    && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < BACKSTOP
+                    && (leader_claims || self.started.elapsed() < self.start_grace())
+                    && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < self.backstop()
             }
             // This node may itself still be marked suspected after its restart.
             None => {
-                self.started.elapsed() < START_GRACE
+                self.started.elapsed() < self.start_grace()
                     && preferred_voter(group, p) != Some(me)
                     && group.membership().voters().iter().all(|v| *v == me || alive(brokers, *v))
             }
         };
-        group.set_ticking(after.is_zero() || !quiet);
+        group.set_ticking(self.after.is_zero() || !quiet);
     }
 
     /// This replica's log (last index `last`) has not grown for `after` (never, when
     /// `after` is zero).
-    fn idle(&mut self, group: GroupId, last: Option<u64>, after: Duration) -> bool {
+    fn idle(&mut self, group: GroupId, last: Option<u64>) -> bool {
         let now = Instant::now();
         let since = self.unchanged_since.entry(group).or_insert((last, now));
         if since.0 != last {
             *since = (last, now);
         }
-        !after.is_zero() && now.duration_since(since.1) >= after
+        !self.after.is_zero() && now.duration_since(since.1) >= self.after
     }
 
     /// Forgets groups no longer hosted here.
