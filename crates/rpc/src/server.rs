@@ -31,8 +31,10 @@ struct RaftApi<T: RaftTransport> {
 }
 
 /// A response with the in-band error every Flotilla answer carries.
-trait Answer {
+trait Answer: Sized {
     fn error(&self) -> Option<&v1::Error>;
+    /// The answer to a refused request: the error and nothing else.
+    fn refused(error: v1::Error) -> Self;
 }
 
 macro_rules! answers {
@@ -40,6 +42,11 @@ macro_rules! answers {
         $(impl Answer for $t {
             fn error(&self) -> Option<&v1::Error> {
                 self.error.as_ref()
+            }
+            // Some answers have no field but the error.
+            #[allow(clippy::needless_update)]
+            fn refused(error: v1::Error) -> Self {
+                Self { error: Some(error), ..Default::default() }
             }
         })*
     };
@@ -88,36 +95,52 @@ fn timed<T: RaftTransport, R: Answer>(
     Ok(Response::new(resp))
 }
 
-/// The error of a node call, or none.
-fn err<V>(r: &Result<V, ApiError>) -> Option<v1::Error> {
-    r.as_ref().err().map(convert::error)
+/// Decodes a request into `P`, runs it, and answers, recording the latency under
+/// `method`. A request that does not decode is answered with the reason, and not run.
+async fn handle<T, Q, P, R, Fut>(
+    node: &Node<T>,
+    method: &'static str,
+    req: Request<Q>,
+    run: impl FnOnce(P) -> Fut,
+) -> Result<Response<R>, Status>
+where
+    T: RaftTransport,
+    P: TryFrom<Q, Error = v1::Error>,
+    R: Answer,
+    Fut: std::future::Future<Output = R>,
+{
+    let started = Instant::now();
+    let resp = match P::try_from(req.into_inner()) {
+        Ok(p) => run(p).await,
+        Err(e) => R::refused(e),
+    };
+    timed(node, method, started, resp)
+}
+
+/// The answer `ok` makes of a node call's value, or the call's error.
+fn answer<V, R: Answer>(r: Result<V, ApiError>, ok: impl FnOnce(V) -> R) -> R {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => R::refused(convert::error(&e)),
+    }
 }
 
 #[tonic::async_trait]
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::Produce::try_from(req.into_inner()) {
-            Err(e) => v1::ProduceResponse { error: Some(e), ..Default::default() },
-            Ok(r) => match self.node.produce(&r.topic, r.partition, r.batch).await {
-                Ok((base_offset, record_count)) => v1::ProduceResponse { error: None, base_offset, record_count },
-                Err(e) => v1::ProduceResponse { error: Some(convert::error(&e)), ..Default::default() },
-            },
-        };
-        timed(&self.node, "produce", started, resp)
+        handle(&self.node, "produce", req, |r: request::Produce| async move {
+            answer(self.node.produce(&r.topic, r.partition, r.batch).await, |(base_offset, record_count)| {
+                v1::ProduceResponse { error: None, base_offset, record_count }
+            })
+        })
+        .await
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
-        let started = Instant::now();
-        let r = match request::Fetch::try_from(req.into_inner()) {
-            Ok(r) => r,
-            Err(e) => {
-                return timed(&self.node, "fetch", started, v1::FetchResponse { error: Some(e), ..Default::default() });
-            }
-        };
-        let fetched = self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
-        let resp = match fetched {
-            Ok(f) => v1::FetchResponse {
+        handle(&self.node, "fetch", req, |r: request::Fetch| async move {
+            let fetched =
+                self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
+            answer(fetched, |f| v1::FetchResponse {
                 error: None,
                 high_watermark: f.high_watermark,
                 log_start_offset: f.log_start_offset,
@@ -126,25 +149,23 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                     .into_iter()
                     .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
                     .collect(),
-            },
-            Err(e) => v1::FetchResponse { error: Some(convert::error(&e)), ..Default::default() },
-        };
-        timed(&self.node, "fetch", started, resp)
+            })
+        })
+        .await
     }
 
     async fn list_offsets(
         &self,
         req: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::TopicPartition::try_from(req.into_inner()) {
-            Err(e) => v1::ListOffsetsResponse { error: Some(e), ..Default::default() },
-            Ok(r) => match self.node.list_offsets(&r.topic, r.partition).await {
-                Ok((earliest, latest)) => v1::ListOffsetsResponse { error: None, earliest, latest },
-                Err(e) => v1::ListOffsetsResponse { error: Some(convert::error(&e)), ..Default::default() },
-            },
-        };
-        timed(&self.node, "list_offsets", started, resp)
+        handle(&self.node, "list_offsets", req, |r: request::TopicPartition| async move {
+            answer(self.node.list_offsets(&r.topic, r.partition).await, |(earliest, latest)| v1::ListOffsetsResponse {
+                error: None,
+                earliest,
+                latest,
+            })
+        })
+        .await
     }
 
     async fn metadata(&self, req: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
@@ -185,30 +206,23 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::CreateTopic::try_from(req.into_inner()) {
-            Err(e) => v1::CreateTopicResponse { error: Some(e), topic: None },
-            Ok(r) => {
-                let policy = convert::policy(r.policy);
-                match self.node.create_topic(&r.name, r.partitions, r.replication_factor, policy).await {
-                    Ok(t) => v1::CreateTopicResponse { error: None, topic: Some(convert::topic(&t)) },
-                    Err(e) => v1::CreateTopicResponse { error: Some(convert::error(&e)), topic: None },
-                }
-            }
-        };
-        timed(&self.node, "create_topic", started, resp)
+        handle(&self.node, "create_topic", req, |r: request::CreateTopic| async move {
+            let policy = convert::policy(r.policy);
+            answer(self.node.create_topic(&r.name, r.partitions, r.replication_factor, policy).await, |t| {
+                v1::CreateTopicResponse { error: None, topic: Some(convert::topic(&t)) }
+            })
+        })
+        .await
     }
 
     async fn delete_topic(
         &self,
         req: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::TopicName::try_from(req.into_inner()) {
-            Ok(request::TopicName(name)) => err(&self.node.delete_topic(&name).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "delete_topic", started, v1::DeleteTopicResponse { error })
+        handle(&self.node, "delete_topic", req, |request::TopicName(name)| async move {
+            answer(self.node.delete_topic(&name).await, |()| v1::DeleteTopicResponse::default())
+        })
+        .await
     }
 
     async fn list_topics(
@@ -229,15 +243,13 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::TopicName::try_from(req.into_inner()) {
-            Err(e) => v1::DescribeTopicResponse { error: Some(e), topic: None },
-            Ok(request::TopicName(name)) => match self.node.describe_topic(&name) {
-                Ok(t) => v1::DescribeTopicResponse { error: None, topic: Some(convert::topic(&t)) },
-                Err(e) => v1::DescribeTopicResponse { error: Some(convert::error(&e)), topic: None },
-            },
-        };
-        timed(&self.node, "describe_topic", started, resp)
+        handle(&self.node, "describe_topic", req, |request::TopicName(name)| async move {
+            answer(self.node.describe_topic(&name), |t| v1::DescribeTopicResponse {
+                error: None,
+                topic: Some(convert::topic(&t)),
+            })
+        })
+        .await
     }
 
     async fn describe_cluster(
@@ -257,91 +269,81 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
     }
 
     async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Result<Response<v1::AddNodeResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::AddNode::try_from(req.into_inner()) {
-            Ok(r) => err(&self.node.add_node(r.id, &r.addr, convert::labels(r.labels)).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "add_node", started, v1::AddNodeResponse { error })
+        handle(&self.node, "add_node", req, |r: request::AddNode| async move {
+            answer(self.node.add_node(r.id, &r.addr, convert::labels(r.labels)).await, |()| {
+                v1::AddNodeResponse::default()
+            })
+        })
+        .await
     }
 
     async fn drain_node(&self, req: Request<v1::DrainNodeRequest>) -> Result<Response<v1::DrainNodeResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::DrainNode::try_from(req.into_inner()) {
-            Ok(request::DrainNode { id, undo: false }) => err(&self.node.drain_node(id).await),
-            Ok(request::DrainNode { id, undo: true }) => err(&self.node.undrain_node(id).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "drain_node", started, v1::DrainNodeResponse { error })
+        handle(&self.node, "drain_node", req, |r: request::DrainNode| async move {
+            let done = if r.undo { self.node.undrain_node(r.id).await } else { self.node.drain_node(r.id).await };
+            answer(done, |()| v1::DrainNodeResponse::default())
+        })
+        .await
     }
 
     async fn remove_node(
         &self,
         req: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::NodeRef::try_from(req.into_inner()) {
-            Ok(request::NodeRef(id)) => err(&self.node.remove_node(id).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "remove_node", started, v1::RemoveNodeResponse { error })
+        handle(&self.node, "remove_node", req, |request::NodeRef(id)| async move {
+            answer(self.node.remove_node(id).await, |()| v1::RemoveNodeResponse::default())
+        })
+        .await
     }
 
     async fn reassign(&self, req: Request<v1::ReassignRequest>) -> Result<Response<v1::ReassignResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::Reassign::try_from(req.into_inner()) {
-            Err(e) => v1::ReassignResponse { error: Some(e), move_id: 0 },
-            Ok(r) => match self.node.reassign(&r.topic, r.partition, r.replicas).await {
-                Ok(move_id) => v1::ReassignResponse { error: None, move_id },
-                Err(e) => v1::ReassignResponse { error: Some(convert::error(&e)), move_id: 0 },
-            },
-        };
-        timed(&self.node, "reassign", started, resp)
+        handle(&self.node, "reassign", req, |r: request::Reassign| async move {
+            answer(self.node.reassign(&r.topic, r.partition, r.replicas).await, |move_id| v1::ReassignResponse {
+                error: None,
+                move_id,
+            })
+        })
+        .await
     }
 
     async fn transfer_leader(
         &self,
         req: Request<v1::TransferLeaderRequest>,
     ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::TransferLeader::try_from(req.into_inner()) {
-            Ok(r) => err(&self.node.transfer_leader(&r.topic, r.partition, r.to).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "transfer_leader", started, v1::TransferLeaderResponse { error })
+        handle(&self.node, "transfer_leader", req, |r: request::TransferLeader| async move {
+            answer(self.node.transfer_leader(&r.topic, r.partition, r.to).await, |()| {
+                v1::TransferLeaderResponse::default()
+            })
+        })
+        .await
     }
 
     async fn cancel_move(
         &self,
         req: Request<v1::CancelMoveRequest>,
     ) -> Result<Response<v1::CancelMoveResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::TopicPartition::try_from(req.into_inner()) {
-            Ok(r) => err(&self.node.cancel_move(&r.topic, r.partition).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "cancel_move", started, v1::CancelMoveResponse { error })
+        handle(&self.node, "cancel_move", req, |r: request::TopicPartition| async move {
+            answer(self.node.cancel_move(&r.topic, r.partition).await, |()| v1::CancelMoveResponse::default())
+        })
+        .await
     }
 
     async fn balance(&self, _req: Request<v1::BalanceRequest>) -> Result<Response<v1::BalanceResponse>, Status> {
         let started = Instant::now();
-        let resp = match self.node.balance_now().await {
-            Ok(p) => v1::BalanceResponse { error: None, plan: Some(convert::plan(&p)) },
-            Err(e) => v1::BalanceResponse { error: Some(convert::error(&e)), plan: None },
-        };
+        let resp = answer(self.node.balance_now().await, |p| v1::BalanceResponse {
+            error: None,
+            plan: Some(convert::plan(&p)),
+        });
         timed(&self.node, "balance", started, resp)
     }
 
     async fn plan(&self, req: Request<v1::PlanRequest>) -> Result<Response<v1::PlanResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::Scenario::try_from(req.into_inner()) {
-            Err(e) => v1::PlanResponse { error: Some(e), plan: None },
-            Ok(s) => match self.node.plan(&convert::scenario(s)) {
-                Ok(p) => v1::PlanResponse { error: None, plan: Some(convert::plan(&p)) },
-                Err(e) => v1::PlanResponse { error: Some(convert::error(&e)), plan: None },
-            },
-        };
-        timed(&self.node, "plan", started, resp)
+        handle(&self.node, "plan", req, |s: request::Scenario| async move {
+            answer(self.node.plan(&convert::scenario(s)), |p| v1::PlanResponse {
+                error: None,
+                plan: Some(convert::plan(&p)),
+            })
+        })
+        .await
     }
 
     async fn list_moves(&self, _req: Request<v1::ListMovesRequest>) -> Result<Response<v1::ListMovesResponse>, Status> {
@@ -359,24 +361,23 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::SetTopicConfigRequest>,
     ) -> Result<Response<v1::SetTopicConfigResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::TopicConfig::try_from(req.into_inner()) {
-            Ok(r) => err(&self.node.set_topic_config(&r.name, r.replication_factor, convert::policy(r.policy)).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "set_topic_config", started, v1::SetTopicConfigResponse { error })
+        handle(&self.node, "set_topic_config", req, |r: request::TopicConfig| async move {
+            let policy = convert::policy(r.policy);
+            answer(self.node.set_topic_config(&r.name, r.replication_factor, policy).await, |()| {
+                v1::SetTopicConfigResponse::default()
+            })
+        })
+        .await
     }
 
     async fn add_partitions(
         &self,
         req: Request<v1::AddPartitionsRequest>,
     ) -> Result<Response<v1::AddPartitionsResponse>, Status> {
-        let started = Instant::now();
-        let error = match request::AddPartitions::try_from(req.into_inner()) {
-            Ok(r) => err(&self.node.add_partitions(&r.name, r.total).await),
-            Err(e) => Some(e),
-        };
-        timed(&self.node, "add_partitions", started, v1::AddPartitionsResponse { error })
+        handle(&self.node, "add_partitions", req, |r: request::AddPartitions| async move {
+            answer(self.node.add_partitions(&r.name, r.total).await, |()| v1::AddPartitionsResponse::default())
+        })
+        .await
     }
 
     async fn describe_controllers(
@@ -392,15 +393,13 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         &self,
         req: Request<v1::SetControllersRequest>,
     ) -> Result<Response<v1::SetControllersResponse>, Status> {
-        let started = Instant::now();
-        let resp = match request::SetControllers::try_from(req.into_inner()) {
-            Err(e) => v1::SetControllersResponse { error: Some(e), controllers: None },
-            Ok(r) => match self.node.set_controllers(r.voters).await {
-                Ok(c) => v1::SetControllersResponse { error: None, controllers: Some(convert::controllers(&c)) },
-                Err(e) => v1::SetControllersResponse { error: Some(convert::error(&e)), controllers: None },
-            },
-        };
-        timed(&self.node, "set_controllers", started, resp)
+        handle(&self.node, "set_controllers", req, |r: request::SetControllers| async move {
+            answer(self.node.set_controllers(r.voters).await, |c| v1::SetControllersResponse {
+                error: None,
+                controllers: Some(convert::controllers(&c)),
+            })
+        })
+        .await
     }
 }
 
