@@ -27,18 +27,46 @@ fn five_config(id: NodeId, tune: impl Fn(&mut NodeConfig)) -> NodeConfig {
     c
 }
 
-async fn start_five(
-    net: &LocalNet,
-    engines: &[MemEngine],
-    tune: impl Fn(&mut NodeConfig),
-) -> Vec<Node<LocalTransport>> {
-    let mut nodes = Vec::new();
-    for id in 1..=5u64 {
-        nodes.push(start_node(net, five_config(id, &tune), &engines[id as usize - 1]).await);
+/// Five nodes on one in-memory network, registered with each other.
+struct Five {
+    net: LocalNet,
+    /// One engine per node, and a sixth for a node that joins later.
+    engines: Vec<MemEngine>,
+    nodes: Vec<Node<LocalTransport>>,
+}
+
+impl Five {
+    async fn start(tune: impl Fn(&mut NodeConfig)) -> Five {
+        let net = LocalNet::default();
+        let engines: Vec<MemEngine> = (0..6).map(|_| MemEngine::new()).collect();
+        let mut nodes = Vec::new();
+        for id in 1..=5u64 {
+            nodes.push(start_node(&net, five_config(id, &tune), &engines[id as usize - 1]).await);
+        }
+        eventually("five registered brokers", async || (nodes[0].describe_cluster().brokers.len() == 5).then_some(()))
+            .await;
+        Five { net, engines, nodes }
     }
-    eventually("five registered brokers", async || (nodes[0].describe_cluster().brokers.len() == 5).then_some(()))
-        .await;
-    nodes
+}
+
+/// Creates topic `name` with `partitions` partitions of three replicas, through node 1
+/// once it knows a metadata leader.
+async fn create(nodes: &[Node<LocalTransport>], name: &str, partitions: u32) -> TopicView {
+    eventually("create", async || nodes[0].create_topic(name, partitions, 3, TopicPolicy::default()).await.ok()).await
+}
+
+/// The node whose replica of `group` leads it.
+fn leader_of(nodes: &[Node<LocalTransport>], group: GroupId) -> Option<&Node<LocalTransport>> {
+    nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))
+}
+
+/// Waits until `group`'s leader has exactly `want` as voters.
+async fn voters_become(nodes: &[Node<LocalTransport>], group: GroupId, want: &[NodeId]) {
+    let want: BTreeSet<NodeId> = want.iter().copied().collect();
+    eventually("the group's voters", async || {
+        leader_of(nodes, group).is_some_and(|n| voters(n, group) == Some(want.clone())).then_some(())
+    })
+    .await;
 }
 
 /// The partition assignment as node 1 knows it: group → (replicas, moving).
@@ -80,9 +108,7 @@ async fn shutdown(nodes: &[Node<LocalTransport>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t30_listed_and_joining_nodes_become_learners_and_get_replicas() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..6).map(|_| MemEngine::new()).collect();
-    let mut nodes = start_five(&net, &engines, |_| {}).await;
+    let Five { net, engines, mut nodes } = Five::start(|_| {}).await;
     eventually("nodes 4 and 5 in the metadata group as learners", async || {
         let c = nodes[0].controllers();
         (c.voters == vec![1, 2, 3] && c.learners == vec![4, 5]).then_some(())
@@ -134,11 +160,8 @@ async fn t30_listed_and_joining_nodes_become_learners_and_get_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t31_reassign_moves_a_partition_without_losing_records() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |c| c.auto_balance = false).await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let Five { nodes, .. } = Five::start(|c| c.auto_balance = false).await;
+    let topic = create(&nodes, "t", 1).await;
     let group = topic.partitions[0].group;
     let values: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
     for v in &values {
@@ -154,14 +177,7 @@ async fn t31_reassign_moves_a_partition_without_losing_records() {
         (a[&group] == (target.clone(), false)).then_some(())
     })
     .await;
-    let want: BTreeSet<NodeId> = target.iter().copied().collect();
-    eventually("the group's voters are the target", async || {
-        nodes
-            .iter()
-            .any(|n| n.groups().get(group).is_some_and(|g| g.is_leader()) && voters(n, group) == Some(want.clone()))
-            .then_some(())
-    })
-    .await;
+    voters_become(&nodes, group, &target).await;
     eventually("the old replicas deleted", async || {
         old.iter()
             .filter(|o| !target.contains(o))
@@ -180,10 +196,8 @@ async fn t31_reassign_moves_a_partition_without_losing_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t32_a_drained_node_ends_empty_and_can_be_removed() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |_| {}).await;
-    eventually("create", async || nodes[0].create_topic("t", 10, 3, TopicPolicy::default()).await.ok()).await;
+    let Five { nodes, .. } = Five::start(|_| {}).await;
+    create(&nodes, "t", 10).await;
     for p in 0..10 {
         produce(&nodes, "t", p, &["x"]).await;
     }
@@ -211,10 +225,8 @@ async fn t32_a_drained_node_ends_empty_and_can_be_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t33_a_dead_nodes_replicas_are_recreated_elsewhere() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |_| {}).await;
-    eventually("create", async || nodes[0].create_topic("t", 6, 3, TopicPolicy::default()).await.ok()).await;
+    let Five { net, nodes, .. } = Five::start(|_| {}).await;
+    create(&nodes, "t", 6).await;
     for p in 0..6 {
         produce(&nodes, "t", p, &["before"]).await;
     }
@@ -240,9 +252,7 @@ async fn t33_a_dead_nodes_replicas_are_recreated_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t34_the_metadata_group_grows_to_five_and_shrinks_back() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |_| {}).await;
+    let Five { net, nodes, .. } = Five::start(|_| {}).await;
     eventually("learners 4 and 5", async || (nodes[0].controllers().learners == vec![4, 5]).then_some(())).await;
     let on_leader = async |voters: Vec<NodeId>| {
         eventually("set controllers", async || {
@@ -294,16 +304,13 @@ async fn t34_the_metadata_group_grows_to_five_and_shrinks_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t35_a_cancelled_move_rolls_back() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
     // Moves crawl at 2 KiB/s, so the cancel arrives while the new replica catches up.
-    let nodes = start_five(&net, &engines, |c| {
+    let Five { nodes, .. } = Five::start(|c| {
         c.auto_balance = false;
         c.move_bytes_per_sec = 2048;
     })
     .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let topic = create(&nodes, "t", 1).await;
     let group = topic.partitions[0].group;
     let big = "x".repeat(4000);
     for _ in 0..10 {
@@ -324,32 +331,22 @@ async fn t35_a_cancelled_move_rolls_back() {
         nodes[newcomer as usize - 1].groups().get(group).is_none().then_some(())
     })
     .await;
-    let want: BTreeSet<NodeId> = old.iter().copied().collect();
-    eventually("voters are the old replicas", async || {
-        nodes
-            .iter()
-            .any(|n| n.groups().get(group).is_some_and(|g| g.is_leader()) && voters(n, group) == Some(want.clone()))
-            .then_some(())
-    })
-    .await;
+    voters_become(&nodes, group, &old).await;
     assert_eq!(read_all(&nodes, "t", 0).await.len(), 10);
     shutdown(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t36_a_suspected_leaders_groups_elect_without_waiting_for_their_timeout() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
     // The partition groups' own election timeout is 5-10 s, well past the suspicion
     // (400 ms): the new leaders that follow are elected by the wake-up (counted below).
-    let nodes = start_five(&net, &engines, |c| {
+    let Five { net, nodes, .. } = Five::start(|c| {
         c.suspect_after_ms = 400;
         c.dead_after_ms = 60_000;
         c.partition_election_timeout_ms = 5_000;
     })
     .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 5, 3, TopicPolicy::default()).await.ok()).await;
+    let topic = create(&nodes, "t", 5).await;
     for p in 0..5 {
         produce(&nodes, "t", p, &["x"]).await;
     }
@@ -376,10 +373,8 @@ async fn t36_a_suspected_leaders_groups_elect_without_waiting_for_their_timeout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t37_a_reassignment_that_breaks_zone_spread_is_refused_with_the_reason() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |_| {}).await;
-    eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let Five { nodes, .. } = Five::start(|_| {}).await;
+    create(&nodes, "t", 1).await;
     // Nodes 1 and 4 are both in zone a, while zones b and c have nodes too.
     let e = eventually("the topic known to node 1", async || {
         let e = nodes[0].reassign("t", 0, vec![1, 4, 2]).await.unwrap_err();
@@ -393,11 +388,8 @@ async fn t37_a_reassignment_that_breaks_zone_spread_is_refused_with_the_reason()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t38_a_follower_serves_committed_records_to_a_follower_fetch() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |_| {}).await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let Five { nodes, .. } = Five::start(|_| {}).await;
+    let topic = create(&nodes, "t", 1).await;
     for v in ["a", "b", "c"] {
         produce(&nodes, "t", 0, &[v]).await;
     }
@@ -434,9 +426,7 @@ async fn t38_a_follower_serves_committed_records_to_a_follower_fetch() {
 /// fail with a clear error, not wait until the partition heals (t34 once hung here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t39_a_cut_off_metadata_leader_fails_a_membership_change_in_bounded_time() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |_| {}).await;
+    let Five { net, nodes, .. } = Five::start(|_| {}).await;
     eventually("learners 4 and 5", async || (nodes[0].controllers().learners == vec![4, 5]).then_some(())).await;
     let leader = eventually("a metadata leader", async || nodes[0].controllers().leader).await;
     let cut_off = nodes[leader as usize - 1].clone();
@@ -456,28 +446,28 @@ fn ticking_and_quiet(n: &Node<LocalTransport>, topic: &TopicView) -> (usize, usi
     (hosted.iter().filter(|t| **t).count(), hosted.iter().filter(|t| !**t).count())
 }
 
+/// Waits until every replica of `topic` has stopped its Raft timers.
+async fn all_quiet(nodes: &[Node<LocalTransport>], topic: &TopicView) {
+    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, topic).0 == 0).then_some(()))
+        .await;
+}
+
 /// Five nodes whose node liveness never acts (a node is never suspected), with idle
 /// groups quiescing after 300 ms (plus `tune`), and one topic "t" of one partition holding
 /// "a" whose replicas have all gone quiet. Returns the nodes, the topic and its group.
-async fn one_quiet_partition(
-    net: &LocalNet,
-    engines: &[MemEngine],
-    tune: impl Fn(&mut NodeConfig),
-) -> (Vec<Node<LocalTransport>>, TopicView, GroupId) {
-    let nodes = start_five(net, engines, |c| {
+async fn one_quiet_partition(tune: impl Fn(&mut NodeConfig)) -> (Five, TopicView, GroupId) {
+    let five = Five::start(|c| {
         c.quiesce_after_ms = 300;
         c.suspect_after_ms = 600_000;
         c.dead_after_ms = 600_000;
         tune(c);
     })
     .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
-    produce(&nodes, "t", 0, &["a"]).await;
+    let topic = create(&five.nodes, "t", 1).await;
+    produce(&five.nodes, "t", 0, &["a"]).await;
     let group = topic.partitions[0].group;
-    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
-        .await;
-    (nodes, topic, group)
+    all_quiet(&five.nodes, &topic).await;
+    (five, topic, group)
 }
 
 /// Idle groups stop their timers on every replica; a write to a quiet group still
@@ -485,21 +475,17 @@ async fn one_quiet_partition(
 /// timers) wakes the followers, which elect a new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let nodes = start_five(&net, &engines, |c| {
+    let Five { net, nodes, .. } = Five::start(|c| {
         c.quiesce_after_ms = 300;
         c.suspect_after_ms = 500;
         c.dead_after_ms = 60_000;
     })
     .await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 4, 3, TopicPolicy::default()).await.ok()).await;
+    let topic = create(&nodes, "t", 4).await;
     for p in 0..4 {
         produce(&nodes, "t", p, &["a"]).await;
     }
-    eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(()))
-        .await;
+    all_quiet(&nodes, &topic).await;
     let quiet: usize = nodes.iter().map(|n| ticking_and_quiet(n, &topic).1).sum();
     assert_eq!(quiet, 12, "4 partitions x 3 replicas");
     // A write to a quiet group commits without waiting for any timer.
@@ -520,10 +506,7 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
         })
     })
     .await;
-    eventually("every replica quiet again", async || {
-        nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
-    })
-    .await;
+    all_quiet(&nodes, &topic).await;
     net.cut.write().unwrap().insert(victim);
     let live: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != victim).cloned().collect();
     for p in &led {
@@ -542,21 +525,16 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
 /// the first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
     // A 400 ms lease, far shorter than the 5 s keepalive.
-    let (nodes, topic, group) = one_quiet_partition(&net, &engines, |c| {
+    let (Five { nodes, .. }, topic, group) = one_quiet_partition(|c| {
         c.partition_heartbeat_ms = 50;
         c.partition_election_timeout_ms = 200;
     })
     .await;
     for value in ["b", "c", "d"] {
-        eventually("every replica quiet", async || {
-            nodes.iter().all(|n| ticking_and_quiet(n, &topic).0 == 0).then_some(())
-        })
-        .await;
+        all_quiet(&nodes, &topic).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).expect("a leader");
+        let leader = leader_of(&nodes, group).expect("a leader");
         leader.produce("t", 0, batch(&[value])).await.unwrap_or_else(|e| panic!("write {value} refused: {e}"));
     }
     assert_eq!(read_all(&nodes, "t", 0).await, vec!["a", "b", "c", "d"]);
@@ -569,10 +547,8 @@ async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
 /// instead of waiting for the 15 s backstop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t44_quiet_followers_elect_when_the_leader_replica_stops() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let (nodes, _, group) = one_quiet_partition(&net, &engines, |_| {}).await;
-    let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).expect("a leader").id();
+    let (Five { nodes, .. }, _, group) = one_quiet_partition(|_| {}).await;
+    let leader = leader_of(&nodes, group).expect("a leader").id();
     let started = tokio::time::Instant::now();
     nodes[leader as usize - 1].groups().remove(group).await.unwrap();
     let others: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != leader).cloned().collect();
@@ -591,14 +567,10 @@ async fn t44_quiet_followers_elect_when_the_leader_replica_stops() {
 /// reports), and follows a leadership change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t43_every_node_names_every_partitions_leader() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
     // Leader balancing off: it would move the preferred leader the test sets.
-    let nodes = start_five(&net, &engines, |c| c.auto_balance = false).await;
-    let topic =
-        eventually("create", async || nodes[0].create_topic("t", 6, 3, TopicPolicy::default()).await.ok()).await;
-    let truth =
-        |group: GroupId| nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).map(|n| n.id());
+    let Five { nodes, .. } = Five::start(|c| c.auto_balance = false).await;
+    let topic = create(&nodes, "t", 6).await;
+    let truth = |group: GroupId| leader_of(&nodes, group).map(|n| n.id());
     let agree = || {
         topic.partitions.iter().all(|p| {
             let leader = truth(p.group);
@@ -625,9 +597,7 @@ async fn t43_every_node_names_every_partitions_leader() {
 /// keepalive, start their own timers and elect a new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own() {
-    let net = LocalNet::default();
-    let engines: Vec<MemEngine> = (0..5).map(|_| MemEngine::new()).collect();
-    let (nodes, topic, group) = one_quiet_partition(&net, &engines, |_| {}).await;
+    let (Five { net, nodes, .. }, topic, group) = one_quiet_partition(|_| {}).await;
     let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
     let followers: Vec<NodeId> = topic.partitions[0].replicas.iter().copied().filter(|r| *r != leader).collect();
     for f in &followers {
