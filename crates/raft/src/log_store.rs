@@ -118,7 +118,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged: Option<LogIdOf<TypeConfig>> = self.read_meta(keys::PURGED, "purged log id")?;
-        let last_log_id = last_log_id(self.engine.as_ref(), self.group)?;
+        let last_log_id = last_entry_id(self.engine.as_ref(), self.group)?.or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id })
     }
 
@@ -225,16 +225,20 @@ fn read_meta_from<T: serde::de::DeserializeOwned>(
 
 /// The id of the last entry of `group`'s log (or the last purged one).
 fn last_log_id(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogIdOf<TypeConfig>>> {
-    let last = engine
+    match last_entry_id(engine, group)? {
+        Some(l) => Ok(Some(l)),
+        None => read_meta_from(engine, group, keys::PURGED, "purged log id"),
+    }
+}
+
+/// The id of the last entry stored in `group`'s log.
+fn last_entry_id(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    Ok(engine
         .last(&keys::log(group, 0), &keys::log_end(group))
         .map_err(to_io)?
         .map(|(_, v)| decode::<Entry>(&v, "log entry"))
         .transpose()?
-        .map(|e| e.log_id);
-    Ok(match last {
-        Some(l) => Some(l),
-        None => read_meta_from(engine, group, keys::PURGED, "purged log id")?,
-    })
+        .map(|e| e.log_id))
 }
 
 /// Before a re-created replica starts: its vote is the one its tombstone remembers, so it
