@@ -102,9 +102,9 @@ pub(crate) async fn leadership_loop<T: RaftTransport>(node: Node<T>) {
         if last.as_ref().is_some_and(|(l, at)| *l == leading && at.elapsed() < REPORT_EVERY) {
             continue;
         }
-        let peers: Vec<NodeId> = node.with_metadata(|m| {
-            m.brokers().values().filter(|b| b.admin != AdminState::Removed && b.id != node.id()).map(|b| b.id).collect()
-        });
+        // `report_leadership` leaves this node out.
+        let peers: Vec<NodeId> = node
+            .with_metadata(|m| m.brokers().values().filter(|b| b.admin != AdminState::Removed).map(|b| b.id).collect());
         node.groups().report_leadership(&peers, leading.clone(), REPORT_TIMEOUT).await;
         last = Some((leading, tokio::time::Instant::now()));
     }
