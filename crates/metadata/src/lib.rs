@@ -394,11 +394,10 @@ impl MetadataState {
 
     fn start_move(&mut self, log_index: u64, group: GroupId, target: &[NodeId], reason: &str) -> Response {
         let brokers = &self.brokers;
-        let Some((topic, p)) = self
-            .topics
-            .values_mut()
-            .find_map(|t| t.partitions.iter_mut().find(|p| p.group == group).map(|p| (t.name.clone(), p)))
-        else {
+        let Some((topic, rf, p)) = self.topics.values_mut().find_map(|t| {
+            let (name, rf) = (t.name.clone(), t.replication_factor);
+            t.partitions.iter_mut().find(|p| p.group == group).map(|p| (name, rf, p))
+        }) else {
             return unknown_group(group);
         };
         if let Some(m) = &p.moving {
@@ -422,6 +421,17 @@ impl MetadataState {
                 }
                 Some(_) => {}
             }
+        }
+        if let Err(why) = check_replica_count(rf, p.replicas.len(), target.len()) {
+            return Response::error(
+                ErrorCode::PolicyViolation,
+                format!(
+                    "{topic}/{}: {target:?} is {why}; a reassignment keeps the factor: change the factor \
+                     (of every partition) first with `flotilla topic config {topic} --replication-factor {}`",
+                    p.partition,
+                    target.len()
+                ),
+            );
         }
         if target == p.replicas.as_slice() {
             return Response::error(
@@ -588,6 +598,24 @@ fn unknown_group(group: GroupId) -> Response {
 fn check_rf(rf: u32) -> Result<(), String> {
     if rf == 0 || rf > limits::REPLICATION_FACTOR_MAX {
         return Err(format!("replication factor must be 1..={}, got {rf}", limits::REPLICATION_FACTOR_MAX));
+    }
+    Ok(())
+}
+
+/// A move keeps a partition at its topic's replication factor `rf`: its target has `rf`
+/// replicas, or, while the partition has another count (the factor just changed, or too
+/// few eligible nodes to grow), a count between the current one and `rf`. A move never
+/// takes a partition further from its factor: below it, a partition would silently
+/// tolerate fewer failures than its topic promises; above it, the controller would shrink
+/// it back. Changing the count is `SetTopicConfig`'s job.
+fn check_replica_count(rf: u32, current: usize, target: usize) -> Result<(), String> {
+    let rf = rf as usize;
+    let (low, high) = (rf.min(current), rf.max(current));
+    if target < low {
+        return Err(format!("{target} replicas, fewer than the topic's replication factor {rf}"));
+    }
+    if target > high {
+        return Err(format!("{target} replicas, more than the topic's replication factor {rf}"));
     }
     Ok(())
 }
@@ -830,6 +858,50 @@ mod tests {
         assert_eq!(s.apply(78, &add), Response::Ok);
         assert_eq!(s.topic("t").unwrap().partitions.len(), 3);
         assert!(matches!(s.apply(79, &add), Response::Error { code: ErrorCode::InvalidRequest, .. }));
+    }
+
+    /// Issue item 10: a reassignment to fewer replicas than the topic's replication factor
+    /// (or to more) is refused where the command is applied, so a forwarded or raced
+    /// request is refused too; the message says how to change the factor.
+    #[test]
+    fn a_move_to_fewer_or_more_replicas_than_the_replication_factor_is_refused() {
+        let mut s = three_brokers();
+        s.apply(4, &broker(4, "a"));
+        s.apply(5, &broker(5, "b"));
+        let t = create(&mut s, 6, "t", 1);
+        let group = t.partitions[0].group;
+        let start = |s: &mut MetadataState, index, target: Vec<NodeId>| {
+            s.apply(index, &Command::StartMove { group, target, reason: "reassign".into() })
+        };
+        let refused = |r: Response| match r {
+            Response::Error { code: ErrorCode::PolicyViolation, message } => message,
+            other => panic!("not refused as a policy violation: {other:?}"),
+        };
+        let shrink = refused(start(&mut s, 7, vec![4, 2]));
+        assert!(shrink.contains("fewer than the topic's replication factor 3"), "{shrink}");
+        assert!(shrink.contains("flotilla topic config t --replication-factor 2"), "{shrink}");
+        let grow = refused(start(&mut s, 8, vec![4, 2, 3, 1]));
+        assert!(grow.contains("more than the topic's replication factor 3"), "{grow}");
+        assert!(grow.contains("flotilla topic config t --replication-factor 4"), "{grow}");
+        assert_eq!(s.topic("t").unwrap().partitions[0].moving, None, "nothing started");
+        // A move that keeps the factor starts.
+        assert!(matches!(start(&mut s, 9, vec![4, 2, 3]), Response::MoveStarted(9)));
+        s.apply(10, &Command::CancelMove { group });
+        let back = s.topic("t").unwrap().partitions[0].moving.as_ref().unwrap().id;
+        assert_eq!(s.apply(11, &Command::FinishMove { group, move_id: back }), Response::Ok);
+
+        // After the factor changes, a move goes from the old count toward the new one (the
+        // controller's own moves), but not past it.
+        let config =
+            |rf| Command::SetTopicConfig { name: "t".into(), replication_factor: rf, policy: TopicPolicy::default() };
+        assert_eq!(s.apply(12, &config(5)), Response::Ok);
+        refused(start(&mut s, 13, vec![1, 2]));
+        assert!(matches!(start(&mut s, 14, vec![1, 2, 3, 4]), Response::MoveStarted(14)));
+        s.apply(15, &Command::FinishMove { group, move_id: 14 });
+        assert_eq!(s.apply(16, &config(2)), Response::Ok);
+        refused(start(&mut s, 17, vec![1, 2, 3, 4, 5]));
+        refused(start(&mut s, 18, vec![1]));
+        assert!(matches!(start(&mut s, 19, vec![1, 2, 3]), Response::MoveStarted(19)));
     }
 
     #[test]
