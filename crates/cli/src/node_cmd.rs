@@ -161,8 +161,18 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let engine = RocksEngine::open(config.data_dir.join("db"))
-        .with_context(|| format!("opening storage in {}", config.data_dir.display()))?;
+    let engine = match RocksEngine::open(config.data_dir.join("db")) {
+        Ok(engine) => engine,
+        // Starting without writes it had made durable (its Raft votes among them) could let
+        // the node vote twice or lead without entries a quorum committed.
+        Err(flotilla_storage::StorageError::Corruption(why)) => bail!(
+            "the storage in data directory {} is corrupt ({why}); this node will not start, since \
+             it would run without writes it had made durable. Rebuild it from its peers: see \
+             docs/operating.md, \"A node whose storage is corrupt\"",
+            config.data_dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("opening storage in {}", config.data_dir.display())),
+    };
     let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engine);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
