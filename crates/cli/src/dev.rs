@@ -44,6 +44,11 @@ impl DevArgs {
         (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", port + METRICS_PORT_OFFSET))
     }
 
+    /// Every node's gRPC address, comma-separated: what clients bootstrap from.
+    fn bootstrap(&self) -> String {
+        (1..=self.nodes).map(|i| self.addrs(i).0).collect::<Vec<_>>().join(",")
+    }
+
     /// Node `i`'s zone, when zones were given.
     fn zone(&self, i: u64) -> Option<&str> {
         (!self.zones.is_empty()).then(|| self.zones[((i - 1) % self.zones.len() as u64) as usize].as_str())
@@ -112,7 +117,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("starting node {i}"))?;
         nodes.push(Running { id: i, addr: grpc, metrics, log, child, exited: false });
     }
-    let bootstrap = addr(1);
+    let bootstrap = args.bootstrap();
     println!("Flotilla dev cluster: {} nodes, data in {} (kept across restarts)", args.nodes, args.dir.display());
     for n in &nodes {
         let zone = args.zone(n.id).map(|z| format!("  zone {z}")).unwrap_or_default();
@@ -130,7 +135,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Err(e) => println!("Not ready yet ({e}); see the node logs."),
     }
     println!();
-    println!("Bootstrap address: {bootstrap}");
+    println!("Bootstrap addresses: {bootstrap}");
+    if bootstrap.split(',').all(|a| crate::DEFAULT_BOOTSTRAP.split(',').any(|d| d == a)) {
+        println!("  (the CLI's default: flotilla commands find this cluster without --bootstrap)");
+    } else {
+        println!("  (not the CLI's default; in other terminals: export FLOTILLA_BOOTSTRAP={bootstrap})");
+    }
     println!("Next, in another terminal:");
     println!("  flotilla topic create demo --partitions 6 --replication-factor 3");
     println!("  seq 1 1000 | flotilla produce demo");
@@ -225,5 +235,11 @@ mod tests {
         assert!(parse(&["--nodes", "65"]).check().is_err());
         assert!(parse(&["--base-port", "65000"]).check().unwrap_err().to_string().contains("must fit"));
         assert!(parse(&["--zones", "a,,b"]).check().is_err());
+    }
+
+    #[test]
+    fn the_cli_default_bootstrap_is_the_default_dev_cluster() {
+        assert_eq!(parse(&[]).bootstrap(), crate::DEFAULT_BOOTSTRAP);
+        assert_eq!(parse(&["--nodes", "2", "--base-port", "9000"]).bootstrap(), "127.0.0.1:9000,127.0.0.1:9001");
     }
 }

@@ -9,11 +9,16 @@ use clap::{Parser, Subcommand};
 
 use crate::client_cmds::{ClientCommand, Output};
 
+/// Where client commands look for the cluster without `--bootstrap` or
+/// `FLOTILLA_BOOTSTRAP`: the nodes `flotilla dev` (and `make run`) start by default.
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:7072";
+
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "Flotilla: a replicated message broker")]
 struct Cli {
-    /// Any node of the cluster (host:port).
-    #[arg(long, global = true, env = "FLOTILLA_BOOTSTRAP", default_value = "127.0.0.1:7070")]
+    /// Nodes of the cluster (host:port, comma-separated); the client tries each in turn
+    /// until one answers. The default is the three nodes of `flotilla dev`.
+    #[arg(long, global = true, env = "FLOTILLA_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
     bootstrap: String,
     /// Output format of describe and list commands.
     #[arg(long, global = true, value_enum, default_value = "text")]

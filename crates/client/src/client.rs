@@ -25,8 +25,6 @@ use crate::producer::Producer;
 /// The most broker channels kept open; past it the pool is emptied (channels reconnect
 /// lazily), so a stream of bogus leader hints cannot grow it without bound.
 const CHANNELS_MAX: usize = 1024;
-/// Metadata refreshes try at most this many nodes before giving up for this round.
-const REFRESH_NODES_PER_ROUND: usize = 3;
 /// Immediate redirects (NOT_LEADER with a hint) before backing off: stops two nodes that
 /// name each other from bouncing a request without pause.
 const REDIRECTS_WITHOUT_BACKOFF: u32 = 3;
@@ -484,8 +482,9 @@ impl ClientInner {
                 candidates.push(b.clone());
             }
         }
+        // Every node known, before giving up for this round: any one that answers will do.
         let mut last = None;
-        for addr in candidates.iter().take(REFRESH_NODES_PER_ROUND) {
+        for addr in &candidates {
             match self.metadata_from(addr, &asked).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {

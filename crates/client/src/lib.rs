@@ -1,9 +1,11 @@
 //! Flotilla's smart client: connect to one broker, and the client finds the rest.
 //!
 //! - **Metadata cache and leader routing.** [`Client::connect`] loads the cluster's
-//!   brokers, topics, partitions and leaders from one bootstrap address and keeps one
-//!   gRPC channel per broker (opened lazily). Every produce, fetch and offset lookup goes
-//!   to the partition's leader; while the leader is unknown, to its replicas.
+//!   brokers, topics, partitions and leaders from the first of its bootstrap addresses
+//!   that answers (it tries each in turn) and keeps one gRPC channel per broker (opened
+//!   lazily); metadata refreshes try every broker it knows before giving up. Every
+//!   produce, fetch and offset lookup goes to the partition's leader; while the leader is
+//!   unknown, to its replicas.
 //! - **Retries by error code.** `NOT_LEADER` with a named leader is retried there at once;
 //!   `UNAVAILABLE`, `SHUTTING_DOWN`, unreachable nodes and unnamed leaders refresh the
 //!   metadata and retry with jittered exponential backoff (50 ms doubling to 1 s) until a

@@ -122,3 +122,148 @@ pub async fn busiest_leader(client: &Client, topic: &str) -> u64 {
     }
     count.into_iter().max_by_key(|(id, n)| (*n, u64::MAX - id)).expect("some leader").0
 }
+
+/// Runs the `flotilla` binary with `args` against `bootstrap` (FLOTILLA_BOOTSTRAP) and
+/// waits for it to finish (at most 60 s).
+pub async fn cli(bootstrap: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args(args).env("FLOTILLA_BOOTSTRAP", bootstrap).kill_on_drop(true).stdin(std::process::Stdio::null());
+    match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+        Ok(out) => out.expect("run flotilla"),
+        Err(_) => panic!("flotilla {args:?} still running after 60 s"),
+    }
+}
+
+/// The standard output of a command that must succeed.
+pub async fn cli_ok(bootstrap: &str, args: &[&str]) -> String {
+    let out = cli(bootstrap, args).await;
+    assert!(
+        out.status.success(),
+        "flotilla {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A base port for `flotilla dev --nodes n --base-port P`: P..P+n (gRPC) and
+/// P+1000..P+1000+n (metrics) were all free a moment ago. Below the ephemeral range.
+pub fn free_dev_base_port(n: u16) -> u16 {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut candidate = 10_000 + ((seed ^ std::process::id().wrapping_mul(2_654_435_761)) % 20_000) as u16;
+    for _ in 0..500 {
+        let ports = (0..n).flat_map(|i| [candidate + i, candidate + 1000 + i]);
+        let held: Vec<_> = ports.map(|p| std::net::TcpListener::bind(("127.0.0.1", p))).collect();
+        if held.iter().all(Result::is_ok) {
+            return candidate;
+        }
+        candidate = 10_000 + (candidate - 10_000 + 7919) % 20_000;
+    }
+    panic!("no free run of ports for a dev cluster")
+}
+
+/// A `flotilla dev` process in a process group of its own (its nodes inherit the group),
+/// with its output read line by line. Dropping it kills the whole group.
+pub struct Dev {
+    child: tokio::process::Child,
+    pid: i32,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line printed so far (stdout and stderr).
+    pub output: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Dev {
+    /// Starts `flotilla dev ARGS --dir <a temp dir>`.
+    pub fn start(args: &[&str]) -> Dev {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::Builder::new().prefix("flotilla-dev-").tempdir().expect("temp dir");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("dev")
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "info,openraft=warn")
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start flotilla dev");
+        let pid = child.id().expect("pid") as i32;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let tx2 = tx.clone();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                let _ = tx2.send(format!("stderr: {l}"));
+            }
+        });
+        Dev { child, pid, lines, output: vec![], dir }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits (at most `within`) for a line containing `needle`; the line, or `None`.
+    pub async fn wait_line(&mut self, needle: &str, within: Duration) -> Option<String> {
+        if let Some(l) = self.output.iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.lines.recv()).await {
+            self.output.push(line.clone());
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    /// Sends `signal` to the dev process only (not to its nodes).
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
+    /// Its exit status, once it exits within `within`; the rest of its output is read.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let status = tokio::time::timeout(within, self.child.wait()).await.ok()?.ok();
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), self.lines.recv()).await {
+            self.output.push(line);
+        }
+        status
+    }
+
+    /// Whether any process of its group (the dev process, a node) still runs, waiting up
+    /// to `within` for them to go.
+    pub async fn group_alive_after(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let alive = unsafe { libc::kill(-self.pid, 0) } == 0;
+            if !alive || Instant::now() > deadline {
+                return alive;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Everything printed so far, for failure messages.
+    pub fn transcript(&self) -> String {
+        self.output.join("\n")
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+    }
+}
