@@ -12,7 +12,7 @@ NODES ?= 3
 # Crates that must never depend on tonic, prost or rocksdb (docs/ARCHITECTURE.md).
 CORE_CRATES := flotilla-types flotilla-storage flotilla-partition flotilla-metadata flotilla-raft flotilla-node
 
-.PHONY: run build test verify fmt-check clippy layers fix deps clean-data bench sim sim-ci sim-determinism sim-planted sim-madsim cargo-test
+.PHONY: run build test verify fmt-check clippy layers fix deps clean-data bench sim sim-ci sim-determinism sim-planted sim-madsim cargo-test fuzz
 
 deps:
 	@./.ci/install-deps
@@ -89,6 +89,11 @@ sim-planted: build
 ## Tier 2: the core under madsim, in its own workspace and target dir.
 sim-madsim:
 	./sim-tests/madsim/run
+
+## The fuzz targets (crates/fuzz, docs/security.md) with many cases; `make test` runs
+## 3,000 of each. CASES=N for another number; FLOTILLA_FUZZ_SEED/CASE replay a failure.
+fuzz: deps
+	FLOTILLA_FUZZ_CASES=$(or $(CASES),200000) $(CARGO) test --workspace --test targets -- --nocapture
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

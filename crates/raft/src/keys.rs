@@ -48,11 +48,12 @@ pub fn group_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// The index in a log key.
-pub fn index_of(key: &[u8]) -> u64 {
-    assert_eq!(key.len(), 17, "not a log key");
-    assert_eq!(key[8], LOG, "not a log key");
-    u64::from_be_bytes(key[9..17].try_into().expect("8 bytes"))
+/// The index in a log key; `None` for a key that is not one (read from a damaged store).
+pub fn index_of(key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[8] != LOG {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().expect("8 bytes")))
 }
 
 #[cfg(test)]
@@ -66,6 +67,8 @@ mod tests {
         assert!(log(1, 255) < log(1, 256));
         let (s, e) = group_range(1);
         assert!(s <= log(1, 0) && meta(1, PURGED) < e && log(2, 0) >= e);
-        assert_eq!(index_of(&log(7, 42)), 42);
+        assert_eq!(index_of(&log(7, 42)), Some(42));
+        assert_eq!(index_of(&meta(7, VOTE)), None);
+        assert_eq!(index_of(&[0; 17]), None);
     }
 }

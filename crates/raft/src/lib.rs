@@ -22,6 +22,7 @@ pub mod registry;
 #[cfg_attr(madsim, path = "rt_madsim.rs")]
 pub mod rt;
 pub mod state_machine;
+pub mod wire;
 
 pub use command::{Command, Response};
 pub use config::GroupTimings;

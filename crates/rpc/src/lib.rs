@@ -9,6 +9,7 @@
 //! nowhere else.
 
 mod convert;
+mod limit;
 mod metrics_http;
 mod server;
 mod transport;

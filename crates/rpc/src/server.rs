@@ -1,6 +1,7 @@
 //! The gRPC server of one node: client API, admin API, Raft transport, reflection.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use flotilla_node::{ApiError, Node};
 use flotilla_proto::raft::v1 as raftpb;
@@ -437,7 +438,7 @@ where
     S: futures::Stream<Item = Result<IO, E>> + Send + 'static,
     IO: tonic::transport::server::Connected + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     // Both reflection versions: grpcurl and other tools still ask for v1alpha first.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -456,8 +457,19 @@ where
     let raft = raftpb::raft_server::RaftServer::new(RaftApi { node })
         .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
+    let incoming = crate::limit::limit_connections(
+        incoming,
+        limits::CONNECTIONS_MAX,
+        Duration::from_millis(limits::CONNECTION_GREETING_MS),
+    );
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
+        .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION_MAX as usize)
+        .timeout(Duration::from_millis(limits::REQUEST_TIMEOUT_MS))
+        .http2_keepalive_interval(Some(Duration::from_millis(limits::KEEPALIVE_INTERVAL_MS)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits::KEEPALIVE_TIMEOUT_MS)))
+        .http2_max_header_list_size(limits::HEADER_LIST_BYTES_MAX)
         .add_service(client)
         .add_service(admin)
         .add_service(raft)

@@ -26,6 +26,9 @@ pub struct ClusterOptions {
     pub node_args: Vec<String>,
     /// Serve Prometheus metrics from every node (`metrics_addr`).
     pub metrics: bool,
+    /// Nodes `start_with` does not start: they are in every node's `--peers` but stay
+    /// down until `restart` starts them (a cluster still forming).
+    pub deferred: Vec<u64>,
 }
 
 /// Real `flotilla node` processes. Every node is killed when this is dropped.
@@ -78,10 +81,11 @@ impl ProcessCluster {
             })
             .collect();
         let mut c = ProcessCluster { bin: bin.as_ref().to_path_buf(), dir, peers, nodes, options };
-        for id in 1..=n {
-            c.spawn(id);
+        let started: Vec<u64> = (1..=n).filter(|id| !c.options.deferred.contains(id)).collect();
+        for id in &started {
+            c.spawn(*id);
         }
-        for id in 1..=n {
+        for id in started {
             c.wait_listening(id, Duration::from_secs(30));
         }
         c
@@ -179,6 +183,11 @@ impl ProcessCluster {
         self.nodes.iter().find(|n| n.addr == addr).map(|n| n.id)
     }
 
+    /// The process id of node `id`, while this cluster runs it.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.node(id).child.is_some()
     }
@@ -210,7 +219,8 @@ impl ProcessCluster {
         }
     }
 
-    /// Starts a stopped or killed node again on its data.
+    /// Starts a stopped or killed node again on its data (or a deferred node for the
+    /// first time).
     pub fn restart(&mut self, id: u64) {
         self.spawn(id);
         self.wait_listening(id, Duration::from_secs(30));

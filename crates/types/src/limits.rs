@@ -49,8 +49,41 @@ pub const RAFT_APPEND_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// The largest node-to-node Raft message: one batch at its limit plus framing.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// The most bytes one bincode value of the raft crate (a node-to-node message or reply,
+/// a stored log entry, vote or tombstone) may be, and the most bytes the lengths inside
+/// it may claim in all: a decoder never allocates more on a peer's or a file's word.
+pub const DECODE_BYTES_MAX: usize = RAFT_MESSAGE_BYTES_MAX;
+
 /// How long one node-to-node Raft call may take before it counts as unreachable.
 pub const RAFT_CALL_TIMEOUT_MS: u64 = 5_000;
+
+/// Connections one node's listener keeps open at once; one more is closed as soon as it
+/// is accepted.
+pub const CONNECTIONS_MAX: usize = 4096;
+
+/// Requests in flight on one connection (HTTP/2 concurrent streams); the client queues
+/// the rest. Node-to-node traffic of every group shares one connection per peer.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+/// The longest any request may run on the server: a fetch's longest wait and more.
+pub const REQUEST_TIMEOUT_MS: u64 = 2 * FETCH_WAIT_MS_MAX;
+
+/// How long an accepted connection may stay silent before its first byte (a client that
+/// connects and says nothing is closed).
+pub const CONNECTION_GREETING_MS: u64 = 10_000;
+
+/// HTTP/2 keepalive: a ping after this long without traffic, and the connection is
+/// closed if the ping is not answered within `KEEPALIVE_TIMEOUT_MS`.
+pub const KEEPALIVE_INTERVAL_MS: u64 = 10_000;
+pub const KEEPALIVE_TIMEOUT_MS: u64 = 20_000;
+
+/// The largest block of request headers (HTTP/2 header list) a node accepts.
+pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+
+const _: () = assert!(BATCH_BYTES_MAX < REQUEST_BYTES_MAX, "a full batch fits in one produce request");
+const _: () = assert!(RAFT_APPEND_BYTES_MAX + BATCH_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX, "an append fits in a message");
+const _: () = assert!(DECODE_BYTES_MAX >= RAFT_MESSAGE_BYTES_MAX, "every message a node accepts decodes");
+const _: () = assert!(REQUEST_TIMEOUT_MS > FETCH_WAIT_MS_MAX && REQUEST_TIMEOUT_MS > RAFT_CALL_TIMEOUT_MS);
 
 /// Checks a topic name; returns why it is refused.
 pub fn check_topic_name(name: &str) -> Result<(), String> {
