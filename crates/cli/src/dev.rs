@@ -131,7 +131,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     match wait_ready(&bootstrap, args.nodes as usize, Duration::from_secs(60)).await {
-        Ok(leader) => println!("Ready: metadata leader is node {leader}."),
+        Ok(leader) => println!("Ready: every node has registered and is alive; metadata leader is node {leader}."),
         Err(e) => println!("Not ready yet ({e}); see the node logs."),
     }
     println!();
@@ -183,16 +183,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until every node has registered and is alive and the metadata group has a
+/// leader (then a topic with replication factor `nodes` can be created); the leader.
 async fn wait_ready(bootstrap: &str, nodes: usize, within: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + within;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
         match flotilla_client::Client::connect(bootstrap).await {
             Ok(client) => match client.describe_cluster().await {
-                Ok(c) if c.brokers.len() >= nodes && c.metadata_leader.is_some() => {
-                    return Ok(c.metadata_leader.unwrap_or(0));
+                Ok(c) => {
+                    let alive = c.brokers.iter().filter(|b| b.state == "alive").count();
+                    match c.metadata_leader {
+                        Some(leader) if alive >= nodes => return Ok(leader),
+                        Some(_) => last = format!("{} of {nodes} nodes registered, {alive} alive", c.brokers.len()),
+                        None => last = "no metadata leader yet".into(),
+                    }
                 }
-                Ok(c) => last = format!("{} of {nodes} nodes registered", c.brokers.len()),
                 Err(e) => last = e.to_string(),
             },
             Err(e) => last = e.to_string(),

@@ -20,6 +20,7 @@ fn six_nodes(node_args: &[&str]) -> ProcessCluster {
         zones: vec!["a".into(), "b".into(), "c".into()],
         node_args: node_args.iter().map(|s| s.to_string()).collect(),
         metrics: true,
+        ..ClusterOptions::default()
     };
     ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 6, options)
 }

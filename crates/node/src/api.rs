@@ -89,6 +89,11 @@ pub struct Fetched {
     pub batches: Vec<FetchedBatch>,
 }
 
+/// How long a topic create waits for more brokers when the cluster cannot place it yet
+/// because it is still forming (members of the metadata group have not registered);
+/// then it fails with `UNAVAILABLE`, which clients retry. docs/errors.md.
+pub const CREATE_TOPIC_FORMING_WAIT: Duration = Duration::from_secs(5);
+
 impl<T: RaftTransport> Node<T> {
     fn leader_error(&self, group: GroupId, leader: Option<NodeId>, code: ErrorCode, what: &str) -> ApiError {
         let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
@@ -382,10 +387,46 @@ impl<T: RaftTransport> Node<T> {
         // The name, counts and policy are checked where the command is applied (the
         // metadata state machine), so every way in gets the same answer.
         let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor, policy };
-        match self.metadata_write(cmd).await? {
-            MetaResponse::TopicCreated(t) => Ok(self.topic_view(&t)),
-            other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected response {other:?}"))),
+        let deadline = tokio::time::Instant::now() + CREATE_TOPIC_FORMING_WAIT;
+        loop {
+            let e = match self.metadata_write(cmd.clone()).await {
+                Ok(MetaResponse::TopicCreated(t)) => return Ok(self.topic_view(&t)),
+                Ok(other) => return Err(ApiError::new(ErrorCode::Internal, format!("unexpected response {other:?}"))),
+                Err(e) => e,
+            };
+            // Too few brokers while the cluster is still forming: wait for the next
+            // registration and try again, up to the deadline.
+            let missing = self.unregistered_members();
+            if e.code != ErrorCode::PolicyViolation || missing.is_empty() {
+                return Err(e);
+            }
+            loop {
+                if tokio::time::Instant::now() >= deadline {
+                    let ids = missing.iter().map(NodeId::to_string).collect::<Vec<_>>().join(", ");
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the cluster is still forming: node(s) {ids} of the metadata group have not registered \
+                             yet, and {} (retry shortly)",
+                            e.message
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.unregistered_members().len() < missing.len() {
+                    break;
+                }
+            }
         }
+    }
+
+    /// Members of the metadata group (voters and learners) that have not registered as
+    /// brokers yet: while there are any, the cluster is still forming.
+    fn unregistered_members(&self) -> Vec<NodeId> {
+        let members = self.metadata_group().membership();
+        let mut all = members.voters();
+        all.extend(members.learners.iter().copied());
+        self.with_metadata(|m| all.into_iter().filter(|id| !m.brokers().contains_key(id)).collect())
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
