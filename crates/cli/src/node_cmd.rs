@@ -73,6 +73,10 @@ pub struct NodeArgs {
     /// nothing for three of these starts its own timers.
     #[arg(long)]
     quiesce_keepalive_ms: Option<u64>,
+    /// A replica silent toward its partition's leader for this long is out of sync
+    /// (default 15000; at least twice quiesce-keepalive-ms).
+    #[arg(long)]
+    replica_lag_time_max_ms: Option<u64>,
 }
 
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
@@ -140,6 +144,9 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(ms) = args.quiesce_keepalive_ms {
         config.quiesce_keepalive_ms = ms;
     }
+    if let Some(ms) = args.replica_lag_time_max_ms {
+        config.replica_lag_time_max_ms = ms;
+    }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
         config.peers = vec![format!("{}={}", config.id, config.advertised())];
@@ -197,8 +204,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         tokio::spawn(flotilla_rpc::serve_metrics(l, move || node.render_metrics()))
     });
     let joining = config.join.clone().map(|via| tokio::spawn(join(via, config.clone())));
-    let signal = wait_for_signal().await;
-    tracing::info!(signal, "shutting down");
+    // A node whose metadata replica stopped (a fatal storage error) cannot serve at all:
+    // it stops, with an error, rather than answer from a state that no longer moves.
+    let fatal = {
+        let node = node.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if let Some(why) = node.fatal() {
+                    return why;
+                }
+            }
+        }
+    };
+    let fatal = tokio::select! {
+        signal = wait_for_signal() => {
+            tracing::info!(signal, "shutting down");
+            None
+        }
+        why = fatal => {
+            tracing::error!(reason = %why, "this node cannot serve: shutting down");
+            Some(why)
+        }
+    };
     for task in joining.iter().chain(&metrics) {
         task.abort();
     }
@@ -219,7 +247,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     drop(node);
     tracing::info!("stopped");
-    Ok(())
+    match fatal {
+        Some(why) => anyhow::bail!("node stopped: {why}; see docs/operating.md to rebuild it from its peers"),
+        None => Ok(()),
+    }
 }
 
 /// The first wait between attempts to join, doubling up to [`JOIN_BACKOFF_MAX`].
@@ -295,6 +326,7 @@ mod tests {
             metrics_listen: None,
             quiesce_after_ms: None,
             quiesce_keepalive_ms: None,
+            replica_lag_time_max_ms: None,
         }
     }
 

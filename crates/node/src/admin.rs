@@ -199,7 +199,7 @@ impl<T: RaftTransport> Node<T> {
                     Some(g) if g.is_leader() => {
                         let voters = g.membership().voters();
                         let new: Vec<NodeId> = m.target.iter().copied().filter(|n| !voters.contains(n)).collect();
-                        catch_up(g, &new)
+                        catch_up(g, &new, self.lag_time_max())
                     }
                     _ => Vec::new(),
                 };
@@ -278,7 +278,7 @@ impl<T: RaftTransport> Node<T> {
             ));
         }
         let new: Vec<NodeId> = set.iter().copied().filter(|v| !members.voters().contains(v)).collect();
-        if let Some(lag) = catch_up(&g, &new).into_iter().find(|c| c.matched.is_none_or(|m| m + 64 < c.leader_last)) {
+        if let Some(lag) = catch_up(&g, &new, self.lag_time_max()).into_iter().find(|c| !c.in_sync) {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(

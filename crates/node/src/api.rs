@@ -207,16 +207,42 @@ impl<T: RaftTransport> Node<T> {
         };
         let serves =
             |g: &Group| g.is_leader() || (from_follower && g.membership().contains(self.id()) && leader_alive(g));
+        if let Some(why) = group.stopped() {
+            return Err(self.stopped_replica(&what, &why));
+        }
         if !serves(&group) {
             return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
         }
         let mut applied = group.state().subscribe();
         let deadline = tokio::time::Instant::now() + max_wait;
+        // A new leader serves reads only once it has applied an entry of its own term
+        // (everything committed before it is then applied): until then its high
+        // watermark can be behind what the old leader answered.
+        if group.is_leader() && !group.wait_applied_own_term(max_wait).await {
+            if !serves(&group) {
+                return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
+            }
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{what}: the new leader on node {} is still applying its log; retry", self.id()),
+            ));
+        }
         loop {
             let (located, hw, start) = Self::read_partition(&group, |p| {
                 (p.locate(offset, max_bytes), p.high_watermark(), p.log_start_offset())
             });
             let Some(locations) = located else {
+                // Past this replica's high watermark while it may be behind the
+                // partition's (a follower, or a leader that is no longer one): retriable.
+                if offset > hw && !group.applied_own_term() {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "{what}: offset {offset} is past the high watermark {hw} node {} has applied; retry",
+                            self.id()
+                        ),
+                    ));
+                }
                 return Err(ApiError::new(
                     ErrorCode::OffsetOutOfRange,
                     format!("{what}: offset {offset} is outside [{start}, {hw}]"),
@@ -255,13 +281,28 @@ impl<T: RaftTransport> Node<T> {
                 }
                 return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches });
             }
-            if tokio::time::timeout_at(deadline, applied.changed()).await.is_err() {
-                continue; // deadline: answer with what there is (nothing)
+            // Wake at least twice a second to notice a replica that stopped (its state
+            // never changes again) or a leader that moved.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
+            if let Ok(Err(_)) = tokio::time::timeout_at(wake, applied.changed()).await {
+                return Err(self.stopped_replica(&what, "its state machine is gone"));
+            }
+            if let Some(why) = group.stopped() {
+                return Err(self.stopped_replica(&what, &why));
             }
             if !serves(&group) {
                 return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
             }
         }
+    }
+
+    /// The answer of a replica that stopped after a fatal error: retriable, so the client
+    /// goes to the leader (or waits for a new one).
+    fn stopped_replica(&self, what: &str, why: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::StorageError,
+            format!("{what}: the replica on node {} stopped ({why}); another replica serves it", self.id()),
+        )
     }
 
     /// The planted bug `FetchPastCommit`: the leader's log entries past the commit

@@ -63,6 +63,11 @@ pub struct NodeConfig {
     /// that reaches the metadata leader but not this follower); a restarted node's
     /// replicas wait one of these and a second for their leaders before campaigning.
     pub quiesce_keepalive_ms: u64,
+    /// A replica that has not acknowledged its partition's leader for this long is out of
+    /// sync (Kafka's `replica.lag.time.max.ms`): the partition counts as under-replicated,
+    /// and a move or a controller change does not rely on it. At least two
+    /// `quiesce-keepalive-ms`, since a quiet leader is acknowledged only that often.
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -89,6 +94,7 @@ impl Default for NodeConfig {
             partition_election_timeout_ms: GroupTimings::PARTITION.election_min_ms,
             quiesce_after_ms: 3000,
             quiesce_keepalive_ms: 5000,
+            replica_lag_time_max_ms: limits::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
         }
     }
 }
@@ -197,6 +203,12 @@ impl NodeConfig {
             return Err(format!(
                 "quiesce-keepalive-ms ({}) must be at least partition-heartbeat-ms ({})",
                 self.quiesce_keepalive_ms, self.partition_heartbeat_ms
+            ));
+        }
+        if self.replica_lag_time_max_ms < 2 * self.quiesce_keepalive_ms {
+            return Err(format!(
+                "replica-lag-time-max-ms ({}) must be at least twice quiesce-keepalive-ms ({})",
+                self.replica_lag_time_max_ms, self.quiesce_keepalive_ms
             ));
         }
         if self.max_concurrent_moves == 0 || self.move_bytes_per_sec < 1024 {

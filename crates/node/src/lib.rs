@@ -169,6 +169,24 @@ impl<T: RaftTransport> Node<T> {
         Duration::from_millis(self.inner.config.produce_timeout_ms)
     }
 
+    /// The Raft groups on this node that stopped after a fatal error (a failed sync, a
+    /// corrupt read), with the reason. They serve nothing; the node is unhealthy.
+    pub fn stopped_groups(&self) -> Vec<(flotilla_types::GroupId, String)> {
+        self.groups().ids().into_iter().filter_map(|id| Some((id, self.groups().get(id)?.stopped()?))).collect()
+    }
+
+    /// Why this node cannot serve at all (its replica of the metadata group stopped: it
+    /// no longer learns the cluster's state), or `None`. The node binary exits on it.
+    pub fn fatal(&self) -> Option<String> {
+        self.metadata_group().stopped().map(|why| format!("the metadata group's replica stopped: {why}"))
+    }
+
+    /// `replica-lag-time-max-ms`: how long a replica may go without acknowledging its
+    /// leader and still be in sync (`mover::in_sync`).
+    pub(crate) fn lag_time_max(&self) -> Duration {
+        Duration::from_millis(self.config().replica_lag_time_max_ms)
+    }
+
     pub(crate) fn suspect_after(&self) -> Duration {
         Duration::from_millis(self.inner.config.suspect_after_ms)
     }

@@ -112,15 +112,12 @@ impl<T: RaftTransport> Node<T> {
             let voters = g.membership().voters();
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",group=\"{group}\"");
             let _ = writeln!(out, "flotilla_partition_leader{{{labels}}} {}", u8::from(status.is_leader));
-            // Under-replicated, judged by the leader: fewer voters than the replication
-            // factor, or a voter more than a few entries behind.
+            // Under-replicated, judged by the leader: fewer in-sync voters (the leader
+            // itself and those `mover::in_sync` accepts) than the replication factor.
             let under = if status.is_leader {
-                let matched = g.replication_matched().unwrap_or_default();
-                let last = status.last_log_index.unwrap_or(0);
-                let in_sync = voters
-                    .iter()
-                    .filter(|v| **v == me || matched.get(v).copied().flatten().unwrap_or(0) + 64 >= last)
-                    .count();
+                let others: Vec<u64> = voters.iter().copied().filter(|v| *v != me).collect();
+                let in_sync =
+                    1 + crate::mover::catch_up(&g, &others, self.lag_time_max()).iter().filter(|c| c.in_sync).count();
                 Some(in_sync < *rf)
             } else {
                 None
@@ -189,6 +186,21 @@ impl<T: RaftTransport> Node<T> {
         for (id, state) in brokers {
             let _ = writeln!(out, "flotilla_node_state{{node=\"{id}\",state=\"{state}\"}} 1");
         }
+        let stopped = self.stopped_groups();
+        family(
+            &mut out,
+            "flotilla_groups_stopped",
+            "gauge",
+            "Raft groups (replicas) on this node stopped by a fatal error such as a failed sync; they serve nothing.",
+        );
+        let _ = writeln!(out, "flotilla_groups_stopped {}", stopped.len());
+        family(
+            &mut out,
+            "flotilla_node_healthy",
+            "gauge",
+            "1 while every Raft group on this node runs; 0 once one stopped (see flotilla_groups_stopped).",
+        );
+        let _ = writeln!(out, "flotilla_node_healthy {}", u8::from(stopped.is_empty()));
         family(&mut out, "flotilla_metadata_leader", "gauge", "1 when this node leads the metadata group.");
         let _ = writeln!(out, "flotilla_metadata_leader {}", u8::from(self.metadata_group().is_leader()));
         family(

@@ -30,8 +30,6 @@ use crate::Node;
 use crate::quiesce::Quiescer;
 
 const TICK: Duration = Duration::from_millis(250);
-/// A learner within this many entries of the leader's log counts as caught up.
-const CAUGHT_UP_LAG: u64 = 8;
 /// A leader hands leadership to the preferred replica only after leading this long, so
 /// leadership does not bounce while a group settles.
 const LEAD_BEFORE_HANDOVER: Duration = Duration::from_secs(2);
@@ -54,6 +52,21 @@ pub struct CatchUp {
     pub matched: Option<u64>,
     /// The leader's last log index.
     pub leader_last: u64,
+    /// How long ago it last acknowledged the leader, in milliseconds (none: not since
+    /// this leader was elected).
+    pub acked_ms_ago: Option<u64>,
+    /// Whether it is in sync (`in_sync`): the one rule behind moves, leader handover,
+    /// controller changes and the under-replicated metric.
+    pub in_sync: bool,
+}
+
+/// Whether a replica is in sync with its leader: it acknowledged the leader within
+/// `lag_time_max` (`replica-lag-time-max-ms`) and holds the leader's log but for at
+/// most `limits::REPLICA_LAG_ENTRIES_MAX` entries. Time, not entries alone: a dead
+/// replica of a partition that sees few writes stays "a few entries behind" forever.
+pub fn in_sync(matched: Option<u64>, acked_ago: Option<Duration>, leader_last: u64, lag_time_max: Duration) -> bool {
+    acked_ago.is_some_and(|a| a <= lag_time_max)
+        && matched.is_some_and(|m| m + flotilla_types::limits::REPLICA_LAG_ENTRIES_MAX >= leader_last)
 }
 
 struct LoopState {
@@ -113,9 +126,9 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
             }
             if let Some(stuck) = group.stalled_transfer(TRANSFER_PATIENCE) {
-                retry_transfer(&group, assignment, &brokers, stuck).await;
+                retry_transfer(&group, assignment, &brokers, stuck, node.lag_time_max()).await;
             } else if since.elapsed() >= LEAD_BEFORE_HANDOVER {
-                hand_over(&group, assignment, &brokers).await;
+                hand_over(&group, assignment, &brokers, node.lag_time_max()).await;
             }
             st.quiescer.leader(&group, assignment, &brokers).await;
         } else {
@@ -175,7 +188,8 @@ async fn drive_membership<T: RaftTransport>(
         return Ok(vec![*n]);
     }
     let new: Vec<NodeId> = desired.difference(&voters).copied().collect();
-    let lagging: Vec<NodeId> = catch_up(group, &new).into_iter().filter(|c| !c.caught_up()).map(|c| c.node).collect();
+    let lagging: Vec<NodeId> =
+        catch_up(group, &new, node.lag_time_max()).into_iter().filter(|c| !c.caught_up()).map(|c| c.node).collect();
     if !lagging.is_empty() {
         return Ok(lagging);
     }
@@ -186,19 +200,33 @@ async fn drive_membership<T: RaftTransport>(
 
 impl CatchUp {
     fn caught_up(&self) -> bool {
-        self.matched.is_some_and(|m| m + CAUGHT_UP_LAG >= self.leader_last)
+        self.in_sync
     }
 }
 
-/// On the leader: how far each of `nodes` has caught up.
-pub(crate) fn catch_up(group: &Group, nodes: &[NodeId]) -> Vec<CatchUp> {
+/// On the leader: how far each of `nodes` has caught up, and whether it is in sync.
+pub(crate) fn catch_up(group: &Group, nodes: &[NodeId], lag_time_max: Duration) -> Vec<CatchUp> {
     let matched = group.replication_matched().unwrap_or_default();
+    let acked = group.peer_ack_ages().unwrap_or_default();
     let leader_last = group.status().last_log_index.unwrap_or(0);
-    nodes.iter().map(|n| CatchUp { node: *n, matched: matched.get(n).copied().flatten(), leader_last }).collect()
+    nodes
+        .iter()
+        .map(|n| {
+            let m = matched.get(n).copied().flatten();
+            let ago = acked.get(n).copied().flatten();
+            CatchUp {
+                node: *n,
+                matched: m,
+                leader_last,
+                acked_ms_ago: ago.map(|a| a.as_millis() as u64),
+                in_sync: in_sync(m, ago, leader_last, lag_time_max),
+            }
+        })
+        .collect()
 }
 
 /// Hands leadership to the preferred replica when it is a live, caught-up voter.
-async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>) {
+async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, lag: Duration) {
     let Some(&preferred) = p.desired().first() else { return };
     if preferred == group.status().leader.unwrap_or(0) || !brokers.get(&preferred).is_some_and(|b| b.accepts_replicas())
     {
@@ -208,7 +236,7 @@ async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<No
     if !members.committed || members.uniform_voters().is_none_or(|v| !v.contains(&preferred)) {
         return;
     }
-    if !catch_up(group, &[preferred]).iter().all(CatchUp::caught_up) {
+    if !catch_up(group, &[preferred], lag).iter().all(CatchUp::caught_up) {
         return;
     }
     match group.transfer_leader(preferred).await {
@@ -221,7 +249,13 @@ async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<No
 /// never got the request), and meanwhile the group takes no writes: hand leadership to
 /// another live, caught-up voter in preference order, or to the same one again when it
 /// is the only choice.
-async fn retry_transfer(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, stuck: NodeId) {
+async fn retry_transfer(
+    group: &Group,
+    p: &PartitionAssignment,
+    brokers: &BTreeMap<NodeId, Broker>,
+    stuck: NodeId,
+    lag: Duration,
+) {
     let me = group.status().leader.unwrap_or(0);
     let voters = group.membership().voters();
     let mut order: Vec<NodeId> = p.desired().to_vec();
@@ -231,7 +265,7 @@ async fn retry_transfer(group: &Group, p: &PartitionAssignment, brokers: &BTreeM
         *n != me
             && voters.contains(n)
             && crate::quiesce::alive(brokers, *n)
-            && catch_up(group, &[*n]).iter().all(CatchUp::caught_up)
+            && catch_up(group, &[*n], lag).iter().all(CatchUp::caught_up)
     };
     let to = order.iter().copied().filter(usable).find(|n| *n != stuck).or_else(|| usable(&stuck).then_some(stuck));
     let Some(to) = to else { return };

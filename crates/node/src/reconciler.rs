@@ -147,6 +147,17 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMa
         }
         let since = *unlisted.entry(group).or_insert_with(tokio::time::Instant::now);
         if since.elapsed() >= REMOVE_AFTER {
+            // The local metadata may be stale. A group still in the metadata (its topic
+            // not deleted; group ids are never reused) loses this replica only once its
+            // leader confirms that its membership no longer holds this node.
+            let listed = node.with_metadata(|m| m.partition_of_group(group).map(|(_, p)| p.hosts()));
+            if let Some(hosts) = listed {
+                let candidates: Vec<NodeId> = hosts.into_iter().filter(|n| *n != me).collect();
+                if !node.groups().released_by_leader(group, &candidates).await {
+                    tracing::info!(group, "unlisted replica kept: its group's leader does not confirm it left");
+                    continue;
+                }
+            }
             unlisted.remove(&group);
             match node.groups().remove(group).await {
                 Ok(()) => tracing::info!(group, "removed partition replica"),

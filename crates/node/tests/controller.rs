@@ -612,3 +612,63 @@ async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own()
     net.cut_links.write().unwrap().clear();
     shutdown(&nodes).await;
 }
+
+/// t90 (issue item 1): a replica is destroyed only outside its group's committed
+/// membership. Node 4 hosts a partition; the partition moves away from it, node 4
+/// applies that, and is then cut off from the metadata leader while the partition moves
+/// back to it. Its stale metadata says "not assigned" for longer than the 5 s delay, but
+/// the group's leader counts it as a voter again: it used to delete the replica on its
+/// local view alone (with the entries it acknowledged); it now asks the leader, and
+/// keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t90_replica_destroyed_only_outside_committed_membership() {
+    // Node 4 stays alive in the controller's eyes while it is cut off (a dead node's
+    // replicas would be moved elsewhere).
+    let Five { net, nodes, .. } = Five::start(|c| {
+        c.auto_balance = false;
+        c.suspect_after_ms = 30_000;
+        c.dead_after_ms = 60_000;
+    })
+    .await;
+    let t = create(&nodes, "t", 1).await;
+    let group = t.partitions[0].group;
+    let meta = eventually("a metadata leader", async || nodes[0].describe_cluster().metadata_leader).await;
+    // Zones: a = 1, 4; b = 2, 5; c = 3. The partition leader is a zone-b node that does
+    // not lead the metadata group, so node 4 can lose the one without the other.
+    let b = if meta == 2 { 5 } else { 2 };
+    let with_4 = vec![b, 4, 3];
+    let without_4 = vec![b, 1, 3];
+    let via = nodes.iter().find(|n| n.id() != 4).unwrap();
+    eventually("move to b, 4, 3", async || via.reassign("t", 0, with_4.clone()).await.ok()).await;
+    voters_become(&nodes, group, &with_4).await;
+    eventually("b leads", async || {
+        let _ = via.transfer_leader("t", 0, b).await;
+        (leader_of(&nodes, group).map(|n| n.id()) == Some(b)).then_some(())
+    })
+    .await;
+    assert!(nodes[3].groups().get(group).is_some(), "node 4 hosts the replica");
+
+    // Away from 4; once node 4 has applied the finished move, cut it off from the
+    // metadata leader (it still reaches the partition's leader), and move back.
+    eventually("move away from 4", async || via.reassign("t", 0, without_4.clone()).await.ok()).await;
+    eventually("node 4 applied the move away", async || {
+        let on_4 = nodes[3].with_metadata(|m| m.groups_on(4).contains_key(&group));
+        let moving = nodes[3].with_metadata(|m| m.partition_of_group(group).is_some_and(|(_, p)| p.moving.is_some()));
+        (!on_4 && !moving).then_some(())
+    })
+    .await;
+    net.cut_link(4, meta);
+    eventually("move back to 4", async || via.reassign("t", 0, with_4.clone()).await.ok()).await;
+    voters_become(&nodes, group, &with_4).await;
+    assert!(
+        !nodes[3].with_metadata(|m| m.groups_on(4).contains_key(&group)),
+        "node 4's metadata is stale: it does not know the partition is back"
+    );
+
+    // Past the unlisted-replica delay, node 4 still hosts the replica its group counts.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(nodes[3].groups().get(group).is_some(), "node 4 destroyed a replica its group still counts as a voter");
+    let leader = leader_of(&nodes, group).expect("a leader");
+    assert!(voters(leader, group).unwrap().contains(&4));
+    shutdown(&nodes).await;
+}

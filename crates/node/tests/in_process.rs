@@ -120,3 +120,95 @@ async fn t20_power_loss_of_every_node_keeps_acknowledged_records() {
         n.shutdown().await;
     }
 }
+
+/// t96 (issue item 3): in sync means "acknowledged the leader within
+/// `replica-lag-time-max-ms`", not "within some entries of its log". With one
+/// follower's node cut off and almost nothing produced, the partition still reported
+/// `under_replicated 0` (the dead follower stayed one entry behind forever); it now
+/// reports 1 once the lag time has passed, and 0 again once the follower is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t96_a_silent_follower_is_out_of_sync_after_the_lag_time_however_little_is_produced() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let config =
+            flotilla_node::NodeConfig { quiesce_keepalive_ms: 1000, replica_lag_time_max_ms: 2000, ..config(id) };
+        nodes.push(start_node(&net, config, &engines[id as usize - 1]).await);
+    }
+    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
+    let topic =
+        eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let group = topic.partitions[0].group;
+    assert_eq!(produce(&nodes, "t", 0, &["a"]).await, 0);
+    let under = |n: &Node<LocalTransport>| {
+        let text = n.render_metrics();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("flotilla_partition_under_replicated{") && l.contains("topic=\"t\""))
+            .map(str::to_string);
+        line.map(|l| l.ends_with(" 1"))
+    };
+    let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
+    let leader_node = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
+    eventually("in sync at first", async || (under(&leader_node) == Some(false)).then_some(())).await;
+
+    // Cut one follower's node (not the partition leader's), then write one record.
+    let follower = topic.partitions[0].replicas.iter().copied().find(|r| *r != leader).unwrap();
+    net.cut.write().unwrap().insert(follower);
+    assert_eq!(produce(&nodes, "t", 0, &["b"]).await, 1);
+    let started = std::time::Instant::now();
+    eventually("under-replicated once the lag time passed", async || {
+        let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))?;
+        (under(leader) == Some(true)).then_some(())
+    })
+    .await;
+    eprintln!("under-replicated reported {:?} after the cut", started.elapsed());
+
+    net.cut.write().unwrap().remove(&follower);
+    eventually("in sync again", async || {
+        let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))?;
+        (under(leader) == Some(false)).then_some(())
+    })
+    .await;
+}
+
+/// t99 (issue item 4): after a fatal storage error (a failed sync) a follower's replica
+/// stops, but follower fetches to it kept long-polling empty answers, so a consumer in
+/// that zone stalled. The stopped replica now answers a retriable error at once (the
+/// client then reads from the leader), and the node reports itself unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t99_a_stopped_replica_refuses_follower_fetches_and_the_node_says_it_is_unhealthy() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
+    let nodes = start_cluster(&net, &engines).await;
+    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
+    let topic =
+        eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let group = topic.partitions[0].group;
+    assert_eq!(produce(&nodes, "t", 0, &["a"]).await, 0);
+    let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
+    let follower = *topic.partitions[0].replicas.iter().find(|r| **r != leader).unwrap();
+    let f = nodes.iter().find(|n| n.id() == follower).unwrap().clone();
+    eventually("the follower has the record", async || {
+        f.fetch("t", 0, 0, 1 << 20, Duration::from_millis(10), true).await.ok().filter(|r| !r.batches.is_empty())
+    })
+    .await;
+    assert!(f.render_metrics().contains("flotilla_node_healthy 1"));
+
+    // Every sync on the follower's disk fails from now on: its replica stops on the next
+    // append it must make durable.
+    engines[follower as usize - 1].fail_syncs(true);
+    assert_eq!(produce(&nodes, "t", 0, &["b"]).await, 1);
+    eventually("the follower's replica stopped", async || f.groups().get(group)?.stopped()).await;
+
+    let started = std::time::Instant::now();
+    let err = f.fetch("t", 0, 1, 1 << 20, Duration::from_secs(5), true).await.unwrap_err();
+    assert!(err.code.is_retriable(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    assert!(f.stopped_groups().iter().any(|(g, _)| *g == group));
+    let metrics = f.render_metrics();
+    assert!(metrics.contains("flotilla_node_healthy 0"), "{metrics}");
+    // The partition goes on without it.
+    assert_eq!(produce(&nodes, "t", 0, &["c"]).await, 2);
+}

@@ -13,7 +13,7 @@ use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::LogStore;
-use crate::network::{RaftReply, RaftRpc, RaftTransport, Router};
+use crate::network::{RaftReply, RaftRpc, RaftTransport, Router, TransportError};
 use crate::state_machine::{GroupState, SharedState};
 use crate::{Command, Raft, Response, TypeConfig};
 
@@ -85,10 +85,46 @@ impl Group {
         self.raft.metrics().borrow_watched().current_leader
     }
 
+    /// A replica that stopped (openraft hit a fatal error, such as a failed sync) leads
+    /// nothing, whatever its last metrics said.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
-        m.state == ServerState::Leader && m.current_leader == Some(self.node)
+        m.running_state.is_ok() && m.state == ServerState::Leader && m.current_leader == Some(self.node)
+    }
+
+    /// Why this replica stopped (a fatal storage error), or `None` while it runs. A
+    /// stopped replica serves nothing: its state no longer moves.
+    pub fn stopped(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.running_state.as_ref().err().map(|e| e.to_string())
+    }
+
+    /// Whether this replica leads and has applied an entry of its own term. Only then
+    /// does its state hold everything an earlier leader committed: a new leader's state
+    /// machine may lag the old one's, and reading it earlier shows a high watermark that
+    /// went back and refuses offsets consumers legitimately reached (openraft commits a
+    /// blank entry of the new term first, so this holds soon after an election).
+    pub fn applied_own_term(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.node)
+            && m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == m.current_term)
+    }
+
+    /// Waits up to `timeout` for `applied_own_term`; false if it does not come (or this
+    /// replica stops leading).
+    pub async fn wait_applied_own_term(&self, timeout: Duration) -> bool {
+        let me = self.node;
+        let ready = |m: &openraft::RaftMetrics<TypeConfig>| {
+            m.state != ServerState::Leader
+                || m.current_leader != Some(me)
+                || m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == m.current_term)
+        };
+        self.raft.wait(Some(timeout)).metrics(ready, "leader applied its own term").await.is_ok()
+            && self.applied_own_term()
     }
 
     pub fn status(&self) -> GroupStatus {
@@ -96,7 +132,7 @@ impl Group {
         let m = m.borrow_watched();
         GroupStatus {
             leader: m.current_leader,
-            is_leader: m.state == ServerState::Leader,
+            is_leader: m.running_state.is_ok() && m.state == ServerState::Leader,
             term: m.current_term,
             last_log_index: m.last_log_index,
             committed: m.cluster_committed.as_ref().map(|l| l.index),
@@ -195,6 +231,9 @@ impl Group {
             Ok(other) => {
                 Err(WriteError::Unavailable { group: self.id, reason: format!("node {node} answered {other:?}") })
             }
+            // The write may have reached the leader and be committed after all: a
+            // timeout is indeterminate, on this path as on every other.
+            Err(TransportError::Timeout(_)) => Err(WriteError::Timeout { group: self.id }),
             Err(e) => Err(WriteError::Unavailable { group: self.id, reason: e.to_string() }),
         }
     }
@@ -390,6 +429,17 @@ impl Group {
         m.heartbeat
             .as_ref()
             .map(|h| h.iter().map(|(id, t)| (*id, t.as_ref().map(|t| openraft::Instant::elapsed(&**t)))).collect())
+    }
+
+    /// Whether this replica leads, confirmed by a quorum just now, and if so whether
+    /// `node` must keep its replica: it is in the latest membership (voter or learner),
+    /// or a membership change is in flight. Not leading: `(false, true)`.
+    pub async fn keeps_member(&self, node: NodeId) -> (bool, bool) {
+        if !self.is_leader() || self.linearizable_barrier().await.is_err() || !self.is_leader() {
+            return (false, true);
+        }
+        let m = self.membership();
+        (true, !m.committed || m.contains(node))
     }
 
     /// Waits until this replica has applied everything the group had committed when the

@@ -11,8 +11,8 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use flotilla_storage::{Engine, StorageError, WriteBatch};
-use flotilla_types::GroupId;
 use flotilla_types::planted::{self, Bug};
+use flotilla_types::{GroupId, limits};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, RaftTypeConfig};
@@ -30,12 +30,27 @@ pub(crate) fn to_io(e: StorageError) -> io::Error {
     }
 }
 
+/// The one bincode configuration of everything the raft crate writes to disk or sends to
+/// a peer. Decoding is bounded: the lengths a message or a stored value claims may add up
+/// to at most `limits::DECODE_BYTES_MAX`, so no allocation is sized by a peer's or a
+/// file's word beyond that (without the limit, a five-byte message claiming an exabyte
+/// `Vec` aborted the node).
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ limits::DECODE_BYTES_MAX }>()
+}
+
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("in-memory serialisation cannot fail")
+    bincode::serde::encode_to_vec(v, config()).expect("in-memory serialisation cannot fail")
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+    if bytes.len() > limits::DECODE_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} of {} bytes is over the limit of {}", bytes.len(), limits::DECODE_BYTES_MAX),
+        ));
+    }
+    let (v, used) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable {what}: {e}")))?;
     if used != bytes.len() {
         return Err(io::Error::new(
@@ -44,6 +59,19 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -
         ));
     }
     Ok(v)
+}
+
+/// Writes `b` and waits, without blocking the thread, until the engine reports it
+/// durable: the write joins the engine's group commit like any append. A blocking sync
+/// here stalled a runtime worker for every vote, truncation and deletion, and an
+/// election storm across many groups then stalled the node and caused more elections.
+pub(crate) async fn write_durable(engine: &dyn Engine, b: WriteBatch) -> Result<(), StorageError> {
+    engine.write(b)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.on_durable(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await.unwrap_or_else(|_| Err(StorageError::Io("the engine dropped a durability callback".into())))
 }
 
 /// One group's log, vote and committed id in the node's engine.
@@ -92,9 +120,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => keys::log_end(self.group),
         };
         let pairs = self.engine.scan(&keys::log(self.group, start), &end_key, usize::MAX).map_err(to_io)?;
+        self.entries_from(start, pairs)
+    }
+
+    /// What a replication call sends: entries from `start` on, read only while they add
+    /// up to `limits::RAFT_APPEND_BYTES_MAX` (and always the first), since no more is
+    /// sent in one message. Reading the whole range asked for read up to 256 entries of
+    /// up to 4 MiB each for every lagging follower.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        let pairs = self
+            .engine
+            .scan_bytes(&keys::log(self.group, start), &keys::log(self.group, end), limits::RAFT_APPEND_BYTES_MAX)
+            .map_err(to_io)?;
+        self.entries_from(start, pairs)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
+        self.read_meta(keys::VOTE, "vote")
+    }
+}
+
+impl LogStore {
+    /// Decodes consecutive log entries read from `start` on; a hole, a malformed key or
+    /// an entry under the wrong index is an error.
+    fn entries_from(&self, start: u64, pairs: Vec<flotilla_storage::KeyValue>) -> io::Result<Vec<Entry>> {
         let mut out = Vec::with_capacity(pairs.len());
         for (expect, (k, v)) in (start..).zip(pairs) {
-            let index = keys::index_of(&k);
+            let index = keys::index_of(&k).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("group {}: malformed log key {k:02x?}", self.group))
+            })?;
             if index != expect {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -102,14 +156,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 ));
             }
             let entry: Entry = decode(&v, "log entry")?;
-            assert_eq!(entry.log_id.index, index, "entry stored under the wrong index");
+            if entry.log_id.index != index {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("group {}: the entry stored under index {index} says {}", self.group, entry.log_id.index),
+                ));
+            }
             out.push(entry);
         }
         Ok(out)
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.read_meta(keys::VOTE, "vote")
     }
 }
 
@@ -133,7 +188,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::new();
         b.put(keys::meta(self.group, keys::VOTE), encode(vote));
         // A vote must never be forgotten: it is durable before we answer anyone.
-        self.engine.write_durable(b).map_err(to_io)
+        write_durable(self.engine.as_ref(), b).await.map_err(to_io)
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
@@ -181,7 +236,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::new();
         b.delete_range(keys::log(self.group, from), keys::log_end(self.group));
         // Durable so that conflicting entries cannot come back after a crash.
-        self.engine.write_durable(b).map_err(to_io)
+        write_durable(self.engine.as_ref(), b).await.map_err(to_io)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
@@ -244,7 +299,7 @@ fn last_entry_id(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogId
 /// Before a re-created replica starts: its vote is the one its tombstone remembers, so it
 /// accepts no leader and grants no candidate that the removed replica would have turned
 /// away. Returns the tombstone's last log id (the floor for granting votes).
-pub fn restore_from_tombstone(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+pub async fn restore_from_tombstone(engine: &dyn Engine, group: GroupId) -> io::Result<Option<LogIdOf<TypeConfig>>> {
     let Some(t) = tombstone(engine, group)? else { return Ok(None) };
     let current: Option<VoteOf<TypeConfig>> = read_meta_from(engine, group, keys::VOTE, "vote")?;
     if let (None, Some(vote)) = (current, &t.vote) {
@@ -253,7 +308,7 @@ pub fn restore_from_tombstone(engine: &dyn Engine, group: GroupId) -> io::Result
         let vote = VoteOf::<TypeConfig>::from_leader_id(*vote.leader_id(), false);
         let mut b = WriteBatch::new();
         b.put(keys::meta(group, keys::VOTE), encode(&vote));
-        engine.write_durable(b).map_err(to_io)?;
+        write_durable(engine, b).await.map_err(to_io)?;
     }
     Ok(t.last_log_id)
 }
@@ -261,7 +316,7 @@ pub fn restore_from_tombstone(engine: &dyn Engine, group: GroupId) -> io::Result
 /// Deletes every key of `group` (its log, vote and committed id), durably, leaving its
 /// tombstone: the greater of the vote and last log id it had and those of any earlier
 /// tombstone.
-pub fn destroy(engine: &dyn Engine, group: GroupId) -> Result<(), StorageError> {
+pub async fn destroy(engine: &dyn Engine, group: GroupId) -> Result<(), StorageError> {
     let io = |e: io::Error| StorageError::Io(e.to_string());
     let earlier = tombstone(engine, group).map_err(io)?.unwrap_or_default();
     let vote: Option<VoteOf<TypeConfig>> = read_meta_from(engine, group, keys::VOTE, "vote").map_err(io)?;
@@ -271,7 +326,7 @@ pub fn destroy(engine: &dyn Engine, group: GroupId) -> Result<(), StorageError> 
     let mut b = WriteBatch::new();
     b.delete_range(start, end);
     b.put(keys::meta(group, keys::TOMBSTONE), encode(&t));
-    engine.write_durable(b)
+    write_durable(engine, b).await
 }
 
 /// The greater vote (votes are partially ordered; of two incomparable ones, `a`).
@@ -280,5 +335,155 @@ fn greater_vote(a: Option<VoteOf<TypeConfig>>, b: Option<VoteOf<TypeConfig>>) ->
         (Some(x), Some(y)) if y > x => b,
         (None, _) => b,
         _ => a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use flotilla_storage::{DurableCallback, KeyValue, MemEngine};
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+    use crate::Command;
+
+    /// A `MemEngine` that counts the value bytes every read returns.
+    struct Counting {
+        inner: MemEngine,
+        read: AtomicUsize,
+    }
+
+    impl Engine for Counting {
+        fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+            self.inner.write(batch)
+        }
+        fn write_durable(&self, batch: WriteBatch) -> Result<(), StorageError> {
+            self.inner.write_durable(batch)
+        }
+        fn on_durable(&self, done: DurableCallback) {
+            self.inner.on_durable(done)
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            let v = self.inner.get(key)?;
+            self.read.fetch_add(v.as_ref().map_or(0, Vec::len), Ordering::Relaxed);
+            Ok(v)
+        }
+        fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+            let pairs = self.inner.scan(start, end, limit)?;
+            self.read.fetch_add(pairs.iter().map(|(_, v)| v.len()).sum(), Ordering::Relaxed);
+            Ok(pairs)
+        }
+        fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+            self.inner.last(start, end)
+        }
+    }
+
+    /// An engine whose syncs take `SYNC`: `write_durable` blocks its caller that long,
+    /// `on_durable` calls back from another thread after it.
+    struct SlowSync(MemEngine);
+
+    const SYNC: std::time::Duration = std::time::Duration::from_millis(300);
+
+    impl Engine for SlowSync {
+        fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+            self.0.write(batch)
+        }
+        fn write_durable(&self, batch: WriteBatch) -> Result<(), StorageError> {
+            std::thread::sleep(SYNC);
+            self.0.write_durable(batch)
+        }
+        fn on_durable(&self, done: DurableCallback) {
+            std::thread::spawn(move || {
+                std::thread::sleep(SYNC);
+                done(Ok(()));
+            });
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.0.get(key)
+        }
+        fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+            self.0.scan(start, end, limit)
+        }
+        fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+            self.0.last(start, end)
+        }
+    }
+
+    /// t98 (issue item 6): saving a vote, truncating and deleting a group waited for
+    /// their sync on the runtime's worker thread, so an election storm across many
+    /// groups stalled every other task of the node. They now wait for the engine's
+    /// group commit without holding the thread: on a one-thread runtime, another task
+    /// keeps running while a vote is being made durable.
+    #[tokio::test(flavor = "current_thread")]
+    async fn t98_durable_writes_do_not_block_the_runtime() {
+        let engine: Arc<dyn Engine> = Arc::new(SlowSync(MemEngine::new()));
+        let mut store = LogStore::new(7, engine.clone());
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        let vote: VoteOf<TypeConfig> = openraft::Vote::new(3, 1);
+        store.save_vote(&vote).await.unwrap();
+        store.truncate_after(None).await.unwrap();
+        destroy(engine.as_ref(), 7).await.unwrap();
+        let during = ticks.load(Ordering::Relaxed);
+        ticker.abort();
+        // Three syncs of 300 ms: a runtime left free ticks about 180 times; a blocked
+        // one not at all.
+        assert!(during >= 20, "the runtime ran {during} ticks during three syncs");
+        assert_eq!(store.read_vote().await.unwrap(), None, "destroy removed the vote");
+        assert!(tombstone(engine.as_ref(), 7).unwrap().unwrap().vote.is_some(), "the tombstone has the vote");
+    }
+
+    /// t97 (issue item 5): a replication call read every entry of the range openraft asks
+    /// for (up to 256 entries of up to 4 MiB each), then sent at most
+    /// `RAFT_APPEND_BYTES_MAX`. It now reads only what it will send.
+    #[tokio::test]
+    async fn t97_a_replication_read_is_bounded_by_what_one_message_sends() {
+        const MIB: usize = 1 << 20;
+        let engine = Arc::new(Counting { inner: MemEngine::new(), read: AtomicUsize::new(0) });
+        let mut b = WriteBatch::new();
+        for i in 1..=32u64 {
+            let cmd = Command::Partition(flotilla_partition::Command::Produce {
+                batch: bytes::Bytes::from(vec![i as u8; MIB]),
+                records: 1,
+            });
+            let entry = Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, i), cmd);
+            b.put(keys::log(7, i), encode(&entry));
+        }
+        engine.write(b).unwrap();
+        let mut store = LogStore::new(7, engine.clone());
+
+        let got = store.limited_get_log_entries(1, 33).await.unwrap();
+        let read = engine.read.swap(0, Ordering::Relaxed);
+        assert!(!got.is_empty(), "at least one entry");
+        assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (1..=got.len() as u64).collect::<Vec<_>>());
+        // What it sends, and the one entry that showed the next would not fit.
+        assert!(read <= limits::RAFT_APPEND_BYTES_MAX + MIB + 1024, "read {read} bytes to send one message");
+        assert!(got.len() >= 5, "as much as fits: {} entries", got.len());
+
+        // An entry larger than the budget alone is still read, alone.
+        let big = Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(1, 1, 33),
+            Command::Partition(flotilla_partition::Command::Produce {
+                batch: bytes::Bytes::from(vec![0u8; limits::RAFT_APPEND_BYTES_MAX + 1]),
+                records: 1,
+            }),
+        );
+        let mut b = WriteBatch::new();
+        b.put(keys::log(7, 33), encode(&big));
+        engine.write(b).unwrap();
+        assert_eq!(store.limited_get_log_entries(33, 34).await.unwrap().len(), 1);
+
+        // Reading a range for applying or a snapshot still reads all of it.
+        assert_eq!(store.try_get_log_entries(1..33).await.unwrap().len(), 32);
     }
 }

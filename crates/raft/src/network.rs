@@ -62,6 +62,9 @@ pub(crate) enum RaftRpc {
     /// Node-wide, sent to the metadata group: every partition group the sending node
     /// leads, with its term (`Groups::report_leadership`).
     Leading(Vec<(GroupId, u64)>),
+    /// Asked of a group's leader by a node about to delete its replica: does the group
+    /// still count that node as a member?
+    Membership(NodeId),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +78,15 @@ pub(crate) enum RaftReply {
     Refused(String),
     /// A leadership report was recorded.
     Noted,
+    /// The answer to `Membership`: `leads` when the answering replica leads the group,
+    /// confirmed by a quorum just now (then `keeps` is whether the asking node is in the
+    /// group's latest membership, or a change is in flight); otherwise the leader it
+    /// knows.
+    Membership {
+        leads: bool,
+        keeps: bool,
+        leader: Option<NodeId>,
+    },
 }
 
 /// Caps the rate of log data sent to replicas that are catching up during a partition

@@ -90,6 +90,7 @@ impl<T: RaftTransport> Groups<T> {
         let config = timings.openraft_config(format!("group-{id}"));
         // A replica this node held before and removed: start from what it remembered.
         let vote_floor = restore_from_tombstone(self.engine.as_ref(), id)
+            .await
             .map_err(|e| format!("group {id}: cannot read its tombstone: {e}"))?;
         let log = LogStore::new(id, self.engine.clone());
         let sm = StateMachineStore::new(initial);
@@ -133,9 +134,56 @@ impl<T: RaftTransport> Groups<T> {
         if let Err(e) = group.raft.shutdown().await {
             tracing::warn!(group = id, error = %e, "group did not shut down cleanly");
         }
-        destroy(self.engine.as_ref(), id).map_err(|e| format!("group {id}: cannot delete its data: {e}"))?;
+        destroy(self.engine.as_ref(), id).await.map_err(|e| format!("group {id}: cannot delete its data: {e}"))?;
         tracing::info!(group = id, "removed group");
         Ok(())
+    }
+
+    /// Whether this node may delete its replica of `group`: the group's leader, confirmed
+    /// by a quorum, has a committed membership without this node. The local metadata
+    /// alone may be stale (a node cut off from the metadata leader across a move away
+    /// and back would destroy a replica the group counts as a voter again, and the
+    /// entries it acknowledged with it). Asks the leader this replica knows, the one
+    /// other nodes report, then `candidates`, following leader hints; `false` when no
+    /// leader answers.
+    pub async fn released_by_leader(&self, group: GroupId, candidates: &[NodeId]) -> bool {
+        const ASKS_MAX: usize = 8;
+        let timeout = std::time::Duration::from_secs(2);
+        let mut queue: Vec<NodeId> = Vec::new();
+        let local = self.get(group);
+        queue.extend(local.as_ref().and_then(|g| g.leader()));
+        queue.extend(self.reported_leader(group));
+        queue.extend(candidates.iter().copied());
+        let mut asked: BTreeSet<NodeId> = BTreeSet::new();
+        while let Some(target) = queue.first().copied() {
+            queue.remove(0);
+            if asked.len() >= ASKS_MAX || !asked.insert(target) {
+                continue;
+            }
+            let reply = if target == self.node {
+                match &local {
+                    Some(g) => {
+                        let (leads, keeps) = g.keeps_member(self.node).await;
+                        RaftReply::Membership { leads, keeps, leader: g.leader() }
+                    }
+                    None => continue,
+                }
+            } else {
+                match self.router.call(target, group, &RaftRpc::Membership(self.node), timeout).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(group, target, error = %e, "membership question not answered");
+                        continue;
+                    }
+                }
+            };
+            match reply {
+                RaftReply::Membership { leads: true, keeps, .. } => return !keeps,
+                RaftReply::Membership { leads: false, leader: Some(l), .. } => queue.insert(0, l),
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Stops every group (their data stays).
@@ -226,8 +274,36 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
         }
         // A forwarded write is written here or refused (`Group::write` never forwards), so it
         // cannot bounce between nodes: a NotLeader answer names the leader instead.
-        RaftRpc::Write(c) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
+        RaftRpc::Write(c) => match check_forwarded(&c) {
+            Err(why) => RaftReply::Refused(why),
+            Ok(()) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
+        },
         RaftRpc::Leading(_) => refused(&"a leadership report is node-wide"),
+        RaftRpc::Membership(node) => {
+            let (leads, keeps) = g.keeps_member(node).await;
+            RaftReply::Membership { leads, keeps, leader: g.leader() }
+        }
+    }
+}
+
+/// Checks a write another node forwarded as this node's own API checks it, so that a
+/// malformed one is refused here instead of reaching the state machines, whose
+/// assertions assume checked commands (a produce of zero records stops every replica).
+/// Metadata commands are checked by the metadata state machine itself.
+pub(crate) fn check_forwarded(c: &crate::Command) -> Result<(), String> {
+    match c {
+        crate::Command::Partition(flotilla_partition::Command::Produce { batch, records }) => {
+            let decoded = flotilla_types::RecordBatch::decode(batch.clone())
+                .map_err(|e| format!("forwarded produce refused: {e}"))?;
+            if decoded.len() != *records {
+                return Err(format!(
+                    "forwarded produce refused: it claims {records} records, its batch holds {}",
+                    decoded.len()
+                ));
+            }
+            Ok(())
+        }
+        crate::Command::Metadata(_) => Ok(()),
     }
 }
 
@@ -273,7 +349,7 @@ mod tests {
 
     use super::*;
     use crate::network::TransportError;
-    use crate::{Command, keys};
+    use crate::{Command, WriteError, keys};
 
     /// A single-node test reaches nobody.
     #[derive(Clone)]
@@ -302,6 +378,30 @@ mod tests {
         assert_eq!(r.by_group.get(&10), None);
         assert_eq!(r.by_group.get(&11), Some(&(2, 3)));
         assert_eq!(r.by_group.get(&12), Some(&(1, 3)));
+    }
+
+    /// Every call times out: the message may or may not have arrived.
+    #[derive(Clone)]
+    struct Silent;
+
+    impl RaftTransport for Silent {
+        async fn call(&self, target: NodeId, _: GroupId, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, TransportError> {
+            Err(TransportError::Timeout(target))
+        }
+    }
+
+    /// t95 (issue item 8): a forwarded write whose call times out may still be committed
+    /// by the leader, so it is a timeout (indeterminate), never `Unavailable` (definite,
+    /// which let a retried CreateTopic answer TOPIC_EXISTS without saying it may have
+    /// been the first try that applied).
+    #[tokio::test]
+    async fn t95_a_forwarded_write_that_times_out_is_indeterminate() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let groups = Groups::new(1, engine, Silent);
+        let g = groups.ensure(0, GroupKind::Metadata, None).await.unwrap();
+        let cmd = Command::Metadata(flotilla_metadata::Command::DeleteTopic { name: "t".into() });
+        let r = g.forward_to(groups.router(), 2, cmd, Duration::from_millis(50)).await;
+        assert!(matches!(r, Err(WriteError::Timeout { group: 0 })), "{r:?}");
     }
 
     async fn ask_vote(g: &Group, req: VoteRequest<TypeConfig>) -> bool {

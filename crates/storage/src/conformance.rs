@@ -53,6 +53,7 @@ pub fn cases<H: Harness>() -> Vec<(&'static str, Case<H>)> {
     vec![
         ("put_get_delete", put_get_delete::<H>),
         ("scan_order_bounds_and_limit", scan_order_bounds_and_limit::<H>),
+        ("scan_bytes_stops_at_the_byte_budget", scan_bytes_stops_at_the_byte_budget::<H>),
         ("last_in_range", last_in_range::<H>),
         ("delete_range_exact_bounds", delete_range_exact_bounds::<H>),
         ("batch_applies_ops_in_order", batch_applies_ops_in_order::<H>),
@@ -302,6 +303,24 @@ fn scan_order_bounds_and_limit<H: Harness>(h: &mut H) {
 
     delete(&e, b"ab");
     assert_eq!(keys_of(&scan(&e, b"a", b"b", 100)), keys(&[b"a", b"a\0"]), "a scan skips deleted keys");
+}
+
+fn scan_bytes_stops_at_the_byte_budget<H: Harness>(h: &mut H) {
+    let e = h.open();
+    assert_eq!(e.scan_bytes(b"", END_OF_KEYS, 100).expect("scan_bytes"), Vec::new(), "a fresh engine is empty");
+    let mut batch = WriteBatch::new();
+    for (i, k) in [b"k1", b"k2", b"k3", b"k4"].iter().enumerate() {
+        batch.put(k.as_slice(), vec![i as u8; 10]);
+    }
+    e.write(batch).expect("write");
+    let got = |start: &[u8], end: &[u8], budget| keys_of(&e.scan_bytes(start, end, budget).expect("scan_bytes"));
+    assert_eq!(got(b"", END_OF_KEYS, 30), keys(&[b"k1", b"k2", b"k3"]), "values up to the budget");
+    assert_eq!(got(b"", END_OF_KEYS, 29), keys(&[b"k1", b"k2"]), "never over the budget");
+    assert_eq!(got(b"", END_OF_KEYS, 0), keys(&[b"k1"]), "always the first pair");
+    assert_eq!(got(b"k2", b"k4", 1000), keys(&[b"k2", b"k3"]), "start included, end excluded");
+    assert_eq!(got(b"k4\0", END_OF_KEYS, 1000), keys(&[]), "nothing in range");
+    let all = e.scan_bytes(b"", END_OF_KEYS, usize::MAX).expect("scan_bytes");
+    assert_eq!(all, scan_all(&e, b"", END_OF_KEYS), "with no budget, what scan gives");
 }
 
 // Scan with the limit elided, to keep the assertions above on one line each.

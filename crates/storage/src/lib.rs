@@ -113,6 +113,26 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The pair with the greatest key in `[start, end)`.
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
+
+    /// Pairs with `start <= key < end` in ascending key order, as `scan` gives them, but
+    /// only while their values add up to at most `bytes_max` (always the first pair when
+    /// there is one), so that a reader never reads far more than it will use. The default
+    /// reads one pair at a time; an engine with iterators reads them in one pass.
+    fn scan_bytes(&self, start: &[u8], end: &[u8], bytes_max: usize) -> Result<Vec<KeyValue>, StorageError> {
+        let mut out: Vec<KeyValue> = Vec::new();
+        let mut total = 0usize;
+        let mut from = start.to_vec();
+        loop {
+            let Some((k, v)) = self.scan(&from, end, 1)?.pop() else { return Ok(out) };
+            if !out.is_empty() && total + v.len() > bytes_max {
+                return Ok(out);
+            }
+            total += v.len();
+            from = k.clone();
+            from.push(0); // the least key after `k`
+            out.push((k, v));
+        }
+    }
 }
 
 impl<E: Engine + ?Sized> Engine for std::sync::Arc<E> {
@@ -133,5 +153,8 @@ impl<E: Engine + ?Sized> Engine for std::sync::Arc<E> {
     }
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
         (**self).last(start, end)
+    }
+    fn scan_bytes(&self, start: &[u8], end: &[u8], bytes_max: usize) -> Result<Vec<KeyValue>, StorageError> {
+        (**self).scan_bytes(start, end, bytes_max)
     }
 }

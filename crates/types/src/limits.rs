@@ -85,6 +85,13 @@ const _: () = assert!(RAFT_APPEND_BYTES_MAX + BATCH_BYTES_MAX < RAFT_MESSAGE_BYT
 const _: () = assert!(DECODE_BYTES_MAX >= RAFT_MESSAGE_BYTES_MAX, "every message a node accepts decodes");
 const _: () = assert!(REQUEST_TIMEOUT_MS > FETCH_WAIT_MS_MAX && REQUEST_TIMEOUT_MS > RAFT_CALL_TIMEOUT_MS);
 
+/// A replica is in sync with its partition's leader when it acknowledged the leader
+/// within `replica-lag-time-max-ms` (Kafka's `replica.lag.time.max.ms`; this is its
+/// default here) and holds the leader's log but for at most `REPLICA_LAG_ENTRIES_MAX`
+/// entries. One rule for the under-replicated metric, moves and controller changes.
+pub const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 15_000;
+pub const REPLICA_LAG_ENTRIES_MAX: u64 = 8;
+
 /// Checks a topic name; returns why it is refused.
 pub fn check_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
