@@ -145,25 +145,50 @@ pub struct ProduceArgs {
     pub max_in_flight: usize,
 }
 
+/// How `consume` prints records and where it starts, for its `--help`.
+const CONSUME_HELP: &str = "\
+Examples:
+  flotilla consume demo                    every record stored, then exit
+  flotilla consume demo -f                 ... and keep waiting for new ones
+  flotilla consume demo -o end -f          new records only
+  flotilla consume demo -p 0 -o -10        the last 10 records of partition 0
+  flotilla consume demo -o @1700000000000  from the first record stamped at or after then
+  flotilla consume demo -n 5 --format '%p %o %k %s %h\\n'
+
+--format takes kcat's format string: %s value, %k key, %t topic, %p partition,
+%o offset, %T timestamp (ms since the epoch), %h headers (name=value,...),
+%K key length, %S value length, %% a percent sign; \\n, \\t, \\r and \\\\ are
+escapes. Without it each record prints as its value and a newline.
+
+-o @TIMESTAMP is done by the client: the server keeps no time index, so each
+partition is read from its beginning and printing starts at the first record whose
+timestamp is at or after TIMESTAMP (later records print whatever their timestamp).";
+
 #[derive(Args)]
+#[command(after_help = CONSUME_HELP)]
 pub struct ConsumeArgs {
     /// The topic to read.
     pub topic: String,
     /// Read this partition only (default: all of them).
-    #[arg(long)]
+    #[arg(long, short = 'p')]
     pub partition: Option<PartitionId>,
-    /// Start at the earliest stored record (default: the end, new records only).
+    /// Where to start in each partition: beginning (the default), end (new records
+    /// only), N (offset N), -N (N records before the end), @TIMESTAMP (milliseconds
+    /// since the epoch; see below).
+    #[arg(long, short = 'o', value_name = "beginning|end|N|-N|@TS", allow_hyphen_values = true, value_parser = parse_start)]
+    pub offset: Option<StartSpec>,
+    /// The same as `-o beginning`, the default.
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
-    /// Start at this offset (in every partition read).
-    #[arg(long)]
-    pub offset: Option<u64>,
     /// Stop after this many records.
-    #[arg(long)]
+    #[arg(long, short = 'n', value_name = "N")]
     pub max: Option<u64>,
     /// Keep waiting for new records (default: stop at the end seen at start).
-    #[arg(long)]
+    #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Print each record by this format string (kcat's; see below).
+    #[arg(long, value_name = "FORMAT", conflicts_with_all = ["print_key", "print_offset"])]
+    pub format: Option<String>,
     /// Print each record's key before its value, tab-separated.
     #[arg(long)]
     pub print_key: bool,
@@ -174,6 +199,108 @@ pub struct ConsumeArgs {
     /// one (follower fetching), else from the leader.
     #[arg(long)]
     pub zone: Option<String>,
+}
+
+/// Where `consume` starts in each partition (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartSpec {
+    Beginning,
+    End,
+    /// This offset.
+    Offset(u64),
+    /// This many records before the end.
+    FromEnd(u64),
+    /// The first record stamped at or after this (milliseconds since the epoch).
+    Timestamp(u64),
+}
+
+fn parse_start(s: &str) -> Result<StartSpec, String> {
+    let number = |n: &str| n.parse::<u64>().map_err(|_| format!("{s:?}: expected beginning, end, N, -N or @TIMESTAMP"));
+    match s {
+        "beginning" | "earliest" => Ok(StartSpec::Beginning),
+        "end" | "latest" => Ok(StartSpec::End),
+        _ => match (s.strip_prefix('-'), s.strip_prefix('@')) {
+            (Some(n), _) => number(n).map(StartSpec::FromEnd),
+            (_, Some(ts)) => number(ts).map(StartSpec::Timestamp),
+            _ => number(s).map(StartSpec::Offset),
+        },
+    }
+}
+
+/// One piece of a `--format` string.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Text(Vec<u8>),
+    /// A `%` field: the letter after it.
+    Field(char),
+}
+
+/// Parses a kcat-style format string.
+fn parse_format(f: &str) -> anyhow::Result<Vec<Piece>> {
+    let mut pieces = vec![];
+    let mut text = vec![];
+    let mut chars = f.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('%') => text.push(b'%'),
+                Some(f @ ('s' | 'k' | 't' | 'p' | 'o' | 'T' | 'h' | 'K' | 'S')) => {
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(Piece::Field(f));
+                }
+                Some(other) => bail!("--format: unknown field %{other} (see `flotilla consume --help`)"),
+                None => bail!("--format: a lone % at the end (write %% for a percent sign)"),
+            },
+            '\\' => match chars.next() {
+                Some('n') => text.push(b'\n'),
+                Some('t') => text.push(b'\t'),
+                Some('r') => text.push(b'\r'),
+                Some('\\') => text.push(b'\\'),
+                Some(other) => {
+                    text.push(b'\\');
+                    text.extend_from_slice(other.to_string().as_bytes());
+                }
+                None => text.push(b'\\'),
+            },
+            c => text.extend_from_slice(c.to_string().as_bytes()),
+        }
+    }
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+/// Appends `r` as `pieces` say to `out`.
+fn render(pieces: &[Piece], topic: &str, r: &flotilla_client::ConsumedRecord, out: &mut Vec<u8>) {
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.extend_from_slice(t),
+            Piece::Field('s') => out.extend_from_slice(&r.record.value),
+            Piece::Field('k') => out.extend_from_slice(r.record.key.as_deref().unwrap_or_default()),
+            Piece::Field('t') => out.extend_from_slice(topic.as_bytes()),
+            Piece::Field('p') => out.extend_from_slice(r.partition.to_string().as_bytes()),
+            Piece::Field('o') => out.extend_from_slice(r.offset.to_string().as_bytes()),
+            Piece::Field('T') => out.extend_from_slice(r.record.timestamp_ms.to_string().as_bytes()),
+            Piece::Field('K') => {
+                out.extend_from_slice(r.record.key.as_ref().map_or(0, |k| k.len()).to_string().as_bytes())
+            }
+            Piece::Field('S') => out.extend_from_slice(r.record.value.len().to_string().as_bytes()),
+            Piece::Field('h') => {
+                for (i, (name, value)) in r.record.headers.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b'=');
+                    out.extend_from_slice(value);
+                }
+            }
+            Piece::Field(_) => {}
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -908,6 +1035,11 @@ struct JsonRecord<'a> {
 }
 
 async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Result<()> {
+    let format = match (&a.format, output) {
+        (Some(_), Output::Json) => bail!("--format and --output json do not go together"),
+        (Some(f), Output::Text) => Some(parse_format(f)?),
+        (None, _) => None,
+    };
     let count = client.partition_count(&a.topic).await.map_err(one_line)?;
     let partitions: Vec<PartitionId> = match a.partition {
         Some(p) if p >= count => {
@@ -916,11 +1048,7 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
         Some(p) => vec![p],
         None => (0..count).collect(),
     };
-    let start = match (a.from_beginning, a.offset) {
-        (true, _) => StartAt::Beginning,
-        (false, Some(o)) => StartAt::Offset(o),
-        (false, None) => StartAt::End,
-    };
+    let start = a.offset.unwrap_or(StartSpec::Beginning);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<Vec<flotilla_client::ConsumedRecord>>>(64);
     let mut readers = JoinSet::new();
     for p in partitions {
@@ -931,12 +1059,34 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
         readers.spawn(async move {
             let result: anyhow::Result<()> = async {
                 // The end is the high watermark seen now, before the first read.
-                let end = if follow { u64::MAX } else { client.list_offsets(&topic, p).await.map_err(one_line)?.1 };
-                let mut consumer = client.consumer(&topic, p, start).await.map_err(one_line)?;
+                let (earliest, latest) = client.list_offsets(&topic, p).await.map_err(one_line)?;
+                let end = if follow { u64::MAX } else { latest };
+                // Records below `skip_below`, and before the first one stamped at or
+                // after `since`, are read but not printed.
+                let (from, skip_below, mut since) = match start {
+                    StartSpec::Beginning => (earliest, 0, None),
+                    StartSpec::End => (latest, 0, None),
+                    StartSpec::Offset(o) => (o.clamp(earliest, latest), o, None),
+                    StartSpec::FromEnd(n) => (latest.saturating_sub(n).max(earliest), 0, None),
+                    StartSpec::Timestamp(ts) => (earliest, 0, Some(ts)),
+                };
+                let mut consumer = client.consumer(&topic, p, StartAt::Offset(from)).await.map_err(one_line)?;
                 while consumer.position() < end {
                     let wait = if follow { Duration::from_secs(5) } else { Duration::from_millis(500) };
                     let mut records = consumer.poll(wait).await.map_err(one_line)?;
-                    records.retain(|r| r.offset < end);
+                    records.retain(|r| {
+                        if r.offset >= end || r.offset < skip_below {
+                            return false;
+                        }
+                        match since {
+                            Some(ts) if r.record.timestamp_ms < ts => false,
+                            Some(_) => {
+                                since = None;
+                                true
+                            }
+                            None => true,
+                        }
+                    });
                     if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
                         return Ok(());
                     }
@@ -984,16 +1134,21 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
                 }
                 Output::Text => {
                     let mut line = Vec::with_capacity(r.record.value.len() + 32);
-                    if a.print_offset {
-                        line.extend_from_slice(format!("{}:{}\t", r.partition, r.offset).as_bytes());
+                    if let Some(pieces) = &format {
+                        render(pieces, &a.topic, &r, &mut line);
+                        out.write_all(&line)
+                    } else {
+                        if a.print_offset {
+                            line.extend_from_slice(format!("{}:{}\t", r.partition, r.offset).as_bytes());
+                        }
+                        if a.print_key {
+                            line.extend_from_slice(r.record.key.as_deref().unwrap_or_default());
+                            line.push(b'\t');
+                        }
+                        line.extend_from_slice(String::from_utf8_lossy(&r.record.value).as_bytes());
+                        line.push(b'\n');
+                        out.write_all(&line)
                     }
-                    if a.print_key {
-                        line.extend_from_slice(r.record.key.as_deref().unwrap_or_default());
-                        line.push(b'\t');
-                    }
-                    line.extend_from_slice(String::from_utf8_lossy(&r.record.value).as_bytes());
-                    line.push(b'\n');
-                    out.write_all(&line)
                 }
             };
             if let Err(e) = written {
@@ -1226,6 +1381,31 @@ mod tests {
     }
 
     #[test]
+    fn consume_offsets_and_formats_parse() {
+        assert_eq!(parse_start("beginning"), Ok(StartSpec::Beginning));
+        assert_eq!(parse_start("end"), Ok(StartSpec::End));
+        assert_eq!(parse_start("42"), Ok(StartSpec::Offset(42)));
+        assert_eq!(parse_start("-10"), Ok(StartSpec::FromEnd(10)));
+        assert_eq!(parse_start("@1700000000000"), Ok(StartSpec::Timestamp(1_700_000_000_000)));
+        assert!(parse_start("soon").is_err());
+        assert!(parse_start("-x").is_err());
+        assert!(parse_start("@").is_err());
+
+        let record = Record {
+            key: Some("k".into()),
+            value: "v".into(),
+            headers: vec![("a".into(), "1".into()), ("b".into(), "2".into())],
+            timestamp_ms: 5,
+        };
+        let r = flotilla_client::ConsumedRecord { partition: 2, offset: 7, record };
+        let mut out = vec![];
+        render(&parse_format("%t/%p@%o %k=%s (%K,%S) [%h] %T 100%%\\t\\\\\\n").unwrap(), "demo", &r, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "demo/2@7 k=v (1,1) [a=1,b=2] 5 100%\t\\\n");
+        assert!(parse_format("%x").is_err());
+        assert!(parse_format("50%").is_err());
+    }
+
+    #[test]
     fn tables_align() {
         let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
@@ -1248,6 +1428,10 @@ mod tests {
         assert!(parse(&["consume", "t", "--from-beginning", "--max", "5", "--print-key", "--print-offset"]).is_ok());
         assert!(parse(&["consume", "t", "--from-beginning", "--offset", "3"]).is_err());
         assert!(parse(&["consume", "t", "--partition", "1", "--offset", "3", "--follow"]).is_ok());
+        assert!(parse(&["consume", "t", "-p", "1", "-o", "-5", "-n", "3", "-f"]).is_ok());
+        assert!(parse(&["consume", "t", "-o", "@1700000000000", "--format", "%k %s\\n"]).is_ok());
+        assert!(parse(&["consume", "t", "-o", "soon"]).is_err());
+        assert!(parse(&["consume", "t", "--format", "%s", "--print-key"]).is_err());
         assert!(parse(&["cluster", "describe"]).is_ok());
         let create = ["topic", "create", "t", "--allowed-regions", "eu,us", "--preferred-leader-region", "eu"];
         assert!(parse(&[&create[..], &["--exclude-nodes", "1,2", "--exclude-zones", "z"]].concat()).is_ok());

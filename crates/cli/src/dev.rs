@@ -144,7 +144,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Next, in another terminal:");
     println!("  flotilla topic create demo --partitions 6 --replication-factor 3");
     println!("  seq 1 1000 | flotilla produce demo");
-    println!("  flotilla consume demo --from-beginning --max 10");
+    println!("  flotilla consume demo -n 10");
     println!("  flotilla cluster describe");
     println!("  curl -s http://{}/metrics", nodes[0].metrics);
     println!("Ctrl-C stops every node.");

@@ -4,10 +4,97 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use flotilla_client::{ProducerConfig, Record, RecordExt};
 use flotilla_testkit::{ClusterOptions, ProcessCluster};
+use tokio::io::AsyncBufReadExt;
+
+/// t91: `flotilla consume TOPIC` with no flags prints every record the topic holds and
+/// stops; `-o`, `-n`, `--format`, `-o @timestamp` and `-f` do what kcat users expect, and
+/// the older flags still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t91_consume_starts_at_the_beginning_by_default() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    let b = cluster.bootstrap();
+    create_topic(&client, "demo", 3).await;
+    let producer = client.producer("demo", ProducerConfig::default());
+    // partition → [(offset, i)]
+    let mut by_partition: BTreeMap<u32, Vec<(u64, usize)>> = BTreeMap::new();
+    for i in 0..12 {
+        let rec = keyed(&format!("k{i}"), &format!("v{i}")).with_header("h", format!("x{i}"));
+        let (p, o) = producer.send(rec).await.expect("produce");
+        by_partition.entry(p).or_default().push((o, i));
+    }
+
+    // No flags: everything stored, then exit.
+    let out = cli_ok(&b, &["consume", "demo"]).await;
+    let got: BTreeSet<String> = out.lines().map(String::from).collect();
+    let all: BTreeSet<String> = (0..12).map(|i| format!("v{i}")).collect();
+    assert_eq!(got, all, "`consume demo` printed {out:?}");
+
+    // The older spelling still works; -n and --max bound the count.
+    assert_eq!(cli_ok(&b, &["consume", "demo", "--from-beginning", "--max", "5"]).await.lines().count(), 5);
+    assert_eq!(cli_ok(&b, &["consume", "demo", "-n", "4"]).await.lines().count(), 4);
+    assert_eq!(cli_ok(&b, &["consume", "demo", "-o", "beginning", "-n", "3"]).await.lines().count(), 3);
+    // -o end without --follow: nothing newer, so nothing.
+    assert_eq!(cli_ok(&b, &["consume", "demo", "-o", "end"]).await, "");
+
+    // One partition: the last two records (-o -2) in a kcat format string.
+    let (p, records) = by_partition.iter().max_by_key(|(_, r)| r.len()).expect("records");
+    assert!(records.len() >= 2, "{by_partition:?}");
+    let ps = p.to_string();
+    let out =
+        cli_ok(&b, &["consume", "demo", "--partition", &ps, "-o", "-2", "--format", "%t %p %o %k=%s [%h]\\n"]).await;
+    let want: String =
+        records[records.len() - 2..].iter().map(|(o, i)| format!("demo {p} {o} k{i}=v{i} [h=x{i}]\n")).collect();
+    assert_eq!(out, want);
+    // -o N: from offset N on.
+    let out = cli_ok(&b, &["consume", "demo", "--partition", &ps, "-o", "1", "--format", "%o:%s\n"]).await;
+    let want: String = records.iter().filter(|(o, _)| *o >= 1).map(|(o, i)| format!("{o}:v{i}\n")).collect();
+    assert_eq!(out, want);
+
+    // -o @TIMESTAMP: from the first record stamped at or after it.
+    create_topic(&client, "times", 1).await;
+    let timed = client.producer("times", ProducerConfig::default());
+    for (i, ts) in [1000u64, 2000, 3000, 4000].into_iter().enumerate() {
+        let rec = Record { value: format!("t{i}").into(), timestamp_ms: ts, ..Record::default() };
+        timed.send_to(0, rec).await.expect("produce");
+    }
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@2500"]).await, "t2\nt3\n");
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@3000", "--format", "%T %s\n"]).await, "3000 t2\n4000 t3\n");
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@5000"]).await, "");
+
+    // -f keeps waiting and prints what arrives.
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["consume", "times", "-f"])
+        .env("FLOTILLA_BOOTSTRAP", &b)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start consume -f");
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let mut seen = vec![];
+    for _ in 0..4 {
+        seen.push(next_line(&mut lines).await);
+    }
+    assert_eq!(seen, ["t0", "t1", "t2", "t3"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(follow.try_wait().expect("try_wait").is_none(), "consume -f stopped at the end");
+    timed.send_to(0, Record::value("t4")).await.expect("produce");
+    assert_eq!(next_line(&mut lines).await, "t4");
+    follow.kill().await.expect("kill consume -f");
+}
+
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
+    let next = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    next.expect("a line within 20 s").expect("read").expect("not at the end")
+}
 
 /// t93: a topic created while the cluster is still forming (a node of `--peers` has not
 /// registered yet) waits for it instead of failing with POLICY_VIOLATION; and `flotilla
