@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The most nodes `flotilla dev` starts.
 const DEV_NODES_MAX: u64 = 64;
@@ -82,40 +83,50 @@ struct Running {
     exited: bool,
 }
 
+/// The signals that stop `flotilla dev` and every node it started, whenever they come.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// How the start of the cluster ended.
+enum Startup {
+    Ready(anyhow::Result<u64>),
+    /// A node exited before the cluster was ready (index into the nodes).
+    Exited(usize, std::process::ExitStatus),
+    Signal(&'static str),
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     args.check()?;
+    // Listening before the first node starts: a signal at any moment stops every node
+    // started so far.
+    let mut signals = Signals::listen()?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let exe = std::env::current_exe().context("finding the flotilla binary")?;
-    let addr = |i: u64| args.addrs(i).0;
-    let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", addr(i))).collect();
     let mut nodes = Vec::new();
-    for i in 1..=args.nodes {
-        let data = args.dir.join(format!("node-{i}"));
-        let log = args.dir.join(format!("node-{i}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let (grpc, metrics) = args.addrs(i);
-        let mut cmd = Command::new(&exe);
-        cmd.arg("node")
-            .args(["--id", &i.to_string(), "--listen", &grpc])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--peers", &peers.join(",")])
-            .args(["--dead-after-ms", &args.dead_after_ms.to_string(), "--metrics-listen", &metrics]);
-        if let Some(zone) = args.zone(i) {
-            cmd.args(["--zone", zone]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting node {i}"))?;
-        nodes.push(Running { id: i, addr: grpc, metrics, log, child, exited: false });
+    if let Err(e) = start_nodes(&args, &exe, &mut nodes) {
+        stop(&mut nodes, &mut signals).await;
+        return Err(e);
     }
     let bootstrap = args.bootstrap();
     println!("Flotilla dev cluster: {} nodes, data in {} (kept across restarts)", args.nodes, args.dir.display());
@@ -130,9 +141,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             n.log.display()
         );
     }
-    match wait_ready(&bootstrap, args.nodes as usize, Duration::from_secs(60)).await {
-        Ok(leader) => println!("Ready: every node has registered and is alive; metadata leader is node {leader}."),
-        Err(e) => println!("Not ready yet ({e}); see the node logs."),
+    let startup = tokio::select! {
+        r = wait_ready(&bootstrap, args.nodes as usize, Duration::from_secs(60)) => Startup::Ready(r),
+        (i, status) = first_exit(&mut nodes) => Startup::Exited(i, status),
+        s = signals.recv() => Startup::Signal(s),
+    };
+    match startup {
+        Startup::Ready(Ok(leader)) => {
+            println!("Ready: every node has registered and is alive; metadata leader is node {leader}.")
+        }
+        Startup::Ready(Err(e)) => println!("Not ready yet ({e}); see the node logs."),
+        Startup::Exited(i, status) => {
+            let n = &nodes[i];
+            let why = last_error(&n.log).unwrap_or_else(|| format!("exited ({status})"));
+            eprintln!("node {} did not start: {why}", n.id);
+            eprintln!("the end of its log ({}):\n{}", n.log.display(), log_tail(&n.log, 10));
+            let (id, addr) = (n.id, n.addr.clone());
+            stop(&mut nodes, &mut signals).await;
+            bail!("node {id} ({addr}) did not start: {why}");
+        }
+        Startup::Signal(s) => {
+            println!("{s} while starting");
+            stop(&mut nodes, &mut signals).await;
+            return Ok(());
+        }
     }
     println!();
     println!("Bootstrap addresses: {bootstrap}");
@@ -149,10 +181,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  curl -s http://{}/metrics", nodes[0].metrics);
     println!("Ctrl-C stops every node.");
 
-    let signal = tokio::spawn(crate::node_cmd::wait_for_signal());
-    loop {
-        if signal.is_finished() {
-            break;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let signal = loop {
+        tokio::select! {
+            s = signals.recv() => break s,
+            _ = tick.tick() => {}
         }
         for n in nodes.iter_mut().filter(|n| !n.exited) {
             if let Ok(Some(status)) = n.child.try_wait() {
@@ -163,24 +196,121 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         if nodes.iter().all(|n| n.exited) {
             bail!("every node has exited; see the logs in {}", args.dir.display());
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("{signal}");
+    stop(&mut nodes, &mut signals).await;
+    Ok(())
+}
+
+/// Starts every node, pushing each onto `nodes` as it starts.
+fn start_nodes(args: &DevArgs, exe: &std::path::Path, nodes: &mut Vec<Running>) -> anyhow::Result<()> {
+    let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", args.addrs(i).0)).collect();
+    for i in 1..=args.nodes {
+        let data = args.dir.join(format!("node-{i}"));
+        let log = args.dir.join(format!("node-{i}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let (grpc, metrics) = args.addrs(i);
+        let mut cmd = Command::new(exe);
+        cmd.arg("node")
+            .args(["--id", &i.to_string(), "--listen", &grpc])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--peers", &peers.join(",")])
+            .args(["--dead-after-ms", &args.dead_after_ms.to_string(), "--metrics-listen", &metrics]);
+        if let Some(zone) = args.zone(i) {
+            cmd.args(["--zone", zone]);
+        }
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe. The node gets SIGTERM when
+        // the thread that started it (dev's main thread) ends, even by SIGKILL.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("flotilla dev exited"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {i}"))?;
+        nodes.push(Running { id: i, addr: grpc, metrics, log, child, exited: false });
     }
-    println!("stopping {} nodes", nodes.iter().filter(|n| !n.exited).count());
-    for n in nodes.iter().filter(|n| !n.exited) {
+    Ok(())
+}
+
+/// The first node to exit, and how.
+async fn first_exit(nodes: &mut [Running]) -> (usize, std::process::ExitStatus) {
+    loop {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if !n.exited
+                && let Ok(Some(status)) = n.child.try_wait()
+            {
+                n.exited = true;
+                return (i, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM to every node still running (each shuts down gracefully and syncs its
+/// storage); SIGKILL to those still running after 10 s, or at once on another signal.
+async fn stop(nodes: &mut [Running], signals: &mut Signals) {
+    let running: Vec<&mut Running> = nodes.iter_mut().filter(|n| !n.exited).collect();
+    if running.is_empty() {
+        return;
+    }
+    println!("stopping {} nodes", running.len());
+    for n in &running {
         if let Some(pid) = n.child.id() {
-            // SIGTERM: each node shuts down gracefully and syncs its storage.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    for n in nodes.iter_mut().filter(|n| !n.exited) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, n.child.wait()).await.is_err() {
-            println!("node {} did not stop in time; killing it", n.id);
-            let _ = n.child.kill().await;
+    let mut hurry = false;
+    for n in running {
+        if !hurry {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::select! {
+                r = tokio::time::timeout(left, n.child.wait()) => {
+                    if r.is_ok() {
+                        n.exited = true;
+                        continue;
+                    }
+                    println!("node {} did not stop in time; killing it", n.id);
+                }
+                s = signals.recv() => {
+                    println!("{s}: killing the nodes still running");
+                    hurry = true;
+                }
+            }
         }
+        let _ = n.child.kill().await;
+        n.exited = true;
     }
-    Ok(())
+}
+
+/// The node's own error: the last line of its log that starts with "error:".
+fn last_error(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
+}
+
+/// The last `lines` lines of a log.
+fn log_tail(log: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Waits until every node has registered and is alive and the metadata group has a

@@ -137,6 +137,47 @@ async fn client_for(bootstrap: &str) -> flotilla_client::Client {
     flotilla_client::Client::connect(bootstrap).await.expect("connect")
 }
 
+/// t94: when a node of `flotilla dev` cannot start (its port is taken), dev exits
+/// non-zero with that node's error and leaves no node running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t94_dev_exits_when_a_node_cannot_start() {
+    let _serial = serial().await;
+    let port = free_dev_base_port(3);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).expect("take node 2's port");
+    let mut dev = Dev::start(&["--nodes", "3", "--base-port", &port.to_string()]);
+    let status = dev.wait_exit(Duration::from_secs(30)).await;
+    let text = dev.transcript();
+    let status = status.unwrap_or_else(|| panic!("dev still running 30 s after node 2 failed:\n{text}"));
+    assert!(!status.success(), "dev exited with {status}:\n{text}");
+    assert!(!text.contains("Ready"), "{text}");
+    assert!(text.contains("node 2"), "{text}");
+    assert!(text.contains("in use"), "the node's own error is shown:\n{text}");
+    assert!(!dev.group_alive_after(Duration::from_secs(20)).await, "a node outlived dev:\n{text}");
+}
+
+/// t95: a signal that reaches `flotilla dev` while its nodes start (SIGTERM, SIGHUP) or
+/// once they run (SIGINT) stops every node it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t95_dev_stops_its_nodes_on_any_signal() {
+    let _serial = serial().await;
+    for (signal, name, after) in
+        [(libc::SIGTERM, "SIGTERM", "node 3 "), (libc::SIGHUP, "SIGHUP", "node 3 "), (libc::SIGINT, "SIGINT", "Ready")]
+    {
+        let port = free_dev_base_port(3);
+        let mut dev = Dev::start(&["--nodes", "3", "--base-port", &port.to_string()]);
+        let seen = dev.wait_line(after, Duration::from_secs(90)).await;
+        assert!(seen.is_some(), "no {after:?} line:\n{}", dev.transcript());
+        dev.signal(signal);
+        let status = dev.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.is_some(), "dev still running 30 s after {name}:\n{}", dev.transcript());
+        assert!(
+            !dev.group_alive_after(Duration::from_secs(20)).await,
+            "a node outlived dev after {name} (sent once {after:?} was printed):\n{}",
+            dev.transcript()
+        );
+    }
+}
+
 /// t96: with node 1 of a `flotilla dev` cluster killed, the CLI still reaches the cluster
 /// through the bootstrap addresses dev prints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
