@@ -305,8 +305,9 @@ fn render(pieces: &[Piece], topic: &str, r: &flotilla_client::ConsumedRecord, ou
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Nodes with their labels, state, metadata role and load; the metadata leader;
-    /// every partition's leader and replicas.
+    /// Nodes with their labels, state, metadata role and load (replicas, partitions led
+    /// now, partitions that prefer it as leader); the metadata leader; every partition's
+    /// leader and replicas.
     Describe,
     /// Register a node that joins the cluster (what `flotilla node --join` does).
     AddNode(AddNodeArgs),
@@ -483,7 +484,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
     match cmd {
         ClusterCmd::Describe => {
             let info = client.describe_cluster().await.map_err(one_line)?;
-            show(output, &info, || cluster_text(&info))
+            show(output, &cluster_json(&info)?, || cluster_text(&info))
         }
         ClusterCmd::AddNode(a) => {
             let labels = NodeLabels { region: a.region, zone: a.zone, rack: a.rack };
@@ -739,7 +740,34 @@ fn topic_text(t: &TopicInfo) -> String {
     )
 }
 
+/// How many partitions each node leads now, by the partitions' current leaders.
+fn leaders_now(c: &ClusterInfo) -> BTreeMap<NodeId, u64> {
+    let mut led = BTreeMap::new();
+    for p in c.topics.iter().flat_map(|t| &t.partitions) {
+        if let Some(l) = p.leader {
+            *led.entry(l).or_default() += 1;
+        }
+    }
+    led
+}
+
+/// `cluster describe --output json`: the cluster, each node with `leaders`, the
+/// partitions it leads now (beside `preferred_leaders`).
+fn cluster_json(c: &ClusterInfo) -> anyhow::Result<serde_json::Value> {
+    let led = leaders_now(c);
+    let mut v = serde_json::to_value(c)?;
+    if let Some(brokers) = v.get_mut("brokers").and_then(|b| b.as_array_mut()) {
+        for (b, info) in brokers.iter_mut().zip(&c.brokers) {
+            if let Some(o) = b.as_object_mut() {
+                o.insert("leaders".into(), led.get(&info.id).copied().unwrap_or(0).into());
+            }
+        }
+    }
+    Ok(v)
+}
+
 fn cluster_text(c: &ClusterInfo) -> String {
+    let led = leaders_now(c);
     let brokers: Vec<Vec<String>> = c
         .brokers
         .iter()
@@ -757,6 +785,7 @@ fn cluster_text(c: &ClusterInfo) -> String {
                 dash(&b.state),
                 role,
                 b.replicas.to_string(),
+                led.get(&b.id).copied().unwrap_or(0).to_string(),
                 b.preferred_leaders.to_string(),
             ]
         })
@@ -768,7 +797,7 @@ fn cluster_text(c: &ClusterInfo) -> String {
         opt(c.answered_by)
     );
     out.push_str(&table(
-        &["NODE", "ADDRESS", "REGION", "ZONE", "RACK", "STATE", "ROLE", "REPLICAS", "LEADERS"],
+        &["NODE", "ADDRESS", "REGION", "ZONE", "RACK", "STATE", "ROLE", "REPLICAS", "LEADERS", "PREFERRED"],
         &brokers,
     ));
     let partitions: Vec<Vec<String>> = c.topics.iter().flat_map(|t| partition_rows(t, true)).collect();
@@ -1403,6 +1432,47 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "demo/2@7 k=v (1,1) [a=1,b=2] 5 100%\t\\\n");
         assert!(parse_format("%x").is_err());
         assert!(parse_format("50%").is_err());
+    }
+
+    #[test]
+    fn cluster_text_counts_leaders_apart_from_preferred() {
+        use flotilla_client::{BrokerInfo, PartitionInfo};
+        let broker = |id: u64, state: &str, preferred_leaders: u64| BrokerInfo {
+            id,
+            addr: format!("h:{id}"),
+            region: String::new(),
+            zone: String::new(),
+            rack: String::new(),
+            state: state.into(),
+            role: "voter".into(),
+            replicas: 2,
+            preferred_leaders,
+        };
+        let partition = |partition: u32, leader: Option<u64>| PartitionInfo {
+            partition,
+            group_id: u64::from(partition) + 1,
+            leader,
+            replicas: vec![1, 2],
+            high_watermark: None,
+        };
+        let c = ClusterInfo {
+            brokers: vec![broker(1, "alive", 1), broker(2, "suspected", 1)],
+            metadata_leader: Some(1),
+            topics: vec![TopicInfo {
+                name: "t".into(),
+                replication_factor: 2,
+                partitions: vec![partition(0, Some(1)), partition(1, Some(1))],
+            }],
+            answered_by: Some(1),
+        };
+        let text = cluster_text(&c);
+        assert!(text.contains("REPLICAS  LEADERS  PREFERRED\n"), "{text}");
+        assert!(text.contains("suspected  voter           2         0        1\n"), "{text}");
+        assert!(text.contains("alive      voter (leader)  2         2        1\n"), "{text}");
+        let json = cluster_json(&c).unwrap();
+        assert_eq!(json["brokers"][0]["leaders"], 2);
+        assert_eq!(json["brokers"][1]["leaders"], 0);
+        assert_eq!(json["brokers"][1]["preferred_leaders"], 1);
     }
 
     #[test]

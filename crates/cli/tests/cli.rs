@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use flotilla_client::{ProducerConfig, Record, RecordExt};
+use flotilla_client::{ClientError, ProducerConfig, Record, RecordExt};
 use flotilla_testkit::{ClusterOptions, ProcessCluster};
 use tokio::io::AsyncBufReadExt;
 
@@ -94,6 +94,79 @@ async fn t91_consume_starts_at_the_beginning_by_default() {
 async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
     let next = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
     next.expect("a line within 20 s").expect("read").expect("not at the end")
+}
+
+/// The cell under `column` in `row` of a table printed by the CLI (columns start where
+/// their header starts).
+fn cell<'a>(header: &str, row: &'a str, column: &str) -> &'a str {
+    let names = header.split_whitespace().collect::<Vec<_>>();
+    let starts: Vec<usize> = {
+        let mut at = 0;
+        names
+            .iter()
+            .map(|n| {
+                let i = header[at..].find(n).expect("header") + at;
+                at = i + n.len();
+                i
+            })
+            .collect()
+    };
+    let k = names.iter().position(|n| *n == column).unwrap_or_else(|| panic!("no column {column} in {header:?}"));
+    let end = starts.get(k + 1).copied().unwrap_or(row.len()).min(row.len());
+    row.get(starts[k]..end).unwrap_or("").trim()
+}
+
+/// t92: `cluster describe` shows the partitions each node leads now (LEADERS) apart from
+/// those that prefer it (PREFERRED): a killed node leads none, though partitions still
+/// prefer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t92_cluster_describe_shows_actual_leaders() {
+    let _serial = serial().await;
+    // The killed node stays suspected, so its preferred leaderships stay with it.
+    let options = ClusterOptions { node_args: vec!["--dead-after-ms".into(), "600000".into()], ..Default::default() };
+    let mut cluster = ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 3, options);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "lead", 6).await;
+    let info = client.describe_cluster().await.expect("describe");
+    let meta = info.metadata_leader.expect("metadata leader");
+    let victim = info.brokers.iter().find(|b| b.id != meta && b.preferred_leaders > 0).expect("a preferred leader");
+    let (victim, preferred) = (victim.id, victim.preferred_leaders);
+    // It leads a partition when it is killed, so its leaderships have to move.
+    eventually("the victim leads a partition", Duration::from_secs(30), async || {
+        let c = client.describe_cluster().await?;
+        let leads = c.topics.iter().flat_map(|t| &t.partitions).any(|p| p.leader == Some(victim));
+        if leads { Ok(()) } else { Err(ClientError::Closed) }
+    })
+    .await;
+    cluster.kill(victim);
+    let bootstrap =
+        cluster.ids().into_iter().filter(|id| *id != victim).map(|id| cluster.addr(id)).collect::<Vec<_>>().join(",");
+    eventually("leaders off the killed node", Duration::from_secs(60), async || {
+        let c = client.describe_cluster().await?;
+        let leaders: Vec<Option<u64>> = c.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.leader)).collect();
+        if leaders.len() == 6 && leaders.iter().all(|l| l.is_some() && *l != Some(victim)) {
+            Ok(())
+        } else {
+            Err(ClientError::Closed)
+        }
+    })
+    .await;
+
+    let text = cli_ok(&bootstrap, &["cluster", "describe"]).await;
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines[1];
+    let rows: Vec<&str> = lines[2..].iter().take_while(|l| !l.is_empty()).copied().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    let row = |id: u64| *rows.iter().find(|r| cell(header, r, "NODE") == id.to_string()).expect("node row");
+    assert_eq!(cell(header, row(victim), "LEADERS"), "0", "the killed node {victim} leads nothing:\n{text}");
+    assert_eq!(cell(header, row(victim), "PREFERRED"), preferred.to_string(), "{text}");
+    let led: u64 = rows.iter().map(|r| cell(header, r, "LEADERS").parse::<u64>().expect("a count")).sum();
+    assert_eq!(led, 6, "every partition has one leader:\n{text}");
+    // The partition table names live leaders only.
+    let parts = &lines[2 + rows.len() + 1..];
+    for r in &parts[1..] {
+        assert_ne!(cell(parts[0], r, "LEADER"), victim.to_string(), "{text}");
+    }
 }
 
 /// t93: a topic created while the cluster is still forming (a node of `--peers` has not
