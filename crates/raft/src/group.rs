@@ -67,6 +67,11 @@ pub struct Group {
     /// The last leadership transfer this replica started as leader: to whom, in which
     /// term, and when.
     pub(crate) transfer: std::sync::Mutex<Option<(NodeId, u64, RtInstant)>>,
+    /// Set while this node asks the group's leader whether it may delete this replica,
+    /// and from then until it is deleted: the replica takes no message meanwhile, so a
+    /// leader that re-adds the node right after answering cannot record progress on a
+    /// log about to be destroyed (it would see that log go back).
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
 }
 
 type RtInstant = <crate::rt::Runtime as openraft_rt::AsyncRuntime>::Instant;

@@ -118,6 +118,7 @@ impl<T: RaftTransport> Groups<T> {
             ticking: std::sync::atomic::AtomicBool::new(true),
             last_append: std::sync::Mutex::new(None),
             vote_floor: std::sync::Mutex::new(vote_floor),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             transfer: std::sync::Mutex::new(None),
         });
         self.groups.write().expect("groups lock poisoned").insert(id, group.clone());
@@ -147,13 +148,29 @@ impl<T: RaftTransport> Groups<T> {
     /// other nodes report, then `candidates`, following leader hints; `false` when no
     /// leader answers.
     pub async fn released_by_leader(&self, group: GroupId, candidates: &[NodeId]) -> bool {
-        const ASKS_MAX: usize = 8;
-        let timeout = std::time::Duration::from_secs(2);
         let mut queue: Vec<NodeId> = Vec::new();
         let local = self.get(group);
         queue.extend(local.as_ref().and_then(|g| g.leader()));
         queue.extend(self.reported_leader(group));
         queue.extend(candidates.iter().copied());
+        let leaving = |on: bool| {
+            if let Some(g) = &local {
+                g.leaving.store(on, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        leaving(true);
+        let released = self.ask_leader_to_release(group, local.as_ref(), queue).await;
+        if !released {
+            leaving(false);
+        }
+        released
+    }
+
+    /// Asks `queue` in order (following leader hints, at most `ASKS_MAX` nodes) until a
+    /// replica that leads `group` answers; whether it released this node.
+    async fn ask_leader_to_release(&self, group: GroupId, local: Option<&Arc<Group>>, mut queue: Vec<NodeId>) -> bool {
+        const ASKS_MAX: usize = 8;
+        let timeout = std::time::Duration::from_secs(2);
         let mut asked: BTreeSet<NodeId> = BTreeSet::new();
         while let Some(target) = queue.first().copied() {
             queue.remove(0);
@@ -161,7 +178,7 @@ impl<T: RaftTransport> Groups<T> {
                 continue;
             }
             let reply = if target == self.node {
-                match &local {
+                match local {
                     Some(g) => {
                         let (leads, keeps) = g.keeps_member(self.node).await;
                         RaftReply::Membership { leads, keeps, leader: g.leader() }
@@ -252,6 +269,9 @@ impl<T: RaftTransport> Groups<T> {
 
 async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
     let refused = |e: &dyn std::fmt::Display| RaftReply::Refused(e.to_string());
+    if g.leaving.load(std::sync::atomic::Ordering::SeqCst) && !matches!(rpc, RaftRpc::Membership(_)) {
+        return refused(&format!("the replica of group {} on node {} is being deleted", g.id, g.node));
+    }
     match rpc {
         RaftRpc::Append(r) => {
             g.note_append();
