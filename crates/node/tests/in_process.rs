@@ -212,3 +212,66 @@ async fn t99_a_stopped_replica_refuses_follower_fetches_and_the_node_says_it_is_
     // The partition goes on without it.
     assert_eq!(produce(&nodes, "t", 0, &["c"]).await, 2);
 }
+
+/// t91 (issue item 9): a follower learns that an entry is committed only from the
+/// leader's next message. Here the leader's heartbeats (which carry the commit index)
+/// are dropped, a record is acknowledged, the leader is cut off, and a follower takes
+/// over while its appends cannot reach the other follower: the new leader holds the
+/// acknowledged record but has not applied it, and its high watermark is one behind what
+/// the old leader answered. It used to answer OFFSET_OUT_OF_RANGE (not retriable) for
+/// the offset a consumer had reached; it now answers a retriable error until it has
+/// applied an entry of its own term, and then serves that offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
+    let nodes = start_cluster(&net, &engines).await;
+    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
+    let topic =
+        eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let group = topic.partitions[0].group;
+    produce(&nodes, "t", 0, &["a", "b"]).await;
+    let old = eventually("a leader", async || {
+        nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).cloned()
+    })
+    .await;
+    let followers: Vec<_> = nodes.iter().filter(|n| n.id() != old.id()).cloned().collect();
+    let (f, g) = (followers[0].clone(), followers[1].clone());
+    let applied = old.groups().get(group).unwrap().status().applied;
+    eventually("the followers applied a and b", async || {
+        followers.iter().all(|n| n.groups().get(group).is_some_and(|r| r.status().applied >= applied)).then_some(())
+    })
+    .await;
+    // g gets the next record but not the word that it is committed (f gets nothing, so
+    // the record commits on the old leader and g alone).
+    net.drop_appends.write().unwrap().insert((old.id(), f.id()), true);
+    net.drop_appends.write().unwrap().insert((old.id(), g.id()), false);
+    let end = old.produce("t", 0, batch(&["c"])).await.expect("acknowledged by the old leader").0 + 1;
+    net.cut.write().unwrap().insert(old.id());
+    // g takes over with f's vote; nothing it appends reaches f, so its term commits nothing.
+    net.drop_appends.write().unwrap().insert((g.id(), f.id()), true);
+    let gg = g.groups().get(group).unwrap();
+    eventually("g leads", async || {
+        if !gg.is_leader() {
+            let _ = gg.take_over().await;
+        }
+        gg.is_leader().then_some(())
+    })
+    .await;
+    let behind = gg.read(|s| match s {
+        flotilla_raft::state_machine::GroupState::Partition(p) => p.high_watermark(),
+        _ => unreachable!(),
+    });
+    assert!(behind < end, "the scenario needs a new leader that has not applied c (its high watermark is {behind})");
+    match g.fetch("t", 0, end, 1 << 20, Duration::from_millis(300), false).await {
+        Ok(r) => panic!("the new leader answered a fetch from a state behind the old leader's: {r:?}"),
+        Err(e) => assert!(e.code.is_retriable(), "offset {end}, reached through the old leader: {e:?}"),
+    }
+    // Once its entries reach g, its term commits and it serves the offset.
+    net.drop_appends.write().unwrap().clear();
+    eventually("the new leader serves the offset", async || {
+        let r = g.fetch("t", 0, end, 1 << 20, Duration::from_millis(100), false).await.ok()?;
+        (r.high_watermark >= end).then_some(())
+    })
+    .await;
+}

@@ -26,6 +26,15 @@ pub fn message(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Whether `bytes` is an AppendEntries message, and whether it carries entries (`Some(false)`:
+/// a heartbeat). `None` for any other message. For tests that drop some messages only.
+pub fn append_with_entries(bytes: &[u8]) -> Option<bool> {
+    match decode::<RaftRpc>(bytes, "raft message").ok()? {
+        RaftRpc::Append(a) => Some(!a.entries.is_empty()),
+        _ => None,
+    }
+}
+
 /// A reply to a node-to-node message, as the sender decodes it.
 pub fn reply(bytes: &[u8]) -> Result<(), String> {
     decode::<RaftReply>(bytes, "raft reply").map(drop).map_err(|e| e.to_string())

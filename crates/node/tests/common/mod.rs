@@ -17,6 +17,9 @@ pub struct LocalNet {
     pub cut: Arc<RwLock<BTreeSet<NodeId>>>,
     /// Links cut in both directions (the nodes still reach everyone else).
     pub cut_links: Arc<RwLock<BTreeSet<(NodeId, NodeId)>>>,
+    /// From one node to another: AppendEntries without entries (heartbeats, which carry
+    /// the commit index) are dropped, or (`true`) every AppendEntries is.
+    pub drop_appends: Arc<RwLock<BTreeMap<(NodeId, NodeId), bool>>>,
 }
 
 impl LocalNet {
@@ -43,6 +46,11 @@ impl RaftTransport for LocalTransport {
         let link = (self.me.min(target), self.me.max(target));
         if cut.contains(&self.me) || cut.contains(&target) || self.net.cut_links.read().unwrap().contains(&link) {
             return Err(TransportError::Unreachable(target, "cut".into()));
+        }
+        if let Some(all) = self.net.drop_appends.read().unwrap().get(&(self.me, target)).copied()
+            && flotilla_raft::wire::append_with_entries(&payload).is_some_and(|entries| all || !entries)
+        {
+            return Err(TransportError::Unreachable(target, "append dropped".into()));
         }
         let node = self.net.nodes.read().unwrap().get(&target).cloned();
         match node {
