@@ -12,7 +12,7 @@ use flotilla_metadata::placement::{self, Plan};
 use flotilla_metadata::{
     AdminState, Broker, Command as MetaCommand, Labels, Liveness, MetadataState, Response as MetaResponse, TopicPolicy,
 };
-use flotilla_raft::RaftTransport;
+use flotilla_raft::{MembershipError, RaftTransport};
 use flotilla_types::{ErrorCode, GroupId, METADATA_GROUP, NodeId, PartitionId, limits};
 use serde::Serialize;
 
@@ -289,7 +289,14 @@ impl<T: RaftTransport> Node<T> {
                 ),
             ));
         }
-        g.change_voters(set, true).await.map_err(|e| ApiError::new(ErrorCode::Unavailable, e))?;
+        g.change_voters(set, true).await.map_err(|e| match e {
+            MembershipError::NotLeader { leader, .. } => self.not_metadata_leader(leader),
+            MembershipError::Refused { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+            MembershipError::Timeout { .. } => ApiError::new(
+                ErrorCode::Timeout,
+                format!("{e}: the controllers may or may not have changed; see `flotilla cluster controllers`"),
+            ),
+        })?;
         Ok(self.controllers())
     }
 

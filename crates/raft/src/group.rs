@@ -37,6 +37,28 @@ pub enum WriteError {
     Timeout { group: GroupId },
 }
 
+/// Why a membership change (add a learner, change the voters, remove learners) failed.
+/// Whether it may still happen is in the variant, not in a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// This replica does not lead the group; nothing was proposed.
+    #[error("not the leader of group {group} (leader: {leader:?})")]
+    NotLeader { group: GroupId, leader: Option<NodeId> },
+    /// Refused before or when proposed (a change already in flight, a lease that could
+    /// not be renewed, a stopped replica): the membership did not change.
+    #[error("group {group} refused the membership change: {reason}")]
+    Refused { group: GroupId, reason: String },
+    /// Proposed but not committed in time: it may still be (indeterminate).
+    #[error("the membership change of group {group} was not committed within {after:?}; it may still be")]
+    Timeout { group: GroupId, after: Duration },
+}
+
+impl From<MembershipError> for String {
+    fn from(e: MembershipError) -> String {
+        e.to_string()
+    }
+}
+
 /// A snapshot of a group's Raft status on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {
@@ -386,29 +408,55 @@ impl Group {
 
     /// On the leader: starts replicating to `node` as a learner (returns once the
     /// membership entry is committed, not when the learner caught up).
-    pub async fn add_learner(&self, node: NodeId) -> Result<(), String> {
+    pub async fn add_learner(&self, node: NodeId) -> Result<(), MembershipError> {
         self.renew_lease().await?;
-        bounded(self.raft.add_learner(node, openraft::EmptyNode {}, false)).await
+        self.bounded(self.raft.add_learner(node, openraft::EmptyNode {}, false)).await
     }
 
     /// Before a membership change: a leader takes one only within its lease, which a
     /// quiesced group's leader has usually let lapse (see `write`).
-    async fn renew_lease(&self) -> Result<(), String> {
-        self.linearizable_barrier().await.map_err(|e| e.to_string())
+    async fn renew_lease(&self) -> Result<(), MembershipError> {
+        match self.linearizable_barrier().await {
+            Ok(()) => Ok(()),
+            Err(WriteError::NotLeader { group, leader }) => Err(MembershipError::NotLeader { group, leader }),
+            // Nothing was proposed yet: whatever went wrong, the change did not happen.
+            Err(e) => Err(MembershipError::Refused { group: self.id, reason: e.to_string() }),
+        }
+    }
+
+    /// Waits for a membership change, at most `MEMBERSHIP_TIMEOUT`.
+    async fn bounded<T>(
+        &self,
+        change: impl std::future::Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>
+        + openraft_rt::OptionalSend,
+    ) -> Result<(), MembershipError> {
+        let group = self.id;
+        match <crate::rt::Runtime as openraft_rt::AsyncRuntime>::timeout(MEMBERSHIP_TIMEOUT, change).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(MembershipError::NotLeader { group, leader: f.leader_id })
+            }
+            Ok(Err(e)) => Err(MembershipError::Refused { group, reason: e.to_string() }),
+            Err(_) => Err(MembershipError::Timeout { group, after: MEMBERSHIP_TIMEOUT }),
+        }
     }
 
     /// On the leader: makes `voters` the voters, through a joint configuration when
     /// needed. With `retain`, removed voters stay learners.
-    pub async fn change_voters(&self, voters: std::collections::BTreeSet<NodeId>, retain: bool) -> Result<(), String> {
+    pub async fn change_voters(
+        &self,
+        voters: std::collections::BTreeSet<NodeId>,
+        retain: bool,
+    ) -> Result<(), MembershipError> {
         self.renew_lease().await?;
-        bounded(self.raft.change_membership(voters, retain)).await
+        self.bounded(self.raft.change_membership(voters, retain)).await
     }
 
     /// On the leader: stops replicating to these learners.
-    pub async fn remove_learners(&self, nodes: std::collections::BTreeSet<NodeId>) -> Result<(), String> {
+    pub async fn remove_learners(&self, nodes: std::collections::BTreeSet<NodeId>) -> Result<(), MembershipError> {
         let change = openraft::ChangeMembers::<NodeId, openraft::EmptyNode>::RemoveNodes(nodes);
         self.renew_lease().await?;
-        bounded(self.raft.change_membership(change, false)).await
+        self.bounded(self.raft.change_membership(change, false)).await
     }
 
     /// Starts an election now, on the cluster's word that the leader's node is gone
@@ -465,13 +513,3 @@ impl Group {
 /// bound the caller (an operator's request, the controller's or the mover's loop) would
 /// wait that long.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn bounded<T, E: std::fmt::Display>(
-    change: impl std::future::Future<Output = Result<T, E>> + openraft_rt::OptionalSend,
-) -> Result<(), String> {
-    match <crate::rt::Runtime as openraft_rt::AsyncRuntime>::timeout(MEMBERSHIP_TIMEOUT, change).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("the membership change was not committed within {MEMBERSHIP_TIMEOUT:?}")),
-    }
-}

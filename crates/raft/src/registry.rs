@@ -424,6 +424,35 @@ mod tests {
         assert!(matches!(r, Err(WriteError::Timeout { group: 0 })), "{r:?}");
     }
 
+    /// t95 (issue item 8): membership changes answer typed errors, and one that was
+    /// proposed but not committed in time is a timeout (it may still commit), not a
+    /// string: a node without a leader refuses at once (`NotLeader`); a single voter
+    /// asked to promote an unreachable learner proposes the joint configuration, which
+    /// cannot commit (`Timeout`); promoting a node that is not a learner is refused
+    /// (`Refused`, definite).
+    #[tokio::test]
+    async fn t95_membership_changes_tell_not_leader_from_a_timeout() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let groups = Groups::new(1, engine, Nowhere);
+        let lone = groups.ensure(8, GroupKind::Partition, None).await.unwrap();
+        let r = lone.add_learner(2).await;
+        assert!(matches!(r, Err(crate::MembershipError::NotLeader { group: 8, .. })), "{r:?}");
+
+        let g = groups.ensure(7, GroupKind::Partition, Some(&BTreeSet::from([1]))).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !g.is_leader() {
+            assert!(tokio::time::Instant::now() < deadline, "a single voter elects itself");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Promoting a node that is not a learner yet is refused: nothing changed.
+        let r = g.change_voters(BTreeSet::from([1, 2]), false).await;
+        assert!(matches!(r, Err(crate::MembershipError::Refused { group: 7, .. })), "{r:?}");
+        // A learner commits with the one voter; promoting it needs its vote, which never comes.
+        g.add_learner(2).await.unwrap();
+        let r = g.change_voters(BTreeSet::from([1, 2]), false).await;
+        assert!(matches!(r, Err(crate::MembershipError::Timeout { group: 7, .. })), "{r:?}");
+    }
+
     async fn ask_vote(g: &Group, req: VoteRequest<TypeConfig>) -> bool {
         match dispatch(g, RaftRpc::Vote(req)).await {
             RaftReply::Vote(r) => r.vote_granted,
