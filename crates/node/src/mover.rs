@@ -319,3 +319,29 @@ async fn wake_election<T: RaftTransport>(
         tracing::debug!(group = group.id(), error = %e, "cannot start an election");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_sync_needs_a_recent_acknowledgement_and_the_log_but_for_a_few_entries() {
+        let s = |ms: u64| Some(Duration::from_millis(ms));
+        let lag = Duration::from_millis(15_000);
+        let limit = flotilla_types::limits::REPLICA_LAG_ENTRIES_MAX;
+        // (matched, acknowledged ago, leader's last index) → in sync
+        let table = [
+            ((Some(100), s(10), 100), true),
+            ((Some(100 - limit), s(10), 100), true),
+            ((Some(100 - limit - 1), s(10), 100), false), // too far behind, however recent
+            ((Some(100), s(15_000), 100), true),
+            ((Some(100), s(15_001), 100), false), // silent too long, however close
+            ((Some(100), None, 100), false),      // not acknowledged since this leader began
+            ((None, s(10), 100), false),          // nothing matched yet
+            ((None, s(10), 0), false),
+        ];
+        for ((matched, ago, last), want) in table {
+            assert_eq!(in_sync(matched, ago, last, lag), want, "matched {matched:?}, acked {ago:?} ago, last {last}");
+        }
+    }
+}
