@@ -55,11 +55,6 @@ async fn create(nodes: &[Node<LocalTransport>], name: &str, partitions: u32) -> 
     eventually("create", async || nodes[0].create_topic(name, partitions, 3, TopicPolicy::default()).await.ok()).await
 }
 
-/// The node whose replica of `group` leads it.
-fn leader_of(nodes: &[Node<LocalTransport>], group: GroupId) -> Option<&Node<LocalTransport>> {
-    nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))
-}
-
 /// Waits until `group`'s leader has exactly `want` as voters.
 async fn voters_become(nodes: &[Node<LocalTransport>], group: GroupId, want: &[NodeId]) {
     let want: BTreeSet<NodeId> = want.iter().copied().collect();

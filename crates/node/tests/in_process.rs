@@ -136,9 +136,7 @@ async fn t96_a_silent_follower_is_out_of_sync_after_the_lag_time_however_little_
             flotilla_node::NodeConfig { quiesce_keepalive_ms: 1000, replica_lag_time_max_ms: 2000, ..config(id) };
         nodes.push(start_node(&net, config, &engines[id as usize - 1]).await);
     }
-    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
-    let topic =
-        eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let topic = one_partition_topic(&nodes, "t").await;
     let group = topic.partitions[0].group;
     assert_eq!(produce(&nodes, "t", 0, &["a"]).await, 0);
     let under = |n: &Node<LocalTransport>| {
@@ -159,7 +157,7 @@ async fn t96_a_silent_follower_is_out_of_sync_after_the_lag_time_however_little_
     assert_eq!(produce(&nodes, "t", 0, &["b"]).await, 1);
     let started = std::time::Instant::now();
     eventually("under-replicated once the lag time passed", async || {
-        let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))?;
+        let leader = leader_of(&nodes, group)?;
         (under(leader) == Some(true)).then_some(())
     })
     .await;
@@ -167,7 +165,7 @@ async fn t96_a_silent_follower_is_out_of_sync_after_the_lag_time_however_little_
 
     net.cut.write().unwrap().remove(&follower);
     eventually("in sync again", async || {
-        let leader = nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))?;
+        let leader = leader_of(&nodes, group)?;
         (under(leader) == Some(false)).then_some(())
     })
     .await;
@@ -182,9 +180,7 @@ async fn t99_a_stopped_replica_refuses_follower_fetches_and_the_node_says_it_is_
     let net = LocalNet::default();
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = start_cluster(&net, &engines).await;
-    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
-    let topic =
-        eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let topic = one_partition_topic(&nodes, "t").await;
     let group = topic.partitions[0].group;
     assert_eq!(produce(&nodes, "t", 0, &["a"]).await, 0);
     let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
@@ -226,15 +222,10 @@ async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
     let net = LocalNet::default();
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = start_cluster(&net, &engines).await;
-    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
-    let topic =
-        eventually("create topic", async || nodes[0].create_topic("t", 1, 3, TopicPolicy::default()).await.ok()).await;
+    let topic = one_partition_topic(&nodes, "t").await;
     let group = topic.partitions[0].group;
     produce(&nodes, "t", 0, &["a", "b"]).await;
-    let old = eventually("a leader", async || {
-        nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader())).cloned()
-    })
-    .await;
+    let old = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     let followers: Vec<_> = nodes.iter().filter(|n| n.id() != old.id()).cloned().collect();
     let (f, g) = (followers[0].clone(), followers[1].clone());
     let applied = old.groups().get(group).unwrap().status().applied;

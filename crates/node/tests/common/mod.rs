@@ -88,6 +88,21 @@ pub async fn start_node(net: &LocalNet, config: NodeConfig, engine: &MemEngine) 
     node
 }
 
+/// The node whose replica of `group` leads it.
+pub fn leader_of(nodes: &[Node<LocalTransport>], group: GroupId) -> Option<&Node<LocalTransport>> {
+    nodes.iter().find(|n| n.groups().get(group).is_some_and(|g| g.is_leader()))
+}
+
+/// Once three brokers have registered, creates topic `name` with one partition of three
+/// replicas through the first node; its view.
+pub async fn one_partition_topic(nodes: &[Node<LocalTransport>], name: &str) -> flotilla_node::TopicView {
+    eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
+    eventually("create topic", async || {
+        nodes[0].create_topic(name, 1, 3, flotilla_metadata::TopicPolicy::default()).await.ok()
+    })
+    .await
+}
+
 /// Retries `f` every 50 ms until it gives a value. The whole wait, including an attempt
 /// that never returns, is bounded: a test fails with `what` rather than hanging.
 pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
