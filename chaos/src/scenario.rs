@@ -1,0 +1,419 @@
+//! The scenarios: which fault each cycle injects, on whom, for how long. Every choice is
+//! drawn from the run's seed ([`Rng`]); the targets (a partition's leader, the metadata
+//! leader) are looked up from the cluster when the fault lands.
+
+use std::time::{Duration, Instant};
+
+use flotilla_client::{Client, NodeId};
+use flotilla_testkit::Recorder;
+
+use crate::cluster::{Cluster, State};
+use crate::rng::Rng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the leader of a random partition; restart it at the heal.
+    KillLeader,
+    /// SIGKILL a follower of a random partition.
+    KillFollower,
+    /// SIGKILL the metadata group's leader (the controller).
+    KillMetadataLeader,
+    /// SIGKILL every node at once; restart them all at the heal.
+    KillAll,
+    /// SIGSTOP the leader of a random partition past the election timeout; SIGCONT.
+    PauseLeader,
+    /// The leader of a random partition cut from every other node (the client still
+    /// reaches it).
+    PartitionLeader,
+    /// The nodes split into a random majority and minority.
+    PartitionMajority,
+    /// Two nodes (one a partition leader) cut from each other; a third hears both.
+    PartitionBridge,
+    /// Packets from a partition leader to the other nodes dropped; the other way works.
+    PartitionOneWay,
+    /// The client cut from a partition leader; the nodes hear each other.
+    ClientCut,
+    /// The link between a partition leader and one follower cut and healed every 0.5–1.5 s.
+    Flapping,
+    /// A partition reassigned to another replica set (one replica swapped for the spare
+    /// node), then its leader killed while the move runs.
+    KillReassign,
+}
+
+/// One scenario of the suite.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub fault: Fault,
+    pub nodes: u64,
+    pub partitions: u32,
+    /// Faults injected, one after the other.
+    pub cycles: u32,
+    /// How long each fault lasts (ms, drawn uniformly).
+    pub fault_ms: (u64, u64),
+    /// The quiet time after each heal (ms, drawn uniformly).
+    pub gap_ms: (u64, u64),
+}
+
+const fn scenario(name: &'static str, about: &'static str, fault: Fault, nodes: u64, fault_ms: (u64, u64)) -> Scenario {
+    Scenario { name, about, fault, nodes, partitions: 3, cycles: 4, fault_ms, gap_ms: (3_000, 6_000) }
+}
+
+/// Every scenario, in the order `all` runs them.
+pub const ALL: &[Scenario] = &[
+    scenario("kill-leader", "kill -9 of a partition leader, restarted", Fault::KillLeader, 3, (3_000, 8_000)),
+    scenario("kill-follower", "kill -9 of a partition follower, restarted", Fault::KillFollower, 3, (3_000, 8_000)),
+    scenario(
+        "kill-metadata-leader",
+        "kill -9 of the metadata leader (the controller), restarted",
+        Fault::KillMetadataLeader,
+        3,
+        (3_000, 8_000),
+    ),
+    scenario("kill-all", "kill -9 of every node at once, all restarted", Fault::KillAll, 3, (1_000, 3_000)),
+    scenario(
+        "pause-leader",
+        "SIGSTOP of a partition leader past the election timeout, then SIGCONT",
+        Fault::PauseLeader,
+        3,
+        (3_000, 8_000),
+    ),
+    scenario(
+        "partition-leader",
+        "a partition leader cut from the other nodes (leader in the minority)",
+        Fault::PartitionLeader,
+        3,
+        (5_000, 10_000),
+    ),
+    scenario(
+        "partition-majority",
+        "five nodes split into a random majority and minority",
+        Fault::PartitionMajority,
+        5,
+        (5_000, 10_000),
+    ),
+    scenario(
+        "partition-bridge",
+        "a leader and one other node cut from each other, a third node hearing both",
+        Fault::PartitionBridge,
+        3,
+        (5_000, 10_000),
+    ),
+    scenario(
+        "partition-one-way",
+        "packets from a partition leader to its peers dropped, the other way delivered",
+        Fault::PartitionOneWay,
+        3,
+        (5_000, 10_000),
+    ),
+    scenario("client-cut", "the client cut from a partition leader", Fault::ClientCut, 3, (5_000, 10_000)),
+    scenario(
+        "flapping",
+        "the link between a leader and a follower cut and healed every 0.5-1.5 s",
+        Fault::Flapping,
+        3,
+        (6_000, 10_000),
+    ),
+    scenario(
+        "kill-reassign",
+        "four nodes; a partition reassigned, its leader killed while the move runs",
+        Fault::KillReassign,
+        4,
+        (3_000, 8_000),
+    ),
+];
+
+/// What `make chaos-ci` runs: a few minutes.
+pub const CI: &[&str] = &["kill-leader", "pause-leader", "partition-leader"];
+
+pub fn find(name: &str) -> Option<Scenario> {
+    ALL.iter().copied().find(|s| s.name == name)
+}
+
+/// What a fault did, so that it can be undone, and what it touched.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub note: String,
+    pub nodes: Vec<NodeId>,
+    /// Partitions whose leader the fault touched: their failover is measured.
+    pub affected: Vec<u32>,
+    restart: Vec<NodeId>,
+    resume: Vec<NodeId>,
+    net: bool,
+    /// For flapping: the link toggled while the fault holds.
+    flap: Option<(NodeId, NodeId)>,
+}
+
+/// What a scenario's faults act on.
+pub struct Ctx<'a> {
+    pub cluster: &'a mut Cluster,
+    pub client: &'a Client,
+    pub recorder: &'a Recorder,
+    pub topic: &'a str,
+    pub partitions: u32,
+}
+
+/// Runs blocking cluster work (a restart waits for the node to listen) off the runtime's
+/// async path.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Ctx<'_> {
+    /// (leader, replicas) of `partition` as the cluster reports it, within a few seconds;
+    /// a replica drawn from `rng` stands in for an unknown leader.
+    async fn leader(&self, partition: u32, rng: &mut Rng) -> (NodeId, Vec<NodeId>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut replicas = vec![];
+        while Instant::now() < deadline {
+            if let Ok(Ok(t)) =
+                tokio::time::timeout(Duration::from_secs(2), self.client.describe_topic(self.topic)).await
+                && let Some(p) = t.partitions.get(partition as usize)
+            {
+                replicas = p.replicas.clone();
+                if let Some(l) = p.leader
+                    && self.cluster.state(l) == State::Running
+                {
+                    return (l, replicas);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if replicas.is_empty() {
+            replicas = self.cluster.ids();
+        }
+        (rng.pick(&replicas), replicas)
+    }
+
+    /// The partitions `nodes` lead now.
+    async fn led_by(&self, nodes: &[NodeId]) -> Vec<u32> {
+        match tokio::time::timeout(Duration::from_secs(3), self.client.describe_topic(self.topic)).await {
+            Ok(Ok(t)) => t
+                .partitions
+                .iter()
+                .filter(|p| p.leader.is_some_and(|l| nodes.contains(&l)))
+                .map(|p| p.partition)
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    async fn metadata_leader(&self, rng: &mut Rng) -> NodeId {
+        for _ in 0..10 {
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), self.client.describe_cluster()).await
+                && let Some(l) = c.metadata_leader
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        rng.pick(&self.cluster.ids())
+    }
+
+    fn others(&self, of: &[NodeId]) -> Vec<NodeId> {
+        self.cluster.ids().into_iter().filter(|i| !of.contains(i)).collect()
+    }
+}
+
+impl Scenario {
+    /// Injects one fault and records it in the history.
+    pub async fn inject(&self, ctx: &mut Ctx<'_>, rng: &mut Rng) -> anyhow::Result<Injected> {
+        let partition = rng.range(0, u64::from(ctx.partitions) - 1) as u32;
+        let mut i = Injected::default();
+        match self.fault {
+            Fault::KillLeader => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("kill -9 n{leader} (leader of partition {partition})");
+                i.nodes = vec![leader];
+                i.restart = vec![leader];
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                blocking(|| ctx.cluster.kill(leader));
+            }
+            Fault::KillFollower => {
+                let (leader, replicas) = ctx.leader(partition, rng).await;
+                let followers: Vec<NodeId> = replicas.into_iter().filter(|r| *r != leader).collect();
+                let victim = if followers.is_empty() { rng.pick(&ctx.others(&[leader])) } else { rng.pick(&followers) };
+                i.affected = ctx.led_by(&[victim]).await;
+                i.note = format!("kill -9 n{victim} (follower of partition {partition})");
+                i.nodes = vec![victim];
+                i.restart = vec![victim];
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                blocking(|| ctx.cluster.kill(victim));
+            }
+            Fault::KillMetadataLeader => {
+                let leader = ctx.metadata_leader(rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("kill -9 n{leader} (metadata leader)");
+                i.nodes = vec![leader];
+                i.restart = vec![leader];
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                blocking(|| ctx.cluster.kill(leader));
+            }
+            Fault::KillAll => {
+                let all = ctx.cluster.ids();
+                i.affected = (0..ctx.partitions).collect();
+                i.note = "kill -9 of every node".to_string();
+                i.nodes = all.clone();
+                i.restart = all.clone();
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                blocking(|| all.iter().for_each(|n| ctx.cluster.kill(*n)));
+            }
+            Fault::PauseLeader => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("SIGSTOP n{leader} (leader of partition {partition})");
+                i.nodes = vec![leader];
+                i.resume = vec![leader];
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.pause(leader);
+            }
+            Fault::PartitionLeader => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                let others = ctx.others(&[leader]);
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("isolate n{leader} (leader of partition {partition}) from {others:?}");
+                i.nodes = vec![leader];
+                i.net = true;
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.net().split(&[leader], &others)?;
+            }
+            Fault::PartitionMajority => {
+                let mut ids = ctx.cluster.ids();
+                rng.shuffle(&mut ids);
+                let minority: Vec<NodeId> = ids[..ids.len() / 2].to_vec();
+                let majority: Vec<NodeId> = ids[ids.len() / 2..].to_vec();
+                i.affected = ctx.led_by(&minority).await;
+                i.note = format!("split minority {minority:?} from majority {majority:?}");
+                i.nodes = minority.clone();
+                i.net = true;
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.net().split(&minority, &majority)?;
+            }
+            Fault::PartitionBridge => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                let other = rng.pick(&ctx.others(&[leader]));
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("cut n{leader} (leader of partition {partition}) from n{other}; the rest hear both");
+                i.nodes = vec![leader, other];
+                i.net = true;
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.net().cut(leader, other)?;
+            }
+            Fault::PartitionOneWay => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                let others = ctx.others(&[leader]);
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("drop packets from n{leader} (leader of partition {partition}) to {others:?}");
+                i.nodes = vec![leader];
+                i.net = true;
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                for o in others {
+                    ctx.cluster.net().drop_from(leader, o)?;
+                }
+            }
+            Fault::ClientCut => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("cut the client from n{leader} (leader of partition {partition})");
+                i.nodes = vec![leader];
+                i.net = true;
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.net().cut_client(leader)?;
+            }
+            Fault::Flapping => {
+                let (leader, replicas) = ctx.leader(partition, rng).await;
+                let followers: Vec<NodeId> = replicas.into_iter().filter(|r| *r != leader).collect();
+                let other = if followers.is_empty() { rng.pick(&ctx.others(&[leader])) } else { rng.pick(&followers) };
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("flap the link n{leader} (leader of partition {partition}) - n{other}");
+                i.nodes = vec![leader, other];
+                i.net = true;
+                i.flap = Some((leader, other));
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.net().cut(leader, other)?;
+            }
+            Fault::KillReassign => {
+                let (_, replicas) = ctx.leader(partition, rng).await;
+                let spare = ctx.others(&replicas);
+                let mut target = replicas.clone();
+                if !spare.is_empty() && !target.is_empty() {
+                    let out = rng.range(0, target.len() as u64 - 1) as usize;
+                    target[out] = rng.pick(&spare);
+                    rng.shuffle(&mut target);
+                }
+                let answer = match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    ctx.client.reassign(ctx.topic, partition, &target),
+                )
+                .await
+                {
+                    Ok(Ok(id)) => format!("move {id}"),
+                    Ok(Err(e)) => format!("refused: {e}"),
+                    Err(_) => "no answer in 10 s".to_string(),
+                };
+                ctx.recorder
+                    .fault(format!("reassign partition {partition} {replicas:?} -> {target:?} ({answer})"), vec![]);
+                tokio::time::sleep(rng.millis(300, 2_000)).await;
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                i.note = format!("kill -9 n{leader} (leader of partition {partition}, moving to {target:?})");
+                i.nodes = vec![leader];
+                i.restart = vec![leader];
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                blocking(|| ctx.cluster.kill(leader));
+            }
+        }
+        Ok(i)
+    }
+
+    /// Lets the fault hold for `d` (flapping toggles its link meanwhile).
+    pub async fn hold(&self, ctx: &mut Ctx<'_>, i: &Injected, d: Duration, rng: &mut Rng) -> anyhow::Result<()> {
+        let Some((a, b)) = i.flap else {
+            tokio::time::sleep(d).await;
+            return Ok(());
+        };
+        let end = Instant::now() + d;
+        let mut cut = true;
+        while Instant::now() < end {
+            tokio::time::sleep(rng.millis(500, 1_500).min(end.saturating_duration_since(Instant::now()))).await;
+            if cut {
+                ctx.cluster.net().heal()?;
+            } else {
+                ctx.cluster.net().cut(a, b)?;
+            }
+            cut = !cut;
+        }
+        Ok(())
+    }
+
+    /// Undoes a fault and records the heal.
+    pub async fn heal(&self, ctx: &mut Ctx<'_>, i: &Injected) -> anyhow::Result<()> {
+        if i.net {
+            ctx.cluster.net().heal()?;
+        }
+        for n in &i.resume {
+            ctx.cluster.resume(*n);
+        }
+        ctx.recorder.heal(format!("heal: {}", i.note));
+        for n in &i.restart {
+            blocking(|| ctx.cluster.restart(*n))?;
+        }
+        Ok(())
+    }
+}
+
+/// Undoes whatever may still be in force: every rule removed, every node running.
+pub async fn heal_all(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    ctx.cluster.net().heal()?;
+    for n in ctx.cluster.ids() {
+        match ctx.cluster.state(n) {
+            State::Paused => ctx.cluster.resume(n),
+            State::Down => blocking(|| ctx.cluster.restart(n))?,
+            State::Running => {}
+        }
+    }
+    ctx.recorder.heal("heal all");
+    Ok(())
+}
