@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::net::Net;
+use crate::powerfs::PowerFs;
 use crate::registry;
 
 /// The port every node listens on, each in its own namespace.
@@ -34,12 +35,25 @@ struct NodeProc {
     log: PathBuf,
 }
 
+/// How the nodes' data directories are mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disk {
+    /// The host's filesystem.
+    Host,
+    /// A [`PowerFs`] per node: power loss drops what was not synced.
+    PowerFs,
+    /// A [`PowerFs`] whose fsync syncs nothing (a planted defect).
+    LyingPowerFs,
+}
+
 pub struct Cluster {
     bin: PathBuf,
     net: Net,
     nodes: Vec<NodeProc>,
     peers: String,
     node_args: Vec<String>,
+    /// Per node with a [`Disk::PowerFs`]: the filesystem and its mount (unmounted on drop).
+    disks: Vec<(PowerFs, fuser::BackgroundSession)>,
 }
 
 impl Cluster {
@@ -52,6 +66,7 @@ impl Cluster {
         data: &Path,
         logs: &Path,
         node_args: Vec<String>,
+        disk: Disk,
     ) -> anyhow::Result<Cluster> {
         let peers = (1..=n).map(|i| format!("{i}={}:{NODE_PORT}", net.node_ip(i))).collect::<Vec<_>>().join(",");
         let nodes = (1..=n)
@@ -62,7 +77,18 @@ impl Cluster {
                 log: logs.join(format!("node-{i}.log")),
             })
             .collect();
-        let mut c = Cluster { bin: bin.to_path_buf(), net, nodes, peers, node_args };
+        let mut c = Cluster { bin: bin.to_path_buf(), net, nodes, peers, node_args, disks: vec![] };
+        if disk != Disk::Host {
+            for id in c.ids() {
+                let at = c.node(id).data_dir.clone();
+                std::fs::create_dir_all(&at)?;
+                let fs = PowerFs::new(disk == Disk::LyingPowerFs);
+                registry::add_mount(&at);
+                let session =
+                    fs.mount(&at).with_context(|| format!("mounting the power-loss filesystem on {}", at.display()))?;
+                c.disks.push((fs, session));
+            }
+        }
         for id in c.ids() {
             c.spawn(id)?;
         }
@@ -201,6 +227,13 @@ impl Cluster {
         self.wait_listening(id)
     }
 
+    /// Node `id`'s disk loses every write it had not synced; the bytes lost. The node
+    /// must be down. Without a power-loss filesystem, nothing happens.
+    pub fn power_loss(&mut self, id: u64) -> u64 {
+        assert!(self.node(id).child.is_none(), "power loss of node {id} while it runs");
+        self.disks.get((id - 1) as usize).map_or(0, |(fs, _)| fs.power_loss())
+    }
+
     /// Nodes that exited by themselves (a crash, a refusal to start), with their status.
     pub fn exited(&mut self) -> Vec<(u64, String)> {
         let mut gone = vec![];
@@ -246,6 +279,11 @@ impl Drop for Cluster {
                 let _ = c.wait();
                 registry::remove_pid(c.id());
             }
+        }
+        // Every node is gone: the filesystems can be unmounted.
+        for (i, (_, session)) in self.disks.drain(..).enumerate() {
+            drop(session);
+            registry::remove_mount(&self.nodes[i].data_dir);
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod cluster;
 mod net;
+mod powerfs;
 mod registry;
 mod report;
 mod rng;
@@ -28,7 +29,7 @@ use clap::{Parser, Subcommand};
 use flotilla_client::{Client, ClientConfig, ClientError, ErrorCode};
 use flotilla_testkit::{Actor, History, Recorder, check};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Disk};
 use crate::net::Net;
 use crate::report::{FaultRecord, ScenarioReport};
 use crate::rng::Rng;
@@ -66,6 +67,11 @@ enum Command {
         /// Where each run's report directory goes.
         #[arg(long, default_value = "chaos/report")]
         results: PathBuf,
+        /// Plant a defect to prove a scenario catches it: `lying-fsync` makes the
+        /// power-loss filesystem answer fsync without syncing (acknowledged before
+        /// durable, as NATS 2.12 did); only scenarios on that filesystem are affected.
+        #[arg(long)]
+        plant: Option<String>,
         /// Keep the nodes' data directories of passing scenarios too (failing ones are
         /// always kept).
         #[arg(long)]
@@ -89,14 +95,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cleanup => registry::sweep(),
-        Command::Run { scenario, seed, bin, results, keep_data } => {
-            let scenarios = select(&scenario)?;
+        Command::Run { scenario, seed, bin, results, plant, keep_data } => {
+            let mut scenarios = select(&scenario)?;
+            match plant.as_deref() {
+                None => {}
+                Some("lying-fsync") => {
+                    for s in scenarios.iter_mut().filter(|s| s.disk == Disk::PowerFs) {
+                        s.disk = Disk::LyingPowerFs;
+                    }
+                }
+                Some(other) => bail!("no planted defect {other:?}; there is: lying-fsync"),
+            }
             preflight(&bin)?;
             let seed = seed.unwrap_or_else(|| {
                 SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
             });
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
-            rt.block_on(run(scenarios, seed, bin, results, keep_data))
+            rt.block_on(run(scenarios, seed, bin, results, plant, keep_data))
         }
     }
 }
@@ -148,6 +163,7 @@ async fn run(
     seed: u64,
     bin: PathBuf,
     results: PathBuf,
+    plant: Option<String>,
     keep_data: bool,
 ) -> anyhow::Result<()> {
     let bin = bin.canonicalize()?;
@@ -156,7 +172,8 @@ async fn run(
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let work = std::env::temp_dir().join(format!("flotilla-chaos-{}", std::process::id()));
     let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
-    let command = format!("flotilla-chaos run --scenario {} --seed {seed}", names.join(","));
+    let planted = plant.map(|p| format!(" --plant {p}")).unwrap_or_default();
+    let command = format!("flotilla-chaos run --scenario {} --seed {seed}{planted}", names.join(","));
     println!("{command}\nreport: {}", run_dir.display());
 
     let work2 = work.clone();
@@ -293,7 +310,7 @@ async fn run_scenario(
     let subnet = ((pid as usize + index) % 200 + 20) as u8;
     let net = Net::create(&tag, subnet, s.nodes)?;
     std::fs::create_dir_all(data)?;
-    let mut cluster = tokio::task::block_in_place(|| Cluster::start(bin, net, s.nodes, data, dir, vec![]))?;
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(bin, net, s.nodes, data, dir, vec![], s.disk))?;
     let client = ready_client(&cluster, s.nodes as usize, seed).await?;
     let recorder = Recorder::new(client.clone());
     let topic = format!("chaos-{}", s.name);

@@ -8,6 +8,7 @@
 //! it cannot have been reused by another process: killing it is safe.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -18,9 +19,13 @@ pub const PREFIX: &str = "flch";
 struct Live {
     pids: BTreeSet<i32>,
     netns: Vec<String>,
+    mounts: Vec<PathBuf>,
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live { pids: BTreeSet::new(), netns: Vec::new() });
+static LIVE: Mutex<Live> = Mutex::new(Live { pids: BTreeSet::new(), netns: Vec::new(), mounts: Vec::new() });
+
+/// The name the power-loss filesystem is mounted under (`/proc/mounts`).
+pub const FS_NAME: &str = "flotilla-powerfs";
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
     // A panic while holding the lock leaves the sets as they were: still usable.
@@ -43,13 +48,26 @@ pub fn remove_netns(name: &str) {
     live().netns.retain(|n| n != name);
 }
 
+pub fn add_mount(at: &Path) {
+    live().mounts.push(at.to_path_buf());
+}
+
+pub fn remove_mount(at: &Path) {
+    live().mounts.retain(|m| m != at);
+}
+
+/// Detaches a FUSE mount, even one whose server is gone.
+pub fn unmount(at: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(at).output();
+}
+
 /// Kills every registered process and deletes every registered namespace (and with them
 /// their veth ends and iptables rules). For the signal handler: the owners' `Drop`s will
 /// not run.
 pub fn emergency() {
-    let (pids, netns) = {
+    let (pids, netns, mounts) = {
         let mut l = live();
-        (std::mem::take(&mut l.pids), std::mem::take(&mut l.netns))
+        (std::mem::take(&mut l.pids), std::mem::take(&mut l.netns), std::mem::take(&mut l.mounts))
     };
     for pid in &pids {
         // SIGKILL also ends a SIGSTOPped process.
@@ -58,7 +76,16 @@ pub fn emergency() {
     for ns in netns.iter().rev() {
         delete_netns(ns);
     }
-    eprintln!("cleanup: killed {} node processes, deleted {} network namespaces", pids.len(), netns.len());
+    // The nodes are killed but maybe not reaped yet: a lazy unmount detaches anyway.
+    for m in &mounts {
+        unmount(m);
+    }
+    eprintln!(
+        "cleanup: killed {} node processes, deleted {} network namespaces, unmounted {} filesystems",
+        pids.len(),
+        netns.len(),
+        mounts.len()
+    );
 }
 
 /// Deletes a network namespace; its veth ends go with it, and their peers too.
@@ -98,8 +125,17 @@ pub fn sweep() -> anyhow::Result<()> {
             removed_links += 1;
         }
     }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut unmounted = 0;
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(FS_NAME), Some(at)) = (fields.next(), fields.next()) {
+            unmount(Path::new(at));
+            unmounted += 1;
+        }
+    }
     println!(
-        "cleanup: killed {killed} processes in {} namespaces named {PREFIX}*, deleted the namespaces and {removed_links} links",
+        "cleanup: killed {killed} processes in {} namespaces named {PREFIX}*, deleted the namespaces and {removed_links} links, unmounted {unmounted} {FS_NAME} filesystems",
         names.len()
     );
     Ok(())

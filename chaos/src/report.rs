@@ -388,7 +388,8 @@ mod tests {
         send(&mut h, 1, 1, 1_200, 1_300);
         send(&mut h, 2, 0, 1_500, 4_000);
         send(&mut h, 3, 2, 5_000, 5_100);
-        let mut faults = vec![fault(1_000, vec![0, 1]), fault(1_000, vec![]), fault(1_000, vec![2]), fault(6_000, vec![0])];
+        let mut faults =
+            vec![fault(1_000, vec![0, 1]), fault(1_000, vec![]), fault(1_000, vec![2]), fault(6_000, vec![0])];
         failover(&h, &mut faults);
         let got: Vec<Option<u64>> = faults.iter().map(|f| f.failover_ms).collect();
         assert_eq!(got, vec![Some(3_000), Some(300), Some(4_100), None]);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use flotilla_client::{Client, NodeId};
 use flotilla_testkit::Recorder;
 
-use crate::cluster::{Cluster, State};
+use crate::cluster::{Cluster, Disk, State};
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +35,9 @@ pub enum Fault {
     ClientCut,
     /// The link between a partition leader and one follower cut and healed every 0.5–1.5 s.
     Flapping,
+    /// Every node killed and its disk's unsynced writes dropped ([`Disk::PowerFs`]);
+    /// all restarted at the heal.
+    PowerLoss,
     /// A partition reassigned to another replica set (one replica swapped for the spare
     /// node), then its leader killed while the move runs.
     KillReassign,
@@ -54,10 +57,12 @@ pub struct Scenario {
     pub fault_ms: (u64, u64),
     /// The quiet time after each heal (ms, drawn uniformly).
     pub gap_ms: (u64, u64),
+    /// The nodes' data directories.
+    pub disk: Disk,
 }
 
 const fn scenario(name: &'static str, about: &'static str, fault: Fault, nodes: u64, fault_ms: (u64, u64)) -> Scenario {
-    Scenario { name, about, fault, nodes, partitions: 3, cycles: 4, fault_ms, gap_ms: (3_000, 6_000) }
+    Scenario { name, about, fault, nodes, partitions: 3, cycles: 4, fault_ms, gap_ms: (3_000, 6_000), disk: Disk::Host }
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -72,6 +77,16 @@ pub const ALL: &[Scenario] = &[
         (3_000, 8_000),
     ),
     scenario("kill-all", "kill -9 of every node at once, all restarted", Fault::KillAll, 3, (1_000, 3_000)),
+    Scenario {
+        disk: Disk::PowerFs,
+        ..scenario(
+            "power-loss",
+            "every node loses power (kill -9, then its disk drops what it had not synced), all restarted",
+            Fault::PowerLoss,
+            3,
+            (1_000, 3_000),
+        )
+    },
     scenario(
         "pause-leader",
         "SIGSTOP of a partition leader past the election timeout, then SIGCONT",
@@ -259,6 +274,18 @@ impl Scenario {
                 i.restart = all.clone();
                 ctx.recorder.fault(&i.note, i.nodes.clone());
                 blocking(|| all.iter().for_each(|n| ctx.cluster.kill(*n)));
+            }
+            Fault::PowerLoss => {
+                let all = ctx.cluster.ids();
+                i.affected = (0..ctx.partitions).collect();
+                i.nodes = all.clone();
+                i.restart = all.clone();
+                let at = ctx.recorder.fault("power loss of every node", all.clone());
+                let lost: Vec<u64> = blocking(|| {
+                    all.iter().for_each(|n| ctx.cluster.kill(*n));
+                    all.iter().map(|n| ctx.cluster.power_loss(*n)).collect()
+                });
+                i.note = format!("power loss of every node (history #{at}); unsynced bytes dropped per node: {lost:?}");
             }
             Fault::PauseLeader => {
                 let (leader, _) = ctx.leader(partition, rng).await;
