@@ -137,3 +137,22 @@ bench: build
 
 clean-data:
 	rm -rf .flotilla
+
+# ---- Chaos suite (chaos/README.md): real nodes in network namespaces; needs root ----
+# The runner is its own workspace with its own target dir; the nodes run $(FLOTILLA).
+CHAOS_TARGET_DIR ?= $(HOME)/.cache/flotilla/chaos-target
+CHAOS := $(CHAOS_TARGET_DIR)/debug/flotilla-chaos
+.PHONY: chaos chaos-ci chaos-runner
+
+chaos-runner:
+	cd chaos && CARGO_TARGET_DIR=$(CHAOS_TARGET_DIR) $(CARGO) build
+
+## make chaos: every scenario (about 20 minutes); make chaos SCENARIO=name [SEED=s]: one;
+## PLANT=lying-fsync: fsync that syncs nothing, which the power-loss scenario must catch.
+## Reports go to chaos/report/run-<time>/ (index.html, summary.txt, report.json).
+chaos: build chaos-runner
+	$(CHAOS) run --bin $(FLOTILLA) --scenario $(or $(SCENARIO),all) $(if $(SEED),--seed $(SEED)) $(if $(PLANT),--plant $(PLANT))
+
+## A short subset for CI: kill -9 of a leader, a paused leader, a partitioned leader.
+chaos-ci: build chaos-runner
+	$(CHAOS) run --bin $(FLOTILLA) --scenario ci $(if $(SEED),--seed $(SEED))

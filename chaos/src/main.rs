@@ -84,7 +84,15 @@ enum Command {
     Cleanup,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One line, not anyhow's backtrace (RUST_BACKTRACE may be set for the nodes).
+    if let Err(e) = main_result() {
+        eprintln!("flotilla-chaos: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn main_result() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::List => {
@@ -170,7 +178,7 @@ async fn run(
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let run_dir = results.join(format!("run-{stamp}"));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let work = std::env::temp_dir().join(format!("flotilla-chaos-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("{}{}", registry::DATA_DIR_PREFIX, std::process::id()));
     let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
     let planted = plant.map(|p| format!(" --plant {p}")).unwrap_or_default();
     let command = format!("flotilla-chaos run --scenario {} --seed {seed}{planted}", names.join(","));

@@ -24,6 +24,9 @@ struct Live {
 
 static LIVE: Mutex<Live> = Mutex::new(Live { pids: BTreeSet::new(), netns: Vec::new(), mounts: Vec::new() });
 
+/// A run's data directory is `$TMPDIR/<this><runner's pid>`.
+pub const DATA_DIR_PREFIX: &str = "flotilla-chaos-";
+
 /// The name the power-loss filesystem is mounted under (`/proc/mounts`).
 pub const FS_NAME: &str = "flotilla-powerfs";
 
@@ -134,6 +137,18 @@ pub fn sweep() -> anyhow::Result<()> {
             unmounted += 1;
         }
     }
+    // Data directories of runs whose runner is gone (named after the runner's PID).
+    let mut dirs = 0;
+    for entry in std::fs::read_dir(std::env::temp_dir())?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(DATA_DIR_PREFIX)
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+            dirs += 1;
+        }
+    }
+    println!("cleanup: removed {dirs} data directories of runs that are gone");
     println!(
         "cleanup: killed {killed} processes in {} namespaces named {PREFIX}*, deleted the namespaces and {removed_links} links, unmounted {unmounted} {FS_NAME} filesystems",
         names.len()
