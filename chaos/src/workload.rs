@@ -1,8 +1,10 @@
 //! The workload a scenario's faults land on, every operation recorded by testkit's
 //! [`Recorder`]:
 //!
-//! - producers (processes `1..=PRODUCERS`), each sending small batches of unique values
-//!   (`p<process>-<seq>`) to the partitions in turn, one batch outstanding at a time;
+//! - producers (processes from 1), `PRODUCERS_PER_PARTITION` per partition, each sending
+//!   small batches of unique values (`p<process>-<seq>`) to its partition, one batch
+//!   outstanding at a time: a partition that stalls holds up only its own producers, so
+//!   unavailability is measured per partition;
 //! - one consumer per partition (process `CONSUMER_BASE + p`), one session that reads on
 //!   from where its last poll ended, the same position again after an error;
 //! - a high-watermark reader (process `LIST_OFFSETS_PROCESS`) for stale high watermarks;
@@ -17,14 +19,14 @@ use anyhow::bail;
 use flotilla_testkit::{Actor, Recorder};
 use tokio::task::JoinSet;
 
-pub const PRODUCERS: u64 = 4;
+pub const PRODUCERS_PER_PARTITION: u64 = 2;
 pub const CONSUMER_BASE: u64 = 100;
 pub const LIST_OFFSETS_PROCESS: u64 = 200;
 pub const DRAIN_BASE: u64 = 300;
 /// Values per batch: 1 to this many.
 const BATCH_VALUES_MAX: u64 = 4;
-/// A producer's pause between two sends: bounds the history (~40 sends/s per producer
-/// when the cluster is quick).
+/// A producer's pause between two sends: bounds the history (under 40 sends/s per
+/// producer).
 const SEND_PAUSE: Duration = Duration::from_millis(25);
 const POLL_WAIT: Duration = Duration::from_millis(500);
 /// A poll or list-offsets that failed is tried again after this.
@@ -42,13 +44,13 @@ impl Workload {
     pub fn start(recorder: &Recorder, topic: &str, partitions: u32, seed: u64) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
-        for process in 1..=PRODUCERS {
+        for process in 1..=PRODUCERS_PER_PARTITION * u64::from(partitions) {
             let (r, t, stop) = (recorder.clone(), topic.to_string(), stop.clone());
+            let partition = ((process - 1) % u64::from(partitions)) as u32;
             tasks.spawn(async move {
                 let actor = Actor::new(process, 1);
                 let mut rng = crate::rng::Rng::new(seed ^ process.wrapping_mul(0x51_7CC1_B727_220A));
                 let mut seq = 0u64;
-                let mut partition = (process as u32) % partitions;
                 while !stop.load(Ordering::Relaxed) {
                     let n = rng.range(1, BATCH_VALUES_MAX);
                     let values: Vec<String> = (0..n).map(|i| format!("p{process}-{}", seq + i)).collect();
@@ -56,7 +58,6 @@ impl Workload {
                     if r.send(actor, &t, partition, values).await.is_err() {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
-                    partition = (partition + 1) % partitions;
                     tokio::time::sleep(SEND_PAUSE).await;
                 }
             });
