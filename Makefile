@@ -156,3 +156,29 @@ chaos: build chaos-runner
 ## A short subset for CI: kill -9 of a leader, a paused leader, a partitioned leader.
 chaos-ci: build chaos-runner
 	$(CHAOS) run --bin $(FLOTILLA) --scenario ci $(if $(SEED),--seed $(SEED))
+
+# ---- Deployment (deploy/README.md, docs/operations.md) ----
+.PHONY: image up down
+IMAGE ?= flotilla:latest
+# The binary the image packages: the optimised one, built when missing, or any
+# existing one given as FLOTILLA_BIN=path.
+FLOTILLA_BIN ?= $(CARGO_TARGET_DIR)/release/flotilla
+CLUSTER ?= three
+
+## The container image, built from scratch around FLOTILLA_BIN and the libraries it links.
+image:
+	@if [ ! -x "$(FLOTILLA_BIN)" ]; then \
+	  if [ "$(FLOTILLA_BIN)" != "$(CARGO_TARGET_DIR)/release/flotilla" ]; then \
+	    echo "make image: FLOTILLA_BIN=$(FLOTILLA_BIN) is not an executable"; exit 1; \
+	  fi; \
+	  ./.ci/install-deps && $(CARGO) build --release --workspace --bins; \
+	fi
+	./deploy/image/build.sh "$(FLOTILLA_BIN)" "$(IMAGE)"
+
+## A compose cluster of the image: three nodes, or CLUSTER=six (three zones).
+up:
+	FLOTILLA_IMAGE=$(IMAGE) ./deploy/compose/cluster.sh up $(CLUSTER)
+
+## Stop and remove the compose cluster's containers (WIPE=1: and its data volumes).
+down:
+	./deploy/compose/cluster.sh down $(WIPE)
