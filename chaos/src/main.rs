@@ -333,7 +333,6 @@ async fn run_scenario(
         Ctx { cluster: &mut cluster, client: &client, recorder: &recorder, topic: &topic, partitions: s.partitions };
     let nemesis: anyhow::Result<()> = async {
         for _ in 0..s.cycles {
-            let at_ms = recorder.time_ms();
             let injected = s.inject(&mut ctx, &mut rng).await?;
             let rules = ctx.cluster.net().rules();
             let hold = rng.millis(s.fault_ms.0, s.fault_ms.1);
@@ -344,7 +343,7 @@ async fn run_scenario(
                 note: injected.note.clone(),
                 nodes: injected.nodes.clone(),
                 affected: injected.affected.clone(),
-                at_ms,
+                at_ms: injected.at_ms,
                 healed_ms,
                 rules,
                 failover_ms: None,

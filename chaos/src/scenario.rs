@@ -149,6 +149,8 @@ pub fn find(name: &str) -> Option<Scenario> {
 /// What a fault did, so that it can be undone, and what it touched.
 #[derive(Debug, Default)]
 pub struct Injected {
+    /// When the fault was in force (run time, ms): sends invoked after it met it.
+    pub at_ms: u64,
     pub note: String,
     pub nodes: Vec<NodeId>,
     /// Partitions whose leader the fault touched: their failover is measured.
@@ -392,6 +394,7 @@ impl Scenario {
                 blocking(|| ctx.cluster.kill(leader));
             }
         }
+        i.at_ms = ctx.recorder.time_ms();
         Ok(i)
     }
 
