@@ -68,8 +68,12 @@ up() {
 down() {
   local wipe=${1:-}
   for cluster in three six; do
-    local file
+    local file label="label=com.docker.compose.project=flotilla-$cluster"
     file=$(file_of "$cluster")
+    # Nothing of this cluster's: nothing to say about it.
+    if [ -z "$(docker ps -aq --filter "$label")$(docker volume ls -q --filter "$label")" ]; then
+      continue
+    fi
     if [ "$wipe" = 1 ]; then
       compose -p "flotilla-$cluster" -f "$file" down --remove-orphans --volumes
     else
