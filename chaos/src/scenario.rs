@@ -228,6 +228,15 @@ impl Ctx<'_> {
         rng.pick(&self.cluster.ids())
     }
 
+    /// `", also the metadata leader"` when `node` leads the metadata group now: failover
+    /// then waits for a new controller too.
+    async fn controller_note(&self, node: NodeId) -> &'static str {
+        match tokio::time::timeout(Duration::from_secs(2), self.client.describe_cluster()).await {
+            Ok(Ok(c)) if c.metadata_leader == Some(node) => ", also the metadata leader",
+            _ => "",
+        }
+    }
+
     fn others(&self, of: &[NodeId]) -> Vec<NodeId> {
         self.cluster.ids().into_iter().filter(|i| !of.contains(i)).collect()
     }
@@ -242,7 +251,8 @@ impl Scenario {
             Fault::KillLeader => {
                 let (leader, _) = ctx.leader(partition, rng).await;
                 i.affected = ctx.led_by(&[leader]).await;
-                i.note = format!("kill -9 n{leader} (leader of partition {partition})");
+                let also = ctx.controller_note(leader).await;
+                i.note = format!("kill -9 n{leader} (leader of partition {partition}{also})");
                 i.nodes = vec![leader];
                 i.restart = vec![leader];
                 ctx.recorder.fault(&i.note, i.nodes.clone());
@@ -253,7 +263,8 @@ impl Scenario {
                 let followers: Vec<NodeId> = replicas.into_iter().filter(|r| *r != leader).collect();
                 let victim = if followers.is_empty() { rng.pick(&ctx.others(&[leader])) } else { rng.pick(&followers) };
                 i.affected = ctx.led_by(&[victim]).await;
-                i.note = format!("kill -9 n{victim} (follower of partition {partition})");
+                let also = ctx.controller_note(victim).await;
+                i.note = format!("kill -9 n{victim} (follower of partition {partition}{also})");
                 i.nodes = vec![victim];
                 i.restart = vec![victim];
                 ctx.recorder.fault(&i.note, i.nodes.clone());
@@ -292,7 +303,8 @@ impl Scenario {
             Fault::PauseLeader => {
                 let (leader, _) = ctx.leader(partition, rng).await;
                 i.affected = ctx.led_by(&[leader]).await;
-                i.note = format!("SIGSTOP n{leader} (leader of partition {partition})");
+                let also = ctx.controller_note(leader).await;
+                i.note = format!("SIGSTOP n{leader} (leader of partition {partition}{also})");
                 i.nodes = vec![leader];
                 i.resume = vec![leader];
                 ctx.recorder.fault(&i.note, i.nodes.clone());
@@ -302,7 +314,8 @@ impl Scenario {
                 let (leader, _) = ctx.leader(partition, rng).await;
                 let others = ctx.others(&[leader]);
                 i.affected = ctx.led_by(&[leader]).await;
-                i.note = format!("isolate n{leader} (leader of partition {partition}) from {others:?}");
+                let also = ctx.controller_note(leader).await;
+                i.note = format!("isolate n{leader} (leader of partition {partition}{also}) from {others:?}");
                 i.nodes = vec![leader];
                 i.net = true;
                 ctx.recorder.fault(&i.note, i.nodes.clone());
