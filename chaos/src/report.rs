@@ -271,19 +271,20 @@ impl ScenarioReport {
         s
     }
 
-    /// The timeline as an SVG: bars of acknowledged records per second, a line of the p50
-    /// acknowledgement latency per second, red bands while a fault held.
+    /// The timeline as an SVG: bars of acknowledged records per second, a line of the
+    /// highest acknowledgement latency per second (where stalls show), red bands while a
+    /// fault held.
     pub fn svg(&self) -> String {
         const W: f64 = 900.0;
         const H: f64 = 200.0;
         const LEFT: f64 = 50.0;
-        const RIGHT: f64 = 50.0;
+        const RIGHT: f64 = 90.0;
         const TOP: f64 = 10.0;
         const BOTTOM: f64 = 25.0;
         let seconds = self.timeline.len().max(1) as f64;
         let x = |sec: f64| LEFT + sec / seconds * (W - LEFT - RIGHT);
         let max_n = self.timeline.iter().map(|t| t.1).max().unwrap_or(1).max(1) as f64;
-        let max_lat = self.timeline.iter().map(|t| t.2).max().unwrap_or(1).max(1) as f64;
+        let max_lat = self.timeline.iter().map(|t| t.3).max().unwrap_or(1).max(1) as f64;
         let plot_h = H - TOP - BOTTOM;
         let mut s = format!(
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="10">"#
@@ -312,15 +313,15 @@ impl ScenarioReport {
             .timeline
             .iter()
             .filter(|t| t.1 > 0)
-            .map(|(sec, _, p50, _)| {
-                format!("{:.1},{:.1}", x(*sec as f64 + 0.5), TOP + plot_h - *p50 as f64 / max_lat * plot_h)
+            .map(|(sec, _, _, max)| {
+                format!("{:.1},{:.1}", x(*sec as f64 + 0.5), TOP + plot_h - *max as f64 / max_lat * plot_h)
             })
             .collect();
         let _ =
             write!(s, r##"<polyline points="{}" fill="none" stroke="#e08020" stroke-width="1.5"/>"##, points.join(" "));
         let _ = write!(
             s,
-            r##"<text x="2" y="{}">{max_n:.0} rec/s</text><text x="{}" y="{}" fill="#e08020">p50 {max_lat:.0} ms</text>"##,
+            r##"<text x="2" y="{}">{max_n:.0} rec/s</text><text x="{}" y="{}" fill="#e08020">max {max_lat:.0} ms</text>"##,
             TOP + 8.0,
             W - RIGHT + 2.0,
             TOP + 8.0
@@ -351,7 +352,7 @@ pub fn page(command: &str, reports: &[(ScenarioReport, String)]) -> String {
         let class = if r.passed { "pass" } else { "fail" };
         let _ = writeln!(s, "<span class={class}>{}</span>", html(&r.line()));
     }
-    s.push_str("</pre><p>Timelines: bars are acknowledged records per second, the orange line the p50 acknowledgement latency per second, red bands the faults (hover for what).</p>");
+    s.push_str("</pre><p>Timelines: bars are acknowledged records per second, the orange line the highest acknowledgement latency per second, red bands the faults (hover for what).</p>");
     for (r, summary) in reports {
         let _ = write!(
             s,
