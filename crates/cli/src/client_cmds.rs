@@ -63,6 +63,18 @@ pub enum TopicCmd {
     /// Change a topic's replication factor and placement policy; the cluster then moves
     /// the replicas that break it. The policy is replaced: flags not given are cleared.
     Config(TopicConfigArgs),
+    /// Delete a partition's records below an offset (Kafka's DeleteRecords): its log
+    /// start moves there on every replica, and the disk space is given back.
+    DeleteRecords {
+        /// The topic.
+        name: String,
+        /// The partition.
+        #[arg(long)]
+        partition: u32,
+        /// Records below this offset are deleted (at most the high watermark).
+        #[arg(long)]
+        before: u64,
+    },
     /// Grow a topic to a total number of partitions (never shrinks).
     AddPartitions {
         /// The topic.
@@ -113,6 +125,14 @@ pub struct PolicyArgs {
     /// Never place a replica in these zones.
     #[arg(long, value_delimiter = ',', value_name = "ZONE,...")]
     pub exclude_zones: Vec<String>,
+    /// Delete records older than this many ms (default: the nodes' `retention-ms`; 0:
+    /// keep forever).
+    #[arg(long, value_name = "MS")]
+    pub retention_ms: Option<u64>,
+    /// Keep at most this many bytes of records per partition (default: the nodes'
+    /// `retention-bytes`; 0: no limit).
+    #[arg(long, value_name = "BYTES")]
+    pub retention_bytes: Option<u64>,
 }
 
 impl PolicyArgs {
@@ -122,6 +142,8 @@ impl PolicyArgs {
             preferred_leader_region: self.preferred_leader_region.clone(),
             excluded_nodes: self.exclude_nodes.clone(),
             excluded_zones: self.exclude_zones.clone(),
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
         }
     }
 
@@ -173,9 +195,10 @@ pub struct ConsumeArgs {
     #[arg(long, short = 'p')]
     pub partition: Option<PartitionId>,
     /// Where to start in each partition: beginning (the default), end (new records
-    /// only), N (offset N), -N (N records before the end), @TIMESTAMP (milliseconds
-    /// since the epoch; see below).
-    #[arg(long, short = 'o', value_name = "beginning|end|N|-N|@TS", allow_hyphen_values = true, value_parser = parse_start)]
+    /// only), N (offset N), -N (N records before the end), @TIMESTAMP (the first record
+    /// stamped at or after it, in milliseconds since the epoch, found with the
+    /// partition's time index), @-AGO (that long ago: @-90s, @-15m, @-1h, @-2d).
+    #[arg(long, short = 'o', value_name = "beginning|end|N|-N|@TS|@-AGO", allow_hyphen_values = true, value_parser = parse_start)]
     pub offset: Option<StartSpec>,
     /// The same as `-o beginning`, the default.
     #[arg(long, conflicts_with = "offset")]
@@ -212,15 +235,37 @@ pub enum StartSpec {
     FromEnd(u64),
     /// The first record stamped at or after this (milliseconds since the epoch).
     Timestamp(u64),
+    /// The first record stamped at or after this many milliseconds ago.
+    Ago(u64),
+}
+
+/// `90s`, `15m`, `1h`, `2d`, `500ms` (or plain milliseconds) as milliseconds.
+fn parse_ago(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms)
 }
 
 fn parse_start(s: &str) -> Result<StartSpec, String> {
-    let number = |n: &str| n.parse::<u64>().map_err(|_| format!("{s:?}: expected beginning, end, N, -N or @TIMESTAMP"));
+    let number =
+        |n: &str| n.parse::<u64>().map_err(|_| format!("{s:?}: expected beginning, end, N, -N, @TIMESTAMP or @-AGO"));
     match s {
         "beginning" | "earliest" => Ok(StartSpec::Beginning),
         "end" | "latest" => Ok(StartSpec::End),
         _ => match (s.strip_prefix('-'), s.strip_prefix('@')) {
             (Some(n), _) => number(n).map(StartSpec::FromEnd),
+            (_, Some(ago)) if ago.starts_with('-') => parse_ago(&ago[1..])
+                .map(StartSpec::Ago)
+                .ok_or_else(|| format!("{s:?}: expected @-AGO such as @-90s, @-15m, @-1h or @-2d")),
             (_, Some(ts)) => number(ts).map(StartSpec::Timestamp),
             _ => number(s).map(StartSpec::Offset),
         },
@@ -890,6 +935,11 @@ async fn topic(client: &Client, cmd: TopicCmd, output: Output) -> anyhow::Result
                 )
             })
         }
+        TopicCmd::DeleteRecords { name, partition, before } => {
+            let start = client.delete_records(&name, partition, before).await.map_err(one_line)?;
+            let json = serde_json::json!({ "topic": name, "partition": partition, "log_start_offset": start });
+            show(output, &json, || format!("{name}/{partition}: records below {start} deleted; log start {start}\n"))
+        }
         TopicCmd::AddPartitions { name, total } => {
             client.add_partitions(&name, total).await.map_err(one_line)?;
             show(output, &serde_json::json!({ "topic": name, "partitions": total }), || {
@@ -913,7 +963,20 @@ fn policy_text(p: &TopicPolicy) -> String {
     if !p.excluded_zones.is_empty() {
         parts.push(format!("not in zones {}", p.excluded_zones.join(",")));
     }
-    if parts.is_empty() { "no placement constraints".into() } else { parts.join("; ") }
+    if parts.is_empty() {
+        parts.push("no placement constraints".into());
+    }
+    match p.retention_ms {
+        Some(0) => parts.push("kept forever".into()),
+        Some(ms) => parts.push(format!("records kept {ms} ms")),
+        None => {}
+    }
+    match p.retention_bytes {
+        Some(0) => parts.push("no size limit".into()),
+        Some(b) => parts.push(format!("at most {b} bytes per partition")),
+        None => {}
+    }
+    parts.join("; ")
 }
 
 /// Splits a line into key and value at the first `sep`.
@@ -1090,32 +1153,25 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
                 // The end is the high watermark seen now, before the first read.
                 let (earliest, latest) = client.list_offsets(&topic, p).await.map_err(one_line)?;
                 let end = if follow { u64::MAX } else { latest };
-                // Records below `skip_below`, and before the first one stamped at or
-                // after `since`, are read but not printed.
-                let (from, skip_below, mut since) = match start {
-                    StartSpec::Beginning => (earliest, 0, None),
-                    StartSpec::End => (latest, 0, None),
-                    StartSpec::Offset(o) => (o.clamp(earliest, latest), o, None),
-                    StartSpec::FromEnd(n) => (latest.saturating_sub(n).max(earliest), 0, None),
-                    StartSpec::Timestamp(ts) => (earliest, 0, Some(ts)),
+                // Records below `skip_below` are read but not printed.
+                let (from, skip_below) = match start {
+                    StartSpec::Beginning => (earliest, 0),
+                    StartSpec::End => (latest, 0),
+                    StartSpec::Offset(o) => (o.clamp(earliest, latest), o),
+                    StartSpec::FromEnd(n) => (latest.saturating_sub(n).max(earliest), 0),
+                    StartSpec::Timestamp(ts) => (client.offset_for_time(&topic, p, ts).await.map_err(one_line)?, 0),
+                    StartSpec::Ago(ago) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        (client.offset_for_time(&topic, p, now.saturating_sub(ago)).await.map_err(one_line)?, 0)
+                    }
                 };
                 let mut consumer = client.consumer(&topic, p, StartAt::Offset(from)).await.map_err(one_line)?;
                 while consumer.position() < end {
                     let wait = if follow { Duration::from_secs(5) } else { Duration::from_millis(500) };
                     let mut records = consumer.poll(wait).await.map_err(one_line)?;
-                    records.retain(|r| {
-                        if r.offset >= end || r.offset < skip_below {
-                            return false;
-                        }
-                        match since {
-                            Some(ts) if r.record.timestamp_ms < ts => false,
-                            Some(_) => {
-                                since = None;
-                                true
-                            }
-                            None => true,
-                        }
-                    });
+                    records.retain(|r| r.offset < end && r.offset >= skip_below);
                     if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
                         return Ok(());
                     }
@@ -1419,6 +1475,12 @@ mod tests {
         assert!(parse_start("soon").is_err());
         assert!(parse_start("-x").is_err());
         assert!(parse_start("@").is_err());
+        assert_eq!(parse_start("@-90s"), Ok(StartSpec::Ago(90_000)));
+        assert_eq!(parse_start("@-1h"), Ok(StartSpec::Ago(3_600_000)));
+        assert_eq!(parse_start("@-2d"), Ok(StartSpec::Ago(172_800_000)));
+        assert_eq!(parse_start("@-250ms"), Ok(StartSpec::Ago(250)));
+        assert!(parse_start("@-1y").is_err());
+        assert!(parse_start("@-").is_err());
 
         let record = Record {
             key: Some("k".into()),

@@ -77,6 +77,20 @@ pub struct NodeArgs {
     /// (default 15000; at least twice quiesce-keepalive-ms).
     #[arg(long)]
     replica_lag_time_max_ms: Option<u64>,
+    /// Retention for topics that set none: delete records older than this (default 7
+    /// days; 0: keep forever).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Retention for topics that set none: bytes kept per partition (default 0: no limit).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// How often partition leaders apply retention (default 5000).
+    #[arg(long)]
+    retention_check_interval_ms: Option<u64>,
+    /// Refuse produce with DISK_FULL below this much free space on the data directory's
+    /// filesystem (default 268435456; 0: never).
+    #[arg(long)]
+    disk_free_min_bytes: Option<u64>,
 }
 
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
@@ -147,6 +161,18 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     if let Some(ms) = args.replica_lag_time_max_ms {
         config.replica_lag_time_max_ms = ms;
     }
+    if let Some(ms) = args.retention_ms {
+        config.retention_ms = ms;
+    }
+    if let Some(b) = args.retention_bytes {
+        config.retention_bytes = b;
+    }
+    if let Some(ms) = args.retention_check_interval_ms {
+        config.retention_check_interval_ms = ms;
+    }
+    if let Some(b) = args.disk_free_min_bytes {
+        config.disk_free_min_bytes = b;
+    }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
         config.peers = vec![format!("{}={}", config.id, config.advertised())];
@@ -205,11 +231,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     });
     let joining = config.join.clone().map(|via| tokio::spawn(join(via, config.clone())));
     // A node whose metadata replica stopped (a fatal storage error) cannot serve at all:
-    // it stops, with an error, rather than answer from a state that no longer moves.
+    // it stops, with an error, rather than answer from a state that no longer moves. A
+    // node short of disk space refuses writes until retention frees some.
     let fatal = {
         let node = node.clone();
+        let data_dir = config.data_dir.clone();
+        let min_free = config.disk_free_min_bytes;
         async move {
             loop {
+                node.set_disk_full(disk_short(&data_dir, min_free));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 if let Some(why) = node.fatal() {
                     return why;
@@ -301,6 +331,28 @@ pub async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Why the filesystem holding `dir` is too full to accept writes (less than `min_free`
+/// bytes available to this user), or `None`. `min_free` 0 never refuses.
+pub(crate) fn disk_short(dir: &std::path::Path, min_free: u64) -> Option<String> {
+    if min_free == 0 {
+        return None;
+    }
+    let free = free_bytes(dir)?;
+    (free < min_free).then(|| format!("{free} bytes free on {}, below disk-free-min-bytes {min_free}", dir.display()))
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +379,10 @@ mod tests {
             quiesce_after_ms: None,
             quiesce_keepalive_ms: None,
             replica_lag_time_max_ms: None,
+            retention_ms: None,
+            retention_bytes: None,
+            retention_check_interval_ms: None,
+            disk_free_min_bytes: None,
         }
     }
 

@@ -58,16 +58,21 @@ async fn t91_consume_starts_at_the_beginning_by_default() {
     let want: String = records.iter().filter(|(o, _)| *o >= 1).map(|(o, i)| format!("{o}:v{i}\n")).collect();
     assert_eq!(out, want);
 
-    // -o @TIMESTAMP: from the first record stamped at or after it.
+    // -o @TIMESTAMP: from the first record stamped at or after it (a minute ago and
+    // on, within the default retention).
     create_topic(&client, "times", 1).await;
     let timed = client.producer("times", ProducerConfig::default());
+    let base = now_ms() - 60_000;
     for (i, ts) in [1000u64, 2000, 3000, 4000].into_iter().enumerate() {
-        let rec = Record { value: format!("t{i}").into(), timestamp_ms: ts, ..Record::default() };
+        let rec = Record { value: format!("t{i}").into(), timestamp_ms: base + ts, ..Record::default() };
         timed.send_to(0, rec).await.expect("produce");
     }
-    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@2500"]).await, "t2\nt3\n");
-    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@3000", "--format", "%T %s\n"]).await, "3000 t2\n4000 t3\n");
-    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@5000"]).await, "");
+    let at = |ts: u64| format!("@{}", base + ts);
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", &at(2500)]).await, "t2\nt3\n");
+    let want = format!("{} t2\n{} t3\n", base + 3000, base + 4000);
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", &at(3000), "--format", "%T %s\n"]).await, want);
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", &at(5000)]).await, "");
+    assert_eq!(cli_ok(&b, &["consume", "times", "-o", "@-1h"]).await, "t0\nt1\nt2\nt3\n");
 
     // -f keeps waiting and prints what arrives.
     let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -89,6 +94,65 @@ async fn t91_consume_starts_at_the_beginning_by_default() {
     timed.send_to(0, Record::value("t4")).await.expect("produce");
     assert_eq!(next_line(&mut lines).await, "t4");
     follow.kill().await.expect("kill consume -f");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// t97 (RFC 0003): over real processes on RocksDB, `topic delete-records` moves the log
+/// start on every replica and consumers start from it; a topic created with
+/// `--retention-ms` loses records stamped before it and keeps the rest, and `topic
+/// config` changes retention at runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t97_delete_records_and_retention_from_the_command_line() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    let b = cluster.bootstrap();
+    create_topic(&client, "log", 1).await;
+    let producer = client.producer("log", ProducerConfig::default());
+    for i in 0..10 {
+        producer.send_to(0, Record::value(format!("v{i}"))).await.expect("produce");
+    }
+    let out = cli_ok(&b, &["topic", "delete-records", "log", "--partition", "0", "--before", "4"]).await;
+    assert!(out.contains("log start 4"), "{out}");
+    let out = cli_ok(&b, &["consume", "log", "--format", "%o:%s\n"]).await;
+    assert_eq!(out, (4..10).map(|i| format!("{i}:v{i}\n")).collect::<String>());
+    // Past the end: refused, with the code.
+    let err = cli(&b, &["topic", "delete-records", "log", "--partition", "0", "--before", "99"]).await;
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("OFFSET_OUT_OF_RANGE"), "{err:?}");
+    // A consumer positioned below the log start goes on from it.
+    let mut consumer = client.consumer("log", 0, flotilla_client::StartAt::Offset(1)).await.unwrap();
+    let mut got = vec![];
+    while got.len() < 6 {
+        got.extend(consumer.poll(Duration::from_millis(200)).await.unwrap().into_iter().map(|r| r.offset));
+    }
+    assert_eq!(got, (4..10).collect::<Vec<u64>>());
+    assert_eq!(consumer.resets(), 1);
+
+    // Retention by time: records stamped two hours ago go, records of now stay.
+    cli_ok(&b, &["topic", "create", "aged", "--partitions", "1", "--retention-ms", "3600000"]).await;
+    let aged = client.producer("aged", ProducerConfig::default());
+    for i in 0..3 {
+        let old = Record { value: format!("old{i}").into(), timestamp_ms: now_ms() - 7_200_000, ..Record::default() };
+        aged.send_to(0, old).await.expect("produce");
+    }
+    aged.send_to(0, Record::value("new")).await.expect("produce");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (start, _) = client.list_offsets("aged", 0).await.unwrap();
+        if start == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "retention did not delete the old records (log start {start})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(cli_ok(&b, &["consume", "aged"]).await, "new\n");
+    // Changed at runtime: kept forever from now on.
+    let out = cli_ok(&b, &["topic", "config", "aged", "--retention-ms", "0"]).await;
+    assert!(out.contains("kept forever"), "{out}");
 }
 
 async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {

@@ -221,11 +221,20 @@ async fn t40_bad_requests_get_documented_errors() {
     assert_eq!(e.code(), Some(ErrorCode::UnknownTopic), "{e}");
     assert!(!e.is_indeterminate());
 
-    // A produce to a follower: NOT_LEADER, naming the leader and its address.
+    // A produce to a follower: NOT_LEADER, naming the leader and its address. A replica
+    // that has not heard from its leader yet names the leader's own report, which every
+    // node receives within a reconcile interval; until then it may say "not known".
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     let mut to_follower = FlotillaClient::connect(format!("http://{}", cluster.addr(follower))).await.unwrap();
-    let r = to_follower.produce(produce("t", small.clone())).await.unwrap().into_inner();
-    let err = r.error.expect("a follower refuses");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        let r = to_follower.produce(produce("t", small.clone())).await.unwrap().into_inner();
+        let err = r.error.expect("a follower refuses");
+        if err.leader_id != 0 || Instant::now() > deadline {
+            break err;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(err.code, ErrorCode::NotLeader.as_u32(), "{err:?}");
     assert_eq!(err.leader_id, leader);
     assert_eq!(err.leader_addr, cluster.addr(leader));

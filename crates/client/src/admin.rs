@@ -28,6 +28,12 @@ pub struct TopicPolicy {
     pub excluded_nodes: Vec<NodeId>,
     /// Never place a replica in these zones.
     pub excluded_zones: Vec<String>,
+    /// Retention: delete records older than this (ms); `None`: the node's default; 0:
+    /// keep forever.
+    pub retention_ms: Option<u64>,
+    /// Retention: keep at most this many bytes per partition; `None`: the node's
+    /// default; 0: no limit.
+    pub retention_bytes: Option<u64>,
 }
 
 impl From<&TopicPolicy> for v1::TopicPolicy {
@@ -37,6 +43,8 @@ impl From<&TopicPolicy> for v1::TopicPolicy {
             preferred_leader_region: p.preferred_leader_region.clone(),
             excluded_nodes: p.excluded_nodes.clone(),
             excluded_zones: p.excluded_zones.clone(),
+            retention_ms: p.retention_ms,
+            retention_bytes: p.retention_bytes,
         }
     }
 }

@@ -190,6 +190,7 @@ impl Client {
             }
             StartAt::Beginning => self.list_offsets(topic, partition).await?.0,
             StartAt::End => self.list_offsets(topic, partition).await?.1,
+            StartAt::Time(ms) => self.offset_for_time(topic, partition, ms).await?,
         };
         Ok(Consumer::new(self.clone(), topic.to_string(), partition, position, config))
     }
@@ -198,7 +199,7 @@ impl Client {
     /// next record will get) of a partition, from its leader.
     pub async fn list_offsets(&self, topic: &str, partition: PartitionId) -> Result<(Offset, Offset)> {
         let target = Target::Partition { topic: topic.to_string(), partition };
-        let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition };
+        let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition, timestamp_ms: None };
         self.inner
             .call(target, Kind::Read, Duration::ZERO, None, |ch, addr| {
                 let req = req.clone();
@@ -212,6 +213,48 @@ impl Client {
                         ));
                     }
                     Ok((r.earliest, r.latest))
+                }
+            })
+            .await
+    }
+
+    /// The first offset whose record's timestamp is at or after `time_ms` (ms since the
+    /// Unix epoch; Kafka's `offsetsForTimes`), from the partition's leader. A time after
+    /// every record gives the high watermark; a time before the log start, the log start.
+    pub async fn offset_for_time(&self, topic: &str, partition: PartitionId, time_ms: u64) -> Result<Offset> {
+        let target = Target::Partition { topic: topic.to_string(), partition };
+        let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition, timestamp_ms: Some(time_ms) };
+        self.inner
+            .call(target, Kind::Read, Duration::ZERO, None, |ch, addr| {
+                let req = req.clone();
+                async move {
+                    let r = flotilla(ch).list_offsets(req).await.map_err(rpc_err(&addr))?.into_inner();
+                    answered(&addr, &r.error)?;
+                    match r.offset_for_time {
+                        Some(o) if (r.earliest..=r.latest).contains(&o) => Ok(o),
+                        other => Err(ClientError::protocol(
+                            &addr,
+                            format!("offset for time {other:?} is outside [{}, {}]", r.earliest, r.latest),
+                        )),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Deletes the partition's records below `before` (Kafka's DeleteRecords): its log
+    /// start moves there on every replica and the space is given back. Returns the new
+    /// log start. Safe to retry: deleting below an offset twice is deleting it once.
+    pub async fn delete_records(&self, topic: &str, partition: PartitionId, before: Offset) -> Result<Offset> {
+        let target = Target::Partition { topic: topic.to_string(), partition };
+        let req = v1::DeleteRecordsRequest { topic: topic.to_string(), partition, before_offset: before };
+        self.inner
+            .call(target, Kind::Write { retry_indeterminate: true }, Duration::ZERO, None, |ch, addr| {
+                let req = req.clone();
+                async move {
+                    let r = flotilla(ch).delete_records(req).await.map_err(rpc_err(&addr))?.into_inner();
+                    answered(&addr, &r.error)?;
+                    Ok(r.log_start_offset)
                 }
             })
             .await

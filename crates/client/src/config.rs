@@ -119,10 +119,13 @@ pub struct ConsumerConfig {
     /// size). Default 1 MiB; clamped to `limits::BATCH_BYTES_MAX` so an answer always fits
     /// in one gRPC message.
     pub fetch_max_bytes: u32,
+    /// What to do when the position is no longer in the partition (deleted by
+    /// retention): go to the log start (the default), to the end, or fail.
+    pub offset_reset: crate::consumer::OffsetReset,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> ConsumerConfig {
-        ConsumerConfig { fetch_max_bytes: 1024 * 1024 }
+        ConsumerConfig { fetch_max_bytes: 1024 * 1024, offset_reset: Default::default() }
     }
 }

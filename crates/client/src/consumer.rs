@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flotilla_types::{Offset, PartitionId, Record};
+use flotilla_types::{ErrorCode, Offset, PartitionId, Record};
 use serde::Serialize;
 
 use crate::client::Client;
@@ -18,6 +18,24 @@ pub enum StartAt {
     Offset(Offset),
     /// The high watermark when the consumer is created: only records written later.
     End,
+    /// The first record whose timestamp is at or after this time (ms since the Unix
+    /// epoch); the high watermark when every record is older.
+    Time(u64),
+}
+
+/// What a consumer does when its position is no longer in the partition (records below
+/// the log start were deleted by retention or delete-records, or the position is past
+/// the high watermark): Kafka's `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum OffsetReset {
+    /// Go to the log start: read what is still there (the default: records are skipped
+    /// only when they are gone).
+    #[default]
+    Earliest,
+    /// Go to the high watermark: only records written from now on.
+    Latest,
+    /// Fail the poll with `OFFSET_OUT_OF_RANGE`; the caller seeks.
+    None,
 }
 
 /// A record read from a partition, with its place in it.
@@ -40,6 +58,7 @@ pub struct Consumer {
     config: ConsumerConfig,
     high_watermark: Option<Offset>,
     log_start: Option<Offset>,
+    resets: u64,
 }
 
 impl Consumer {
@@ -50,7 +69,7 @@ impl Consumer {
         position: Offset,
         config: ConsumerConfig,
     ) -> Consumer {
-        Consumer { client, topic, partition, position, config, high_watermark: None, log_start: None }
+        Consumer { client, topic, partition, position, config, high_watermark: None, log_start: None, resets: 0 }
     }
 
     /// The topic read.
@@ -73,6 +92,17 @@ impl Consumer {
         self.position = offset;
     }
 
+    /// Moves to the first record at or after `time_ms` (ms since the Unix epoch).
+    pub async fn seek_to_time(&mut self, time_ms: u64) -> Result<Offset> {
+        self.position = self.client.offset_for_time(&self.topic, self.partition, time_ms).await?;
+        Ok(self.position)
+    }
+
+    /// How many times the position was reset by the reset policy.
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
+
     /// The partition's high watermark as of the last poll (every offset below it is
     /// committed).
     pub fn high_watermark(&self) -> Option<Offset> {
@@ -90,14 +120,34 @@ impl Consumer {
     ///
     /// Every batch's checksum is verified; a corrupt batch fails with `CORRUPT_BATCH`
     /// ([`ClientError::CorruptBatch`]) without moving past it (records before it in the
-    /// same answer are returned first). A position outside the stored range fails with
-    /// `OFFSET_OUT_OF_RANGE`; `seek` to recover.
+    /// same answer are returned first). A position outside the stored range (records
+    /// deleted by retention) is reset by `ConsumerConfig::offset_reset`, or fails with
+    /// `OFFSET_OUT_OF_RANGE` under `OffsetReset::None`.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>> {
-        let resp = self
-            .client
-            .inner
-            .fetch(&self.topic, self.partition, self.position, self.config.fetch_max_bytes, max_wait)
-            .await?;
+        let fetched =
+            self.client.inner.fetch(&self.topic, self.partition, self.position, self.config.fetch_max_bytes, max_wait);
+        let resp = match fetched.await {
+            Ok(resp) => resp,
+            Err(e)
+                if e.code() == Some(ErrorCode::OffsetOutOfRange) && self.config.offset_reset != OffsetReset::None =>
+            {
+                let (earliest, latest) = self.client.list_offsets(&self.topic, self.partition).await?;
+                if (earliest..=latest).contains(&self.position) {
+                    // The range moved back over the position meanwhile (a new leader
+                    // caught up): nothing to reset.
+                    return Ok(Vec::new());
+                }
+                self.position = match self.config.offset_reset {
+                    OffsetReset::Earliest => earliest,
+                    _ => latest,
+                };
+                self.resets += 1;
+                self.log_start = Some(earliest);
+                self.high_watermark = Some(latest);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
         self.high_watermark = Some(resp.high_watermark);
         self.log_start = Some(resp.log_start_offset);
         let mut out = vec![];

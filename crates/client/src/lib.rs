@@ -67,7 +67,7 @@ pub use admin::{
 };
 pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
-pub use consumer::{ConsumedRecord, Consumer, StartAt};
+pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
 pub use flotilla_types::{ErrorCode, NodeId, Offset, PartitionId, Record};
 pub use metadata::{BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo, TopicSummary};

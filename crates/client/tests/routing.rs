@@ -137,7 +137,19 @@ impl flotilla_server::Flotilla for Broker {
         _req: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         let s = self.state.lock().unwrap();
-        Ok(Response::new(v1::ListOffsetsResponse { error: None, earliest: 0, latest: s.next_offset }))
+        Ok(Response::new(v1::ListOffsetsResponse {
+            error: None,
+            earliest: 0,
+            latest: s.next_offset,
+            offset_for_time: None,
+        }))
+    }
+
+    async fn delete_records(
+        &self,
+        _req: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        Err(Status::unimplemented("this test broker keeps every record"))
     }
 
     async fn metadata(&self, req: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {

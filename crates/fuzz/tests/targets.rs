@@ -86,6 +86,8 @@ fn policy() -> v1::TopicPolicy {
         preferred_leader_region: Some("eu".into()),
         excluded_nodes: vec![4],
         excluded_zones: vec!["z9".into()],
+        retention_ms: Some(3_600_000),
+        retention_bytes: Some(1 << 30),
     }
 }
 
@@ -109,8 +111,13 @@ fn t92_fuzz_client_and_admin_requests() {
         ("fetch", enc(&fetch), checked::<v1::FetchRequest, request::Fetch>),
         (
             "list_offsets",
-            enc(&v1::ListOffsetsRequest { topic: "t".into(), partition: 0 }),
-            checked::<v1::ListOffsetsRequest, request::TopicPartition>,
+            enc(&v1::ListOffsetsRequest { topic: "t".into(), partition: 0, timestamp_ms: Some(1_700_000_000_000) }),
+            checked::<v1::ListOffsetsRequest, request::ListOffsets>,
+        ),
+        (
+            "delete_records",
+            enc(&v1::DeleteRecordsRequest { topic: "t".into(), partition: 2, before_offset: 99 }),
+            checked::<v1::DeleteRecordsRequest, request::DeleteRecords>,
         ),
         (
             "metadata",
@@ -260,6 +267,10 @@ fn t92_fuzz_stored_values_and_keys() {
     run("vote", &stored[4..5], ALLOCATION_MAX, |b| wire::vote(b).is_ok());
     run("log_id", &stored[5..6], ALLOCATION_MAX, |b| wire::log_id(b).is_ok());
     run("tombstone", &stored[6..7], ALLOCATION_MAX, |b| wire::tombstone(b).is_ok());
+    run("offset_index_entry", &stored[7..8], ALLOCATION_MAX, |b| wire::index_entry(b).is_ok());
+    run("time_index_entry", &stored[8..9], ALLOCATION_MAX, |b| wire::time_entry(b).is_ok());
+    run("applied_state", &stored[9..10], ALLOCATION_MAX, |b| wire::applied_state(b).is_ok());
+    run("snapshot", &stored[10..11], ALLOCATION_MAX, |b| wire::snapshot(b).is_ok());
     run("log_key", &wire::sample_keys()[..2], ALLOCATION_MAX, |b| wire::log_key(b).is_ok());
 }
 

@@ -95,6 +95,14 @@ pub struct TopicPolicy {
     pub excluded_nodes: Vec<NodeId>,
     /// Never place a replica in these zones.
     pub excluded_zones: Vec<String>,
+    /// Retention: records older than this are deleted (ms); `None`: the node's default
+    /// (`retention-ms`); 0: kept forever.
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
+    /// Retention: each partition keeps at most this many bytes of records; `None`: the
+    /// node's default (`retention-bytes`); 0: no limit.
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
 }
 
 /// A membership change of one partition in progress: the partition leader adds the new

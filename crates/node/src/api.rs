@@ -95,7 +95,12 @@ pub struct Fetched {
 pub const CREATE_TOPIC_FORMING_WAIT: Duration = Duration::from_secs(5);
 
 impl<T: RaftTransport> Node<T> {
+    /// A wrong-leader error naming the leader when this node knows one: the replica's own
+    /// view first, else the leader's own report while the metadata group holds it alive (a
+    /// replica created after its group's election, in a quiet group, has heard from no
+    /// leader yet).
     fn leader_error(&self, group: GroupId, leader: Option<NodeId>, code: ErrorCode, what: &str) -> ApiError {
+        let leader = leader.or_else(|| self.reported_live_leader(group));
         let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
         let message = match &leader {
             Some((id, addr)) => {
@@ -104,6 +109,13 @@ impl<T: RaftTransport> Node<T> {
             None => format!("node {} does not lead {what} (group {group}); the leader is not known", self.id()),
         };
         ApiError { code, message, leader }
+    }
+
+    /// The leader `group` last reported, if the metadata group holds that node alive.
+    fn reported_live_leader(&self, group: GroupId) -> Option<NodeId> {
+        let leader = self.groups().reported_leader(group)?;
+        self.with_metadata(|m| m.brokers().get(&leader).is_some_and(|b| b.liveness == Liveness::Alive))
+            .then_some(leader)
     }
 
     fn write_error(&self, e: WriteError, what: &str) -> ApiError {
@@ -167,7 +179,13 @@ impl<T: RaftTransport> Node<T> {
     ) -> Result<(Offset, u32), ApiError> {
         let what = format!("{topic}/{partition}");
         let group = self.partition_group(topic, partition)?;
-        let cmd = Command::Partition(flotilla_partition::produce_command(&batch));
+        if let Some(why) = self.disk_full() {
+            return Err(ApiError::new(
+                ErrorCode::DiskFull,
+                format!("{what}: node {} refuses writes: {why}; retry once retention has freed space", self.id()),
+            ));
+        }
+        let cmd = Command::Partition(flotilla_partition::produce_command(&batch, self.inner.clock.now_ms()));
         match group.write(cmd, self.produce_timeout()).await {
             Ok(Response::Partition(PartResponse::Produced { base_offset, records })) => {
                 assert_eq!(records, batch.len(), "applied a different batch than proposed");
@@ -228,9 +246,12 @@ impl<T: RaftTransport> Node<T> {
             ));
         }
         loop {
-            let (located, hw, start) = Self::read_partition(&group, |p| {
-                (p.locate(offset, max_bytes), p.high_watermark(), p.log_start_offset())
-            });
+            let (hw, start) = Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
+            let located = if (start..=hw).contains(&offset) {
+                Some(group.batches_from(offset, hw, max_bytes).map_err(|e| self.storage_error(&what, e))?)
+            } else {
+                None
+            };
             let Some(locations) = located else {
                 // Past this replica's high watermark while it may be behind the
                 // partition's (a follower, or a leader that is no longer one): retriable.
@@ -243,11 +264,13 @@ impl<T: RaftTransport> Node<T> {
                         ),
                     ));
                 }
-                return Err(ApiError::new(
-                    ErrorCode::OffsetOutOfRange,
-                    format!("{what}: offset {offset} is outside [{start}, {hw}]"),
-                ));
+                return Err(Self::out_of_range(&what, offset, start, hw));
             };
+            if locations.is_empty() && offset < hw {
+                // Deleted between reading the log start and reading the index.
+                let (hw, start) = Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
+                return Err(Self::out_of_range(&what, offset, start, hw));
+            }
             if planted::armed(Bug::FetchPastCommit) && locations.is_empty() && offset == hw {
                 let uncommitted = Self::planted_uncommitted(&group, hw);
                 if !uncommitted.is_empty() {
@@ -257,18 +280,28 @@ impl<T: RaftTransport> Node<T> {
             if !locations.is_empty() || tokio::time::Instant::now() >= deadline {
                 let mut batches = Vec::with_capacity(locations.len());
                 for loc in locations {
-                    let bytes = group
-                        .read_batch(loc.log_index)
-                        .map_err(|e| ApiError::new(ErrorCode::StorageError, format!("{what}: {e}")))?
-                        .ok_or_else(|| {
-                            ApiError::new(
+                    let bytes = match group.read_batch(loc.log_index).map_err(|e| self.storage_error(&what, e))? {
+                        Some(bytes) => bytes,
+                        None => {
+                            // Purged by retention since the index was read: what was
+                            // read before it is still an answer.
+                            let (hw, start) =
+                                Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
+                            if loc.base_offset < start {
+                                if !batches.is_empty() {
+                                    break;
+                                }
+                                return Err(Self::out_of_range(&what, offset, start, hw));
+                            }
+                            return Err(ApiError::new(
                                 ErrorCode::StorageError,
                                 format!(
                                     "{what}: log entry {} for offset {} is missing",
                                     loc.log_index, loc.base_offset
                                 ),
-                            )
-                        })?;
+                            ));
+                        }
+                    };
                     // Verified on read as on write: a corrupt batch is never served.
                     RecordBatch::decode(bytes.clone()).map_err(|e| {
                         tracing::error!(%what, offset = loc.base_offset, error = %e, "corrupt batch in the log");
@@ -294,6 +327,21 @@ impl<T: RaftTransport> Node<T> {
                 return Err(self.leader_error(group.id(), group.leader(), ErrorCode::NotLeader, &what));
             }
         }
+    }
+
+    /// OFFSET_OUT_OF_RANGE, naming the readable range: below the log start the records
+    /// were deleted (retention, delete-records), past the high watermark they do not
+    /// exist yet. The consumer applies its reset policy.
+    fn out_of_range(what: &str, offset: Offset, start: Offset, hw: Offset) -> ApiError {
+        let why = if offset < start { "deleted: below the log start" } else { "past the high watermark" };
+        ApiError::new(
+            ErrorCode::OffsetOutOfRange,
+            format!("{what}: offset {offset} is outside [{start}, {hw}] ({why}); log start {start}"),
+        )
+    }
+
+    fn storage_error(&self, what: &str, e: std::io::Error) -> ApiError {
+        ApiError::new(ErrorCode::StorageError, format!("{what} on node {}: {e}", self.id()))
     }
 
     /// The answer of a replica that stopped after a fatal error: retriable, so the client
@@ -327,6 +375,63 @@ impl<T: RaftTransport> Node<T> {
         let group = self.partition_group(topic, partition)?;
         group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
         Ok(Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark())))
+    }
+
+    /// The first offset whose record's timestamp is at or after `time_ms` (Kafka's
+    /// `offsetsForTimes`), linearizable like `list_offsets`. A time past every record
+    /// answers the high watermark (where the next record will be); a time before the log
+    /// start answers the log start. Found with one seek in the time index and a read of
+    /// one batch.
+    pub async fn offset_for_time(&self, topic: &str, partition: PartitionId, time_ms: u64) -> Result<Offset, ApiError> {
+        let what = format!("{topic}/{partition}");
+        let group = self.partition_group(topic, partition)?;
+        group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
+        let (start, hw) = Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark()));
+        let Some(base) = group.first_batch_at_or_after(time_ms).map_err(|e| self.storage_error(&what, e))? else {
+            return Ok(hw);
+        };
+        let Some(loc) = group.batch_at(base).map_err(|e| self.storage_error(&what, e))? else {
+            return Ok(start.max(base).min(hw));
+        };
+        // Within the batch: the first record at or after the time (a batch's time is
+        // its latest record's, so one is; without record timestamps, the batch's start).
+        let mut offset = loc.base_offset;
+        if let Some(bytes) = group.read_batch(loc.log_index).map_err(|e| self.storage_error(&what, e))?
+            && let Ok(batch) = RecordBatch::decode(bytes)
+            && let Some(i) = batch.records().iter().position(|r| r.timestamp_ms >= time_ms)
+        {
+            offset += i as u64;
+        }
+        Ok(offset.max(start).min(hw))
+    }
+
+    /// Moves the partition's log start up to `before` (Kafka's DeleteRecords): every
+    /// replica deletes the records below it, and their space is given back. `before`
+    /// past the high watermark is OFFSET_OUT_OF_RANGE. Returns the new log start.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        before: Offset,
+    ) -> Result<Offset, ApiError> {
+        let what = format!("{topic}/{partition}");
+        let group = self.partition_group(topic, partition)?;
+        group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
+        let (start, hw) = Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark()));
+        if before > hw {
+            return Err(ApiError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!(
+                    "{what}: cannot delete records before {before}: the high watermark is {hw} (log start {start})"
+                ),
+            ));
+        }
+        let cmd = Command::Partition(flotilla_partition::Command::DeleteRecords { before });
+        match group.write(cmd, self.produce_timeout()).await {
+            Ok(Response::Partition(PartResponse::LogStart { log_start })) => Ok(log_start),
+            Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("{what}: unexpected response {other:?}"))),
+            Err(e) => Err(self.write_error(e, &what)),
+        }
     }
 
     fn topic_view(&self, t: &Topic) -> TopicView {

@@ -68,6 +68,20 @@ pub struct NodeConfig {
     /// and a move or a controller change does not rely on it. At least two
     /// `quiesce-keepalive-ms`, since a quiet leader is acknowledged only that often.
     pub replica_lag_time_max_ms: u64,
+    /// Retention: records older than this are deleted, for topics that do not set their
+    /// own `retention-ms` (Kafka's `log.retention.ms`; 7 days). 0: keep forever.
+    pub retention_ms: u64,
+    /// Retention: a partition replica keeps at most this many bytes of records, for
+    /// topics that do not set their own `retention-bytes`. 0: no limit.
+    pub retention_bytes: u64,
+    /// How often each partition leader checks its retention (and each replica whether
+    /// deleted records can be purged from its log). Records past their retention become
+    /// unreadable within about this long after they expire.
+    pub retention_check_interval_ms: u64,
+    /// Below this much free space on the data directory's filesystem the node refuses
+    /// produce with DISK_FULL (retriable), and keeps serving reads and replication. 0:
+    /// never refuse.
+    pub disk_free_min_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +109,10 @@ impl Default for NodeConfig {
             quiesce_after_ms: 3000,
             quiesce_keepalive_ms: 5000,
             replica_lag_time_max_ms: limits::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            retention_check_interval_ms: 5_000,
+            disk_free_min_bytes: 256 << 20,
         }
     }
 }
@@ -221,6 +239,9 @@ impl NodeConfig {
         }
         if self.produce_timeout_ms == 0 {
             return Err("produce-timeout-ms must be positive".into());
+        }
+        if self.retention_check_interval_ms < 100 {
+            return Err("retention-check-interval-ms must be at least 100".into());
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mover;
 mod quiesce;
 mod reconciler;
+mod retention;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -61,6 +62,8 @@ pub(crate) struct Inner<T: RaftTransport> {
     /// Wakes the controller for an immediate tick ("balance now").
     pub(crate) controller_kick: Arc<tokio::sync::Notify>,
     pub(crate) metrics: metrics::Registry,
+    /// Why the node refuses writes for lack of disk space (`set_disk_full`), if it does.
+    pub(crate) disk_full: RwLock<Option<String>>,
 }
 
 /// A running node. Cheap to clone.
@@ -101,6 +104,7 @@ impl<T: RaftTransport> Node<T> {
                 shutdown,
                 controller_kick: Arc::new(tokio::sync::Notify::new()),
                 metrics: metrics::Registry::default(),
+                disk_full: RwLock::new(None),
             }),
             tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
@@ -110,6 +114,7 @@ impl<T: RaftTransport> Node<T> {
             tokio::spawn(controller::controller_loop(node.clone())),
             tokio::spawn(mover::mover_loop(node.clone())),
             tokio::spawn(reconciler::leadership_loop(node.clone())),
+            tokio::spawn(retention::retention_loop(node.clone())),
         ];
         node.tasks.lock().expect("tasks poisoned").extend(tasks);
         tracing::info!(node = node.id(), addr = node.inner.config.advertised(), "node started");
@@ -189,6 +194,25 @@ impl<T: RaftTransport> Node<T> {
 
     pub(crate) fn suspect_after(&self) -> Duration {
         Duration::from_millis(self.inner.config.suspect_after_ms)
+    }
+
+    /// Whether the node refuses writes for lack of disk space, and why. Set by whoever
+    /// watches the data directory's filesystem (the node binary checks it against
+    /// `disk-free-min-bytes` every second); produce answers DISK_FULL while it is set,
+    /// and fetches, replication and retention go on, so the space comes back by itself.
+    pub fn set_disk_full(&self, why: Option<String>) {
+        let mut current = self.inner.disk_full.write().expect("disk state poisoned");
+        match (&*current, &why) {
+            (None, Some(w)) => tracing::warn!(node = self.id(), reason = %w, "refusing writes: disk nearly full"),
+            (Some(_), None) => tracing::info!(node = self.id(), "accepting writes again: disk space freed"),
+            _ => {}
+        }
+        *current = why;
+    }
+
+    /// Why the node refuses writes for lack of disk space, if it does.
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner.disk_full.read().expect("disk state poisoned").clone()
     }
 
     /// Request latency histograms and counters, filled by the `rpc` layer.

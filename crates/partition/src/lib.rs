@@ -2,14 +2,16 @@
 //!
 //! The Raft log is the partition log (design decision 2): one produce batch is one Raft
 //! entry, and this state machine assigns the batch its offsets when the entry is applied
-//! (base offset = the partition's next offset). It keeps the map from offsets to the
-//! log index that holds them, so a fetch can read committed entries back from the log.
-//! It never copies record bytes.
+//! (base offset = the partition's next offset). Its state is a handful of numbers (design
+//! decision 13): where each batch lives is not kept here but returned as an
+//! [`Effect::Indexed`] location, which the `raft` crate writes to the node's storage
+//! engine as the partition's offset and time index, so that a replica's memory does not
+//! grow with the data it holds. The log start moves only by a committed
+//! [`Command::DeleteRecords`] (retention, or an operator), so that every replica deletes
+//! the same prefix.
 //!
 //! Architecture invariant: no clock, no randomness, no I/O, ordered collections only —
-//! the same committed log always produces the same state.
-
-use std::collections::BTreeMap;
+//! the same committed log always produces the same state and the same effects.
 
 use bytes::Bytes;
 use flotilla_types::{Offset, RecordBatch};
@@ -19,36 +21,79 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Append one record batch. `batch` was verified (checksum, structure, limits) by the
-    /// node before it was proposed; `records` is its record count.
-    Produce { batch: Bytes, records: u32 },
+    /// node before it was proposed; `records` is its record count; `timestamp_ms` is the
+    /// batch's time for the time index (see [`index_time`]).
+    Produce { batch: Bytes, records: u32, timestamp_ms: u64 },
+    /// Moves the log start up to `before` (never past the high watermark, never down):
+    /// Kafka's DeleteRecords, and what retention proposes.
+    DeleteRecords { before: Offset },
 }
 
 /// What applying a command returns to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Produced { base_offset: Offset, records: u32 },
+    Produced {
+        base_offset: Offset,
+        records: u32,
+    },
+    /// The log start after a `DeleteRecords`.
+    LogStart {
+        log_start: Offset,
+    },
 }
 
-/// Where one batch lives in the Raft log.
+/// Where one batch lives in the Raft log, and what the indexes need of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchLocation {
     pub base_offset: Offset,
     pub records: u32,
     pub log_index: u64,
     pub bytes: u32,
+    /// Bytes of every batch appended to the partition before this one.
+    pub position: u64,
+    /// The batch's index time.
+    pub timestamp_ms: u64,
+    /// The greatest index time of the batches before this one (0 for none).
+    pub max_timestamp_before: u64,
 }
 
-/// A partition's state, rebuilt from its log on every start.
+impl BatchLocation {
+    /// The offset after the batch's last record.
+    pub fn end_offset(&self) -> Offset {
+        self.base_offset + u64::from(self.records)
+    }
+}
+
+/// What the `raft` crate must store after applying a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    /// A batch was appended: index it by offset and, when `new_max_time` is set, by time
+    /// (the time index holds only batches that raise the greatest time seen, so it is
+    /// sorted by time and by offset alike).
+    Indexed {
+        location: BatchLocation,
+        new_max_time: bool,
+    },
+    /// The log start moved: entries, index entries and snapshot may move up.
+    LogStartMoved {
+        log_start: Offset,
+    },
+}
+
+/// A partition's state: a few numbers, whatever the amount of data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
     /// The offset the next record will get: the high watermark on this replica.
     next_offset: Offset,
     /// The first offset still readable.
     log_start_offset: Offset,
-    /// Batches by base offset.
-    batches: BTreeMap<Offset, BatchLocation>,
     /// The last log index applied, to assert that entries come in order.
     last_applied_index: u64,
+    /// Bytes of every batch ever appended (the position of the next batch).
+    end_position: u64,
+    /// The greatest index time of any batch appended.
+    max_timestamp_ms: u64,
 }
 
 impl PartitionState {
@@ -56,37 +101,67 @@ impl PartitionState {
         PartitionState::default()
     }
 
+    /// The state of a partition whose log, up to and including `log_index`, was deleted
+    /// (a snapshot taken at the retention point): the next batch is `next`.
+    pub fn at_retention_point(log_index: u64, next: &BatchLocation) -> PartitionState {
+        PartitionState {
+            next_offset: next.base_offset,
+            log_start_offset: next.base_offset,
+            last_applied_index: log_index,
+            end_position: next.position,
+            max_timestamp_ms: next.max_timestamp_before,
+        }
+    }
+
     /// Applies the command committed at `log_index`.
-    pub fn apply(&mut self, log_index: u64, command: &Command) -> Response {
+    pub fn apply(&mut self, log_index: u64, command: &Command) -> (Response, Effect) {
         assert!(log_index > self.last_applied_index, "log index {log_index} applied after {}", self.last_applied_index);
         self.last_applied_index = log_index;
         match command {
-            Command::Produce { batch, records } => {
+            Command::Produce { batch, records, timestamp_ms } => {
                 assert!(*records > 0, "an empty batch was proposed");
-                let base_offset = self.next_offset;
-                let location = BatchLocation { base_offset, records: *records, log_index, bytes: batch.len() as u32 };
-                let previous = self.batches.insert(base_offset, location);
-                assert!(previous.is_none(), "offset {base_offset} assigned twice");
-                self.next_offset = base_offset + u64::from(*records);
-                Response::Produced { base_offset, records: *records }
+                self.append(log_index, batch.len(), *records, *timestamp_ms)
+            }
+            Command::DeleteRecords { before } => {
+                let log_start = (*before).min(self.next_offset).max(self.log_start_offset);
+                let effect = if log_start > self.log_start_offset {
+                    self.log_start_offset = log_start;
+                    Effect::LogStartMoved { log_start }
+                } else {
+                    Effect::None
+                };
+                (Response::LogStart { log_start: self.log_start_offset }, effect)
             }
         }
     }
 
-    /// Applies `command` again under the log index it was just applied at: the planted
-    /// bug `flotilla_types::planted::Bug::DoubleApply`, which nothing else calls.
-    pub fn planted_reapply(&mut self, command: &Command) -> Response {
-        let Command::Produce { batch, records } = command;
+    fn append(&mut self, log_index: u64, bytes: usize, records: u32, timestamp_ms: u64) -> (Response, Effect) {
         let base_offset = self.next_offset;
         let location = BatchLocation {
             base_offset,
-            records: *records,
-            log_index: self.last_applied_index,
-            bytes: batch.len() as u32,
+            records,
+            log_index,
+            bytes: bytes as u32,
+            position: self.end_position,
+            timestamp_ms,
+            max_timestamp_before: self.max_timestamp_ms,
         };
-        self.batches.insert(base_offset, location);
-        self.next_offset = base_offset + u64::from(*records);
-        Response::Produced { base_offset, records: *records }
+        let new_max_time = timestamp_ms > self.max_timestamp_ms;
+        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        self.next_offset = location.end_offset();
+        self.end_position += bytes as u64;
+        (Response::Produced { base_offset, records }, Effect::Indexed { location, new_max_time })
+    }
+
+    /// Applies `command` again under the log index it was just applied at: the planted
+    /// bug `flotilla_types::planted::Bug::DoubleApply`, which nothing else calls.
+    pub fn planted_reapply(&mut self, command: &Command) -> (Response, Effect) {
+        match command {
+            Command::Produce { batch, records, timestamp_ms } => {
+                self.append(self.last_applied_index, batch.len(), *records, *timestamp_ms)
+            }
+            Command::DeleteRecords { .. } => (Response::LogStart { log_start: self.log_start_offset }, Effect::None),
+        }
     }
 
     /// Notes a log index that carried no partition command (a blank or membership entry).
@@ -108,35 +183,30 @@ impl PartitionState {
         self.last_applied_index
     }
 
-    /// The batches to read for a fetch at `offset`: the batch holding `offset`, then the
-    /// following ones while their total stays within `max_bytes` (at least one batch).
-    /// Empty when `offset` is at the high watermark. `None` when out of range.
-    pub fn locate(&self, offset: Offset, max_bytes: usize) -> Option<Vec<BatchLocation>> {
-        if offset < self.log_start_offset || offset > self.next_offset {
-            return None;
-        }
-        let mut out = Vec::new();
-        if offset == self.next_offset {
-            return Some(out);
-        }
-        let (_, first) =
-            self.batches.range(..=offset).next_back().expect("offset below the high watermark has a batch");
-        assert!(first.base_offset <= offset && offset < first.base_offset + u64::from(first.records));
-        let mut total = 0usize;
-        for (_, loc) in self.batches.range(first.base_offset..) {
-            if !out.is_empty() && total + loc.bytes as usize > max_bytes {
-                break;
-            }
-            total += loc.bytes as usize;
-            out.push(*loc);
-        }
-        Some(out)
+    /// Bytes of every batch ever appended: the position of the next batch.
+    pub fn end_position(&self) -> u64 {
+        self.end_position
+    }
+
+    /// The greatest index time of any batch appended.
+    pub fn max_timestamp_ms(&self) -> u64 {
+        self.max_timestamp_ms
     }
 }
 
-/// Checks a batch from a client and returns the command to propose.
-pub fn produce_command(batch: &RecordBatch) -> Command {
-    Command::Produce { batch: batch.bytes().clone(), records: batch.len() }
+/// A batch's time in the time index: its greatest record timestamp, or `now_ms` (the
+/// proposing leader's clock) when no record carries one, and never later than `now_ms`,
+/// so that one record stamped in the future cannot hold back time-based retention of
+/// everything after it. Computed once, before proposing, so every replica indexes the
+/// same time.
+pub fn index_time(batch: &RecordBatch, now_ms: u64) -> u64 {
+    let max = batch.records().iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
+    if max == 0 { now_ms } else { max.min(now_ms) }
+}
+
+/// The command that appends a checked batch, stamped with its index time.
+pub fn produce_command(batch: &RecordBatch, now_ms: u64) -> Command {
+    Command::Produce { batch: batch.bytes().clone(), records: batch.len(), timestamp_ms: index_time(batch, now_ms) }
 }
 
 #[cfg(test)]
@@ -146,30 +216,97 @@ mod tests {
 
     fn batch(n: usize) -> Command {
         let records: Vec<Record> = (0..n).map(|i| Record::value(format!("v{i}"))).collect();
-        produce_command(&RecordBatch::encode(&records).unwrap())
+        produce_command(&RecordBatch::encode(&records).unwrap(), 1_000)
+    }
+
+    fn located(effect: Effect) -> BatchLocation {
+        match effect {
+            Effect::Indexed { location, .. } => location,
+            other => panic!("not indexed: {other:?}"),
+        }
     }
 
     #[test]
     fn offsets_are_assigned_at_apply_and_contiguous() {
         let mut s = PartitionState::new();
-        assert_eq!(s.apply(1, &batch(3)), Response::Produced { base_offset: 0, records: 3 });
+        assert_eq!(s.apply(1, &batch(3)).0, Response::Produced { base_offset: 0, records: 3 });
         s.skip(2);
-        assert_eq!(s.apply(3, &batch(2)), Response::Produced { base_offset: 3, records: 2 });
+        assert_eq!(s.apply(3, &batch(2)).0, Response::Produced { base_offset: 3, records: 2 });
         assert_eq!(s.high_watermark(), 5);
     }
 
     #[test]
-    fn locate_finds_the_batch_holding_an_offset() {
+    fn each_batch_is_located_by_offset_position_and_time() {
         let mut s = PartitionState::new();
-        s.apply(1, &batch(3));
-        s.apply(2, &batch(2));
-        s.apply(3, &batch(4));
-        let locs = s.locate(4, usize::MAX).unwrap();
-        assert_eq!(locs.iter().map(|l| l.log_index).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(s.locate(9, 100).unwrap(), vec![]);
-        assert_eq!(s.locate(10, 100), None);
-        // max_bytes 0 still returns one batch.
-        assert_eq!(s.locate(0, 0).unwrap().len(), 1);
+        let a = located(s.apply(1, &batch(3)).1);
+        let b = located(s.apply(2, &batch(2)).1);
+        assert_eq!((a.base_offset, a.log_index, a.position), (0, 1, 0));
+        assert_eq!((b.base_offset, b.log_index, b.position), (3, 2, u64::from(a.bytes)));
+        assert_eq!(s.end_position(), u64::from(a.bytes + b.bytes));
+        assert_eq!((a.timestamp_ms, b.max_timestamp_before), (1_000, 1_000));
+    }
+
+    #[test]
+    fn only_batches_that_raise_the_greatest_time_enter_the_time_index() {
+        let at = |ts: u64| {
+            let r = Record { timestamp_ms: ts, ..Record::value("x") };
+            produce_command(&RecordBatch::encode(&[r]).unwrap(), 10_000)
+        };
+        let mut s = PartitionState::new();
+        let raised = |e: Effect| matches!(e, Effect::Indexed { new_max_time: true, .. });
+        assert!(raised(s.apply(1, &at(500)).1));
+        assert!(!raised(s.apply(2, &at(400)).1), "an earlier time does not raise the maximum");
+        assert!(raised(s.apply(3, &at(600)).1));
+        // A future timestamp is indexed at the leader's clock.
+        assert!(raised(s.apply(4, &at(99_999)).1));
+        assert_eq!(s.max_timestamp_ms(), 10_000);
+    }
+
+    #[test]
+    fn delete_records_moves_the_log_start_up_only_and_never_past_the_end() {
+        let mut s = PartitionState::new();
+        s.apply(1, &batch(10));
+        assert_eq!(
+            s.apply(2, &Command::DeleteRecords { before: 4 }),
+            (Response::LogStart { log_start: 4 }, Effect::LogStartMoved { log_start: 4 })
+        );
+        assert_eq!(
+            s.apply(3, &Command::DeleteRecords { before: 2 }),
+            (Response::LogStart { log_start: 4 }, Effect::None)
+        );
+        assert_eq!(
+            s.apply(4, &Command::DeleteRecords { before: 99 }),
+            (Response::LogStart { log_start: 10 }, Effect::LogStartMoved { log_start: 10 })
+        );
+        assert_eq!(s.high_watermark(), 10);
+    }
+
+    #[test]
+    fn the_state_at_a_retention_point_continues_like_the_original() {
+        let mut full = PartitionState::new();
+        let mut next = None;
+        for i in 1..20 {
+            let loc = located(full.apply(i, &batch(i as usize % 4 + 1)).1);
+            if i == 12 {
+                next = Some(loc);
+            }
+        }
+        // A replica that starts from the state just before batch 12 and applies the
+        // same entries from 12 on ends where the full replica ended.
+        let next = next.unwrap();
+        let mut cut = PartitionState::at_retention_point(11, &next);
+        let mut again = PartitionState::new();
+        for i in 1..20 {
+            let cmd = batch(i as usize % 4 + 1);
+            if i >= 12 {
+                cut.apply(i, &cmd);
+            }
+            again.apply(i, &cmd);
+        }
+        assert_eq!(cut.high_watermark(), again.high_watermark());
+        assert_eq!(cut.end_position(), again.end_position());
+        assert_eq!(cut.max_timestamp_ms(), again.max_timestamp_ms());
+        assert_eq!(cut.log_start_offset(), next.base_offset);
     }
 
     #[test]
@@ -177,8 +314,7 @@ mod tests {
         let mut a = PartitionState::new();
         let mut b = PartitionState::new();
         for i in 1..50 {
-            a.apply(i, &batch(i as usize % 5 + 1));
-            b.apply(i, &batch(i as usize % 5 + 1));
+            assert_eq!(a.apply(i, &batch(i as usize % 5 + 1)), b.apply(i, &batch(i as usize % 5 + 1)));
         }
         assert_eq!(a, b);
     }

@@ -127,17 +127,40 @@ impl TryFrom<v1::FetchRequest> for Fetch {
     }
 }
 
-/// One partition named by a request (ListOffsets).
+/// One partition named by a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicPartition {
     pub topic: String,
     pub partition: PartitionId,
 }
 
-impl TryFrom<v1::ListOffsetsRequest> for TopicPartition {
+/// A partition's offsets, and optionally the first offset at or after a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsets {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub timestamp_ms: Option<u64>,
+}
+
+impl TryFrom<v1::ListOffsetsRequest> for ListOffsets {
     type Error = v1::Error;
-    fn try_from(r: v1::ListOffsetsRequest) -> Result<TopicPartition, v1::Error> {
-        Ok(TopicPartition { topic: topic_name(r.topic)?, partition: r.partition })
+    fn try_from(r: v1::ListOffsetsRequest) -> Result<ListOffsets, v1::Error> {
+        Ok(ListOffsets { topic: topic_name(r.topic)?, partition: r.partition, timestamp_ms: r.timestamp_ms })
+    }
+}
+
+/// Records of one partition to delete: every offset below `before`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteRecords {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub before: Offset,
+}
+
+impl TryFrom<v1::DeleteRecordsRequest> for DeleteRecords {
+    type Error = v1::Error;
+    fn try_from(r: v1::DeleteRecordsRequest) -> Result<DeleteRecords, v1::Error> {
+        Ok(DeleteRecords { topic: topic_name(r.topic)?, partition: r.partition, before: r.before_offset })
     }
 }
 
@@ -188,6 +211,10 @@ pub struct Policy {
     pub preferred_leader_region: Option<String>,
     pub excluded_nodes: Vec<NodeId>,
     pub excluded_zones: Vec<String>,
+    /// Retention in ms; `None`: the node's default; 0: keep forever.
+    pub retention_ms: Option<u64>,
+    /// Retention in bytes per partition; `None`: the node's default; 0: no limit.
+    pub retention_bytes: Option<u64>,
 }
 
 impl TryFrom<v1::TopicPolicy> for Policy {
@@ -217,7 +244,14 @@ impl TryFrom<v1::TopicPolicy> for Policy {
         for n in &p.excluded_nodes {
             node_id("an excluded node", *n)?;
         }
-        Ok(Policy { allowed_regions, preferred_leader_region, excluded_nodes: p.excluded_nodes, excluded_zones })
+        Ok(Policy {
+            allowed_regions,
+            preferred_leader_region,
+            excluded_nodes: p.excluded_nodes,
+            excluded_zones,
+            retention_ms: p.retention_ms,
+            retention_bytes: p.retention_bytes,
+        })
     }
 }
 
@@ -228,6 +262,8 @@ impl From<&Policy> for v1::TopicPolicy {
             preferred_leader_region: p.preferred_leader_region.clone(),
             excluded_nodes: p.excluded_nodes.clone(),
             excluded_zones: p.excluded_zones.clone(),
+            retention_ms: p.retention_ms,
+            retention_bytes: p.retention_bytes,
         }
     }
 }
@@ -561,6 +597,8 @@ mod tests {
             preferred_leader_region: Some("eu".into()),
             excluded_nodes: vec![4],
             excluded_zones: vec!["eu-1a".into()],
+            retention_ms: Some(3_600_000),
+            retention_bytes: None,
         };
         let p = Policy::try_from(ok.clone()).unwrap();
         assert_eq!(v1::TopicPolicy::from(&p), ok, "round trip");

@@ -12,8 +12,11 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Metadata(c) => write!(f, "metadata:{c:?}"),
-            Command::Partition(flotilla_partition::Command::Produce { batch, records }) => {
+            Command::Partition(flotilla_partition::Command::Produce { batch, records, .. }) => {
                 write!(f, "produce:{records} records, {} bytes", batch.len())
+            }
+            Command::Partition(flotilla_partition::Command::DeleteRecords { before }) => {
+                write!(f, "delete-records:before {before}")
             }
         }
     }

@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use flotilla_types::limits;
 
+/// The metadata group snapshots its state every this many applied entries.
+pub const METADATA_SNAPSHOT_EVERY: u64 = 2_000;
+
 /// Heartbeat and election timings of one kind of group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupTimings {
@@ -22,17 +25,27 @@ impl GroupTimings {
     pub const PARTITION: GroupTimings =
         GroupTimings { heartbeat_ms: 500, election_min_ms: 1500, election_max_ms: 3000 };
 
-    pub(crate) fn openraft_config(&self, name: String) -> Arc<openraft::Config> {
+    pub(crate) fn openraft_config(&self, name: String, kind: crate::GroupKind) -> Arc<openraft::Config> {
+        // The Raft log is the partition log: a partition's snapshot is taken only at its
+        // retention point, when the node asks (`Group::compact_log`), and the log up to
+        // it is purged at once. The metadata group snapshots its whole state every
+        // `METADATA_SNAPSHOT_EVERY` entries and keeps as many entries before it, so that
+        // a follower a little behind catches up from the log.
+        let (snapshot_policy, max_in_snapshot_log_to_keep) = match kind {
+            crate::GroupKind::Partition => (openraft::SnapshotPolicy::Never, 0),
+            crate::GroupKind::Metadata => {
+                (openraft::SnapshotPolicy::LogsSinceLast(METADATA_SNAPSHOT_EVERY), METADATA_SNAPSHOT_EVERY)
+            }
+        };
         let config = openraft::Config {
             cluster_name: name,
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
             max_payload_entries: limits::RAFT_ENTRIES_PER_APPEND_MAX,
-            // The Raft log is the partition log: data is never compacted into a
-            // snapshot, retention (a later feature) purges it.
-            snapshot_policy: openraft::SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: u64::MAX,
+            snapshot_policy,
+            max_in_snapshot_log_to_keep,
+            purge_batch_size: 1,
             enable_pre_vote: Some(true),
             // A restarted leader must win an election again. openraft's default lets it
             // resume its old term at once, but appends are acknowledged to openraft only

@@ -265,6 +265,72 @@ impl Group {
         }
     }
 
+    /// The batches a fetch at `offset` reads, below `end` (the high watermark read with
+    /// the log start), within `max_bytes` (at least one): see `index::batches_from`.
+    pub fn batches_from(
+        &self,
+        offset: flotilla_types::Offset,
+        end: flotilla_types::Offset,
+        max_bytes: usize,
+    ) -> std::io::Result<Vec<flotilla_partition::BatchLocation>> {
+        crate::index::batches_from(self.log.engine(), self.id, offset, end, max_bytes)
+    }
+
+    /// The batch holding `offset`, if it is indexed.
+    pub fn batch_at(
+        &self,
+        offset: flotilla_types::Offset,
+    ) -> std::io::Result<Option<flotilla_partition::BatchLocation>> {
+        crate::index::batch_at(self.log.engine(), self.id, offset)
+    }
+
+    /// The base offset of the first batch whose time is at or after `time_ms`.
+    pub fn first_batch_at_or_after(&self, time_ms: u64) -> std::io::Result<Option<flotilla_types::Offset>> {
+        crate::index::first_batch_at_or_after(self.log.engine(), self.id, time_ms)
+    }
+
+    /// The first batch at or after `from` (below `end`) that starts at or after byte
+    /// `position` of the partition.
+    pub fn first_batch_at_position(
+        &self,
+        from: flotilla_types::Offset,
+        end: flotilla_types::Offset,
+        position: u64,
+    ) -> std::io::Result<Option<flotilla_partition::BatchLocation>> {
+        crate::index::first_batch_at_position(self.log.engine(), self.id, from, end, position)
+    }
+
+    /// Whether a partition's log start has moved past its snapshot's retention point far
+    /// enough that a new snapshot would let the log be purged further.
+    pub fn compactable(&self) -> bool {
+        let Some((start, hw)) = self.read(|s| match s {
+            GroupState::Partition(p) => Some((p.log_start_offset(), p.high_watermark())),
+            GroupState::Metadata(_) => None,
+        }) else {
+            return false;
+        };
+        let snapshot_start = self.shared.snapshot_start();
+        if start <= snapshot_start {
+            return false;
+        }
+        // The new retention point: the start of the batch holding the log start.
+        let point = if start < hw {
+            match self.batch_at(start) {
+                Ok(Some(b)) => b.base_offset,
+                _ => return false,
+            }
+        } else {
+            hw
+        };
+        point > snapshot_start
+    }
+
+    /// Asks openraft to take a snapshot at the retention point and purge the log up to
+    /// it (`state_machine`): the space of deleted records is given back.
+    pub async fn compact_log(&self) -> Result<(), String> {
+        self.raft.trigger().snapshot().await.map_err(|e| e.to_string())
+    }
+
     /// The produce batch stored at `log_index`, read from the log.
     pub fn read_batch(&self, log_index: u64) -> std::io::Result<Option<bytes::Bytes>> {
         Ok(self.log.entry(log_index)?.and_then(|e| match e.payload {

@@ -16,6 +16,19 @@ pub const PURGED: u8 = 4;
 /// What a removed replica had voted and logged (`log_store::Tombstone`): the one key
 /// `destroy` leaves behind.
 pub const TOMBSTONE: u8 = 5;
+/// A partition's offset index: `[group][OFFSETS][base offset]` → the batch's
+/// `flotilla_partition::BatchLocation`.
+pub const OFFSETS: u8 = 6;
+/// A partition's time index: `[group][TIMES][time]` → the base offset of the first batch
+/// whose time raised the partition's greatest time to `time`.
+pub const TIMES: u8 = 7;
+/// A partition's applied state (`state_machine::Applied`), saved with every apply.
+pub const APPLIED: u8 = 8;
+/// The group's current snapshot: its metadata and data.
+pub const SNAPSHOT: u8 = 9;
+/// A partition's membership entries: `[group][MEMBERSHIPS][index]` → the membership
+/// applied at that log index (a snapshot at an earlier index needs the one in force).
+pub const MEMBERSHIPS: u8 = 10;
 
 pub fn log(group: GroupId, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -31,6 +44,34 @@ pub fn meta(group: GroupId, kind: u8) -> Vec<u8> {
     k.extend_from_slice(&group.to_be_bytes());
     k.push(kind);
     k
+}
+
+/// `[group][kind][n]`: an entry of one of a partition's indexes (`OFFSETS`, `TIMES`,
+/// `MEMBERSHIPS`), ordered by `n`.
+pub fn indexed(group: GroupId, kind: u8, n: u64) -> Vec<u8> {
+    assert!(matches!(kind, OFFSETS | TIMES | MEMBERSHIPS));
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(kind);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The exclusive end of one of a partition's indexes.
+pub fn indexed_end(group: GroupId, kind: u8) -> Vec<u8> {
+    assert!(matches!(kind, OFFSETS | TIMES | MEMBERSHIPS));
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(kind + 1);
+    k
+}
+
+/// The `n` of an index key; `None` for a key that is not one of `kind`.
+pub fn n_of(key: &[u8], kind: u8) -> Option<u64> {
+    if key.len() != 17 || key[8] != kind {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().expect("8 bytes")))
 }
 
 /// The exclusive end of the group's log keys.
@@ -70,5 +111,10 @@ mod tests {
         assert_eq!(index_of(&log(7, 42)), Some(42));
         assert_eq!(index_of(&meta(7, VOTE)), None);
         assert_eq!(index_of(&[0; 17]), None);
+        assert!(indexed(1, OFFSETS, u64::MAX) < indexed_end(1, OFFSETS));
+        assert!(indexed_end(1, OFFSETS) <= indexed(1, TIMES, 0));
+        assert!(indexed(1, MEMBERSHIPS, u64::MAX) < e);
+        assert_eq!(n_of(&indexed(3, TIMES, 99), TIMES), Some(99));
+        assert_eq!(n_of(&indexed(3, TIMES, 99), OFFSETS), None);
     }
 }

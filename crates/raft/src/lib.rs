@@ -14,6 +14,7 @@
 pub mod command;
 pub mod config;
 pub mod group;
+pub mod index;
 pub mod keys;
 pub mod log_store;
 pub mod network;

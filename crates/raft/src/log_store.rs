@@ -98,6 +98,11 @@ impl LogStore {
         read_meta_from(self.engine.as_ref(), self.group, kind, what)
     }
 
+    /// The engine the log is stored in.
+    pub fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
     /// The id of the last entry in the log.
     pub fn last_log_id(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
         last_log_id(self.engine.as_ref(), self.group)
@@ -141,11 +146,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
 }
 
 impl LogStore {
-    /// Decodes consecutive log entries read from `start` on; a hole, a malformed key or
-    /// an entry under the wrong index is an error.
+    /// Decodes consecutive log entries read from `start` on (the first may come later,
+    /// when the range begins below the log's first entry); a hole between them, a
+    /// malformed key or an entry under the wrong index is an error.
     fn entries_from(&self, start: u64, pairs: Vec<flotilla_storage::KeyValue>) -> io::Result<Vec<Entry>> {
         let mut out = Vec::with_capacity(pairs.len());
-        for (expect, (k, v)) in (start..).zip(pairs) {
+        let first = pairs.first().and_then(|(k, _)| keys::index_of(k)).unwrap_or(start).max(start);
+        for (expect, (k, v)) in (first..).zip(pairs) {
             let index = keys::index_of(&k).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("group {}: malformed log key {k:02x?}", self.group))
             })?;
@@ -243,7 +250,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::new();
         b.put(keys::meta(self.group, keys::PURGED), encode(&log_id));
         b.delete_range(keys::log(self.group, 0), keys::log(self.group, log_id.index + 1));
-        self.engine.write(b).map_err(to_io)
+        self.engine.write(b).map_err(to_io)?;
+        // The purged entries are the partition's deleted records: give their space back.
+        self.engine.compact(&keys::log(self.group, 0), &keys::log(self.group, log_id.index + 1));
+        Ok(())
     }
 }
 
@@ -455,6 +465,7 @@ mod tests {
             let cmd = Command::Partition(flotilla_partition::Command::Produce {
                 batch: bytes::Bytes::from(vec![i as u8; MIB]),
                 records: 1,
+                timestamp_ms: 1,
             });
             let entry = Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, i), cmd);
             b.put(keys::log(7, i), encode(&entry));
@@ -476,6 +487,7 @@ mod tests {
             Command::Partition(flotilla_partition::Command::Produce {
                 batch: bytes::Bytes::from(vec![0u8; limits::RAFT_APPEND_BYTES_MAX + 1]),
                 records: 1,
+                timestamp_ms: 1,
             }),
         );
         let mut b = WriteBatch::new();

@@ -87,13 +87,14 @@ impl<T: RaftTransport> Groups<T> {
             GroupKind::Metadata => (GroupTimings::METADATA, GroupState::Metadata(MetadataState::new())),
             GroupKind::Partition => (self.partition_timings, GroupState::Partition(PartitionState::new())),
         };
-        let config = timings.openraft_config(format!("group-{id}"));
+        let config = timings.openraft_config(format!("group-{id}"), kind);
         // A replica this node held before and removed: start from what it remembered.
         let vote_floor = restore_from_tombstone(self.engine.as_ref(), id)
             .await
             .map_err(|e| format!("group {id}: cannot read its tombstone: {e}"))?;
         let log = LogStore::new(id, self.engine.clone());
-        let sm = StateMachineStore::new(initial);
+        let sm = StateMachineStore::open(id, self.engine.clone(), initial)
+            .map_err(|e| format!("group {id}: cannot read its applied state: {e}"))?;
         let shared = sm.shared();
         let network = NetworkFactory::new(self.router.clone(), id);
         let raft: Raft = openraft::Raft::new(self.node, config, network, log.clone(), sm)
@@ -312,7 +313,7 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
 /// Metadata commands are checked by the metadata state machine itself.
 pub(crate) fn check_forwarded(c: &crate::Command) -> Result<(), String> {
     match c {
-        crate::Command::Partition(flotilla_partition::Command::Produce { batch, records }) => {
+        crate::Command::Partition(flotilla_partition::Command::Produce { batch, records, .. }) => {
             let decoded = flotilla_types::RecordBatch::decode(batch.clone())
                 .map_err(|e| format!("forwarded produce refused: {e}"))?;
             if decoded.len() != *records {
@@ -323,6 +324,7 @@ pub(crate) fn check_forwarded(c: &crate::Command) -> Result<(), String> {
             }
             Ok(())
         }
+        crate::Command::Partition(flotilla_partition::Command::DeleteRecords { .. }) => Ok(()),
         crate::Command::Metadata(_) => Ok(()),
     }
 }
@@ -477,7 +479,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let batch = bytes::Bytes::from_static(b"x");
-        let cmd = Command::Partition(flotilla_partition::Command::Produce { batch, records: 1 });
+        let cmd = Command::Partition(flotilla_partition::Command::Produce { batch, records: 1, timestamp_ms: 1 });
         for _ in 0..3 {
             g.write(cmd.clone(), Duration::from_secs(10)).await.unwrap();
         }

@@ -60,6 +60,26 @@ pub fn tombstone(bytes: &[u8]) -> Result<(), String> {
     decode::<Tombstone>(bytes, "tombstone").map(drop).map_err(|e| e.to_string())
 }
 
+/// A stored offset index entry (a batch's location).
+pub fn index_entry(bytes: &[u8]) -> Result<(), String> {
+    decode::<flotilla_partition::BatchLocation>(bytes, "offset index entry").map(drop).map_err(|e| e.to_string())
+}
+
+/// A stored time index entry (a base offset).
+pub fn time_entry(bytes: &[u8]) -> Result<(), String> {
+    decode::<u64>(bytes, "time index entry").map(drop).map_err(|e| e.to_string())
+}
+
+/// A stored applied state of a partition.
+pub fn applied_state(bytes: &[u8]) -> Result<(), String> {
+    crate::state_machine::stored::applied(bytes).map_err(|e| e.to_string())
+}
+
+/// A stored snapshot.
+pub fn snapshot(bytes: &[u8]) -> Result<(), String> {
+    crate::state_machine::stored::snapshot(bytes).map_err(|e| e.to_string())
+}
+
 /// A key read back from the engine as a log key.
 pub fn log_key(bytes: &[u8]) -> Result<u64, String> {
     keys::index_of(bytes).ok_or_else(|| "not a log key".to_string())
@@ -86,7 +106,7 @@ fn sample_entries() -> Vec<EntryOf<TypeConfig>> {
         flotilla_types::Record { key: Some(Bytes::from_static(b"k")), ..flotilla_types::Record::value("w") },
     ])
     .expect("a valid batch");
-    let produce = Command::Partition(flotilla_partition::produce_command(&batch));
+    let produce = Command::Partition(flotilla_partition::produce_command(&batch, 1));
     let meta = Command::Metadata(flotilla_metadata::Command::DeleteTopic { name: "orders".into() });
     let membership = Membership::new_with_defaults(vec![BTreeSet::from([1, 2, 3])], [4]);
     vec![
@@ -144,6 +164,17 @@ pub fn sample_stored() -> Vec<Vec<u8>> {
     out.push(encode(&vote));
     out.push(encode(&log_id_at(2, 9)));
     out.push(encode(&Tombstone { vote: Some(Vote::new(3, 1)), last_log_id: Some(log_id_at(2, 9)) }));
+    out.push(encode(&flotilla_partition::BatchLocation {
+        base_offset: 10,
+        records: 2,
+        log_index: 7,
+        bytes: 40,
+        position: 400,
+        timestamp_ms: 1_700_000_000_000,
+        max_timestamp_before: 1_600_000_000_000,
+    }));
+    out.push(encode(&10u64));
+    out.extend(crate::state_machine::stored::samples());
     out
 }
 
@@ -171,6 +202,10 @@ mod tests {
         vote(&stored[4]).unwrap();
         log_id(&stored[5]).unwrap();
         tombstone(&stored[6]).unwrap();
+        index_entry(&stored[7]).unwrap();
+        time_entry(&stored[8]).unwrap();
+        applied_state(&stored[9]).unwrap();
+        snapshot(&stored[10]).unwrap();
         assert_eq!(log_key(&sample_keys()[0]), Ok(42));
     }
 
@@ -179,7 +214,7 @@ mod tests {
     #[test]
     fn t90_a_message_claiming_an_exabyte_is_refused_without_allocating_it() {
         let batch = flotilla_types::RecordBatch::encode(&[flotilla_types::Record::value(vec![7u8; 300])]).unwrap();
-        let m = encode(&RaftRpc::Write(Command::Partition(flotilla_partition::produce_command(&batch))));
+        let m = encode(&RaftRpc::Write(Command::Partition(flotilla_partition::produce_command(&batch, 1))));
         message(&m).expect("the genuine message is accepted");
         // The batch's length prefix: bincode's varint marker for u16 (251), then the length.
         let batch_len = match decode::<RaftRpc>(&m, "raft message").unwrap() {
@@ -202,11 +237,17 @@ mod tests {
     #[test]
     fn t90_a_forwarded_produce_that_lies_about_its_records_is_refused() {
         let batch = flotilla_types::RecordBatch::encode(&[flotilla_types::Record::value("v")]).unwrap();
-        let lying =
-            Command::Partition(flotilla_partition::Command::Produce { batch: batch.bytes().clone(), records: 0 });
+        let lying = Command::Partition(flotilla_partition::Command::Produce {
+            batch: batch.bytes().clone(),
+            records: 0,
+            timestamp_ms: 1,
+        });
         assert!(message(&encode(&RaftRpc::Write(lying))).is_err());
-        let junk =
-            Command::Partition(flotilla_partition::Command::Produce { batch: Bytes::from_static(b"junk"), records: 1 });
+        let junk = Command::Partition(flotilla_partition::Command::Produce {
+            batch: Bytes::from_static(b"junk"),
+            records: 1,
+            timestamp_ms: 1,
+        });
         assert!(message(&encode(&RaftRpc::Write(junk))).is_err());
     }
 }

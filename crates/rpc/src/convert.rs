@@ -50,6 +50,8 @@ pub(crate) fn policy(p: request::Policy) -> TopicPolicy {
         preferred_leader_region: p.preferred_leader_region,
         excluded_nodes: p.excluded_nodes,
         excluded_zones: p.excluded_zones,
+        retention_ms: p.retention_ms,
+        retention_bytes: p.retention_bytes,
     }
 }
 

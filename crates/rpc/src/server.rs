@@ -57,6 +57,7 @@ answers!(
     v1::ProduceResponse,
     v1::FetchResponse,
     v1::ListOffsetsResponse,
+    v1::DeleteRecordsResponse,
     v1::CreateTopicResponse,
     v1::DeleteTopicResponse,
     v1::ListTopicsResponse,
@@ -159,11 +160,32 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
         &self,
         req: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
-        handle(&self.node, "list_offsets", req, |r: request::TopicPartition| async move {
-            answer(self.node.list_offsets(&r.topic, r.partition).await, |(earliest, latest)| v1::ListOffsetsResponse {
+        handle(&self.node, "list_offsets", req, |r: request::ListOffsets| async move {
+            let answered = async {
+                let (earliest, latest) = self.node.list_offsets(&r.topic, r.partition).await?;
+                let offset_for_time = match r.timestamp_ms {
+                    Some(t) => Some(self.node.offset_for_time(&r.topic, r.partition, t).await?),
+                    None => None,
+                };
+                Ok((earliest, latest, offset_for_time))
+            };
+            answer(answered.await, |(earliest, latest, offset_for_time)| v1::ListOffsetsResponse {
                 error: None,
                 earliest,
                 latest,
+                offset_for_time,
+            })
+        })
+        .await
+    }
+
+    async fn delete_records(
+        &self,
+        req: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        handle(&self.node, "delete_records", req, |r: request::DeleteRecords| async move {
+            answer(self.node.delete_records(&r.topic, r.partition, r.before).await, |log_start_offset| {
+                v1::DeleteRecordsResponse { error: None, log_start_offset }
             })
         })
         .await

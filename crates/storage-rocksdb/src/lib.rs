@@ -52,6 +52,11 @@ use rocksdb::WriteOptions;
 
 /// Name of the thread that syncs the WAL and completes durability callbacks.
 pub const FLUSHER_THREAD_NAME: &str = "flotilla-flusher";
+/// `[start, end)` of keys.
+type KeyRange = (Vec<u8>, Vec<u8>);
+
+/// Name of the thread that compacts ranges whose keys were deleted (`Engine::compact`).
+pub const COMPACTOR_THREAD_NAME: &str = "flotilla-compactor";
 
 /// The memtable size: large enough that a burst of appends does not stall on flushes.
 const WRITE_BUFFER_SIZE_BYTES: usize = 64 << 20;
@@ -76,6 +81,10 @@ pub struct RocksEngine {
     flusher: Arc<Flusher>,
     /// `Some` until `drop` joins it.
     flusher_thread: Option<JoinHandle<()>>,
+    /// Ranges to compact, for the compactor thread; `None` once `drop` closes it.
+    compactions: Mutex<Option<std::sync::mpsc::Sender<KeyRange>>>,
+    /// `Some` until `drop` joins it.
+    compactor_thread: Option<JoinHandle<()>>,
     path: PathBuf,
 }
 
@@ -114,7 +123,28 @@ impl RocksEngine {
                 move || run_flusher(&db, &flusher)
             })
             .map_err(|e| StorageError::Io(format!("cannot start the {FLUSHER_THREAD_NAME} thread: {e}")))?;
-        Ok(RocksEngine { db, flusher, flusher_thread: Some(flusher_thread), path })
+        let (tx, rx) = std::sync::mpsc::channel::<KeyRange>();
+        let compactor_thread = std::thread::Builder::new()
+            .name(COMPACTOR_THREAD_NAME.to_string())
+            .spawn({
+                let db = Arc::clone(&db);
+                move || {
+                    // Compacting the range rewrites the files that hold it without the
+                    // deleted keys: that, not the delete, gives the disk space back.
+                    while let Ok((start, end)) = rx.recv() {
+                        db.compact_range(Some(&start), Some(&end));
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Io(format!("cannot start the {COMPACTOR_THREAD_NAME} thread: {e}")))?;
+        Ok(RocksEngine {
+            db,
+            flusher,
+            flusher_thread: Some(flusher_thread),
+            compactions: Mutex::new(Some(tx)),
+            compactor_thread: Some(compactor_thread),
+            path,
+        })
     }
 
     /// Shuts down cleanly: syncs the WAL, so that everything written survives, then
@@ -246,6 +276,13 @@ impl Drop for StoppedGuard<'_> {
 
 impl Drop for RocksEngine {
     fn drop(&mut self) {
+        // Closing the channel ends the compactor after the compaction it is running.
+        drop(self.compactions.lock().unwrap_or_else(PoisonError::into_inner).take());
+        if let Some(thread) = self.compactor_thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
         self.flusher.lock().stopping = true;
         self.flusher.wake.notify_all();
         let Some(thread) = self.flusher_thread.take() else { return };
@@ -310,6 +347,15 @@ impl Engine for RocksEngine {
         }
         iter.status().map_err(storage_error)?;
         Ok(pairs)
+    }
+
+    fn compact(&self, start: &[u8], end: &[u8]) {
+        if start >= end {
+            return;
+        }
+        if let Some(tx) = self.compactions.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            let _ = tx.send((start.to_vec(), end.to_vec()));
+        }
     }
 
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {

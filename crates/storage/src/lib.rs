@@ -114,6 +114,12 @@ pub trait Engine: Send + Sync + 'static {
     /// The pair with the greatest key in `[start, end)`.
     fn last(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
 
+    /// Asks the engine to give the space of deleted keys in `[start, end)` back to the
+    /// filesystem soon (after a range delete: RocksDB keeps deleted data on disk until a
+    /// compaction rewrites the files that hold it). A hint: it returns at once, and an
+    /// engine without such a cost does nothing.
+    fn compact(&self, _start: &[u8], _end: &[u8]) {}
+
     /// Pairs with `start <= key < end` in ascending key order, as `scan` gives them, but
     /// only while their values add up to at most `bytes_max` (always the first pair when
     /// there is one), so that a reader never reads far more than it will use. The default
@@ -156,5 +162,8 @@ impl<E: Engine + ?Sized> Engine for std::sync::Arc<E> {
     }
     fn scan_bytes(&self, start: &[u8], end: &[u8], bytes_max: usize) -> Result<Vec<KeyValue>, StorageError> {
         (**self).scan_bytes(start, end, bytes_max)
+    }
+    fn compact(&self, start: &[u8], end: &[u8]) {
+        (**self).compact(start, end)
     }
 }

@@ -31,6 +31,9 @@ pub enum Op {
     ListOffsets,
     CreateTopic,
     DeleteTopic,
+    /// Records of one partition deleted below an offset (the invoke's offset; the
+    /// completion's: the log start after it). Records below are deleted, not lost.
+    DeleteRecords,
     /// The nemesis injected a fault.
     Fault,
     /// The nemesis healed faults.

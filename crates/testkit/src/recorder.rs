@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_client::{Client, ClientError, ProducerConfig, Record as ClientRecord, StartAt, TopicInfo};
+use flotilla_client::{
+    Client, ClientError, ConsumerConfig, OffsetReset, ProducerConfig, Record as ClientRecord, StartAt, TopicInfo,
+};
 use tokio::time::Instant;
 
 use crate::history::{Event, History, Kind, NEMESIS_PROCESS, Op, Record};
@@ -200,7 +202,10 @@ impl Recorder {
         let invoke = self.event(actor, Op::Poll, Kind::Invoke).on(topic, partition).offset(offset);
         self.record(invoke.final_drain(final_drain));
         let read = async {
-            let mut consumer = self.client.consumer(topic, partition, StartAt::Offset(offset)).await?;
+            // A position below the log start is an error here, not a reset: the history
+            // says where each read started.
+            let config = ConsumerConfig { offset_reset: OffsetReset::None, ..ConsumerConfig::default() };
+            let mut consumer = self.client.consumer_with(topic, partition, StartAt::Offset(offset), config).await?;
             consumer.poll(max_wait).await
         };
         match read.await {
@@ -231,6 +236,43 @@ impl Recorder {
             }
             Err(e) => {
                 self.failed(actor, Op::ListOffsets, topic, partition, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The log start and high watermark of `partition`.
+    pub async fn log_range(&self, actor: Actor, topic: &str, partition: u32) -> Result<(u64, u64), ClientError> {
+        self.record(self.event(actor, Op::ListOffsets, Kind::Invoke).on(topic, partition));
+        match self.client.list_offsets(topic, partition).await {
+            Ok((earliest, latest)) => {
+                let ok = self.event(actor, Op::ListOffsets, Kind::Ok).on(topic, partition).offset(latest);
+                self.record(ok.note(format!("earliest {earliest}")));
+                Ok((earliest, latest))
+            }
+            Err(e) => {
+                self.failed(actor, Op::ListOffsets, topic, partition, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the records of `partition` below `before`; the new log start.
+    pub async fn delete_records(
+        &self,
+        actor: Actor,
+        topic: &str,
+        partition: u32,
+        before: u64,
+    ) -> Result<u64, ClientError> {
+        self.record(self.event(actor, Op::DeleteRecords, Kind::Invoke).on(topic, partition).offset(before));
+        match self.client.delete_records(topic, partition, before).await {
+            Ok(start) => {
+                self.record(self.event(actor, Op::DeleteRecords, Kind::Ok).on(topic, partition).offset(start));
+                Ok(start)
+            }
+            Err(e) => {
+                self.failed(actor, Op::DeleteRecords, topic, partition, &e);
                 Err(e)
             }
         }

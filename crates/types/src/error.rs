@@ -51,11 +51,15 @@ pub enum ErrorCode {
     /// The request refers to a move, epoch or membership that is no longer current
     /// (cancelled, finished or superseded); nothing was done.
     StaleEpoch = 17,
+    /// The node's free disk space is below its threshold (`disk-free-min-bytes`): it
+    /// refuses writes, keeps serving reads and replication, and accepts writes again by
+    /// itself once retention has freed space. Nothing was written; retry later.
+    DiskFull = 18,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::InvalidRequest,
@@ -74,6 +78,7 @@ impl ErrorCode {
         ErrorCode::LeaderChanged,
         ErrorCode::UnknownNode,
         ErrorCode::StaleEpoch,
+        ErrorCode::DiskFull,
     ];
 
     /// The wire number.
@@ -107,6 +112,7 @@ impl ErrorCode {
             ErrorCode::LeaderChanged => "LEADER_CHANGED",
             ErrorCode::UnknownNode => "UNKNOWN_NODE",
             ErrorCode::StaleEpoch => "STALE_EPOCH",
+            ErrorCode::DiskFull => "DISK_FULL",
         }
     }
 
@@ -120,6 +126,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::StorageError
                 | ErrorCode::LeaderChanged
+                | ErrorCode::DiskFull
         )
     }
 

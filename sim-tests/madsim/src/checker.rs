@@ -112,10 +112,11 @@ fn offsets(group: GroupId, log: &[Entry]) -> BTreeMap<Offset, (Bytes, u32, u64)>
     for e in log {
         if let EntryPayload::Normal(command) = &e.payload {
             match command {
-                Command::Partition(flotilla_partition::Command::Produce { batch, records }) => {
+                Command::Partition(flotilla_partition::Command::Produce { batch, records, .. }) => {
                     out.insert(next, (batch.clone(), *records, e.log_id.index));
                     next += u64::from(*records);
                 }
+                Command::Partition(flotilla_partition::Command::DeleteRecords { .. }) => {}
                 Command::Metadata(c) => panic!("group {group}: metadata command {c:?} committed in a partition"),
             }
         }

@@ -111,7 +111,7 @@ impl Client {
             Ok(Ok(response)) => {
                 match (&command, &response) {
                     (
-                        Command::Partition(flotilla_partition::Command::Produce { batch, records }),
+                        Command::Partition(flotilla_partition::Command::Produce { batch, records, .. }),
                         Response::Partition(flotilla_partition::Response::Produced { base_offset, records: acked_n }),
                     ) => {
                         assert_eq!(records, acked_n, "group {group}: the ack counts other records than were sent");
@@ -181,7 +181,7 @@ pub fn produce(writer: usize, seq: u64) -> Command {
     let n = madsim::rand::thread_rng().gen_range(1..=4);
     let records: Vec<Record> = (0..n).map(|i| Record::value(format!("w{writer}-{seq}-{i}"))).collect();
     let batch = RecordBatch::encode(&records).expect("small batches encode");
-    Command::Partition(flotilla_partition::produce_command(&batch))
+    Command::Partition(flotilla_partition::produce_command(&batch, 1))
 }
 
 pub fn register(id: NodeId) -> Command {

@@ -444,10 +444,11 @@ impl Cluster {
                     continue;
                 }
                 let (Some(group), Some((topic, partition))) = (node.groups().get(g), names.get(&g)) else { continue };
-                let (hw, locations) = group.read(|s| match s {
-                    GroupState::Partition(p) => (p.high_watermark(), p.locate(0, usize::MAX).unwrap_or_default()),
-                    GroupState::Metadata(_) => (0, Vec::new()),
+                let (hw, start) = group.read(|s| match s {
+                    GroupState::Partition(p) => (p.high_watermark(), p.log_start_offset()),
+                    GroupState::Metadata(_) => (0, 0),
                 });
+                let locations = group.batches_from(start, hw, usize::MAX).unwrap_or_default();
                 let mut records = Vec::new();
                 for loc in locations {
                     let Ok(Some(bytes)) = group.read_batch(loc.log_index) else { continue };

@@ -1,6 +1,8 @@
 //! The workload, drawn from the seed: producers (plain and retrying), consumers that
 //! read to the end and sometimes start over, an admin process that creates and deletes
-//! topics, and finally a full drain of every partition. Every operation goes through the
+//! topics, in a third of the seeds a trimmer that deletes a prefix of the main topic's
+//! records (delete-records; RFC 0003), and finally a full drain of every partition from
+//! its log start. Every operation goes through the
 //! smart client and is recorded by `testkit`'s recorder.
 
 use std::collections::BTreeMap;
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_client::{Client, ClientConfig, ProducerConfig};
+use flotilla_client::{Client, ClientConfig, ErrorCode, ProducerConfig};
 use flotilla_testkit::history::History;
 use flotilla_testkit::recorder::{Actor, Recorder};
 use rand::rngs::StdRng;
@@ -55,10 +57,18 @@ impl Plan {
     }
 }
 
-/// Process ids in the history: producers 1.., consumers 100.., admin 200, drain 300.
+/// Process ids in the history: producers 1.., consumers 100.., admin 200, drain 300,
+/// trimmer 400.
 const CONSUMER_BASE: u64 = 100;
 const ADMIN: u64 = 200;
 const DRAIN: u64 = 300;
+const TRIMMER: u64 = 400;
+
+/// Whether a run deletes records: a third of the seeds, decided from the seed already
+/// drawn, so that adding the trimmer changed no other draw of the plan.
+fn trims(plan: &Plan) -> bool {
+    plan.seed.is_multiple_of(3)
+}
 
 pub async fn run(plan: Plan, cluster_size: u64, history: Arc<Mutex<History>>) -> Result<(), String> {
     // The client host starts with the simulation: its clock reads simulated time.
@@ -114,6 +124,10 @@ pub async fn run(plan: Plan, cluster_size: u64, history: Arc<Mutex<History>>) ->
         let rng = StdRng::seed_from_u64(plan.seed ^ ADMIN);
         tasks.push(tokio::spawn(admin(rec, topics, rng, start + plan.faults_until)));
     }
+    if trims(&plan) {
+        let rng = StdRng::seed_from_u64(plan.seed ^ TRIMMER);
+        tasks.push(tokio::spawn(trim(rec.clone(), plan.partitions, rng, start + plan.faults_until)));
+    }
     for t in tasks {
         t.await.map_err(|e| format!("workload task failed: {e}"))?;
     }
@@ -151,8 +165,19 @@ async fn consume(rec: Recorder, process: u64, partitions: u32, mut rng: StdRng, 
         partition = (partition + 1) % partitions;
         let at = positions.get(&partition).copied().unwrap_or(0);
         let actor = Actor::new(process, session);
-        if let Ok(read) = rec.poll(actor, MAIN_TOPIC, partition, at, POLL_WAIT).await {
-            positions.insert(partition, at + read.len() as u64);
+        match rec.poll(actor, MAIN_TOPIC, partition, at, POLL_WAIT).await {
+            Ok(read) => {
+                positions.insert(partition, at + read.len() as u64);
+            }
+            // Deleted below the position: go on from the log start.
+            Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                if let Ok((earliest, latest)) = rec.log_range(actor, MAIN_TOPIC, partition).await
+                    && !(earliest..=latest).contains(&at)
+                {
+                    positions.insert(partition, earliest);
+                }
+            }
+            Err(_) => {}
         }
         if rng.random_bool(0.05) {
             let _ = rec.list_offsets(actor, MAIN_TOPIC, partition).await;
@@ -195,24 +220,48 @@ async fn admin(rec: Recorder, topics: Arc<Mutex<BTreeMap<String, u32>>>, mut rng
     }
 }
 
-/// Reads every partition of every live topic from offset 0 to its end.
+/// Deletes the records of a main-topic partition below a quarter of the way from its log
+/// start to its end, at most twice, while faults run.
+async fn trim(rec: Recorder, partitions: u32, mut rng: StdRng, stop_at: Instant) {
+    let me = Actor::new(TRIMMER, 0);
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(3000..8000))).await;
+        if Instant::now() >= stop_at {
+            return;
+        }
+        let partition = rng.random_range(0..partitions);
+        if let Ok((earliest, latest)) = rec.log_range(me, MAIN_TOPIC, partition).await {
+            let before = earliest + (latest - earliest) / 4;
+            if before > earliest {
+                let _ = rec.delete_records(me, MAIN_TOPIC, partition, before).await;
+            }
+        }
+    }
+}
+
+/// Reads every partition of every live topic from its log start to its end.
 async fn drain(rec: &Recorder, topics: &BTreeMap<String, u32>, deadline: Instant) -> Result<(), String> {
     let me = Actor::new(DRAIN, 0);
     for (topic, partitions) in topics {
         for partition in 0..*partitions {
-            let end = loop {
-                match rec.list_offsets(me, topic, partition).await {
-                    Ok(end) => break end,
+            let (mut at, end) = loop {
+                match rec.log_range(me, topic, partition).await {
+                    Ok(range) => break range,
                     Err(e) if Instant::now() >= deadline => {
                         return Err(format!("drain: no high watermark for {topic}/{partition}: {e}"));
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             };
-            let mut at = 0;
             while at < end {
                 match rec.drain(me, topic, partition, at, POLL_WAIT).await {
                     Ok(read) => at += read.len() as u64,
+                    // A delete-records whose answer was lost took effect meanwhile.
+                    Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                        if let Ok((earliest, _)) = rec.log_range(me, topic, partition).await {
+                            at = at.max(earliest);
+                        }
+                    }
                     Err(e) if Instant::now() >= deadline => {
                         return Err(format!("drain: {topic}/{partition} stuck at offset {at} of {end}: {e}"));
                     }

@@ -394,6 +394,36 @@ fn t31_indeterminate_sends_may_or_may_not_appear() {
     assert_eq!((v.stats.sends_invoked, v.stats.sends_ok, v.stats.sends_info), (4, 1, 3));
 }
 
+/// t33 (RFC 0003): records below a log start that a delete-records may have set are
+/// deleted, not lost, and the final drain need not see them; records above it still are
+/// judged, and a delete-records that definitely failed protects nothing.
+#[test]
+fn t33_records_below_a_deleted_prefix_are_deleted_not_lost() {
+    let history = |outcome: Kind| {
+        let mut h = H::default();
+        h.acked(1, 0, &["a", "b"]);
+        h.acked(1, 2, &["c"]);
+        h.push(Event::new(5, 1, Op::DeleteRecords, Kind::Invoke, 0).on(T, 0).offset(2));
+        h.push(Event::new(5, 1, Op::DeleteRecords, outcome, 0).on(T, 0).offset(2));
+        h.drain(3, 2, &["c"]);
+        h
+    };
+    for outcome in [Kind::Ok, Kind::Info] {
+        let v = history(outcome).check();
+        assert!(v.is_valid(), "{outcome:?}: {v}");
+    }
+    // A failed delete: the drain read past a and b, which are lost.
+    assert_eq!(
+        kinds(&history(Kind::Fail).check()),
+        vec![AnomalyKind::LostWrite, AnomalyKind::LostWrite, AnomalyKind::UnseenAtEnd, AnomalyKind::UnseenAtEnd]
+    );
+
+    // A record above the deleted prefix that the drain missed is still unseen.
+    let mut h = history(Kind::Ok);
+    h.acked(1, 3, &["d"]);
+    assert_eq!(kinds(&h.check()), vec![AnomalyKind::UnseenAtEnd]);
+}
+
 #[test]
 fn t32_deleted_topics_may_lose_acknowledged_writes() {
     let mut h = H::default();

@@ -33,6 +33,9 @@ struct Index<'h> {
     sent: HashMap<&'h str, Vec<usize>>,
     /// Topics with a delete that may have happened.
     deleted: HashSet<&'h str>,
+    /// partition -> the highest offset below which records may have been deleted (by a
+    /// delete-records that did not definitely fail).
+    deleted_below: HashMap<Part<'h>, u64>,
     has_final_drain: bool,
     /// Every acknowledgement and read of a value, in history order.
     seen: Vec<Seen<'h>>,
@@ -63,6 +66,11 @@ impl<'h> Index<'h> {
                 Op::Poll => x.has_final_drain |= op.final_drain(),
                 Op::DeleteTopic if op.outcome() != Kind::Fail => {
                     x.deleted.insert(op.invoke.topic.as_str());
+                }
+                Op::DeleteRecords if op.outcome() != Kind::Fail => {
+                    let before = op.invoke.offset.unwrap_or(0).max(op.ok().and_then(|c| c.offset).unwrap_or(0));
+                    let e = x.deleted_below.entry(op.part()).or_default();
+                    *e = (*e).max(before);
                 }
                 _ => {}
             }
@@ -178,6 +186,10 @@ fn lost_and_unseen(x: &Index<'_>, ops: &[Operation<'_>], out: &mut Vec<Anomaly>)
     let mut judged: HashSet<&str> = HashSet::new();
     for s in x.seen.iter().filter(|s| s.ack) {
         if x.deleted.contains(s.part.0) || !judged.insert(s.value) {
+            continue;
+        }
+        // Below a log start that a delete-records may have set: deleted, not lost.
+        if s.offset.is_some_and(|o| x.deleted_below.get(&s.part).is_some_and(|&below| o < below)) {
             continue;
         }
         let send = &ops[s.op];
