@@ -387,7 +387,8 @@ impl<T: RaftTransport> Node<T> {
         let group = self.partition_group(topic, partition)?;
         group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
         let (start, hw) = Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark()));
-        let Some(base) = group.first_batch_at_or_after(time_ms).map_err(|e| self.storage_error(&what, e))? else {
+        let Some(base) = group.first_offset_at_or_after(start, time_ms).map_err(|e| self.storage_error(&what, e))?
+        else {
             return Ok(hw);
         };
         let Some(loc) = group.batch_at(base).map_err(|e| self.storage_error(&what, e))? else {

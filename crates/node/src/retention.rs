@@ -118,7 +118,7 @@ pub(crate) fn expired_before(group: &Group, retention: Retention, now_ms: u64) -
     if retention.ms > 0 {
         let cutoff = now_ms.saturating_sub(retention.ms);
         // Every batch before the first one at or after the cutoff is older than it.
-        let first_kept = group.first_batch_at_or_after(cutoff)?.unwrap_or(hw);
+        let first_kept = group.first_offset_at_or_after(start, cutoff)?.unwrap_or(hw);
         before = before.max(first_kept);
     }
     if retention.bytes > 0 && end_position > retention.bytes {

@@ -284,9 +284,14 @@ impl Group {
         crate::index::batch_at(self.log.engine(), self.id, offset)
     }
 
-    /// The base offset of the first batch whose time is at or after `time_ms`.
-    pub fn first_batch_at_or_after(&self, time_ms: u64) -> std::io::Result<Option<flotilla_types::Offset>> {
-        crate::index::first_batch_at_or_after(self.log.engine(), self.id, time_ms)
+    /// The first offset at or after `start` whose batch (or an earlier one) has a time
+    /// at or after `time_ms`: see `index::first_offset_at_or_after`.
+    pub fn first_offset_at_or_after(
+        &self,
+        start: flotilla_types::Offset,
+        time_ms: u64,
+    ) -> std::io::Result<Option<flotilla_types::Offset>> {
+        crate::index::first_offset_at_or_after(self.log.engine(), self.id, start, time_ms)
     }
 
     /// The first batch at or after `from` (below `end`) that starts at or after byte

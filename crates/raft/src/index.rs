@@ -94,6 +94,32 @@ pub fn first_batch_at_or_after(engine: &dyn Engine, group: GroupId, time_ms: u64
     }
 }
 
+/// The first offset at or after `start` (the log start) whose batch's time, or the time
+/// of a batch before it, is at or after `time_ms`: where a reader of records from
+/// `time_ms` on begins, and where time-based retention stops deleting. `None` when every
+/// batch from `start` on is older.
+///
+/// The time index holds only batches that raised the greatest time, and its entries
+/// below the log start are deleted (a snapshot installed on a follower deletes them
+/// all): so when the greatest time was already at or after `time_ms` at the log start,
+/// the index has no entry for it and the answer is `start` itself. Found by the
+/// simulation (seed 233, controller profile): retention deleted a hundred records
+/// within retention on a leader that had installed a snapshot.
+pub fn first_offset_at_or_after(
+    engine: &dyn Engine,
+    group: GroupId,
+    start: Offset,
+    time_ms: u64,
+) -> io::Result<Option<Offset>> {
+    if let Some(b) = batch_at(engine, group, start)?
+        && b.end_offset() > start
+        && b.max_timestamp_before.max(b.timestamp_ms) >= time_ms
+    {
+        return Ok(Some(start));
+    }
+    Ok(first_batch_at_or_after(engine, group, time_ms)?.map(|o| o.max(start)))
+}
+
 /// The first batch at or after `from` whose position is at least `position` (retention by
 /// bytes: the batch from which at most `end_position - position` bytes remain), or
 /// `None` if every batch before `end` starts below it. O(log² n) seeks.
@@ -186,6 +212,24 @@ mod tests {
         assert_eq!(first_batch_at_or_after(&engine, 7, 1_020).unwrap(), Some(locs[1].base_offset));
         assert_eq!(first_batch_at_or_after(&engine, 7, 1_045).unwrap(), Some(locs[5].base_offset));
         assert_eq!(first_batch_at_or_after(&engine, 7, 1_501).unwrap(), None, "past the end");
+    }
+
+    /// Simulation seed 233 (controller): on a replica whose time index lost its entries
+    /// below the log start (a snapshot installed), a seek to a time already reached
+    /// before the log start must answer the log start, not the next batch that raised
+    /// the greatest time.
+    #[test]
+    fn a_seek_to_a_time_reached_before_the_log_start_answers_the_log_start() {
+        let engine = MemEngine::new();
+        let (s, locs) = partition(&engine, 50);
+        let start = locs[20].base_offset;
+        let mut b = WriteBatch::new();
+        b.delete_range(keys::indexed(7, TIMES, 0), keys::indexed_end(7, TIMES));
+        engine.write(b).unwrap();
+        assert_eq!(first_offset_at_or_after(&engine, 7, start, 1_050).unwrap(), Some(start));
+        assert_eq!(first_offset_at_or_after(&engine, 7, start, 0).unwrap(), Some(start));
+        // A time after every batch: none.
+        assert_eq!(first_offset_at_or_after(&engine, 7, start, s.max_timestamp_ms() + 1).unwrap(), None);
     }
 
     #[test]

@@ -169,8 +169,15 @@ fn real_time(history: &History, ops: &[Operation<'_>], out: &mut Vec<Anomaly>) {
 
 /// Within one (process, session, partition), each ok poll starts where the previous one
 /// ended, and its records start at its position and are consecutive. Failed and
-/// indeterminate polls do not move the position.
+/// indeterminate polls do not move the position. A reader may skip ahead over records a
+/// delete-records (that did not definitely fail) may have deleted: up to its offset.
 fn poll_continuity(ops: &[Operation<'_>], out: &mut Vec<Anomaly>) {
+    let mut deleted_below: HashMap<Part<'_>, u64> = HashMap::new();
+    for op in ops.iter().filter(|op| op.op == Op::DeleteRecords && op.outcome() != crate::history::Kind::Fail) {
+        let before = op.invoke.offset.unwrap_or(0).max(op.ok().and_then(|c| c.offset).unwrap_or(0));
+        let e = deleted_below.entry(op.part()).or_default();
+        *e = (*e).max(before);
+    }
     // (process, session, partition) -> where the next poll must start, and the op that
     // said so.
     let mut next: HashMap<(u64, u64, Part<'_>), (u64, usize)> = HashMap::new();
@@ -180,8 +187,10 @@ fn poll_continuity(ops: &[Operation<'_>], out: &mut Vec<Anomaly>) {
         }
         let (Some(ok), Some(pos)) = (op.ok(), op.position()) else { continue };
         let key = (op.process, op.session, op.part());
+        let over_deleted = |expected: u64| pos > expected && deleted_below.get(&op.part()).is_some_and(|&b| pos <= b);
         if let Some(&(expected, prev)) = next.get(&key)
             && pos != expected
+            && !over_deleted(expected)
         {
             let p = &ops[prev];
             let mut events = p.events();
