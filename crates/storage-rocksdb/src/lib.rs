@@ -58,8 +58,10 @@ type KeyRange = (Vec<u8>, Vec<u8>);
 /// Name of the thread that compacts ranges whose keys were deleted (`Engine::compact`).
 pub const COMPACTOR_THREAD_NAME: &str = "flotilla-compactor";
 
-/// The memtable size: large enough that a burst of appends does not stall on flushes.
-const WRITE_BUFFER_SIZE_BYTES: usize = 64 << 20;
+/// The memtable size: large enough that a burst of appends does not stall on flushes,
+/// small enough that a node's memory stays within its budget (a full memtable is most
+/// of what a busy node holds beyond its idle size: docs/perf.md, "The log's lifecycle").
+const WRITE_BUFFER_SIZE_BYTES: usize = 32 << 20;
 /// Memtables kept before writes stall (one active, the rest flushing).
 const MAX_WRITE_BUFFERS: i32 = 4;
 /// RocksDB's own info logs to keep (its default is 1,000).
