@@ -267,9 +267,15 @@ impl<T: RaftTransport> Node<T> {
                 return Err(Self::out_of_range(&what, offset, start, hw));
             };
             if locations.is_empty() && offset < hw {
-                // Deleted between reading the log start and reading the index.
+                // Deleted between reading the log start and reading the index; otherwise
+                // the index lacks a batch it should hold: retriable, at another replica.
                 let (hw, start) = Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
-                return Err(Self::out_of_range(&what, offset, start, hw));
+                if offset < start {
+                    return Err(Self::out_of_range(&what, offset, start, hw));
+                }
+                return Err(
+                    self.storage_error(&what, std::io::Error::other(format!("no batch indexed at offset {offset}")))
+                );
             }
             if planted::armed(Bug::FetchPastCommit) && locations.is_empty() && offset == hw {
                 let uncommitted = Self::planted_uncommitted(&group, hw);
