@@ -145,15 +145,7 @@ async fn l30_retention_ms_deletes_old_batches_and_seek_by_time_uses_the_time_ind
         stamped(&[("new-0", now - 1000), ("new-1", now)]),
     ];
     for b in &batches {
-        eventually("produce", async || {
-            for n in &nodes {
-                if let Ok((base, _)) = n.produce("t", 0, b.clone()).await {
-                    return Some(base);
-                }
-            }
-            None
-        })
-        .await;
+        produce_batch(&nodes, "t", 0, b).await;
     }
     let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     // Seek by time: before everything, at a batch's first record, between batches,
@@ -287,16 +279,7 @@ async fn l70_records_stamped_like_the_last_deleted_one_are_neither_skipped_nor_d
     let group = topic.partitions[0].group;
     let ts = flotilla_types::SystemClock.now_ms() - 1_000;
     for i in 0..10 {
-        let b = stamped(&[(&format!("v{i}"), ts)]);
-        eventually("produce", async || {
-            for n in &nodes {
-                if let Ok((base, _)) = n.produce("t", 0, b.clone()).await {
-                    return Some(base);
-                }
-            }
-            None
-        })
-        .await;
+        produce_batch(&nodes, "t", 0, &stamped(&[(&format!("v{i}"), ts)])).await;
     }
     let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     assert_eq!(leader.delete_records("t", 0, 4).await.unwrap(), 4);

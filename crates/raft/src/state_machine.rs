@@ -298,24 +298,27 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 self.engine.compact(&keys::indexed(g, OFFSETS, 0), &keys::indexed(g, OFFSETS, next.base_offset));
             } else if self.current().is_none() {
                 // Nothing applied yet (openraft asks anyway): the empty state.
-                let applied = self.shared.inner.read().expect("state lock poisoned").clone();
-                let meta = SnapshotMetaOf::<TypeConfig> {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.membership.clone(),
-                };
-                self.keep(&mut b, &(meta, encode(&applied)), 0);
-                self.engine.write(b).map_err(to_io)?;
+                self.keep_whole_state()?;
             }
         } else {
-            let applied = self.shared.inner.read().expect("state lock poisoned").clone();
-            let meta = SnapshotMetaOf::<TypeConfig> {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-            };
-            self.keep(&mut b, &(meta, encode(&applied)), 0);
-            self.engine.write(b).map_err(to_io)?;
+            self.keep_whole_state()?;
         }
         self.current().ok_or_else(|| io::Error::other("no snapshot to build"))
+    }
+}
+
+impl StateMachineStore {
+    /// Saves the whole applied state as the current snapshot (the metadata group's
+    /// snapshot; a partition's before anything was applied).
+    fn keep_whole_state(&self) -> io::Result<()> {
+        let applied = self.shared.inner.read().expect("state lock poisoned").clone();
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+        };
+        let mut b = WriteBatch::new();
+        self.keep(&mut b, &(meta, encode(&applied)), 0);
+        self.engine.write(b).map_err(to_io)
     }
 }
 

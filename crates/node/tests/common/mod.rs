@@ -129,9 +129,14 @@ pub fn batch(values: &[&str]) -> RecordBatch {
 }
 
 pub async fn produce(nodes: &[Node<LocalTransport>], topic: &str, p: u32, values: &[&str]) -> u64 {
+    produce_batch(nodes, topic, p, &batch(values)).await
+}
+
+/// Produces `b` through whichever node leads the partition; its base offset.
+pub async fn produce_batch(nodes: &[Node<LocalTransport>], topic: &str, p: u32, b: &RecordBatch) -> u64 {
     eventually("a produce to succeed", async || {
         for n in nodes {
-            match n.produce(topic, p, batch(values)).await {
+            match n.produce(topic, p, b.clone()).await {
                 Ok((base, _)) => return Some(base),
                 Err(ApiError {
                     code: ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::LeaderChanged | ErrorCode::UnknownTopic,
