@@ -5,14 +5,12 @@
 //! here it is checked against the cluster (topics, partitions, leadership, limits).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_metadata::{Command as MetaCommand, Liveness, Response as MetaResponse, Topic, TopicPolicy};
-use flotilla_partition::{PartitionState, Response as PartResponse};
-use flotilla_raft::state_machine::GroupState;
-use flotilla_raft::{Command, Group, RaftTransport, Response, WriteError};
+use flotilla_partition::Response as PartResponse;
+use flotilla_raft::{Group, PartitionGroup, RaftTransport, WriteError};
 use flotilla_types::planted::{self, Bug};
 use flotilla_types::{ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
 use serde::Serialize;
@@ -139,7 +137,7 @@ impl<T: RaftTransport> Node<T> {
     }
 
     /// The partition's group on this node, or why it cannot serve it.
-    fn partition_group(&self, topic: &str, partition: PartitionId) -> Result<Arc<Group>, ApiError> {
+    fn partition_group(&self, topic: &str, partition: PartitionId) -> Result<PartitionGroup, ApiError> {
         let assignment = self.with_metadata(|m| {
             let t = m
                 .topic(topic)
@@ -152,7 +150,7 @@ impl<T: RaftTransport> Node<T> {
             })
         })?;
         let what = format!("{topic}/{partition}");
-        match self.groups().get(assignment.group) {
+        match self.groups().partition(assignment.group) {
             Some(g) => Ok(g),
             None if assignment.replicas.contains(&self.id()) => Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -160,13 +158,6 @@ impl<T: RaftTransport> Node<T> {
             )),
             None => Err(self.leader_error(assignment.group, None, ErrorCode::NotLeader, &what)),
         }
-    }
-
-    fn read_partition<R>(g: &Group, f: impl FnOnce(&PartitionState) -> R) -> R {
-        g.read(|s| match s {
-            GroupState::Partition(p) => f(p),
-            GroupState::Metadata(_) => unreachable!("partition groups hold partitions"),
-        })
     }
 
     /// Appends a batch (checked at the edge: checksum, structure, limits); answers once a
@@ -185,9 +176,9 @@ impl<T: RaftTransport> Node<T> {
                 format!("{what}: node {} refuses writes: {why}; retry once retention has freed space", self.id()),
             ));
         }
-        let cmd = Command::Partition(flotilla_partition::produce_command(&batch, self.inner.clock.now_ms()));
+        let cmd = flotilla_partition::produce_command(&batch, self.inner.clock.now_ms());
         match group.write(cmd, self.produce_timeout()).await {
-            Ok(Response::Partition(PartResponse::Produced { base_offset, records })) => {
+            Ok(PartResponse::Produced { base_offset, records }) => {
                 assert_eq!(records, batch.len(), "applied a different batch than proposed");
                 Ok((base_offset, records))
             }
@@ -246,7 +237,7 @@ impl<T: RaftTransport> Node<T> {
             ));
         }
         loop {
-            let (hw, start) = Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
+            let (hw, start) = group.read(|p| (p.high_watermark(), p.log_start_offset()));
             let located = if (start..=hw).contains(&offset) {
                 Some(group.batches_from(offset, hw, max_bytes).map_err(|e| self.storage_error(&what, e))?)
             } else {
@@ -269,7 +260,7 @@ impl<T: RaftTransport> Node<T> {
             if locations.is_empty() && offset < hw {
                 // Deleted between reading the log start and reading the index; otherwise
                 // the index lacks a batch it should hold: retriable, at another replica.
-                let (hw, start) = Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
+                let (hw, start) = group.read(|p| (p.high_watermark(), p.log_start_offset()));
                 if offset < start {
                     return Err(Self::out_of_range(&what, offset, start, hw));
                 }
@@ -291,8 +282,7 @@ impl<T: RaftTransport> Node<T> {
                         None => {
                             // Purged by retention since the index was read: what was
                             // read before it is still an answer.
-                            let (hw, start) =
-                                Self::read_partition(&group, |p| (p.high_watermark(), p.log_start_offset()));
+                            let (hw, start) = group.read(|p| (p.high_watermark(), p.log_start_offset()));
                             if loc.base_offset < start {
                                 if !batches.is_empty() {
                                     break;
@@ -380,7 +370,7 @@ impl<T: RaftTransport> Node<T> {
         let what = format!("{topic}/{partition}");
         let group = self.partition_group(topic, partition)?;
         group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
-        Ok(Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark())))
+        Ok(group.read(|p| (p.log_start_offset(), p.high_watermark())))
     }
 
     /// The first offset whose record's timestamp is at or after `time_ms` (Kafka's
@@ -392,7 +382,7 @@ impl<T: RaftTransport> Node<T> {
         let what = format!("{topic}/{partition}");
         let group = self.partition_group(topic, partition)?;
         group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
-        let (start, hw) = Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark()));
+        let (start, hw) = group.read(|p| (p.log_start_offset(), p.high_watermark()));
         let Some(base) = group.first_offset_at_or_after(start, time_ms).map_err(|e| self.storage_error(&what, e))?
         else {
             return Ok(hw);
@@ -424,7 +414,7 @@ impl<T: RaftTransport> Node<T> {
         let what = format!("{topic}/{partition}");
         let group = self.partition_group(topic, partition)?;
         group.linearizable_barrier().await.map_err(|e| self.write_error(e, &what))?;
-        let (start, hw) = Self::read_partition(&group, |p| (p.log_start_offset(), p.high_watermark()));
+        let (start, hw) = group.read(|p| (p.log_start_offset(), p.high_watermark()));
         if before > hw {
             return Err(ApiError::new(
                 ErrorCode::OffsetOutOfRange,
@@ -433,9 +423,9 @@ impl<T: RaftTransport> Node<T> {
                 ),
             ));
         }
-        let cmd = Command::Partition(flotilla_partition::Command::DeleteRecords { before });
+        let cmd = flotilla_partition::Command::DeleteRecords { before };
         match group.write(cmd, self.produce_timeout()).await {
-            Ok(Response::Partition(PartResponse::LogStart { log_start })) => Ok(log_start),
+            Ok(PartResponse::LogStart { log_start }) => Ok(log_start),
             Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("{what}: unexpected response {other:?}"))),
             Err(e) => Err(self.write_error(e, &what)),
         }
@@ -451,7 +441,7 @@ impl<T: RaftTransport> Node<T> {
                 .partitions
                 .iter()
                 .map(|p| {
-                    let local = self.groups().get(p.group);
+                    let local = self.groups().partition(p.group);
                     // A partition not hosted here: its leader's own report, while the
                     // metadata group holds that node alive.
                     let leader = match &local {
@@ -463,7 +453,7 @@ impl<T: RaftTransport> Node<T> {
                         group: p.group,
                         leader,
                         replicas: p.replicas.clone(),
-                        high_watermark: local.as_ref().map(|g| Self::read_partition(g, |s| s.high_watermark())),
+                        high_watermark: local.as_ref().map(|g| g.read(|s| s.high_watermark())),
                     }
                 })
                 .collect(),
@@ -522,10 +512,9 @@ impl<T: RaftTransport> Node<T> {
 
     pub(crate) async fn metadata_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         let group = self.metadata_group();
-        match group.write_or_forward(self.groups().router(), Command::Metadata(cmd), self.produce_timeout()).await {
-            Ok(Response::Metadata(MetaResponse::Error { code, message })) => Err(ApiError::new(code, message)),
-            Ok(Response::Metadata(r)) => Ok(r),
-            Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("unexpected metadata response {other:?}"))),
+        match group.write_or_forward(self.groups().router(), cmd, self.produce_timeout()).await {
+            Ok(MetaResponse::Error { code, message }) => Err(ApiError::new(code, message)),
+            Ok(r) => Ok(r),
             Err(e) => Err(self.write_error(e, "the metadata group")),
         }
     }

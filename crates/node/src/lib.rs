@@ -24,8 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_metadata::MetadataState;
-use flotilla_raft::state_machine::GroupState;
-use flotilla_raft::{Group, GroupKind, Groups, RaftTransport};
+use flotilla_raft::{GroupKind, Groups, MetadataGroup, RaftTransport};
 use flotilla_storage::Engine;
 use flotilla_types::{Clock, METADATA_GROUP, NodeId};
 use tokio::sync::watch;
@@ -137,16 +136,13 @@ impl<T: RaftTransport> Node<T> {
         &self.inner.addresses
     }
 
-    pub(crate) fn metadata_group(&self) -> Arc<Group> {
-        self.inner.groups.get(METADATA_GROUP).expect("the metadata group runs for the node's whole life")
+    pub(crate) fn metadata_group(&self) -> MetadataGroup {
+        self.inner.groups.metadata().expect("the metadata group runs for the node's whole life")
     }
 
     /// Runs `f` on the metadata state as this node has applied it.
     pub fn with_metadata<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
-        self.metadata_group().read(|s| match s {
-            GroupState::Metadata(m) => f(m),
-            GroupState::Partition(_) => unreachable!("group 0 holds metadata"),
-        })
+        self.metadata_group().read(f)
     }
 
     /// Handles a Raft message from a peer (the transport's server side).

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_raft::RaftTransport;
-use flotilla_raft::state_machine::GroupState;
 
 use crate::Node;
 
@@ -103,12 +102,9 @@ impl<T: RaftTransport> Node<T> {
         family(&mut out, "flotilla_partition_leader", "gauge", "1 when this node leads the partition, else 0.");
         let mut rows = Vec::new();
         for (topic, partition, group, rf, moving) in &partitions {
-            let Some(g) = self.groups().get(*group) else { continue };
+            let Some(g) = self.groups().partition(*group) else { continue };
             let status = g.status();
-            let (hw, end) = g.read(|s| match s {
-                GroupState::Partition(p) => (p.high_watermark(), p.high_watermark()),
-                GroupState::Metadata(_) => (0, 0),
-            });
+            let (hw, end) = g.read(|p| (p.high_watermark(), p.high_watermark()));
             let voters = g.membership().voters();
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",group=\"{group}\"");
             let _ = writeln!(out, "flotilla_partition_leader{{{labels}}} {}", u8::from(status.is_leader));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, Response as MetaResponse};
-use flotilla_raft::{Command, GroupKind, RaftTransport, Response, WriteError};
+use flotilla_raft::{GroupKind, RaftTransport, WriteError};
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 
 use crate::Node;
@@ -40,7 +40,7 @@ pub(crate) async fn register_loop<T: RaftTransport>(node: Node<T>) {
             return;
         }
         let group = node.metadata_group();
-        let cmd = Command::Metadata(MetaCommand::RegisterBroker(me.clone()));
+        let cmd = MetaCommand::RegisterBroker(me.clone());
         let timeout = Duration::from_secs(5);
         let mut result = group.write_or_forward(node.groups().router(), cmd.clone(), timeout).await;
         let others: Vec<NodeId> = peers.iter().copied().filter(|p| *p != me.id).collect();
@@ -52,7 +52,7 @@ pub(crate) async fn register_loop<T: RaftTransport>(node: Node<T>) {
             }
         }
         match result {
-            Ok(Response::Metadata(MetaResponse::Ok)) => {}
+            Ok(MetaResponse::Ok) => {}
             Ok(other) => tracing::warn!(?other, "registration refused"),
             Err(e) => tracing::debug!(error = %e, "registration not done yet"),
         }

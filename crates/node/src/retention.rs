@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_partition::Command as PartCommand;
-use flotilla_raft::{Command, Group, RaftTransport};
+use flotilla_raft::{PartitionGroup, RaftTransport};
 use flotilla_types::{GroupId, Offset};
 
 use crate::Node;
@@ -51,14 +51,14 @@ pub(crate) async fn retention_loop<T: RaftTransport>(node: Node<T>) {
 pub(crate) async fn check_once<T: RaftTransport>(node: &Node<T>) {
     let policies = retention_by_group(node);
     for (group_id, retention) in policies {
-        let Some(group) = node.groups().get(group_id) else { continue };
+        let Some(group) = node.groups().partition(group_id) else { continue };
         if group.stopped().is_some() {
             continue;
         }
         if group.is_leader() {
             match expired_before(&group, retention, node.inner.clock.now_ms()) {
                 Ok(Some(before)) => {
-                    let cmd = Command::Partition(PartCommand::DeleteRecords { before });
+                    let cmd = PartCommand::DeleteRecords { before };
                     match group.write(cmd, node.produce_timeout()).await {
                         Ok(_) => tracing::debug!(group = group_id, before, "retention moved the log start"),
                         Err(e) => {
@@ -102,15 +102,12 @@ fn retention_by_group<T: RaftTransport>(node: &Node<T>) -> BTreeMap<GroupId, Ret
 }
 
 /// The log start retention asks for, when it is past the current one.
-pub(crate) fn expired_before(group: &Group, retention: Retention, now_ms: u64) -> std::io::Result<Option<Offset>> {
-    let Some((start, hw, end_position)) = group.read(|s| match s {
-        flotilla_raft::state_machine::GroupState::Partition(p) => {
-            Some((p.log_start_offset(), p.high_watermark(), p.end_position()))
-        }
-        flotilla_raft::state_machine::GroupState::Metadata(_) => None,
-    }) else {
-        return Ok(None);
-    };
+pub(crate) fn expired_before(
+    group: &PartitionGroup,
+    retention: Retention,
+    now_ms: u64,
+) -> std::io::Result<Option<Offset>> {
+    let (start, hw, end_position) = group.read(|p| (p.log_start_offset(), p.high_watermark(), p.end_position()));
     if start >= hw {
         return Ok(None);
     }

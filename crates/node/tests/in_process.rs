@@ -249,10 +249,7 @@ async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
         gg.is_leader().then_some(())
     })
     .await;
-    let behind = gg.read(|s| match s {
-        flotilla_raft::state_machine::GroupState::Partition(p) => p.high_watermark(),
-        _ => unreachable!(),
-    });
+    let behind = g.groups().partition(group).unwrap().read(|p| p.high_watermark());
     assert!(behind < end, "the scenario needs a new leader that has not applied c (its high watermark is {behind})");
     match g.fetch("t", 0, end, 1 << 20, Duration::from_millis(300), false).await {
         Ok(r) => panic!("the new leader answered a fetch from a state behind the old leader's: {r:?}"),

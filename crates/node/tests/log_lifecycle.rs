@@ -31,10 +31,7 @@ async fn cluster(net: &LocalNet, engines: &[MemEngine]) -> Vec<Node<LocalTranspo
 
 /// (log start, high watermark) of the partition's replica on `node`.
 fn range(node: &Node<LocalTransport>, group: GroupId) -> Option<(u64, u64)> {
-    node.groups().get(group)?.read(|s| match s {
-        GroupState::Partition(p) => Some((p.log_start_offset(), p.high_watermark())),
-        GroupState::Metadata(_) => None,
-    })
+    Some(node.groups().partition(group)?.read(|p| (p.log_start_offset(), p.high_watermark())))
 }
 
 /// The lowest log index `group` still stores on `engine`.

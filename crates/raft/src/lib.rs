@@ -23,6 +23,7 @@ pub mod registry;
 #[cfg_attr(madsim, path = "rt_madsim.rs")]
 pub mod rt;
 pub mod state_machine;
+pub mod typed;
 pub mod wire;
 
 pub use command::{Command, Response};
@@ -30,6 +31,7 @@ pub use config::GroupTimings;
 pub use group::{Group, GroupKind, GroupStatus, MEMBERSHIP_TIMEOUT, MembershipError, MembershipView, WriteError};
 pub use network::{MoveThrottle, RaftTransport, TransportError};
 pub use registry::Groups;
+pub use typed::{MetadataGroup, PartitionGroup};
 
 openraft::declare_raft_types!(
     /// The one type configuration shared by the metadata group and every partition group.

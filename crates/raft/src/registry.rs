@@ -61,6 +61,17 @@ impl<T: RaftTransport> Groups<T> {
         self.groups.read().expect("groups lock poisoned").get(&id).cloned()
     }
 
+    /// The partition group `id`, typed; `None` when it does not run here (or is not a
+    /// partition group).
+    pub fn partition(&self, id: GroupId) -> Option<crate::PartitionGroup> {
+        self.get(id).and_then(crate::PartitionGroup::new)
+    }
+
+    /// The metadata group (`METADATA_GROUP`), typed, once it runs here.
+    pub fn metadata(&self) -> Option<crate::MetadataGroup> {
+        self.get(flotilla_types::METADATA_GROUP).and_then(crate::MetadataGroup::new)
+    }
+
     pub fn ids(&self) -> Vec<GroupId> {
         self.groups.read().expect("groups lock poisoned").keys().copied().collect()
     }

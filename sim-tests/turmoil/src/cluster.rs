@@ -11,7 +11,6 @@ use flotilla_metadata::placement::Action;
 use flotilla_metadata::{AdminState, Liveness};
 use flotilla_node::admin::Scenario;
 use flotilla_node::{AddressBook, Node, NodeConfig};
-use flotilla_raft::state_machine::GroupState;
 use flotilla_rpc::GrpcTransport;
 use flotilla_storage::MemEngine;
 use flotilla_testkit::checker::ReplicaLog;
@@ -443,11 +442,10 @@ impl Cluster {
                 if g == METADATA_GROUP {
                     continue;
                 }
-                let (Some(group), Some((topic, partition))) = (node.groups().get(g), names.get(&g)) else { continue };
-                let (hw, start) = group.read(|s| match s {
-                    GroupState::Partition(p) => (p.high_watermark(), p.log_start_offset()),
-                    GroupState::Metadata(_) => (0, 0),
-                });
+                let (Some(group), Some((topic, partition))) = (node.groups().partition(g), names.get(&g)) else {
+                    continue;
+                };
+                let (hw, start) = group.read(|p| (p.high_watermark(), p.log_start_offset()));
                 let locations = group.batches_from(start, hw, usize::MAX).unwrap_or_default();
                 let mut records = Vec::new();
                 for loc in locations {
