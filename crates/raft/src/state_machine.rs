@@ -408,6 +408,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         write_durable(self.engine.as_ref(), b).await.map_err(to_io)?;
         *self.shared.inner.write().expect("state lock poisoned") = applied;
         self.shared.applied_tx.send_replace(index);
+        tracing::info!(group = %self.group, index, "installed a snapshot from the leader");
         Ok(())
     }
 

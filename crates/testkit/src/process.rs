@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     /// Nodes `start_with` does not start: they are in every node's `--peers` but stay
     /// down until `restart` starts them (a cluster still forming).
     pub deferred: Vec<u64>,
+    /// Node `id`'s data directory when it is not the cluster's own (for example on a
+    /// small filesystem the test mounted).
+    pub data_dirs: Vec<(u64, PathBuf)>,
 }
 
 /// Real `flotilla node` processes. Every node is killed when this is dropped.
@@ -72,7 +75,11 @@ impl ProcessCluster {
                 NodeProc {
                     id,
                     addr: a.clone(),
-                    data_dir: dir.path().join(format!("node-{id}")),
+                    data_dir: options
+                        .data_dirs
+                        .iter()
+                        .find(|(n, _)| *n == id)
+                        .map_or_else(|| dir.path().join(format!("node-{id}")), |(_, d)| d.clone()),
                     log: dir.path().join(format!("node-{id}.log")),
                     child: None,
                     args: zone_args(&options, id),
