@@ -1,6 +1,7 @@
 //! `flotilla`: the one binary. Runs a node (`node`), a local cluster (`dev`), and the
 //! client and admin commands (`topic`, `produce`, `consume`, `cluster`, `bench`).
 
+mod bench;
 mod client_cmds;
 mod dev;
 mod node_cmd;
