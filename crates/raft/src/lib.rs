@@ -23,6 +23,7 @@ pub mod registry;
 #[cfg_attr(madsim, path = "rt_madsim.rs")]
 pub mod rt;
 pub mod state_machine;
+pub mod tail;
 pub mod typed;
 pub mod wire;
 

@@ -19,6 +19,7 @@ use openraft::{RaftLogReader, RaftTypeConfig};
 
 use crate::TypeConfig;
 use crate::keys;
+use crate::tail::Tail;
 
 type Entry = <TypeConfig as RaftTypeConfig>::Entry;
 
@@ -79,11 +80,19 @@ pub(crate) async fn write_durable(engine: &dyn Engine, b: WriteBatch) -> Result<
 pub struct LogStore {
     group: GroupId,
     engine: Arc<dyn Engine>,
+    /// The entries appended and not yet applied, in memory (`tail`).
+    tail: Tail,
 }
 
 impl LogStore {
     pub fn new(group: GroupId, engine: Arc<dyn Engine>) -> LogStore {
-        LogStore { group, engine }
+        LogStore { group, engine, tail: Tail::default() }
+    }
+
+    /// The unapplied tail this log keeps in memory; the group's state machine empties
+    /// it as it applies.
+    pub fn tail(&self) -> Tail {
+        self.tail.clone()
     }
 
     /// Reads the entry at `index`, if present.
@@ -119,6 +128,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(entries) = self.tail.read(start, end, usize::MAX) {
+            return Ok(entries);
+        }
         let end_key = match range.end_bound() {
             Bound::Included(i) => keys::log(self.group, i + 1),
             Bound::Excluded(i) => keys::log(self.group, *i),
@@ -133,6 +150,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// sent in one message. Reading the whole range asked for read up to 256 entries of
     /// up to 4 MiB each for every lagging follower.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
+        if let Some(entries) = self.tail.read(start, end, limits::RAFT_APPEND_BYTES_MAX) {
+            return Ok(entries);
+        }
         let pairs = self
             .engine
             .scan_bytes(&keys::log(self.group, start), &keys::log(self.group, end), limits::RAFT_APPEND_BYTES_MAX)
@@ -219,14 +239,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut b = WriteBatch::new();
+        let mut kept = Vec::new();
         for e in entries {
-            b.put(keys::log(self.group, e.log_id.index), encode(&e));
+            let bytes = encode(&e);
+            let size = bytes.len();
+            b.put(keys::log(self.group, e.log_id.index), bytes);
+            kept.push((e, size));
         }
         if let Err(e) = self.engine.write(b) {
             let err = to_io(e);
             callback.io_completed(Err(io::Error::new(err.kind(), err.to_string())));
             return Err(err);
         }
+        // Written (readable, not yet durable): readers may have them from memory now.
+        self.tail.appended(kept);
         if planted::armed(Bug::AckBeforeFlush) {
             callback.io_completed(Ok(()));
             self.engine.on_durable(Box::new(|_| {}));
@@ -240,6 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.tail.truncated(from);
         let mut b = WriteBatch::new();
         b.delete_range(keys::log(self.group, from), keys::log_end(self.group));
         // Durable so that conflicting entries cannot come back after a crash.
@@ -247,6 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        self.tail.applied(log_id.index);
         let mut b = WriteBatch::new();
         b.put(keys::meta(self.group, keys::PURGED), encode(&log_id));
         b.delete_range(keys::log(self.group, 0), keys::log(self.group, log_id.index + 1));

@@ -105,7 +105,8 @@ impl<T: RaftTransport> Groups<T> {
             .map_err(|e| format!("group {id}: cannot read its tombstone: {e}"))?;
         let log = LogStore::new(id, self.engine.clone());
         let sm = StateMachineStore::open(id, self.engine.clone(), initial)
-            .map_err(|e| format!("group {id}: cannot read its applied state: {e}"))?;
+            .map_err(|e| format!("group {id}: cannot read its applied state: {e}"))?
+            .with_tail(log.tail());
         let shared = sm.shared();
         let network = NetworkFactory::new(self.router.clone(), id);
         let raft: Raft = openraft::Raft::new(self.node, config, network, log.clone(), sm)

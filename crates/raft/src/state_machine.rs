@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::keys::{self, MEMBERSHIPS, OFFSETS, TIMES};
 use crate::log_store::{decode, encode, to_io, write_durable};
+use crate::tail::Tail;
 use crate::{Command, Response, TypeConfig};
 
 type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
@@ -112,9 +113,22 @@ pub struct StateMachineStore {
     shared: Arc<SharedState>,
     /// The leader of the last produce applied; only the planted bug `DoubleApply` reads it.
     last_produce_leader: Option<String>,
+    /// The group's unapplied tail (`LogStore::tail`), emptied as entries are applied.
+    tail: Option<Tail>,
 }
 
 impl StateMachineStore {
+    /// Empties `tail` (the group's log's unapplied tail) as entries are applied.
+    pub fn with_tail(self, tail: Tail) -> StateMachineStore {
+        StateMachineStore { tail: Some(tail), ..self }
+    }
+
+    fn applied_through(&self, index: u64) {
+        if let Some(t) = &self.tail {
+            t.applied(index);
+        }
+    }
+
     /// Opens group `group`'s state machine from what the engine holds: a partition from
     /// its applied state, the metadata group from its snapshot; `initial` when there is
     /// nothing.
@@ -141,7 +155,7 @@ impl StateMachineStore {
             _ => 0,
         };
         shared.set_snapshot(snapshot, start);
-        Ok(StateMachineStore { group, engine, shared: Arc::new(shared), last_produce_leader: None })
+        Ok(StateMachineStore { group, engine, shared: Arc::new(shared), last_produce_leader: None, tail: None })
     }
 
     pub fn shared(&self) -> Arc<SharedState> {
@@ -362,6 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if let Some(index) = last {
             self.shared.applied_tx.send_replace(index);
+            self.applied_through(index);
         }
         Ok(())
     }
@@ -408,6 +423,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         write_durable(self.engine.as_ref(), b).await.map_err(to_io)?;
         *self.shared.inner.write().expect("state lock poisoned") = applied;
         self.shared.applied_tx.send_replace(index);
+        self.applied_through(index);
         tracing::info!(group = %self.group, index, "installed a snapshot from the leader");
         Ok(())
     }
@@ -467,6 +483,7 @@ impl StateMachineStore {
             }
         }
         self.shared.applied_tx.send_replace(last);
+        self.applied_through(last);
         Ok(())
     }
 }
