@@ -10,7 +10,9 @@ Usage:
   scripts/log_lifecycle.py retain [MINUTES] [MB]
                                             # a topic with retention-bytes MB (default 100)
                                             # under continuous produce for MINUTES (default
-                                            # 10); each node's data directory sampled
+                                            # 10), values that do not compress; each node's
+                                            # data directory sampled and 5,000 records read
+                                            # from the log start every 10 s
 Starts three `flotilla node` processes (ports 7171-7173, data in /tmp/flotilla-lifecycle)
 and drives them with `flotilla bench produce`. FLOTILLA names the binary (default: the
 release build if present, else the debug build). Prints one line per sample.
@@ -74,8 +76,9 @@ def down():
         p.wait()
 
 
-def bench(records, seconds=None):
+def bench(records, seconds=None, random_values=False):
     args = ["bench", "produce", "--topic", "t", "--producers", "64", "--record-size", "1024", "--linger-ms", "2"]
+    args += ["--random-values"] if random_values else []
     args += ["--duration-secs", str(seconds)] if seconds else ["--records", str(records)]
     return subprocess.Popen([BIN, "--bootstrap", BOOT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -122,19 +125,26 @@ def retain(minutes, mb):
     up()
     cli("topic", "create", "t", "--partitions", "1", "--replication-factor", "3", "--retention-bytes",
         str(mb << 20))
-    b = bench(None, seconds=int(minutes * 60))
+    b = bench(None, seconds=int(minutes * 60), random_values=True)
     t0 = time.time()
     worst = 0.0
+    reads, contiguous = 0, 0
     while b.poll() is None:
         time.sleep(10)
         sizes = {i: du_mib(f"{DIR}/node-{i}") for i in procs}
         worst = max(worst, *sizes.values())
-        r = cli("consume", "t", "-p", "0", "-o", "beginning", "-n", "1", "--print-offset", check=False)
-        start_offset = r.stdout.split(":")[1].split()[0] if r.returncode == 0 and ":" in r.stdout else "?"
+        # A consumer from the log start: 5,000 records, which must be contiguous offsets.
+        r = cli("consume", "t", "-p", "0", "-o", "beginning", "-n", "5000", "--format", "%o\n", check=False)
+        offsets = [int(x) for x in r.stdout.split()] if r.returncode == 0 else []
+        ok = len(offsets) == 5000 and offsets == list(range(offsets[0], offsets[0] + 5000))
+        reads += 1
+        contiguous += ok
+        start_offset = offsets[0] if offsets else "?"
         print(f"{time.time()-t0:6.0f}s data (MiB): " + ", ".join(f"n{i} {sizes[i]:.0f}" for i in procs)
-              + f"; log start {start_offset}", flush=True)
+              + f"; log start {start_offset}; 5,000 from it contiguous: {ok}", flush=True)
     print(b.stdout.read().strip())
-    print(f"largest data directory seen: {worst:.0f} MiB (retention-bytes {mb} MiB)")
+    print(f"largest data directory seen: {worst:.0f} MiB (retention-bytes {mb} MiB, values that do not compress)")
+    print(f"reads of 5,000 records from the log start with contiguous offsets: {contiguous} of {reads}")
     down()
 
 

@@ -94,6 +94,10 @@ pub struct BenchProduceArgs {
     /// Bytes of each record's value.
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
+    /// Values that do not compress: each record's value is a different slice of 64 MiB
+    /// of pseudo-random bytes (default: every record carries the same value).
+    #[arg(long)]
+    pub random_values: bool,
     /// Records to send after the warm-up.
     #[arg(long)]
     pub records: Option<u64>,
@@ -615,6 +619,10 @@ impl OpenLoopReport {
 struct Plan {
     producer: flotilla_client::Producer,
     value: Bytes,
+    /// With `--random-values`: where values are cut from.
+    pool: Option<Bytes>,
+    /// Records made so far (picks each one's place in the pool).
+    sent: Arc<AtomicU64>,
     clock: Clock,
     e2e: bool,
     start: Instant,
@@ -639,12 +647,38 @@ impl Plan {
     }
 
     fn record(&self, sent: Instant) -> Record {
-        let mut r = Record::value(self.value.clone());
+        let value = match &self.pool {
+            Some(pool) => {
+                // A different place in the pool for each record (a step coprime with the
+                // pool's size), so no two values nearby in the log repeat each other.
+                let n = self.sent.fetch_add(1, Ordering::Relaxed);
+                let size = self.value.len();
+                let at = (n.wrapping_mul(1_000_003) as usize) % (pool.len() - size);
+                pool.slice(at..at + size)
+            }
+            None => self.value.clone(),
+        };
+        let mut r = Record::value(value);
         if self.e2e {
             r.headers.push((SENT_HEADER.to_string(), Bytes::from(self.clock.micros(sent).to_string())));
         }
         r
     }
+}
+
+/// `len` pseudo-random bytes (xorshift; at least twice `record_size`), made once.
+fn random_pool(len: usize, record_size: usize) -> Bytes {
+    let len = len.max(2 * record_size + 8);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
 }
 
 /// One closed-loop producer: one record in flight at a time.
@@ -830,6 +864,8 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
         producer: client
             .producer(&a.topic, ProducerConfig { linger: Duration::from_millis(a.linger_ms), ..Default::default() }),
         value: Bytes::from((0..a.record_size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+        pool: a.random_values.then(|| random_pool(64 << 20, a.record_size)),
+        sent: Arc::new(AtomicU64::new(0)),
         clock,
         e2e: a.e2e,
         start,
@@ -1200,6 +1236,18 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
 mod tests {
     use super::*;
 
+    /// --random-values: values that do not repeat nearby, so the log does not compress.
+    #[test]
+    fn random_values_differ_record_to_record() {
+        let pool = random_pool(1 << 20, 1024);
+        let distinct: std::collections::BTreeSet<&[u8]> = (0..64usize)
+            .map(|n| n.wrapping_mul(1_000_003) % (pool.len() - 1024))
+            .map(|at| &pool[at..at + 1024])
+            .collect();
+        assert_eq!(distinct.len(), 64);
+        assert!(pool.iter().filter(|b| **b == 0).count() < pool.len() / 100, "not mostly zeros");
+    }
+
     #[test]
     fn bench_commands_parse() {
         use clap::Parser;
@@ -1211,6 +1259,7 @@ mod tests {
         let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()));
         let bench = ["produce", "--topic", "t", "--create", "--partitions", "3", "--producers", "8"];
         assert!(parse(&[&bench[..], &["--record-size", "1024", "--records", "1000"]].concat()).is_ok());
+        assert!(parse(&[&bench[..], &["--random-values", "--records", "1000"]].concat()).is_ok());
         assert!(parse(&[&bench[..], &["--duration-secs", "10"]].concat()).is_ok());
         assert!(parse(&bench).is_err(), "--records or --duration-secs is required");
         let Ok(Cli { cmd: BenchCmd::Produce(a) }) = parse(&[&bench[..], &["--duration-secs", "10"]].concat()) else {
