@@ -68,7 +68,8 @@ PROFILE ?= controller
 # of LogReversion without a planted bug since replicas are deleted only once their
 # group's leader releases them (docs/simulation.md).
 PLANTED := ack-before-flush=LostWrite,UnseenAtEnd,LogReversion forget-vote=VoteBehindLog \
-	fetch-past-commit=InconsistentOffsets,AbortedRead,LostWrite double-apply=Duplicate
+	fetch-past-commit=InconsistentOffsets,AbortedRead,LostWrite double-apply=Duplicate \
+	skip-sequence-check=Duplicate
 PLANTED_CONTROLLER := ack-before-flush=LostWrite,UnseenAtEnd,LogReversion
 PLANTED_SEEDS ?= 200
 # A controller seed whose schedule draws drain, reassign and node kill.

@@ -110,6 +110,10 @@ pub struct BenchProduceArgs {
     /// Producer linger, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub linger_ms: u64,
+    /// Send without idempotence (at-least-once, as producers did before it was the
+    /// default), to measure what it costs.
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// Also measure end-to-end latency: one consumer per partition tails the topic from
     /// its end and counts, for each record, the time from its send to its arrival.
     #[arg(long)]
@@ -861,8 +865,14 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
     }
 
     let plan = Plan {
-        producer: client
-            .producer(&a.topic, ProducerConfig { linger: Duration::from_millis(a.linger_ms), ..Default::default() }),
+        producer: client.producer(
+            &a.topic,
+            ProducerConfig {
+                linger: Duration::from_millis(a.linger_ms),
+                idempotent: !a.no_idempotence,
+                ..Default::default()
+            },
+        ),
         value: Bytes::from((0..a.record_size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
         pool: a.random_values.then(|| random_pool(64 << 20, a.record_size)),
         sent: Arc::new(AtomicU64::new(0)),
@@ -980,12 +990,13 @@ fn produce_header(a: &BenchProduceArgs, partitions: u32) -> String {
         (None, None) => unreachable!("clap requires one"),
     };
     format!(
-        "bench produce: topic={} partitions={partitions}{} {mode} record_size={}B {amount} warm-up={}s linger={}ms acks=all{}",
+        "bench produce: topic={} partitions={partitions}{} {mode} record_size={}B {amount} warm-up={}s linger={}ms acks=all{}{}",
         a.topic,
         if a.create { format!(" (rf={} if created)", a.replication_factor) } else { String::new() },
         a.record_size,
         a.warmup_secs,
         a.linger_ms,
+        if a.no_idempotence { " not-idempotent" } else { " idempotent" },
         if a.e2e { " e2e" } else { "" }
     )
 }

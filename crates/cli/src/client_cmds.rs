@@ -163,6 +163,28 @@ pub struct ProduceArgs {
     /// Records in flight (sent, not yet acknowledged) at most.
     #[arg(long, default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// A header on every record, NAME=VALUE (repeatable), like kcat's -H.
+    #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// How long a batch waits for more records before it is sent, milliseconds
+    /// (Kafka's linger.ms).
+    #[arg(long, default_value_t = 0)]
+    pub linger_ms: u64,
+    /// Produce as the named idempotent producer: a new `produce` with the same name fences
+    /// this one (Kafka's transactional.id, for fencing only).
+    #[arg(long)]
+    pub producer_name: Option<String>,
+    /// Send without idempotence: a retry after a lost answer may then write a record
+    /// twice (Kafka's enable.idempotence=false).
+    #[arg(long, conflicts_with = "producer_name")]
+    pub no_idempotence: bool,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 /// How `consume` prints records and where it starts, for its `--help`.
@@ -1012,7 +1034,15 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
     {
         bail!("topic '{}' has {partitions} partitions; there is no partition {p} (UNKNOWN_PARTITION)", a.topic);
     }
-    let producer = client.producer(&a.topic, ProducerConfig::default());
+    let config = ProducerConfig {
+        linger: std::time::Duration::from_millis(a.linger_ms),
+        idempotent: !a.no_idempotence,
+        name: a.producer_name.clone(),
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer(&a.topic, config);
+    let headers: Vec<(String, Bytes)> =
+        a.headers.iter().map(|(n, v)| (n.clone(), Bytes::from(v.clone().into_bytes()))).collect();
     let sep = a.key_separator.as_deref().map(str::as_bytes);
     let mut lines = stdin_lines();
     let mut in_flight = JoinSet::new();
@@ -1021,7 +1051,7 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
     while let Some(line) = lines.recv().await {
         let line = line.context("reading standard input")?;
         let (key, value) = split_line(&line, sep);
-        let record = Record { key, value, ..Record::default() };
+        let record = Record { key, value, headers: headers.clone(), ..Record::default() };
         // Queued in input order, so records of one partition keep it.
         let queued = match a.partition {
             Some(p) => producer.enqueue_to(p, record).await,
@@ -1375,6 +1405,9 @@ mod tests {
         assert!(parse(&["topic", "describe", "t"]).is_ok());
         assert!(parse(&["topic", "delete", "t"]).is_ok());
         assert!(parse(&["produce", "t", "--key-separator", ":", "--partition", "0"]).is_ok());
+        assert!(parse(&["produce", "t", "-H", "trace=abc", "-H", "k=", "--linger-ms", "5"]).is_ok());
+        assert!(parse(&["produce", "t", "-H", "novalue"]).is_err());
+        assert!(parse(&["produce", "t", "--producer-name", "w", "--no-idempotence"]).is_err());
         assert!(parse(&["consume", "t", "--from-beginning", "--max", "5", "--print-key", "--print-offset"]).is_ok());
         assert!(parse(&["consume", "t", "--from-beginning", "--offset", "3"]).is_err());
         assert!(parse(&["consume", "t", "--partition", "1", "--offset", "3", "--follow"]).is_ok());

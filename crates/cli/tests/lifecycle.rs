@@ -255,7 +255,14 @@ async fn l82_a_full_disk_refuses_writes_on_that_node_only_and_loses_nothing() {
     create_topic(&client, "d", 6).await;
     let led = eventually("partitions led by the node on the small filesystem", Duration::from_secs(30), async || {
         let info = client.describe_topic("d").await?;
-        let led: Vec<u32> = info.partitions.iter().filter(|p| p.leader == Some(full)).map(|p| p.partition).collect();
+        // Led by it and preferring it: the controller hands a partition's leadership to
+        // its preferred replica (the first), so only these stay led by it.
+        let led: Vec<u32> = info
+            .partitions
+            .iter()
+            .filter(|p| p.leader == Some(full) && p.replicas.first() == Some(&full))
+            .map(|p| p.partition)
+            .collect();
         if led.is_empty() { Err(flotilla_client::ClientError::Closed) } else { Ok(led) }
     })
     .await;

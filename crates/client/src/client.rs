@@ -908,6 +908,29 @@ impl ClientInner {
         .await
     }
 
+    /// An idempotent producer's id and epoch from the metadata group: a new id without a
+    /// `name`, the name's id at its next epoch with one. Retried after indeterminate
+    /// failures: a lost answer costs an unused id or skips an epoch, nothing else.
+    pub(crate) async fn init_producer(&self, name: Option<&str>) -> Result<(u64, u16)> {
+        let req = v1::InitProducerRequest { name: name.unwrap_or_default().to_string() };
+        let kind = Kind::Write { retry_indeterminate: true };
+        self.call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
+            let req = req.clone();
+            async move {
+                let r = flotilla(ch).init_producer(req).await.map_err(rpc_err(&addr))?.into_inner();
+                answered(&addr, &r.error)?;
+                let epoch = u16::try_from(r.producer_epoch).map_err(|_| {
+                    ClientError::protocol(&addr, format!("producer epoch {} over 16 bits", r.producer_epoch))
+                })?;
+                if r.producer_id == 0 {
+                    return Err(ClientError::protocol(&addr, "producer id 0 is reserved"));
+                }
+                Ok((r.producer_id, epoch))
+            }
+        })
+        .await
+    }
+
     /// One fetch of a partition, with retries. With [`ClientConfig::zone`] set, first
     /// once from a replica in that zone (see [`ClientInner::zone_replica`]); from the
     /// leader when there is none or it fails.

@@ -78,24 +78,40 @@ impl std::fmt::Debug for ClientConfig {
 pub struct ProducerConfig {
     /// How long a partition's batch waits for more records after its first one arrives,
     /// when nothing is in flight to that partition yet. Default 0: while a batch is in
-    /// flight the next one fills up anyway, so lingering only adds latency.
+    /// flight the next one fills up anyway, so lingering only adds latency. Kafka:
+    /// `linger.ms`.
     pub linger: Duration,
-    /// The most encoded bytes in one batch; clamped to `limits::BATCH_BYTES_MAX`.
+    /// The most encoded bytes in one batch; clamped to `limits::BATCH_BYTES_MAX`. Kafka:
+    /// `batch.size`.
     pub max_batch_bytes: usize,
     /// The most records in one batch; clamped to `limits::BATCH_RECORDS_MAX`.
     pub max_batch_records: usize,
     /// Records queued per partition before `send` waits for room (backpressure).
     /// Default 16384.
     pub queue_records: usize,
-    /// Retry a produce whose previous attempt failed indeterminately (timeout,
-    /// connection lost mid-request). Default true. **This may duplicate records**: the
-    /// earlier attempt may have been committed. With `false`, such a failure is returned
-    /// to the caller (`ClientError::is_indeterminate` is true) and nothing is resent.
-    /// Definite failures (`NOT_LEADER`, `UNAVAILABLE`, connection refused, ...) are always
-    /// retried: they cannot duplicate.
+    /// Idempotence (Kafka's `enable.idempotence`, on by default): every batch carries the
+    /// producer's id, epoch and a sequence number per partition, and the partition appends
+    /// a retried batch only once, answering the retry with the offsets of the first
+    /// append. Retries after indeterminate failures are then safe and always made
+    /// (`retry_indeterminate` is ignored). The producer id comes from the metadata group
+    /// on the first send. Off: today's at-least-once producer, as `retry_indeterminate`
+    /// says.
+    pub idempotent: bool,
+    /// A name for an idempotent producer that must be fenced when a new instance starts
+    /// (Kafka's `transactional.id`, fencing only): each producer created with the same
+    /// name gets the same producer id at a newer epoch, and every partition then refuses
+    /// the older instances' batches with `PRODUCER_FENCED`. Default none: a fresh producer
+    /// id per `Producer`.
+    pub name: Option<String>,
+    /// Without idempotence: retry a produce whose previous attempt failed indeterminately
+    /// (timeout, connection lost mid-request). Default true. **This may duplicate
+    /// records**: the earlier attempt may have been committed. With `false`, such a
+    /// failure is returned to the caller (`ClientError::is_indeterminate` is true) and
+    /// nothing is resent. Definite failures (`NOT_LEADER`, `UNAVAILABLE`, connection
+    /// refused, ...) are always retried: they cannot duplicate.
     pub retry_indeterminate: bool,
     /// How long a record may take from `send` to its acknowledgement, retries included.
-    /// Default: the client's `retry_deadline`.
+    /// Default: the client's `retry_deadline`. Kafka: `delivery.timeout.ms`.
     pub delivery_timeout: Option<Duration>,
 }
 
@@ -106,6 +122,8 @@ impl Default for ProducerConfig {
             max_batch_bytes: limits::BATCH_BYTES_MAX,
             max_batch_records: limits::BATCH_RECORDS_MAX,
             queue_records: 16_384,
+            idempotent: true,
+            name: None,
             retry_indeterminate: true,
             delivery_timeout: None,
         }

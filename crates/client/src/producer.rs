@@ -7,6 +7,16 @@
 //! offset plus the record's index). One batch per partition is in flight at a time, so
 //! records sent to one partition are appended in the order they were queued; while a
 //! batch is in flight the next one fills up, so batches grow with the load.
+//!
+//! **Idempotence** (on by default, `ProducerConfig::idempotent`): the producer gets an id
+//! and epoch from the metadata group on its first send, and stamps every batch with them
+//! and the partition's next sequence number (a `Sequencer` per partition, shared by the
+//! queue's task and `send_batch`, so one batch per partition is in flight). The partition
+//! appends a retried batch once and answers the retry with the first append's offsets,
+//! so retries after timeouts and lost connections are safe. After a failure whose outcome
+//! stays unknown, or when the partition no longer knows the producer, the producer takes
+//! a new identity (a new id, or a named producer's next epoch) and every partition starts
+//! again at sequence 0 with it (Kafka's KIP-360).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use flotilla_types::batch::BATCH_HEADER_BYTES;
-use flotilla_types::{ErrorCode, Offset, PartitionId, Record, RecordBatch, limits};
+use flotilla_types::{ErrorCode, Offset, PartitionId, ProducerStamp, Record, RecordBatch, limits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -26,10 +36,12 @@ use crate::partitioner::partition_for_key;
 /// Sends records to one topic. Cheap to clone; clones share the batching queues. Dropping
 /// the last clone lets the queues drain: records already queued are still sent.
 ///
-/// **Duplicates.** With `ProducerConfig::retry_indeterminate` (the default) a batch whose
-/// attempt timed out or lost its connection is sent again, and if the first attempt had
-/// in fact been committed, its records are in the partition twice. Turn it off to get the
-/// indeterminate error instead (`ClientError::is_indeterminate`) and decide yourself.
+/// **Exactly once per send.** With idempotence (the default) a batch whose attempt timed
+/// out or lost its connection is sent again and appended at most once. A send that still
+/// fails with an indeterminate error (`ClientError::is_indeterminate`: the delivery
+/// timeout passed while the outcome was unknown) may have been appended once; never
+/// twice. Without idempotence and with `ProducerConfig::retry_indeterminate`, a retried
+/// batch whose first attempt had in fact been committed is in the partition twice.
 #[derive(Clone)]
 pub struct Producer {
     shared: Arc<Shared>,
@@ -37,16 +49,40 @@ pub struct Producer {
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Producer").field("topic", &self.shared.topic).finish_non_exhaustive()
+        f.debug_struct("Producer").field("topic", &self.shared.writer.topic).finish_non_exhaustive()
     }
 }
 
 struct Shared {
+    writer: Arc<Writer>,
+    queues: Mutex<HashMap<PartitionId, mpsc::Sender<Pending>>>,
+    round_robin: AtomicU32,
+}
+
+/// What sends batches: shared by the producer and its partitions' tasks (which must not
+/// hold the queues, or the queues would never close).
+struct Writer {
     client: Client,
     topic: String,
     config: ProducerConfig,
-    queues: Mutex<HashMap<PartitionId, mpsc::Sender<Pending>>>,
-    round_robin: AtomicU32,
+    /// Per partition, shared by its queue's task and `send_batch`.
+    sequencers: Mutex<HashMap<PartitionId, Arc<tokio::sync::Mutex<Sequencer>>>>,
+    /// The idempotent producer's id and epoch, once the metadata group issued them.
+    identity: tokio::sync::Mutex<Option<Identity>>,
+}
+
+/// An idempotent producer's id and epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    id: u64,
+    epoch: u16,
+}
+
+/// The next sequence number of one partition, under the identity it counts for.
+#[derive(Debug, Default)]
+struct Sequencer {
+    identity: Option<Identity>,
+    next: u32,
 }
 
 /// The acknowledgement of one queued record: resolves to its partition and offset, or
@@ -132,9 +168,13 @@ impl Producer {
         let start = client.inner.config.seed.map_or_else(rand::random::<u32>, |s| s as u32);
         Producer {
             shared: Arc::new(Shared {
-                client,
-                topic,
-                config,
+                writer: Arc::new(Writer {
+                    client,
+                    topic,
+                    config,
+                    sequencers: Mutex::new(HashMap::new()),
+                    identity: tokio::sync::Mutex::new(None),
+                }),
                 queues: Mutex::new(HashMap::new()),
                 round_robin: AtomicU32::new(start),
             }),
@@ -143,7 +183,7 @@ impl Producer {
 
     /// The topic this producer writes to.
     pub fn topic(&self) -> &str {
-        &self.shared.topic
+        &self.shared.writer.topic
     }
 
     /// Sends one record and waits for its acknowledgement (acks=all: durable on a quorum).
@@ -166,11 +206,11 @@ impl Producer {
     /// `Ack` is awaited.
     pub async fn enqueue(&self, record: Record) -> Result<Ack> {
         check_record(&record)?;
-        let n = self.shared.client.partition_count(&self.shared.topic).await?;
+        let n = self.shared.writer.client.partition_count(&self.shared.writer.topic).await?;
         if n == 0 {
             return Err(ClientError::refused(
                 ErrorCode::Unavailable,
-                format!("topic '{}' has no partitions yet", self.shared.topic),
+                format!("topic '{}' has no partitions yet", self.shared.writer.topic),
             ));
         }
         let partition = match &record.key {
@@ -184,7 +224,7 @@ impl Producer {
     pub async fn enqueue_to(&self, partition: PartitionId, mut record: Record) -> Result<Ack> {
         let size = check_record(&record)?;
         if record.timestamp_ms == 0 {
-            record.timestamp_ms = self.shared.client.inner.now_ms();
+            record.timestamp_ms = self.shared.writer.client.inner.now_ms();
         }
         let queue = self.queue(partition).await?;
         let (reply, answer) = oneshot::channel();
@@ -200,22 +240,19 @@ impl Producer {
     /// the limits and the batch must fit in one batch (`limits::BATCH_BYTES_MAX`,
     /// `BATCH_RECORDS_MAX`), else nothing is sent.
     pub async fn send_batch(&self, partition: PartitionId, mut records: Vec<Record>) -> Result<Offset> {
-        let now = self.shared.client.inner.now_ms();
+        let now = self.shared.writer.client.inner.now_ms();
         for r in &mut records {
             check_record(r)?;
             if r.timestamp_ms == 0 {
                 r.timestamp_ms = now;
             }
         }
-        let batch = RecordBatch::encode(&records)
+        // Checked before anything is sent: the encoding fails the same way stamped or not.
+        RecordBatch::encode(&records)
             .map_err(|e| ClientError::refused(flotilla_proto::batch_error_code(&e), e.to_string()))?;
-        self.shared.client.inner.partition_info(&self.shared.topic, partition).await?;
-        let deadline = self.shared.config.delivery_timeout.map(|d| Instant::now() + d);
-        self.shared
-            .client
-            .inner
-            .produce(&self.shared.topic, partition, &batch, self.shared.config.retry_indeterminate, deadline)
-            .await
+        self.shared.writer.client.inner.partition_info(&self.shared.writer.topic, partition).await?;
+        let deadline = self.shared.writer.config.delivery_timeout.map(|d| Instant::now() + d);
+        self.shared.writer.send(partition, &records, deadline).await
     }
 
     /// The queue of `partition`, created with its task on first use.
@@ -224,16 +261,14 @@ impl Producer {
             return Ok(q.clone());
         }
         // Checked before a task is spawned, so an unknown partition costs nothing.
-        self.shared.client.inner.partition_info(&self.shared.topic, partition).await?;
+        self.shared.writer.client.inner.partition_info(&self.shared.writer.topic, partition).await?;
         let mut queues = self.shared.queues.lock().expect("queues lock");
         let q = queues.entry(partition).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(self.shared.config.queue_records.max(1));
+            let (tx, rx) = mpsc::channel(self.shared.writer.config.queue_records.max(1));
             let task = PartitionTask {
-                client: self.shared.client.inner.clone(),
-                topic: self.shared.topic.clone(),
+                shared: self.shared.writer.clone(),
                 partition,
-                config: self.shared.config.clone(),
-                limits: BatchLimits::new(&self.shared.config),
+                limits: BatchLimits::new(&self.shared.writer.config),
             };
             tokio::spawn(task.run(rx));
             tx
@@ -242,35 +277,105 @@ impl Producer {
     }
 }
 
+impl Writer {
+    fn client(&self) -> &Arc<ClientInner> {
+        &self.client.inner
+    }
+
+    /// Sends `records` as one batch to `partition`: stamped and in sequence when
+    /// idempotent, plain otherwise. The first record's offset.
+    async fn send(&self, partition: PartitionId, records: &[Record], deadline: Option<Instant>) -> Result<Offset> {
+        if !self.config.idempotent {
+            let batch = encode(records, None)?;
+            return self
+                .client()
+                .produce(&self.topic, partition, &batch, self.config.retry_indeterminate, deadline)
+                .await;
+        }
+        let sequencer = self.sequencer(partition);
+        let mut seq = sequencer.lock().await;
+        let mut renewed = false;
+        loop {
+            let identity = self.identity().await?;
+            if seq.identity != Some(identity) {
+                *seq = Sequencer { identity: Some(identity), next: 0 };
+            }
+            let stamp = ProducerStamp { id: identity.id, epoch: identity.epoch, base_sequence: seq.next };
+            let batch = encode(records, Some(stamp))?;
+            match self.client().produce(&self.topic, partition, &batch, true, deadline).await {
+                Ok(base) => {
+                    seq.next = seq.next.wrapping_add(batch.len());
+                    return Ok(base);
+                }
+                // The partition forgot this producer (idle too long): nothing was
+                // written, so the batch may go again under a new identity, once.
+                Err(e) if e.code() == Some(ErrorCode::OutOfOrderSequence) && !renewed => {
+                    tracing::info!(topic = %self.topic, partition, error = %e, "producer sequence refused; renewing the producer id");
+                    self.renew(identity).await;
+                    renewed = true;
+                }
+                // The batch may or may not be in the partition, so the next one cannot
+                // follow it in sequence: start a new sequence under a new identity.
+                Err(e) if e.is_indeterminate() => {
+                    self.renew(identity).await;
+                    return Err(e);
+                }
+                // Nothing was written: the sequence number is still free.
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn sequencer(&self, partition: PartitionId) -> Arc<tokio::sync::Mutex<Sequencer>> {
+        self.sequencers.lock().expect("sequencers lock").entry(partition).or_default().clone()
+    }
+
+    /// The producer's id and epoch, from the metadata group on first use.
+    async fn identity(&self) -> Result<Identity> {
+        let mut identity = self.identity.lock().await;
+        if let Some(i) = *identity {
+            return Ok(i);
+        }
+        let (id, epoch) = self.client().init_producer(self.config.name.as_deref()).await?;
+        let i = Identity { id, epoch };
+        *identity = Some(i);
+        Ok(i)
+    }
+
+    /// Drops identity `old` (if still current) so the next batch gets a new one.
+    async fn renew(&self, old: Identity) {
+        let mut identity = self.identity.lock().await;
+        if *identity == Some(old) {
+            *identity = None;
+        }
+    }
+}
+
+fn encode(records: &[Record], stamp: Option<ProducerStamp>) -> Result<RecordBatch> {
+    RecordBatch::encode_as(records, stamp)
+        .map_err(|e| ClientError::refused(flotilla_proto::batch_error_code(&e), e.to_string()))
+}
+
 struct PartitionTask {
-    client: Arc<ClientInner>,
-    topic: String,
+    shared: Arc<Writer>,
     partition: PartitionId,
-    config: ProducerConfig,
     limits: BatchLimits,
 }
 
 impl PartitionTask {
     async fn run(self, mut rx: mpsc::Receiver<Pending>) {
         let mut carry: Option<Pending> = None;
-        while let Some(batch) = next_batch(&mut rx, &mut carry, self.config.linger, self.limits).await {
+        while let Some(batch) = next_batch(&mut rx, &mut carry, self.shared.config.linger, self.limits).await {
             self.send(batch).await;
         }
     }
 
     async fn send(&self, batch: Vec<Pending>) {
         let Some(first) = batch.first() else { return };
-        let timeout = self.config.delivery_timeout.unwrap_or(self.client.config.retry_deadline);
+        let timeout = self.shared.config.delivery_timeout.unwrap_or(self.shared.client().config.retry_deadline);
         let deadline = first.queued_at + timeout;
         let (records, replies): (Vec<Record>, Vec<_>) = batch.into_iter().map(|p| (p.record, p.reply)).unzip();
-        let result = match RecordBatch::encode(&records) {
-            Ok(b) => {
-                self.client
-                    .produce(&self.topic, self.partition, &b, self.config.retry_indeterminate, Some(deadline))
-                    .await
-            }
-            Err(e) => Err(ClientError::refused(flotilla_proto::batch_error_code(&e), e.to_string())),
-        };
+        let result = self.shared.send(self.partition, &records, Some(deadline)).await;
         for (i, reply) in replies.into_iter().enumerate() {
             let _ = reply.send(result.clone().map(|base| base + i as u64));
         }

@@ -100,7 +100,19 @@ impl flotilla_server::Flotilla for Broker {
         s.next_offset += u64::from(batch.len());
         s.batch_sizes.push(batch.len());
         s.log.push((base, batch.bytes().clone()));
-        Ok(Response::new(v1::ProduceResponse { error: None, base_offset: base, record_count: batch.len() }))
+        Ok(Response::new(v1::ProduceResponse {
+            error: None,
+            base_offset: base,
+            record_count: batch.len(),
+            duplicate: false,
+        }))
+    }
+
+    async fn init_producer(
+        &self,
+        _req: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        Ok(Response::new(v1::InitProducerResponse { error: None, producer_id: self.id * 1000 + 1, producer_epoch: 0 }))
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
@@ -526,7 +538,8 @@ async fn a_timed_out_produce_is_retried_only_when_the_caller_opted_in() {
     let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(400), ..config() }).await;
 
     c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(1200)));
-    let careful = client.producer("t", ProducerConfig { retry_indeterminate: false, ..Default::default() });
+    let careful =
+        client.producer("t", ProducerConfig { idempotent: false, retry_indeterminate: false, ..Default::default() });
     let e = careful.send_to(0, Record::value("a")).await.unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
     assert!(e.is_indeterminate());
@@ -536,7 +549,7 @@ async fn a_timed_out_produce_is_retried_only_when_the_caller_opted_in() {
     // client saw a timeout. With retries on, the record is written twice.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(1200)));
-    let eager = client.producer("t", ProducerConfig::default());
+    let eager = client.producer("t", ProducerConfig { idempotent: false, ..Default::default() });
     eager.send_to(0, Record::value("b")).await.unwrap();
     assert_eq!(c.broker(1).produce_calls, 3);
 }
@@ -769,7 +782,8 @@ async fn leader_changed_is_indeterminate_and_retried_only_when_opted_in() {
     c.add_topic(topic("t", 1, 1, &[1]));
     let client = c.client().await;
     c.broker(1).produce.push_back(fail(ErrorCode::LeaderChanged));
-    let careful = client.producer("t", ProducerConfig { retry_indeterminate: false, ..Default::default() });
+    let careful =
+        client.producer("t", ProducerConfig { idempotent: false, retry_indeterminate: false, ..Default::default() });
     let e = careful.send_to(0, Record::value("a")).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::LeaderChanged));
     assert!(e.is_indeterminate());

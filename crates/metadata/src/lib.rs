@@ -219,6 +219,12 @@ pub enum Command {
         name: String,
         total: u32,
     },
+    /// Issues an idempotent producer its id and epoch (Kafka's InitProducerId). Without a
+    /// name: a new id, epoch 0. With one: the id that name always gets, at the next epoch,
+    /// which fences every earlier instance of the producer on every partition it wrote to.
+    InitProducer {
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +233,11 @@ pub enum Response {
     TopicCreated(Topic),
     /// A move started; its id.
     MoveStarted(u64),
+    /// An idempotent producer's id and epoch.
+    Producer {
+        id: u64,
+        epoch: u16,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -247,17 +258,50 @@ pub struct MetadataState {
     /// The next partition group id; group 0 is the metadata group itself.
     next_group: GroupId,
     last_applied_index: u64,
+    /// The next producer id to issue (0 means "no producer" in a batch).
+    next_producer_id: u64,
+    /// Named producers: their id and current epoch.
+    named_producers: BTreeMap<String, (u64, u16)>,
 }
 
 impl Default for MetadataState {
     fn default() -> Self {
-        MetadataState { brokers: BTreeMap::new(), topics: BTreeMap::new(), next_group: 1, last_applied_index: 0 }
+        MetadataState {
+            brokers: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            next_group: 1,
+            last_applied_index: 0,
+            next_producer_id: 1,
+            named_producers: BTreeMap::new(),
+        }
     }
 }
 
 impl MetadataState {
     pub fn new() -> MetadataState {
         MetadataState::default()
+    }
+
+    fn init_producer(&mut self, name: Option<&str>) -> Response {
+        let mut fresh = || {
+            let id = self.next_producer_id;
+            self.next_producer_id += 1;
+            id
+        };
+        let Some(name) = name else { return Response::Producer { id: fresh(), epoch: 0 } };
+        if name.is_empty() || name.len() > limits::PRODUCER_NAME_BYTES_MAX {
+            return Response::error(
+                ErrorCode::InvalidRequest,
+                format!("a producer name has 1..={} bytes", limits::PRODUCER_NAME_BYTES_MAX),
+            );
+        }
+        let (id, epoch) = match self.named_producers.get(name) {
+            // Epochs are 16 bits: past the last, the name gets a new id (Kafka's rule).
+            Some(&(_, u16::MAX)) | None => (fresh(), 0),
+            Some(&(id, epoch)) => (id, epoch + 1),
+        };
+        self.named_producers.insert(name.to_string(), (id, epoch));
+        Response::Producer { id, epoch }
     }
 
     pub fn apply(&mut self, log_index: u64, command: &Command) -> Response {
@@ -272,6 +316,7 @@ impl MetadataState {
                 Some(_) => Response::Ok,
                 None => Response::error(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")),
             },
+            Command::InitProducer { name } => self.init_producer(name.as_deref()),
             Command::SetLiveness { node, liveness } => match self.brokers.get_mut(node) {
                 Some(b) => {
                     b.liveness = *liveness;
@@ -910,6 +955,23 @@ mod tests {
         refused(start(&mut s, 17, vec![1, 2, 3, 4, 5]));
         refused(start(&mut s, 18, vec![1]));
         assert!(matches!(start(&mut s, 19, vec![1, 2, 3]), Response::MoveStarted(19)));
+    }
+
+    #[test]
+    fn producers_get_fresh_ids_and_named_ones_the_next_epoch() {
+        let mut s = MetadataState::new();
+        let init = |s: &mut MetadataState, i: u64, name: Option<&str>| {
+            s.apply(i, &Command::InitProducer { name: name.map(str::to_string) })
+        };
+        assert_eq!(init(&mut s, 1, None), Response::Producer { id: 1, epoch: 0 });
+        assert_eq!(init(&mut s, 2, Some("orders")), Response::Producer { id: 2, epoch: 0 });
+        assert_eq!(init(&mut s, 3, None), Response::Producer { id: 3, epoch: 0 });
+        assert_eq!(init(&mut s, 4, Some("orders")), Response::Producer { id: 2, epoch: 1 });
+        assert_eq!(init(&mut s, 5, Some("billing")), Response::Producer { id: 4, epoch: 0 });
+        assert!(matches!(init(&mut s, 6, Some("")), Response::Error { code: ErrorCode::InvalidRequest, .. }));
+        // A name whose epochs ran out gets a new id.
+        s.named_producers.insert("old".into(), (9, u16::MAX));
+        assert_eq!(init(&mut s, 7, Some("old")), Response::Producer { id: 5, epoch: 0 });
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub struct ClusterView {
     pub now_ms: u64,
 }
 
+/// A produce's answer: the batch's first offset and record count; `duplicate` when an
+/// idempotent producer's retry was answered with the offsets of its first append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub base_offset: Offset,
+    pub records: u32,
+    pub duplicate: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedBatch {
     pub base_offset: Offset,
@@ -162,12 +171,7 @@ impl<T: RaftTransport> Node<T> {
 
     /// Appends a batch (checked at the edge: checksum, structure, limits); answers once a
     /// quorum has it durable and it is applied.
-    pub async fn produce(
-        &self,
-        topic: &str,
-        partition: PartitionId,
-        batch: RecordBatch,
-    ) -> Result<(Offset, u32), ApiError> {
+    pub async fn produce(&self, topic: &str, partition: PartitionId, batch: RecordBatch) -> Result<Produced, ApiError> {
         let what = format!("{topic}/{partition}");
         let group = self.partition_group(topic, partition)?;
         if let Some(why) = self.disk_full() {
@@ -178,9 +182,16 @@ impl<T: RaftTransport> Node<T> {
         }
         let cmd = flotilla_partition::produce_command(&batch, self.inner.clock.now_ms());
         match group.write(cmd, self.produce_timeout()).await {
-            Ok(PartResponse::Produced { base_offset, records }) => {
+            Ok(PartResponse::Produced { base_offset, records, duplicate }) => {
                 assert_eq!(records, batch.len(), "applied a different batch than proposed");
-                Ok((base_offset, records))
+                Ok(Produced { base_offset, records, duplicate })
+            }
+            Ok(PartResponse::Refused(r)) => {
+                let code = match r {
+                    flotilla_partition::Refusal::Fenced { .. } => ErrorCode::ProducerFenced,
+                    flotilla_partition::Refusal::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
+                };
+                Err(ApiError::new(code, format!("{what}: {r}")))
             }
             Ok(other) => Err(ApiError::new(ErrorCode::Internal, format!("{what}: unexpected response {other:?}"))),
             Err(e) => Err(self.write_error(e, &what)),
@@ -508,6 +519,15 @@ impl<T: RaftTransport> Node<T> {
                 })
                 .collect()
         })
+    }
+
+    /// Issues an idempotent producer its id and epoch through the metadata group; with a
+    /// `name`, the name's id at its next epoch (fencing earlier instances).
+    pub async fn init_producer(&self, name: Option<String>) -> Result<(u64, u16), ApiError> {
+        match self.metadata_write(MetaCommand::InitProducer { name }).await? {
+            MetaResponse::Producer { id, epoch } => Ok((id, epoch)),
+            other => Err(ApiError::new(ErrorCode::Internal, format!("unexpected response {other:?}"))),
+        }
     }
 
     pub(crate) async fn metadata_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {

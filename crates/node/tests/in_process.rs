@@ -237,7 +237,7 @@ async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
     // the record commits on the old leader and g alone).
     net.drop_appends.write().unwrap().insert((old.id(), f.id()), true);
     net.drop_appends.write().unwrap().insert((old.id(), g.id()), false);
-    let end = old.produce("t", 0, batch(&["c"])).await.expect("acknowledged by the old leader").0 + 1;
+    let end = old.produce("t", 0, batch(&["c"])).await.expect("acknowledged by the old leader").base_offset + 1;
     net.cut.write().unwrap().insert(old.id());
     // g takes over with f's vote; nothing it appends reaches f, so its term commits nothing.
     net.drop_appends.write().unwrap().insert((g.id(), f.id()), true);

@@ -15,7 +15,7 @@ use flotilla_node::Node;
 use flotilla_raft::keys;
 use flotilla_raft::state_machine::GroupState;
 use flotilla_storage::{Engine, MemEngine};
-use flotilla_types::{Clock, ErrorCode, GroupId, Record, RecordBatch};
+use flotilla_types::{Clock, ErrorCode, GroupId, ProducerStamp, Record, RecordBatch};
 
 fn fast_retention(id: u64) -> flotilla_node::NodeConfig {
     flotilla_node::NodeConfig { retention_check_interval_ms: 100, ..config(id) }
@@ -198,6 +198,86 @@ async fn l40_a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     assert_eq!(produce(&nodes, "t", 0, &["after"]).await, 21);
 }
 
+/// l45: the producer table travels in the snapshot at the retention point: a follower
+/// cut off while an idempotent producer wrote and the leader deleted records installs the
+/// snapshot, ends with the same producer table as the other replicas, and, leading after
+/// the old leader stops, answers the producer's retry of its last batch with the offsets
+/// of the first append and appends the next batch in sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l45_the_producer_table_survives_a_snapshot_install_and_a_leader_change() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
+    let nodes = cluster(&net, &engines).await;
+    let topic = one_partition_topic(&nodes, "t").await;
+    let group = topic.partitions[0].group;
+    let stamped = |seq: u32, values: &[&str]| {
+        let records: Vec<Record> = values.iter().map(|v| Record::value(v.to_string())).collect();
+        RecordBatch::encode_as(&records, Some(ProducerStamp { id: 77, epoch: 0, base_sequence: seq })).unwrap()
+    };
+    produce(&nodes, "t", 0, &["plain"]).await;
+    let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
+    let behind = nodes.iter().find(|n| n.id() != leader.id()).unwrap().clone();
+    net.cut_link(leader.id(), behind.id());
+    let mut seq = 0;
+    let mut last = None;
+    for i in 0..10 {
+        let b = stamped(seq, &[&format!("a{i}"), &format!("b{i}")]);
+        let p = produce_answer(&nodes, "t", 0, &b).await;
+        assert!(!p.duplicate);
+        seq += 2;
+        last = Some((b, p.base_offset));
+    }
+    let (last_batch, last_offset) = last.unwrap();
+    assert_eq!(leader.delete_records("t", 0, 15).await.unwrap(), 15);
+    let leader_engine = &engines[leader.id() as usize - 1];
+    eventually("the leader purged its log", async || {
+        let first = first_log_index(leader_engine, group)?;
+        let behind_last = behind.groups().get(group)?.status().last_log_index?;
+        (first > behind_last + 1).then_some(())
+    })
+    .await;
+    net.cut_links.write().unwrap().clear();
+    eventually("the follower caught up by snapshot", async || (range(&behind, group)? == (15, 21)).then_some(())).await;
+    let table = |n: &Node<LocalTransport>| n.groups().partition(group).unwrap().read(|p| p.producers().clone());
+    assert_eq!(table(&behind).len(), 1);
+    for n in &nodes {
+        assert_eq!(table(n), table(&leader), "node {}: the producer table", n.id());
+    }
+
+    // The follower that installed the snapshot leads once the old leader is gone.
+    leader.shutdown().await;
+    net.nodes.write().unwrap().remove(&leader.id());
+    let rest: Vec<_> = nodes.iter().filter(|n| n.id() != leader.id()).cloned().collect();
+    let other = rest.iter().find(|n| n.id() != behind.id()).unwrap().clone();
+    eventually("the follower leads", async || {
+        if leader_of(&rest, group).is_some_and(|l| l.id() == behind.id()) {
+            return Some(());
+        }
+        if leader_of(&rest, group).is_some() {
+            let _ = other.transfer_leader("t", 0, behind.id()).await;
+        }
+        None
+    })
+    .await;
+    let retry = produce_answer(&rest, "t", 0, &last_batch).await;
+    assert!(retry.duplicate, "the retry is recognised");
+    assert_eq!(retry.base_offset, last_offset, "and answered with the first append's offsets");
+    let next = produce_answer(&rest, "t", 0, &stamped(seq, &["next"])).await;
+    assert_eq!((next.base_offset, next.duplicate), (21, false));
+    let gap = behind.produce("t", 0, stamped(seq + 5, &["gap"])).await.unwrap_err();
+    assert_eq!(gap.code, ErrorCode::OutOfOrderSequence, "{gap}");
+    // A new epoch of the producer starts at 0 and fences the old one.
+    let new_epoch =
+        RecordBatch::encode_as(&[Record::value("e1")], Some(ProducerStamp { id: 77, epoch: 1, base_sequence: 0 }))
+            .unwrap();
+    assert_eq!(produce_answer(&rest, "t", 0, &new_epoch).await.base_offset, 22);
+    let zombie = behind.produce("t", 0, stamped(seq + 1, &["zombie"])).await.unwrap_err();
+    assert_eq!(zombie.code, ErrorCode::ProducerFenced, "{zombie}");
+    let f = behind.fetch("t", 0, 15, 1 << 20, Duration::ZERO, false).await.unwrap();
+    let records: u32 = f.batches.iter().map(|b| RecordBatch::decode(b.batch.clone()).unwrap().len()).sum();
+    assert_eq!((f.high_watermark, records), (23, 8), "offsets 15..23, nothing twice");
+}
+
 /// l50: a node short of disk refuses produce with DISK_FULL (retriable, definite) while
 /// it leads, keeps serving fetches, and accepts writes again once space is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +296,7 @@ async fn l50_a_node_short_of_disk_refuses_writes_and_recovers() {
     let f = leader.fetch("t", 0, 0, 1 << 20, Duration::ZERO, false).await.unwrap();
     assert_eq!(f.high_watermark, 1, "nothing was written");
     leader.set_disk_full(None);
-    assert_eq!(leader.produce("t", 0, batch(&["b"])).await.unwrap().0, 1);
+    assert_eq!(leader.produce("t", 0, batch(&["b"])).await.unwrap().base_offset, 1);
 }
 
 /// l60: a restarted node loads its partition's applied state from storage: its state is

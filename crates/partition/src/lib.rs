@@ -10,11 +10,20 @@
 //! [`Command::DeleteRecords`] (retention, or an operator), so that every replica deletes
 //! the same prefix.
 //!
+//! Batches stamped by an idempotent producer are de-duplicated here, at apply: the
+//! [`ProducerTable`] (part of the state, so of every snapshot) decides whether a batch is
+//! the next in its producer's sequence, a retry of one already appended (answered with
+//! its first offsets, appended again never), or refused (fenced, out of order).
+//!
 //! Architecture invariant: no clock, no randomness, no I/O, ordered collections only —
 //! the same committed log always produces the same state and the same effects.
 
+mod producers;
+
 use bytes::Bytes;
-use flotilla_types::{Offset, RecordBatch};
+use flotilla_types::planted::{self, Bug};
+use flotilla_types::{Offset, ProducerStamp, RecordBatch};
+pub use producers::{ProducerTable, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// A command in a partition group's log.
@@ -32,14 +41,42 @@ pub enum Command {
 /// What applying a command returns to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Produced {
-        base_offset: Offset,
-        records: u32,
-    },
+    /// The batch's offsets. `duplicate`: an idempotent producer's retry of a batch
+    /// appended before, answered with the offsets it got then; nothing was appended.
+    Produced { base_offset: Offset, records: u32, duplicate: bool },
+    /// An idempotent producer's batch that was not appended.
+    Refused(Refusal),
     /// The log start after a `DeleteRecords`.
-    LogStart {
-        log_start: Offset,
-    },
+    LogStart { log_start: Offset },
+}
+
+/// Why an idempotent producer's batch was not appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The partition has seen a newer epoch of this producer id.
+    Fenced { epoch: u16, current_epoch: u16 },
+    /// The batch's base sequence is not the next one; `known`: whether the partition
+    /// remembers the producer at all.
+    OutOfOrder { base_sequence: u32, expected: u32, known: bool },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Fenced { epoch, current_epoch } => write!(
+                f,
+                "producer epoch {epoch} is fenced: epoch {current_epoch} of the same producer id wrote to this partition since"
+            ),
+            Refusal::OutOfOrder { base_sequence, expected, known: true } => {
+                write!(f, "batch sequence {base_sequence} is out of order: the partition expects {expected}")
+            }
+            Refusal::OutOfOrder { base_sequence, known: false, .. } => write!(
+                f,
+                "batch sequence {base_sequence} from a producer this partition does not know (never seen, or forgotten \
+                 after being idle): a producer starts at sequence 0"
+            ),
+        }
+    }
 }
 
 /// Where one batch lives in the Raft log, and what the indexes need of it.
@@ -55,6 +92,9 @@ pub struct BatchLocation {
     pub timestamp_ms: u64,
     /// The greatest index time of the batches before this one (0 for none).
     pub max_timestamp_before: u64,
+    /// The idempotent producer's stamp, so that the producer table at any point can be
+    /// rebuilt from the index.
+    pub producer: Option<ProducerStamp>,
 }
 
 impl BatchLocation {
@@ -81,7 +121,8 @@ pub enum Effect {
     },
 }
 
-/// A partition's state: a few numbers, whatever the amount of data.
+/// A partition's state: a few numbers, whatever the amount of data, and the table of
+/// idempotent producers (bounded by `limits::PARTITION_PRODUCERS_MAX`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionState {
     /// The offset the next record will get: the high watermark on this replica.
@@ -94,6 +135,7 @@ pub struct PartitionState {
     end_position: u64,
     /// The greatest index time of any batch appended.
     max_timestamp_ms: u64,
+    producers: ProducerTable,
 }
 
 impl PartitionState {
@@ -102,14 +144,16 @@ impl PartitionState {
     }
 
     /// The state of a partition whose log, up to and including `log_index`, was deleted
-    /// (a snapshot taken at the retention point): the next batch is `next`.
-    pub fn at_retention_point(log_index: u64, next: &BatchLocation) -> PartitionState {
+    /// (a snapshot taken at the retention point): the next batch is `next`, and
+    /// `producers` the producer table there (see [`replay_producer`]).
+    pub fn at_retention_point(log_index: u64, next: &BatchLocation, producers: ProducerTable) -> PartitionState {
         PartitionState {
             next_offset: next.base_offset,
             log_start_offset: next.base_offset,
             last_applied_index: log_index,
             end_position: next.position,
             max_timestamp_ms: next.max_timestamp_before,
+            producers,
         }
     }
 
@@ -120,7 +164,32 @@ impl PartitionState {
         match command {
             Command::Produce { batch, records, timestamp_ms } => {
                 assert!(*records > 0, "an empty batch was proposed");
-                self.append(log_index, batch.len(), *records, *timestamp_ms)
+                let producer = flotilla_types::batch::producer_of(batch);
+                if let Some(stamp) = producer {
+                    let verdict = if planted::armed(Bug::SkipSequenceCheck) {
+                        Verdict::Append
+                    } else {
+                        self.producers.check(stamp, *records)
+                    };
+                    match verdict {
+                        Verdict::Append => {}
+                        Verdict::Duplicate { base_offset } => {
+                            return (
+                                Response::Produced { base_offset, records: *records, duplicate: true },
+                                Effect::None,
+                            );
+                        }
+                        Verdict::Fenced { current_epoch } => {
+                            let refusal = Refusal::Fenced { epoch: stamp.epoch, current_epoch };
+                            return (Response::Refused(refusal), Effect::None);
+                        }
+                        Verdict::OutOfOrder { expected, known } => {
+                            let refusal = Refusal::OutOfOrder { base_sequence: stamp.base_sequence, expected, known };
+                            return (Response::Refused(refusal), Effect::None);
+                        }
+                    }
+                }
+                self.append(log_index, batch.len(), *records, *timestamp_ms, producer)
             }
             Command::DeleteRecords { before } => {
                 let log_start = (*before).min(self.next_offset).max(self.log_start_offset);
@@ -135,7 +204,14 @@ impl PartitionState {
         }
     }
 
-    fn append(&mut self, log_index: u64, bytes: usize, records: u32, timestamp_ms: u64) -> (Response, Effect) {
+    fn append(
+        &mut self,
+        log_index: u64,
+        bytes: usize,
+        records: u32,
+        timestamp_ms: u64,
+        producer: Option<ProducerStamp>,
+    ) -> (Response, Effect) {
         let base_offset = self.next_offset;
         let location = BatchLocation {
             base_offset,
@@ -145,21 +221,27 @@ impl PartitionState {
             position: self.end_position,
             timestamp_ms,
             max_timestamp_before: self.max_timestamp_ms,
+            producer,
         };
+        replay_producer(&mut self.producers, &location);
         let new_max_time = timestamp_ms > self.max_timestamp_ms;
         self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
         self.next_offset = location.end_offset();
         self.end_position += bytes as u64;
-        (Response::Produced { base_offset, records }, Effect::Indexed { location, new_max_time })
+        (Response::Produced { base_offset, records, duplicate: false }, Effect::Indexed { location, new_max_time })
     }
 
     /// Applies `command` again under the log index it was just applied at: the planted
     /// bug `flotilla_types::planted::Bug::DoubleApply`, which nothing else calls.
     pub fn planted_reapply(&mut self, command: &Command) -> (Response, Effect) {
         match command {
-            Command::Produce { batch, records, timestamp_ms } => {
-                self.append(self.last_applied_index, batch.len(), *records, *timestamp_ms)
-            }
+            Command::Produce { batch, records, timestamp_ms } => self.append(
+                self.last_applied_index,
+                batch.len(),
+                *records,
+                *timestamp_ms,
+                flotilla_types::batch::producer_of(batch),
+            ),
             Command::DeleteRecords { .. } => (Response::LogStart { log_start: self.log_start_offset }, Effect::None),
         }
     }
@@ -191,6 +273,19 @@ impl PartitionState {
     /// The greatest index time of any batch appended.
     pub fn max_timestamp_ms(&self) -> u64 {
         self.max_timestamp_ms
+    }
+
+    /// The idempotent producers this partition remembers.
+    pub fn producers(&self) -> &ProducerTable {
+        &self.producers
+    }
+}
+
+/// Brings `table` past the batch at `location`: what appending it did to the producer
+/// table. Applying a log and replaying its offset index give the same table.
+pub fn replay_producer(table: &mut ProducerTable, location: &BatchLocation) {
+    if let Some(stamp) = location.producer {
+        table.appended(stamp, location.records, location.base_offset, location.timestamp_ms);
     }
 }
 
@@ -229,9 +324,9 @@ mod tests {
     #[test]
     fn offsets_are_assigned_at_apply_and_contiguous() {
         let mut s = PartitionState::new();
-        assert_eq!(s.apply(1, &batch(3)).0, Response::Produced { base_offset: 0, records: 3 });
+        assert_eq!(s.apply(1, &batch(3)).0, Response::Produced { base_offset: 0, records: 3, duplicate: false });
         s.skip(2);
-        assert_eq!(s.apply(3, &batch(2)).0, Response::Produced { base_offset: 3, records: 2 });
+        assert_eq!(s.apply(3, &batch(2)).0, Response::Produced { base_offset: 3, records: 2, duplicate: false });
         assert_eq!(s.high_watermark(), 5);
     }
 
@@ -294,7 +389,7 @@ mod tests {
         // A replica that starts from the state just before batch 12 and applies the
         // same entries from 12 on ends where the full replica ended.
         let next = next.unwrap();
-        let mut cut = PartitionState::at_retention_point(11, &next);
+        let mut cut = PartitionState::at_retention_point(11, &next, ProducerTable::default());
         let mut again = PartitionState::new();
         for i in 1..20 {
             let cmd = batch(i as usize % 4 + 1);
@@ -325,5 +420,88 @@ mod tests {
         let mut s = PartitionState::new();
         s.apply(1, &batch(1));
         s.apply(1, &batch(1));
+    }
+
+    fn stamped(id: u64, epoch: u16, seq: u32, n: usize) -> Command {
+        let records: Vec<Record> = (0..n).map(|i| Record::value(format!("v{i}"))).collect();
+        let stamp = ProducerStamp { id, epoch, base_sequence: seq };
+        produce_command(&RecordBatch::encode_as(&records, Some(stamp)).unwrap(), 1_000)
+    }
+
+    #[test]
+    fn a_retried_batch_gets_its_first_offsets_and_appends_nothing() {
+        let mut s = PartitionState::new();
+        assert_eq!(
+            s.apply(1, &stamped(7, 0, 0, 3)).0,
+            Response::Produced { base_offset: 0, records: 3, duplicate: false }
+        );
+        assert_eq!(s.apply(2, &batch(2)).0, Response::Produced { base_offset: 3, records: 2, duplicate: false });
+        assert_eq!(
+            s.apply(3, &stamped(7, 0, 0, 3)),
+            (Response::Produced { base_offset: 0, records: 3, duplicate: true }, Effect::None)
+        );
+        assert_eq!(
+            s.apply(4, &stamped(7, 0, 3, 1)).0,
+            Response::Produced { base_offset: 5, records: 1, duplicate: false }
+        );
+        assert_eq!(s.high_watermark(), 6);
+    }
+
+    #[test]
+    fn gaps_and_fenced_epochs_are_refused_and_append_nothing() {
+        let mut s = PartitionState::new();
+        s.apply(1, &stamped(7, 1, 0, 1));
+        let gap = s.apply(2, &stamped(7, 1, 5, 1));
+        assert_eq!(
+            gap,
+            (Response::Refused(Refusal::OutOfOrder { base_sequence: 5, expected: 1, known: true }), Effect::None)
+        );
+        let zombie = s.apply(3, &stamped(7, 0, 1, 1));
+        assert_eq!(zombie, (Response::Refused(Refusal::Fenced { epoch: 0, current_epoch: 1 }), Effect::None));
+        assert_eq!(s.high_watermark(), 1);
+        assert!(Refusal::Fenced { epoch: 0, current_epoch: 1 }.to_string().contains("fenced"));
+    }
+
+    #[test]
+    fn the_producer_table_at_a_retention_point_is_rebuilt_from_the_index() {
+        // Several producers interleaved, with retries, a new epoch and refusals.
+        let commands: Vec<Command> = vec![
+            stamped(1, 0, 0, 2),
+            stamped(2, 0, 0, 1),
+            batch(1),
+            stamped(1, 0, 2, 1),
+            stamped(1, 0, 0, 2),
+            stamped(2, 1, 0, 3),
+            stamped(2, 0, 1, 1),
+            stamped(3, 0, 4, 1),
+            stamped(1, 0, 3, 2),
+            stamped(2, 1, 3, 1),
+        ];
+        let mut full = PartitionState::new();
+        let mut locations = Vec::new();
+        for (i, c) in commands.iter().enumerate() {
+            if let Effect::Indexed { location, .. } = full.apply(i as u64 + 1, c).1 {
+                locations.push(location);
+            }
+        }
+        // Cut before each batch in turn: replaying the index up to it gives the table
+        // that applying the log up to it gave, and the rest of the log then lands alike.
+        for cut in 0..locations.len() {
+            let next = locations[cut];
+            let mut table = ProducerTable::default();
+            for l in &locations[..cut] {
+                replay_producer(&mut table, l);
+            }
+            let mut from_cut = PartitionState::at_retention_point(next.log_index - 1, &next, table);
+            let mut reference = PartitionState::new();
+            for (i, c) in commands.iter().enumerate() {
+                let index = i as u64 + 1;
+                let want = reference.apply(index, c);
+                if index >= next.log_index {
+                    assert_eq!(from_cut.apply(index, c), want, "cut before batch {cut}, entry {index}");
+                }
+            }
+            assert_eq!(from_cut.producers(), reference.producers());
+        }
     }
 }

@@ -83,6 +83,7 @@ pub fn batch_error_code(e: &BatchError) -> ErrorCode {
     match e {
         BatchError::Checksum { .. } | BatchError::Malformed(_) => ErrorCode::CorruptBatch,
         BatchError::TooLarge(_) => ErrorCode::RecordTooLarge,
+        BatchError::Unsupported(_) => ErrorCode::UnsupportedFormat,
     }
 }
 
@@ -138,5 +139,6 @@ mod tests {
         assert_eq!(batch_error_code(&BatchError::Checksum { expected: 1, actual: 2 }), ErrorCode::CorruptBatch);
         assert_eq!(batch_error_code(&BatchError::Malformed("x".into())), ErrorCode::CorruptBatch);
         assert_eq!(batch_error_code(&BatchError::TooLarge("x".into())), ErrorCode::RecordTooLarge);
+        assert_eq!(batch_error_code(&BatchError::Unsupported("x".into())), ErrorCode::UnsupportedFormat);
     }
 }

@@ -99,6 +99,33 @@ impl v1::ProduceRequest {
     }
 }
 
+/// An idempotent producer's request for its id: `name` 1..=`PRODUCER_NAME_BYTES_MAX`
+/// printable bytes without whitespace, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitProducer {
+    pub name: Option<String>,
+}
+
+impl TryFrom<v1::InitProducerRequest> for InitProducer {
+    type Error = v1::Error;
+    fn try_from(r: v1::InitProducerRequest) -> Result<InitProducer, v1::Error> {
+        if r.name.is_empty() {
+            return Ok(InitProducer { name: None });
+        }
+        if r.name.len() > limits::PRODUCER_NAME_BYTES_MAX {
+            return Err(invalid(format!(
+                "producer name is {} bytes, the limit is {}",
+                r.name.len(),
+                limits::PRODUCER_NAME_BYTES_MAX
+            )));
+        }
+        if let Some(c) = r.name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(format!("producer name {:?} contains {c:?}", r.name)));
+        }
+        Ok(InitProducer { name: Some(r.name) })
+    }
+}
+
 /// A fetch with its byte budget and wait clamped to the limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetch {
@@ -526,6 +553,17 @@ mod tests {
     use flotilla_types::Record;
 
     use super::*;
+
+    #[test]
+    fn producer_names_are_checked() {
+        assert_eq!(InitProducer::try_from(v1::InitProducerRequest { name: String::new() }).unwrap().name, None);
+        let named = InitProducer::try_from(v1::InitProducerRequest { name: "orders-writer".into() }).unwrap();
+        assert_eq!(named.name.as_deref(), Some("orders-writer"));
+        for bad in ["a b".to_string(), "x".repeat(limits::PRODUCER_NAME_BYTES_MAX + 1), "nl\n".to_string()] {
+            let e = InitProducer::try_from(v1::InitProducerRequest { name: bad.clone() }).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest.as_u32(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn produce_verifies_the_batch() {

@@ -14,7 +14,7 @@
 
 use std::io;
 
-use flotilla_partition::BatchLocation;
+use flotilla_partition::{BatchLocation, ProducerTable};
 use flotilla_storage::Engine;
 use flotilla_types::{GroupId, Offset};
 
@@ -80,6 +80,32 @@ pub fn batches_from(
         }
     }
     Ok(out)
+}
+
+/// Brings `table` past every batch indexed in `[from, to)`, in order: the producer table
+/// at `to` from the one at `from` (`flotilla_partition::replay_producer`).
+pub fn replay_producers(
+    engine: &dyn Engine,
+    group: GroupId,
+    from: Offset,
+    to: Offset,
+    table: &mut ProducerTable,
+) -> io::Result<()> {
+    let mut next = from;
+    while next < to {
+        let pairs = engine
+            .scan(&keys::indexed(group, OFFSETS, next), &keys::indexed(group, OFFSETS, to), 1024)
+            .map_err(to_io)?;
+        if pairs.is_empty() {
+            break;
+        }
+        for (_, v) in &pairs {
+            let loc: BatchLocation = decode(v, "offset index entry")?;
+            flotilla_partition::replay_producer(table, &loc);
+            next = loc.end_offset();
+        }
+    }
+    Ok(())
 }
 
 /// The base offset of the first batch whose time is at or after `time_ms` (by the time

@@ -25,7 +25,7 @@ use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex, RwLock};
 
 use flotilla_metadata::MetadataState;
-use flotilla_partition::{BatchLocation, Effect, PartitionState};
+use flotilla_partition::{BatchLocation, Effect, PartitionState, ProducerTable};
 use flotilla_storage::{Engine, WriteBatch};
 use flotilla_types::GroupId;
 use flotilla_types::planted::{self, Bug};
@@ -189,6 +189,7 @@ impl StateMachineStore {
                     position: p.end_position(),
                     timestamp_ms: 0,
                     max_timestamp_before: p.max_timestamp_ms(),
+                    producer: None,
                 };
                 (applied.last_applied, applied.state.clone(), next)
             }
@@ -198,7 +199,8 @@ impl StateMachineStore {
                     return Ok(None);
                 }
                 let point = log_id_at(engine, self.group, index)?;
-                (Some(point), GroupState::Partition(PartitionState::at_retention_point(index, &next)), next)
+                let producers = self.producers_at(next.base_offset)?;
+                (Some(point), GroupState::Partition(PartitionState::at_retention_point(index, &next, producers)), next)
             }
         };
         let Some(point) = point else { return Ok(None) };
@@ -215,6 +217,21 @@ impl StateMachineStore {
         let snapshot = Applied { last_applied: Some(point), membership: membership.clone(), state };
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: Some(point), last_membership: membership };
         Ok(Some(((meta, encode(&snapshot)), next)))
+    }
+
+    /// The producer table just before the batch at offset `to`: the current snapshot's
+    /// table brought past the batches indexed after the snapshot's retention point.
+    fn producers_at(&self, to: flotilla_types::Offset) -> io::Result<ProducerTable> {
+        let current = self.shared.snapshot.lock().expect("snapshot lock poisoned").as_ref().map(|(_, d)| d.clone());
+        let mut table = match current {
+            Some(data) => match decode::<Applied>(&data, "snapshot")?.state {
+                GroupState::Partition(p) => p.producers().clone(),
+                GroupState::Metadata(_) => unreachable!("a partition group"),
+            },
+            None => ProducerTable::default(),
+        };
+        crate::index::replay_producers(self.engine.as_ref(), self.group, self.shared.snapshot_start(), to, &mut table)?;
+        Ok(table)
     }
 
     /// Saves `stored` as the current snapshot; `start` as in `SharedState::set_snapshot`.
@@ -508,7 +525,11 @@ pub(crate) mod stored {
         let mut p = PartitionState::new();
         let batch = flotilla_types::RecordBatch::encode(&[flotilla_types::Record::value("v")]).expect("a batch");
         p.apply(3, &flotilla_partition::produce_command(&batch, 5));
-        let last = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 3));
+        let stamp = flotilla_types::ProducerStamp { id: 4, epoch: 1, base_sequence: 0 };
+        let stamped = flotilla_types::RecordBatch::encode_as(&[flotilla_types::Record::value("s")], Some(stamp))
+            .expect("a batch");
+        p.apply(4, &flotilla_partition::produce_command(&stamped, 6));
+        let last = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 4));
         let membership = StoredMembershipOf::<TypeConfig>::new(
             Some(openraft::testing::log_id::<TypeConfig>(1, 1, 1)),
             openraft::Membership::new_with_defaults(vec![std::collections::BTreeSet::from([1, 2, 3])], []),

@@ -148,11 +148,15 @@ mod tests {
     /// error for the caller, never a panic of the node.
     #[test]
     fn an_answer_of_the_other_kind_is_refused_not_trusted() {
-        let produced = Response::Partition(flotilla_partition::Response::Produced { base_offset: 3, records: 1 });
+        let produced = Response::Partition(flotilla_partition::Response::Produced {
+            base_offset: 3,
+            records: 1,
+            duplicate: false,
+        });
         assert!(matches!(metadata_response(0, produced.clone()), Err(WriteError::Unavailable { group: 0, .. })));
         assert_eq!(
             partition_response(7, produced),
-            Ok(flotilla_partition::Response::Produced { base_offset: 3, records: 1 })
+            Ok(flotilla_partition::Response::Produced { base_offset: 3, records: 1, duplicate: false })
         );
         for other in [Response::WrongGroup, Response::None, Response::Metadata(flotilla_metadata::Response::Ok)] {
             assert!(matches!(partition_response(7, other), Err(WriteError::Unavailable { group: 7, .. })));

@@ -150,7 +150,11 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
         encode(&RaftReply::Write(Ok(Response::Partition(flotilla_partition::Response::Produced {
             base_offset: 10,
             records: 2,
+            duplicate: true,
         })))),
+        encode(&RaftReply::Write(Ok(Response::Partition(flotilla_partition::Response::Refused(
+            flotilla_partition::Refusal::OutOfOrder { base_sequence: 7, expected: 5, known: true },
+        ))))),
         encode(&RaftReply::Write(Err(crate::WriteError::Timeout { group: 3 }))),
         encode(&RaftReply::Refused("group 3 is not hosted on node 2".into())),
         encode(&RaftReply::Noted),
@@ -172,6 +176,7 @@ pub fn sample_stored() -> Vec<Vec<u8>> {
         position: 400,
         timestamp_ms: 1_700_000_000_000,
         max_timestamp_before: 1_600_000_000_000,
+        producer: Some(flotilla_types::ProducerStamp { id: 4, epoch: 1, base_sequence: 30 }),
     }));
     out.push(encode(&10u64));
     out.extend(crate::state_machine::stored::samples());

@@ -55,6 +55,7 @@ macro_rules! answers {
 
 answers!(
     v1::ProduceResponse,
+    v1::InitProducerResponse,
     v1::FetchResponse,
     v1::ListOffsetsResponse,
     v1::DeleteRecordsResponse,
@@ -131,8 +132,25 @@ fn answer<V, R: Answer>(r: Result<V, ApiError>, ok: impl FnOnce(V) -> R) -> R {
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
         handle(&self.node, "produce", req, |r: request::Produce| async move {
-            answer(self.node.produce(&r.topic, r.partition, r.batch).await, |(base_offset, record_count)| {
-                v1::ProduceResponse { error: None, base_offset, record_count }
+            answer(self.node.produce(&r.topic, r.partition, r.batch).await, |p| v1::ProduceResponse {
+                error: None,
+                base_offset: p.base_offset,
+                record_count: p.records,
+                duplicate: p.duplicate,
+            })
+        })
+        .await
+    }
+
+    async fn init_producer(
+        &self,
+        req: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        handle(&self.node, "init_producer", req, |r: request::InitProducer| async move {
+            answer(self.node.init_producer(r.name).await, |(producer_id, epoch)| v1::InitProducerResponse {
+                error: None,
+                producer_id,
+                producer_epoch: u32::from(epoch),
             })
         })
         .await

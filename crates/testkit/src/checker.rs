@@ -45,7 +45,7 @@ pub enum AnomalyKind {
     /// Two different values observed at one offset of a partition (acks and/or polls).
     InconsistentOffsets,
     /// One value at more than one offset or in more than one partition, though its send
-    /// could not be retried.
+    /// was idempotent or could not be retried.
     Duplicate,
     /// An acknowledged value never read, though polls read past its offset.
     LostWrite,

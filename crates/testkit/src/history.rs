@@ -112,8 +112,9 @@ pub struct Event {
     /// (the next offset to be written, the high watermark).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// Send invoke: the client may retry this send after an indeterminate error, so
-    /// duplicates of its values are allowed.
+    /// Send invoke: the client may retry this send after an indeterminate error without
+    /// idempotence, so duplicates of its values are allowed. False for an idempotent
+    /// producer's sends: the checker forbids their duplicates outright.
     #[serde(skip_serializing_if = "is_false")]
     pub retries: bool,
     /// Poll: part of the final full drain after every fault healed.

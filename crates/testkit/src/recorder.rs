@@ -55,8 +55,8 @@ pub fn failure_kind(e: &ClientError) -> Kind {
 
 impl Recorder {
     /// A recorder with an empty history, its clock starting now, sending with the default
-    /// [`ProducerConfig`] (which retries after indeterminate errors, so sends are recorded
-    /// with `retries: true`).
+    /// [`ProducerConfig`] (idempotent: it retries after indeterminate errors and appends
+    /// once, so sends are recorded with `retries: false` and duplicates are anomalies).
     pub fn new(client: Client) -> Recorder {
         Recorder::with_producer_config(client, ProducerConfig::default())
     }
@@ -146,7 +146,9 @@ impl Recorder {
         partition: u32,
         values: Vec<String>,
     ) -> Result<Vec<u64>, ClientError> {
-        let retries = self.producer_config.retry_indeterminate;
+        // Duplicates are allowed only where a retry may write a batch twice: an
+        // idempotent producer's retries append once.
+        let retries = !self.producer_config.idempotent && self.producer_config.retry_indeterminate;
         self.record(
             self.event(actor, Op::Send, Kind::Invoke).on(topic, partition).values(values.clone()).retries(retries),
         );

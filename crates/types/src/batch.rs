@@ -2,13 +2,24 @@
 //! a fetch returns. Offsets are not in the batch: the partition assigns them when the
 //! entry is applied (design decision 2), so a record's bytes are written once.
 //!
-//! Layout, little-endian:
+//! Layout, little-endian, format 2 (what every producer writes):
 //!
 //! ```text
-//! magic u8 (=1) | crc32c u32 | record_count u32 | records…
+//! magic u8 (=2) | crc32c u32 | attributes u16 | producer_id u64 | producer_epoch u16
+//!     | base_sequence u32 | record_count u32 | records…
 //! record: timestamp_ms u64 | key_len i32 (-1: no key) | key | value_len u32 | value
 //!         | header_count u16 | (name_len u16 | name | value_len u32 | value)*
 //! ```
+//!
+//! `attributes` bits 0–2 name the compression codec (0: none, the only one this version
+//! writes); the other bits are 0. `producer_id` 0 means "no producer": the batch is not
+//! de-duplicated. Otherwise (`producer_id`, `producer_epoch`, `base_sequence`) is the
+//! idempotent producer's stamp: `base_sequence` numbers the batch's first record, and
+//! each record takes the next number, per producer and partition (Kafka's scheme).
+//!
+//! Format 1 (magic 1) has no attributes and no producer fields: `magic | crc32c |
+//! record_count | records…`. It is still read. A batch of a newer format, or with a codec
+//! this version does not know, is refused with [`BatchError::Unsupported`].
 //!
 //! The CRC32C covers every byte after the checksum field. It is computed by the
 //! producer, verified by the node before the batch is proposed, and verified again by
@@ -18,9 +29,32 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::limits;
 
-const MAGIC: u8 = 1;
-/// magic + crc + record count.
-pub const BATCH_HEADER_BYTES: usize = 1 + 4 + 4;
+/// The batch format this version writes.
+pub const FORMAT: u8 = 2;
+const FORMAT_1: u8 = 1;
+/// The header of the format written: magic, crc, attributes, producer id, epoch, base
+/// sequence, record count.
+pub const BATCH_HEADER_BYTES: usize = 1 + 4 + 2 + 8 + 2 + 4 + 4;
+const FORMAT_1_HEADER_BYTES: usize = 1 + 4 + 4;
+/// The producer id of a batch without a producer.
+pub const NO_PRODUCER: u64 = 0;
+const CODEC_MASK: u16 = 0b111;
+
+/// An idempotent producer's stamp on a batch: who wrote it, in which epoch, and the
+/// sequence number of its first record on this partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ProducerStamp {
+    pub id: u64,
+    pub epoch: u16,
+    pub base_sequence: u32,
+}
+
+impl ProducerStamp {
+    /// The sequence number of the batch's last record, for a batch of `records`.
+    pub fn last_sequence(&self, records: u32) -> u32 {
+        self.base_sequence.wrapping_add(records.saturating_sub(1))
+    }
+}
 
 /// One record, as a producer gives it and a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,6 +91,8 @@ pub enum BatchError {
     Malformed(String),
     #[error("batch too large: {0}")]
     TooLarge(String),
+    #[error("unsupported batch: {0}")]
+    Unsupported(String),
 }
 
 /// An encoded, checksummed batch of one or more records. Constructed only by `encode`
@@ -68,9 +104,40 @@ pub struct RecordBatch {
     count: u32,
 }
 
+/// Where a batch's records start: after its header, by format.
+fn header_len(magic: u8) -> usize {
+    if magic == FORMAT_1 { FORMAT_1_HEADER_BYTES } else { BATCH_HEADER_BYTES }
+}
+
+/// The producer stamp in the header of `bytes`, a batch already verified by
+/// [`RecordBatch::decode`] or made by [`RecordBatch::encode`]; `None` for a batch without
+/// a producer (or of format 1). Reads fixed offsets only, so the partition state machine
+/// can call it on every batch it applies.
+pub fn producer_of(bytes: &[u8]) -> Option<ProducerStamp> {
+    if bytes.len() < BATCH_HEADER_BYTES || bytes[0] != FORMAT {
+        return None;
+    }
+    let id = u64::from_le_bytes(bytes[7..15].try_into().expect("8 bytes"));
+    if id == NO_PRODUCER {
+        return None;
+    }
+    let epoch = u16::from_le_bytes(bytes[15..17].try_into().expect("2 bytes"));
+    let base_sequence = u32::from_le_bytes(bytes[17..21].try_into().expect("4 bytes"));
+    Some(ProducerStamp { id, epoch, base_sequence })
+}
+
 impl RecordBatch {
-    /// Encodes `records`. Fails if the batch breaks a limit.
+    /// Encodes `records` without a producer stamp. Fails if the batch breaks a limit.
     pub fn encode(records: &[Record]) -> Result<RecordBatch, BatchError> {
+        RecordBatch::encode_as(records, None)
+    }
+
+    /// Encodes `records` stamped by an idempotent producer (`None`: no stamp). Fails if
+    /// the batch breaks a limit, or the stamp uses the reserved producer id 0.
+    pub fn encode_as(records: &[Record], producer: Option<ProducerStamp>) -> Result<RecordBatch, BatchError> {
+        if producer.is_some_and(|p| p.id == NO_PRODUCER) {
+            return Err(BatchError::Malformed("producer id 0 is reserved for batches without a producer".into()));
+        }
         if records.is_empty() {
             return Err(BatchError::Malformed("a batch needs at least one record".into()));
         }
@@ -86,8 +153,13 @@ impl RecordBatch {
             return Err(BatchError::TooLarge(format!("{len} bytes, the limit is {}", limits::BATCH_BYTES_MAX)));
         }
         let mut buf = BytesMut::with_capacity(len);
-        buf.put_u8(MAGIC);
+        buf.put_u8(FORMAT);
         buf.put_u32_le(0); // checksum, filled in below
+        buf.put_u16_le(0); // attributes: no compression
+        let p = producer.unwrap_or(ProducerStamp { id: NO_PRODUCER, epoch: 0, base_sequence: 0 });
+        buf.put_u64_le(p.id);
+        buf.put_u16_le(p.epoch);
+        buf.put_u32_le(p.base_sequence);
         buf.put_u32_le(records.len() as u32);
         for r in records {
             check_record(r)?;
@@ -124,18 +196,37 @@ impl RecordBatch {
                 limits::BATCH_BYTES_MAX
             )));
         }
-        if bytes.len() < BATCH_HEADER_BYTES {
-            return Err(BatchError::Malformed(format!("{} bytes is shorter than a batch header", bytes.len())));
+        let Some(&magic) = bytes.first() else {
+            return Err(BatchError::Malformed("an empty batch".into()));
+        };
+        if magic > FORMAT {
+            return Err(BatchError::Unsupported(format!(
+                "batch format {magic} is newer than this node's ({FORMAT}); upgrade the node"
+            )));
         }
-        if bytes[0] != MAGIC {
-            return Err(BatchError::Malformed(format!("unknown batch format {}", bytes[0])));
+        if magic != FORMAT && magic != FORMAT_1 {
+            return Err(BatchError::Malformed(format!("unknown batch format {magic}")));
+        }
+        let header = header_len(magic);
+        if bytes.len() < header {
+            return Err(BatchError::Malformed(format!("{} bytes is shorter than a batch header", bytes.len())));
         }
         let expected = u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes"));
         let actual = crc32c::crc32c(&bytes[5..]);
         if expected != actual {
             return Err(BatchError::Checksum { expected, actual });
         }
-        let count = u32::from_le_bytes(bytes[5..9].try_into().expect("4 bytes"));
+        if magic == FORMAT {
+            let attributes = u16::from_le_bytes(bytes[5..7].try_into().expect("2 bytes"));
+            let codec = attributes & CODEC_MASK;
+            if codec != 0 {
+                return Err(BatchError::Unsupported(format!("compression codec {codec} is not known to this node")));
+            }
+            if attributes & !CODEC_MASK != 0 {
+                return Err(BatchError::Unsupported(format!("batch attributes {attributes:#06x} are not known")));
+            }
+        }
+        let count = u32::from_le_bytes(bytes[header - 4..header].try_into().expect("4 bytes"));
         if count == 0 || count as usize > limits::BATCH_RECORDS_MAX {
             return Err(BatchError::Malformed(format!(
                 "record count {count} outside 1..={}",
@@ -145,7 +236,7 @@ impl RecordBatch {
         let batch = RecordBatch { bytes, count };
         // Walk every record once so that `records()` can never fail later.
         let mut n = 0;
-        let mut cur = Cursor { buf: &batch.bytes[BATCH_HEADER_BYTES..] };
+        let mut cur = Cursor { buf: &batch.bytes[header..] };
         while !cur.buf.is_empty() {
             cur.record()?;
             n += 1;
@@ -176,9 +267,14 @@ impl RecordBatch {
         u32::from_le_bytes(self.bytes[1..5].try_into().expect("4 bytes"))
     }
 
+    /// The idempotent producer's stamp, if the batch has one.
+    pub fn producer(&self) -> Option<ProducerStamp> {
+        producer_of(&self.bytes)
+    }
+
     /// The records, in order.
     pub fn records(&self) -> Vec<Record> {
-        let mut cur = Cursor { buf: &self.bytes[BATCH_HEADER_BYTES..] };
+        let mut cur = Cursor { buf: &self.bytes[header_len(self.bytes[0])..] };
         let mut out = Vec::with_capacity(self.count as usize);
         while !cur.buf.is_empty() {
             out.push(cur.record_bytes(&self.bytes).expect("validated by decode or encode"));
@@ -350,7 +446,7 @@ mod tests {
     #[test]
     fn lying_lengths_with_a_valid_checksum_are_refused() {
         // A well-checksummed batch whose key length points past the end.
-        let mut buf = vec![MAGIC, 0, 0, 0, 0];
+        let mut buf = vec![FORMAT_1, 0, 0, 0, 0];
         buf.extend_from_slice(&1u32.to_le_bytes());
         buf.extend_from_slice(&0u64.to_le_bytes());
         buf.extend_from_slice(&(i32::MAX).to_le_bytes());
@@ -366,5 +462,50 @@ mod tests {
         assert!(matches!(RecordBatch::encode(&[big]), Err(BatchError::TooLarge(_))));
         let many = vec![Record::value("x"); limits::BATCH_RECORDS_MAX + 1];
         assert!(matches!(RecordBatch::encode(&many), Err(BatchError::TooLarge(_))));
+    }
+
+    #[test]
+    fn the_producer_stamp_round_trips_and_is_covered_by_the_checksum() {
+        let stamp = ProducerStamp { id: 42, epoch: 3, base_sequence: 1_000 };
+        let b = RecordBatch::encode_as(&sample(), Some(stamp)).unwrap();
+        let d = RecordBatch::decode(b.bytes().clone()).unwrap();
+        assert_eq!(d.producer(), Some(stamp));
+        assert_eq!(stamp.last_sequence(d.len()), 1_002);
+        assert_eq!(d.records(), sample());
+        assert_eq!(RecordBatch::encode(&sample()).unwrap().producer(), None);
+        let reserved = ProducerStamp { id: NO_PRODUCER, ..stamp };
+        assert!(RecordBatch::encode_as(&sample(), Some(reserved)).is_err());
+    }
+
+    /// A batch in format 1 (no attributes, no producer), written by earlier versions.
+    fn format_1(records: &[Record]) -> Bytes {
+        let v2 = RecordBatch::encode(records).unwrap();
+        let mut buf = vec![FORMAT_1, 0, 0, 0, 0];
+        buf.extend_from_slice(&v2.bytes()[BATCH_HEADER_BYTES - 4..]);
+        let crc = crc32c::crc32c(&buf[5..]);
+        buf[1..5].copy_from_slice(&crc.to_le_bytes());
+        Bytes::from(buf)
+    }
+
+    #[test]
+    fn format_1_batches_are_still_read() {
+        let d = RecordBatch::decode(format_1(&sample())).unwrap();
+        assert_eq!(d.records(), sample());
+        assert_eq!(d.producer(), None);
+    }
+
+    #[test]
+    fn newer_formats_and_unknown_codecs_are_refused_clearly() {
+        let mut newer = RecordBatch::encode(&sample()).unwrap().bytes().to_vec();
+        newer[0] = FORMAT + 1;
+        let e = RecordBatch::decode(Bytes::from(newer)).unwrap_err();
+        assert!(matches!(e, BatchError::Unsupported(_)) && e.to_string().contains("newer"), "{e}");
+
+        let mut zstd = RecordBatch::encode(&sample()).unwrap().bytes().to_vec();
+        zstd[5] = 4;
+        let crc = crc32c::crc32c(&zstd[5..]);
+        zstd[1..5].copy_from_slice(&crc.to_le_bytes());
+        let e = RecordBatch::decode(Bytes::from(zstd)).unwrap_err();
+        assert!(matches!(e, BatchError::Unsupported(_)) && e.to_string().contains("codec 4"), "{e}");
     }
 }

@@ -55,11 +55,21 @@ pub enum ErrorCode {
     /// refuses writes, keeps serving reads and replication, and accepts writes again by
     /// itself once retention has freed space. Nothing was written; retry later.
     DiskFull = 18,
+    /// A producer with a newer epoch has the same producer id (a restarted producer
+    /// fenced this one): nothing was written, and this producer may write no more.
+    ProducerFenced = 19,
+    /// An idempotent producer's batch does not carry the next sequence the partition
+    /// expects (a batch is missing before it, or the partition no longer knows the
+    /// producer): nothing was written. Fatal for that producer on that partition.
+    OutOfOrderSequence = 20,
+    /// The batch uses a format or feature this node does not know (a newer batch format,
+    /// an unknown compression codec): nothing was written.
+    UnsupportedFormat = 21,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::InvalidRequest,
@@ -79,6 +89,9 @@ impl ErrorCode {
         ErrorCode::UnknownNode,
         ErrorCode::StaleEpoch,
         ErrorCode::DiskFull,
+        ErrorCode::ProducerFenced,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::UnsupportedFormat,
     ];
 
     /// The wire number.
@@ -113,6 +126,9 @@ impl ErrorCode {
             ErrorCode::UnknownNode => "UNKNOWN_NODE",
             ErrorCode::StaleEpoch => "STALE_EPOCH",
             ErrorCode::DiskFull => "DISK_FULL",
+            ErrorCode::ProducerFenced => "PRODUCER_FENCED",
+            ErrorCode::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
+            ErrorCode::UnsupportedFormat => "UNSUPPORTED_FORMAT",
         }
     }
 

@@ -122,6 +122,22 @@ pub const CONTROLLERS_MAX: usize = 7;
 /// Regions, zones and nodes one topic policy lists at most.
 pub const POLICY_ENTRIES_MAX: usize = 256;
 
+/// Batches an idempotent producer may have in flight to one partition, and the batches
+/// a partition remembers per producer to answer a retried one with its first offsets.
+pub const PRODUCER_IN_FLIGHT_MAX: usize = 5;
+
+/// A partition forgets a producer that has appended nothing for this long (by the
+/// batches' index times): Kafka's `producer.id.expiration.ms`, default one day.
+pub const PRODUCER_IDLE_EXPIRY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The most producers one partition remembers; past it the least recently active is
+/// forgotten first (its next batch is then refused with `OUT_OF_ORDER_SEQUENCE` unless it
+/// starts a new epoch).
+pub const PARTITION_PRODUCERS_MAX: usize = 10_000;
+
+/// The longest producer name (`InitProducer`) in bytes.
+pub const PRODUCER_NAME_BYTES_MAX: usize = 249;
+
 #[cfg(test)]
 mod tests {
     use super::*;

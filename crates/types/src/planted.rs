@@ -18,10 +18,14 @@ pub enum Bug {
     FetchPastCommit = 3,
     /// The first batch a partition applies in a new term is applied twice.
     DoubleApply = 4,
+    /// The partition appends an idempotent producer's batch without checking its
+    /// sequence, so a retried batch is written twice.
+    SkipSequenceCheck = 5,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [Bug::AckBeforeFlush, Bug::ForgetVote, Bug::FetchPastCommit, Bug::DoubleApply];
+    pub const ALL: [Bug; 5] =
+        [Bug::AckBeforeFlush, Bug::ForgetVote, Bug::FetchPastCommit, Bug::DoubleApply, Bug::SkipSequenceCheck];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +33,7 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::FetchPastCommit => "fetch-past-commit",
             Bug::DoubleApply => "double-apply",
+            Bug::SkipSequenceCheck => "skip-sequence-check",
         }
     }
 

@@ -112,7 +112,7 @@ impl Client {
                 match (&command, &response) {
                     (
                         Command::Partition(flotilla_partition::Command::Produce { batch, records, .. }),
-                        Response::Partition(flotilla_partition::Response::Produced { base_offset, records: acked_n }),
+                        Response::Partition(flotilla_partition::Response::Produced { base_offset, records: acked_n, .. }),
                     ) => {
                         assert_eq!(records, acked_n, "group {group}: the ack counts other records than were sent");
                         history.produced.push(ProduceAck {

@@ -134,10 +134,20 @@ pub async fn produce(nodes: &[Node<LocalTransport>], topic: &str, p: u32, values
 
 /// Produces `b` through whichever node leads the partition; its base offset.
 pub async fn produce_batch(nodes: &[Node<LocalTransport>], topic: &str, p: u32, b: &RecordBatch) -> u64 {
+    produce_answer(nodes, topic, p, b).await.base_offset
+}
+
+/// Produces `b` through whichever node leads the partition; the whole answer.
+pub async fn produce_answer(
+    nodes: &[Node<LocalTransport>],
+    topic: &str,
+    p: u32,
+    b: &RecordBatch,
+) -> flotilla_node::Produced {
     eventually("a produce to succeed", async || {
         for n in nodes {
             match n.produce(topic, p, b.clone()).await {
-                Ok((base, _)) => return Some(base),
+                Ok(answer) => return Some(answer),
                 Err(ApiError {
                     code: ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::LeaderChanged | ErrorCode::UnknownTopic,
                     ..

@@ -175,7 +175,7 @@ fn duplicates(x: &Index<'_>, ops: &[Operation<'_>], out: &mut Vec<Anomaly>) {
             p.iter().filter_map(|s| s.offset).collect(),
             vec![value.to_string()],
             events,
-            format!("at {} places: {}; its send could not be retried", p.len(), places.join(", ")),
+            format!("at {} places: {}; its send was idempotent or could not be retried", p.len(), places.join(", ")),
         ));
     }
 }
