@@ -5,6 +5,7 @@ partitions at some records in flight, each cell on a fresh three-node cluster.
 Usage:
   scripts/bench_matrix.py [--partitions 1,6] [--in-flight 1,64,256] [--secs 10]
                           [--warmup 2] [--profile SECONDS] [--out DIR]
+                          [--bench-args='--no-idempotence ...']
 
 Each cell starts `flotilla dev --nodes 3` in a new data directory (ports 7270-7272),
 creates the topic (replication factor 3), runs `flotilla bench produce` closed-loop
@@ -20,6 +21,7 @@ import argparse, json, os, signal, subprocess, sys, time
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/flotilla/target"))
 BIN = os.environ.get("FLOTILLA") or f"{TARGET}/release/flotilla"
 PORT = 7270
+BENCH_ARGS = []
 BOOT = ",".join(f"127.0.0.1:{PORT + i}" for i in range(3))
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,6 +67,7 @@ def cell(partitions, in_flight, secs, warmup, profile, out):
         subprocess.run(cli + ["topic", "create", "m", "--partitions", str(partitions), "--replication-factor", "3"],
                        check=True, capture_output=True)
         base = cli + ["bench", "produce", "--topic", "m", "--producers", str(in_flight), "--record-size", "1024"]
+        base += BENCH_ARGS
         subprocess.run(base + ["--duration-secs", str(warmup), "--warmup-secs", "0"], check=True, capture_output=True)
         pids = node_pids()
         before = cpu_secs(pids)
@@ -96,7 +99,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--profile", type=int, default=0)
     ap.add_argument("--out", default="/tmp/flotilla-matrix")
+    ap.add_argument("--bench-args", default="", help="more arguments for bench produce, e.g. --no-idempotence")
     a = ap.parse_args()
+    BENCH_ARGS.extend(a.bench_args.split())
     os.makedirs(a.out, exist_ok=True)
     rows = {}
     for p in map(int, a.partitions.split(",")):

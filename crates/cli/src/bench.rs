@@ -110,6 +110,9 @@ pub struct BenchProduceArgs {
     /// Producer linger, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub linger_ms: u64,
+    /// Compress batches: none, lz4 or zstd.
+    #[arg(long, default_value = "none", value_parser = flotilla_client::Compression::parse)]
+    pub compression: flotilla_client::Compression,
     /// Send without idempotence (at-least-once, as producers did before it was the
     /// default), to measure what it costs.
     #[arg(long)]
@@ -990,12 +993,13 @@ fn produce_header(a: &BenchProduceArgs, partitions: u32) -> String {
         (None, None) => unreachable!("clap requires one"),
     };
     format!(
-        "bench produce: topic={} partitions={partitions}{} {mode} record_size={}B {amount} warm-up={}s linger={}ms acks=all{}{}",
+        "bench produce: topic={} partitions={partitions}{} {mode} record_size={}B {amount} warm-up={}s linger={}ms compression={} acks=all{}{}",
         a.topic,
         if a.create { format!(" (rf={} if created)", a.replication_factor) } else { String::new() },
         a.record_size,
         a.warmup_secs,
         a.linger_ms,
+        a.compression.name(),
         if a.no_idempotence { " not-idempotent" } else { " idempotent" },
         if a.e2e { " e2e" } else { "" }
     )

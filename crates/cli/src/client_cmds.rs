@@ -174,6 +174,9 @@ pub struct ProduceArgs {
     /// this one (Kafka's transactional.id, for fencing only).
     #[arg(long)]
     pub producer_name: Option<String>,
+    /// Compress batches: none, lz4 or zstd (Kafka's compression.type).
+    #[arg(long, default_value = "none", value_parser = flotilla_client::Compression::parse)]
+    pub compression: flotilla_client::Compression,
     /// Send without idempotence: a retry after a lost answer may then write a record
     /// twice (Kafka's enable.idempotence=false).
     #[arg(long, conflicts_with = "producer_name")]
@@ -1038,6 +1041,7 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
         linger: std::time::Duration::from_millis(a.linger_ms),
         idempotent: !a.no_idempotence,
         name: a.producer_name.clone(),
+        compression: a.compression,
         ..ProducerConfig::default()
     };
     let producer = client.producer(&a.topic, config);
@@ -1407,6 +1411,8 @@ mod tests {
         assert!(parse(&["produce", "t", "--key-separator", ":", "--partition", "0"]).is_ok());
         assert!(parse(&["produce", "t", "-H", "trace=abc", "-H", "k=", "--linger-ms", "5"]).is_ok());
         assert!(parse(&["produce", "t", "-H", "novalue"]).is_err());
+        assert!(parse(&["produce", "t", "--compression", "zstd"]).is_ok());
+        assert!(parse(&["produce", "t", "--compression", "brotli"]).is_err());
         assert!(parse(&["produce", "t", "--producer-name", "w", "--no-idempotence"]).is_err());
         assert!(parse(&["consume", "t", "--from-beginning", "--max", "5", "--print-key", "--print-offset"]).is_ok());
         assert!(parse(&["consume", "t", "--from-beginning", "--offset", "3"]).is_err());

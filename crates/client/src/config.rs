@@ -103,6 +103,10 @@ pub struct ProducerConfig {
     /// the older instances' batches with `PRODUCER_FENCED`. Default none: a fresh producer
     /// id per `Producer`.
     pub name: Option<String>,
+    /// How batches are compressed (Kafka's `compression.type`): `None` (the default),
+    /// `Lz4` or `Zstd`. Batches are stored and replicated compressed and decompressed by
+    /// the consumer; the batch limits apply to the uncompressed records.
+    pub compression: flotilla_types::Compression,
     /// Without idempotence: retry a produce whose previous attempt failed indeterminately
     /// (timeout, connection lost mid-request). Default true. **This may duplicate
     /// records**: the earlier attempt may have been committed. With `false`, such a
@@ -124,6 +128,7 @@ impl Default for ProducerConfig {
             queue_records: 16_384,
             idempotent: true,
             name: None,
+            compression: flotilla_types::Compression::None,
             retry_indeterminate: true,
             delivery_timeout: None,
         }

@@ -69,7 +69,7 @@ pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
-pub use flotilla_types::{ErrorCode, NodeId, Offset, PartitionId, Record};
+pub use flotilla_types::{Compression, ErrorCode, NodeId, Offset, PartitionId, Record};
 pub use metadata::{BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo, TopicSummary};
 pub use producer::{Ack, Producer};
 

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use flotilla_types::batch::BATCH_HEADER_BYTES;
-use flotilla_types::{ErrorCode, Offset, PartitionId, ProducerStamp, Record, RecordBatch, limits};
+use flotilla_types::{Compression, ErrorCode, Offset, PartitionId, ProducerStamp, Record, RecordBatch, limits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -286,7 +286,7 @@ impl Writer {
     /// idempotent, plain otherwise. The first record's offset.
     async fn send(&self, partition: PartitionId, records: &[Record], deadline: Option<Instant>) -> Result<Offset> {
         if !self.config.idempotent {
-            let batch = encode(records, None)?;
+            let batch = encode(records, None, self.config.compression)?;
             return self
                 .client()
                 .produce(&self.topic, partition, &batch, self.config.retry_indeterminate, deadline)
@@ -301,7 +301,7 @@ impl Writer {
                 *seq = Sequencer { identity: Some(identity), next: 0 };
             }
             let stamp = ProducerStamp { id: identity.id, epoch: identity.epoch, base_sequence: seq.next };
-            let batch = encode(records, Some(stamp))?;
+            let batch = encode(records, Some(stamp), self.config.compression)?;
             match self.client().produce(&self.topic, partition, &batch, true, deadline).await {
                 Ok(base) => {
                     seq.next = seq.next.wrapping_add(batch.len());
@@ -351,8 +351,8 @@ impl Writer {
     }
 }
 
-fn encode(records: &[Record], stamp: Option<ProducerStamp>) -> Result<RecordBatch> {
-    RecordBatch::encode_as(records, stamp)
+fn encode(records: &[Record], stamp: Option<ProducerStamp>, compression: Compression) -> Result<RecordBatch> {
+    RecordBatch::encode_with(records, stamp, compression)
         .map_err(|e| ClientError::refused(flotilla_proto::batch_error_code(&e), e.to_string()))
 }
 

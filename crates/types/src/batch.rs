@@ -11,8 +11,11 @@
 //!         | header_count u16 | (name_len u16 | name | value_len u32 | value)*
 //! ```
 //!
-//! `attributes` bits 0–2 name the compression codec (0: none, the only one this version
-//! writes); the other bits are 0. `producer_id` 0 means "no producer": the batch is not
+//! `attributes` bits 0–2 name the compression codec of the records section, with Kafka's
+//! numbers: 0 none, 3 lz4 (a block with its uncompressed length first, u32), 4 zstd (one
+//! frame); the other bits are 0. The records section, uncompressed, is at most
+//! `limits::BATCH_BYTES_MAX` bytes. A compressed batch is stored and replicated as sent;
+//! the node decompresses it once to verify it, the consumer to read it. `producer_id` 0 means "no producer": the batch is not
 //! de-duplicated. Otherwise (`producer_id`, `producer_epoch`, `base_sequence`) is the
 //! idempotent producer's stamp: `base_sequence` numbers the batch's first record, and
 //! each record takes the next number, per producer and partition (Kafka's scheme).
@@ -39,6 +42,108 @@ const FORMAT_1_HEADER_BYTES: usize = 1 + 4 + 4;
 /// The producer id of a batch without a producer.
 pub const NO_PRODUCER: u64 = 0;
 const CODEC_MASK: u16 = 0b111;
+
+/// How a producer compresses its batches' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
+
+    /// The codec number in a batch's attributes (Kafka's).
+    pub fn codec(self) -> u16 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    fn from_codec(codec: u16) -> Option<Compression> {
+        Compression::ALL.into_iter().find(|c| c.codec() == codec)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// `none`, `lz4` or `zstd`.
+    pub fn parse(name: &str) -> Result<Compression, String> {
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| format!("unknown compression {name:?}: none, lz4 or zstd"))
+    }
+
+    fn compress(self, raw: &[u8]) -> Vec<u8> {
+        match self {
+            Compression::None => raw.to_vec(),
+            Compression::Lz4 => lz4_flex::block::compress_prepend_size(raw),
+            Compression::Zstd => ruzstd::encoding::compress_to_vec(raw, ruzstd::encoding::CompressionLevel::Fastest),
+        }
+    }
+
+    /// The records section of a batch compressed with this codec, never more than
+    /// `max` bytes uncompressed, and never allocating more than that on the input's word.
+    fn decompress(self, input: &[u8], max: usize) -> Result<Vec<u8>, BatchError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| BatchError::Malformed(format!("{what}: {e}"));
+        let too_large =
+            |n: usize| BatchError::TooLarge(format!("records of {n} bytes uncompressed, the limit is {max}"));
+        match self {
+            Compression::None => Ok(input.to_vec()),
+            Compression::Lz4 => {
+                let Some((len, block)) = input.split_first_chunk::<4>() else {
+                    return Err(BatchError::Malformed("an lz4 block without its length".into()));
+                };
+                let len = u32::from_le_bytes(*len) as usize;
+                if len > max {
+                    return Err(too_large(len));
+                }
+                let mut out = vec![0u8; len];
+                let n = lz4_flex::block::decompress_into(block, &mut out).map_err(|e| bad("lz4", &e))?;
+                if n != len {
+                    return Err(BatchError::Malformed(format!("lz4 block of {n} bytes, its header says {len}")));
+                }
+                Ok(out)
+            }
+            Compression::Zstd => {
+                use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+                let mut input = input;
+                let mut dec = FrameDecoder::new();
+                dec.init(&mut input).map_err(|e| bad("zstd", &e))?;
+                let mut out = Vec::new();
+                loop {
+                    dec.decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(256 * 1024))
+                        .map_err(|e| bad("zstd", &e))?;
+                    let finished = dec.is_finished();
+                    if let Some(chunk) = dec.collect() {
+                        out.extend_from_slice(&chunk);
+                    }
+                    if out.len() + dec.can_collect() > max {
+                        return Err(too_large(out.len() + dec.can_collect()));
+                    }
+                    if finished {
+                        break;
+                    }
+                }
+                if !input.is_empty() {
+                    return Err(BatchError::Malformed(format!("{} bytes after the zstd frame", input.len())));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
 
 /// An idempotent producer's stamp on a batch: who wrote it, in which epoch, and the
 /// sequence number of its first record on this partition.
@@ -102,6 +207,8 @@ pub enum BatchError {
 pub struct RecordBatch {
     bytes: Bytes,
     count: u32,
+    /// The records section, uncompressed (a slice of `bytes` when not compressed).
+    records: Bytes,
 }
 
 /// Where a batch's records start: after its header, by format.
@@ -135,6 +242,16 @@ impl RecordBatch {
     /// Encodes `records` stamped by an idempotent producer (`None`: no stamp). Fails if
     /// the batch breaks a limit, or the stamp uses the reserved producer id 0.
     pub fn encode_as(records: &[Record], producer: Option<ProducerStamp>) -> Result<RecordBatch, BatchError> {
+        RecordBatch::encode_with(records, producer, Compression::None)
+    }
+
+    /// [`RecordBatch::encode_as`], the records compressed with `compression`. The limits
+    /// apply to the uncompressed records.
+    pub fn encode_with(
+        records: &[Record],
+        producer: Option<ProducerStamp>,
+        compression: Compression,
+    ) -> Result<RecordBatch, BatchError> {
         if producer.is_some_and(|p| p.id == NO_PRODUCER) {
             return Err(BatchError::Malformed("producer id 0 is reserved for batches without a producer".into()));
         }
@@ -155,7 +272,7 @@ impl RecordBatch {
         let mut buf = BytesMut::with_capacity(len);
         buf.put_u8(FORMAT);
         buf.put_u32_le(0); // checksum, filled in below
-        buf.put_u16_le(0); // attributes: no compression
+        buf.put_u16_le(compression.codec());
         let p = producer.unwrap_or(ProducerStamp { id: NO_PRODUCER, epoch: 0, base_sequence: 0 });
         buf.put_u64_le(p.id);
         buf.put_u16_le(p.epoch);
@@ -182,9 +299,16 @@ impl RecordBatch {
             }
         }
         assert_eq!(buf.len(), len, "encoded_len disagrees with the encoder");
-        let crc = crc32c::crc32c(&buf[5..]);
-        buf[1..5].copy_from_slice(&crc.to_le_bytes());
-        Ok(RecordBatch { bytes: buf.freeze(), count: records.len() as u32 })
+        let (bytes, section) = if compression == Compression::None {
+            let bytes = checksummed(buf);
+            let section = bytes.slice(BATCH_HEADER_BYTES..);
+            (bytes, section)
+        } else {
+            let section = buf.split_off(BATCH_HEADER_BYTES).freeze();
+            buf.extend_from_slice(&compression.compress(&section));
+            (checksummed(buf), section)
+        };
+        Ok(RecordBatch { bytes, count: records.len() as u32, records: section })
     }
 
     /// Verifies the checksum and the structure of `bytes` against every limit.
@@ -216,12 +340,13 @@ impl RecordBatch {
         if expected != actual {
             return Err(BatchError::Checksum { expected, actual });
         }
+        let mut compression = Compression::None;
         if magic == FORMAT {
             let attributes = u16::from_le_bytes(bytes[5..7].try_into().expect("2 bytes"));
             let codec = attributes & CODEC_MASK;
-            if codec != 0 {
-                return Err(BatchError::Unsupported(format!("compression codec {codec} is not known to this node")));
-            }
+            compression = Compression::from_codec(codec).ok_or_else(|| {
+                BatchError::Unsupported(format!("compression codec {codec} is not known to this node"))
+            })?;
             if attributes & !CODEC_MASK != 0 {
                 return Err(BatchError::Unsupported(format!("batch attributes {attributes:#06x} are not known")));
             }
@@ -233,10 +358,14 @@ impl RecordBatch {
                 limits::BATCH_RECORDS_MAX
             )));
         }
-        let batch = RecordBatch { bytes, count };
+        let records = match compression {
+            Compression::None => bytes.slice(header..),
+            c => Bytes::from(c.decompress(&bytes[header..], limits::BATCH_BYTES_MAX)?),
+        };
+        let batch = RecordBatch { bytes, count, records };
         // Walk every record once so that `records()` can never fail later.
         let mut n = 0;
-        let mut cur = Cursor { buf: &batch.bytes[header..] };
+        let mut cur = Cursor { buf: &batch.records };
         while !cur.buf.is_empty() {
             cur.record()?;
             n += 1;
@@ -272,15 +401,32 @@ impl RecordBatch {
         producer_of(&self.bytes)
     }
 
+    /// How the records are compressed.
+    pub fn compression(&self) -> Compression {
+        if self.bytes[0] == FORMAT {
+            let attributes = u16::from_le_bytes(self.bytes[5..7].try_into().expect("2 bytes"));
+            Compression::from_codec(attributes & CODEC_MASK).expect("checked by decode or encode")
+        } else {
+            Compression::None
+        }
+    }
+
     /// The records, in order.
     pub fn records(&self) -> Vec<Record> {
-        let mut cur = Cursor { buf: &self.bytes[header_len(self.bytes[0])..] };
+        let mut cur = Cursor { buf: &self.records };
         let mut out = Vec::with_capacity(self.count as usize);
         while !cur.buf.is_empty() {
-            out.push(cur.record_bytes(&self.bytes).expect("validated by decode or encode"));
+            out.push(cur.record_bytes(&self.records).expect("validated by decode or encode"));
         }
         out
     }
+}
+
+/// `buf` (a whole batch) with its checksum filled in.
+fn checksummed(mut buf: BytesMut) -> Bytes {
+    let crc = crc32c::crc32c(&buf[5..]);
+    buf[1..5].copy_from_slice(&crc.to_le_bytes());
+    buf.freeze()
 }
 
 fn check_record(r: &Record) -> Result<(), BatchError> {
@@ -502,10 +648,58 @@ mod tests {
         assert!(matches!(e, BatchError::Unsupported(_)) && e.to_string().contains("newer"), "{e}");
 
         let mut zstd = RecordBatch::encode(&sample()).unwrap().bytes().to_vec();
-        zstd[5] = 4;
+        zstd[5] = 5;
         let crc = crc32c::crc32c(&zstd[5..]);
         zstd[1..5].copy_from_slice(&crc.to_le_bytes());
         let e = RecordBatch::decode(Bytes::from(zstd)).unwrap_err();
-        assert!(matches!(e, BatchError::Unsupported(_)) && e.to_string().contains("codec 4"), "{e}");
+        assert!(matches!(e, BatchError::Unsupported(_)) && e.to_string().contains("codec 5"), "{e}");
+    }
+
+    #[test]
+    fn compressed_batches_read_back_as_sent_and_compressible_ones_shrink() {
+        let records: Vec<Record> = (0..200)
+            .map(|i| Record { key: Some(Bytes::from(format!("k{}", i % 7))), ..Record::value(format!("{i:>200}")) })
+            .chain(sample())
+            .collect();
+        let plain = RecordBatch::encode(&records).unwrap();
+        let stamp = Some(ProducerStamp { id: 3, epoch: 1, base_sequence: 9 });
+        for c in [Compression::Lz4, Compression::Zstd] {
+            let b = RecordBatch::encode_with(&records, stamp, c).unwrap();
+            assert!(b.bytes().len() * 4 < plain.bytes().len(), "{c:?}: {} of {}", b.bytes().len(), plain.bytes().len());
+            let d = RecordBatch::decode(b.bytes().clone()).unwrap();
+            assert_eq!((d.records(), d.compression(), d.producer(), d.len()), (records.clone(), c, stamp, b.len()));
+        }
+    }
+
+    #[test]
+    fn compressed_junk_and_bombs_are_refused_without_allocating_their_claims() {
+        let b = RecordBatch::encode_with(&sample(), None, Compression::Lz4).unwrap();
+        // An lz4 length field claiming 4 GiB.
+        let mut bomb = b.bytes().to_vec();
+        bomb[BATCH_HEADER_BYTES..BATCH_HEADER_BYTES + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32c::crc32c(&bomb[5..]);
+        bomb[1..5].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(RecordBatch::decode(Bytes::from(bomb)), Err(BatchError::TooLarge(_))));
+        // 8 MiB of zeros compress to a few hundred bytes; uncompressed they break the limit.
+        let zeros = vec![0u8; 2 * limits::BATCH_BYTES_MAX];
+        for c in [Compression::Lz4, Compression::Zstd] {
+            let mut buf = RecordBatch::encode(&sample()).unwrap().bytes()[..BATCH_HEADER_BYTES].to_vec();
+            buf[5..7].copy_from_slice(&c.codec().to_le_bytes());
+            buf.extend_from_slice(&c.compress(&zeros));
+            let crc = crc32c::crc32c(&buf[5..]);
+            buf[1..5].copy_from_slice(&crc.to_le_bytes());
+            let e = RecordBatch::decode(Bytes::from(buf)).unwrap_err();
+            assert!(matches!(e, BatchError::TooLarge(_)), "{c:?}: {e}");
+        }
+        // Truncated compressed sections.
+        for c in [Compression::Lz4, Compression::Zstd] {
+            let bytes = RecordBatch::encode_with(&sample(), None, c).unwrap().bytes().to_vec();
+            for n in BATCH_HEADER_BYTES..bytes.len() {
+                let mut cut = bytes[..n].to_vec();
+                let crc = crc32c::crc32c(&cut[5..]);
+                cut[1..5].copy_from_slice(&crc.to_le_bytes());
+                assert!(RecordBatch::decode(Bytes::from(cut)).is_err(), "{c:?} cut to {n}");
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ pub mod ids;
 pub mod limits;
 pub mod planted;
 
-pub use batch::{BatchError, ProducerStamp, Record, RecordBatch};
+pub use batch::{BatchError, Compression, ProducerStamp, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};
 pub use error::ErrorCode;
 pub use ids::{GroupId, METADATA_GROUP, NodeId, Offset, PartitionId};

@@ -1,9 +1,10 @@
-//! The idempotent producer over real node processes, through a transport that loses
-//! answers: the client's connections are cut just as an answer starts to arrive, so the
+//! The producer over real node processes. e1: the idempotent producer through a
+//! transport that loses answers: the client's connections are cut just as an answer starts to arrive, so the
 //! node has done the work (a produce was committed and applied) and the client sees an
 //! indeterminate failure and retries. With idempotence (the default) every record is in
 //! the partition exactly once and in order, across a leader kill; without it, the same
-//! transport writes duplicates (so the test can tell the two apart).
+//! transport writes duplicates (so the test can tell the two apart). e2: compressed and
+//! uncompressed producers on one topic.
 
 mod common;
 
@@ -15,8 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::*;
-use flotilla_client::{Client, ClientConfig, ProducerConfig, Record};
+use flotilla_client::{Client, ClientConfig, Compression, ProducerConfig, Record, StartAt};
+use flotilla_proto::v1;
 use flotilla_testkit::ProcessCluster;
+use flotilla_types::RecordBatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Cuts connections: every `every`-th time an answer starts to arrive after a request
@@ -173,4 +176,81 @@ async fn e1_the_idempotent_producer_writes_each_record_once_through_lost_answers
         drain(&client, "twice", 1).await.remove(&0).expect("p0").into_iter().map(|(_, v)| v).collect();
     println!("not idempotent: 500 records, {cuts} answers lost, {} read, {:?}", values.len(), started.elapsed());
     assert!(values.len() > 500, "lost answers and retries without idempotence wrote no duplicate");
+}
+
+/// e2: producers with no compression, lz4 and zstd write the same compressible records
+/// to one partition; a consumer reads all three back identically, and the batches the
+/// partition stores (as a fetch returns them) are smaller by the codec's factor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2_compressed_and_uncompressed_producers_on_one_topic_read_back_identically() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "mixed", 1).await;
+    let value = |i: usize| format!("{{\"user\": \"user-{}\", \"event\": \"clicked\", \"n\": {i:>40}}}", i % 50);
+    let n = 600;
+    let mut ranges = Vec::new();
+    for c in Compression::ALL {
+        let producer = client.producer(
+            "mixed",
+            ProducerConfig { compression: c, linger: Duration::from_millis(20), ..ProducerConfig::default() },
+        );
+        let mut acks = Vec::new();
+        for i in 0..n {
+            let r = Record { key: Some(format!("k{}", i % 5).into()), ..Record::value(value(i)) };
+            acks.push(producer.enqueue_to(0, r).await.expect("queued"));
+        }
+        let mut offsets = Vec::new();
+        for a in acks {
+            offsets.push(a.await.expect("acknowledged").1);
+        }
+        ranges.push((c, offsets[0], offsets[n - 1] + 1));
+    }
+
+    // The consumer sees the same records from each producer.
+    let mut consumer = client.consumer("mixed", 0, StartAt::Beginning).await.expect("consumer");
+    let mut read = Vec::new();
+    while read.len() < 3 * n {
+        read.extend(consumer.poll(Duration::from_secs(1)).await.expect("poll"));
+    }
+    let values: Vec<String> = read.iter().map(|r| String::from_utf8(r.record.value.to_vec()).unwrap()).collect();
+    for k in 0..3 {
+        let expected: Vec<String> = (0..n).map(value).collect();
+        assert_eq!(values[k * n..(k + 1) * n], expected[..], "{:?}", ranges[k].0);
+        assert!(
+            read[k * n..(k + 1) * n]
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.record.key.as_deref() == Some(format!("k{}", i % 5).as_bytes()))
+        );
+    }
+
+    // The stored batches, as the partition serves them.
+    let mut raw = flotilla_proto::v1::flotilla_client::FlotillaClient::connect(format!("http://{}", cluster.addr(1)))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20);
+    let mut stored = std::collections::BTreeMap::new();
+    let mut offset = 0;
+    while offset < 3 * n as u64 {
+        let req = v1::FetchRequest {
+            topic: "mixed".into(),
+            partition: 0,
+            offset,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+            from_follower: true,
+        };
+        let r = raw.fetch(req).await.expect("fetch").into_inner();
+        assert!(r.error.is_none(), "{:?}", r.error);
+        for b in r.batches {
+            let batch = RecordBatch::decode(b.batch.clone()).expect("a whole batch");
+            *stored.entry(batch.compression().name()).or_insert(0usize) += b.batch.len();
+            offset = b.base_offset + u64::from(batch.len());
+        }
+    }
+    println!("stored bytes of {n} records: {stored:?}");
+    let (none, lz4, zstd) = (stored["none"], stored["lz4"], stored["zstd"]);
+    assert!(lz4 * 3 < none, "lz4 stored {lz4} bytes for {none} uncompressed");
+    assert!(zstd * 4 < none, "zstd stored {zstd} bytes for {none} uncompressed");
 }
