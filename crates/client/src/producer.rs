@@ -296,7 +296,15 @@ impl Writer {
         let mut seq = sequencer.lock().await;
         let mut renewed = false;
         loop {
-            let identity = self.identity().await?;
+            // No batch was sent yet: whatever became of the request for an id, this send
+            // definitely wrote nothing.
+            let identity = self.identity().await.map_err(|e| match e.is_indeterminate() {
+                true => ClientError::refused(
+                    ErrorCode::Unavailable,
+                    format!("no producer id from the metadata group, nothing was sent: {e}"),
+                ),
+                false => e,
+            })?;
             if seq.identity != Some(identity) {
                 *seq = Sequencer { identity: Some(identity), next: 0 };
             }

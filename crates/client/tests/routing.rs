@@ -34,6 +34,8 @@ struct BrokerState {
     produce_default: Option<Act>,
     fetch: VecDeque<Act>,
     create: VecDeque<Act>,
+    /// Used when `init_producer` is empty; `Ok` when `None`.
+    init_producer_default: Option<Act>,
     produce_calls: u32,
     metadata_calls: u32,
     fetch_calls: u32,
@@ -112,6 +114,10 @@ impl flotilla_server::Flotilla for Broker {
         &self,
         _req: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        let default = self.state.lock().unwrap().init_producer_default.clone();
+        if let Some(Act::Fail(e)) = default {
+            return Ok(Response::new(v1::InitProducerResponse { error: Some(e), ..Default::default() }));
+        }
         Ok(Response::new(v1::InitProducerResponse { error: None, producer_id: self.id * 1000 + 1, producer_epoch: 0 }))
     }
 
@@ -552,6 +558,21 @@ async fn a_timed_out_produce_is_retried_only_when_the_caller_opted_in() {
     let eager = client.producer("t", ProducerConfig { idempotent: false, ..Default::default() });
     eager.send_to(0, Record::value("b")).await.unwrap();
     assert_eq!(c.broker(1).produce_calls, 3);
+}
+
+/// An idempotent producer that could not get its id sent nothing: its send fails
+/// definitely, whatever became of the request for the id.
+#[tokio::test]
+async fn a_send_without_a_producer_id_is_definite() {
+    let c = Cluster::start(1, None).await;
+    c.add_topic(topic("t", 1, 1, &[1]));
+    let client = c.client_with(ClientConfig { retry_deadline: Duration::from_millis(300), ..config() }).await;
+    c.broker(1).init_producer_default = Some(fail(ErrorCode::Timeout));
+    let e = client.producer("t", ProducerConfig::default()).send_to(0, Record::value("a")).await.unwrap_err();
+    assert!(!e.is_indeterminate(), "{e:?}");
+    assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+    assert!(e.to_string().contains("no producer id"), "{e}");
+    assert_eq!(c.broker(1).produce_calls, 0, "no batch was sent");
 }
 
 #[tokio::test]
