@@ -11,19 +11,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use flotilla_client::{Client, ClientConfig, ConsumerConfig, OffsetReset, ProducerConfig, Record, StartAt};
 use flotilla_proto::v1;
-use flotilla_proto::v1::flotilla_client::FlotillaClient;
 use flotilla_testkit::{ClusterOptions, ProcessCluster};
 use flotilla_types::{ErrorCode, RecordBatch};
 
 fn with_args(args: &[&str]) -> ClusterOptions {
     ClusterOptions { node_args: args.iter().map(|s| s.to_string()).collect(), ..ClusterOptions::default() }
-}
-
-async fn raw(cluster: &ProcessCluster, id: u64) -> FlotillaClient<tonic::transport::Channel> {
-    FlotillaClient::connect(format!("http://{}", cluster.addr(id)))
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20)
 }
 
 /// The offsets a fetch answer holds, in order.

@@ -226,10 +226,7 @@ async fn e2_compressed_and_uncompressed_producers_on_one_topic_read_back_identic
     }
 
     // The stored batches, as the partition serves them.
-    let mut raw = flotilla_proto::v1::flotilla_client::FlotillaClient::connect(format!("http://{}", cluster.addr(1)))
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20);
+    let mut raw = raw(&cluster, 1).await;
     let mut stored = std::collections::BTreeMap::new();
     let mut offset = 0;
     while offset < 3 * n as u64 {

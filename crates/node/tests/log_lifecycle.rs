@@ -39,6 +39,28 @@ fn first_log_index(engine: &MemEngine, group: GroupId) -> Option<u64> {
     engine.scan(&keys::log(group, 0), &keys::log_end(group), 1).unwrap().first().and_then(|(k, _)| keys::index_of(k))
 }
 
+/// Waits until `leader` purged its log past everything `behind` (cut off from it) holds,
+/// heals the links, and waits until `behind` caught up by snapshot to (log start, high
+/// watermark) `want`.
+async fn catch_up_by_snapshot(
+    net: &LocalNet,
+    engines: &[MemEngine],
+    leader: &Node<LocalTransport>,
+    behind: &Node<LocalTransport>,
+    group: GroupId,
+    want: (u64, u64),
+) {
+    let leader_engine = &engines[leader.id() as usize - 1];
+    eventually("the leader purged its log", async || {
+        let first = first_log_index(leader_engine, group)?;
+        let behind_last = behind.groups().get(group)?.status().last_log_index?;
+        (first > behind_last + 1).then_some(())
+    })
+    .await;
+    net.cut_links.write().unwrap().clear();
+    eventually("the follower caught up by snapshot", async || (range(behind, group)? == want).then_some(())).await;
+}
+
 fn stamped(values: &[(&str, u64)]) -> RecordBatch {
     let records: Vec<Record> =
         values.iter().map(|(v, ts)| Record { timestamp_ms: *ts, ..Record::value(v.to_string()) }).collect();
@@ -180,15 +202,7 @@ async fn l40_a_follower_behind_the_purged_log_catches_up_by_snapshot() {
         produce(&nodes, "t", 0, &[&format!("v{i}")]).await;
     }
     assert_eq!(leader.delete_records("t", 0, 15).await.unwrap(), 15);
-    let leader_engine = &engines[leader.id() as usize - 1];
-    eventually("the leader purged its log", async || {
-        let first = first_log_index(leader_engine, group)?;
-        let behind_last = behind.groups().get(group)?.status().last_log_index?;
-        (first > behind_last + 1).then_some(())
-    })
-    .await;
-    net.cut_links.write().unwrap().clear();
-    eventually("the follower caught up by snapshot", async || (range(&behind, group)? == (15, 21)).then_some(())).await;
+    catch_up_by_snapshot(&net, &engines, &leader, &behind, group, (15, 21)).await;
     let f = eventually("a follower fetch", async || {
         behind.fetch("t", 0, 15, 1 << 20, Duration::ZERO, true).await.ok().filter(|f| !f.batches.is_empty())
     })
@@ -229,15 +243,7 @@ async fn l45_the_producer_table_survives_a_snapshot_install_and_a_leader_change(
     }
     let (last_batch, last_offset) = last.unwrap();
     assert_eq!(leader.delete_records("t", 0, 15).await.unwrap(), 15);
-    let leader_engine = &engines[leader.id() as usize - 1];
-    eventually("the leader purged its log", async || {
-        let first = first_log_index(leader_engine, group)?;
-        let behind_last = behind.groups().get(group)?.status().last_log_index?;
-        (first > behind_last + 1).then_some(())
-    })
-    .await;
-    net.cut_links.write().unwrap().clear();
-    eventually("the follower caught up by snapshot", async || (range(&behind, group)? == (15, 21)).then_some(())).await;
+    catch_up_by_snapshot(&net, &engines, &leader, &behind, group, (15, 21)).await;
     let table = |n: &Node<LocalTransport>| n.groups().partition(group).unwrap().read(|p| p.producers().clone());
     assert_eq!(table(&behind).len(), 1);
     for n in &nodes {

@@ -267,3 +267,14 @@ impl Drop for Dev {
         unsafe { libc::kill(-self.pid, libc::SIGKILL) };
     }
 }
+
+/// A raw client of node `id`'s client API, taking answers up to 64 MiB.
+pub async fn raw(
+    cluster: &ProcessCluster,
+    id: u64,
+) -> flotilla_proto::v1::flotilla_client::FlotillaClient<tonic::transport::Channel> {
+    flotilla_proto::v1::flotilla_client::FlotillaClient::connect(format!("http://{}", cluster.addr(id)))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+}
