@@ -86,9 +86,23 @@ pub struct ProducerConfig {
     pub max_batch_bytes: usize,
     /// The most records in one batch; clamped to `limits::BATCH_RECORDS_MAX`.
     pub max_batch_records: usize,
-    /// Records queued per partition before `send` waits for room (backpressure).
-    /// Default 16384.
-    pub queue_records: usize,
+    /// Bytes of records (encoded) queued or in flight, over every partition, before
+    /// `send` and `enqueue` wait for room and `try_send` fails with
+    /// [`crate::ClientError::BufferFull`]: the producer's memory bound and backpressure.
+    /// A record larger than the whole buffer waits until it is empty. Default 32 MiB.
+    /// Kafka: `buffer.memory`.
+    pub buffer_bytes: usize,
+    /// Batches per partition sent and not yet answered, with idempotence; clamped to
+    /// 1..=5 (`limits::PRODUCER_IN_FLIGHT_MAX`, what a partition remembers of a producer
+    /// to recognise retries). Order is kept across retries. Without idempotence one
+    /// batch is in flight whatever this says, so that a retry cannot reorder. Default 5.
+    /// Kafka: `max.in.flight.requests.per.connection` (per partition here).
+    pub max_in_flight: usize,
+    /// Records without a key go to one partition until this many bytes went to it, then
+    /// to another chosen at random (the sticky partitioner: fuller batches than
+    /// round-robin). Default 16 KiB. Kafka: `batch.size` as the sticky partitioner uses
+    /// it (KIP-480, KIP-794).
+    pub sticky_bytes: usize,
     /// Idempotence (Kafka's `enable.idempotence`, on by default): every batch carries the
     /// producer's id, epoch and a sequence number per partition, and the partition appends
     /// a retried batch only once, answering the retry with the offsets of the first
@@ -125,7 +139,9 @@ impl Default for ProducerConfig {
             linger: Duration::ZERO,
             max_batch_bytes: limits::BATCH_BYTES_MAX,
             max_batch_records: limits::BATCH_RECORDS_MAX,
-            queue_records: 16_384,
+            buffer_bytes: 32 * 1024 * 1024,
+            max_in_flight: limits::PRODUCER_IN_FLIGHT_MAX,
+            sticky_bytes: 16 * 1024,
             idempotent: true,
             name: None,
             compression: flotilla_types::Compression::None,

@@ -54,6 +54,12 @@ pub enum ClientError {
     #[error("{last} (gave up after {attempts} attempts in {elapsed:.1?}{})",
         if *maybe_applied { "; an earlier attempt may have been applied" } else { "" })]
     GaveUp { attempts: u32, elapsed: Duration, maybe_applied: bool, last: Box<ClientError> },
+    /// The producer's buffer (`ProducerConfig::buffer_bytes`) cannot take the record now
+    /// (`Producer::try_send`). Nothing was queued; definite.
+    #[error(
+        "the producer's buffer is full: {needed} bytes do not fit in {limit} (BUFFER_FULL); wait and retry, or use send to wait for room"
+    )]
+    BufferFull { needed: usize, limit: usize },
     /// The producer's background task is gone (the runtime is shutting down).
     #[error("the producer is closed")]
     Closed,
@@ -78,6 +84,7 @@ impl ClientError {
             | ClientError::Connect { .. }
             | ClientError::Rpc { .. }
             | ClientError::CorruptBatch { .. }
+            | ClientError::BufferFull { .. }
             | ClientError::Closed => false,
         }
     }
@@ -94,6 +101,7 @@ impl ClientError {
             | ClientError::Transport { .. }
             | ClientError::Rpc { .. }
             | ClientError::Protocol { .. }
+            | ClientError::BufferFull { .. }
             | ClientError::Closed => None,
         }
     }

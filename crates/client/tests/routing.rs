@@ -25,6 +25,8 @@ enum Act {
     Stall(Duration),
     /// Fetch only: answer with the stored batches, the first one corrupted.
     Corrupt,
+    /// Produce only: sleep, then act.
+    Late(Duration, Box<Act>),
 }
 
 #[derive(Default)]
@@ -36,6 +38,11 @@ struct BrokerState {
     create: VecDeque<Act>,
     /// Used when `init_producer` is empty; `Ok` when `None`.
     init_producer_default: Option<Act>,
+    /// Producer ids issued (each `InitProducer` gets a new one).
+    producers_issued: u64,
+    /// When set, stamped batches are checked as a partition does (next sequence
+    /// appended, retries answered with their first offsets, gaps refused).
+    sequences: Option<flotilla_partition::ProducerTable>,
     produce_calls: u32,
     metadata_calls: u32,
     fetch_calls: u32,
@@ -71,12 +78,16 @@ impl Broker {
 #[tonic::async_trait]
 impl flotilla_server::Flotilla for Broker {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
-        let act = {
+        let mut act = {
             let mut s = self.state.lock().unwrap();
             s.produce_calls += 1;
             let default = s.produce_default.clone();
             Broker::next(&mut s.produce, &default)
         };
+        if let Act::Late(d, then) = act {
+            tokio::time::sleep(d).await;
+            act = *then;
+        }
         match act {
             Act::Fail(e) => {
                 let mut s = self.state.lock().unwrap();
@@ -94,11 +105,31 @@ impl flotilla_server::Flotilla for Broker {
                 return Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }));
             }
             Act::Stall(d) => tokio::time::sleep(d).await,
-            Act::Ok | Act::Corrupt => {}
+            Act::Ok | Act::Corrupt | Act::Late(..) => {}
         }
         let batch = RecordBatch::decode(req.into_inner().batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut s = self.state.lock().unwrap();
         let base = s.next_offset;
+        if let (Some(table), Some(stamp)) = (s.sequences.as_mut(), batch.producer()) {
+            use flotilla_partition::Verdict;
+            let refuse = |code: ErrorCode| {
+                let e = v1::Error { code: code.as_u32(), message: format!("{stamp:?}"), ..Default::default() };
+                Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }))
+            };
+            match table.check(stamp, batch.len()) {
+                Verdict::Append => table.appended(stamp, batch.len(), base, 0),
+                Verdict::Duplicate { base_offset } => {
+                    return Ok(Response::new(v1::ProduceResponse {
+                        error: None,
+                        base_offset,
+                        record_count: batch.len(),
+                        duplicate: true,
+                    }));
+                }
+                Verdict::OutOfOrder { .. } => return refuse(ErrorCode::OutOfOrderSequence),
+                Verdict::Fenced { .. } => return refuse(ErrorCode::ProducerFenced),
+            }
+        }
         s.next_offset += u64::from(batch.len());
         s.batch_sizes.push(batch.len());
         s.log.push((base, batch.bytes().clone()));
@@ -114,11 +145,13 @@ impl flotilla_server::Flotilla for Broker {
         &self,
         _req: Request<v1::InitProducerRequest>,
     ) -> Result<Response<v1::InitProducerResponse>, Status> {
-        let default = self.state.lock().unwrap().init_producer_default.clone();
-        if let Some(Act::Fail(e)) = default {
+        let mut s = self.state.lock().unwrap();
+        if let Some(Act::Fail(e)) = s.init_producer_default.clone() {
             return Ok(Response::new(v1::InitProducerResponse { error: Some(e), ..Default::default() }));
         }
-        Ok(Response::new(v1::InitProducerResponse { error: None, producer_id: self.id * 1000 + 1, producer_epoch: 0 }))
+        s.producers_issued += 1;
+        let producer_id = self.id * 1000 + s.producers_issued;
+        Ok(Response::new(v1::InitProducerResponse { error: None, producer_id, producer_epoch: 0 }))
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
@@ -573,6 +606,85 @@ async fn a_send_without_a_producer_id_is_definite() {
     assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
     assert!(e.to_string().contains("no producer id"), "{e}");
     assert_eq!(c.broker(1).produce_calls, 0, "no batch was sent");
+}
+
+/// The values of the records in the broker's log, in log order.
+fn logged_values(c: &Cluster, id: u64) -> Vec<String> {
+    c.broker(id)
+        .log
+        .iter()
+        .flat_map(|(_, b)| RecordBatch::decode(b.clone()).unwrap().records())
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect()
+}
+
+/// Up to five batches in flight to one partition: when a later batch reaches the
+/// partition before an earlier one (here the first is held up on its way), the partition
+/// refuses it as out of order, and the producer sends it again once the earlier one is
+/// acknowledged. Every record is appended once, in the order it was queued.
+#[tokio::test]
+async fn batches_in_flight_that_cross_are_sent_again_in_order() {
+    let c = Cluster::start(1, None).await;
+    c.add_topic(topic("t", 1, 1, &[1]));
+    c.broker(1).sequences = Some(Default::default());
+    c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(300)));
+    let client = c.client().await;
+    let producer = client.producer("t", ProducerConfig::default());
+    let mut acks = vec![producer.enqueue_to(0, Record::value("v0")).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 1..40 {
+        acks.push(producer.enqueue_to(0, Record::value(format!("v{i}"))).await.unwrap());
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (i, a) in acks.into_iter().enumerate() {
+        assert_eq!(a.await.unwrap(), (0, i as u64), "record {i} at the offset of its place in the queue");
+    }
+    let values: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    assert_eq!(logged_values(&c, 1), values);
+    let b = c.broker(1);
+    assert!(b.batch_sizes.len() >= 2, "several batches: {:?}", b.batch_sizes);
+    assert!(b.produce_calls as usize > b.batch_sizes.len(), "some were refused and sent again");
+    assert_eq!(b.producers_issued, 1, "crossing batches do not renew the producer id");
+}
+
+/// A batch that fails for good with later batches in flight behind it leaves a gap they
+/// cannot follow: the producer takes a new id, and the later batches are numbered again
+/// under it, in order. The failed batch's record gets its error; the rest are appended
+/// once each, in order.
+#[tokio::test]
+async fn a_batch_failing_with_others_in_flight_renews_the_id_and_the_rest_follow_in_order() {
+    let c = Cluster::start(1, None).await;
+    c.add_topic(topic("t", 1, 1, &[1]));
+    c.broker(1).sequences = Some(Default::default());
+    c.broker(1).produce.push_back(Act::Late(Duration::from_millis(300), Box::new(fail(ErrorCode::InvalidRequest))));
+    let client = c.client().await;
+    let producer = client.producer("t", ProducerConfig::default());
+    let first = producer.enqueue_to(0, Record::value("lost")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut acks = vec![];
+    for i in 0..20 {
+        acks.push(producer.enqueue_to(0, Record::value(format!("v{i}"))).await.unwrap());
+        if i % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let e = first.await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidRequest), "{e}");
+    let offsets: Vec<u64> = futures_in_order(acks).await;
+    assert_eq!(offsets, (0..20).collect::<Vec<u64>>());
+    assert_eq!(logged_values(&c, 1), (0..20).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    assert_eq!(c.broker(1).producers_issued, 2, "one new producer id after the gap");
+}
+
+/// Awaits each ack in turn; their offsets.
+async fn futures_in_order(acks: Vec<flotilla_client::Ack>) -> Vec<u64> {
+    let mut offsets = vec![];
+    for a in acks {
+        offsets.push(a.await.unwrap().1);
+    }
+    offsets
 }
 
 #[tokio::test]
