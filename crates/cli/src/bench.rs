@@ -117,6 +117,12 @@ pub struct BenchProduceArgs {
     /// default), to measure what it costs.
     #[arg(long)]
     pub no_idempotence: bool,
+    /// When a record counts as written: all (the default) or leader.
+    #[arg(long, default_value = "all", value_parser = flotilla_client::Acks::parse)]
+    pub acks: flotilla_client::Acks,
+    /// Batches per partition in flight at most (1 to 5).
+    #[arg(long, default_value_t = 5)]
+    pub batches_in_flight: usize,
     /// Also measure end-to-end latency: one consumer per partition tails the topic from
     /// its end and counts, for each record, the time from its send to its arrival.
     #[arg(long)]
@@ -873,6 +879,9 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
             ProducerConfig {
                 linger: Duration::from_millis(a.linger_ms),
                 idempotent: !a.no_idempotence,
+                compression: a.compression,
+                acks: a.acks,
+                max_in_flight: a.batches_in_flight,
                 ..Default::default()
             },
         ),
@@ -993,13 +1002,15 @@ fn produce_header(a: &BenchProduceArgs, partitions: u32) -> String {
         (None, None) => unreachable!("clap requires one"),
     };
     format!(
-        "bench produce: topic={} partitions={partitions}{} {mode} record_size={}B {amount} warm-up={}s linger={}ms compression={} acks=all{}{}",
+        "bench produce: topic={} partitions={partitions}{} {mode} record_size={}B {amount} warm-up={}s linger={}ms compression={} acks={} batches-in-flight={}{}{}",
         a.topic,
         if a.create { format!(" (rf={} if created)", a.replication_factor) } else { String::new() },
         a.record_size,
         a.warmup_secs,
         a.linger_ms,
         a.compression.name(),
+        a.acks.name(),
+        if a.no_idempotence { 1 } else { a.batches_in_flight.clamp(1, flotilla_types::limits::PRODUCER_IN_FLIGHT_MAX) },
         if a.no_idempotence { " not-idempotent" } else { " idempotent" },
         if a.e2e { " e2e" } else { "" }
     )

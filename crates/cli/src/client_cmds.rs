@@ -150,15 +150,38 @@ impl PolicyArgs {
     }
 }
 
+/// How `produce` reads its input, for its `--help`.
+const PRODUCE_HELP: &str = "\
+Examples:
+  echo hello | flotilla produce demo
+  flotilla produce demo -K :                    lines key:value
+  flotilla produce demo -H source=web -H v=2    headers on every record
+  flotilla produce demo --format '%k\\t%h\\t%s'  key, headers and value per line
+  flotilla produce demo --compression zstd --linger-ms 5
+
+Each line of standard input is one record. --format takes the fields of consume's
+--format, parsed instead of printed: %s value (required), %k key, %h headers
+(name=value,name=value; empty for none), %T timestamp (ms since the epoch), %p
+partition; \\t, \\n, \\r and \\\\ are escapes, %% a percent sign. Fields are separated by
+text (each field ends at the first occurrence of the text that follows it; the last
+field takes the rest of the line). A line that does not match is reported and counted as
+failed; the other lines are still sent.";
+
 #[derive(Args)]
+#[command(after_help = PRODUCE_HELP)]
 pub struct ProduceArgs {
     /// The topic to write to.
     pub topic: String,
-    /// Split each line into key and value at the first occurrence of this string.
-    #[arg(long)]
+    /// Split each line into key and value at the first occurrence of this string
+    /// (kcat's -K).
+    #[arg(long, short = 'K', conflicts_with = "format")]
     pub key_separator: Option<String>,
-    /// Write every record to this partition (default: by key, round-robin without one).
-    #[arg(long)]
+    /// Parse each line with this kcat-style format, e.g. '%k\t%h\t%s' (see below).
+    #[arg(long, short = 'F')]
+    pub format: Option<String>,
+    /// Write every record to this partition (default: by key, the sticky partitioner
+    /// without one).
+    #[arg(long, short = 'p')]
     pub partition: Option<PartitionId>,
     /// Records in flight (sent, not yet acknowledged) at most.
     #[arg(long, default_value_t = 1024)]
@@ -181,6 +204,105 @@ pub struct ProduceArgs {
     /// twice (Kafka's enable.idempotence=false).
     #[arg(long, conflicts_with = "producer_name")]
     pub no_idempotence: bool,
+    /// When a record counts as written: all (a quorum has it durably; the default) or
+    /// leader (the leader has it durably: faster, lost if the leader is lost before a
+    /// quorum has it). Kafka's acks (-1 and 1 are accepted too).
+    #[arg(long, default_value = "all", value_parser = flotilla_client::Acks::parse)]
+    pub acks: flotilla_client::Acks,
+    /// Batches per partition in flight at most, 1 to 5 (Kafka's
+    /// max.in.flight.requests.per.connection); order is kept across retries.
+    #[arg(long, default_value_t = 5)]
+    pub batches_in_flight: usize,
+}
+
+/// One line of `produce` input, parsed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct InputRecord {
+    key: Option<Bytes>,
+    value: Bytes,
+    headers: Vec<(String, Bytes)>,
+    timestamp_ms: Option<u64>,
+    partition: Option<PartitionId>,
+}
+
+/// Parses a `produce --format` string: fields %s (once, required), %k, %h, %T, %p, each
+/// at most once, separated by text.
+fn parse_input_format(f: &str) -> anyhow::Result<Vec<Piece>> {
+    let mut pieces = parse_format(f)?;
+    // A line arrives without its line ending.
+    if let Some(Piece::Text(t)) = pieces.last_mut() {
+        while t.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            t.pop();
+        }
+        if t.is_empty() {
+            pieces.pop();
+        }
+    }
+    let mut seen = vec![];
+    for (i, p) in pieces.iter().enumerate() {
+        if let Piece::Field(c) = p {
+            if !matches!(c, 's' | 'k' | 'h' | 'T' | 'p') {
+                bail!("--format: %{c} cannot be read from input (produce reads %s, %k, %h, %T and %p)");
+            }
+            if seen.contains(c) {
+                bail!("--format: %{c} appears twice");
+            }
+            seen.push(*c);
+            if let Some(Piece::Field(next)) = pieces.get(i + 1) {
+                bail!("--format: %{c} and %{next} need text between them to tell where one ends");
+            }
+        }
+    }
+    if !seen.contains(&'s') {
+        bail!("--format: no %s (the value)");
+    }
+    Ok(pieces)
+}
+
+/// Reads one line as `pieces` say.
+fn parse_input(pieces: &[Piece], line: &[u8]) -> Result<InputRecord, String> {
+    let mut r = InputRecord::default();
+    let mut rest = line;
+    for (i, piece) in pieces.iter().enumerate() {
+        match piece {
+            Piece::Text(t) => {
+                rest = rest.strip_prefix(t.as_slice()).ok_or_else(|| {
+                    format!("expected {:?} at byte {}", String::from_utf8_lossy(t), line.len() - rest.len())
+                })?;
+            }
+            Piece::Field(f) => {
+                let field = match pieces.get(i + 1) {
+                    Some(Piece::Text(t)) => {
+                        let at = rest.windows(t.len()).position(|w| w == t.as_slice()).ok_or_else(|| {
+                            format!("no {:?} after the %{f} field", String::from_utf8_lossy(t))
+                        })?;
+                        let (field, after) = rest.split_at(at);
+                        rest = after;
+                        field
+                    }
+                    _ => std::mem::take(&mut rest),
+                };
+                let text = || std::str::from_utf8(field).map_err(|_| format!("%{f} is not UTF-8"));
+                match f {
+                    's' => r.value = Bytes::copy_from_slice(field),
+                    'k' => r.key = Some(Bytes::copy_from_slice(field)),
+                    'T' => r.timestamp_ms = Some(text()?.parse().map_err(|_| format!("%T {:?} is not a number of ms", text().unwrap_or("")))?),
+                    'p' => r.partition = Some(text()?.parse().map_err(|_| format!("%p {:?} is not a partition number", text().unwrap_or("")))?),
+                    'h' => {
+                        for h in text()?.split(',').filter(|h| !h.is_empty()) {
+                            let (name, value) = parse_header(h)?;
+                            r.headers.push((name, Bytes::from(value.into_bytes())));
+                        }
+                    }
+                    _ => unreachable!("checked by parse_input_format"),
+                }
+            }
+        }
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes left after the format's end", rest.len()));
+    }
+    Ok(r)
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -1037,11 +1159,21 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
     {
         bail!("topic '{}' has {partitions} partitions; there is no partition {p} (UNKNOWN_PARTITION)", a.topic);
     }
+    if !(1..=flotilla_types::limits::PRODUCER_IN_FLIGHT_MAX).contains(&a.batches_in_flight) {
+        bail!(
+            "--batches-in-flight {}: from 1 to {} (what a partition remembers of a producer)",
+            a.batches_in_flight,
+            flotilla_types::limits::PRODUCER_IN_FLIGHT_MAX
+        );
+    }
+    let format = a.format.as_deref().map(parse_input_format).transpose()?;
     let config = ProducerConfig {
         linger: std::time::Duration::from_millis(a.linger_ms),
         idempotent: !a.no_idempotence,
         name: a.producer_name.clone(),
         compression: a.compression,
+        max_in_flight: a.batches_in_flight,
+        acks: a.acks,
         ..ProducerConfig::default()
     };
     let producer = client.producer(&a.topic, config);
@@ -1052,12 +1184,40 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
     let mut in_flight = JoinSet::new();
     let mut tally = Tally::default();
     let mut refused = None;
+    let mut bad_lines = 0u64;
+    let mut line_no = 0u64;
     while let Some(line) = lines.recv().await {
         let line = line.context("reading standard input")?;
-        let (key, value) = split_line(&line, sep);
-        let record = Record { key, value, headers: headers.clone(), ..Record::default() };
+        line_no += 1;
+        let input = match &format {
+            Some(pieces) => match parse_input(pieces, &line) {
+                Ok(r) => r,
+                Err(why) => {
+                    eprintln!("line {line_no}: does not match --format: {why}; not sent");
+                    bad_lines += 1;
+                    continue;
+                }
+            },
+            None => {
+                let (key, value) = split_line(&line, sep);
+                InputRecord { key, value, ..InputRecord::default() }
+            }
+        };
+        let mut record_headers = headers.clone();
+        record_headers.extend(input.headers);
+        let record = Record {
+            key: input.key,
+            value: input.value,
+            headers: record_headers,
+            timestamp_ms: input.timestamp_ms.unwrap_or(0),
+        };
         // Queued in input order, so records of one partition keep it.
-        let queued = match a.partition {
+        let queued = match input.partition.or(a.partition) {
+            Some(p) if p >= partitions => {
+                eprintln!("line {line_no}: topic '{}' has no partition {p}; not sent", a.topic);
+                bad_lines += 1;
+                continue;
+            }
             Some(p) => producer.enqueue_to(p, record).await,
             None => producer.enqueue(record).await,
         };
@@ -1091,8 +1251,12 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
             "failed": tally.failed,
             "maybe_written": tally.maybe_written,
             "errors": tally.reasons,
+            "bad_lines": bad_lines,
         }))?,
         Output::Text => eprintln!("{} record{} acknowledged", tally.acked, if tally.acked == 1 { "" } else { "s" }),
+    }
+    if bad_lines > 0 && tally.failed == 0 {
+        bail!("{bad_lines} input line{} not sent (see above)", if bad_lines == 1 { "" } else { "s" });
     }
     if tally.failed > 0 {
         let (reason, _) = tally.reasons.iter().max_by_key(|(_, n)| **n).expect("a reason per failure");
@@ -1101,7 +1265,11 @@ async fn produce(client: &Client, a: ProduceArgs, output: Output) -> anyhow::Res
         } else {
             String::new()
         };
-        bail!("{} records failed{maybe}; most often: {reason}", tally.failed);
+        let bad = match bad_lines {
+            0 => String::new(),
+            n => format!(", and {n} input line{} not sent", if n == 1 { "" } else { "s" }),
+        };
+        bail!("{} records failed{maybe}; most often: {reason}{bad}", tally.failed);
     }
     Ok(())
 }
@@ -1260,6 +1428,40 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn produce_input_formats_read_keys_headers_timestamps_and_partitions() {
+        let f = parse_input_format("%k\\t%h\\t%T|%p|%s\\n").unwrap();
+        let r = parse_input(&f, b"user-1\tsource=web,v=2\t1700000000000|3|hello\tworld|!").unwrap();
+        assert_eq!(r.key.as_deref(), Some(&b"user-1"[..]));
+        assert_eq!(
+            r.headers,
+            vec![("source".to_string(), Bytes::from("web")), ("v".to_string(), Bytes::from("2"))]
+        );
+        assert_eq!(r.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(r.partition, Some(3));
+        assert_eq!(&r.value[..], b"hello\tworld|!", "the last field takes the rest of the line");
+
+        // Empty headers and keys are allowed; text before the first field must match.
+        let f = parse_input_format("[%k] %h %s").unwrap();
+        let r = parse_input(&f, b"[] a=1 v").unwrap();
+        assert_eq!(r.key.as_deref(), Some(&b""[..]));
+        assert_eq!(r.headers.len(), 1);
+        assert!(parse_input(&f, b"k] a=1 v").unwrap_err().contains("expected \"[\""));
+        assert!(parse_input(&f, b"[k]").unwrap_err().contains("after the %k field"));
+        let f = parse_input_format("%T:%s").unwrap();
+        assert!(parse_input(&f, b"soon:v").unwrap_err().contains("not a number"));
+        let f = parse_input_format("%h:%s").unwrap();
+        assert!(parse_input(&f, b"novalue:v").unwrap_err().contains("NAME=VALUE"));
+    }
+
+    #[test]
+    fn produce_input_formats_that_cannot_be_read_are_refused() {
+        assert!(parse_input_format("%k%s").unwrap_err().to_string().contains("need text between"));
+        assert!(parse_input_format("%k:%k:%s").unwrap_err().to_string().contains("twice"));
+        assert!(parse_input_format("%k").unwrap_err().to_string().contains("no %s"));
+        assert!(parse_input_format("%o %s").unwrap_err().to_string().contains("cannot be read"));
+    }
 
     #[test]
     fn lines_split_at_the_first_separator() {

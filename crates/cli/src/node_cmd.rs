@@ -91,6 +91,13 @@ pub struct NodeArgs {
     /// filesystem (default 268435456; 0: never).
     #[arg(long)]
     disk_free_min_bytes: Option<u64>,
+    /// Forget an idempotent producer idle for this long, per partition (default 86400000,
+    /// one day; Kafka's producer.id.expiration.ms).
+    #[arg(long)]
+    producer_expiry_ms: Option<u64>,
+    /// Idempotent producers one partition remembers at most (default 10000).
+    #[arg(long)]
+    partition_producers_max: Option<u32>,
 }
 
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
@@ -172,6 +179,12 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     }
     if let Some(b) = args.disk_free_min_bytes {
         config.disk_free_min_bytes = b;
+    }
+    if let Some(ms) = args.producer_expiry_ms {
+        config.producer_expiry_ms = ms;
+    }
+    if let Some(n) = args.partition_producers_max {
+        config.partition_producers_max = n;
     }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
@@ -383,6 +396,8 @@ mod tests {
             retention_bytes: None,
             retention_check_interval_ms: None,
             disk_free_min_bytes: None,
+            producer_expiry_ms: None,
+            partition_producers_max: None,
         }
     }
 

@@ -284,7 +284,7 @@ async fn l82_a_full_disk_refuses_writes_on_that_node_only_and_loses_nothing() {
     let batch = RecordBatch::encode(&[Record::value("refused?")]).unwrap().bytes().clone();
     let refused = eventually("DISK_FULL from the node short of space", Duration::from_secs(10), async || {
         let r = to_full
-            .produce(v1::ProduceRequest { topic: "d".into(), partition: on_full, batch: batch.clone() })
+            .produce(v1::ProduceRequest { topic: "d".into(), partition: on_full, batch: batch.clone(), acks: 0 })
             .await
             .map_err(|e| e.to_string())?
             .into_inner();

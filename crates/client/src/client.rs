@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flotilla_proto::request::{self, CreateTopic};
 use flotilla_proto::v1::{self, admin_client::AdminClient, flotilla_client::FlotillaClient};
-use flotilla_types::{ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
+use flotilla_types::{Acks, ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -882,10 +882,11 @@ impl ClientInner {
         topic: &str,
         partition: PartitionId,
         batch: &RecordBatch,
+        acks: Acks,
         retry_indeterminate: bool,
         deadline: Option<Instant>,
     ) -> Result<Offset> {
-        let req = v1::ProduceRequest::new(topic, partition, batch);
+        let req = v1::ProduceRequest::new(topic, partition, batch, acks);
         let count = batch.len();
         let target = Target::Partition { topic: topic.to_string(), partition };
         self.call(target, Kind::Write { retry_indeterminate }, Duration::ZERO, deadline, |ch, addr| {
@@ -901,6 +902,12 @@ impl ClientInner {
                 }
                 if r.base_offset.checked_add(u64::from(count)).is_none() {
                     return Err(ClientError::protocol(&addr, format!("base offset {} overflows", r.base_offset)));
+                }
+                if r.acks != flotilla_proto::request::acks_to_wire(acks) {
+                    return Err(ClientError::protocol(
+                        &addr,
+                        format!("asked for acks={}, the answer is at level {}", acks.name(), r.acks),
+                    ));
                 }
                 Ok(r.base_offset)
             }

@@ -128,6 +128,13 @@ pub struct ProducerConfig {
     /// nothing is resent. Definite failures (`NOT_LEADER`, `UNAVAILABLE`, connection
     /// refused, ...) are always retried: they cannot duplicate.
     pub retry_indeterminate: bool,
+    /// When a batch counts as written (Kafka's `acks`): `Acks::All` (the default) once a
+    /// quorum of replicas has it durably and it is committed; `Acks::Leader` once the
+    /// partition leader has it durably in its own log, before any follower: lower
+    /// latency, but an acknowledged batch is lost if the leader's node is lost before a
+    /// quorum has it (with idempotence the producer then notices the gap on its next batch
+    /// and carries on under a new producer id; the lost batch stays lost).
+    pub acks: flotilla_types::Acks,
     /// How long a record may take from `send` to its acknowledgement, retries included.
     /// Default: the client's `retry_deadline`. Kafka: `delivery.timeout.ms`.
     pub delivery_timeout: Option<Duration>,
@@ -146,6 +153,7 @@ impl Default for ProducerConfig {
             name: None,
             compression: flotilla_types::Compression::None,
             retry_indeterminate: true,
+            acks: flotilla_types::Acks::All,
             delivery_timeout: None,
         }
     }

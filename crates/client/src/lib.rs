@@ -12,12 +12,17 @@
 //!   deadline (30 s); `UNKNOWN_TOPIC` refreshes once, then fails. See [`ClientConfig`].
 //! - **Definite and indeterminate failures.** [`ClientError::is_indeterminate`] says
 //!   whether a failed write may still have happened (a timeout, a connection lost
-//!   mid-request, `INTERNAL`/`TIMEOUT`). A produce retried after such a failure may write
-//!   its records twice: the [`Producer`] does so only with
-//!   [`ProducerConfig::retry_indeterminate`] (default on; documented as "may duplicate").
+//!   mid-request, `INTERNAL`/`TIMEOUT`). The idempotent [`Producer`] (the default) retries
+//!   such a failure safely: the partition appends a batch once. Without idempotence a
+//!   retried produce may write its records twice, and the producer retries only with
+//!   [`ProducerConfig::retry_indeterminate`] (documented as "may duplicate").
 //! - **Batching producer.** [`Producer::send`] picks the partition by key (Kafka's murmur2
-//!   partitioner, round-robin without a key), gathers concurrent sends to one partition
-//!   into one record batch (no linger by default: the next batch fills while one is in flight) and gives each caller its own offset.
+//!   partitioner; the sticky partitioner without a key), gathers concurrent sends to one
+//!   partition into one record batch (no linger by default: the next batch fills while
+//!   earlier ones are in flight), keeps up to five batches per partition in flight in
+//!   order, and gives each caller its own offset. Idempotent by default (exactly once per
+//!   send, across retries and leader changes), with a byte-bounded buffer, `flush`,
+//!   compression and acknowledgement levels: see [`ProducerConfig`].
 //! - **Consumer.** [`Consumer::poll`] long-polls a partition's leader and verifies every
 //!   batch's CRC32C. With [`ClientConfig::zone`] set it reads from a replica in the
 //!   client's zone instead (follower fetching), falling back to the leader.
@@ -69,7 +74,7 @@ pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
-pub use flotilla_types::{Compression, ErrorCode, NodeId, Offset, PartitionId, Record};
+pub use flotilla_types::{Acks, Compression, ErrorCode, NodeId, Offset, PartitionId, Record};
 pub use metadata::{BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo, TopicSummary};
 pub use producer::{Ack, Producer};
 

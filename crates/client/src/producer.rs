@@ -758,7 +758,8 @@ impl PartitionTask {
         // Idempotent batches are always retried: the partition appends them once.
         let retry = self.writer.config.idempotent || self.writer.config.retry_indeterminate;
         w.sends.spawn(async move {
-            let r = writer.client().produce(&writer.topic, partition, &batch, retry, Some(deadline)).await;
+            let acks = writer.config.acks;
+            let r = writer.client().produce(&writer.topic, partition, &batch, acks, retry, Some(deadline)).await;
             (id, r)
         });
     }

@@ -107,7 +107,9 @@ impl flotilla_server::Flotilla for Broker {
             Act::Stall(d) => tokio::time::sleep(d).await,
             Act::Ok | Act::Corrupt | Act::Late(..) => {}
         }
-        let batch = RecordBatch::decode(req.into_inner().batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let req = req.into_inner();
+        let acks = req.acks;
+        let batch = RecordBatch::decode(req.batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut s = self.state.lock().unwrap();
         let base = s.next_offset;
         if let (Some(table), Some(stamp)) = (s.sequences.as_mut(), batch.producer()) {
@@ -117,13 +119,14 @@ impl flotilla_server::Flotilla for Broker {
                 Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }))
             };
             match table.check(stamp, batch.len()) {
-                Verdict::Append => table.appended(stamp, batch.len(), base, 0),
+                Verdict::Append => table.appended(stamp, batch.len(), base, 0, Default::default()),
                 Verdict::Duplicate { base_offset } => {
                     return Ok(Response::new(v1::ProduceResponse {
                         error: None,
                         base_offset,
                         record_count: batch.len(),
                         duplicate: true,
+                        acks,
                     }));
                 }
                 Verdict::OutOfOrder { .. } => return refuse(ErrorCode::OutOfOrderSequence),
@@ -138,6 +141,7 @@ impl flotilla_server::Flotilla for Broker {
             base_offset: base,
             record_count: batch.len(),
             duplicate: false,
+            acks,
         }))
     }
 

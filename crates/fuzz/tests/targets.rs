@@ -121,7 +121,7 @@ fn policy() -> v1::TopicPolicy {
 fn t92_fuzz_client_and_admin_requests() {
     let _s = serial();
     let produce =
-        v1::ProduceRequest { topic: "orders".into(), partition: 2, batch: sample_batches()[1].clone().into() };
+        v1::ProduceRequest { topic: "orders".into(), partition: 2, batch: sample_batches()[1].clone().into(), acks: 0 };
     let fetch = v1::FetchRequest {
         topic: "orders".into(),
         partition: 1,

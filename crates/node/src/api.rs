@@ -12,7 +12,7 @@ use flotilla_metadata::{Command as MetaCommand, Liveness, Response as MetaRespon
 use flotilla_partition::Response as PartResponse;
 use flotilla_raft::{Group, PartitionGroup, RaftTransport, WriteError};
 use flotilla_types::planted::{self, Bug};
-use flotilla_types::{ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
+use flotilla_types::{Acks, ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
 use serde::Serialize;
 
 use crate::Node;
@@ -81,6 +81,8 @@ pub struct Produced {
     pub base_offset: Offset,
     pub records: u32,
     pub duplicate: bool,
+    /// The level it was acknowledged at.
+    pub acks: Acks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +174,19 @@ impl<T: RaftTransport> Node<T> {
     /// Appends a batch (checked at the edge: checksum, structure, limits); answers once a
     /// quorum has it durable and it is applied.
     pub async fn produce(&self, topic: &str, partition: PartitionId, batch: RecordBatch) -> Result<Produced, ApiError> {
+        self.produce_with(topic, partition, batch, Acks::All).await
+    }
+
+    /// [`Node::produce`] answered at `acks`: with `Acks::Leader`, as soon as this leader
+    /// has the batch durably in its own log (or once applied, if that comes first), with
+    /// the offsets the batch gets when it is committed.
+    pub async fn produce_with(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        batch: RecordBatch,
+        acks: Acks,
+    ) -> Result<Produced, ApiError> {
         let what = format!("{topic}/{partition}");
         let group = self.partition_group(topic, partition)?;
         if let Some(why) = self.disk_full() {
@@ -180,11 +195,16 @@ impl<T: RaftTransport> Node<T> {
                 format!("{what}: node {} refuses writes: {why}; retry once retention has freed space", self.id()),
             ));
         }
-        let cmd = flotilla_partition::produce_command(&batch, self.inner.clock.now_ms());
-        match group.write(cmd, self.produce_timeout()).await {
+        let cmd =
+            flotilla_partition::produce_command_with(&batch, self.inner.clock.now_ms(), self.config().producer_settings());
+        let written = match acks {
+            Acks::All => group.write(cmd, self.produce_timeout()).await,
+            Acks::Leader => group.write_leader_durable(cmd, self.produce_timeout()).await,
+        };
+        match written {
             Ok(PartResponse::Produced { base_offset, records, duplicate }) => {
                 assert_eq!(records, batch.len(), "applied a different batch than proposed");
-                Ok(Produced { base_offset, records, duplicate })
+                Ok(Produced { base_offset, records, duplicate, acks })
             }
             Ok(PartResponse::Refused(r)) => {
                 let code = match r {

@@ -82,6 +82,14 @@ pub struct NodeConfig {
     /// produce with DISK_FULL (retriable), and keeps serving reads and replication. 0:
     /// never refuse.
     pub disk_free_min_bytes: u64,
+    /// Idempotent producers: a partition forgets a producer that appended nothing for
+    /// this long (Kafka's `producer.id.expiration.ms`; one day). Its next batch is then
+    /// refused as out of sequence and the client starts again under a new producer id.
+    /// Carried in every produce this node proposes as leader.
+    pub producer_expiry_ms: u64,
+    /// Idempotent producers: the most one partition remembers; the least recently active
+    /// is forgotten first (10,000; at most 100,000).
+    pub partition_producers_max: u32,
 }
 
 impl Default for NodeConfig {
@@ -113,6 +121,8 @@ impl Default for NodeConfig {
             retention_bytes: 0,
             retention_check_interval_ms: 5_000,
             disk_free_min_bytes: 256 << 20,
+            producer_expiry_ms: limits::PRODUCER_IDLE_EXPIRY_MS,
+            partition_producers_max: limits::PARTITION_PRODUCERS_MAX as u32,
         }
     }
 }
@@ -120,6 +130,14 @@ impl Default for NodeConfig {
 impl NodeConfig {
     pub fn advertised(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// What a partition remembers of idempotent producers, as this node proposes it.
+    pub fn producer_settings(&self) -> flotilla_partition::ProducerSettings {
+        flotilla_partition::ProducerSettings {
+            idle_expiry_ms: self.producer_expiry_ms,
+            max_producers: self.partition_producers_max,
+        }
     }
 
     pub fn partition_timings(&self) -> GroupTimings {
@@ -242,6 +260,17 @@ impl NodeConfig {
         }
         if self.retention_check_interval_ms < 100 {
             return Err("retention-check-interval-ms must be at least 100".into());
+        }
+        if !(limits::PRODUCER_IDLE_EXPIRY_MS_MIN..=limits::PRODUCER_IDLE_EXPIRY_MS_MAX).contains(&self.producer_expiry_ms)
+        {
+            return Err(format!(
+                "producer-expiry-ms must be from {} to {}",
+                limits::PRODUCER_IDLE_EXPIRY_MS_MIN,
+                limits::PRODUCER_IDLE_EXPIRY_MS_MAX
+            ));
+        }
+        if !(1..=limits::PARTITION_PRODUCERS_CEILING as u32).contains(&self.partition_producers_max) {
+            return Err(format!("partition-producers-max must be from 1 to {}", limits::PARTITION_PRODUCERS_CEILING));
         }
         Ok(())
     }

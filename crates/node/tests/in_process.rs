@@ -13,7 +13,7 @@ use common::*;
 use flotilla_metadata::TopicPolicy;
 use flotilla_node::Node;
 use flotilla_storage::MemEngine;
-use flotilla_types::{ErrorCode, GroupId};
+use flotilla_types::{Acks, ErrorCode, GroupId, ProducerStamp, Record, RecordBatch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t10_topic_produce_fetch_and_failover() {
@@ -260,6 +260,52 @@ async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
     eventually("the new leader serves the offset", async || {
         let r = g.fetch("t", 0, end, 1 << 20, Duration::from_millis(100), false).await.ok()?;
         (r.high_watermark >= end).then_some(())
+    })
+    .await;
+}
+
+/// t46: acks=leader answers once the leader has the batch durably, before any follower
+/// does, with the offsets it gets when committed: over a tail of unapplied entries that
+/// includes another producer's acks=all batch, and for an idempotent producer's retry
+/// (answered as the duplicate it will be). acks=all waits for the quorum meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t46_acks_leader_answers_from_the_leaders_log_with_the_offsets_the_batch_gets() {
+    let net = LocalNet::default();
+    let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
+    let nodes = start_cluster(&net, &engines).await;
+    let topic = one_partition_topic(&nodes, "t").await;
+    let group = topic.partitions[0].group;
+    assert_eq!(produce(&nodes, "t", 0, &["a", "b"]).await, 0);
+    let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
+    // Followers get nothing from here on: nothing the leader appends can commit.
+    for n in nodes.iter().filter(|n| n.id() != leader.id()) {
+        net.drop_appends.write().unwrap().insert((leader.id(), n.id()), true);
+    }
+    let quick = Duration::from_secs(5);
+    let cd = tokio::time::timeout(quick, leader.produce_with("t", 0, batch(&["c", "d"]), Acks::Leader))
+        .await
+        .expect("acks=leader does not wait for followers")
+        .expect("acknowledged by the leader alone");
+    assert_eq!((cd.base_offset, cd.records, cd.acks), (2, 2, Acks::Leader));
+    let all = {
+        let leader = leader.clone();
+        tokio::spawn(async move { leader.produce_with("t", 0, batch(&["x"]), Acks::All).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!all.is_finished(), "acks=all waits for a quorum");
+    let stamp = ProducerStamp { id: 77, epoch: 0, base_sequence: 0 };
+    let stamped = RecordBatch::encode_as(&[Record::value("s")], Some(stamp)).unwrap();
+    let s = leader.produce_with("t", 0, stamped.clone(), Acks::Leader).await.expect("stamped, acks=leader");
+    assert_eq!((s.base_offset, s.duplicate), (5, false), "after c, d and the acks=all x still in the tail");
+    let retry = leader.produce_with("t", 0, stamped, Acks::Leader).await.expect("the retry, acks=leader");
+    assert_eq!((retry.base_offset, retry.duplicate), (5, true), "answered as the duplicate it will be");
+
+    // Once the followers hear from the leader again everything commits where answered.
+    net.drop_appends.write().unwrap().clear();
+    let x = all.await.unwrap().expect("acks=all once a quorum has it");
+    assert_eq!(x.base_offset, 4);
+    eventually("all committed", async || {
+        (read_all(&nodes, "t", 0).await == ["a", "b", "c", "d", "x", "s"]).then_some(())
     })
     .await;
 }

@@ -23,7 +23,7 @@ mod producers;
 use bytes::Bytes;
 use flotilla_types::planted::{self, Bug};
 use flotilla_types::{Offset, ProducerStamp, RecordBatch};
-pub use producers::{ProducerTable, Verdict};
+pub use producers::{ProducerSettings, ProducerTable, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// A command in a partition group's log.
@@ -31,8 +31,10 @@ use serde::{Deserialize, Serialize};
 pub enum Command {
     /// Append one record batch. `batch` was verified (checksum, structure, limits) by the
     /// node before it was proposed; `records` is its record count; `timestamp_ms` is the
-    /// batch's time for the time index (see [`index_time`]).
-    Produce { batch: Bytes, records: u32, timestamp_ms: u64 },
+    /// batch's time for the time index (see [`index_time`]); `producers`: how long the
+    /// partition remembers idle producers and how many, as the proposing leader was
+    /// configured (carried in the log so that every replica forgets the same producers).
+    Produce { batch: Bytes, records: u32, timestamp_ms: u64, producers: ProducerSettings },
     /// Moves the log start up to `before` (never past the high watermark, never down):
     /// Kafka's DeleteRecords, and what retention proposes.
     DeleteRecords { before: Offset },
@@ -92,9 +94,10 @@ pub struct BatchLocation {
     pub timestamp_ms: u64,
     /// The greatest index time of the batches before this one (0 for none).
     pub max_timestamp_before: u64,
-    /// The idempotent producer's stamp, so that the producer table at any point can be
-    /// rebuilt from the index.
+    /// The idempotent producer's stamp and the producer settings it was appended under,
+    /// so that the producer table at any point can be rebuilt from the index.
     pub producer: Option<ProducerStamp>,
+    pub producer_settings: ProducerSettings,
 }
 
 impl BatchLocation {
@@ -162,7 +165,7 @@ impl PartitionState {
         assert!(log_index > self.last_applied_index, "log index {log_index} applied after {}", self.last_applied_index);
         self.last_applied_index = log_index;
         match command {
-            Command::Produce { batch, records, timestamp_ms } => {
+            Command::Produce { batch, records, timestamp_ms, producers: settings } => {
                 assert!(*records > 0, "an empty batch was proposed");
                 let producer = flotilla_types::batch::producer_of(batch);
                 if let Some(stamp) = producer {
@@ -189,7 +192,7 @@ impl PartitionState {
                         }
                     }
                 }
-                self.append(log_index, batch.len(), *records, *timestamp_ms, producer)
+                self.append(log_index, batch.len(), *records, *timestamp_ms, producer, *settings)
             }
             Command::DeleteRecords { before } => {
                 let log_start = (*before).min(self.next_offset).max(self.log_start_offset);
@@ -211,6 +214,7 @@ impl PartitionState {
         records: u32,
         timestamp_ms: u64,
         producer: Option<ProducerStamp>,
+        producer_settings: ProducerSettings,
     ) -> (Response, Effect) {
         let base_offset = self.next_offset;
         let location = BatchLocation {
@@ -222,6 +226,7 @@ impl PartitionState {
             timestamp_ms,
             max_timestamp_before: self.max_timestamp_ms,
             producer,
+            producer_settings: producer_settings.clamped(),
         };
         replay_producer(&mut self.producers, &location);
         let new_max_time = timestamp_ms > self.max_timestamp_ms;
@@ -235,12 +240,13 @@ impl PartitionState {
     /// bug `flotilla_types::planted::Bug::DoubleApply`, which nothing else calls.
     pub fn planted_reapply(&mut self, command: &Command) -> (Response, Effect) {
         match command {
-            Command::Produce { batch, records, timestamp_ms } => self.append(
+            Command::Produce { batch, records, timestamp_ms, producers } => self.append(
                 self.last_applied_index,
                 batch.len(),
                 *records,
                 *timestamp_ms,
                 flotilla_types::batch::producer_of(batch),
+                *producers,
             ),
             Command::DeleteRecords { .. } => (Response::LogStart { log_start: self.log_start_offset }, Effect::None),
         }
@@ -285,7 +291,7 @@ impl PartitionState {
 /// table. Applying a log and replaying its offset index give the same table.
 pub fn replay_producer(table: &mut ProducerTable, location: &BatchLocation) {
     if let Some(stamp) = location.producer {
-        table.appended(stamp, location.records, location.base_offset, location.timestamp_ms);
+        table.appended(stamp, location.records, location.base_offset, location.timestamp_ms, location.producer_settings);
     }
 }
 
@@ -299,9 +305,20 @@ pub fn index_time(batch: &RecordBatch, now_ms: u64) -> u64 {
     if max == 0 { now_ms } else { max.min(now_ms) }
 }
 
-/// The command that appends a checked batch, stamped with its index time.
+/// The command that appends a checked batch, stamped with its index time, under the
+/// default producer settings.
 pub fn produce_command(batch: &RecordBatch, now_ms: u64) -> Command {
-    Command::Produce { batch: batch.bytes().clone(), records: batch.len(), timestamp_ms: index_time(batch, now_ms) }
+    produce_command_with(batch, now_ms, ProducerSettings::default())
+}
+
+/// [`produce_command`] under the given producer settings (the node's).
+pub fn produce_command_with(batch: &RecordBatch, now_ms: u64, producers: ProducerSettings) -> Command {
+    Command::Produce {
+        batch: batch.bytes().clone(),
+        records: batch.len(),
+        timestamp_ms: index_time(batch, now_ms),
+        producers: producers.clamped(),
+    }
 }
 
 #[cfg(test)]
@@ -462,10 +479,40 @@ mod tests {
         assert!(Refusal::Fenced { epoch: 0, current_epoch: 1 }.to_string().contains("fenced"));
     }
 
+    fn under(c: Command, max_producers: u32) -> Command {
+        match c {
+            Command::Produce { batch, records, timestamp_ms, .. } => Command::Produce {
+                batch,
+                records,
+                timestamp_ms,
+                producers: ProducerSettings { max_producers, ..ProducerSettings::default() },
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn the_producer_settings_in_the_log_decide_what_is_forgotten() {
+        let mut s = PartitionState::new();
+        s.apply(1, &stamped(4, 0, 0, 1));
+        s.apply(2, &under(stamped(5, 0, 0, 1), 1));
+        let refused = s.apply(3, &stamped(4, 0, 1, 1)).0;
+        assert_eq!(refused, Response::Refused(Refusal::OutOfOrder { base_sequence: 1, expected: 0, known: false }));
+        let mut s = PartitionState::new();
+        s.apply(1, &stamped(4, 0, 0, 1));
+        s.apply(2, &stamped(5, 0, 0, 1));
+        assert!(matches!(s.apply(3, &stamped(4, 0, 1, 1)).0, Response::Produced { duplicate: false, .. }));
+    }
+
     #[test]
     fn the_producer_table_at_a_retention_point_is_rebuilt_from_the_index() {
-        // Several producers interleaved, with retries, a new epoch and refusals.
+        // Several producers interleaved, with retries, a new epoch and refusals, and two
+        // batches proposed under small bounds (the idlest is forgotten, so producer 4's
+        // next batch is refused).
         let commands: Vec<Command> = vec![
+            under(stamped(4, 0, 0, 1), 2),
+            under(stamped(5, 0, 0, 1), 1),
+            stamped(4, 0, 1, 1),
             stamped(1, 0, 0, 2),
             stamped(2, 0, 0, 1),
             batch(1),

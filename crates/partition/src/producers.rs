@@ -10,14 +10,46 @@
 //! each batch's stamp) starting from an earlier table — how a snapshot at the retention
 //! point gets its table.
 //!
-//! Bounded: a producer idle for [`limits::PRODUCER_IDLE_EXPIRY_MS`] (by index times) is
-//! forgotten when a later batch is appended, and past [`limits::PARTITION_PRODUCERS_MAX`]
-//! producers the least recently active is forgotten first.
+//! Bounded: a producer idle for longer than the expiry (by index times) is forgotten when
+//! a later batch is appended, and past the most producers remembered the least recently
+//! active is forgotten first. Both come with each batch ([`ProducerSettings`], from the
+//! proposing node's configuration, carried in the log and in the offset index), so that
+//! every replica, and every rebuild from the index, forgets the same producers.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flotilla_types::{Offset, ProducerStamp, limits};
 use serde::{Deserialize, Serialize};
+
+/// How long a partition remembers an idle producer, and how many it remembers: Kafka's
+/// `producer.id.expiration.ms` and a bound on the table's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerSettings {
+    pub idle_expiry_ms: u64,
+    pub max_producers: u32,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> ProducerSettings {
+        ProducerSettings {
+            idle_expiry_ms: limits::PRODUCER_IDLE_EXPIRY_MS,
+            max_producers: limits::PARTITION_PRODUCERS_MAX as u32,
+        }
+    }
+}
+
+impl ProducerSettings {
+    /// Within the documented bounds (a value from the log is clamped the same way on
+    /// every replica).
+    pub fn clamped(self) -> ProducerSettings {
+        ProducerSettings {
+            idle_expiry_ms: self
+                .idle_expiry_ms
+                .clamp(limits::PRODUCER_IDLE_EXPIRY_MS_MIN, limits::PRODUCER_IDLE_EXPIRY_MS_MAX),
+            max_producers: self.max_producers.clamp(1, limits::PARTITION_PRODUCERS_CEILING as u32),
+        }
+    }
+}
 
 /// One appended batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,9 +131,16 @@ impl ProducerTable {
     }
 
     /// Records an appended batch: `records` records stamped `stamp` at `base_offset`,
-    /// with index time `time_ms`. Forgets producers idle too long, and the idlest past
-    /// the limit on how many are remembered.
-    pub fn appended(&mut self, stamp: ProducerStamp, records: u32, base_offset: Offset, time_ms: u64) {
+    /// with index time `time_ms`, under `settings`. Forgets producers idle too long, and
+    /// the idlest past the limit on how many are remembered.
+    pub fn appended(
+        &mut self,
+        stamp: ProducerStamp,
+        records: u32,
+        base_offset: Offset,
+        time_ms: u64,
+        settings: ProducerSettings,
+    ) {
         let batch = SequencedBatch {
             first_sequence: stamp.base_sequence,
             last_sequence: stamp.last_sequence(records),
@@ -123,13 +162,13 @@ impl ProducerTable {
             entry.batches.pop_front();
         }
         self.by_time.insert((entry.last_time_ms, stamp.id));
-        self.forget_idle(time_ms, stamp.id);
+        self.forget_idle(time_ms, stamp.id, settings.clamped());
     }
 
-    fn forget_idle(&mut self, now_ms: u64, keep: u64) {
+    fn forget_idle(&mut self, now_ms: u64, keep: u64, settings: ProducerSettings) {
         while let Some(&(t, id)) = self.by_time.first() {
-            let idle = now_ms.saturating_sub(t) > limits::PRODUCER_IDLE_EXPIRY_MS;
-            let over = self.producers.len() > limits::PARTITION_PRODUCERS_MAX;
+            let idle = now_ms.saturating_sub(t) > settings.idle_expiry_ms;
+            let over = self.producers.len() > settings.max_producers as usize;
             if id == keep || !(idle || over) {
                 break;
             }
@@ -151,9 +190,9 @@ mod tests {
     fn sequences_continue_and_retries_are_recognised() {
         let mut t = ProducerTable::default();
         assert_eq!(t.check(stamp(1, 0, 0), 3), Verdict::Append);
-        t.appended(stamp(1, 0, 0), 3, 10, 1);
+        t.appended(stamp(1, 0, 0), 3, 10, 1, ProducerSettings::default());
         assert_eq!(t.check(stamp(1, 0, 3), 2), Verdict::Append);
-        t.appended(stamp(1, 0, 3), 2, 20, 2);
+        t.appended(stamp(1, 0, 3), 2, 20, 2, ProducerSettings::default());
         assert_eq!(t.check(stamp(1, 0, 0), 3), Verdict::Duplicate { base_offset: 10 });
         assert_eq!(t.check(stamp(1, 0, 3), 2), Verdict::Duplicate { base_offset: 20 });
         assert_eq!(t.check(stamp(1, 0, 6), 1), Verdict::OutOfOrder { expected: 5, known: true });
@@ -163,11 +202,11 @@ mod tests {
     #[test]
     fn an_older_epoch_is_fenced_and_a_newer_one_starts_at_zero() {
         let mut t = ProducerTable::default();
-        t.appended(stamp(1, 2, 0), 1, 0, 1);
+        t.appended(stamp(1, 2, 0), 1, 0, 1, ProducerSettings::default());
         assert_eq!(t.check(stamp(1, 1, 1), 1), Verdict::Fenced { current_epoch: 2 });
         assert_eq!(t.check(stamp(1, 3, 5), 1), Verdict::OutOfOrder { expected: 0, known: true });
         assert_eq!(t.check(stamp(1, 3, 0), 1), Verdict::Append);
-        t.appended(stamp(1, 3, 0), 1, 1, 2);
+        t.appended(stamp(1, 3, 0), 1, 1, 2, ProducerSettings::default());
         assert_eq!(t.check(stamp(1, 2, 1), 1), Verdict::Fenced { current_epoch: 3 });
         assert_eq!(t.check(stamp(1, 3, 1), 1), Verdict::Append);
     }
@@ -182,7 +221,7 @@ mod tests {
     fn only_the_last_batches_are_remembered() {
         let mut t = ProducerTable::default();
         for i in 0..10u32 {
-            t.appended(stamp(1, 0, i), 1, u64::from(i), 1);
+            t.appended(stamp(1, 0, i), 1, u64::from(i), 1, ProducerSettings::default());
         }
         assert_eq!(t.check(stamp(1, 0, 9), 1), Verdict::Duplicate { base_offset: 9 });
         assert_eq!(t.check(stamp(1, 0, 5), 1), Verdict::Duplicate { base_offset: 5 });
@@ -192,11 +231,11 @@ mod tests {
     #[test]
     fn idle_producers_are_forgotten_by_index_time() {
         let mut t = ProducerTable::default();
-        t.appended(stamp(1, 0, 0), 1, 0, 1_000);
-        t.appended(stamp(2, 0, 0), 1, 1, 2_000);
-        t.appended(stamp(2, 0, 1), 1, 2, 1_000 + limits::PRODUCER_IDLE_EXPIRY_MS);
+        t.appended(stamp(1, 0, 0), 1, 0, 1_000, ProducerSettings::default());
+        t.appended(stamp(2, 0, 0), 1, 1, 2_000, ProducerSettings::default());
+        t.appended(stamp(2, 0, 1), 1, 2, 1_000 + limits::PRODUCER_IDLE_EXPIRY_MS, ProducerSettings::default());
         assert_eq!(t.len(), 2, "not idle for longer than the expiry yet");
-        t.appended(stamp(2, 0, 2), 1, 3, 1_001 + limits::PRODUCER_IDLE_EXPIRY_MS);
+        t.appended(stamp(2, 0, 2), 1, 3, 1_001 + limits::PRODUCER_IDLE_EXPIRY_MS, ProducerSettings::default());
         assert_eq!(t.len(), 1);
         assert_eq!(t.check(stamp(1, 0, 1), 1), Verdict::OutOfOrder { expected: 0, known: false });
     }
@@ -206,10 +245,27 @@ mod tests {
         let mut t = ProducerTable::default();
         let n = limits::PARTITION_PRODUCERS_MAX as u64;
         for id in 1..=n + 1 {
-            t.appended(stamp(id, 0, 0), 1, id, id);
+            t.appended(stamp(id, 0, 0), 1, id, id, ProducerSettings::default());
         }
         assert_eq!(t.len(), limits::PARTITION_PRODUCERS_MAX);
         assert_eq!(t.check(stamp(1, 0, 1), 1), Verdict::OutOfOrder { expected: 0, known: false });
         assert_eq!(t.check(stamp(2, 0, 1), 1), Verdict::Append);
+    }
+
+    #[test]
+    fn the_expiry_and_the_bound_come_with_each_batch() {
+        let short = ProducerSettings { idle_expiry_ms: 5_000, max_producers: 2 };
+        let mut t = ProducerTable::default();
+        t.appended(stamp(1, 0, 0), 1, 0, 1_000, short);
+        t.appended(stamp(2, 0, 0), 1, 1, 2_000, short);
+        t.appended(stamp(3, 0, 0), 1, 2, 3_000, short);
+        assert_eq!(t.len(), 2, "the idlest of three is forgotten past a bound of two");
+        assert_eq!(t.check(stamp(1, 0, 1), 1), Verdict::OutOfOrder { expected: 0, known: false });
+        t.appended(stamp(3, 0, 1), 1, 3, 7_001, short);
+        assert_eq!(t.len(), 1, "producer 2, idle for more than 5 s, is forgotten");
+        // Values from the log are clamped alike everywhere.
+        let junk = ProducerSettings { idle_expiry_ms: 0, max_producers: u32::MAX }.clamped();
+        assert_eq!(junk.idle_expiry_ms, limits::PRODUCER_IDLE_EXPIRY_MS_MIN);
+        assert_eq!(junk.max_producers as usize, limits::PARTITION_PRODUCERS_CEILING);
     }
 }

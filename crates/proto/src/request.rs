@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use flotilla_types::{ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
+use flotilla_types::{Acks, ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
 
 use crate::v1;
 
@@ -81,21 +81,40 @@ pub struct Produce {
     pub topic: String,
     pub partition: PartitionId,
     pub batch: RecordBatch,
+    pub acks: Acks,
 }
 
 impl TryFrom<v1::ProduceRequest> for Produce {
     type Error = v1::Error;
     fn try_from(r: v1::ProduceRequest) -> Result<Produce, v1::Error> {
         let topic = topic_name(r.topic)?;
+        let acks = acks_from_wire(r.acks)?;
         let batch = RecordBatch::decode(r.batch).map_err(|e| v1::Error::from(&e))?;
-        Ok(Produce { topic, partition: r.partition, batch })
+        Ok(Produce { topic, partition: r.partition, batch, acks })
+    }
+}
+
+/// The acknowledgement level a wire value names; an unknown one is refused.
+pub fn acks_from_wire(acks: i32) -> Result<Acks, v1::Error> {
+    match v1::Acks::try_from(acks) {
+        Ok(v1::Acks::All) => Ok(Acks::All),
+        Ok(v1::Acks::Leader) => Ok(Acks::Leader),
+        Err(_) => Err(invalid(format!("unknown acks level {acks}: 0 (all) or 1 (leader)"))),
+    }
+}
+
+/// The wire value of an acknowledgement level.
+pub fn acks_to_wire(acks: Acks) -> i32 {
+    match acks {
+        Acks::All => v1::Acks::All as i32,
+        Acks::Leader => v1::Acks::Leader as i32,
     }
 }
 
 impl v1::ProduceRequest {
     /// The wire request for `batch`.
-    pub fn new(topic: impl Into<String>, partition: PartitionId, batch: &RecordBatch) -> v1::ProduceRequest {
-        v1::ProduceRequest { topic: topic.into(), partition, batch: batch.bytes().clone() }
+    pub fn new(topic: impl Into<String>, partition: PartitionId, batch: &RecordBatch, acks: Acks) -> v1::ProduceRequest {
+        v1::ProduceRequest { topic: topic.into(), partition, batch: batch.bytes().clone(), acks: acks_to_wire(acks) }
     }
 }
 
@@ -568,24 +587,29 @@ mod tests {
     #[test]
     fn produce_verifies_the_batch() {
         let batch = RecordBatch::encode(&[Record::value("v")]).unwrap();
-        let ok = Produce::try_from(v1::ProduceRequest::new("t", 1, &batch)).unwrap();
+        let ok = Produce::try_from(v1::ProduceRequest::new("t", 1, &batch, Acks::Leader)).unwrap();
         assert_eq!(ok.batch, batch);
         assert_eq!(ok.partition, 1);
+        assert_eq!(ok.acks, Acks::Leader);
+        let unknown = v1::ProduceRequest { acks: 7, ..v1::ProduceRequest::new("t", 1, &batch, Acks::All) };
+        let e = Produce::try_from(unknown).unwrap_err();
+        assert_eq!(e.error_code(), ErrorCode::InvalidRequest);
+        assert!(e.message.contains("unknown acks level 7"), "{}", e.message);
 
         let mut bad = batch.bytes().to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        let e = Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::from(bad) })
+        let e = Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::from(bad), acks: 0 })
             .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::CorruptBatch);
         assert!(e.message.contains("checksum"), "{e}");
 
         let e =
-            Produce::try_from(v1::ProduceRequest { topic: "a/b".into(), partition: 0, batch: batch.bytes().clone() })
+            Produce::try_from(v1::ProduceRequest { topic: "a/b".into(), partition: 0, batch: batch.bytes().clone(), acks: 0 })
                 .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::InvalidRequest);
         let e =
-            Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::new() }).unwrap_err();
+            Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::new(), acks: 0 }).unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::CorruptBatch);
     }
 

@@ -229,6 +229,77 @@ impl Group {
         }
     }
 
+    /// acks=leader: proposes `command` like [`Group::write`], but answers as soon as the
+    /// entry is durable in this replica's own log, before any follower has it, with the
+    /// response the entry gets when it is applied: the state machine run ahead, over the
+    /// applied state and the log's unapplied tail up to the entry (deterministic, so the
+    /// same answer as the apply's if the entry commits; log matching means any leader
+    /// that commits it has the same entries before it). If the entry is never committed
+    /// (this leader is lost before a quorum has it) the answer was for nothing: the
+    /// documented risk of acks=leader. Falls back to the applied answer when it comes
+    /// first or the entry is not found in the tail (a command that is not a produce, a
+    /// tail past its bound).
+    pub async fn write_leader_durable(&self, command: Command, timeout: Duration) -> Result<Response, WriteError> {
+        // The entry is found in the tail by its batch's bytes: the command moves into the
+        // log entry on this node without a copy, and the request owns its bytes.
+        let key = match &command {
+            Command::Partition(flotilla_partition::Command::Produce { batch, .. }) => {
+                Some((batch.as_ptr() as usize, batch.len()))
+            }
+            _ => None,
+        };
+        let Some(key) = key else { return self.write(command, timeout).await };
+        let mut durable = self.log.durable();
+        let write = self.write(command, timeout);
+        tokio::pin!(write);
+        let mut index = None;
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => return written,
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return write.await;
+                    }
+                }
+            }
+            if index.is_none() {
+                index = self.log.tail().find_batch(key);
+            }
+            if let Some(i) = index
+                && *durable.borrow() >= i
+            {
+                match self.predict(i, key) {
+                    Some(r) => return Ok(r),
+                    None => return write.await,
+                }
+            }
+        }
+    }
+
+    /// The response the entry at `index` (the batch `key`) gets when applied: the applied
+    /// state with the tail's entries up to `index` applied to a copy. `None` when the
+    /// tail does not hold them all, or no longer holds that batch at `index`.
+    fn predict(&self, index: u64, key: (usize, usize)) -> Option<Response> {
+        for _ in 0..3 {
+            let (applied, mut state) = self.shared.applied_copy();
+            if applied >= index {
+                return None;
+            }
+            let Some(entries) = self.log.tail().read(applied + 1, index + 1, usize::MAX) else { continue };
+            let last = entries.last()?;
+            if last.log_id.index != index || !crate::tail::holds_batch(last, key) {
+                return None;
+            }
+            let mut response = None;
+            for e in &entries {
+                response = Some(crate::state_machine::apply_one(&mut state, e.log_id.index, &e.payload).0);
+            }
+            return response;
+        }
+        None
+    }
+
     /// Writes through this replica if it leads, else forwards the write to the leader.
     pub async fn write_or_forward<T: RaftTransport>(
         &self,

@@ -82,11 +82,29 @@ pub struct LogStore {
     engine: Arc<dyn Engine>,
     /// The entries appended and not yet applied, in memory (`tail`).
     tail: Tail,
+    /// The last log index durable in this replica's log (lowered by a truncation).
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl LogStore {
     pub fn new(group: GroupId, engine: Arc<dyn Engine>) -> LogStore {
-        LogStore { group, engine, tail: Tail::default() }
+        LogStore { group, engine, tail: Tail::default(), durable: Arc::new(tokio::sync::watch::Sender::new(0)) }
+    }
+
+    /// Changes whenever more of this replica's log is durable; its value is the last
+    /// durable index (acks=leader waits on it).
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    fn lower_durable(&self, below: u64) {
+        self.durable.send_if_modified(|d| {
+            let lower = *d >= below;
+            if lower {
+                *d = below.saturating_sub(1);
+            }
+            lower
+        });
     }
 
     /// The unapplied tail this log keeps in memory; the group's state machine empties
@@ -240,7 +258,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = WriteBatch::new();
         let mut kept = Vec::new();
+        let mut last = 0;
         for e in entries {
+            last = e.log_id.index;
             let bytes = encode(&e);
             let size = bytes.len();
             b.put(keys::log(self.group, e.log_id.index), bytes);
@@ -260,17 +280,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // openraft counts these entries as flushed only once the engine says they are
         // durable; the leader's commit (and so every acknowledgement) waits for that.
-        self.engine.on_durable(Box::new(move |r| callback.io_completed(r.map_err(to_io))));
+        let durable = self.durable.clone();
+        self.engine.on_durable(Box::new(move |r| {
+            if r.is_ok() {
+                durable.send_if_modified(|d| {
+                    let raise = last > *d;
+                    if raise {
+                        *d = last;
+                    }
+                    raise
+                });
+            }
+            callback.io_completed(r.map_err(to_io))
+        }));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
         self.tail.truncated(from);
+        self.lower_durable(from);
         let mut b = WriteBatch::new();
         b.delete_range(keys::log(self.group, from), keys::log_end(self.group));
         // Durable so that conflicting entries cannot come back after a crash.
-        write_durable(self.engine.as_ref(), b).await.map_err(to_io)
+        write_durable(self.engine.as_ref(), b).await.map_err(to_io)?;
+        // Durability comes in order: an append of the entries just removed that became
+        // durable meanwhile raised the mark again.
+        self.lower_durable(from);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
@@ -493,7 +530,7 @@ mod tests {
             let cmd = Command::Partition(flotilla_partition::Command::Produce {
                 batch: bytes::Bytes::from(vec![i as u8; MIB]),
                 records: 1,
-                timestamp_ms: 1,
+                timestamp_ms: 1, producers: Default::default(),
             });
             let entry = Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, i), cmd);
             b.put(keys::log(7, i), encode(&entry));
@@ -515,7 +552,7 @@ mod tests {
             Command::Partition(flotilla_partition::Command::Produce {
                 batch: bytes::Bytes::from(vec![0u8; limits::RAFT_APPEND_BYTES_MAX + 1]),
                 records: 1,
-                timestamp_ms: 1,
+                timestamp_ms: 1, producers: Default::default(),
             }),
         );
         let mut b = WriteBatch::new();

@@ -84,6 +84,12 @@ impl SharedState {
         self.applied_tx.subscribe()
     }
 
+    /// The last applied index and a copy of the state there.
+    pub(crate) fn applied_copy(&self) -> (u64, GroupState) {
+        let inner = self.inner.read().expect("state lock poisoned");
+        (inner.last_applied.as_ref().map_or(0, |l| l.index), inner.state.clone())
+    }
+
     pub fn last_applied_index(&self) -> u64 {
         self.inner.read().expect("state lock poisoned").last_applied.as_ref().map_or(0, |l| l.index)
     }
@@ -190,6 +196,7 @@ impl StateMachineStore {
                     timestamp_ms: 0,
                     max_timestamp_before: p.max_timestamp_ms(),
                     producer: None,
+                    producer_settings: Default::default(),
                 };
                 (applied.last_applied, applied.state.clone(), next)
             }
@@ -267,7 +274,7 @@ fn log_id_at(engine: &dyn Engine, group: GroupId, index: u64) -> io::Result<LogI
     }
 }
 
-fn apply_one(state: &mut GroupState, index: u64, payload: &crate::Payload) -> (Response, Effect) {
+pub(crate) fn apply_one(state: &mut GroupState, index: u64, payload: &crate::Payload) -> (Response, Effect) {
     match (state, payload) {
         (GroupState::Metadata(s), EntryPayload::Normal(Command::Metadata(c))) => {
             (Response::Metadata(s.apply(index, c)), Effect::None)

@@ -20,6 +20,13 @@ type Entry = <TypeConfig as RaftTypeConfig>::Entry;
 /// The most a group's tail holds, in encoded bytes.
 pub const TAIL_BYTES_MAX: usize = 8 << 20;
 
+/// Whether `entry` is a produce of the batch whose bytes are at `key` (address, length).
+pub fn holds_batch(entry: &Entry, key: (usize, usize)) -> bool {
+    matches!(&entry.payload, openraft::EntryPayload::Normal(crate::Command::Partition(
+        flotilla_partition::Command::Produce { batch, .. },
+    )) if (batch.as_ptr() as usize, batch.len()) == key)
+}
+
 #[derive(Default)]
 struct Entries {
     /// (entry, its encoded size), consecutive by index.
@@ -119,6 +126,13 @@ impl Tail {
             out.push(entry.clone());
         }
         Some(out)
+    }
+
+    /// The index of the entry holding the produce batch `key` (its bytes' address and
+    /// length), searching from the newest entry.
+    pub fn find_batch(&self, key: (usize, usize)) -> Option<u64> {
+        let t = self.lock();
+        t.entries.iter().rev().find(|(e, _)| holds_batch(e, key)).map(|(e, _)| e.log_id.index)
     }
 
     #[cfg(test)]

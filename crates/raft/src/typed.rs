@@ -40,6 +40,18 @@ impl PartitionGroup {
         self.0.write(Command::Partition(command), timeout).await.and_then(|r| partition_response(group, r))
     }
 
+    /// Proposes a produce if this replica leads and answers once the entry is durable in
+    /// this replica's own log, with the response it gets when it is applied (acks=leader):
+    /// see [`Group::write_leader_durable`].
+    pub async fn write_leader_durable(
+        &self,
+        command: flotilla_partition::Command,
+        timeout: Duration,
+    ) -> Result<flotilla_partition::Response, WriteError> {
+        let group = self.id();
+        self.0.write_leader_durable(Command::Partition(command), timeout).await.and_then(|r| partition_response(group, r))
+    }
+
     /// Runs `f` on the partition's state as this replica has applied it.
     pub fn read<R>(&self, f: impl FnOnce(&PartitionState) -> R) -> R {
         self.0.read(|s| match s {

@@ -177,6 +177,7 @@ pub fn sample_stored() -> Vec<Vec<u8>> {
         timestamp_ms: 1_700_000_000_000,
         max_timestamp_before: 1_600_000_000_000,
         producer: Some(flotilla_types::ProducerStamp { id: 4, epoch: 1, base_sequence: 30 }),
+        producer_settings: flotilla_partition::ProducerSettings { idle_expiry_ms: 60_000, max_producers: 10 },
     }));
     out.push(encode(&10u64));
     out.extend(crate::state_machine::stored::samples());
@@ -245,13 +246,13 @@ mod tests {
         let lying = Command::Partition(flotilla_partition::Command::Produce {
             batch: batch.bytes().clone(),
             records: 0,
-            timestamp_ms: 1,
+            timestamp_ms: 1, producers: Default::default(),
         });
         assert!(message(&encode(&RaftRpc::Write(lying))).is_err());
         let junk = Command::Partition(flotilla_partition::Command::Produce {
             batch: Bytes::from_static(b"junk"),
             records: 1,
-            timestamp_ms: 1,
+            timestamp_ms: 1, producers: Default::default(),
         });
         assert!(message(&encode(&RaftRpc::Write(junk))).is_err());
     }

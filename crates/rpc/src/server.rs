@@ -132,11 +132,12 @@ fn answer<V, R: Answer>(r: Result<V, ApiError>, ok: impl FnOnce(V) -> R) -> R {
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
         handle(&self.node, "produce", req, |r: request::Produce| async move {
-            answer(self.node.produce(&r.topic, r.partition, r.batch).await, |p| v1::ProduceResponse {
+            answer(self.node.produce_with(&r.topic, r.partition, r.batch, r.acks).await, |p| v1::ProduceResponse {
                 error: None,
                 base_offset: p.base_offset,
                 record_count: p.records,
                 duplicate: p.duplicate,
+                acks: request::acks_to_wire(p.acks),
             })
         })
         .await

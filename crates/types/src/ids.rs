@@ -15,3 +15,35 @@ pub type Offset = u64;
 
 /// The metadata group's id (design decision 5).
 pub const METADATA_GROUP: GroupId = 0;
+
+/// When a produce is acknowledged (Kafka's `acks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Acks {
+    /// Once a quorum of replicas has the batch durably (fsynced) and it is committed: an
+    /// acknowledged batch survives the loss of any minority of replicas. The default.
+    #[default]
+    All,
+    /// Once the leader has the batch durably in its own log, before any follower does:
+    /// lower latency, but an acknowledged batch is lost if the leader's node is lost, or
+    /// partitioned away and replaced, before a quorum has it. The offsets answered are
+    /// the ones the batch gets if it is committed.
+    Leader,
+}
+
+impl Acks {
+    pub fn name(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "leader",
+        }
+    }
+
+    /// `all` (or `-1`, Kafka's spelling) or `leader` (or `1`).
+    pub fn parse(s: &str) -> Result<Acks, String> {
+        match s {
+            "all" | "-1" => Ok(Acks::All),
+            "leader" | "1" => Ok(Acks::Leader),
+            _ => Err(format!("unknown acks {s:?}: all or leader")),
+        }
+    }
+}

@@ -127,13 +127,18 @@ pub const POLICY_ENTRIES_MAX: usize = 256;
 pub const PRODUCER_IN_FLIGHT_MAX: usize = 5;
 
 /// A partition forgets a producer that has appended nothing for this long (by the
-/// batches' index times): Kafka's `producer.id.expiration.ms`, default one day.
+/// batches' index times): Kafka's `producer.id.expiration.ms`, default one day. A node's
+/// `--producer-expiry-ms` sets it, within the two bounds below.
 pub const PRODUCER_IDLE_EXPIRY_MS: u64 = 24 * 60 * 60 * 1000;
+pub const PRODUCER_IDLE_EXPIRY_MS_MIN: u64 = 1_000;
+pub const PRODUCER_IDLE_EXPIRY_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 
-/// The most producers one partition remembers; past it the least recently active is
-/// forgotten first (its next batch is then refused with `OUT_OF_ORDER_SEQUENCE` unless it
-/// starts a new epoch).
+/// The most producers one partition remembers by default; past it the least recently
+/// active is forgotten first (its next batch is then refused with `OUT_OF_ORDER_SEQUENCE`
+/// unless it starts a new epoch). A node's `--partition-producers-max` sets it, up to
+/// [`PARTITION_PRODUCERS_CEILING`] (about 200 bytes each: 20 MB per partition at most).
 pub const PARTITION_PRODUCERS_MAX: usize = 10_000;
+pub const PARTITION_PRODUCERS_CEILING: usize = 100_000;
 
 /// The longest producer name (`InitProducer`) in bytes.
 pub const PRODUCER_NAME_BYTES_MAX: usize = 249;
