@@ -27,6 +27,8 @@ enum Act {
     Corrupt,
     /// Produce only: sleep, then act.
     Late(Duration, Box<Act>),
+    /// Produce only: append, then sleep before answering (an answer lost to a timeout).
+    AnswerLate(Duration),
 }
 
 #[derive(Default)]
@@ -70,6 +72,32 @@ struct Broker {
 }
 
 impl Broker {
+    /// With sequence checking on, the answer to a stamped batch that is not appended (a
+    /// duplicate or a refusal); records an appended one in the table.
+    fn check_sequence(s: &mut BrokerState, batch: &RecordBatch, base: u64, acks: i32) -> Option<v1::ProduceResponse> {
+        use flotilla_partition::Verdict;
+        let (Some(table), Some(stamp)) = (s.sequences.as_mut(), batch.producer()) else { return None };
+        let refuse = |code: ErrorCode| {
+            let e = v1::Error { code: code.as_u32(), message: format!("{stamp:?}"), ..Default::default() };
+            Some(v1::ProduceResponse { error: Some(e), ..Default::default() })
+        };
+        match table.check(stamp, batch.len()) {
+            Verdict::Append => {
+                table.appended(stamp, batch.len(), base, 0, Default::default());
+                None
+            }
+            Verdict::Duplicate { base_offset } => Some(v1::ProduceResponse {
+                error: None,
+                base_offset,
+                record_count: batch.len(),
+                duplicate: true,
+                acks,
+            }),
+            Verdict::OutOfOrder { .. } => refuse(ErrorCode::OutOfOrderSequence),
+            Verdict::Fenced { .. } => refuse(ErrorCode::ProducerFenced),
+        }
+    }
+
     fn next(queue: &mut VecDeque<Act>, default: &Option<Act>) -> Act {
         queue.pop_front().or_else(|| default.clone()).unwrap_or(Act::Ok)
     }
@@ -105,37 +133,32 @@ impl flotilla_server::Flotilla for Broker {
                 return Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }));
             }
             Act::Stall(d) => tokio::time::sleep(d).await,
-            Act::Ok | Act::Corrupt | Act::Late(..) => {}
+            Act::Ok | Act::Corrupt | Act::Late(..) | Act::AnswerLate(..) => {}
         }
         let req = req.into_inner();
         let acks = req.acks;
         let batch = RecordBatch::decode(req.batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut s = self.state.lock().unwrap();
-        let base = s.next_offset;
-        if let (Some(table), Some(stamp)) = (s.sequences.as_mut(), batch.producer()) {
-            use flotilla_partition::Verdict;
-            let refuse = |code: ErrorCode| {
-                let e = v1::Error { code: code.as_u32(), message: format!("{stamp:?}"), ..Default::default() };
-                Ok(Response::new(v1::ProduceResponse { error: Some(e), ..Default::default() }))
-            };
-            match table.check(stamp, batch.len()) {
-                Verdict::Append => table.appended(stamp, batch.len(), base, 0, Default::default()),
-                Verdict::Duplicate { base_offset } => {
-                    return Ok(Response::new(v1::ProduceResponse {
-                        error: None,
-                        base_offset,
-                        record_count: batch.len(),
-                        duplicate: true,
-                        acks,
-                    }));
-                }
-                Verdict::OutOfOrder { .. } => return refuse(ErrorCode::OutOfOrderSequence),
-                Verdict::Fenced { .. } => return refuse(ErrorCode::ProducerFenced),
+        let answer_late = match act {
+            Act::AnswerLate(d) => Some(d),
+            _ => None,
+        };
+        let (base, early) = {
+            let mut s = self.state.lock().unwrap();
+            let base = s.next_offset;
+            let early = Self::check_sequence(&mut s, &batch, base, acks);
+            if early.is_none() {
+                s.next_offset += u64::from(batch.len());
+                s.batch_sizes.push(batch.len());
+                s.log.push((base, batch.bytes().clone()));
             }
+            (base, early)
+        };
+        if let Some(answer) = early {
+            return Ok(Response::new(answer));
         }
-        s.next_offset += u64::from(batch.len());
-        s.batch_sizes.push(batch.len());
-        s.log.push((base, batch.bytes().clone()));
+        if let Some(d) = answer_late {
+            tokio::time::sleep(d).await;
+        }
         Ok(Response::new(v1::ProduceResponse {
             error: None,
             base_offset: base,
@@ -653,6 +676,29 @@ async fn batches_in_flight_that_cross_are_sent_again_in_order() {
     assert_eq!(b.producers_issued, 1, "crossing batches do not renew the producer id");
 }
 
+/// A batch appended whose answer is lost is retried; meanwhile the later batches are
+/// answered, but no more than four go past it, so that the partition still remembers it
+/// when the retry comes (it remembers five batches per producer) and answers the retry as
+/// a duplicate. Regression: the window moved on past the unanswered batch, the partition
+/// forgot it, and the retry was appended a second time (simulation seeds 132 and 165).
+#[tokio::test]
+async fn a_retry_behind_acknowledged_batches_is_still_recognised() {
+    let c = Cluster::start(1, None).await;
+    c.add_topic(topic("t", 1, 1, &[1]));
+    c.broker(1).sequences = Some(Default::default());
+    c.broker(1).produce.push_back(Act::AnswerLate(Duration::from_millis(1500)));
+    let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(300), ..config() }).await;
+    let producer = client.producer("t", ProducerConfig::default());
+    let mut acks = vec![];
+    for i in 0..12 {
+        acks.push(producer.enqueue_to(0, Record::value(format!("v{i}"))).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let offsets = futures_in_order(acks).await;
+    assert_eq!(offsets, (0..12).collect::<Vec<u64>>());
+    assert_eq!(logged_values(&c, 1), (0..12).map(|i| format!("v{i}")).collect::<Vec<_>>());
+}
+
 /// A batch that fails for good with later batches in flight behind it leaves a gap they
 /// cannot follow: the producer takes a new id, and the later batches are numbered again
 /// under it, in order. The failed batch's record gets its error; the rest are appended
@@ -996,4 +1042,41 @@ async fn cluster_operations_are_checked_then_sent() {
     let e = client.drain_node(3).await.unwrap_err();
     assert!(matches!(e, ClientError::Rpc { code: tonic::Code::Unimplemented, .. }), "{e:?}");
     assert!(!e.is_indeterminate());
+}
+
+/// The producer's buffer bounds what is queued and unanswered: `try_send` fails at once
+/// with `BufferFull` (nothing queued) while it is full, `flush` sends what lingers and
+/// returns once everything queued before it is answered, and the room comes back.
+#[tokio::test]
+async fn a_full_buffer_refuses_try_send_and_flush_waits_for_everything_queued() {
+    let c = Cluster::start(1, None).await;
+    c.add_topic(topic("t", 2, 1, &[1]));
+    c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(300)));
+    let client = c.client().await;
+    let config = ProducerConfig {
+        buffer_bytes: 3000,
+        linger: Duration::from_secs(3600),
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("t", config);
+    let value = || Record::value(vec![b'v'; 1400]);
+    let first = producer.enqueue_to(0, value()).await.unwrap();
+    let second = producer.try_send_to(1, value()).await.expect("room for a second");
+    let e = producer.try_send_to(0, value()).await.unwrap_err();
+    assert!(matches!(e, flotilla_client::ClientError::BufferFull { limit: 3000, .. }), "{e:?}");
+    assert!(!e.is_indeterminate());
+    assert!(producer.buffered_bytes() > 2800, "{}", producer.buffered_bytes());
+
+    // The records linger (an hour): flush sends them and waits for both answers.
+    let started = tokio::time::Instant::now();
+    producer.flush().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "flush does not wait for the linger");
+    assert_eq!(producer.buffered_bytes(), 0);
+    // (The scripted broker numbers offsets across its partitions.)
+    assert_eq!(first.await.unwrap().0, 0);
+    assert_eq!(second.await.unwrap().0, 1);
+    let again = producer.try_send_to(0, value()).await.expect("room again");
+    producer.flush().await.unwrap();
+    again.await.unwrap();
+    assert_eq!(c.broker(1).produce_calls, 3, "nothing was queued by the refused try_send");
 }
