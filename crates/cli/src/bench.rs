@@ -120,8 +120,8 @@ pub struct BenchProduceArgs {
     /// When a record counts as written: all (the default) or leader.
     #[arg(long, default_value = "all", value_parser = flotilla_client::Acks::parse)]
     pub acks: flotilla_client::Acks,
-    /// Batches per partition in flight at most (1 to 5).
-    #[arg(long, default_value_t = 5)]
+    /// Batches per partition in flight at most (1 to 5; default 1).
+    #[arg(long, default_value_t = 1)]
     pub batches_in_flight: usize,
     /// Also measure end-to-end latency: one consumer per partition tails the topic from
     /// its end and counts, for each record, the time from its send to its arrival.

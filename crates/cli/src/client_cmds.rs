@@ -210,8 +210,8 @@ pub struct ProduceArgs {
     #[arg(long, default_value = "all", value_parser = flotilla_client::Acks::parse)]
     pub acks: flotilla_client::Acks,
     /// Batches per partition in flight at most, 1 to 5 (Kafka's
-    /// max.in.flight.requests.per.connection); order is kept across retries.
-    #[arg(long, default_value_t = 5)]
+    /// max.in.flight.requests.per.connection); order is kept across retries. Default 1.
+    #[arg(long, default_value_t = 1)]
     pub batches_in_flight: usize,
 }
 
@@ -273,9 +273,10 @@ fn parse_input(pieces: &[Piece], line: &[u8]) -> Result<InputRecord, String> {
             Piece::Field(f) => {
                 let field = match pieces.get(i + 1) {
                     Some(Piece::Text(t)) => {
-                        let at = rest.windows(t.len()).position(|w| w == t.as_slice()).ok_or_else(|| {
-                            format!("no {:?} after the %{f} field", String::from_utf8_lossy(t))
-                        })?;
+                        let at = rest
+                            .windows(t.len())
+                            .position(|w| w == t.as_slice())
+                            .ok_or_else(|| format!("no {:?} after the %{f} field", String::from_utf8_lossy(t)))?;
                         let (field, after) = rest.split_at(at);
                         rest = after;
                         field
@@ -286,8 +287,20 @@ fn parse_input(pieces: &[Piece], line: &[u8]) -> Result<InputRecord, String> {
                 match f {
                     's' => r.value = Bytes::copy_from_slice(field),
                     'k' => r.key = Some(Bytes::copy_from_slice(field)),
-                    'T' => r.timestamp_ms = Some(text()?.parse().map_err(|_| format!("%T {:?} is not a number of ms", text().unwrap_or("")))?),
-                    'p' => r.partition = Some(text()?.parse().map_err(|_| format!("%p {:?} is not a partition number", text().unwrap_or("")))?),
+                    'T' => {
+                        r.timestamp_ms = Some(
+                            text()?
+                                .parse()
+                                .map_err(|_| format!("%T {:?} is not a number of ms", text().unwrap_or("")))?,
+                        )
+                    }
+                    'p' => {
+                        r.partition = Some(
+                            text()?
+                                .parse()
+                                .map_err(|_| format!("%p {:?} is not a partition number", text().unwrap_or("")))?,
+                        )
+                    }
                     'h' => {
                         for h in text()?.split(',').filter(|h| !h.is_empty()) {
                             let (name, value) = parse_header(h)?;
@@ -1434,10 +1447,7 @@ mod tests {
         let f = parse_input_format("%k\\t%h\\t%T|%p|%s\\n").unwrap();
         let r = parse_input(&f, b"user-1\tsource=web,v=2\t1700000000000|3|hello\tworld|!").unwrap();
         assert_eq!(r.key.as_deref(), Some(&b"user-1"[..]));
-        assert_eq!(
-            r.headers,
-            vec![("source".to_string(), Bytes::from("web")), ("v".to_string(), Bytes::from("2"))]
-        );
+        assert_eq!(r.headers, vec![("source".to_string(), Bytes::from("web")), ("v".to_string(), Bytes::from("2"))]);
         assert_eq!(r.timestamp_ms, Some(1_700_000_000_000));
         assert_eq!(r.partition, Some(3));
         assert_eq!(&r.value[..], b"hello\tworld|!", "the last field takes the rest of the line");

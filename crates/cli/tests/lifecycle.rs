@@ -162,7 +162,16 @@ async fn l81_a_follower_down_through_a_retention_cycle_catches_up_by_snapshot_an
                 max_wait_ms: 0,
                 from_follower: true,
             };
-            let r = to_follower.fetch(req).await.map_err(|e| e.to_string())?.into_inner();
+            // One fetch (max_wait 0) that does not answer in 10 s is reported and tried
+            // again on a new connection, so that a stuck call shows in the output.
+            let r = match tokio::time::timeout(Duration::from_secs(10), to_follower.fetch(req)).await {
+                Ok(r) => r.map_err(|e| e.to_string())?.into_inner(),
+                Err(_) => {
+                    eprintln!("l81: a follower fetch at {at} did not answer within 10 s; reconnecting");
+                    to_follower = raw(&cluster, follower).await;
+                    return Err(format!("a follower fetch at {at} did not answer within 10 s"));
+                }
+            };
             if let Some(e) = r.error {
                 return Err(format!("{e:?}"));
             }

@@ -154,7 +154,11 @@ async fn e1_the_idempotent_producer_writes_each_record_once_through_lost_answers
     create_topic(&client, "once", 1).await;
     create_topic(&client, "twice", 1).await;
     let n = 1_000;
-    let patient = ProducerConfig { delivery_timeout: Some(Duration::from_secs(120)), ..ProducerConfig::default() };
+    let patient = ProducerConfig {
+        delivery_timeout: Some(Duration::from_secs(120)),
+        max_in_flight: 5,
+        ..ProducerConfig::default()
+    };
 
     let started = std::time::Instant::now();
     let (offsets, cuts) = send_through_lossy(&mut cluster, "once", "v", n, patient.clone(), true).await;
@@ -250,4 +254,26 @@ async fn e2_compressed_and_uncompressed_producers_on_one_topic_read_back_identic
     let (none, lz4, zstd) = (stored["none"], stored["lz4"], stored["zstd"]);
     assert!(lz4 * 3 < none, "lz4 stored {lz4} bytes for {none} uncompressed");
     assert!(zstd * 4 < none, "zstd stored {zstd} bytes for {none} uncompressed");
+}
+
+/// e3: `flotilla produce --format` reads keys, headers and values per line (kcat-style),
+/// `--acks leader` is answered, a line that does not match is reported and counted while
+/// the others are sent, and `consume --format` prints them back as they were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e3_produce_reads_keys_and_headers_per_line_and_acks_leader_is_answered() {
+    let _serial = serial().await;
+    let cluster = ProcessCluster::start(env!("CARGO_BIN_EXE_flotilla"), 3);
+    let client = ready_client(&cluster, 3).await;
+    let b = cluster.bootstrap();
+    cli_ok(&b, &["topic", "create", "kv", "--partitions", "1"]).await;
+    let input = "user-1\tsource=web,v=2\thello\nuser-2\t\tworld\tand a tab\nno tabs here\nuser-3\tv=3\t!\n";
+    let out = cli_with_input(&b, &["produce", "kv", "-F", "%k\\t%h\\t%s", "--acks", "leader"], input).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad line makes the exit non-zero: {stderr}");
+    assert!(stderr.contains("line 3: does not match --format"), "{stderr}");
+    assert!(stderr.contains("3 records acknowledged") && stderr.contains("1 input line not sent"), "{stderr}");
+    let printed = cli_ok(&b, &["consume", "kv", "--format", "%o %k|%h|%s\\n"]).await;
+    assert_eq!(printed, "0 user-1|source=web,v=2|hello\n1 user-2||world\tand a tab\n2 user-3|v=3|!\n");
+    // The records are committed (acks=leader answered them before the followers had them).
+    assert_eq!(client.list_offsets("kv", 0).await.unwrap(), (0, 3));
 }

@@ -19,7 +19,7 @@
 //! - **Batching producer.** [`Producer::send`] picks the partition by key (Kafka's murmur2
 //!   partitioner; the sticky partitioner without a key), gathers concurrent sends to one
 //!   partition into one record batch (no linger by default: the next batch fills while
-//!   earlier ones are in flight), keeps up to five batches per partition in flight in
+//!   earlier ones are in flight), can keep up to five batches per partition in flight (one by default) in
 //!   order, and gives each caller its own offset. Idempotent by default (exactly once per
 //!   send, across retries and leader changes), with a byte-bounded buffer, `flush`,
 //!   compression and acknowledgement levels: see [`ProducerConfig`].

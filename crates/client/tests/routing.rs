@@ -86,13 +86,9 @@ impl Broker {
                 table.appended(stamp, batch.len(), base, 0, Default::default());
                 None
             }
-            Verdict::Duplicate { base_offset } => Some(v1::ProduceResponse {
-                error: None,
-                base_offset,
-                record_count: batch.len(),
-                duplicate: true,
-                acks,
-            }),
+            Verdict::Duplicate { base_offset } => {
+                Some(v1::ProduceResponse { error: None, base_offset, record_count: batch.len(), duplicate: true, acks })
+            }
             Verdict::OutOfOrder { .. } => refuse(ErrorCode::OutOfOrderSequence),
             Verdict::Fenced { .. } => refuse(ErrorCode::ProducerFenced),
         }
@@ -656,7 +652,7 @@ async fn batches_in_flight_that_cross_are_sent_again_in_order() {
     c.broker(1).sequences = Some(Default::default());
     c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(300)));
     let client = c.client().await;
-    let producer = client.producer("t", ProducerConfig::default());
+    let producer = client.producer("t", ProducerConfig { max_in_flight: 5, ..ProducerConfig::default() });
     let mut acks = vec![producer.enqueue_to(0, Record::value("v0")).await.unwrap()];
     tokio::time::sleep(Duration::from_millis(50)).await;
     for i in 1..40 {
@@ -688,7 +684,7 @@ async fn a_retry_behind_acknowledged_batches_is_still_recognised() {
     c.broker(1).sequences = Some(Default::default());
     c.broker(1).produce.push_back(Act::AnswerLate(Duration::from_millis(1500)));
     let client = c.client_with(ClientConfig { request_timeout: Duration::from_millis(300), ..config() }).await;
-    let producer = client.producer("t", ProducerConfig::default());
+    let producer = client.producer("t", ProducerConfig { max_in_flight: 5, ..ProducerConfig::default() });
     let mut acks = vec![];
     for i in 0..12 {
         acks.push(producer.enqueue_to(0, Record::value(format!("v{i}"))).await.unwrap());
@@ -710,7 +706,7 @@ async fn a_batch_failing_with_others_in_flight_renews_the_id_and_the_rest_follow
     c.broker(1).sequences = Some(Default::default());
     c.broker(1).produce.push_back(Act::Late(Duration::from_millis(300), Box::new(fail(ErrorCode::InvalidRequest))));
     let client = c.client().await;
-    let producer = client.producer("t", ProducerConfig::default());
+    let producer = client.producer("t", ProducerConfig { max_in_flight: 5, ..ProducerConfig::default() });
     let first = producer.enqueue_to(0, Record::value("lost")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut acks = vec![];
@@ -1053,11 +1049,7 @@ async fn a_full_buffer_refuses_try_send_and_flush_waits_for_everything_queued() 
     c.add_topic(topic("t", 2, 1, &[1]));
     c.broker(1).produce.push_back(Act::Stall(Duration::from_millis(300)));
     let client = c.client().await;
-    let config = ProducerConfig {
-        buffer_bytes: 3000,
-        linger: Duration::from_secs(3600),
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig { buffer_bytes: 3000, linger: Duration::from_secs(3600), ..ProducerConfig::default() };
     let producer = client.producer("t", config);
     let value = || Record::value(vec![b'v'; 1400]);
     let first = producer.enqueue_to(0, value()).await.unwrap();

@@ -195,8 +195,11 @@ impl<T: RaftTransport> Node<T> {
                 format!("{what}: node {} refuses writes: {why}; retry once retention has freed space", self.id()),
             ));
         }
-        let cmd =
-            flotilla_partition::produce_command_with(&batch, self.inner.clock.now_ms(), self.config().producer_settings());
+        let cmd = flotilla_partition::produce_command_with(
+            &batch,
+            self.inner.clock.now_ms(),
+            self.config().producer_settings(),
+        );
         let written = match acks {
             Acks::All => group.write(cmd, self.produce_timeout()).await,
             Acks::Leader => group.write_leader_durable(cmd, self.produce_timeout()).await,

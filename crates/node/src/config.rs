@@ -261,7 +261,8 @@ impl NodeConfig {
         if self.retention_check_interval_ms < 100 {
             return Err("retention-check-interval-ms must be at least 100".into());
         }
-        if !(limits::PRODUCER_IDLE_EXPIRY_MS_MIN..=limits::PRODUCER_IDLE_EXPIRY_MS_MAX).contains(&self.producer_expiry_ms)
+        if !(limits::PRODUCER_IDLE_EXPIRY_MS_MIN..=limits::PRODUCER_IDLE_EXPIRY_MS_MAX)
+            .contains(&self.producer_expiry_ms)
         {
             return Err(format!(
                 "producer-expiry-ms must be from {} to {}",

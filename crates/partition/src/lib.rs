@@ -291,7 +291,13 @@ impl PartitionState {
 /// table. Applying a log and replaying its offset index give the same table.
 pub fn replay_producer(table: &mut ProducerTable, location: &BatchLocation) {
     if let Some(stamp) = location.producer {
-        table.appended(stamp, location.records, location.base_offset, location.timestamp_ms, location.producer_settings);
+        table.appended(
+            stamp,
+            location.records,
+            location.base_offset,
+            location.timestamp_ms,
+            location.producer_settings,
+        );
     }
 }
 

@@ -90,8 +90,12 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let req =
-            super::v1::ProduceRequest { topic: "t".into(), partition: 3, batch: bytes::Bytes::from_static(b"x"), acks: 0 };
+        let req = super::v1::ProduceRequest {
+            topic: "t".into(),
+            partition: 3,
+            batch: bytes::Bytes::from_static(b"x"),
+            acks: 0,
+        };
         let back = super::v1::ProduceRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         assert_eq!(req, back);
     }

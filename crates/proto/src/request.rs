@@ -113,7 +113,12 @@ pub fn acks_to_wire(acks: Acks) -> i32 {
 
 impl v1::ProduceRequest {
     /// The wire request for `batch`.
-    pub fn new(topic: impl Into<String>, partition: PartitionId, batch: &RecordBatch, acks: Acks) -> v1::ProduceRequest {
+    pub fn new(
+        topic: impl Into<String>,
+        partition: PartitionId,
+        batch: &RecordBatch,
+        acks: Acks,
+    ) -> v1::ProduceRequest {
         v1::ProduceRequest { topic: topic.into(), partition, batch: batch.bytes().clone(), acks: acks_to_wire(acks) }
     }
 }
@@ -599,17 +604,22 @@ mod tests {
         let mut bad = batch.bytes().to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        let e = Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::from(bad), acks: 0 })
-            .unwrap_err();
+        let e =
+            Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::from(bad), acks: 0 })
+                .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::CorruptBatch);
         assert!(e.message.contains("checksum"), "{e}");
 
-        let e =
-            Produce::try_from(v1::ProduceRequest { topic: "a/b".into(), partition: 0, batch: batch.bytes().clone(), acks: 0 })
-                .unwrap_err();
+        let e = Produce::try_from(v1::ProduceRequest {
+            topic: "a/b".into(),
+            partition: 0,
+            batch: batch.bytes().clone(),
+            acks: 0,
+        })
+        .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::InvalidRequest);
-        let e =
-            Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::new(), acks: 0 }).unwrap_err();
+        let e = Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::new(), acks: 0 })
+            .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::CorruptBatch);
     }
 

@@ -530,7 +530,8 @@ mod tests {
             let cmd = Command::Partition(flotilla_partition::Command::Produce {
                 batch: bytes::Bytes::from(vec![i as u8; MIB]),
                 records: 1,
-                timestamp_ms: 1, producers: Default::default(),
+                timestamp_ms: 1,
+                producers: Default::default(),
             });
             let entry = Entry::new_normal(openraft::testing::log_id::<TypeConfig>(1, 1, i), cmd);
             b.put(keys::log(7, i), encode(&entry));
@@ -552,7 +553,8 @@ mod tests {
             Command::Partition(flotilla_partition::Command::Produce {
                 batch: bytes::Bytes::from(vec![0u8; limits::RAFT_APPEND_BYTES_MAX + 1]),
                 records: 1,
-                timestamp_ms: 1, producers: Default::default(),
+                timestamp_ms: 1,
+                producers: Default::default(),
             }),
         );
         let mut b = WriteBatch::new();

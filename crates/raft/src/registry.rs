@@ -491,7 +491,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let batch = bytes::Bytes::from_static(b"x");
-        let cmd = Command::Partition(flotilla_partition::Command::Produce { batch, records: 1, timestamp_ms: 1, producers: Default::default() });
+        let cmd = Command::Partition(flotilla_partition::Command::Produce {
+            batch,
+            records: 1,
+            timestamp_ms: 1,
+            producers: Default::default(),
+        });
         for _ in 0..3 {
             g.write(cmd.clone(), Duration::from_secs(10)).await.unwrap();
         }

@@ -49,7 +49,10 @@ impl PartitionGroup {
         timeout: Duration,
     ) -> Result<flotilla_partition::Response, WriteError> {
         let group = self.id();
-        self.0.write_leader_durable(Command::Partition(command), timeout).await.and_then(|r| partition_response(group, r))
+        self.0
+            .write_leader_durable(Command::Partition(command), timeout)
+            .await
+            .and_then(|r| partition_response(group, r))
     }
 
     /// Runs `f` on the partition's state as this replica has applied it.

@@ -246,13 +246,15 @@ mod tests {
         let lying = Command::Partition(flotilla_partition::Command::Produce {
             batch: batch.bytes().clone(),
             records: 0,
-            timestamp_ms: 1, producers: Default::default(),
+            timestamp_ms: 1,
+            producers: Default::default(),
         });
         assert!(message(&encode(&RaftRpc::Write(lying))).is_err());
         let junk = Command::Partition(flotilla_partition::Command::Produce {
             batch: Bytes::from_static(b"junk"),
             records: 1,
-            timestamp_ms: 1, producers: Default::default(),
+            timestamp_ms: 1,
+            producers: Default::default(),
         });
         assert!(message(&encode(&RaftRpc::Write(junk))).is_err());
     }

@@ -93,10 +93,12 @@ pub async fn run(plan: Plan, cluster_size: u64, history: Arc<Mutex<History>>) ->
             Err(e) => return Err(format!("could not connect: {e}")),
         }
     };
-    let plain = ProducerConfig { retry_indeterminate: false, ..ProducerConfig::default() };
+    // Five batches in flight per partition (not the default one), so that the sweep
+    // drives the producer's window: crossing batches, resends in order, renewals.
+    let pipelined = ProducerConfig { max_in_flight: 5, ..ProducerConfig::default() };
+    let plain = ProducerConfig { retry_indeterminate: false, ..pipelined.clone() };
     let rec = Recorder::with_history(client.clone(), plain, history, start);
-    let retrying =
-        rec.with_producer_settings(ProducerConfig { retry_indeterminate: true, ..ProducerConfig::default() });
+    let retrying = rec.with_producer_settings(ProducerConfig { retry_indeterminate: true, ..pipelined });
     loop {
         match rec.create_topic(Actor::new(ADMIN, 0), MAIN_TOPIC, plan.partitions, 3).await {
             Ok(_) => break,

@@ -28,14 +28,30 @@ pub async fn eventually<T, E: std::fmt::Display>(
     mut f: impl AsyncFnMut() -> Result<T, E>,
 ) -> T {
     let deadline = Instant::now() + within;
+    let started = Instant::now();
+    let mut last: Option<String> = None;
+    let mut attempts = 0u32;
     loop {
         // An attempt that never returns fails the test at the deadline, never hangs it.
+        let attempt_started = Instant::now();
+        attempts += 1;
         let attempt = tokio::time::timeout_at(deadline.into(), f()).await;
-        let Ok(attempt) = attempt else { panic!("{what}: an attempt still running after {within:?}") };
+        let Ok(attempt) = attempt else {
+            // Say whether one attempt hung or many failed and the last was cut short.
+            panic!(
+                "{what}: attempt {attempts} still running after {:?} (it started {:?} in); the attempt before it: {}",
+                attempt_started.elapsed(),
+                attempt_started - started,
+                last.as_deref().unwrap_or("none"),
+            )
+        };
         match attempt {
             Ok(v) => return v,
             Err(e) if Instant::now() > deadline => panic!("{what}: still failing after {within:?}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                last = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
         }
     }
 }
@@ -129,6 +145,26 @@ pub async fn cli(bootstrap: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
     cmd.args(args).env("FLOTILLA_BOOTSTRAP", bootstrap).kill_on_drop(true).stdin(std::process::Stdio::null());
     match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+        Ok(out) => out.expect("run flotilla"),
+        Err(_) => panic!("flotilla {args:?} still running after 60 s"),
+    }
+}
+
+/// [`cli`] with `input` on its standard input.
+pub async fn cli_with_input(bootstrap: &str, args: &[&str], input: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
+    cmd.args(args)
+        .env("FLOTILLA_BOOTSTRAP", bootstrap)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run flotilla");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("write stdin");
+    drop(stdin);
+    match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await {
         Ok(out) => out.expect("run flotilla"),
         Err(_) => panic!("flotilla {args:?} still running after 60 s"),
     }
