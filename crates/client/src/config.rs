@@ -26,7 +26,7 @@ pub struct ClientConfig {
     pub create_topic_wait: Duration,
     /// Stamps records whose `timestamp_ms` is 0. Default: the system clock.
     pub clock: Arc<dyn Clock>,
-    /// Seeds the backoff jitter and the round-robin start, for reproducible runs.
+    /// Seeds the backoff jitter and the sticky partitioner, for reproducible runs.
     /// Default: random.
     pub seed: Option<u64>,
     /// Opens connections to brokers. Default: the host's TCP stack. The simulator sets
@@ -101,7 +101,7 @@ pub struct ProducerConfig {
     /// Default 1: on a cluster whose nodes are CPU-bound, every batch is a Raft entry
     /// with its own cost, and splitting the same records over several smaller batches
     /// (whose requests may also cross on the way and be sent again) costs more than it
-    /// saves: measured on two cores, six partitions, 64 records in flight, 9,125 records/s
+    /// saves: measured on two cores, six partitions, 64 records in flight, 10,524 records/s
     /// with one batch in flight against 3,225 with five (docs/perf.md). More pays where
     /// the round trip, not the nodes, bounds a producer: a distant cluster, or large
     /// batches.
