@@ -16,7 +16,7 @@ samples the node processes for S seconds in the middle of each cell's run
 (DIR/perf-P-N.data). FLOTILLA names the binary (default: the release build). Prints a
 markdown table and writes DIR/matrix.json.
 """
-import argparse, json, os, signal, subprocess, sys, time
+import argparse, contextlib, json, os, signal, subprocess, sys, time
 
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/flotilla/target"))
 BIN = os.environ.get("FLOTILLA") or f"{TARGET}/release/flotilla"
@@ -51,8 +51,10 @@ def cpu_secs(pids):
     return total / TICK
 
 
-def cell(partitions, in_flight, secs, warmup, profile, out):
-    data = f"/tmp/flotilla-matrix-{partitions}-{in_flight}"
+@contextlib.contextmanager
+def dev_cluster(data):
+    """`flotilla dev --nodes 3` in a new data directory `data` (ports PORT..PORT+2), once
+    it says Ready; stopped gracefully (SIGTERM) on the way out. The directory is kept."""
     subprocess.run(["rm", "-rf", data])
     dev = subprocess.Popen([BIN, "dev", "--nodes", "3", "--dir", data, "--base-port", str(PORT)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -63,32 +65,44 @@ def cell(partitions, in_flight, secs, warmup, profile, out):
                 break
             if time.time() > deadline:
                 raise RuntimeError("the cluster did not get ready")
-        cli = [BIN, "--bootstrap", BOOT]
-        subprocess.run(cli + ["topic", "create", "m", "--partitions", str(partitions), "--replication-factor", "3"],
-                       check=True, capture_output=True)
-        base = cli + ["bench", "produce", "--topic", "m", "--producers", str(in_flight), "--record-size", "1024"]
-        base += BENCH_ARGS
-        subprocess.run(base + ["--duration-secs", str(warmup), "--warmup-secs", "0"], check=True, capture_output=True)
-        pids = node_pids()
-        before = cpu_secs(pids)
-        bench = subprocess.Popen(base + ["--duration-secs", str(secs), "--warmup-secs", "0", "--output", "json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        perf = None
-        if profile:
-            time.sleep(max(0, (secs - profile) / 2))
-            perf = subprocess.run(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,32768",
-                                   "-o", f"{out}/perf-{partitions}-{in_flight}.data", "-p",
-                                   ",".join(map(str, pids)), "--", "sleep", str(profile)],
-                                  capture_output=True)
-        report = json.loads(bench.communicate()[0])
-        used = cpu_secs(pids) - before
-        report["node_cpu_secs"] = used
-        report["node_cpu_secs_per_million"] = used / max(report["records"], 1) * 1e6
-        return report
+        yield
     finally:
         os.killpg(dev.pid, signal.SIGTERM)
-        dev.wait(timeout=30)
+        dev.wait(timeout=60)
+
+
+def cell(partitions, in_flight, secs, warmup, profile, out):
+    data = f"/tmp/flotilla-matrix-{partitions}-{in_flight}"
+    try:
+        with dev_cluster(data):
+            return measure(partitions, in_flight, secs, warmup, profile, out)
+    finally:
         subprocess.run(["rm", "-rf", data])
+
+
+def measure(partitions, in_flight, secs, warmup, profile, out):
+    cli = [BIN, "--bootstrap", BOOT]
+    subprocess.run(cli + ["topic", "create", "m", "--partitions", str(partitions), "--replication-factor", "3"],
+                   check=True, capture_output=True)
+    base = cli + ["bench", "produce", "--topic", "m", "--producers", str(in_flight), "--record-size", "1024"]
+    base += BENCH_ARGS
+    subprocess.run(base + ["--duration-secs", str(warmup), "--warmup-secs", "0"], check=True, capture_output=True)
+    pids = node_pids()
+    before = cpu_secs(pids)
+    bench = subprocess.Popen(base + ["--duration-secs", str(secs), "--warmup-secs", "0", "--output", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    perf = None
+    if profile:
+        time.sleep(max(0, (secs - profile) / 2))
+        perf = subprocess.run(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,32768",
+                               "-o", f"{out}/perf-{partitions}-{in_flight}.data", "-p",
+                               ",".join(map(str, pids)), "--", "sleep", str(profile)],
+                              capture_output=True)
+    report = json.loads(bench.communicate()[0])
+    used = cpu_secs(pids) - before
+    report["node_cpu_secs"] = used
+    report["node_cpu_secs_per_million"] = used / max(report["records"], 1) * 1e6
+    return report
 
 
 def main():

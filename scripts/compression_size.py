@@ -6,14 +6,12 @@ once RocksDB has flushed its memtables (the nodes are stopped gracefully first).
 
 Usage: scripts/compression_size.py [--records 100000] [--codecs none,lz4,zstd]
                                    [--bench-args='--random-values']
-FLOTILLA names the binary (default: the release build).
+FLOTILLA names the binary (default: the release build); the cluster is started as
+scripts/bench_matrix.py starts it.
 """
-import argparse, os, signal, subprocess, time
+import argparse, os, subprocess
 
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/flotilla/target"))
-BIN = os.environ.get("FLOTILLA") or f"{TARGET}/release/flotilla"
-PORT = 7370
-BOOT = ",".join(f"127.0.0.1:{PORT + i}" for i in range(3))
+from bench_matrix import BIN, BOOT, dev_cluster
 
 
 def du(path):
@@ -29,22 +27,12 @@ def du(path):
 
 def run(codec, records, extra):
     data = f"/tmp/flotilla-compression-{codec}"
-    subprocess.run(["rm", "-rf", data])
-    dev = subprocess.Popen([BIN, "dev", "--nodes", "3", "--dir", data, "--base-port", str(PORT)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        for line in dev.stdout:
-            if "Ready" in line or time.time() > deadline:
-                break
+    with dev_cluster(data):
         bench = [BIN, "--bootstrap", BOOT, "bench", "produce", "--topic", "c", "--create", "--partitions", "6",
                  "--producers", "64", "--records", str(records), "--warmup-secs", "0", "--linger-ms", "5",
                  "--compression", codec] + extra
         out = subprocess.run(bench, capture_output=True, text=True)
         rate = next((l for l in out.stdout.splitlines() if "acknowledged in" in l), out.stderr.strip()[-200:])
-    finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        dev.wait(timeout=60)
     return du(data), rate
 
 
