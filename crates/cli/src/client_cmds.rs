@@ -37,6 +37,9 @@ pub enum ClientCommand {
     /// Show and operate the cluster: nodes, partition moves, plans, controllers.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Consumer groups: list, describe (members, offsets, lag), delete, reset offsets.
+    #[command(subcommand)]
+    Group(crate::group_cmds::GroupCmd),
     /// Measure the cluster under a bounded load.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -380,6 +383,12 @@ pub struct ConsumeArgs {
     /// one (follower fetching), else from the leader.
     #[arg(long)]
     pub zone: Option<String>,
+    /// Read as a member of this consumer group: its coordinator assigns the partitions,
+    /// each starts at the group's committed offset (where there is none: the beginning,
+    /// or with `-o end` the end), and what was printed is committed (every 5 s and on
+    /// exit). Without `-f`, stops once no record came for 3 s.
+    #[arg(long, short = 'G', conflicts_with = "partition")]
+    pub group: Option<String>,
 }
 
 /// Where `consume` starts in each partition (`-o`).
@@ -432,14 +441,14 @@ fn parse_start(s: &str) -> Result<StartSpec, String> {
 
 /// One piece of a `--format` string.
 #[derive(Debug, PartialEq, Eq)]
-enum Piece {
+pub(crate) enum Piece {
     Text(Vec<u8>),
     /// A `%` field: the letter after it.
     Field(char),
 }
 
 /// Parses a kcat-style format string.
-fn parse_format(f: &str) -> anyhow::Result<Vec<Piece>> {
+pub(crate) fn parse_format(f: &str) -> anyhow::Result<Vec<Piece>> {
     let mut pieces = vec![];
     let mut text = vec![];
     let mut chars = f.chars();
@@ -628,12 +637,13 @@ pub async fn run(cmd: ClientCommand, bootstrap: &str, output: Output) -> anyhow:
         ClientCommand::Produce(a) => produce(&client, a, output).await,
         ClientCommand::Consume(a) => consume(&client, a, output).await,
         ClientCommand::Cluster(c) => cluster(&client, c, output).await,
+        ClientCommand::Group(c) => crate::group_cmds::run(&client, c, output).await,
         ClientCommand::Bench(c) => crate::bench::run(&client, c, output).await,
     }
 }
 
 /// Prints `value` as JSON, or `text` for people.
-fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     match output {
         Output::Json => print_json(value),
         Output::Text => {
@@ -1305,6 +1315,9 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
         (Some(f), Output::Text) => Some(parse_format(f)?),
         (None, _) => None,
     };
+    if a.group.is_some() {
+        return crate::group_cmds::consume_group(client, a, format, output).await;
+    }
     let count = client.partition_count(&a.topic).await.map_err(one_line)?;
     let partitions: Vec<PartitionId> = match a.partition {
         Some(p) if p >= count => {
@@ -1373,42 +1386,7 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
             }
         };
         for r in records {
-            let written = match output {
-                Output::Json => {
-                    let j = JsonRecord {
-                        partition: r.partition,
-                        offset: r.offset,
-                        timestamp_ms: r.record.timestamp_ms,
-                        key: r.record.key.as_deref().map(String::from_utf8_lossy),
-                        value: String::from_utf8_lossy(&r.record.value),
-                        headers: r
-                            .record
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v)))
-                            .collect(),
-                    };
-                    serde_json::to_writer(&mut out, &j).map_err(std::io::Error::from).and_then(|_| writeln!(out))
-                }
-                Output::Text => {
-                    let mut line = Vec::with_capacity(r.record.value.len() + 32);
-                    if let Some(pieces) = &format {
-                        render(pieces, &a.topic, &r, &mut line);
-                        out.write_all(&line)
-                    } else {
-                        if a.print_offset {
-                            line.extend_from_slice(format!("{}:{}\t", r.partition, r.offset).as_bytes());
-                        }
-                        if a.print_key {
-                            line.extend_from_slice(r.record.key.as_deref().unwrap_or_default());
-                            line.push(b'\t');
-                        }
-                        line.extend_from_slice(String::from_utf8_lossy(&r.record.value).as_bytes());
-                        line.push(b'\n');
-                        out.write_all(&line)
-                    }
-                }
-            };
+            let written = write_record(&mut out, output, format.as_deref(), &a, &r);
             if let Err(e) = written {
                 if e.kind() == std::io::ErrorKind::BrokenPipe {
                     break 'outer;
@@ -1435,6 +1413,48 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Writes one consumed record as `consume` prints it (`--output json`, `--format`, or
+/// the value with `--print-offset`/`--print-key`).
+pub(crate) fn write_record(
+    out: &mut impl Write,
+    output: Output,
+    format: Option<&[Piece]>,
+    a: &ConsumeArgs,
+    r: &flotilla_client::ConsumedRecord,
+) -> std::io::Result<()> {
+    match output {
+        Output::Json => {
+            let j = JsonRecord {
+                partition: r.partition,
+                offset: r.offset,
+                timestamp_ms: r.record.timestamp_ms,
+                key: r.record.key.as_deref().map(String::from_utf8_lossy),
+                value: String::from_utf8_lossy(&r.record.value),
+                headers: r.record.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v))).collect(),
+            };
+            serde_json::to_writer(&mut *out, &j).map_err(std::io::Error::from).and_then(|_| writeln!(out))
+        }
+        Output::Text => {
+            let mut line = Vec::with_capacity(r.record.value.len() + 32);
+            if let Some(pieces) = format {
+                render(pieces, &a.topic, r, &mut line);
+                out.write_all(&line)
+            } else {
+                if a.print_offset {
+                    line.extend_from_slice(format!("{}:{}\t", r.partition, r.offset).as_bytes());
+                }
+                if a.print_key {
+                    line.extend_from_slice(r.record.key.as_deref().unwrap_or_default());
+                    line.push(b'\t');
+                }
+                line.extend_from_slice(String::from_utf8_lossy(&r.record.value).as_bytes());
+                line.push(b'\n');
+                out.write_all(&line)
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod client_cmds;
 mod dev;
+mod group_cmds;
 mod node_cmd;
 
 use clap::{Parser, Subcommand};

@@ -271,13 +271,3 @@ async fn c50_metadata_group_grows_to_five_and_shrinks_back() {
         assert!(text.contains(family), "/metrics lacks {family}:\n{}", &text[..text.len().min(2000)]);
     }
 }
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
-    out
-}

@@ -54,7 +54,7 @@ pub(crate) struct ClientInner {
     refresh_lock: tokio::sync::Mutex<()>,
     /// Topics this client routes requests for: what a refresh asks about.
     interest: Mutex<BTreeSet<String>>,
-    rng: Mutex<StdRng>,
+    pub(crate) rng: Mutex<StdRng>,
     /// Replicas in this client's zone not to fetch from until the instant given.
     follower_cooldown: Mutex<HashMap<String, Instant>>,
 }

@@ -26,6 +26,12 @@
 //! - **Consumer.** [`Consumer::poll`] long-polls a partition's leader and verifies every
 //!   batch's CRC32C. With [`ClientConfig::zone`] set it reads from a replica in the
 //!   client's zone instead (follower fetching), falling back to the leader.
+//! - **Consumer groups.** [`Client::group_consumer`] joins a group whose coordinator
+//!   assigns partitions incrementally (a member keeps reading what does not move; a
+//!   moved partition is committed and released by its old owner before the new one
+//!   starts at the committed offset), with auto-commit, `commit`/`commit_async`,
+//!   pause/resume and assignment callbacks; `list_groups`, `describe_group` (lag in
+//!   records and seconds), `delete_group` and online `reset_offsets` (RFC 0005).
 //! - **Admin.** Topics (with placement policies), cluster description, and cluster
 //!   operations: adding, draining and removing nodes, moving partitions and leaders,
 //!   plans, moves in progress, the metadata group's voters; all as plain serialisable
@@ -63,6 +69,7 @@ mod client;
 mod config;
 mod consumer;
 mod error;
+mod group;
 mod metadata;
 pub mod partitioner;
 mod producer;
@@ -74,7 +81,12 @@ pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
+pub use flotilla_types::Assignor;
 pub use flotilla_types::{Acks, Compression, ErrorCode, NodeId, Offset, PartitionId, Record};
+pub use group::{
+    AssignmentEvent, GroupConfig, GroupConsumer, GroupInfo, GroupRecord, GroupSummary, MemberInfo, PartitionLag,
+    TopicPartition,
+};
 pub use metadata::{BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo, TopicSummary};
 pub use producer::{Ack, Producer};
 

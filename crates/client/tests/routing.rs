@@ -219,6 +219,20 @@ impl flotilla_server::Flotilla for Broker {
         }))
     }
 
+    async fn group_heartbeat(
+        &self,
+        _req: Request<v1::GroupHeartbeatRequest>,
+    ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
+        Err(Status::unimplemented("group_heartbeat: not scripted"))
+    }
+
+    async fn commit_offsets(
+        &self,
+        _req: Request<v1::CommitOffsetsRequest>,
+    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        Err(Status::unimplemented("commit_offsets: not scripted"))
+    }
+
     async fn delete_records(
         &self,
         _req: Request<v1::DeleteRecordsRequest>,
@@ -384,6 +398,34 @@ impl admin_server::Admin for Broker {
         _req: Request<v1::DescribeControllersRequest>,
     ) -> Result<Response<v1::DescribeControllersResponse>, Status> {
         Err(Status::unimplemented("describe_controllers: not scripted"))
+    }
+
+    async fn list_groups(
+        &self,
+        _req: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("list_groups: not scripted"))
+    }
+
+    async fn describe_group(
+        &self,
+        _req: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        Err(Status::unimplemented("describe_group: not scripted"))
+    }
+
+    async fn delete_group(
+        &self,
+        _req: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("delete_group: not scripted"))
+    }
+
+    async fn reset_offsets(
+        &self,
+        _req: Request<v1::ResetOffsetsRequest>,
+    ) -> Result<Response<v1::ResetOffsetsResponse>, Status> {
+        Err(Status::unimplemented("reset_offsets: not scripted"))
     }
 
     async fn set_controllers(

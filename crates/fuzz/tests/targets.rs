@@ -3,6 +3,7 @@
 //! Every target also checks that no single allocation exceeded the limit that decoder
 //! documents (`flotilla_types::limits`).
 
+use flotilla_metadata::groups::GroupOp;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -137,6 +138,54 @@ fn t92_fuzz_client_and_admin_requests() {
             "init_producer",
             enc(&v1::InitProducerRequest { name: "orders-writer".into() }),
             checked::<v1::InitProducerRequest, request::InitProducer>,
+        ),
+        (
+            "group_heartbeat",
+            enc(&v1::GroupHeartbeatRequest {
+                group: "readers".into(),
+                member_id: "cli-00ff".into(),
+                member_epoch: 3,
+                topics: vec!["orders".into(), "events".into()],
+                zone: "z1".into(),
+                session_timeout_ms: 10_000,
+                assignor: "range".into(),
+                owned: vec![v1::TopicPartition { topic: "orders".into(), partition: 1 }],
+                ..Default::default()
+            }),
+            checked::<v1::GroupHeartbeatRequest, request::GroupHeartbeat>,
+        ),
+        (
+            "commit_offsets",
+            enc(&v1::CommitOffsetsRequest {
+                group: "readers".into(),
+                member_id: "cli-00ff".into(),
+                member_epoch: 3,
+                offsets: vec![v1::OffsetCommit {
+                    topic: "orders".into(),
+                    partition: 1,
+                    offset: 77,
+                    metadata: "m".into(),
+                }],
+            }),
+            checked::<v1::CommitOffsetsRequest, request::CommitOffsets>,
+        ),
+        (
+            "reset_offsets",
+            enc(&v1::ResetOffsetsRequest {
+                group: "readers".into(),
+                offsets: vec![v1::OffsetCommit {
+                    topic: "orders".into(),
+                    partition: 0,
+                    offset: 5,
+                    metadata: "".into(),
+                }],
+            }),
+            checked::<v1::ResetOffsetsRequest, request::ResetOffsets>,
+        ),
+        (
+            "describe_group",
+            enc(&v1::DescribeGroupRequest { group: "readers".into() }),
+            checked::<v1::DescribeGroupRequest, request::GroupName>,
         ),
         (
             "list_offsets",
@@ -335,8 +384,36 @@ fn metadata_state() -> MetadataState {
 #[test]
 fn t92_fuzz_metadata_commands_decode_and_apply() {
     let _s = serial();
-    let base = metadata_state();
+    // A cluster with a consumer group of two members, so that group commands reach
+    // members, assignments and offsets.
+    let mut base = metadata_state();
+    let join = |member: &str| flotilla_metadata::Command::Group {
+        name: "readers".into(),
+        op: GroupOp::Join {
+            member: member.into(),
+            client: "fuzz".into(),
+            zone: "".into(),
+            topics: ["orders".to_string()].into(),
+            session_timeout_ms: 10_000,
+            assignor: Default::default(),
+        },
+    };
+    for m in ["m1", "m2"] {
+        let index = base.last_applied_index() + 1;
+        base.apply(index, &join(m));
+    }
+    let group = |op: GroupOp| flotilla_metadata::Command::Group { name: "readers".into(), op };
     let commands = vec![
+        join("m3"),
+        group(GroupOp::Release { member: "m1".into(), partitions: vec![("orders".into(), 0), ("orders".into(), 1)] }),
+        group(GroupOp::Leave { member: "m2".into(), reason: "fuzz".into() }),
+        group(GroupOp::Commit {
+            member: Some(("m1".into(), 2)),
+            offsets: vec![(("orders".into(), 0), 10, "meta".into())],
+        }),
+        group(GroupOp::Commit { member: None, offsets: vec![(("orders".into(), 1), 3, String::new())] }),
+        group(GroupOp::Reset { offsets: vec![(("orders".into(), 0), 1), (("orders".into(), 2), 0)] }),
+        group(GroupOp::Delete),
         flotilla_metadata::Command::RegisterBroker(Broker::new(5, "127.0.0.1:7074", Labels::default())),
         flotilla_metadata::Command::CreateTopic {
             name: "events".into(),

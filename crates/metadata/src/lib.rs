@@ -10,6 +10,7 @@
 //!
 //! Architecture invariant: no clock, no randomness, no I/O, ordered collections only.
 
+pub mod groups;
 pub mod placement;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -225,6 +226,11 @@ pub enum Command {
     InitProducer {
         name: Option<String>,
     },
+    /// A change to a consumer group (RFC 0005).
+    Group {
+        name: String,
+        op: groups::GroupOp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +244,7 @@ pub enum Response {
         id: u64,
         epoch: u16,
     },
+    Group(groups::GroupResponse),
     Error {
         code: ErrorCode,
         message: String,
@@ -262,6 +269,8 @@ pub struct MetadataState {
     next_producer_id: u64,
     /// Named producers: their id and current epoch.
     named_producers: BTreeMap<String, (u64, u16)>,
+    /// Consumer groups by name.
+    groups: BTreeMap<String, groups::ConsumerGroup>,
 }
 
 impl Default for MetadataState {
@@ -273,6 +282,7 @@ impl Default for MetadataState {
             last_applied_index: 0,
             next_producer_id: 1,
             named_producers: BTreeMap::new(),
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -310,13 +320,24 @@ impl MetadataState {
         match command {
             Command::RegisterBroker(b) => self.register(b),
             Command::CreateTopic { name, partitions, replication_factor, policy } => {
-                self.create_topic(name, *partitions, *replication_factor, policy)
+                let r = self.create_topic(name, *partitions, *replication_factor, policy);
+                // Members may already subscribe to a topic that did not exist yet.
+                self.settle_groups();
+                r
             }
             Command::DeleteTopic { name } => match self.topics.remove(name) {
-                Some(_) => Response::Ok,
+                Some(_) => {
+                    // A topic created again under the name starts with no group offsets.
+                    for g in self.groups.values_mut() {
+                        g.offsets.retain(|(t, _), _| t != name);
+                    }
+                    self.settle_groups();
+                    Response::Ok
+                }
                 None => Response::error(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")),
             },
             Command::InitProducer { name } => self.init_producer(name.as_deref()),
+            Command::Group { name, op } => groups::apply(&mut self.groups, name, op, &self.topics, &self.brokers),
             Command::SetLiveness { node, liveness } => match self.brokers.get_mut(node) {
                 Some(b) => {
                     b.liveness = *liveness;
@@ -399,8 +420,28 @@ impl MetadataState {
                 t.policy = policy.clone();
                 Response::Ok
             }
-            Command::AddPartitions { name, total } => self.add_partitions(name, *total),
+            Command::AddPartitions { name, total } => {
+                let r = self.add_partitions(name, *total);
+                self.settle_groups();
+                r
+            }
         }
+    }
+
+    /// Every group's assignment again, after topics or partitions came or went.
+    fn settle_groups(&mut self) {
+        for g in self.groups.values_mut() {
+            groups::settle(g, &self.topics, &self.brokers);
+        }
+    }
+
+    /// Consumer groups by name.
+    pub fn groups(&self) -> &BTreeMap<String, groups::ConsumerGroup> {
+        &self.groups
+    }
+
+    pub fn group(&self, name: &str) -> Option<&groups::ConsumerGroup> {
+        self.groups.get(name)
     }
 
     pub fn skip(&mut self, log_index: u64) {

@@ -300,7 +300,7 @@ impl<T: RaftTransport> Node<T> {
         Ok(self.controllers())
     }
 
-    fn not_metadata_leader(&self, leader: Option<NodeId>) -> ApiError {
+    pub(crate) fn not_metadata_leader(&self, leader: Option<NodeId>) -> ApiError {
         let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
         let message = match &leader {
             Some((id, addr)) => {

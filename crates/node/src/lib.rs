@@ -13,6 +13,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 mod controller;
+pub mod groups;
 pub mod metrics;
 pub mod mover;
 mod quiesce;
@@ -63,6 +64,8 @@ pub(crate) struct Inner<T: RaftTransport> {
     pub(crate) metrics: metrics::Registry,
     /// Why the node refuses writes for lack of disk space (`set_disk_full`), if it does.
     pub(crate) disk_full: RwLock<Option<String>>,
+    /// When the consumer group coordinator last heard from each member.
+    pub(crate) sessions: groups::Sessions,
 }
 
 /// A running node. Cheap to clone.
@@ -104,6 +107,7 @@ impl<T: RaftTransport> Node<T> {
                 controller_kick: Arc::new(tokio::sync::Notify::new()),
                 metrics: metrics::Registry::default(),
                 disk_full: RwLock::new(None),
+                sessions: groups::Sessions::default(),
             }),
             tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
@@ -114,6 +118,7 @@ impl<T: RaftTransport> Node<T> {
             tokio::spawn(mover::mover_loop(node.clone())),
             tokio::spawn(reconciler::leadership_loop(node.clone())),
             tokio::spawn(retention::retention_loop(node.clone())),
+            tokio::spawn(groups::session_loop(node.clone())),
         ];
         node.tasks.lock().expect("tasks poisoned").extend(tasks);
         tracing::info!(node = node.id(), addr = node.inner.config.advertised(), "node started");

@@ -101,6 +101,7 @@ impl<T: RaftTransport> Node<T> {
         });
         family(&mut out, "flotilla_partition_leader", "gauge", "1 when this node leads the partition, else 0.");
         let mut rows = Vec::new();
+        let mut lags = Vec::new();
         for (topic, partition, group, rf, moving) in &partitions {
             let Some(g) = self.groups().partition(*group) else { continue };
             let status = g.status();
@@ -118,7 +119,30 @@ impl<T: RaftTransport> Node<T> {
             } else {
                 None
             };
+            if status.is_leader {
+                self.group_lag_rows(topic, *partition, &g, &mut lags);
+            }
             rows.push((labels, hw, end, status.last_log_index.unwrap_or(0), under, *moving));
+        }
+        // Consumer group lag, exported once per partition: by its leader, which knows the
+        // high watermark (the committed offsets are in every node's metadata).
+        family(
+            &mut out,
+            "flotilla_group_lag_records",
+            "gauge",
+            "Records between a consumer group's committed offset and the partition's high watermark (at the partition's leader).",
+        );
+        for (labels, lag, _) in &lags {
+            let _ = writeln!(out, "flotilla_group_lag_records{{{labels}}} {lag}");
+        }
+        family(
+            &mut out,
+            "flotilla_group_lag_seconds",
+            "gauge",
+            "How old the first record a consumer group has not committed is (by its batch's index time); 0 when none is left.",
+        );
+        for (labels, _, secs) in &lags {
+            let _ = writeln!(out, "flotilla_group_lag_seconds{{{labels}}} {secs:.3}");
         }
         family(
             &mut out,
@@ -208,6 +232,47 @@ impl<T: RaftTransport> Node<T> {
         let _ = writeln!(out, "flotilla_elections_woken_total {}", self.inner.metrics.elections_woken());
         self.inner.metrics.render_latency(&mut out);
         out
+    }
+
+    /// Each consumer group's lag on a partition this node leads: groups with an offset
+    /// for it or a member reading its topic (from the log start when nothing is
+    /// committed). Rows: labels, records, seconds.
+    fn group_lag_rows(
+        &self,
+        topic: &str,
+        partition: flotilla_types::PartitionId,
+        g: &flotilla_raft::PartitionGroup,
+        out: &mut Vec<(String, u64, f64)>,
+    ) {
+        let tp = (topic.to_string(), partition);
+        let committed: Vec<(String, Option<u64>)> = self.with_metadata(|m| {
+            m.groups()
+                .iter()
+                .filter_map(|(name, group)| {
+                    let c = group.offsets.get(&tp).map(|c| c.offset);
+                    let reads = group.members.values().any(|mem| mem.topics.contains(topic));
+                    (c.is_some() || reads).then(|| (name.clone(), c))
+                })
+                .collect()
+        });
+        if committed.is_empty() {
+            return;
+        }
+        let (hw, start) = g.read(|p| (p.high_watermark(), p.log_start_offset()));
+        let now = self.inner.clock.now_ms();
+        for (group, c) in committed {
+            let next = c.unwrap_or(start).max(start);
+            let lag = hw.saturating_sub(next);
+            let secs = match lag {
+                0 => 0.0,
+                _ => match g.group().batch_at(next) {
+                    Ok(Some(b)) => now.saturating_sub(b.timestamp_ms) as f64 / 1000.0,
+                    _ => 0.0,
+                },
+            };
+            let labels = format!("group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"");
+            out.push((labels, lag, secs));
+        }
     }
 }
 

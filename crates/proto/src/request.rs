@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use flotilla_types::{Acks, ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
+use flotilla_types::{Acks, Assignor, ErrorCode, NodeId, Offset, PartitionId, RecordBatch, limits};
 
 use crate::v1;
 
@@ -571,6 +571,195 @@ impl TryFrom<v1::CancelMoveRequest> for TopicPartition {
     }
 }
 
+/// One partition's offset to commit, with its metadata: ((topic, partition), offset, metadata).
+pub type OffsetCommit = ((String, PartitionId), Offset, String);
+
+fn group_name(name: String) -> Result<String, v1::Error> {
+    limits::check_group_name(&name).map_err(invalid)?;
+    Ok(name)
+}
+
+/// A member id or client id: 1..=`MEMBER_ID_BYTES_MAX` printable bytes without whitespace
+/// (empty allowed where `may_be_empty`).
+fn member_text(what: &str, value: String, may_be_empty: bool) -> Result<String, v1::Error> {
+    if value.is_empty() && !may_be_empty {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    if value.len() > limits::MEMBER_ID_BYTES_MAX {
+        return Err(invalid(format!("{what} is {} bytes, the limit is {}", value.len(), limits::MEMBER_ID_BYTES_MAX)));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(format!("{what} {value:?} contains {c:?}")));
+    }
+    Ok(value)
+}
+
+/// Distinct partitions of valid topic names, at most `GROUP_COMMIT_PARTITIONS_MAX`.
+fn topic_partitions(what: &str, list: Vec<v1::TopicPartition>) -> Result<Vec<(String, PartitionId)>, v1::Error> {
+    if list.len() > limits::GROUP_COMMIT_PARTITIONS_MAX {
+        return Err(invalid(format!(
+            "{what}: {} partitions, the limit is {}",
+            list.len(),
+            limits::GROUP_COMMIT_PARTITIONS_MAX
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for tp in list {
+        let tp = (topic_name(tp.topic)?, tp.partition);
+        if !seen.insert(tp.clone()) {
+            return Err(invalid(format!("{what}: {}/{} is listed twice", tp.0, tp.1)));
+        }
+        out.push(tp);
+    }
+    Ok(out)
+}
+
+/// Offsets to commit or reset: 1..=`GROUP_COMMIT_PARTITIONS_MAX` distinct partitions,
+/// metadata of at most `COMMIT_METADATA_BYTES_MAX` bytes.
+fn offset_commits(list: Vec<v1::OffsetCommit>) -> Result<Vec<OffsetCommit>, v1::Error> {
+    if list.is_empty() || list.len() > limits::GROUP_COMMIT_PARTITIONS_MAX {
+        return Err(invalid(format!(
+            "offsets: {} partitions given; 1 to {} are allowed",
+            list.len(),
+            limits::GROUP_COMMIT_PARTITIONS_MAX
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for c in list {
+        let tp = (topic_name(c.topic)?, c.partition);
+        if !seen.insert(tp.clone()) {
+            return Err(invalid(format!("offsets: {}/{} is listed twice", tp.0, tp.1)));
+        }
+        if c.metadata.len() > limits::COMMIT_METADATA_BYTES_MAX {
+            return Err(invalid(format!(
+                "commit metadata is {} bytes, the limit is {}",
+                c.metadata.len(),
+                limits::COMMIT_METADATA_BYTES_MAX
+            )));
+        }
+        out.push((tp, c.offset, c.metadata));
+    }
+    Ok(out)
+}
+
+/// A consumer group member's heartbeat (or join, or leave).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupHeartbeat {
+    pub group: String,
+    pub member: String,
+    /// 0: a join.
+    pub epoch: u64,
+    pub leave: bool,
+    pub topics: BTreeSet<String>,
+    pub client: String,
+    pub zone: String,
+    pub session_timeout_ms: u32,
+    pub assignor: Assignor,
+    pub owned: Vec<(String, PartitionId)>,
+}
+
+impl TryFrom<v1::GroupHeartbeatRequest> for GroupHeartbeat {
+    type Error = v1::Error;
+    fn try_from(r: v1::GroupHeartbeatRequest) -> Result<GroupHeartbeat, v1::Error> {
+        let group = group_name(r.group)?;
+        let member = member_text("member id", r.member_id, false)?;
+        let client = member_text("client id", r.client_id, true)?;
+        let zone = label("zone", r.zone, true)?;
+        if r.topics.len() > limits::GROUP_SUBSCRIPTION_TOPICS_MAX || (r.topics.is_empty() && !r.leave) {
+            return Err(invalid(format!(
+                "topics: {} given; a member subscribes to 1 to {}",
+                r.topics.len(),
+                limits::GROUP_SUBSCRIPTION_TOPICS_MAX
+            )));
+        }
+        let topics = r.topics.into_iter().map(topic_name).collect::<Result<BTreeSet<_>, _>>()?;
+        let session_timeout_ms = match r.session_timeout_ms {
+            0 => limits::SESSION_TIMEOUT_MS_DEFAULT,
+            ms if (limits::SESSION_TIMEOUT_MS_MIN..=limits::SESSION_TIMEOUT_MS_MAX).contains(&ms) => ms,
+            ms => {
+                return Err(invalid(format!(
+                    "session timeout {ms} ms is outside {}..={} ms",
+                    limits::SESSION_TIMEOUT_MS_MIN,
+                    limits::SESSION_TIMEOUT_MS_MAX
+                )));
+            }
+        };
+        let assignor = match r.assignor.as_str() {
+            "" => Assignor::default(),
+            a => Assignor::parse(a).map_err(invalid)?,
+        };
+        let owned = topic_partitions("owned", r.owned)?;
+        Ok(GroupHeartbeat {
+            group,
+            member,
+            epoch: r.member_epoch,
+            leave: r.leave,
+            topics,
+            client,
+            zone,
+            session_timeout_ms,
+            assignor,
+            owned,
+        })
+    }
+}
+
+/// A commit of offsets, by a member (`member` with its epoch) or from outside the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOffsets {
+    pub group: String,
+    pub member: Option<(String, u64)>,
+    pub offsets: Vec<OffsetCommit>,
+}
+
+impl TryFrom<v1::CommitOffsetsRequest> for CommitOffsets {
+    type Error = v1::Error;
+    fn try_from(r: v1::CommitOffsetsRequest) -> Result<CommitOffsets, v1::Error> {
+        let group = group_name(r.group)?;
+        let member = match r.member_id.is_empty() {
+            true => None,
+            false => Some((member_text("member id", r.member_id, false)?, r.member_epoch)),
+        };
+        Ok(CommitOffsets { group, member, offsets: offset_commits(r.offsets)? })
+    }
+}
+
+/// A reset of a group's committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetOffsets {
+    pub group: String,
+    pub offsets: Vec<((String, PartitionId), Offset)>,
+}
+
+impl TryFrom<v1::ResetOffsetsRequest> for ResetOffsets {
+    type Error = v1::Error;
+    fn try_from(r: v1::ResetOffsetsRequest) -> Result<ResetOffsets, v1::Error> {
+        let group = group_name(r.group)?;
+        let offsets = offset_commits(r.offsets)?.into_iter().map(|(tp, o, _)| (tp, o)).collect();
+        Ok(ResetOffsets { group, offsets })
+    }
+}
+
+/// A request naming one group (describe, delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupName(pub String);
+
+impl TryFrom<v1::DescribeGroupRequest> for GroupName {
+    type Error = v1::Error;
+    fn try_from(r: v1::DescribeGroupRequest) -> Result<GroupName, v1::Error> {
+        Ok(GroupName(group_name(r.group)?))
+    }
+}
+
+impl TryFrom<v1::DeleteGroupRequest> for GroupName {
+    type Error = v1::Error;
+    fn try_from(r: v1::DeleteGroupRequest) -> Result<GroupName, v1::Error> {
+        Ok(GroupName(group_name(r.group)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -791,5 +980,53 @@ mod tests {
         assert!(MetadataQuery::try_from(v1::MetadataRequest { topics: vec!["ok".into(), "no way".into()] }).is_err());
         assert!(TopicName::try_from(v1::DeleteTopicRequest { name: "x".into() }).is_ok());
         assert!(TopicName::try_from(v1::DescribeTopicRequest { name: "".into() }).is_err());
+    }
+
+    #[test]
+    fn group_requests_are_checked() {
+        let hb = |f: &dyn Fn(&mut v1::GroupHeartbeatRequest)| {
+            let mut r = v1::GroupHeartbeatRequest {
+                group: "g".into(),
+                member_id: "m-1".into(),
+                topics: vec!["t".into()],
+                ..Default::default()
+            };
+            f(&mut r);
+            GroupHeartbeat::try_from(r)
+        };
+        let ok = hb(&|_| {}).unwrap();
+        assert_eq!((ok.session_timeout_ms, ok.assignor), (limits::SESSION_TIMEOUT_MS_DEFAULT, Assignor::Uniform));
+        type Spoil = Box<dyn Fn(&mut v1::GroupHeartbeatRequest)>;
+        let bad: Vec<Spoil> = vec![
+            Box::new(|r| r.group = "a b".into()),
+            Box::new(|r| r.member_id = String::new()),
+            Box::new(|r| r.member_id = "x".repeat(limits::MEMBER_ID_BYTES_MAX + 1)),
+            Box::new(|r| r.topics = vec![]),
+            Box::new(|r| r.topics = vec!["t/1".into()]),
+            Box::new(|r| r.session_timeout_ms = 10),
+            Box::new(|r| r.assignor = "roundrobin".into()),
+            Box::new(|r| r.owned = vec![v1::TopicPartition { topic: "t".into(), partition: 0 }; 2]),
+        ];
+        for f in &bad {
+            assert_eq!(hb(f.as_ref()).unwrap_err().error_code(), ErrorCode::InvalidRequest);
+        }
+        // Leaving needs no subscription.
+        assert!(
+            hb(&|r| {
+                r.leave = true;
+                r.topics = vec![];
+            })
+            .is_ok()
+        );
+
+        let commit = |offsets: Vec<v1::OffsetCommit>| {
+            CommitOffsets::try_from(v1::CommitOffsetsRequest { group: "g".into(), offsets, ..Default::default() })
+        };
+        let one = v1::OffsetCommit { topic: "t".into(), partition: 0, offset: 5, metadata: String::new() };
+        assert_eq!(commit(vec![one.clone()]).unwrap().member, None);
+        assert!(commit(vec![]).is_err());
+        assert!(commit(vec![one.clone(), one.clone()]).is_err());
+        let big = v1::OffsetCommit { metadata: "x".repeat(limits::COMMIT_METADATA_BYTES_MAX + 1), ..one };
+        assert!(commit(vec![big]).is_err());
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use flotilla_node::groups::Heartbeat;
 use flotilla_node::{ApiError, Node};
 use flotilla_proto::raft::v1 as raftpb;
 use flotilla_proto::{request, v1};
@@ -77,6 +78,12 @@ answers!(
     v1::AddPartitionsResponse,
     v1::DescribeControllersResponse,
     v1::SetControllersResponse,
+    v1::GroupHeartbeatResponse,
+    v1::CommitOffsetsResponse,
+    v1::ListGroupsResponse,
+    v1::DescribeGroupResponse,
+    v1::DeleteGroupResponse,
+    v1::ResetOffsetsResponse,
 );
 
 /// The outcome label of a request's latency: `ok` or the error code's name.
@@ -152,6 +159,65 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                 error: None,
                 producer_id,
                 producer_epoch: u32::from(epoch),
+            })
+        })
+        .await
+    }
+
+    async fn group_heartbeat(
+        &self,
+        req: Request<v1::GroupHeartbeatRequest>,
+    ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
+        handle(&self.node, "group_heartbeat", req, |r: request::GroupHeartbeat| async move {
+            let hb = Heartbeat {
+                group: r.group,
+                member: r.member,
+                epoch: r.epoch,
+                leave: r.leave,
+                topics: r.topics,
+                client: r.client,
+                zone: r.zone,
+                session_timeout_ms: r.session_timeout_ms,
+                assignor: r.assignor,
+                owned: r.owned,
+            };
+            answer(self.node.group_heartbeat(hb).await, |a| v1::GroupHeartbeatResponse {
+                error: None,
+                member_epoch: a.epoch,
+                heartbeat_interval_ms: a.interval_ms,
+                assigned: a
+                    .assigned
+                    .into_iter()
+                    .map(|g| v1::AssignedPartition {
+                        topic: g.partition.0,
+                        partition: g.partition.1,
+                        granted_epoch: g.epoch,
+                        has_committed: g.committed.is_some(),
+                        committed_offset: g.committed.unwrap_or(0),
+                    })
+                    .collect(),
+                revoking: a.revoking.into_iter().map(topic_partition).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<v1::CommitOffsetsRequest>,
+    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        handle(&self.node, "commit_offsets", req, |r: request::CommitOffsets| async move {
+            answer(self.node.commit_offsets(&r.group, r.member, r.offsets).await, |c| v1::CommitOffsetsResponse {
+                error: None,
+                committed: c
+                    .into_iter()
+                    .map(|((topic, partition), offset)| v1::OffsetCommit {
+                        topic,
+                        partition,
+                        offset,
+                        metadata: String::new(),
+                    })
+                    .collect(),
             })
         })
         .await
@@ -443,6 +509,89 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         })
         .await
     }
+
+    async fn list_groups(
+        &self,
+        _req: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let started = Instant::now();
+        let resp = answer(self.node.list_groups(), |groups| v1::ListGroupsResponse {
+            error: None,
+            groups: groups
+                .into_iter()
+                .map(|(name, g)| v1::GroupSummary {
+                    name,
+                    members: g.members.len() as u32,
+                    epoch: g.epoch,
+                    assignor: g.assignor.name().to_string(),
+                })
+                .collect(),
+        });
+        timed(&self.node, "list_groups", started, resp)
+    }
+
+    async fn describe_group(
+        &self,
+        req: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        handle(&self.node, "describe_group", req, |request::GroupName(name): request::GroupName| async move {
+            answer(self.node.describe_group(&name), |(g, members)| v1::DescribeGroupResponse {
+                error: None,
+                group: name.clone(),
+                epoch: g.epoch,
+                assignor: g.assignor.name().to_string(),
+                members: members
+                    .into_iter()
+                    .map(|m| v1::GroupMember {
+                        revoking: m.member.revoking().cloned().map(topic_partition).collect(),
+                        member_id: m.id,
+                        client_id: m.member.client,
+                        zone: m.member.zone,
+                        member_epoch: m.member.epoch,
+                        topics: m.member.topics.into_iter().collect(),
+                        assigned: m.member.assigned.into_keys().map(topic_partition).collect(),
+                        session_timeout_ms: m.member.session_timeout_ms,
+                        heard_ms_ago: m.heard_ago.map_or(0, |d| d.as_millis() as u64),
+                    })
+                    .collect(),
+                offsets: g
+                    .offsets
+                    .into_iter()
+                    .map(|((topic, partition), c)| v1::OffsetCommit {
+                        topic,
+                        partition,
+                        offset: c.offset,
+                        metadata: c.metadata,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        handle(&self.node, "delete_group", req, |request::GroupName(name): request::GroupName| async move {
+            answer(self.node.delete_group(&name).await, |()| v1::DeleteGroupResponse::default())
+        })
+        .await
+    }
+
+    async fn reset_offsets(
+        &self,
+        req: Request<v1::ResetOffsetsRequest>,
+    ) -> Result<Response<v1::ResetOffsetsResponse>, Status> {
+        handle(&self.node, "reset_offsets", req, |r: request::ResetOffsets| async move {
+            answer(self.node.reset_offsets(&r.group, r.offsets).await, |()| v1::ResetOffsetsResponse::default())
+        })
+        .await
+    }
+}
+
+fn topic_partition((topic, partition): (String, flotilla_types::PartitionId)) -> v1::TopicPartition {
+    v1::TopicPartition { topic, partition }
 }
 
 #[tonic::async_trait]

@@ -65,11 +65,23 @@ pub enum ErrorCode {
     /// The batch uses a format or feature this node does not know (a newer batch format,
     /// an unknown compression codec): nothing was written.
     UnsupportedFormat = 21,
+    /// The consumer group does not know this member (it left, or was evicted when its
+    /// session timed out): the member holds no partitions and must join again.
+    UnknownMember = 22,
+    /// The member's epoch is older than its coordinator's: its assignment changed (a
+    /// partition moved to or from it, or an offset reset re-granted one). Nothing was
+    /// committed; heartbeat, take the new assignment and commit again.
+    StaleMemberEpoch = 23,
+    /// The group still has members (delete), or has members and the commit came from
+    /// outside the group: nothing was changed.
+    GroupNotEmpty = 24,
+    /// No consumer group has this name.
+    UnknownGroup = 25,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::InvalidRequest,
@@ -92,6 +104,10 @@ impl ErrorCode {
         ErrorCode::ProducerFenced,
         ErrorCode::OutOfOrderSequence,
         ErrorCode::UnsupportedFormat,
+        ErrorCode::UnknownMember,
+        ErrorCode::StaleMemberEpoch,
+        ErrorCode::GroupNotEmpty,
+        ErrorCode::UnknownGroup,
     ];
 
     /// The wire number.
@@ -129,6 +145,10 @@ impl ErrorCode {
             ErrorCode::ProducerFenced => "PRODUCER_FENCED",
             ErrorCode::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
             ErrorCode::UnsupportedFormat => "UNSUPPORTED_FORMAT",
+            ErrorCode::UnknownMember => "UNKNOWN_MEMBER",
+            ErrorCode::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
+            ErrorCode::GroupNotEmpty => "GROUP_NOT_EMPTY",
+            ErrorCode::UnknownGroup => "UNKNOWN_GROUP",
         }
     }
 

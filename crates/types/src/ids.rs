@@ -16,6 +16,38 @@ pub type Offset = u64;
 /// The metadata group's id (design decision 5).
 pub const METADATA_GROUP: GroupId = 0;
 
+/// How a consumer group's coordinator spreads a group's partitions over its members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Assignor {
+    /// As even as possible over all members, keeping every partition where it is unless
+    /// the balance needs it elsewhere (sticky); among equally loaded members, one in a
+    /// zone that holds a replica of the partition is preferred.
+    #[default]
+    Uniform,
+    /// Per topic, contiguous ranges of partitions to the members in id order (Kafka's
+    /// range assignor): members subscribed to the same topics get the same partition
+    /// numbers of each topic. Not sticky.
+    Range,
+}
+
+impl Assignor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Assignor::Uniform => "uniform",
+            Assignor::Range => "range",
+        }
+    }
+
+    /// `uniform` (or `sticky`) or `range`.
+    pub fn parse(s: &str) -> Result<Assignor, String> {
+        match s {
+            "uniform" | "sticky" => Ok(Assignor::Uniform),
+            "range" => Ok(Assignor::Range),
+            _ => Err(format!("unknown assignor {s:?}: uniform or range")),
+        }
+    }
+}
+
 /// When a produce is acknowledged (Kafka's `acks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Acks {

@@ -14,4 +14,4 @@ pub mod planted;
 pub use batch::{BatchError, Compression, ProducerStamp, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};
 pub use error::ErrorCode;
-pub use ids::{Acks, GroupId, METADATA_GROUP, NodeId, Offset, PartitionId};
+pub use ids::{Acks, Assignor, GroupId, METADATA_GROUP, NodeId, Offset, PartitionId};

@@ -143,6 +143,35 @@ pub const PARTITION_PRODUCERS_CEILING: usize = 100_000;
 /// The longest producer name (`InitProducer`) in bytes.
 pub const PRODUCER_NAME_BYTES_MAX: usize = 249;
 
+/// Consumer groups (RFC 0005). A group's name follows the topic-name rules and length.
+pub const GROUP_NAME_BYTES_MAX: usize = 249;
+/// A member id (chosen by the client) and a member's client id: 1..= this many bytes.
+pub const MEMBER_ID_BYTES_MAX: usize = 64;
+/// A member's zone label, as node labels.
+pub const MEMBER_ZONE_BYTES_MAX: usize = 64;
+/// Members of one group at most.
+pub const GROUP_MEMBERS_MAX: usize = 1_000;
+/// Consumer groups in the cluster at most (they live in the metadata group's state).
+pub const GROUPS_MAX: usize = 10_000;
+/// Topics one member subscribes to at most.
+pub const GROUP_SUBSCRIPTION_TOPICS_MAX: usize = 100;
+/// Partition offsets one commit or reset carries at most.
+pub const GROUP_COMMIT_PARTITIONS_MAX: usize = 10_000;
+/// The metadata string stored with one committed offset, in bytes (Kafka's default).
+pub const COMMIT_METADATA_BYTES_MAX: usize = 4_096;
+/// A member's session timeout: a member not heard from for this long is evicted and its
+/// partitions go to the others. Default, and the range a member may ask for.
+pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+pub const SESSION_TIMEOUT_MS_MIN: u32 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
+/// How often a member heartbeats to its coordinator (the coordinator's answer says so).
+pub const GROUP_HEARTBEAT_MS: u32 = 1_000;
+
+/// Checks a consumer group's name (the topic-name rules); returns why it is refused.
+pub fn check_group_name(name: &str) -> Result<(), String> {
+    check_topic_name(name).map_err(|e| e.replacen("topic name", "group name", 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +183,9 @@ mod tests {
         assert!(check_topic_name("..").is_err());
         assert!(check_topic_name("a/b").is_err());
         assert!(check_topic_name(&"a".repeat(TOPIC_NAME_BYTES_MAX + 1)).is_err());
+        assert_eq!(
+            check_group_name("a b").unwrap_err(),
+            "group name contains ' '; allowed are ASCII letters, digits, '.', '_' and '-'"
+        );
     }
 }

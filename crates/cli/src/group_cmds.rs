@@ -1,0 +1,341 @@
+//! `flotilla group ...` and `flotilla consume --group`: consumer groups from the command
+//! line (RFC 0005).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use flotilla_client::{
+    Client, ConsumedRecord, GroupConfig, GroupInfo, Offset, OffsetReset, PartitionId, TopicPartition,
+};
+use serde::Serialize;
+
+use crate::client_cmds::{ConsumeArgs, Output, Piece, StartSpec, one_line, show, write_record};
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Every consumer group, with its member count.
+    List,
+    /// A group's members (zone, epoch, assigned partitions), committed offsets, and each
+    /// partition's lag in records and in seconds.
+    Describe {
+        /// The group.
+        group: String,
+    },
+    /// Delete a group that has no members, with its committed offsets.
+    Delete {
+        /// The group.
+        group: String,
+    },
+    /// Set a group's committed offsets, also while its members read: each member seeks
+    /// to the new offsets at its next heartbeat (within about a second).
+    ResetOffsets(ResetArgs),
+}
+
+#[derive(Args)]
+pub struct ResetArgs {
+    /// The group.
+    pub group: String,
+    /// Reset this topic's partitions (repeatable; default: every topic the group has
+    /// offsets for or its members read).
+    #[arg(long)]
+    pub topic: Vec<String>,
+    /// Only this partition (with one --topic).
+    #[arg(long, short = 'p')]
+    pub partition: Option<PartitionId>,
+    /// earliest | latest | offset N | timestamp MS (the first record stamped at or after
+    /// it) | shift ±N (from the committed offset). Offsets are kept within the partition.
+    #[arg(long, num_args = 1..=2, value_names = ["WHERE", "N"], allow_negative_numbers = true, required = true)]
+    pub to: Vec<String>,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Where `reset-offsets --to` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    Timestamp(u64),
+    Shift(i64),
+}
+
+fn parse_reset_to(to: &[String]) -> anyhow::Result<ResetTo> {
+    let arg = |what: &str| -> anyhow::Result<&str> {
+        match to {
+            [_, v] => Ok(v.as_str()),
+            _ => bail!("--to {what} needs a number: --to {what} N"),
+        }
+    };
+    let kind = to.first().map(String::as_str).unwrap_or_default();
+    let extra = |r: ResetTo| -> anyhow::Result<ResetTo> {
+        match to.len() {
+            1 => Ok(r),
+            _ => bail!("--to {kind} takes no number"),
+        }
+    };
+    match kind {
+        "earliest" | "beginning" => extra(ResetTo::Earliest),
+        "latest" | "end" => extra(ResetTo::Latest),
+        "offset" => Ok(ResetTo::Offset(arg("offset")?.parse().context("--to offset N: N is an offset")?)),
+        "timestamp" => Ok(ResetTo::Timestamp(
+            arg("timestamp")?.parse().context("--to timestamp MS: milliseconds since the epoch")?,
+        )),
+        "shift" => Ok(ResetTo::Shift(arg("shift")?.parse().context("--to shift N: N is a signed number")?)),
+        other => bail!("--to {other:?}: earliest, latest, offset N, timestamp MS or shift N"),
+    }
+}
+
+/// One line of a reset plan.
+#[derive(Debug, Clone, Serialize)]
+struct Planned {
+    topic: String,
+    partition: PartitionId,
+    current: Option<Offset>,
+    new: Offset,
+}
+
+pub async fn run(client: &Client, cmd: GroupCmd, output: Output) -> anyhow::Result<()> {
+    match cmd {
+        GroupCmd::List => {
+            let groups = client.list_groups().await.map_err(one_line)?;
+            show(output, &groups, || {
+                if groups.is_empty() {
+                    return "no consumer groups\n".into();
+                }
+                let mut s = format!("{:<30} {:>8} {:>8} {}\n", "GROUP", "MEMBERS", "EPOCH", "ASSIGNOR");
+                for g in &groups {
+                    s += &format!("{:<30} {:>8} {:>8} {}\n", g.name, g.members, g.epoch, g.assignor);
+                }
+                s
+            })
+        }
+        GroupCmd::Describe { group } => {
+            let info = client.describe_group(&group).await.map_err(one_line)?;
+            show(output, &info, || describe_text(&info))
+        }
+        GroupCmd::Delete { group } => {
+            client.delete_group(&group).await.map_err(one_line)?;
+            show(output, &serde_json::json!({ "deleted_group": group }), || format!("deleted group {group}\n"))
+        }
+        GroupCmd::ResetOffsets(a) => reset(client, a, output).await,
+    }
+}
+
+fn describe_text(info: &GroupInfo) -> String {
+    let mut s = format!(
+        "group {} (epoch {}, assignor {}, {} members)\n",
+        info.group,
+        info.epoch,
+        info.assignor,
+        info.members.len()
+    );
+    if !info.members.is_empty() {
+        s += &format!("\n{:<36} {:<10} {:>6} {:>8}  ASSIGNED\n", "MEMBER", "ZONE", "EPOCH", "HEARD");
+        for m in &info.members {
+            let assigned: Vec<String> = m.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+            let revoking = match m.revoking.is_empty() {
+                true => String::new(),
+                false => format!(
+                    " (revoking {})",
+                    m.revoking.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
+                ),
+            };
+            s += &format!(
+                "{:<36} {:<10} {:>6} {:>6}ms  {}{}\n",
+                m.member_id,
+                if m.zone.is_empty() { "-" } else { &m.zone },
+                m.epoch,
+                m.heard_ms_ago,
+                assigned.join(","),
+                revoking
+            );
+        }
+    }
+    s += &format!(
+        "\n{:<24} {:>5} {:>12} {:>14} {:>10} {:>10}  MEMBER\n",
+        "TOPIC", "PART", "COMMITTED", "HIGH-WATERMARK", "LAG", "LAG-SECS"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for p in &info.partitions {
+        s += &format!(
+            "{:<24} {:>5} {:>12} {:>14} {:>10} {:>10}  {}\n",
+            p.topic,
+            p.partition,
+            opt(p.committed),
+            opt(p.high_watermark),
+            opt(p.lag),
+            p.lag_seconds.map_or("-".to_string(), |v| format!("{v:.1}")),
+            p.member.as_deref().unwrap_or("-")
+        );
+    }
+    s
+}
+
+async fn reset(client: &Client, a: ResetArgs, output: Output) -> anyhow::Result<()> {
+    let to = parse_reset_to(&a.to)?;
+    if a.partition.is_some() && a.topic.len() != 1 {
+        bail!("--partition needs exactly one --topic");
+    }
+    // The group may not exist yet: offsets can be set before its first member joins.
+    let info = match client.describe_group(&a.group).await {
+        Ok(i) => Some(i),
+        Err(e) if e.code() == Some(flotilla_client::ErrorCode::UnknownGroup) => None,
+        Err(e) => return Err(one_line(e)),
+    };
+    let topics: BTreeSet<String> = match a.topic.is_empty() {
+        false => a.topic.iter().cloned().collect(),
+        true => info
+            .iter()
+            .flat_map(|i| {
+                i.partitions.iter().map(|p| p.topic.clone()).chain(i.members.iter().flat_map(|m| m.topics.clone()))
+            })
+            .collect(),
+    };
+    if topics.is_empty() {
+        bail!("group '{}' has no offsets and no members: name the topics with --topic", a.group);
+    }
+    let mut plan = Vec::new();
+    for t in &topics {
+        let count = client.partition_count(t).await.map_err(one_line)?;
+        let partitions: Vec<PartitionId> = match a.partition {
+            Some(p) if p >= count => bail!("topic '{t}' has {count} partitions; there is no partition {p}"),
+            Some(p) => vec![p],
+            None => (0..count).collect(),
+        };
+        for p in partitions {
+            let current = info
+                .as_ref()
+                .and_then(|i| i.partitions.iter().find(|x| &x.topic == t && x.partition == p))
+                .and_then(|x| x.committed);
+            let (start, end) = client.list_offsets(t, p).await.map_err(one_line)?;
+            let new = match to {
+                ResetTo::Earliest => start,
+                ResetTo::Latest => end,
+                ResetTo::Offset(o) => o,
+                ResetTo::Timestamp(ms) => client.offset_for_time(t, p, ms).await.map_err(one_line)?,
+                ResetTo::Shift(n) => current.unwrap_or(start).saturating_add_signed(n),
+            }
+            .clamp(start, end);
+            plan.push(Planned { topic: t.clone(), partition: p, current, new });
+        }
+    }
+    if !a.dry_run {
+        let offsets: Vec<(TopicPartition, Offset)> =
+            plan.iter().map(|p| ((p.topic.clone(), p.partition), p.new)).collect();
+        client.reset_offsets(&a.group, &offsets).await.map_err(one_line)?;
+    }
+    let json = serde_json::json!({ "group": a.group, "dry_run": a.dry_run, "offsets": plan });
+    show(output, &json, || {
+        let mut s = format!("{:<24} {:>5} {:>12} {:>12}\n", "TOPIC", "PART", "CURRENT", "NEW");
+        for p in &plan {
+            let current = p.current.map_or("-".to_string(), |c| c.to_string());
+            s += &format!("{:<24} {:>5} {:>12} {:>12}\n", p.topic, p.partition, current, p.new);
+        }
+        s += match a.dry_run {
+            true => "dry run: nothing changed\n",
+            false => "reset; running members seek to these offsets at their next heartbeat\n",
+        };
+        s
+    })
+}
+
+/// `flotilla consume TOPIC --group G`.
+pub async fn consume_group(
+    client: &Client,
+    a: ConsumeArgs,
+    format: Option<Vec<Piece>>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let group = a.group.clone().expect("called with --group");
+    let reset = match a.offset {
+        None | Some(StartSpec::Beginning) => OffsetReset::Earliest,
+        Some(StartSpec::End) => OffsetReset::Latest,
+        Some(_) => bail!(
+            "with --group, -o is only beginning or end (where partitions without a committed offset start); \
+             move the group's offsets with `flotilla group reset-offsets`"
+        ),
+    };
+    let config = GroupConfig { auto_offset_reset: reset, client_id: "flotilla-cli".into(), ..GroupConfig::default() };
+    let mut member = client.group_consumer(&group, &[a.topic.as_str()], config).await.map_err(one_line)?;
+    let max = a.max.unwrap_or(u64::MAX);
+    let idle_exit = Duration::from_secs(3);
+    let mut idle_since = tokio::time::Instant::now();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result: anyhow::Result<()> = async {
+        'outer: while printed < max {
+            let records = tokio::select! {
+                r = member.poll(Duration::from_millis(500)) => r.map_err(one_line)?,
+                _ = tokio::signal::ctrl_c() => break,
+            };
+            if records.is_empty() {
+                if !a.follow && idle_since.elapsed() >= idle_exit {
+                    break;
+                }
+                continue;
+            }
+            idle_since = tokio::time::Instant::now();
+            for r in records {
+                let r = ConsumedRecord { partition: r.partition, offset: r.offset, record: r.record };
+                if let Err(e) = write_record(&mut out, output, format.as_deref(), &a, &r) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        break 'outer;
+                    }
+                    return Err(e).context("writing standard output");
+                }
+                printed += 1;
+                if printed >= max {
+                    break 'outer;
+                }
+            }
+            out.flush().context("writing standard output")?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = out.flush();
+    // Commits what was printed and leaves: the partitions go to the other members now.
+    let closed = member.close().await.map_err(one_line);
+    result.and(closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--to earliest --dry-run`: the flag after a one-word target is not taken as its
+    /// number (it was, before `allow_negative_numbers` replaced `allow_hyphen_values`).
+    #[test]
+    fn reset_to_takes_a_negative_shift_but_not_the_next_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            reset: ResetArgs,
+        }
+        let a = Cli::try_parse_from(["x", "g", "--to", "earliest", "--dry-run"]).unwrap().reset;
+        assert_eq!((a.to, a.dry_run), (vec!["earliest".to_string()], true));
+        let a = Cli::try_parse_from(["x", "g", "--to", "shift", "-5", "--dry-run"]).unwrap().reset;
+        assert_eq!(parse_reset_to(&a.to).unwrap(), ResetTo::Shift(-5));
+        assert!(a.dry_run);
+    }
+
+    #[test]
+    fn reset_targets_parse() {
+        let p = |v: &[&str]| parse_reset_to(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(p(&["earliest"]).unwrap(), ResetTo::Earliest);
+        assert_eq!(p(&["latest"]).unwrap(), ResetTo::Latest);
+        assert_eq!(p(&["offset", "42"]).unwrap(), ResetTo::Offset(42));
+        assert_eq!(p(&["shift", "-5"]).unwrap(), ResetTo::Shift(-5));
+        assert_eq!(p(&["timestamp", "1700000000000"]).unwrap(), ResetTo::Timestamp(1_700_000_000_000));
+        assert!(p(&["offset"]).is_err());
+        assert!(p(&["earliest", "3"]).is_err());
+        assert!(p(&["sideways"]).is_err());
+    }
+}
