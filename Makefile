@@ -69,7 +69,7 @@ PROFILE ?= controller
 # group's leader releases them (docs/simulation.md).
 PLANTED := ack-before-flush=LostWrite,UnseenAtEnd,LogReversion forget-vote=VoteBehindLog \
 	fetch-past-commit=InconsistentOffsets,AbortedRead,LostWrite double-apply=Duplicate \
-	skip-sequence-check=Duplicate
+	skip-sequence-check=Duplicate stale-group-commit=StaleCommit
 PLANTED_CONTROLLER := ack-before-flush=LostWrite,UnseenAtEnd,LogReversion
 PLANTED_SEEDS ?= 200
 # A controller seed whose schedule draws drain, reassign and node kill.

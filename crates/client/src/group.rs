@@ -603,6 +603,12 @@ impl GroupConsumer {
         self.reading.keys().cloned().collect()
     }
 
+    /// The epoch each partition read was granted at (it rises when the partition is
+    /// granted to this member again, as after an offset reset).
+    pub fn grants(&self) -> BTreeMap<TopicPartition, u64> {
+        self.reading.iter().map(|(tp, r)| (tp.clone(), r.granted_epoch)).collect()
+    }
+
     /// The next offset `poll` returns of each partition read.
     pub fn positions(&self) -> BTreeMap<TopicPartition, Offset> {
         self.reading.iter().map(|(tp, r)| (tp.clone(), r.position)).collect()

@@ -194,6 +194,8 @@ pub(crate) fn apply(
         }
         GroupOp::Commit { member, offsets } => {
             match member {
+                // The planted bug: no fencing at all (docs/simulation.md).
+                Some(_) if flotilla_types::planted::armed(flotilla_types::planted::Bug::StaleGroupCommit) => {}
                 Some((id, epoch)) => {
                     let Some(m) = group.members.get(id) else { return unknown_member(name, id) };
                     for (tp, _, _) in offsets {

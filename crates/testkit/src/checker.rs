@@ -1,5 +1,5 @@
-//! The history checker: what a run's [`History`] must not contain (CHECKER.md items 1–8
-//! and 10), and how quickly the cluster recovered.
+//! The history checker: what a run's [`History`] must not contain (CHECKER.md items 1–10),
+//! and how quickly the cluster recovered.
 //!
 //! [`check`] judges a history; [`check_replicas`] judges the replicas' logs read at the end
 //! of a run. Every anomaly names its kind, partition, offsets, values and the history
@@ -15,8 +15,8 @@
 //! Layout: `ops` pairs invokes with completions; `values` checks what was written and read
 //! where (inconsistent offsets, duplicates, lost and unseen writes, unexpected and aborted
 //! reads); `order` checks orders (monotonic sends, contiguous batches, real-time order,
-//! high watermarks, poll continuity); `liveness` measures recovery; `replicas` compares
-//! replica logs.
+//! high watermarks, poll continuity); `groups` checks consumer groups (item 9); `liveness`
+//! measures recovery; `replicas` compares replica logs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::{History, Kind, Op};
 
+mod groups;
 mod liveness;
 mod ops;
 mod order;
@@ -70,10 +71,22 @@ pub enum AnomalyKind {
     PollSkip,
     /// Two replicas disagree below both their commit offsets.
     ReplicaDivergence,
+    /// A consumer group's committed offset of a partition went down (CHECKER.md item 9).
+    CommitWentBack,
+    /// A group member's commit succeeded although another member had been granted the
+    /// partition at a later epoch before the commit was sent: a stale generation committed.
+    StaleCommit,
+    /// Two members of a group read one partition under the same grant epoch.
+    SharedGrant,
+    /// An offset below the group's final committed offset was never delivered to any member.
+    UndeliveredBelowCommit,
+    /// A member's first record of a partition granted to it lies beyond every offset the
+    /// group had committed (or might have) before: records were skipped at the hand-over.
+    HandOverSkip,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 12] = [
+    pub const ALL: [AnomalyKind; 17] = [
         AnomalyKind::InconsistentOffsets,
         AnomalyKind::Duplicate,
         AnomalyKind::LostWrite,
@@ -86,6 +99,11 @@ impl AnomalyKind {
         AnomalyKind::StaleHighWatermark,
         AnomalyKind::PollSkip,
         AnomalyKind::ReplicaDivergence,
+        AnomalyKind::CommitWentBack,
+        AnomalyKind::StaleCommit,
+        AnomalyKind::SharedGrant,
+        AnomalyKind::UndeliveredBelowCommit,
+        AnomalyKind::HandOverSkip,
     ];
 
     /// The name reports use, e.g. `LOST WRITE`.
@@ -103,6 +121,11 @@ impl AnomalyKind {
             AnomalyKind::StaleHighWatermark => "STALE HIGH WATERMARK",
             AnomalyKind::PollSkip => "POLL SKIP",
             AnomalyKind::ReplicaDivergence => "REPLICA DIVERGENCE",
+            AnomalyKind::CommitWentBack => "COMMIT WENT BACK",
+            AnomalyKind::StaleCommit => "STALE COMMIT",
+            AnomalyKind::SharedGrant => "SHARED GRANT",
+            AnomalyKind::UndeliveredBelowCommit => "UNDELIVERED BELOW COMMIT",
+            AnomalyKind::HandOverSkip => "HAND-OVER SKIP",
         }
     }
 }
@@ -197,6 +220,16 @@ pub struct Stats {
     pub distinct_values_read: usize,
     pub faults: usize,
     pub heals: usize,
+    /// Consumer group polls that delivered records, and the records.
+    #[serde(default)]
+    pub group_polls: usize,
+    #[serde(default)]
+    pub group_records: usize,
+    /// Group commits accepted and refused.
+    #[serde(default)]
+    pub group_commits_ok: usize,
+    #[serde(default)]
+    pub group_commits_refused: usize,
 }
 
 /// How long one fault took to be followed by an acknowledged write.
@@ -289,9 +322,16 @@ impl Verdict {
             let counts: Vec<String> = self.counts().iter().map(|(k, n)| format!("{n} {k}")).collect();
             format!("INVALID ({} anomalies: {})", self.anomalies.len(), counts.join(", "))
         };
+        let group = match s.group_polls + s.group_commits_ok + s.group_commits_refused {
+            0 => String::new(),
+            _ => format!(
+                "; group: {} polls, {} records, {} commits ok, {} refused",
+                s.group_polls, s.group_records, s.group_commits_ok, s.group_commits_refused
+            ),
+        };
         format!(
             "{head}; {} events; sends {} invoked, {} ok, {} fail, {} info; {} records acknowledged; \
-             {} polls, {} records read, {} distinct values",
+             {} polls, {} records read, {} distinct values{group}",
             s.events,
             s.sends_invoked,
             s.sends_ok,
@@ -339,6 +379,7 @@ pub fn check(history: &History) -> Verdict {
     let mut anomalies = vec![];
     let distinct_values_read = values::check(&ops, &mut anomalies);
     order::check(history, &ops, &mut anomalies);
+    groups::check(&ops, &mut anomalies);
     anomalies.sort_by(|a, b| {
         (a.kind, &a.topic, a.partition, &a.offsets, &a.events, &a.values).cmp(&(
             b.kind,
@@ -387,6 +428,17 @@ fn stats(history: &History, ops: &[ops::Operation<'_>]) -> Stats {
                     s.records_read += c.records.len();
                 }
             }
+            Op::GroupPoll => {
+                if let Some(c) = op.ok() {
+                    s.group_polls += 1;
+                    s.group_records += c.records.len();
+                }
+            }
+            Op::GroupCommit => match op.outcome() {
+                Kind::Ok => s.group_commits_ok += 1,
+                Kind::Fail => s.group_commits_refused += 1,
+                _ => {}
+            },
             Op::Fault if op.outcome() != Kind::Fail => s.faults += 1,
             Op::Heal if op.outcome() != Kind::Fail => s.heals += 1,
             _ => {}

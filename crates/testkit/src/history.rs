@@ -34,6 +34,15 @@ pub enum Op {
     /// Records of one partition deleted below an offset (the invoke's offset; the
     /// completion's: the log start after it). Records below are deleted, not lost.
     DeleteRecords,
+    /// A consumer group member's poll of one partition (CHECKER.md item 9): ok carries
+    /// the records delivered, `epoch` the epoch the partition was granted to the member
+    /// at; the member is the process and session.
+    GroupPoll,
+    /// A group member's commit of one partition: the invoke's offset and `epoch` (the
+    /// member epoch sent); ok's offset is the group's committed offset after it.
+    GroupCommit,
+    /// The group's committed offset of one partition read at the end (ok's offset).
+    GroupOffsets,
     /// The nemesis injected a fault.
     Fault,
     /// The nemesis healed faults.
@@ -117,6 +126,9 @@ pub struct Event {
     /// producer's sends: the checker forbids their duplicates outright.
     #[serde(skip_serializing_if = "is_false")]
     pub retries: bool,
+    /// Group poll: the grant epoch; group commit: the member epoch sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Poll: part of the final full drain after every fault healed.
     #[serde(skip_serializing_if = "is_false")]
     pub final_drain: bool,
@@ -184,6 +196,12 @@ impl Event {
     /// Sets the offset: a poll's position, a list-offsets answer.
     pub fn offset(mut self, offset: u64) -> Event {
         self.offset = Some(offset);
+        self
+    }
+
+    /// Sets the epoch: a group poll's grant epoch, a group commit's member epoch.
+    pub fn epoch(mut self, epoch: u64) -> Event {
+        self.epoch = Some(epoch);
         self
     }
 

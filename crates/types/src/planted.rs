@@ -21,11 +21,20 @@ pub enum Bug {
     /// The partition appends an idempotent producer's batch without checking its
     /// sequence, so a retried batch is written twice.
     SkipSequenceCheck = 5,
+    /// A consumer group accepts a commit from any member id at any epoch, so a member
+    /// evicted (a paused process) overwrites the group's progress from a stale generation.
+    StaleGroupCommit = 6,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] =
-        [Bug::AckBeforeFlush, Bug::ForgetVote, Bug::FetchPastCommit, Bug::DoubleApply, Bug::SkipSequenceCheck];
+    pub const ALL: [Bug; 6] = [
+        Bug::AckBeforeFlush,
+        Bug::ForgetVote,
+        Bug::FetchPastCommit,
+        Bug::DoubleApply,
+        Bug::SkipSequenceCheck,
+        Bug::StaleGroupCommit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +43,7 @@ impl Bug {
             Bug::FetchPastCommit => "fetch-past-commit",
             Bug::DoubleApply => "double-apply",
             Bug::SkipSequenceCheck => "skip-sequence-check",
+            Bug::StaleGroupCommit => "stale-group-commit",
         }
     }
 

@@ -77,7 +77,7 @@ impl<'h> Index<'h> {
             // An acknowledged send and an answered poll both place values at offsets.
             let ack = match op.op {
                 Op::Send => true,
-                Op::Poll => false,
+                Op::Poll | Op::GroupPoll => false,
                 _ => continue,
             };
             let Some(c) = op.ok() else { continue };
