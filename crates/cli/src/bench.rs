@@ -148,6 +148,13 @@ pub struct BenchConsumeArgs {
     /// Give up when no record has come for this many seconds.
     #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
+    /// Read as members of this consumer group (from its committed offsets, or the
+    /// beginning), committing every 5 s, instead of one plain consumer per partition.
+    #[arg(long, conflicts_with = "partition")]
+    pub group: Option<String>,
+    /// With --group: this many members, in one process.
+    #[arg(long, default_value_t = 1, requires = "group")]
+    pub members: u32,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -1093,8 +1100,23 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
         bail!("--records, --duration-secs and --idle-secs must be at least 1");
     }
     let nodes = cluster_nodes(client).await;
+    if a.group.is_some() && a.members == 0 {
+        bail!("--members must be at least 1");
+    }
+    // With --group and no amount: what the partitions hold now.
+    let group_end: u64 = match (&a.group, a.records, a.duration_secs) {
+        (Some(_), None, None) => {
+            let mut total = 0;
+            for &p in &partitions {
+                let (start, end) = client.list_offsets(&a.topic, p).await.map_err(one_line)?;
+                total += end - start;
+            }
+            total
+        }
+        _ => u64::MAX,
+    };
     let mut consumers = vec![];
-    for &p in &partitions {
+    for &p in partitions.iter().filter(|_| a.group.is_none()) {
         let c = consumer(client, &a.topic, p, StartAt::Beginning).await?;
         // Without --records or --duration-secs: up to the end stored now.
         let end = match (a.records, a.duration_secs) {
@@ -1109,7 +1131,11 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
             (None, Some(s)) => format!("duration={s}s"),
             (None, None) => "to the end".to_string(),
         };
-        println!("bench consume: topic={} partitions={} from the beginning, {amount}", a.topic, partitions.len());
+        let how = match &a.group {
+            Some(g) => format!("{} member(s) of group {g}, from its committed offsets", a.members),
+            None => "from the beginning".to_string(),
+        };
+        println!("bench consume: topic={} partitions={} {how}, {amount}", a.topic, partitions.len());
     }
 
     let stats = Arc::new(Mutex::new(ConsumeStats::default()));
@@ -1148,6 +1174,41 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
         });
     }
 
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(group) = &a.group {
+        for _ in 0..a.members {
+            let config = flotilla_client::GroupConfig { client_id: "flotilla-bench".into(), ..Default::default() };
+            let mut member = client.group_consumer(group, &[a.topic.as_str()], config).await.map_err(one_line)?;
+            let (stats, stopping) = (stats.clone(), stopping.clone());
+            readers.spawn(async move {
+                loop {
+                    if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Commit and leave, so that the group is free at once.
+                        let _ = member.close().await;
+                        return;
+                    }
+                    match member.poll(Duration::from_millis(500)).await {
+                        Ok(records) if records.is_empty() => {}
+                        Ok(records) => {
+                            let bytes: u64 = records.iter().map(|r| r.record.value.len() as u64).sum();
+                            let mut s = lock(&stats);
+                            s.records += records.len() as u64;
+                            s.bytes += bytes;
+                            s.second_records += records.len() as u64;
+                            s.second_bytes += bytes;
+                            s.last_record = Some(Instant::now());
+                        }
+                        Err(e) => {
+                            let mut s = lock(&stats);
+                            s.errors += 1;
+                            s.second_errors += 1;
+                            s.first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+            });
+        }
+    }
     let stop_at = a.duration_secs.map(|s| start + Duration::from_secs(s));
     let idle = Duration::from_secs(a.idle_secs);
     let mut ticks = tokio::time::interval_at((start + Duration::from_secs(1)).into(), Duration::from_secs(1));
@@ -1193,6 +1254,9 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
                 if a.records.is_some_and(|n| s.records >= n) {
                     break "records";
                 }
+                if s.records >= group_end {
+                    break "end";
+                }
                 if stop_at.is_some_and(|t| now >= t) {
                     break "duration";
                 }
@@ -1202,8 +1266,13 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
             }
         }
     };
-    readers.abort_all();
     let after = CpuSample::take(&nodes);
+    if a.group.is_some() {
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), async { while readers.join_next().await.is_some() {} }).await;
+    }
+    readers.abort_all();
     let s = lock(&stats);
     // Up to the last record: a consumer that caught up early is not timed while idle.
     let end = s.last_record.unwrap_or(after.at);

@@ -1,7 +1,7 @@
 //! `flotilla group ...` and `flotilla consume --group`: consumer groups from the command
 //! line (RFC 0005).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -281,7 +281,18 @@ pub async fn consume_group(
                 continue;
             }
             idle_since = tokio::time::Instant::now();
-            for r in records {
+            // Past -n: what this poll returned beyond it is not printed, so not committed.
+            let room = (max - printed) as usize;
+            if records.len() > room {
+                let mut first_unprinted: BTreeMap<PartitionId, Offset> = BTreeMap::new();
+                for r in &records[room..] {
+                    first_unprinted.entry(r.partition).or_insert(r.offset);
+                }
+                for (p, offset) in first_unprinted {
+                    member.seek(&a.topic, p, offset);
+                }
+            }
+            for r in records.into_iter().take(room) {
                 let r = ConsumedRecord { partition: r.partition, offset: r.offset, record: r.record };
                 if let Err(e) = write_record(&mut out, output, format.as_deref(), &a, &r) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -163,6 +163,10 @@ pub struct GroupConsumer {
     kick: Arc<Notify>,
     heartbeat: JoinHandle<()>,
     reading: BTreeMap<TopicPartition, Reading>,
+    /// The member epoch of the last answer acted on: commits are made at it, never at a
+    /// newer one whose changes (a partition taken away, an offset reset) `poll` has not
+    /// applied yet.
+    epoch: u64,
     generation: u64,
     tx: mpsc::Sender<Fetched>,
     rx: mpsc::Receiver<Fetched>,
@@ -225,6 +229,7 @@ impl Client {
             kick,
             heartbeat,
             reading: BTreeMap::new(),
+            epoch: 0,
             generation: 0,
             tx,
             rx,
@@ -552,7 +557,15 @@ async fn heartbeat_loop(
             continue;
         }
         let req = heartbeat_request(&group, &member, epoch, &topics, &config, owned, false);
-        match client.heartbeat(req).await {
+        // One heartbeat (with its retries) for at most a session: past it the member is
+        // evicted anyway, and must stop reading.
+        let answered = tokio::time::timeout(config.session_timeout, client.heartbeat(req)).await.unwrap_or_else(|_| {
+            Err(crate::error::ClientError::Timeout {
+                addr: "the group coordinator".into(),
+                after: config.session_timeout,
+            })
+        });
+        match answered {
             Ok((answer, ms)) => {
                 interval = Duration::from_millis(u64::from(ms));
                 last_ok = Instant::now();
@@ -593,9 +606,10 @@ impl GroupConsumer {
         &self.member
     }
 
-    /// The member epoch of the coordinator's last answer.
+    /// The member epoch of the assignment the member reads under (the last answer `poll`
+    /// acted on): the epoch its commits are made at.
     pub fn member_epoch(&self) -> u64 {
-        self.shared.lock().expect("group state poisoned").member_epoch
+        self.epoch
     }
 
     /// The partitions the member reads now.
@@ -619,6 +633,20 @@ impl GroupConsumer {
     /// revoked one's position was committed.
     pub fn on_assignment(&mut self, listener: impl FnMut(&AssignmentEvent) + Send + 'static) {
         self.listener = Some(Box::new(listener));
+    }
+
+    /// Moves the position of a partition the member reads: the next `poll` returns its
+    /// records from `offset` (what was fetched beyond is dropped), and the next commit
+    /// commits `offset`. For records `poll` returned that the application did not process.
+    /// False when the member does not read the partition.
+    pub fn seek(&mut self, topic: &str, partition: PartitionId, offset: Offset) -> bool {
+        let tp = (topic.to_string(), partition);
+        let Some(r) = self.reading.get_mut(&tp) else { return false };
+        r.position = offset;
+        if !r.paused {
+            self.start_fetching(&tp);
+        }
+        true
     }
 
     /// Stops fetching a partition (it stays assigned); `resume` goes on from its position.
@@ -695,6 +723,7 @@ impl GroupConsumer {
             return Ok(());
         }
         let Some(answer) = pending else { return Ok(()) };
+        self.epoch = answer.epoch;
         // Taken away without a hand-over, or granted again (an offset reset): stop now.
         let lost: Vec<TopicPartition> = self
             .reading
@@ -844,8 +873,13 @@ impl GroupConsumer {
         let epoch = self.member_epoch();
         match self.commit_partitions(&all, epoch).await {
             Err(e) if e.code() == Some(ErrorCode::StaleMemberEpoch) => {
+                // Take the assignment that made it stale: heartbeat now, wait for the
+                // answer (up to two heartbeat intervals), act on it.
                 self.kick.notify_one();
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let deadline = Instant::now() + Duration::from_millis(2 * u64::from(limits::GROUP_HEARTBEAT_MS));
+                while Instant::now() < deadline && self.shared.lock().expect("group state poisoned").pending.is_none() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 self.reconcile().await?;
                 let all: Vec<TopicPartition> = self.reading.keys().cloned().collect();
                 let epoch = self.member_epoch();
