@@ -142,6 +142,31 @@ pub(crate) fn apply(
     if let Err((code, message)) = checked {
         return error(code, message);
     }
+    // Offsets the command would add, against the cluster's limit.
+    let adding = match op {
+        GroupOp::Commit { offsets, .. } => {
+            let have = groups.get(name);
+            offsets.iter().filter(|(tp, ..)| have.is_none_or(|g| !g.offsets.contains_key(tp))).count()
+        }
+        GroupOp::Reset { offsets } => {
+            let have = groups.get(name);
+            offsets.iter().filter(|(tp, _)| have.is_none_or(|g| !g.offsets.contains_key(tp))).count()
+        }
+        _ => 0,
+    };
+    if adding > 0 {
+        let stored: usize = groups.values().map(|g| g.offsets.len()).sum();
+        if stored + adding > limits::GROUP_OFFSETS_MAX {
+            return error(
+                ErrorCode::PolicyViolation,
+                format!(
+                    "the cluster holds {stored} committed offsets and the limit is {}: delete unused groups \
+                     (`flotilla group delete`)",
+                    limits::GROUP_OFFSETS_MAX
+                ),
+            );
+        }
+    }
     let unknown_group = || error(ErrorCode::UnknownGroup, format!("group '{name}' does not exist"));
     let group = match op {
         GroupOp::Join { assignor, .. } => groups
@@ -768,6 +793,21 @@ mod tests {
         assert_eq!(w.op(GroupOp::Delete), Response::Ok);
         assert!(w.state.group("g").is_none());
         assert!(matches!(w.op(GroupOp::Delete), Response::Error { code: ErrorCode::UnknownGroup, .. }));
+    }
+
+    #[test]
+    fn committed_offsets_are_bounded_in_the_cluster() {
+        let mut w = World::new(4);
+        // Fill the cluster's offsets up to one short of the limit with stand-in groups.
+        let filler: BTreeMap<TopicPartition, Committed> = (0..limits::GROUP_OFFSETS_MAX as u32 - 1)
+            .map(|i| (("t".to_string(), i), Committed { offset: 0, metadata: String::new() }))
+            .collect();
+        w.state.groups.insert("filler".into(), ConsumerGroup { offsets: filler, ..ConsumerGroup::default() });
+        let commit = |p| GroupOp::Commit { member: None, offsets: vec![(("t".into(), p), 1, String::new())] };
+        assert!(matches!(w.op(commit(0)), Response::Group(_)), "the last one fits");
+        assert!(matches!(w.op(commit(0)), Response::Group(_)), "an existing offset is no new one");
+        let r = w.op(commit(1));
+        assert!(matches!(r, Response::Error { code: ErrorCode::PolicyViolation, .. }), "{r:?}");
     }
 
     #[test]

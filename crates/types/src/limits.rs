@@ -157,8 +157,14 @@ pub const GROUPS_MAX: usize = 10_000;
 pub const GROUP_SUBSCRIPTION_TOPICS_MAX: usize = 100;
 /// Partition offsets one commit or reset carries at most.
 pub const GROUP_COMMIT_PARTITIONS_MAX: usize = 10_000;
-/// The metadata string stored with one committed offset, in bytes (Kafka's default).
-pub const COMMIT_METADATA_BYTES_MAX: usize = 4_096;
+/// The metadata string stored with one committed offset, in bytes: smaller than Kafka's
+/// 4 KiB, because every offset lives in the metadata group's state, which every node
+/// holds and snapshots whole.
+pub const COMMIT_METADATA_BYTES_MAX: usize = 512;
+/// Committed offsets (group × partition) in the whole cluster at most: the group state
+/// stays a small part of the metadata snapshot (`DECODE_BYTES_MAX`; about 4 MB at
+/// 40 bytes an offset). A commit or reset that would add offsets past it is refused.
+pub const GROUP_OFFSETS_MAX: usize = 100_000;
 /// A member's session timeout: a member not heard from for this long is evicted and its
 /// partitions go to the others. Default, and the range a member may ask for.
 pub const SESSION_TIMEOUT_MS_DEFAULT: u32 = 10_000;
