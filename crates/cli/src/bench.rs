@@ -1062,6 +1062,24 @@ struct ConsumeStats {
     first_error: Option<String>,
 }
 
+impl ConsumeStats {
+    /// Counts `records` records of `bytes` value bytes read now.
+    fn read(&mut self, records: u64, bytes: u64) {
+        self.records += records;
+        self.bytes += bytes;
+        self.second_records += records;
+        self.second_bytes += bytes;
+        self.last_record = Some(Instant::now());
+    }
+
+    /// Counts a failed poll, keeping the first error.
+    fn failed(&mut self, e: &ClientError) {
+        self.errors += 1;
+        self.second_errors += 1;
+        self.first_error.get_or_insert_with(|| e.to_string());
+    }
+}
+
 /// What `bench consume` reports.
 #[derive(Serialize)]
 struct ConsumeReport {
@@ -1153,20 +1171,10 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
                             continue;
                         }
                         let bytes: u64 = records.iter().map(|r| r.record.value.len() as u64).sum();
-                        let mut s = lock(&stats);
-                        s.records += records.len() as u64;
-                        s.bytes += bytes;
-                        s.second_records += records.len() as u64;
-                        s.second_bytes += bytes;
-                        s.last_record = Some(Instant::now());
+                        lock(&stats).read(records.len() as u64, bytes);
                     }
                     Err(e) => {
-                        {
-                            let mut s = lock(&stats);
-                            s.errors += 1;
-                            s.second_errors += 1;
-                            s.first_error.get_or_insert_with(|| e.to_string());
-                        }
+                        lock(&stats).failed(&e);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -1191,19 +1199,9 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
                         Ok(records) if records.is_empty() => {}
                         Ok(records) => {
                             let bytes: u64 = records.iter().map(|r| r.record.value.len() as u64).sum();
-                            let mut s = lock(&stats);
-                            s.records += records.len() as u64;
-                            s.bytes += bytes;
-                            s.second_records += records.len() as u64;
-                            s.second_bytes += bytes;
-                            s.last_record = Some(Instant::now());
+                            lock(&stats).read(records.len() as u64, bytes);
                         }
-                        Err(e) => {
-                            let mut s = lock(&stats);
-                            s.errors += 1;
-                            s.second_errors += 1;
-                            s.first_error.get_or_insert_with(|| e.to_string());
-                        }
+                        Err(e) => lock(&stats).failed(&e),
                     }
                 }
             });

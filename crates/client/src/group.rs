@@ -276,15 +276,7 @@ impl Client {
             group: group.to_string(),
             member_id: member.map(|m| m.0.to_string()).unwrap_or_default(),
             member_epoch: member.map_or(0, |m| m.1),
-            offsets: offsets
-                .iter()
-                .map(|((topic, partition), offset)| v1::OffsetCommit {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                    metadata: String::new(),
-                })
-                .collect(),
+            offsets: offsets_to_wire(offsets),
         };
         request::CommitOffsets::try_from(req.clone()).map_err(refused)?;
         // Committing the same offsets again changes nothing: safe to retry.
@@ -416,18 +408,7 @@ impl Client {
     /// a reset partition seeks to the new offset at its next heartbeat (within a second),
     /// and its commits of the old position are refused.
     pub async fn reset_offsets(&self, group: &str, offsets: &[(TopicPartition, Offset)]) -> Result<()> {
-        let req = v1::ResetOffsetsRequest {
-            group: group.to_string(),
-            offsets: offsets
-                .iter()
-                .map(|((topic, partition), offset)| v1::OffsetCommit {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset: *offset,
-                    metadata: String::new(),
-                })
-                .collect(),
-        };
+        let req = v1::ResetOffsetsRequest { group: group.to_string(), offsets: offsets_to_wire(offsets) };
         request::ResetOffsets::try_from(req.clone()).map_err(refused)?;
         self.admin_write(true, move |ch, addr| {
             let req = req.clone();
@@ -484,6 +465,19 @@ pub struct GroupInfo {
     pub assignor: String,
     pub members: Vec<MemberInfo>,
     pub partitions: Vec<PartitionLag>,
+}
+
+/// Offsets as the commit and reset requests carry them (no metadata).
+fn offsets_to_wire(offsets: &[(TopicPartition, Offset)]) -> Vec<v1::OffsetCommit> {
+    offsets
+        .iter()
+        .map(|((topic, partition), offset)| v1::OffsetCommit {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+            metadata: String::new(),
+        })
+        .collect()
 }
 
 fn heartbeat_request(

@@ -15,29 +15,13 @@ use std::time::Duration;
 use flotilla_metadata::groups::{ConsumerGroup, GroupOp, GroupResponse, Member, TopicPartition};
 use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse};
 use flotilla_raft::RaftTransport;
-use flotilla_types::{Assignor, ErrorCode, Offset, limits};
+use flotilla_types::{ErrorCode, GroupHeartbeat as Heartbeat, Offset, limits};
 use tokio::time::Instant;
 
 use crate::{ApiError, Node};
 
 /// How often the session loop looks for silent members.
 const SESSION_TICK: Duration = Duration::from_millis(250);
-
-/// A member's heartbeat, as checked at the edge.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    pub group: String,
-    pub member: String,
-    /// 0: a join.
-    pub epoch: u64,
-    pub leave: bool,
-    pub topics: BTreeSet<String>,
-    pub client: String,
-    pub zone: String,
-    pub session_timeout_ms: u32,
-    pub assignor: Assignor,
-    pub owned: Vec<TopicPartition>,
-}
 
 /// A partition a member may read, as the coordinator answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -644,21 +644,8 @@ fn offset_commits(list: Vec<v1::OffsetCommit>) -> Result<Vec<OffsetCommit>, v1::
     Ok(out)
 }
 
-/// A consumer group member's heartbeat (or join, or leave).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupHeartbeat {
-    pub group: String,
-    pub member: String,
-    /// 0: a join.
-    pub epoch: u64,
-    pub leave: bool,
-    pub topics: BTreeSet<String>,
-    pub client: String,
-    pub zone: String,
-    pub session_timeout_ms: u32,
-    pub assignor: Assignor,
-    pub owned: Vec<(String, PartitionId)>,
-}
+/// A consumer group member's heartbeat, checked: the plain data type lives in `types`.
+pub use flotilla_types::GroupHeartbeat;
 
 impl TryFrom<v1::GroupHeartbeatRequest> for GroupHeartbeat {
     type Error = v1::Error;

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_node::groups::Heartbeat;
 use flotilla_node::{ApiError, Node};
 use flotilla_proto::raft::v1 as raftpb;
 use flotilla_proto::{request, v1};
@@ -169,19 +168,7 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
         req: Request<v1::GroupHeartbeatRequest>,
     ) -> Result<Response<v1::GroupHeartbeatResponse>, Status> {
         handle(&self.node, "group_heartbeat", req, |r: request::GroupHeartbeat| async move {
-            let hb = Heartbeat {
-                group: r.group,
-                member: r.member,
-                epoch: r.epoch,
-                leave: r.leave,
-                topics: r.topics,
-                client: r.client,
-                zone: r.zone,
-                session_timeout_ms: r.session_timeout_ms,
-                assignor: r.assignor,
-                owned: r.owned,
-            };
-            answer(self.node.group_heartbeat(hb).await, |a| v1::GroupHeartbeatResponse {
+            answer(self.node.group_heartbeat(r).await, |a| v1::GroupHeartbeatResponse {
                 error: None,
                 member_epoch: a.epoch,
                 heartbeat_interval_ms: a.interval_ms,

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod clock;
 pub mod error;
+pub mod group;
 pub mod ids;
 pub mod limits;
 pub mod planted;
@@ -14,4 +15,5 @@ pub mod planted;
 pub use batch::{BatchError, Compression, ProducerStamp, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};
 pub use error::ErrorCode;
+pub use group::GroupHeartbeat;
 pub use ids::{Acks, Assignor, GroupId, METADATA_GROUP, NodeId, Offset, PartitionId};
