@@ -127,6 +127,13 @@ pub struct BenchProduceArgs {
     /// its end and counts, for each record, the time from its send to its arrival.
     #[arg(long)]
     pub e2e: bool,
+    /// Measure unavailability: producer k sends to partition k mod the partition count
+    /// (so every partition gets records all the time; use at least as many producers as
+    /// partitions), and the report lists every interval longer than this between two
+    /// acknowledgements of one partition, with its wall-clock start and end (what
+    /// `scripts/failover.py` matches against its kills).
+    #[arg(long, value_name = "MS")]
+    pub ack_gaps_over_ms: Option<u64>,
 }
 
 #[derive(Args, Clone, Serialize)]
@@ -472,6 +479,21 @@ struct ProduceStats {
     e2e_seen: u64,
     last_ack: Option<Instant>,
     first_error: Option<String>,
+    /// With --ack-gaps-over-ms: the gap threshold, each partition's last acknowledgement,
+    /// and the gaps found.
+    gaps_over: Option<Duration>,
+    last_ack_of: BTreeMap<PartitionId, Instant>,
+    gaps: Vec<AckGap>,
+}
+
+/// An interval with no acknowledgement from one partition (--ack-gaps-over-ms).
+#[derive(Serialize, Clone)]
+struct AckGap {
+    partition: PartitionId,
+    /// The acknowledgements on either side, in milliseconds since the Unix epoch.
+    from_unix_ms: u64,
+    to_unix_ms: u64,
+    ms: f64,
 }
 
 impl ProduceStats {
@@ -491,6 +513,26 @@ impl ProduceStats {
             e2e_seen: 0,
             last_ack: None,
             first_error: None,
+            gaps_over: None,
+            last_ack_of: BTreeMap::new(),
+            gaps: vec![],
+        }
+    }
+
+    /// `partition` acknowledged a record at `at`: notes the gap since its previous one
+    /// when it is over the threshold.
+    fn acked_on(&mut self, partition: PartitionId, at: Instant, clock: &Clock) {
+        let Some(over) = self.gaps_over else { return };
+        if let Some(prev) = self.last_ack_of.insert(partition, at).filter(|p| *p < at) {
+            let gap = at - prev;
+            if gap > over {
+                self.gaps.push(AckGap {
+                    partition,
+                    from_unix_ms: clock.micros(prev) / 1000,
+                    to_unix_ms: clock.micros(at) / 1000,
+                    ms: gap.as_secs_f64() * 1000.0,
+                });
+            }
         }
     }
 
@@ -603,6 +645,10 @@ struct ProduceReport {
     /// CPU time of this bench process over the measured interval.
     bench_cpu_secs: Option<f64>,
     per_second: Vec<Second>,
+    /// With --ack-gaps-over-ms: every longer interval between two acknowledgements of a
+    /// partition, warm-up included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack_gaps: Option<Vec<AckGap>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_error: Option<String>,
 }
@@ -654,6 +700,8 @@ struct Plan {
     /// Sends after the warm-up so far.
     issued: Arc<AtomicU64>,
     stats: Arc<Mutex<ProduceStats>>,
+    /// With --ack-gaps-over-ms: the topic's partitions, each sent to in turn.
+    pin: Option<u32>,
 }
 
 impl Plan {
@@ -701,15 +749,24 @@ fn random_pool(len: usize, record_size: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// One closed-loop producer: one record in flight at a time.
-async fn closed_loop(plan: Plan) {
+/// One closed-loop producer: one record in flight at a time; to partition `pin` only,
+/// when given.
+async fn closed_loop(plan: Plan, pin: Option<PartitionId>) {
     loop {
         let t0 = Instant::now();
         if !plan.may_send(t0) {
             return;
         }
-        let r = plan.producer.send(plan.record(t0)).await;
-        lock(&plan.stats).answered(t0, Instant::now(), r);
+        let r = match pin {
+            Some(p) => plan.producer.send_to(p, plan.record(t0)).await.map(|o| (p, o)),
+            None => plan.producer.send(plan.record(t0)).await,
+        };
+        let at = Instant::now();
+        let mut stats = lock(&plan.stats);
+        if let Ok((p, _)) = &r {
+            stats.acked_on(*p, at, &plan.clock);
+        }
+        stats.answered(t0, at, r);
     }
 }
 
@@ -741,12 +798,23 @@ async fn open_loop(plan: Plan, rate: f64, k: u64, n: u64, slots: Arc<Semaphore>)
             report.late_sends += 1;
         }
         report.max_send_lag_ms = report.max_send_lag_ms.max(lag.as_secs_f64() * 1000.0);
-        match plan.producer.enqueue(plan.record(intended)).await {
+        let queued = match plan.pin {
+            Some(partitions) => {
+                plan.producer.enqueue_to((i % partitions as u64) as PartitionId, plan.record(intended)).await
+            }
+            None => plan.producer.enqueue(plan.record(intended)).await,
+        };
+        match queued {
             Ok(ack) => {
-                let stats = plan.stats.clone();
+                let (stats, clock) = (plan.stats.clone(), plan.clock);
                 tokio::spawn(async move {
                     let r = ack.await;
-                    lock(&stats).answered(intended, Instant::now(), r);
+                    let at = Instant::now();
+                    let mut stats = lock(&stats);
+                    if let Ok((p, _)) = &r {
+                        stats.acked_on(*p, at, &clock);
+                    }
+                    stats.answered(intended, at, r);
                     drop(slot);
                 });
             }
@@ -761,10 +829,11 @@ async fn drive(plan: Plan, rate: Option<f64>, producers: usize, max_in_flight: u
     let mut tasks = JoinSet::new();
     match rate {
         None => {
-            for _ in 0..producers {
+            for k in 0..producers {
                 let plan = plan.clone();
+                let pin = plan.pin.map(|partitions| (k % partitions as usize) as PartitionId);
                 tasks.spawn(async move {
-                    closed_loop(plan).await;
+                    closed_loop(plan, pin).await;
                     None
                 });
             }
@@ -857,6 +926,7 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(a.warmup_secs);
     let stats = Arc::new(Mutex::new(ProduceStats::new(measure_from)));
+    lock(&stats).gaps_over = a.ack_gaps_over_ms.map(Duration::from_millis);
     for mut c in e2e_consumers {
         let stats = stats.clone();
         tails.spawn(async move {
@@ -903,6 +973,7 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
         budget: a.records.unwrap_or(u64::MAX),
         issued: Arc::new(AtomicU64::new(0)),
         stats: stats.clone(),
+        pin: a.ack_gaps_over_ms.map(|_| partitions),
     };
     if output == Output::Text {
         println!("{}", produce_header(&a, partitions));
@@ -979,6 +1050,7 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
         node_cpu,
         bench_cpu_secs,
         per_second,
+        ack_gaps: a.ack_gaps_over_ms.map(|_| s.gaps.clone()),
         first_error: s.first_error.clone(),
     };
     drop(s);
@@ -1040,6 +1112,15 @@ fn produce_text(r: &ProduceReport) -> String {
         ));
     }
     out.push_str(&cpu_text(&r.node_cpu, r.bench_cpu_secs));
+    if let (Some(gaps), Some(over)) = (&r.ack_gaps, r.parameters.ack_gaps_over_ms) {
+        out.push_str(&format!("acknowledgement gaps over {over} ms: {}\n", gaps.len()));
+        for g in gaps {
+            out.push_str(&format!(
+                "  partition {}: {:.0} ms without an acknowledgement (unix ms {} to {})\n",
+                g.partition, g.ms, g.from_unix_ms, g.to_unix_ms
+            ));
+        }
+    }
     if r.errors + r.warmup.errors > 0 {
         out.push_str(&format!("errors: {} ({} in the warm-up)\n", r.errors + r.warmup.errors, r.warmup.errors));
     }

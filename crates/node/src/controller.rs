@@ -5,6 +5,7 @@
 //!    voters, every other node a learner, so each node holds the metadata log), and
 //!    drops removed nodes from it;
 //! 2. judges each node's lease from the metadata leader's replication acknowledgements
+//!    (and its own node-level heartbeats, which find a dead process at once: `peers`)
 //!    and records alive → suspected → dead (and back) in the log;
 //! 3. with auto-balance on, runs the placement planner and writes its actions: moves
 //!    (repair of dead nodes' replicas, drains, policy, replica balance) and preferred
@@ -49,10 +50,10 @@ pub(crate) async fn controller_loop<T: RaftTransport>(node: Node<T>) {
         }
         let since = *leader_since.get_or_insert_with(Instant::now);
         sync_metadata_members(&node).await;
-        // A new leader has no acknowledgements yet: judge leases only after one has run.
-        if since.elapsed() >= node.suspect_after() {
-            judge_leases(&node, since, &mut first_seen).await;
-        }
+        // A new leader has no acknowledgements yet: judge leases only after one has run
+        // (until then only the node-level heartbeats' verdict counts).
+        let leases_known = since.elapsed() >= node.suspect_after();
+        judge_leases(&node, since, leases_known, &mut first_seen).await;
         if node.config().auto_balance {
             let in_flight = node.with_metadata(|m| m.moves().len());
             let budget = node.config().max_concurrent_moves.saturating_sub(in_flight);
@@ -94,10 +95,12 @@ async fn sync_metadata_members<T: RaftTransport>(node: &Node<T>) {
 }
 
 /// Records each node's liveness from how long ago it last acknowledged the metadata
-/// leader (its lease).
+/// leader (its lease), once `leases_known`, and from this node's node-level heartbeats
+/// (a node refusing connections is suspected at once).
 async fn judge_leases<T: RaftTransport>(
     node: &Node<T>,
     leader_since: Instant,
+    leases_known: bool,
     first_seen: &mut BTreeMap<NodeId, Instant>,
 ) {
     let group = node.metadata_group();
@@ -123,7 +126,13 @@ async fn judge_leases<T: RaftTransport>(
                 _ => leader_since.max(first_seen[&b.id]).elapsed(),
             }
         };
-        let now = if age < suspect {
+        // A node refusing this leader's node-level heartbeats is suspected at once (its
+        // process is gone); silence alone waits for the lease.
+        let down = b.id != node.id() && node.peer_down(b.id);
+        let now = if !leases_known {
+            // Only the heartbeats' verdict, and only toward suspected.
+            if down && b.liveness == Liveness::Alive { Liveness::Suspected } else { b.liveness }
+        } else if age < suspect && !down {
             Liveness::Alive
         } else if age < dead {
             Liveness::Suspected

@@ -16,6 +16,7 @@ mod controller;
 pub mod groups;
 pub mod metrics;
 pub mod mover;
+mod peers;
 mod quiesce;
 mod reconciler;
 mod retention;
@@ -66,6 +67,8 @@ pub(crate) struct Inner<T: RaftTransport> {
     pub(crate) disk_full: RwLock<Option<String>>,
     /// When the consumer group coordinator last heard from each member.
     pub(crate) sessions: groups::Sessions,
+    /// The node-level heartbeats' judgement of each peer (`peers`).
+    pub(crate) peers: peers::PeerWatch,
 }
 
 /// A running node. Cheap to clone.
@@ -108,6 +111,7 @@ impl<T: RaftTransport> Node<T> {
                 metrics: metrics::Registry::default(),
                 disk_full: RwLock::new(None),
                 sessions: groups::Sessions::default(),
+                peers: peers::PeerWatch::default(),
             }),
             tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
@@ -119,6 +123,7 @@ impl<T: RaftTransport> Node<T> {
             tokio::spawn(reconciler::leadership_loop(node.clone())),
             tokio::spawn(retention::retention_loop(node.clone())),
             tokio::spawn(groups::session_loop(node.clone())),
+            tokio::spawn(peers::ping_loop(node.clone())),
         ];
         node.tasks.lock().expect("tasks poisoned").extend(tasks);
         tracing::info!(node = node.id(), addr = node.inner.config.advertised(), "node started");
@@ -191,6 +196,12 @@ impl<T: RaftTransport> Node<T> {
     /// leader and still be in sync (`mover::in_sync`).
     pub(crate) fn lag_time_max(&self) -> Duration {
         Duration::from_millis(self.config().replica_lag_time_max_ms)
+    }
+
+    /// Whether `peer`'s process is gone, as this node's own node-level heartbeats say
+    /// (connection refused: `peers`).
+    pub(crate) fn peer_down(&self, peer: NodeId) -> bool {
+        self.inner.peers.down(peer)
     }
 
     pub(crate) fn suspect_after(&self) -> Duration {

@@ -30,16 +30,21 @@ use crate::Node;
 use crate::quiesce::Quiescer;
 
 const TICK: Duration = Duration::from_millis(250);
+/// The tick while a hosted group's leader is gone (its take-over is staggered in steps
+/// of `WAKE_STAGGER`).
+const FAST_TICK: Duration = Duration::from_millis(50);
 /// A leader hands leadership to the preferred replica only after leading this long, so
 /// leadership does not bounce while a group settles.
 const LEAD_BEFORE_HANDOVER: Duration = Duration::from_secs(2);
 /// Woken elections go in rounds of this length; each live replica campaigns at most once
 /// a round.
-const WAKE_ROUND: Duration = Duration::from_secs(2);
+const WAKE_ROUND: Duration = Duration::from_secs(1);
 /// Within a round, replicas campaign this far apart, in preference order rotated by the
-/// round number: a replica whose log is behind (it cannot win, and its own vote blocks
-/// the others in its term) does not go first every round.
-const WAKE_STAGGER: Duration = Duration::from_millis(300);
+/// round number. A replica first asks the other live voters for their last log id and
+/// stands down for one that holds more (`Groups::take_over`): a candidate whose log is
+/// behind cannot win, and its own vote would block the others in its term. The
+/// rotation covers a voter that could not be asked.
+const WAKE_STAGGER: Duration = Duration::from_millis(100);
 /// A leadership transfer that has not happened this long after it started is retried
 /// toward another voter (a transfer normally completes within a few round trips).
 const TRANSFER_PATIENCE: Duration = Duration::from_secs(1);
@@ -98,9 +103,11 @@ pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
     };
     loop {
         tick(&node, &mut st).await;
+        let wait = if st.leader_gone_since.is_empty() { TICK } else { FAST_TICK };
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = applied.changed() => {}
+            _ = node.inner.peers.went_down.notified() => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -116,6 +123,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
     let me = node.id();
     let (hosted, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
     let mut throttled = BTreeSet::new();
+    let mut take_overs = vec![];
     for (id, assignment) in &hosted {
         let Some(group) = node.groups().get(*id) else { continue };
         if group.is_leader() {
@@ -133,7 +141,9 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
             st.quiescer.leader(&group, assignment, &brokers).await;
         } else {
             st.leading_since.remove(id);
-            wake_election(node, &group, assignment, &brokers, st).await;
+            if let Some(others) = wake_election(node, &group, assignment, &brokers, st) {
+                take_overs.push((group.clone(), others));
+            }
             // Whether the leader this replica knows still says it leads (its leadership
             // report): a leader replica that stopped (a failed disk) or restarted on a
             // live node says otherwise within a report.
@@ -141,6 +151,14 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
             st.quiescer.follower(me, &group, assignment, &brokers, claimed);
         }
     }
+    // The take-overs at once: each first asks the other voters for their logs.
+    let elections = take_overs.iter().map(|(group, others)| async move {
+        match node.groups().take_over(group, others).await {
+            Ok(()) => node.metrics().count_woken_election(),
+            Err(e) => tracing::info!(group = group.id(), error = %e, "not starting an election"),
+        }
+    });
+    futures::future::join_all(elections).await;
     st.quiescer.retain(&hosted.keys().copied().collect());
     st.leading_since.retain(|g, _| hosted.contains_key(g));
     st.elected_in.retain(|g, _| hosted.contains_key(g));
@@ -275,17 +293,20 @@ async fn retry_transfer(
     }
 }
 
-/// Starts an election when the leader this replica knows is on a node the metadata group
-/// marks suspected or dead, and this replica has not heard from it lately either. Live
-/// replicas campaign in preference order, staggered.
-async fn wake_election<T: RaftTransport>(
+/// Whether to start an election now, and if so the other live voters to ask first: when
+/// the leader this replica knows is on a node the metadata group marks suspected or dead
+/// and this replica has not heard from it lately either, or on a node refusing this
+/// node's heartbeats. Live replicas campaign in preference order, staggered.
+fn wake_election<T: RaftTransport>(
     node: &Node<T>,
     group: &Arc<Group>,
     p: &PartitionAssignment,
     brokers: &BTreeMap<NodeId, Broker>,
     st: &mut LoopState,
-) {
-    let gone = |n: &NodeId| !crate::quiesce::alive(brokers, *n);
+) -> Option<Vec<NodeId>> {
+    // Gone: suspected or dead in the metadata, or refusing connections to this node's
+    // own heartbeats (a dead process, known within milliseconds: `peers`).
+    let gone = |n: &NodeId| !crate::quiesce::alive(brokers, *n) || node.peer_down(*n);
     let leader = match group.leader() {
         Some(l) => {
             st.last_leader.insert(group.id(), l);
@@ -296,28 +317,27 @@ async fn wake_election<T: RaftTransport>(
     // The metadata leader's verdict must agree with this replica's own evidence: a
     // replica that heard from the leader within the suspicion window leaves it be (under
     // load a metadata heartbeat can be late while the partition group's traffic flows).
-    let heard_lately = group.since_last_append().is_some_and(|d| d < node.suspect_after());
+    // A leader whose node refuses connections sends nothing more, however lately heard.
+    let heard_lately = group.since_last_append().is_some_and(|d| d < node.suspect_after())
+        && !leader.is_some_and(|l| node.peer_down(l));
     if group.id() == METADATA_GROUP || heard_lately || leader.is_none_or(|l| l == node.id() || !gone(&l)) {
         st.leader_gone_since.remove(&group.id());
-        return;
+        return None;
     }
     let noticed = *st.leader_gone_since.entry(group.id()).or_insert_with(Instant::now);
     let voters = group.membership().voters();
     let live: Vec<NodeId> = p.desired().iter().copied().filter(|n| !gone(n) && voters.contains(n)).collect();
-    let Some(rank) = live.iter().position(|n| *n == node.id()) else { return };
+    let rank = live.iter().position(|n| *n == node.id())?;
     let elapsed = noticed.elapsed();
     let round = (elapsed.as_millis() / WAKE_ROUND.as_millis()) as u32;
     let turn = (rank + live.len() - round as usize % live.len()) % live.len();
     let into_round = elapsed - WAKE_ROUND * round;
     if into_round < WAKE_STAGGER * turn as u32 || st.elected_in.get(&group.id()) == Some(&round) {
-        return;
+        return None;
     }
     st.elected_in.insert(group.id(), round);
-    tracing::info!(group = group.id(), ?leader, "the leader's node is suspected: starting an election");
-    node.metrics().count_woken_election();
-    if let Err(e) = group.take_over().await {
-        tracing::debug!(group = group.id(), error = %e, "cannot start an election");
-    }
+    tracing::info!(group = group.id(), ?leader, "the leader's node is gone: taking over");
+    Some(live.iter().copied().filter(|n| *n != node.id()).collect())
 }
 
 #[cfg(test)]

@@ -587,6 +587,54 @@ async fn t43_every_node_names_every_partitions_leader() {
     shutdown(&nodes).await;
 }
 
+/// A node whose process is gone (stopped; every call to it refused) loses the
+/// leadership of its partitions at once, on its peers' own node-level heartbeats: with a
+/// lease of a minute and partition election timeouts of 8 s, a write to a partition it
+/// led is answered well within the election timeout, by a woken election (RFC 0006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t45_a_killed_nodes_partitions_are_taken_over_before_its_lease_runs_out() {
+    let Five { net, nodes, .. } = Five::start(|c| {
+        c.suspect_after_ms = 60_000;
+        c.dead_after_ms = 120_000;
+        c.partition_election_timeout_ms = 8_000;
+    })
+    .await;
+    let topic = create(&nodes, "t", 5).await;
+    for p in 0..5 {
+        produce(&nodes, "t", p, &["x"]).await;
+    }
+    // Node 5 is no controller: the metadata group keeps its leader.
+    let led_by_5: Vec<u32> = eventually("node 5 leads a partition once leaders are balanced", async || {
+        let led: Vec<u32> = topic
+            .partitions
+            .iter()
+            .filter(|p| nodes[4].groups().get(p.group).is_some_and(|g| g.is_leader()))
+            .map(|p| p.partition)
+            .collect();
+        (!led.is_empty()).then_some(led)
+    })
+    .await;
+    net.nodes.write().unwrap().remove(&5);
+    nodes[4].shutdown().await;
+    let live: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != 5).cloned().collect();
+    let started = tokio::time::Instant::now();
+    for p in &led_by_5 {
+        produce(&live, "t", *p, &["y"]).await;
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "partitions {led_by_5:?} took {took:?} to take a write again");
+    let woken: u64 = live.iter().map(|n| n.metrics().elections_woken()).sum();
+    assert!(woken >= 1, "the partitions node 5 led ({led_by_5:?}) were taken over on the heartbeats");
+    // And the metadata leader records it suspected without waiting for the lease.
+    eventually("node 5 recorded suspected", async || {
+        live.iter()
+            .all(|n| n.describe_cluster().brokers.iter().any(|b| b.id == 5 && b.state == "suspected"))
+            .then_some(())
+    })
+    .await;
+    shutdown(&live).await;
+}
+
 /// The backstop: a quiet group's leader whose node still reaches the metadata leader (so
 /// it is never suspected) but no longer reaches its followers. The followers, hearing no
 /// keepalive, start their own timers and elect a new leader.

@@ -65,6 +65,11 @@ pub(crate) enum RaftRpc {
     /// Asked of a group's leader by a node about to delete its replica: does the group
     /// still count that node as a member?
     Membership(NodeId),
+    /// Node-wide: the node-level heartbeat (`Groups::ping`), answered `Noted`.
+    Ping,
+    /// The last log id of the group's replica on the target, asked by a replica about to
+    /// take over from a dead leader (`Groups::take_over`).
+    LastLog,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,6 +92,8 @@ pub(crate) enum RaftReply {
         keeps: bool,
         leader: Option<NodeId>,
     },
+    /// The answer to `LastLog`.
+    LastLog(Option<openraft::alias::LogIdOf<TypeConfig>>),
 }
 
 /// Caps the rate of log data sent to replicas that are catching up during a partition
@@ -162,11 +169,32 @@ impl MoveThrottle {
 pub struct Router<T: RaftTransport> {
     transport: T,
     throttle: Arc<MoveThrottle>,
+    /// Notified whenever a call other than a ping fails outright
+    /// (`TransportError::Unreachable`), with the peers it failed to: the node-level
+    /// heartbeats probe them at once instead of at their next round.
+    refused: Arc<tokio::sync::Notify>,
+    refused_peers: Arc<std::sync::Mutex<BTreeSet<NodeId>>>,
 }
 
 impl<T: RaftTransport> Router<T> {
     pub fn new(transport: T) -> Router<T> {
-        Router { transport, throttle: Arc::new(MoveThrottle::new(limits::MOVE_BYTES_PER_SEC_DEFAULT)) }
+        Router {
+            transport,
+            throttle: Arc::new(MoveThrottle::new(limits::MOVE_BYTES_PER_SEC_DEFAULT)),
+            refused: Arc::new(tokio::sync::Notify::new()),
+            refused_peers: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+        }
+    }
+
+    /// Notified when a call to a peer failed outright (reset, refused, no route); the
+    /// peers are in `take_refused`.
+    pub fn refusals(&self) -> &Arc<tokio::sync::Notify> {
+        &self.refused
+    }
+
+    /// The peers a call failed to outright since the last time this was asked.
+    pub fn take_refused(&self) -> BTreeSet<NodeId> {
+        std::mem::take(&mut *self.refused_peers.lock().expect("refused peers poisoned"))
     }
 
     pub fn throttle(&self) -> &Arc<MoveThrottle> {
@@ -180,7 +208,16 @@ impl<T: RaftTransport> Router<T> {
         rpc: &RaftRpc,
         timeout: Duration,
     ) -> Result<RaftReply, TransportError> {
-        let bytes = self.transport.call(target, group, encode(rpc), timeout).await?;
+        let bytes = match self.transport.call(target, group, encode(rpc), timeout).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if matches!(e, TransportError::Unreachable(..)) && !matches!(rpc, RaftRpc::Ping) {
+                    self.refused_peers.lock().expect("refused peers poisoned").insert(target);
+                    self.refused.notify_one();
+                }
+                return Err(e);
+            }
+        };
         decode(&bytes, "raft reply").map_err(|e| TransportError::Unreachable(target, e.to_string()))
     }
 

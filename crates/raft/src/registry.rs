@@ -13,7 +13,7 @@ use openraft::error::{InitializeError, RaftError};
 use crate::config::GroupTimings;
 use crate::group::{Group, GroupKind};
 use crate::log_store::{LogStore, decode, destroy, encode, restore_from_tombstone};
-use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Router};
+use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Router, TransportError};
 use crate::state_machine::{GroupState, StateMachineStore};
 use crate::{Raft, TypeConfig};
 
@@ -243,6 +243,33 @@ impl<T: RaftTransport> Groups<T> {
         }
     }
 
+    /// The node-level heartbeat: whether `peer`'s node answers at all. `Ok` once it
+    /// answered (whatever it said); `Err(Unreachable)` when the call failed outright (no
+    /// connection: nothing listens at its address), `Err(Timeout)` when no answer came.
+    pub async fn ping(&self, peer: NodeId, timeout: std::time::Duration) -> Result<(), TransportError> {
+        self.router.call(peer, METADATA_GROUP, &RaftRpc::Ping, timeout).await.map(|_| ())
+    }
+
+    /// Starts an election for `group` at once (its leader's node is gone), unless one of
+    /// `others` (the other live voters) holds a longer log: that one is the replica
+    /// that can win, and a candidate behind it would only take the term it needs (a
+    /// replica refusing a vote for its shorter log does not move to the candidate's
+    /// term, so it would lose its own election in that term too). A voter that does
+    /// not answer in time is not waited for.
+    pub async fn take_over(&self, group: &Group, others: &[NodeId]) -> Result<(), String> {
+        let timeout = std::time::Duration::from_millis(200);
+        let mine = group.log.last_log_id().map_err(|e| e.to_string())?;
+        let asks = others.iter().map(|n| self.router.call(*n, group.id, &RaftRpc::LastLog, timeout));
+        for (n, answer) in others.iter().zip(futures::future::join_all(asks).await) {
+            if let Ok(RaftReply::LastLog(theirs)) = answer
+                && theirs > mine
+            {
+                return Err(format!("node {n} holds a longer log ({theirs:?} against {mine:?}): it goes first"));
+            }
+        }
+        group.take_over().await
+    }
+
     /// The partition groups this node leads, with their terms.
     pub fn leading(&self) -> Vec<(GroupId, u64)> {
         self.groups
@@ -268,6 +295,7 @@ impl<T: RaftTransport> Groups<T> {
                 self.reports.write().expect("reports lock poisoned").apply(from, &leading);
                 RaftReply::Noted
             }
+            Ok(RaftRpc::Ping) => RaftReply::Noted,
             Ok(rpc) => match self.get(group) {
                 None => RaftReply::Refused(format!("group {group} is not hosted on node {}", self.node)),
                 Some(g) => dispatch(&g, rpc).await,
@@ -311,11 +339,12 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
             Err(why) => RaftReply::Refused(why),
             Ok(()) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
         },
-        RaftRpc::Leading(_) => refused(&"a leadership report is node-wide"),
+        RaftRpc::Leading(_) | RaftRpc::Ping => refused(&"a node-wide message"),
         RaftRpc::Membership(node) => {
             let (leads, keeps) = g.keeps_member(node).await;
             RaftReply::Membership { leads, keeps, leader: g.leader() }
         }
+        RaftRpc::LastLog => g.log.last_log_id().map(RaftReply::LastLog).unwrap_or_else(|e| refused(&e)),
     }
 }
 

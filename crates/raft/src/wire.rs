@@ -137,6 +137,8 @@ pub fn sample_messages() -> Vec<Vec<u8>> {
         encode(&RaftRpc::TransferLeader(TransferLeaderRequest::new(vote, 2, Some(log_id_at(2, 4))))),
         encode(&RaftRpc::Write(produce)),
         encode(&RaftRpc::Leading(vec![(1, 3), (7, 2)])),
+        encode(&RaftRpc::Ping),
+        encode(&RaftRpc::LastLog),
     ]
 }
 
@@ -158,6 +160,7 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
         encode(&RaftReply::Write(Err(crate::WriteError::Timeout { group: 3 }))),
         encode(&RaftReply::Refused("group 3 is not hosted on node 2".into())),
         encode(&RaftReply::Noted),
+        encode(&RaftReply::LastLog(Some(log_id_at(2, 9)))),
     ]
 }
 

@@ -1,5 +1,8 @@
 //! The in-process harness: real `Node`s over an in-memory transport and `MemEngine`s.
-//! A node is cut off by making the transport refuse its traffic.
+//! A node or a link is cut off by making the transport drop its traffic (the call gets no
+//! answer: `TransportError::Timeout`, as a network partition looks); a node stopped and
+//! taken out of `LocalNet::nodes` refuses every call (`Unreachable`, as a killed
+//! process's closed port does).
 #![allow(dead_code)] // each test file uses part of it
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,7 +48,7 @@ impl RaftTransport for LocalTransport {
         let cut = self.net.cut.read().unwrap().clone();
         let link = (self.me.min(target), self.me.max(target));
         if cut.contains(&self.me) || cut.contains(&target) || self.net.cut_links.read().unwrap().contains(&link) {
-            return Err(TransportError::Unreachable(target, "cut".into()));
+            return Err(TransportError::Timeout(target));
         }
         if let Some(all) = self.net.drop_appends.read().unwrap().get(&(self.me, target)).copied()
             && flotilla_raft::wire::append_with_entries(&payload).is_some_and(|entries| all || !entries)

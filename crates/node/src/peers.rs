@@ -1,0 +1,180 @@
+//! Node-level heartbeats: a fast failure detector for dead processes. Every node pings
+//! every other registered node (one small message per pair, whatever the number of
+//! groups they share) and judges a peer **down** once `DOWN_AFTER_REFUSALS` pings in a
+//! row failed outright: the call could not even reach a process (the connection was
+//! reset or refused), which is what a node killed or crashed looks like within
+//! milliseconds. A ping that merely gets no answer in time proves nothing (a loaded node,
+//! a paused one, a lossy link) and changes nothing here: those are judged by the metadata
+//! leader's lease (`suspect-after-ms`), as before. So load cannot make a peer "down".
+//!
+//! A peer judged down counts as gone for the partition groups it leads
+//! (`mover::wake_election` starts the take-over at once instead of waiting for the lease)
+//! and, on the metadata leader, is recorded suspected. One answer clears the judgement.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flotilla_metadata::AdminState;
+use flotilla_raft::{RaftTransport, TransportError};
+use flotilla_types::NodeId;
+
+use crate::Node;
+
+/// How often each peer is pinged.
+pub(crate) const PING_EVERY: Duration = Duration::from_millis(200);
+/// How soon a peer whose last ping failed outright is pinged again (a reset connection
+/// fails once; the redial then tells whether anything listens).
+const RECHECK_AFTER: Duration = Duration::from_millis(20);
+/// How long a ping may wait for its answer (no answer changes no judgement).
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// Outright failures in a row that make a peer down.
+pub(crate) const DOWN_AFTER_REFUSALS: u32 = 2;
+
+/// What one ping found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ping {
+    /// The peer's process answered (whatever it said).
+    Answered,
+    /// The call failed without reaching a process: reset, refused, no route.
+    Refused,
+    /// No answer in time.
+    Silent,
+}
+
+impl Ping {
+    pub(crate) fn of(r: &Result<(), TransportError>) -> Ping {
+        match r {
+            Ok(()) => Ping::Answered,
+            Err(TransportError::Unreachable(..)) => Ping::Refused,
+            Err(TransportError::Timeout(_)) => Ping::Silent,
+        }
+    }
+}
+
+/// Outright failures in a row after one more ping (the pure judgement).
+pub(crate) fn refusals_after(refusals: u32, ping: Ping) -> u32 {
+    match ping {
+        Ping::Answered => 0,
+        Ping::Refused => refusals.saturating_add(1),
+        Ping::Silent => refusals,
+    }
+}
+
+/// What this node's pings say of each peer.
+#[derive(Default)]
+pub(crate) struct PeerWatch {
+    refusals: Mutex<BTreeMap<NodeId, u32>>,
+    /// Notified when a peer is newly judged down (the mover, its one waiter, acts at once).
+    pub(crate) went_down: tokio::sync::Notify,
+}
+
+impl PeerWatch {
+    /// Whether `peer`'s process is gone, as this node's own pings say.
+    pub(crate) fn down(&self, peer: NodeId) -> bool {
+        self.refusals.lock().expect("peer watch poisoned").get(&peer).is_some_and(|r| *r >= DOWN_AFTER_REFUSALS)
+    }
+
+    /// Records one round of pings; returns the peers newly judged down. Peers not in
+    /// `results` are forgotten (no longer registered).
+    fn record(&self, results: &[(NodeId, Ping)]) -> Vec<NodeId> {
+        let mut refusals = self.refusals.lock().expect("peer watch poisoned");
+        refusals.retain(|id, _| results.iter().any(|(p, _)| p == id));
+        let mut newly_down = vec![];
+        for (peer, ping) in results {
+            let before = refusals.get(peer).copied().unwrap_or(0);
+            let after = refusals_after(before, *ping);
+            if before < DOWN_AFTER_REFUSALS && after >= DOWN_AFTER_REFUSALS {
+                newly_down.push(*peer);
+            } else if before >= DOWN_AFTER_REFUSALS && after == 0 {
+                tracing::info!(peer, "node answers again");
+            }
+            refusals.insert(*peer, after);
+        }
+        newly_down
+    }
+
+    /// Whether any peer has failed outright but is not judged down yet (ping it again
+    /// soon).
+    fn undecided(&self) -> bool {
+        self.refusals.lock().expect("peer watch poisoned").values().any(|r| (1..DOWN_AFTER_REFUSALS).contains(r))
+    }
+}
+
+/// Pings every other registered node every `PING_EVERY`, sooner while one is undecided,
+/// and at once (at most every `RECHECK_AFTER`) when any of this node's calls to a peer
+/// failed outright: a killed node's connections are reset under every group's traffic
+/// within milliseconds, long before the next round.
+pub(crate) async fn ping_loop<T: RaftTransport>(node: Node<T>) {
+    let mut shutdown = node.shutdown_signal();
+    let refusals = node.groups().router().refusals().clone();
+    let mut next_round = tokio::time::Instant::now() + PING_EVERY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_round) => {}
+            _ = refusals.notified() => {
+                // Only news about a peer not yet judged down is worth a round now.
+                let refused = node.groups().router().take_refused();
+                if refused.iter().all(|p| node.peer_down(*p)) {
+                    continue;
+                }
+                tokio::time::sleep(RECHECK_AFTER).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+        let me = node.id();
+        let peers: Vec<NodeId> = node.with_metadata(|m| {
+            m.brokers().values().filter(|b| b.id != me && b.admin != AdminState::Removed).map(|b| b.id).collect()
+        });
+        let pings = peers.iter().map(|p| node.groups().ping(*p, PING_TIMEOUT));
+        let results: Vec<(NodeId, Ping)> =
+            peers.iter().copied().zip(futures::future::join_all(pings).await.iter().map(Ping::of)).collect();
+        let newly_down = node.inner.peers.record(&results);
+        if !newly_down.is_empty() {
+            tracing::warn!(peers = ?newly_down, "node-level heartbeat: connection refused, taken for down");
+            node.inner.peers.went_down.notify_one();
+            node.inner.controller_kick.notify_one();
+        }
+        let wait = if node.inner.peers.undecided() { RECHECK_AFTER } else { PING_EVERY };
+        next_round = tokio::time::Instant::now() + wait;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_outright_failures_in_a_row_make_a_peer_down_and_one_answer_clears_it() {
+        use Ping::*;
+        // (pings in order) → down at the end
+        let table: [(&[Ping], bool); 7] = [
+            (&[Refused], false),
+            (&[Refused, Refused], true),
+            (&[Refused, Silent, Refused], true), // silence neither counts nor clears
+            (&[Silent, Silent, Silent, Silent], false), // a loaded or paused node is never down here
+            (&[Refused, Answered, Refused], false),
+            (&[Refused, Refused, Answered], false),
+            (&[Refused, Refused, Refused, Silent], true),
+        ];
+        for (pings, want) in table {
+            let watch = PeerWatch::default();
+            for p in pings {
+                watch.record(&[(7, *p)]);
+            }
+            assert_eq!(watch.down(7), want, "{pings:?}");
+        }
+    }
+
+    #[test]
+    fn a_peer_is_reported_newly_down_once_and_forgotten_when_unregistered() {
+        let watch = PeerWatch::default();
+        assert!(watch.record(&[(2, Ping::Refused), (3, Ping::Answered)]).is_empty());
+        assert!(watch.undecided());
+        assert_eq!(watch.record(&[(2, Ping::Refused), (3, Ping::Answered)]), vec![2]);
+        assert!(watch.record(&[(2, Ping::Refused), (3, Ping::Answered)]).is_empty());
+        assert!(!watch.undecided());
+        watch.record(&[(3, Ping::Answered)]);
+        assert!(!watch.down(2));
+    }
+}
