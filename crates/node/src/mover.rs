@@ -30,9 +30,11 @@ use crate::Node;
 use crate::quiesce::Quiescer;
 
 const TICK: Duration = Duration::from_millis(250);
-/// The tick while a hosted group's leader is gone (its take-over is staggered in steps
-/// of `WAKE_STAGGER`).
+/// The tick for `FAST_FOR` after a hosted group's leader is found gone (its take-over is
+/// staggered in steps of `WAKE_STAGGER`). Not longer: a group that cannot elect (its
+/// other voters gone too) must not keep the node ticking fast through a long outage.
 const FAST_TICK: Duration = Duration::from_millis(50);
+const FAST_FOR: Duration = Duration::from_secs(3);
 /// A leader hands leadership to the preferred replica only after leading this long, so
 /// leadership does not bounce while a group settles.
 const LEAD_BEFORE_HANDOVER: Duration = Duration::from_secs(2);
@@ -103,7 +105,8 @@ pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
     };
     loop {
         tick(&node, &mut st).await;
-        let wait = if st.leader_gone_since.is_empty() { TICK } else { FAST_TICK };
+        let fast = st.leader_gone_since.values().any(|since| since.elapsed() < FAST_FOR);
+        let wait = if fast { FAST_TICK } else { TICK };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = applied.changed() => {}

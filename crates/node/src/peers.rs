@@ -122,9 +122,15 @@ pub(crate) async fn ping_loop<T: RaftTransport>(node: Node<T>) {
             }
             _ = shutdown.changed() => return,
         }
+        // Only peers whose address this node knows (the reconciler learns it from the
+        // metadata): a call that cannot be addressed proves nothing about the peer.
         let me = node.id();
         let peers: Vec<NodeId> = node.with_metadata(|m| {
-            m.brokers().values().filter(|b| b.id != me && b.admin != AdminState::Removed).map(|b| b.id).collect()
+            m.brokers()
+                .values()
+                .filter(|b| b.id != me && b.admin != AdminState::Removed && node.addresses().get(b.id).is_some())
+                .map(|b| b.id)
+                .collect()
         });
         let pings = peers.iter().map(|p| node.groups().ping(*p, PING_TIMEOUT));
         let results: Vec<(NodeId, Ping)> =
