@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use flotilla_metadata::{Labels, TopicPolicy};
 use flotilla_node::admin::Scenario;
-use flotilla_node::{Node, NodeConfig, TopicView};
+use flotilla_node::{Node, NodeConfig, PartitionView, TopicView};
 use flotilla_storage::MemEngine;
 use flotilla_types::{ErrorCode, GroupId, NodeId};
 
@@ -53,6 +53,11 @@ impl Five {
 /// once it knows a metadata leader.
 async fn create(nodes: &[Node<LocalTransport>], name: &str, partitions: u32) -> TopicView {
     eventually("create", async || nodes[0].create_topic(name, partitions, 3, TopicPolicy::default()).await.ok()).await
+}
+
+/// The partitions of `topic` whose replica on `n` leads.
+fn led_by<'t>(n: &Node<LocalTransport>, topic: &'t TopicView) -> Vec<&'t PartitionView> {
+    topic.partitions.iter().filter(|p| n.groups().get(p.group).is_some_and(|g| g.is_leader())).collect()
 }
 
 /// Waits until `group`'s leader has exactly `want` as voters.
@@ -347,12 +352,7 @@ async fn t36_a_suspected_leaders_groups_elect_without_waiting_for_their_timeout(
     }
     // Node 4 is no controller, so the metadata leader survives and judges its lease.
     let led_by_4: Vec<GroupId> = eventually("node 4 leads a partition once leaders are balanced", async || {
-        let led: Vec<GroupId> = topic
-            .partitions
-            .iter()
-            .filter(|p| nodes[3].groups().get(p.group).is_some_and(|g| g.is_leader()))
-            .map(|p| p.group)
-            .collect();
+        let led: Vec<GroupId> = led_by(&nodes[3], &topic).iter().map(|p| p.group).collect();
         (!led.is_empty()).then_some(led)
     })
     .await;
@@ -491,12 +491,7 @@ async fn t40_idle_groups_quiesce_and_node_liveness_wakes_them() {
     let (victim, led) = eventually("a partition leader that does not lead the metadata group", async || {
         let metadata_leader = nodes[0].controllers().leader?;
         nodes.iter().filter(|n| n.id() != metadata_leader).find_map(|n| {
-            let led: Vec<u32> = topic
-                .partitions
-                .iter()
-                .filter(|p| n.groups().get(p.group).is_some_and(|g| g.is_leader()))
-                .map(|p| p.partition)
-                .collect();
+            let led: Vec<u32> = led_by(n, &topic).iter().map(|p| p.partition).collect();
             (!led.is_empty()).then(|| (n.id(), led))
         })
     })
@@ -605,12 +600,7 @@ async fn t45_a_killed_nodes_partitions_are_taken_over_before_its_lease_runs_out(
     }
     // Node 5 is no controller: the metadata group keeps its leader.
     let led_by_5: Vec<u32> = eventually("node 5 leads a partition once leaders are balanced", async || {
-        let led: Vec<u32> = topic
-            .partitions
-            .iter()
-            .filter(|p| nodes[4].groups().get(p.group).is_some_and(|g| g.is_leader()))
-            .map(|p| p.partition)
-            .collect();
+        let led: Vec<u32> = led_by(&nodes[4], &topic).iter().map(|p| p.partition).collect();
         (!led.is_empty()).then_some(led)
     })
     .await;
