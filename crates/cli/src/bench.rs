@@ -159,8 +159,13 @@ pub struct BenchConsumeArgs {
     /// beginning), committing every 5 s, instead of one plain consumer per partition.
     #[arg(long, conflicts_with = "partition")]
     pub group: Option<String>,
-    /// With --group: this many members, in one process.
-    #[arg(long, default_value_t = 1, requires = "group")]
+    /// Read as members of this share group (a queue: each record to one member,
+    /// accepted when the next poll starts), from the beginning for partitions the group
+    /// never read.
+    #[arg(long, conflicts_with_all = ["partition", "group"])]
+    pub share_group: Option<String>,
+    /// With --group or --share-group: this many members, in one process.
+    #[arg(long, default_value_t = 1)]
     pub members: u32,
 }
 
@@ -1199,12 +1204,16 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
         bail!("--records, --duration-secs and --idle-secs must be at least 1");
     }
     let nodes = cluster_nodes(client).await;
-    if a.group.is_some() && a.members == 0 {
+    let grouped = a.group.is_some() || a.share_group.is_some();
+    if grouped && a.members == 0 {
         bail!("--members must be at least 1");
     }
-    // With --group and no amount: what the partitions hold now.
-    let group_end: u64 = match (&a.group, a.records, a.duration_secs) {
-        (Some(_), None, None) => {
+    if !grouped && a.members != 1 {
+        bail!("--members goes with --group or --share-group");
+    }
+    // With --group or --share-group and no amount: what the partitions hold now.
+    let group_end: u64 = match (grouped, a.records, a.duration_secs) {
+        (true, None, None) => {
             let mut total = 0;
             for &p in &partitions {
                 let (start, end) = client.list_offsets(&a.topic, p).await.map_err(one_line)?;
@@ -1215,7 +1224,7 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
         _ => u64::MAX,
     };
     let mut consumers = vec![];
-    for &p in partitions.iter().filter(|_| a.group.is_none()) {
+    for &p in partitions.iter().filter(|_| !grouped) {
         let c = consumer(client, &a.topic, p, StartAt::Beginning).await?;
         // Without --records or --duration-secs: up to the end stored now.
         let end = match (a.records, a.duration_secs) {
@@ -1230,9 +1239,10 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
             (None, Some(s)) => format!("duration={s}s"),
             (None, None) => "to the end".to_string(),
         };
-        let how = match &a.group {
-            Some(g) => format!("{} member(s) of group {g}, from its committed offsets", a.members),
-            None => "from the beginning".to_string(),
+        let how = match (&a.group, &a.share_group) {
+            (Some(g), _) => format!("{} member(s) of group {g}, from its committed offsets", a.members),
+            (_, Some(g)) => format!("{} member(s) of share group {g}", a.members),
+            _ => "from the beginning".to_string(),
         };
         println!("bench consume: topic={} partitions={} {how}, {amount}", a.topic, partitions.len());
     }
@@ -1273,6 +1283,34 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
                 loop {
                     if stopping.load(std::sync::atomic::Ordering::Relaxed) {
                         // Commit and leave, so that the group is free at once.
+                        let _ = member.close().await;
+                        return;
+                    }
+                    match member.poll(Duration::from_millis(500)).await {
+                        Ok(records) if records.is_empty() => {}
+                        Ok(records) => {
+                            let bytes: u64 = records.iter().map(|r| r.record.value.len() as u64).sum();
+                            lock(&stats).read(records.len() as u64, bytes);
+                        }
+                        Err(e) => lock(&stats).failed(&e),
+                    }
+                }
+            });
+        }
+    }
+    if let Some(group) = &a.share_group {
+        for _ in 0..a.members {
+            let config = flotilla_client::ShareGroupConfig {
+                client_id: "flotilla-bench".into(),
+                start: flotilla_client::OffsetReset::Earliest,
+                ..Default::default()
+            };
+            let mut member = client.share_consumer(group, &[a.topic.as_str()], config).await.map_err(one_line)?;
+            let (stats, stopping) = (stats.clone(), stopping.clone());
+            readers.spawn(async move {
+                loop {
+                    if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Accepts what was read and leaves.
                         let _ = member.close().await;
                         return;
                     }
@@ -1346,7 +1384,7 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
         }
     };
     let after = CpuSample::take(&nodes);
-    if a.group.is_some() {
+    if grouped {
         stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ =
             tokio::time::timeout(Duration::from_secs(5), async { while readers.join_next().await.is_some() {} }).await;

@@ -389,6 +389,24 @@ pub struct ConsumeArgs {
     /// exit). Without `-f`, stops once no record came for 3 s.
     #[arg(long, short = 'G', conflicts_with = "partition")]
     pub group: Option<String>,
+    /// Read as a member of this share group (a queue): records go to any member, each
+    /// printed record is accepted, and records of partitions the group never read start
+    /// at the end (`-o beginning` for the beginning). Without `-f`, stops once no record
+    /// came for 3 s.
+    #[arg(long, conflicts_with_all = ["partition", "group"])]
+    pub share_group: Option<String>,
+    /// With --share-group, when it creates the group: deliveries before a record goes to
+    /// the dead-letter topic (default 5).
+    #[arg(long, requires = "share_group")]
+    pub max_deliveries: Option<u32>,
+    /// With --share-group, when it creates the group: how long a member holds a record
+    /// before it is given to another (default 30000).
+    #[arg(long, requires = "share_group")]
+    pub lock_timeout_ms: Option<u32>,
+    /// With --share-group, when it creates the group: at most one record of a key in
+    /// flight in the group at a time, in offset order.
+    #[arg(long, requires = "share_group")]
+    pub key_ordered: bool,
 }
 
 /// Where `consume` starts in each partition (`-o`).
@@ -1317,6 +1335,9 @@ async fn consume(client: &Client, a: ConsumeArgs, output: Output) -> anyhow::Res
     };
     if a.group.is_some() {
         return crate::group_cmds::consume_group(client, a, format, output).await;
+    }
+    if a.share_group.is_some() {
+        return crate::group_cmds::consume_share(client, a, format, output).await;
     }
     let count = client.partition_count(&a.topic).await.map_err(one_line)?;
     let partitions: Vec<PartitionId> = match a.partition {

@@ -1,5 +1,5 @@
-//! `flotilla group ...` and `flotilla consume --group`: consumer groups from the command
-//! line (RFC 0005).
+//! `flotilla group ...`, `flotilla consume --group` and `--share-group`: consumer groups
+//! (RFC 0005) and share groups (RFC 0007) from the command line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use flotilla_client::{
-    Client, ConsumedRecord, GroupConfig, GroupInfo, Offset, OffsetReset, PartitionId, TopicPartition,
+    AckMode, Client, ConsumedRecord, GroupConfig, GroupInfo, Offset, OffsetReset, PartitionId, ShareGroupConfig,
+    ShareInfo, TopicPartition,
 };
 use serde::Serialize;
 
@@ -32,6 +33,35 @@ pub enum GroupCmd {
     /// Set a group's committed offsets, also while its members read: each member seeks
     /// to the new offsets at its next heartbeat (within about a second).
     ResetOffsets(ResetArgs),
+    /// A share group's dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+}
+
+#[derive(Subcommand)]
+pub enum DlqCmd {
+    /// Put dead-lettered records back into the topic they came from (same partition, key,
+    /// value and headers, without the dead-letter headers), from where the last replay
+    /// stopped: the position is kept as consumer group `<dead-letter topic>.replay`.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// The share group.
+    pub group: String,
+    /// The topic whose dead letters to replay.
+    #[arg(long)]
+    pub topic: String,
+    /// The dead-letter topic (default `<topic>.<group>.dlq`).
+    #[arg(long)]
+    pub dlq_topic: Option<String>,
+    /// Replay at most this many records.
+    #[arg(long, short = 'n')]
+    pub max: Option<u64>,
+    /// Print what would be replayed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]
@@ -105,11 +135,12 @@ pub async fn run(client: &Client, cmd: GroupCmd, output: Output) -> anyhow::Resu
             let groups = client.list_groups().await.map_err(one_line)?;
             show(output, &groups, || {
                 if groups.is_empty() {
-                    return "no consumer groups\n".into();
+                    return "no groups\n".into();
                 }
-                let mut s = format!("{:<30} {:>8} {:>8} {}\n", "GROUP", "MEMBERS", "EPOCH", "ASSIGNOR");
+                let mut s = format!("{:<30} {:<9} {:>8} {:>8} {}\n", "GROUP", "KIND", "MEMBERS", "EPOCH", "ASSIGNOR");
                 for g in &groups {
-                    s += &format!("{:<30} {:>8} {:>8} {}\n", g.name, g.members, g.epoch, g.assignor);
+                    let assignor = if g.assignor.is_empty() { "-" } else { &g.assignor };
+                    s += &format!("{:<30} {:<9} {:>8} {:>8} {}\n", g.name, g.kind, g.members, g.epoch, assignor);
                 }
                 s
             })
@@ -123,10 +154,14 @@ pub async fn run(client: &Client, cmd: GroupCmd, output: Output) -> anyhow::Resu
             show(output, &serde_json::json!({ "deleted_group": group }), || format!("deleted group {group}\n"))
         }
         GroupCmd::ResetOffsets(a) => reset(client, a, output).await,
+        GroupCmd::Dlq(DlqCmd::Replay(a)) => replay(client, a, output).await,
     }
 }
 
 fn describe_text(info: &GroupInfo) -> String {
+    if let Some(share) = &info.share {
+        return describe_share_text(info, share);
+    }
     let mut s = format!(
         "group {} (epoch {}, assignor {}, {} members)\n",
         info.group,
@@ -174,6 +209,116 @@ fn describe_text(info: &GroupInfo) -> String {
         );
     }
     s
+}
+
+fn describe_share_text(info: &GroupInfo, share: &ShareInfo) -> String {
+    let c = &share.config;
+    let mut s = format!(
+        "share group {} ({} members; max deliveries {}, lock timeout {} ms{}; {} accepted, {} dead-lettered)\n",
+        info.group,
+        info.members.len(),
+        c.max_deliveries,
+        c.lock_timeout_ms,
+        if c.key_ordered { ", key-ordered" } else { "" },
+        share.accepted,
+        share.dead_lettered
+    );
+    if !info.members.is_empty() {
+        s += &format!("\n{:<36} {:>8}  TOPICS\n", "MEMBER", "HEARD");
+        for m in &info.members {
+            s += &format!("{:<36} {:>6}ms  {}\n", m.member_id, m.heard_ms_ago, m.topics.join(","));
+        }
+    }
+    s += &format!(
+        "\n{:<24} {:>5} {:>10} {:>10} {:>14} {:>10} {:>6} {:>6} {:>6}\n",
+        "TOPIC", "PART", "START", "END", "HIGH-WATERMARK", "LAG", "HELD", "FREE", "DEAD"
+    );
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for p in &info.partitions {
+        let state = share.partitions.iter().find(|x| x.topic == p.topic && x.partition == p.partition);
+        s += &format!(
+            "{:<24} {:>5} {:>10} {:>10} {:>14} {:>10} {:>6} {:>6} {:>6}\n",
+            p.topic,
+            p.partition,
+            opt(state.map(|x| x.start)),
+            opt(state.map(|x| x.end)),
+            opt(p.high_watermark),
+            opt(p.lag),
+            state.map_or(0, |x| x.held),
+            state.map_or(0, |x| x.free),
+            state.map_or(0, |x| x.dead),
+        );
+    }
+    s
+}
+
+/// `flotilla group dlq replay`.
+async fn replay(client: &Client, a: ReplayArgs, output: Output) -> anyhow::Result<()> {
+    let dlq = a.dlq_topic.clone().unwrap_or_else(|| flotilla_client::dead_letter_topic(&a.topic, &a.group));
+    let position_group = format!("{dlq}.replay");
+    let partitions = client.partition_count(&dlq).await.map_err(one_line)?;
+    let source_partitions = client.partition_count(&a.topic).await.map_err(one_line)?;
+    let committed: BTreeMap<TopicPartition, Offset> = match client.describe_group(&position_group).await {
+        Ok(info) => {
+            info.partitions.iter().filter_map(|p| Some(((p.topic.clone(), p.partition), p.committed?))).collect()
+        }
+        Err(e) if e.code() == Some(flotilla_client::ErrorCode::UnknownGroup) => BTreeMap::new(),
+        Err(e) => return Err(one_line(e)),
+    };
+    let producer = client.producer(a.topic.clone(), flotilla_client::ProducerConfig::default());
+    let max = a.max.unwrap_or(u64::MAX);
+    let mut replayed = 0u64;
+    let mut per_partition = Vec::new();
+    for p in 0..partitions {
+        let (start, end) = client.list_offsets(&dlq, p).await.map_err(one_line)?;
+        let from = committed.get(&(dlq.clone(), p)).copied().unwrap_or(start).max(start);
+        let mut consumer = client.consumer(&dlq, p, flotilla_client::StartAt::Offset(from)).await.map_err(one_line)?;
+        let mut position = from;
+        while position < end && replayed < max {
+            let records = consumer.poll(Duration::from_millis(500)).await.map_err(one_line)?;
+            for r in records {
+                if r.offset >= end || replayed >= max {
+                    break;
+                }
+                if !a.dry_run {
+                    let source: Option<PartitionId> = r
+                        .record
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == flotilla_client::dlq_headers::PARTITION)
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+                        .filter(|p| *p < source_partitions);
+                    let mut record = r.record.clone();
+                    record.headers.retain(|(k, _)| !k.starts_with(flotilla_client::dlq_headers::PREFIX));
+                    record.timestamp_ms = 0;
+                    match source {
+                        Some(sp) => producer.send_to(sp, record).await.map(drop),
+                        None => producer.send(record).await.map(drop),
+                    }
+                    .map_err(one_line)
+                    .with_context(|| format!("replaying {dlq}/{p} offset {}", r.offset))?;
+                }
+                position = r.offset + 1;
+                replayed += 1;
+            }
+        }
+        if !a.dry_run && position > from {
+            client
+                .commit_offsets(&position_group, None, &[((dlq.clone(), p), position)])
+                .await
+                .map_err(one_line)
+                .context("recording where the replay stopped")?;
+        }
+        per_partition.push(serde_json::json!({ "partition": p, "from": from, "to": position }));
+    }
+    let json = serde_json::json!({
+        "group": a.group, "topic": a.topic, "dlq_topic": dlq, "replayed": replayed,
+        "dry_run": a.dry_run, "partitions": per_partition,
+    });
+    show(output, &json, || match a.dry_run {
+        true => format!("{replayed} records of {dlq} would be replayed into {} (dry run)\n", a.topic),
+        false => format!("replayed {replayed} records of {dlq} into {}\n", a.topic),
+    })
 }
 
 async fn reset(client: &Client, a: ResetArgs, output: Output) -> anyhow::Result<()> {
@@ -312,6 +457,86 @@ pub async fn consume_group(
     .await;
     let _ = out.flush();
     // Commits what was printed and leaves: the partitions go to the other members now.
+    let closed = member.close().await.map_err(one_line);
+    result.and(closed)
+}
+
+/// `flotilla consume TOPIC --share-group G`: every record printed is accepted.
+pub async fn consume_share(
+    client: &Client,
+    a: ConsumeArgs,
+    format: Option<Vec<Piece>>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let group = a.share_group.clone().expect("called with --share-group");
+    let start = match a.offset {
+        Some(StartSpec::Beginning) => OffsetReset::Earliest,
+        _ if a.from_beginning => OffsetReset::Earliest,
+        None | Some(StartSpec::End) => OffsetReset::Latest,
+        Some(_) => {
+            bail!("with --share-group, -o is only beginning or end (where partitions the group never read start)")
+        }
+    };
+    let mut group_config = flotilla_client::ShareConfig::default();
+    if let Some(n) = a.max_deliveries {
+        group_config.max_deliveries = n;
+    }
+    if let Some(ms) = a.lock_timeout_ms {
+        group_config.lock_timeout_ms = ms;
+    }
+    group_config.key_ordered = a.key_ordered;
+    let max = a.max.unwrap_or(u64::MAX);
+    let config = ShareGroupConfig {
+        client_id: "flotilla-cli".into(),
+        group: group_config,
+        start,
+        ack_mode: AckMode::Explicit,
+        max_records: max.clamp(1, 500) as u32,
+        ..ShareGroupConfig::default()
+    };
+    let mut member = client.share_consumer(&group, &[a.topic.as_str()], config).await.map_err(one_line)?;
+    let idle_exit = Duration::from_secs(3);
+    let mut idle_since = tokio::time::Instant::now();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result: anyhow::Result<()> = async {
+        'outer: while printed < max {
+            let records = tokio::select! {
+                r = member.poll(Duration::from_millis(500)) => r.map_err(one_line)?,
+                _ = tokio::signal::ctrl_c() => break,
+            };
+            if records.is_empty() {
+                if !a.follow && idle_since.elapsed() >= idle_exit {
+                    break;
+                }
+                continue;
+            }
+            idle_since = tokio::time::Instant::now();
+            for r in records {
+                if printed >= max {
+                    // Not printed: given back to the group at once.
+                    member.release(&r, "not printed (consume -n)");
+                    continue;
+                }
+                let c = ConsumedRecord { partition: r.partition, offset: r.offset, record: r.record.clone() };
+                if let Err(e) = write_record(&mut out, output, format.as_deref(), &a, &c) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        member.release(&r, "not printed (output closed)");
+                        break 'outer;
+                    }
+                    return Err(e).context("writing standard output");
+                }
+                member.accept(&r);
+                printed += 1;
+            }
+            out.flush().context("writing standard output")?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = out.flush();
+    // Sends the acknowledgements and leaves: what it still holds goes to others now.
     let closed = member.close().await.map_err(one_line);
     result.and(closed)
 }

@@ -307,7 +307,13 @@ impl Client {
             .await?;
         Ok(r.groups
             .into_iter()
-            .map(|g| GroupSummary { name: g.name, members: g.members, epoch: g.epoch, assignor: g.assignor })
+            .map(|g| GroupSummary {
+                name: g.name,
+                members: g.members,
+                epoch: g.epoch,
+                assignor: g.assignor,
+                kind: g.kind,
+            })
             .collect())
     }
 
@@ -345,8 +351,32 @@ impl Client {
             .collect();
         let owner: BTreeMap<TopicPartition, String> =
             members.iter().flat_map(|m| m.assigned.iter().map(|tp| (tp.clone(), m.member_id.clone()))).collect();
-        let committed: BTreeMap<TopicPartition, Offset> =
-            r.offsets.into_iter().map(|c| ((c.topic, c.partition), c.offset)).collect();
+        // A share group's partitions are done below their `start`: that is its
+        // committed offset.
+        let committed: BTreeMap<TopicPartition, Offset> = r
+            .offsets
+            .into_iter()
+            .map(|c| ((c.topic, c.partition), c.offset))
+            .chain(r.share_partitions.iter().map(|p| ((p.topic.clone(), p.partition), p.start)))
+            .collect();
+        let share = (r.kind == "share").then(|| ShareInfo {
+            config: r.share_config.and_then(|c| request::share_config(Some(c)).ok()).unwrap_or_default(),
+            accepted: r.accepted,
+            dead_lettered: r.dead_lettered,
+            partitions: r
+                .share_partitions
+                .iter()
+                .map(|p| SharePartitionInfo {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    start: p.start,
+                    end: p.end,
+                    held: p.held,
+                    free: p.free,
+                    dead: p.dead,
+                })
+                .collect(),
+        });
         // Every partition of the subscribed topics, and every partition with an offset.
         let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
         let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
@@ -375,7 +405,8 @@ impl Client {
                 lag_seconds,
             });
         }
-        Ok(GroupInfo { group: r.group, epoch: r.epoch, assignor: r.assignor, members, partitions: lags })
+        let kind = if r.kind.is_empty() { "consumer".to_string() } else { r.kind };
+        Ok(GroupInfo { group: r.group, kind, epoch: r.epoch, assignor: r.assignor, members, partitions: lags, share })
     }
 
     /// How far the first record not yet read (at `next`) is behind now, in seconds: 0 when
@@ -425,6 +456,8 @@ pub struct GroupSummary {
     pub members: u32,
     pub epoch: u64,
     pub assignor: String,
+    /// "consumer" or "share".
+    pub kind: String,
 }
 
 /// A member in [`GroupInfo`].
@@ -461,10 +494,39 @@ pub struct PartitionLag {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupInfo {
     pub group: String,
+    /// "consumer" or "share".
+    pub kind: String,
     pub epoch: u64,
     pub assignor: String,
     pub members: Vec<MemberInfo>,
+    /// For a share group, `committed` is the offset below which every record is done.
     pub partitions: Vec<PartitionLag>,
+    /// A share group's configuration and records in flight.
+    pub share: Option<ShareInfo>,
+}
+
+/// A share group's state in [`GroupInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShareInfo {
+    pub config: flotilla_types::group::ShareConfig,
+    /// Records accepted, and written to the dead-letter topic, since the group was created.
+    pub accepted: u64,
+    pub dead_lettered: u64,
+    pub partitions: Vec<SharePartitionInfo>,
+}
+
+/// One partition of a share group: every offset below `start` is done, offsets from
+/// `end` were never handed out; in between, records held by a member, free to be given
+/// (again), and dead (waiting for the dead-letter topic).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharePartitionInfo {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub start: Offset,
+    pub end: Offset,
+    pub held: u32,
+    pub free: u32,
+    pub dead: u32,
 }
 
 /// Offsets as the commit and reset requests carry them (no metadata).

@@ -73,6 +73,7 @@ mod group;
 mod metadata;
 pub mod partitioner;
 mod producer;
+mod share;
 
 pub use admin::{
     ActionKind, CatchUpInfo, ControllersInfo, MoveInfo, NodeLabels, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
@@ -82,13 +83,15 @@ pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
 pub use flotilla_types::Assignor;
+pub use flotilla_types::group::ShareConfig;
 pub use flotilla_types::{Acks, Compression, ErrorCode, NodeId, Offset, PartitionId, Record};
 pub use group::{
     AssignmentEvent, GroupConfig, GroupConsumer, GroupInfo, GroupRecord, GroupSummary, MemberInfo, PartitionLag,
-    TopicPartition,
+    ShareInfo, SharePartitionInfo, TopicPartition,
 };
 pub use metadata::{BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo, TopicSummary};
 pub use producer::{Ack, Producer};
+pub use share::{AckMode, AckOutcome, ShareConsumer, ShareGroupConfig, ShareRecord, dead_letter_topic, dlq_headers};
 
 /// Conveniences for building records.
 pub trait RecordExt {

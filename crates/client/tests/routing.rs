@@ -233,6 +233,24 @@ impl flotilla_server::Flotilla for Broker {
         Err(Status::unimplemented("commit_offsets: not scripted"))
     }
 
+    async fn share_heartbeat(
+        &self,
+        _req: Request<v1::ShareHeartbeatRequest>,
+    ) -> Result<Response<v1::ShareHeartbeatResponse>, Status> {
+        Err(Status::unimplemented("share_heartbeat: not scripted"))
+    }
+
+    async fn share_acquire(
+        &self,
+        _req: Request<v1::ShareAcquireRequest>,
+    ) -> Result<Response<v1::ShareAcquireResponse>, Status> {
+        Err(Status::unimplemented("share_acquire: not scripted"))
+    }
+
+    async fn share_ack(&self, _req: Request<v1::ShareAckRequest>) -> Result<Response<v1::ShareAckResponse>, Status> {
+        Err(Status::unimplemented("share_ack: not scripted"))
+    }
+
     async fn delete_records(
         &self,
         _req: Request<v1::DeleteRecordsRequest>,

@@ -4,6 +4,7 @@
 //! documents (`flotilla_types::limits`).
 
 use flotilla_metadata::groups::GroupOp;
+use flotilla_metadata::share::{AckKind as ShareAckKind, ShareConfig, ShareOp};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -181,6 +182,48 @@ fn t92_fuzz_client_and_admin_requests() {
                 }],
             }),
             checked::<v1::ResetOffsetsRequest, request::ResetOffsets>,
+        ),
+        (
+            "share_heartbeat",
+            enc(&v1::ShareHeartbeatRequest {
+                group: "workers".into(),
+                member_id: "cli-00ff".into(),
+                topics: vec!["orders".into()],
+                session_timeout_ms: 10_000,
+                config: Some(v1::ShareGroupConfig { max_deliveries: 3, lock_timeout_ms: 2_000, key_ordered: true }),
+                ..Default::default()
+            }),
+            checked::<v1::ShareHeartbeatRequest, request::ShareHeartbeat>,
+        ),
+        (
+            "share_acquire",
+            enc(&v1::ShareAcquireRequest {
+                group: "workers".into(),
+                member_id: "cli-00ff".into(),
+                topic: "orders".into(),
+                partition: 1,
+                log_start: 0,
+                from: 10,
+                to: 13,
+                records: vec![
+                    v1::FetchedRecord { offset: 10, has_key: true, key_hash: 7 },
+                    v1::FetchedRecord { offset: 12, has_key: false, key_hash: 0 },
+                ],
+                max_records: 100,
+            }),
+            checked::<v1::ShareAcquireRequest, request::ShareAcquire>,
+        ),
+        (
+            "share_ack",
+            enc(&v1::ShareAckRequest {
+                group: "workers".into(),
+                member_id: "cli-00ff".into(),
+                acks: vec![
+                    v1::ShareAck { topic: "orders".into(), partition: 1, offset: 10, r#type: 1, error: "".into() },
+                    v1::ShareAck { topic: "orders".into(), partition: 1, offset: 12, r#type: 3, error: "bad".into() },
+                ],
+            }),
+            checked::<v1::ShareAckRequest, request::ShareAcks>,
         ),
         (
             "describe_group",
@@ -403,7 +446,48 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
         base.apply(index, &join(m));
     }
     let group = |op: GroupOp| flotilla_metadata::Command::Group { name: "readers".into(), op };
+    // And a share group with one member holding records.
+    let share = |op: ShareOp| flotilla_metadata::Command::Share { name: "workers".into(), op };
+    let share_join = |member: &str| {
+        share(ShareOp::Join {
+            member: member.into(),
+            client: "fuzz".into(),
+            topics: ["orders".to_string()].into(),
+            session_timeout_ms: 10_000,
+            config: ShareConfig { max_deliveries: 2, lock_timeout_ms: 1_000, key_ordered: true },
+        })
+    };
+    let acquire = |member: &str, now_ms: u64| {
+        share(ShareOp::Acquire {
+            member: member.into(),
+            partition: ("orders".into(), 0),
+            now_ms,
+            log_start: 0,
+            from: 0,
+            to: 4,
+            records: vec![(0, Some(1)), (1, Some(2)), (2, Some(1)), (3, None)],
+            max: 10,
+        })
+    };
+    for c in [share_join("w1"), acquire("w1", 0)] {
+        let index = base.last_applied_index() + 1;
+        base.apply(index, &c);
+    }
     let commands = vec![
+        share_join("w2"),
+        acquire("w2", 5_000),
+        share(ShareOp::Ack {
+            member: "w1".into(),
+            now_ms: 10,
+            acks: vec![
+                (("orders".into(), 0), 0, ShareAckKind::Accept),
+                (("orders".into(), 0), 1, ShareAckKind::Reject { error: "bad".into() }),
+                (("orders".into(), 0), 3, ShareAckKind::Release { error: "later".into() }),
+                (("orders".into(), 0), 2, ShareAckKind::DeadLettered),
+            ],
+        }),
+        share(ShareOp::Leave { member: "w1".into(), reason: "fuzz".into() }),
+        share(ShareOp::Delete),
         join("m3"),
         group(GroupOp::Release { member: "m1".into(), partitions: vec![("orders".into(), 0), ("orders".into(), 1)] }),
         group(GroupOp::Leave { member: "m2".into(), reason: "fuzz".into() }),

@@ -12,6 +12,7 @@
 
 pub mod groups;
 pub mod placement;
+pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -231,6 +232,11 @@ pub enum Command {
         name: String,
         op: groups::GroupOp,
     },
+    /// A change to a share group (RFC 0007).
+    Share {
+        name: String,
+        op: share::ShareOp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +251,7 @@ pub enum Response {
         epoch: u16,
     },
     Group(groups::GroupResponse),
+    Share(share::ShareResponse),
     Error {
         code: ErrorCode,
         message: String,
@@ -271,6 +278,9 @@ pub struct MetadataState {
     named_producers: BTreeMap<String, (u64, u16)>,
     /// Consumer groups by name.
     groups: BTreeMap<String, groups::ConsumerGroup>,
+    /// Share groups by name (a name is a consumer group or a share group, not both).
+    #[serde(default)]
+    share_groups: BTreeMap<String, share::ShareGroup>,
 }
 
 impl Default for MetadataState {
@@ -283,6 +293,7 @@ impl Default for MetadataState {
             next_producer_id: 1,
             named_producers: BTreeMap::new(),
             groups: BTreeMap::new(),
+            share_groups: BTreeMap::new(),
         }
     }
 }
@@ -331,13 +342,26 @@ impl MetadataState {
                     for g in self.groups.values_mut() {
                         g.offsets.retain(|(t, _), _| t != name);
                     }
+                    share::forget_topic(&mut self.share_groups, name);
                     self.settle_groups();
                     Response::Ok
                 }
                 None => Response::error(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")),
             },
             Command::InitProducer { name } => self.init_producer(name.as_deref()),
-            Command::Group { name, op } => groups::apply(&mut self.groups, name, op, &self.topics, &self.brokers),
+            Command::Group { name, op } => {
+                if self.share_groups.contains_key(name) {
+                    return Response::error(
+                        ErrorCode::InvalidRequest,
+                        format!("'{name}' is a share group, not a consumer group"),
+                    );
+                }
+                groups::apply(&mut self.groups, name, op, &self.topics, &self.brokers)
+            }
+            Command::Share { name, op } => {
+                let consumer_groups = (self.groups.len(), self.groups.contains_key(name));
+                share::apply(&mut self.share_groups, name, op, consumer_groups, &self.topics)
+            }
             Command::SetLiveness { node, liveness } => match self.brokers.get_mut(node) {
                 Some(b) => {
                     b.liveness = *liveness;
@@ -433,6 +457,15 @@ impl MetadataState {
         for g in self.groups.values_mut() {
             groups::settle(g, &self.topics, &self.brokers);
         }
+    }
+
+    /// Share groups by name.
+    pub fn share_groups(&self) -> &BTreeMap<String, share::ShareGroup> {
+        &self.share_groups
+    }
+
+    pub fn share_group(&self, name: &str) -> Option<&share::ShareGroup> {
+        self.share_groups.get(name)
     }
 
     /// Consumer groups by name.

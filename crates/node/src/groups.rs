@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_metadata::groups::{ConsumerGroup, GroupOp, GroupResponse, Member, TopicPartition};
+use flotilla_metadata::share::ShareOp;
 use flotilla_metadata::{Command as MetaCommand, Response as MetaResponse};
 use flotilla_raft::RaftTransport;
 use flotilla_types::{ErrorCode, GroupHeartbeat as Heartbeat, Offset, limits};
@@ -56,22 +57,22 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    fn heard(&self, group: &str, member: &str) {
+    pub(crate) fn heard(&self, group: &str, member: &str) {
         self.heard.lock().expect("sessions poisoned").insert((group.to_string(), member.to_string()), Instant::now());
     }
 
-    fn forget(&self, group: &str, member: &str) {
+    pub(crate) fn forget(&self, group: &str, member: &str) {
         self.heard.lock().expect("sessions poisoned").remove(&(group.to_string(), member.to_string()));
     }
 
-    fn heard_ago(&self, group: &str, member: &str) -> Option<Duration> {
+    pub(crate) fn heard_ago(&self, group: &str, member: &str) -> Option<Duration> {
         let heard = self.heard.lock().expect("sessions poisoned");
         heard.get(&(group.to_string(), member.to_string())).map(|t| t.elapsed())
     }
 }
 
 impl<T: RaftTransport> Node<T> {
-    fn coordinating(&self) -> Result<(), ApiError> {
+    pub(crate) fn coordinating(&self) -> Result<(), ApiError> {
         let g = self.metadata_group();
         match g.is_leader() {
             true => Ok(()),
@@ -193,9 +194,12 @@ impl<T: RaftTransport> Node<T> {
         self.group_write(group, GroupOp::Reset { offsets }).await.map(drop)
     }
 
-    /// Deletes a group that has no members.
+    /// Deletes a group (consumer or share group) that has no members.
     pub async fn delete_group(&self, group: &str) -> Result<(), ApiError> {
         self.coordinating()?;
+        if self.delete_share_group(group).await? {
+            return Ok(());
+        }
         self.group_write(group, GroupOp::Delete).await.map(drop)
     }
 
@@ -233,7 +237,10 @@ pub(crate) async fn session_loop<T: RaftTransport>(node: Node<T>) {
     loop {
         // No timer while no group has members: a cluster without consumer groups pays
         // nothing for them.
-        let members = node.with_metadata(|m| m.groups().values().any(|g| !g.members.is_empty()));
+        let members = node.with_metadata(|m| {
+            m.groups().values().any(|g| !g.members.is_empty())
+                || m.share_groups().values().any(|g| !g.members.is_empty())
+        });
         tokio::select! {
             _ = tokio::time::sleep(SESSION_TICK), if members => {}
             r = applied.changed(), if !members => if r.is_err() { return },
@@ -245,12 +252,13 @@ pub(crate) async fn session_loop<T: RaftTransport>(node: Node<T>) {
             continue;
         }
         let members: Vec<(String, String, u32)> = node.with_metadata(|m| {
-            m.groups()
-                .iter()
-                .flat_map(|(g, group)| {
-                    group.members.iter().map(|(id, mem)| (g.clone(), id.clone(), mem.session_timeout_ms))
-                })
-                .collect()
+            let consumers = m.groups().iter().flat_map(|(g, group)| {
+                group.members.iter().map(|(id, mem)| (g.clone(), id.clone(), mem.session_timeout_ms))
+            });
+            let sharers = m.share_groups().iter().flat_map(|(g, group)| {
+                group.members.iter().map(|(id, mem)| (g.clone(), id.clone(), mem.session_timeout_ms))
+            });
+            consumers.chain(sharers).collect()
         });
         let mut expired = Vec::new();
         {
@@ -267,7 +275,12 @@ pub(crate) async fn session_loop<T: RaftTransport>(node: Node<T>) {
         for (group, member, timeout) in expired {
             let reason = format!("not heard from within its session timeout ({timeout} ms)");
             tracing::info!(group, member, reason, "evicting a group member");
-            match node.group_write(&group, GroupOp::Leave { member: member.clone(), reason }).await {
+            let share = node.with_metadata(|m| m.share_group(&group).is_some());
+            let written = match share {
+                true => node.share_write(&group, ShareOp::Leave { member: member.clone(), reason }).await,
+                false => node.group_write(&group, GroupOp::Leave { member: member.clone(), reason }).await,
+            };
+            match written {
                 Ok(_) => sessions.forget(&group, &member),
                 Err(e) => tracing::warn!(group, member, error = %e.message, "evicting a group member failed"),
             }

@@ -20,6 +20,7 @@ mod peers;
 mod quiesce;
 mod reconciler;
 mod retention;
+pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};

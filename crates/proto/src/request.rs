@@ -747,6 +747,144 @@ impl TryFrom<v1::DeleteGroupRequest> for GroupName {
     }
 }
 
+/// A share group member's heartbeat, checked: the plain data types live in `types`.
+pub use flotilla_types::group::{ShareAckKind, ShareAcks, ShareAcquire, ShareConfig, ShareHeartbeat};
+
+/// A share group's configuration from the wire: unset fields take their defaults.
+pub fn share_config(c: Option<v1::ShareGroupConfig>) -> Result<ShareConfig, v1::Error> {
+    let c = c.unwrap_or_default();
+    let d = ShareConfig::default();
+    let config = ShareConfig {
+        max_deliveries: if c.max_deliveries == 0 { d.max_deliveries } else { c.max_deliveries },
+        lock_timeout_ms: if c.lock_timeout_ms == 0 { d.lock_timeout_ms } else { c.lock_timeout_ms },
+        key_ordered: c.key_ordered,
+    };
+    config.check().map_err(invalid)?;
+    Ok(config)
+}
+
+/// A share group's configuration on the wire.
+pub fn share_config_to_wire(c: &ShareConfig) -> v1::ShareGroupConfig {
+    v1::ShareGroupConfig {
+        max_deliveries: c.max_deliveries,
+        lock_timeout_ms: c.lock_timeout_ms,
+        key_ordered: c.key_ordered,
+    }
+}
+
+impl TryFrom<v1::ShareHeartbeatRequest> for ShareHeartbeat {
+    type Error = v1::Error;
+    fn try_from(r: v1::ShareHeartbeatRequest) -> Result<ShareHeartbeat, v1::Error> {
+        let group = group_name(r.group)?;
+        let member = member_text("member id", r.member_id, false)?;
+        let client = member_text("client id", r.client_id, true)?;
+        if r.topics.len() > limits::GROUP_SUBSCRIPTION_TOPICS_MAX || (r.topics.is_empty() && !r.leave) {
+            return Err(invalid(format!(
+                "topics: {} given; a member subscribes to 1 to {}",
+                r.topics.len(),
+                limits::GROUP_SUBSCRIPTION_TOPICS_MAX
+            )));
+        }
+        let topics = r.topics.into_iter().map(topic_name).collect::<Result<BTreeSet<_>, _>>()?;
+        let session_timeout_ms = match r.session_timeout_ms {
+            0 => limits::SESSION_TIMEOUT_MS_DEFAULT,
+            ms if (limits::SESSION_TIMEOUT_MS_MIN..=limits::SESSION_TIMEOUT_MS_MAX).contains(&ms) => ms,
+            ms => {
+                return Err(invalid(format!(
+                    "session timeout {ms} ms is outside {}..={} ms",
+                    limits::SESSION_TIMEOUT_MS_MIN,
+                    limits::SESSION_TIMEOUT_MS_MAX
+                )));
+            }
+        };
+        let config = share_config(r.config)?;
+        Ok(ShareHeartbeat { group, member, leave: r.leave, topics, client, session_timeout_ms, config })
+    }
+}
+
+impl TryFrom<v1::ShareAcquireRequest> for ShareAcquire {
+    type Error = v1::Error;
+    fn try_from(r: v1::ShareAcquireRequest) -> Result<ShareAcquire, v1::Error> {
+        let group = group_name(r.group)?;
+        let member = member_text("member id", r.member_id, false)?;
+        let partition = (topic_name(r.topic)?, r.partition);
+        if r.from > r.to || r.log_start > r.from && !r.records.is_empty() {
+            return Err(invalid(format!(
+                "fetched range [{}, {}) with log start {} is not a range of the log",
+                r.from, r.to, r.log_start
+            )));
+        }
+        if r.records.len() > limits::SHARE_ACQUIRE_MAX || r.max_records as usize > limits::SHARE_ACQUIRE_MAX {
+            return Err(invalid(format!(
+                "{} records fetched, {} asked for; the limit is {}",
+                r.records.len(),
+                r.max_records,
+                limits::SHARE_ACQUIRE_MAX
+            )));
+        }
+        let mut records = Vec::with_capacity(r.records.len());
+        for f in r.records {
+            if f.offset < r.from || f.offset >= r.to || records.last().is_some_and(|(o, _)| *o >= f.offset) {
+                return Err(invalid(format!(
+                    "fetched offset {} is out of order or outside [{}, {})",
+                    f.offset, r.from, r.to
+                )));
+            }
+            records.push((f.offset, f.has_key.then_some(f.key_hash)));
+        }
+        let max = match r.max_records {
+            0 => limits::SHARE_ACQUIRE_MAX as u32,
+            n => n,
+        };
+        Ok(ShareAcquire { group, member, partition, log_start: r.log_start, from: r.from, to: r.to, records, max })
+    }
+}
+
+impl TryFrom<v1::ShareAckRequest> for ShareAcks {
+    type Error = v1::Error;
+    fn try_from(r: v1::ShareAckRequest) -> Result<ShareAcks, v1::Error> {
+        let group = group_name(r.group)?;
+        let member = member_text("member id", r.member_id, false)?;
+        if r.acks.is_empty() || r.acks.len() > limits::SHARE_ACKS_MAX {
+            return Err(invalid(format!(
+                "{} acknowledgements given; 1 to {} are allowed",
+                r.acks.len(),
+                limits::SHARE_ACKS_MAX
+            )));
+        }
+        let mut acks = Vec::with_capacity(r.acks.len());
+        for a in r.acks {
+            if a.error.len() > limits::SHARE_ERROR_BYTES_MAX {
+                return Err(invalid(format!(
+                    "an acknowledgement's error is {} bytes, the limit is {}",
+                    a.error.len(),
+                    limits::SHARE_ERROR_BYTES_MAX
+                )));
+            }
+            let kind = match v1::ShareAckType::try_from(a.r#type) {
+                Ok(v1::ShareAckType::ShareAckAccept) => ShareAckKind::Accept,
+                Ok(v1::ShareAckType::ShareAckRelease) => ShareAckKind::Release { error: a.error },
+                Ok(v1::ShareAckType::ShareAckReject) => ShareAckKind::Reject { error: a.error },
+                Ok(v1::ShareAckType::ShareAckDeadLettered) => ShareAckKind::DeadLettered,
+                _ => return Err(invalid(format!("acknowledgement type {} is not one of 1..=4", a.r#type))),
+            };
+            acks.push(((topic_name(a.topic)?, a.partition), a.offset, kind));
+        }
+        Ok(ShareAcks { group, member, acks })
+    }
+}
+
+/// An acknowledgement on the wire.
+pub fn share_ack_to_wire(tp: &(String, PartitionId), offset: Offset, kind: &ShareAckKind) -> v1::ShareAck {
+    let (t, error) = match kind {
+        ShareAckKind::Accept => (v1::ShareAckType::ShareAckAccept, String::new()),
+        ShareAckKind::Release { error } => (v1::ShareAckType::ShareAckRelease, error.clone()),
+        ShareAckKind::Reject { error } => (v1::ShareAckType::ShareAckReject, error.clone()),
+        ShareAckKind::DeadLettered => (v1::ShareAckType::ShareAckDeadLettered, String::new()),
+    };
+    v1::ShareAck { topic: tp.0.clone(), partition: tp.1, offset, r#type: t as i32, error }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

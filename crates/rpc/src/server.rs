@@ -83,6 +83,9 @@ answers!(
     v1::DescribeGroupResponse,
     v1::DeleteGroupResponse,
     v1::ResetOffsetsResponse,
+    v1::ShareHeartbeatResponse,
+    v1::ShareAcquireResponse,
+    v1::ShareAckResponse,
 );
 
 /// The outcome label of a request's latency: `ok` or the error code's name.
@@ -203,6 +206,65 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                         partition,
                         offset,
                         metadata: String::new(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn share_heartbeat(
+        &self,
+        req: Request<v1::ShareHeartbeatRequest>,
+    ) -> Result<Response<v1::ShareHeartbeatResponse>, Status> {
+        handle(&self.node, "share_heartbeat", req, |r: request::ShareHeartbeat| async move {
+            answer(self.node.share_heartbeat(r).await, |beat| v1::ShareHeartbeatResponse {
+                error: None,
+                heartbeat_interval_ms: beat.interval_ms,
+                config: Some(request::share_config_to_wire(&beat.config)),
+                redeliver: beat
+                    .redeliver
+                    .into_iter()
+                    .map(|((topic, partition), offset)| v1::ShareNext { topic, partition, offset })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn share_acquire(
+        &self,
+        req: Request<v1::ShareAcquireRequest>,
+    ) -> Result<Response<v1::ShareAcquireResponse>, Status> {
+        handle(&self.node, "share_acquire", req, |r: request::ShareAcquire| async move {
+            answer(self.node.share_acquire(r).await, |(granted, next)| v1::ShareAcquireResponse {
+                error: None,
+                granted: granted
+                    .into_iter()
+                    .map(|g| v1::ShareGrant {
+                        offset: g.offset,
+                        deliveries: g.deliveries,
+                        dead_letter: g.dead,
+                        error: g.error,
+                    })
+                    .collect(),
+                next_offset: next,
+            })
+        })
+        .await
+    }
+
+    async fn share_ack(&self, req: Request<v1::ShareAckRequest>) -> Result<Response<v1::ShareAckResponse>, Status> {
+        handle(&self.node, "share_ack", req, |r: request::ShareAcks| async move {
+            answer(self.node.share_ack(r).await, |refused| v1::ShareAckResponse {
+                error: None,
+                refused: refused
+                    .into_iter()
+                    .map(|((topic, partition), offset, reason)| v1::ShareAckRefusal {
+                        topic,
+                        partition,
+                        offset,
+                        reason,
                     })
                     .collect(),
             })
@@ -502,17 +564,27 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         _req: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
         let started = Instant::now();
-        let resp = answer(self.node.list_groups(), |groups| v1::ListGroupsResponse {
-            error: None,
-            groups: groups
+        let both = self.node.list_groups().and_then(|c| Ok((c, self.node.list_share_groups()?)));
+        let resp = answer(both, |(consumers, sharers)| {
+            let mut groups: Vec<v1::GroupSummary> = consumers
                 .into_iter()
                 .map(|(name, g)| v1::GroupSummary {
                     name,
                     members: g.members.len() as u32,
                     epoch: g.epoch,
                     assignor: g.assignor.name().to_string(),
+                    kind: "consumer".into(),
                 })
-                .collect(),
+                .chain(sharers.into_iter().map(|(name, g)| v1::GroupSummary {
+                    name,
+                    members: g.members.len() as u32,
+                    epoch: 0,
+                    assignor: String::new(),
+                    kind: "share".into(),
+                }))
+                .collect();
+            groups.sort_by(|a, b| a.name.cmp(&b.name));
+            v1::ListGroupsResponse { error: None, groups }
         });
         timed(&self.node, "list_groups", started, resp)
     }
@@ -522,6 +594,11 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         req: Request<v1::DescribeGroupRequest>,
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         handle(&self.node, "describe_group", req, |request::GroupName(name): request::GroupName| async move {
+            match self.node.describe_share_group(&name) {
+                Ok(Some((g, members))) => return describe_share_group(name, g, members),
+                Ok(None) => {}
+                Err(e) => return v1::DescribeGroupResponse::refused(convert::error(&e)),
+            }
             answer(self.node.describe_group(&name), |(g, members)| v1::DescribeGroupResponse {
                 error: None,
                 group: name.clone(),
@@ -551,6 +628,8 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
                         metadata: c.metadata,
                     })
                     .collect(),
+                kind: "consumer".into(),
+                ..Default::default()
             })
         })
         .await
@@ -574,6 +653,52 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
             answer(self.node.reset_offsets(&r.group, r.offsets).await, |()| v1::ResetOffsetsResponse::default())
         })
         .await
+    }
+}
+
+fn describe_share_group(
+    name: String,
+    g: flotilla_metadata::share::ShareGroup,
+    members: Vec<flotilla_node::groups::MemberView>,
+) -> v1::DescribeGroupResponse {
+    use flotilla_metadata::share::Lock;
+    v1::DescribeGroupResponse {
+        error: None,
+        group: name,
+        kind: "share".into(),
+        members: members
+            .into_iter()
+            .map(|m| v1::GroupMember {
+                member_id: m.id,
+                client_id: m.member.client,
+                topics: m.member.topics.into_iter().collect(),
+                session_timeout_ms: m.member.session_timeout_ms,
+                heard_ms_ago: m.heard_ago.map_or(0, |d| d.as_millis() as u64),
+                ..Default::default()
+            })
+            .collect(),
+        share_config: Some(request::share_config_to_wire(&g.config)),
+        share_partitions: g
+            .partitions
+            .into_iter()
+            .map(|((topic, partition), p)| {
+                let count = |f: &dyn Fn(&flotilla_metadata::share::Tracked) -> bool| {
+                    p.records.values().filter(|t| f(t)).count() as u32
+                };
+                v1::SharePartitionState {
+                    topic,
+                    partition,
+                    start: p.start,
+                    end: p.end,
+                    held: count(&|t| matches!(t.lock, Lock::Held { .. })),
+                    free: count(&|t| t.lock == Lock::Free && !t.dead),
+                    dead: count(&|t| t.dead),
+                }
+            })
+            .collect(),
+        accepted: g.accepted,
+        dead_lettered: g.dead_lettered,
+        ..Default::default()
     }
 }
 

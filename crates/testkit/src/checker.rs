@@ -15,8 +15,9 @@
 //! Layout: `ops` pairs invokes with completions; `values` checks what was written and read
 //! where (inconsistent offsets, duplicates, lost and unseen writes, unexpected and aborted
 //! reads); `order` checks orders (monotonic sends, contiguous batches, real-time order,
-//! high watermarks, poll continuity); `groups` checks consumer groups (item 9); `liveness`
-//! measures recovery; `replicas` compares replica logs.
+//! high watermarks, poll continuity); `groups` checks consumer groups (item 9); `share`
+//! checks share groups (each record accepted once or dead-lettered, key order);
+//! `liveness` measures recovery; `replicas` compares replica logs.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +31,7 @@ mod liveness;
 mod ops;
 mod order;
 mod replicas;
+pub mod share;
 mod values;
 
 #[cfg(test)]

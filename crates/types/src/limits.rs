@@ -173,6 +173,29 @@ pub const SESSION_TIMEOUT_MS_MAX: u32 = 300_000;
 /// How often a member heartbeats to its coordinator (the coordinator's answer says so).
 pub const GROUP_HEARTBEAT_MS: u32 = 1_000;
 
+/// Share groups (RFC 0007): records one share group tracks per partition at most (the
+/// in-flight window: acquired, waiting for redelivery, or waiting for the dead-letter
+/// topic). Past it no new records are acquired in the partition until some are done,
+/// as Kafka's `group.share.partition.max.record.locks`.
+pub const SHARE_RECORDS_MAX: usize = 2_000;
+/// Records one acquire names at most, and the most a member takes in one acquire.
+pub const SHARE_ACQUIRE_MAX: usize = 1_000;
+/// Acknowledgements one request carries at most.
+pub const SHARE_ACKS_MAX: usize = 10_000;
+/// The error text kept with a released or rejected record, in bytes.
+pub const SHARE_ERROR_BYTES_MAX: usize = 256;
+/// Deliveries of a record before it goes to the dead-letter topic: default and range.
+pub const SHARE_DELIVERIES_DEFAULT: u32 = 5;
+pub const SHARE_DELIVERIES_MAX: u32 = 100;
+/// How long a member holds a record it was given before the record is redelivered:
+/// default and range (Kafka's `group.share.record.lock.duration.ms` is 30 s).
+pub const SHARE_LOCK_MS_DEFAULT: u32 = 30_000;
+pub const SHARE_LOCK_MS_MIN: u32 = 200;
+pub const SHARE_LOCK_MS_MAX: u32 = 3_600_000;
+/// Share-group state (tracked records in every share group of the cluster) at most: it
+/// lives in the metadata snapshot, about 60 bytes a record.
+pub const SHARE_RECORDS_CLUSTER_MAX: usize = 50_000;
+
 /// Checks a consumer group's name (the topic-name rules); returns why it is refused.
 pub fn check_group_name(name: &str) -> Result<(), String> {
     check_topic_name(name).map_err(|e| e.replacen("topic name", "group name", 1))
