@@ -127,6 +127,18 @@ pub struct BenchProduceArgs {
     /// its end and counts, for each record, the time from its send to its arrival.
     #[arg(long)]
     pub e2e: bool,
+    /// With --e2e: the tailing consumers are members of this consumer group (started at
+    /// the end when the group has no offsets), so the latency includes the group's
+    /// assignment and fetch path.
+    #[arg(long, requires = "e2e", conflicts_with = "e2e_share_group")]
+    pub e2e_group: Option<String>,
+    /// With --e2e: the tailing consumers are members of this share group (started at the
+    /// end), so the latency includes acquiring each record at the coordinator.
+    #[arg(long, requires = "e2e")]
+    pub e2e_share_group: Option<String>,
+    /// With --e2e-group or --e2e-share-group: this many members.
+    #[arg(long, default_value_t = 1)]
+    pub e2e_members: u32,
     /// Measure unavailability: producer k sends to partition k mod the partition count
     /// (so every partition gets records all the time; use at least as many producers as
     /// partitions), and the report lists every interval longer than this between two
@@ -462,6 +474,12 @@ fn progress(output: Output, line: &str) {
         Output::Text => println!("{line}"),
         Output::Json => eprintln!("{line}"),
     }
+}
+
+/// An end-to-end consumer that is a group member.
+enum E2eMember {
+    Group(flotilla_client::GroupConsumer),
+    Share(flotilla_client::ShareConsumer),
 }
 
 /// What the producers and end-to-end consumers of `bench produce` have seen so far.
@@ -922,9 +940,31 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
     // The end-to-end consumers start at the end, before anything is sent.
     let mut tails = JoinSet::new();
     let mut e2e_consumers = vec![];
-    if a.e2e {
+    let e2e_members = a.e2e_group.is_some() || a.e2e_share_group.is_some();
+    if a.e2e && !e2e_members {
         for p in 0..partitions {
             e2e_consumers.push(consumer(client, &a.topic, p, StartAt::End).await?);
+        }
+    }
+    let mut members: Vec<E2eMember> = Vec::new();
+    for _ in 0..if e2e_members { a.e2e_members.max(1) } else { 0 } {
+        if let Some(g) = &a.e2e_group {
+            let config = flotilla_client::GroupConfig {
+                client_id: "flotilla-bench".into(),
+                auto_offset_reset: flotilla_client::OffsetReset::Latest,
+                ..Default::default()
+            };
+            members
+                .push(E2eMember::Group(client.group_consumer(g, &[a.topic.as_str()], config).await.map_err(one_line)?));
+        }
+        if let Some(g) = &a.e2e_share_group {
+            let config = flotilla_client::ShareGroupConfig {
+                client_id: "flotilla-bench".into(),
+                start: flotilla_client::OffsetReset::Latest,
+                ..Default::default()
+            };
+            members
+                .push(E2eMember::Share(client.share_consumer(g, &[a.topic.as_str()], config).await.map_err(one_line)?));
         }
     }
 
@@ -950,6 +990,36 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
                         }
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+
+    for mut m in members {
+        let stats = stats.clone();
+        tails.spawn(async move {
+            loop {
+                let polled = match &mut m {
+                    E2eMember::Group(g) => {
+                        g.poll(Duration::from_millis(500)).await.map(|rs| rs.into_iter().map(|r| r.record).collect())
+                    }
+                    E2eMember::Share(s) => {
+                        s.poll(Duration::from_millis(500)).await.map(|rs| rs.into_iter().map(|r| r.record).collect())
+                    }
+                };
+                let records: Vec<flotilla_client::Record> = match polled {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                let now_us = clock.micros(now);
+                let lat: Vec<u64> =
+                    records.iter().filter_map(sent_micros).map(|sent| now_us.saturating_sub(sent)).collect();
+                if !lat.is_empty() {
+                    lock(&stats).received(now, &lat);
                 }
             }
         });
