@@ -364,10 +364,15 @@ fn held_keys(group: &ShareGroup) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Frees a record whose holder let it go: dead once it was given `max` times.
+/// Frees a record whose holder let it go: dead once it was given `max` times. A dead
+/// record keeps the reason it died: a dead-letter task let go means its writer failed,
+/// not the record.
 fn free(t: &mut Tracked, max: u32, why: &str) {
     t.lock = Lock::Free;
-    if !t.dead && t.deliveries >= max {
+    if t.dead {
+        return;
+    }
+    if t.deliveries >= max {
         t.dead = true;
     }
     t.error = truncate(why);
@@ -580,6 +585,20 @@ mod tests {
             ));
         }
         assert_eq!((sp.start, sp.end, sp.records.len()), (4, 4, 0));
+    }
+
+    #[test]
+    fn a_dead_letter_task_that_times_out_keeps_the_reason_its_record_died() {
+        let c = config(false);
+        let mut sp = SharePartition::default();
+        let f = fetched(0, 1, |_| None);
+        take(&mut sp, &c, &BTreeSet::new(), "a", 0, 1, &f);
+        ack(&mut sp, 2, "a", 1, 0, &AckKind::Reject { error: "bad json".into() }).unwrap();
+        // b gets the dead-letter task and dies before acknowledging it.
+        let (g, _) = acquire(&mut sp, &c, BTreeSet::new(), "b", 2, 0, 0, 1, &f, 10);
+        assert!(g[0].dead);
+        let (g, _) = acquire(&mut sp, &c, BTreeSet::new(), "c", 2 + LOCK, 0, 0, 1, &f, 10);
+        assert_eq!(g, vec![Grant { offset: 0, deliveries: 1, dead: true, error: "bad json".into() }]);
     }
 
     #[test]
