@@ -45,6 +45,8 @@ async fn l80_retention_ms_of_30s_deletes_on_time_and_consumers_follow_their_rese
     let b = cluster.bootstrap();
     cli_ok(&b, &["topic", "create", "aged", "--partitions", "1", "--retention-ms", "30000"]).await;
     let producer = client.producer("aged", ProducerConfig::default());
+    // Every early record is stamped after this (the first send may wait for a leader).
+    let early_sent = Instant::now();
     eventually("a leader", Duration::from_secs(30), async || producer.send_to(0, Record::value("early0")).await).await;
     for i in 1..5 {
         producer.send_to(0, Record::value(format!("early{i}"))).await.expect("produce");
@@ -60,10 +62,18 @@ async fn l80_retention_ms_of_30s_deletes_on_time_and_consumers_follow_their_rese
         let (start, _) = client.list_offsets("aged", 0).await.expect("list offsets");
         let age = early_acked.elapsed();
         if start > 0 {
-            assert!(age >= Duration::from_secs(29), "deleted after {age:?}, before retention-ms");
-            assert_eq!(start, 5, "exactly the early records go");
-            println!("retention-ms 30000: the early records became unreadable {age:?} after their acknowledgement");
-            break;
+            let since_sent = early_sent.elapsed();
+            assert!(
+                since_sent >= Duration::from_secs(29),
+                "deleted {since_sent:?} after the first send, before retention-ms"
+            );
+            // Five records sent one after another may be stamped across two retention
+            // checks (under load): they may go in two steps, but no late record goes.
+            assert!(start <= 5, "a late record went too: log start {start}");
+            if start == 5 {
+                println!("retention-ms 30000: the early records became unreadable {age:?} after their acknowledgement");
+                break;
+            }
         }
         assert!(age < bound, "the early records are still there {age:?} after their acknowledgement");
         tokio::time::sleep(Duration::from_millis(100)).await;

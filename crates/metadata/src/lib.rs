@@ -251,11 +251,12 @@ pub enum Response {
         epoch: u16,
     },
     Group(groups::GroupResponse),
-    Share(share::ShareResponse),
     Error {
         code: ErrorCode,
         message: String,
     },
+    /// Last, so that the variants before keep the numbers older nodes encode them with.
+    Share(share::ShareResponse),
 }
 
 impl Response {
@@ -279,8 +280,37 @@ pub struct MetadataState {
     /// Consumer groups by name.
     groups: BTreeMap<String, groups::ConsumerGroup>,
     /// Share groups by name (a name is a consumer group or a share group, not both).
-    #[serde(default)]
+    /// Last: a snapshot written before it decodes through `MetadataStateV1`.
     share_groups: BTreeMap<String, share::ShareGroup>,
+}
+
+/// The metadata state as written before share groups existed. Snapshots are bincode,
+/// which keeps no field names, so a field added at the end is not defaulted when an older
+/// snapshot is read: such a snapshot decodes through this and converts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetadataStateV1 {
+    brokers: BTreeMap<NodeId, Broker>,
+    topics: BTreeMap<String, Topic>,
+    next_group: GroupId,
+    last_applied_index: u64,
+    next_producer_id: u64,
+    named_producers: BTreeMap<String, (u64, u16)>,
+    groups: BTreeMap<String, groups::ConsumerGroup>,
+}
+
+impl From<MetadataStateV1> for MetadataState {
+    fn from(v: MetadataStateV1) -> MetadataState {
+        MetadataState {
+            brokers: v.brokers,
+            topics: v.topics,
+            next_group: v.next_group,
+            last_applied_index: v.last_applied_index,
+            next_producer_id: v.next_producer_id,
+            named_producers: v.named_producers,
+            groups: v.groups,
+            share_groups: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for MetadataState {

@@ -58,6 +58,37 @@ struct Applied {
     state: GroupState,
 }
 
+/// `Applied` as written before share groups: its metadata state is `MetadataStateV1`.
+#[derive(Deserialize)]
+struct AppliedV1 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: GroupStateV1,
+}
+
+#[derive(Deserialize)]
+enum GroupStateV1 {
+    Metadata(flotilla_metadata::MetadataStateV1),
+    Partition(PartitionState),
+}
+
+/// Decodes an applied state or snapshot, of this version or the one before share groups
+/// (which differs only in the metadata state's last field). Bytes of one version never
+/// decode as the other: `decode` refuses trailing and missing bytes.
+fn decode_applied(bytes: &[u8], what: &str) -> io::Result<Applied> {
+    decode::<Applied>(bytes, what).or_else(|e| match decode::<AppliedV1>(bytes, what) {
+        Ok(v) => Ok(Applied {
+            last_applied: v.last_applied,
+            membership: v.membership,
+            state: match v.state {
+                GroupStateV1::Metadata(m) => GroupState::Metadata(m.into()),
+                GroupStateV1::Partition(p) => GroupState::Partition(p),
+            },
+        }),
+        Err(_) => Err(e),
+    })
+}
+
 /// A snapshot as kept in memory and under `keys::SNAPSHOT`.
 type Stored = (SnapshotMetaOf<TypeConfig>, Vec<u8>);
 
@@ -142,7 +173,9 @@ impl StateMachineStore {
         let snapshot: Option<Stored> = read(engine.as_ref(), &keys::meta(group, keys::SNAPSHOT), "snapshot")?;
         let applied = match &initial {
             GroupState::Partition(_) => read(engine.as_ref(), &keys::meta(group, keys::APPLIED), "applied state")?,
-            GroupState::Metadata(_) => snapshot.as_ref().map(|(_, data)| decode(data, "snapshot")).transpose()?,
+            GroupState::Metadata(_) => {
+                snapshot.as_ref().map(|(_, data)| decode_applied(data, "snapshot")).transpose()?
+            }
         };
         let applied = applied.unwrap_or(Applied { last_applied: None, membership: Default::default(), state: initial });
         let (applied_tx, _) = watch::channel(applied.last_applied.as_ref().map_or(0, |l| l.index));
@@ -154,7 +187,7 @@ impl StateMachineStore {
         };
         // A partition's snapshot is a few numbers: decoding it is cheap.
         let start = match (&snapshot, &shared.inner.read().expect("state lock poisoned").state) {
-            (Some((_, data)), GroupState::Partition(_)) => match decode::<Applied>(data, "snapshot")?.state {
+            (Some((_, data)), GroupState::Partition(_)) => match decode_applied(data, "snapshot")?.state {
                 GroupState::Partition(p) => p.high_watermark(),
                 GroupState::Metadata(_) => 0,
             },
@@ -231,7 +264,7 @@ impl StateMachineStore {
     fn producers_at(&self, to: flotilla_types::Offset) -> io::Result<ProducerTable> {
         let current = self.shared.snapshot.lock().expect("snapshot lock poisoned").as_ref().map(|(_, d)| d.clone());
         let mut table = match current {
-            Some(data) => match decode::<Applied>(&data, "snapshot")?.state {
+            Some(data) => match decode_applied(&data, "snapshot")?.state {
                 GroupState::Partition(p) => p.producers().clone(),
                 GroupState::Metadata(_) => unreachable!("a partition group"),
             },
@@ -415,7 +448,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let applied: Applied = decode(&data, "snapshot")?;
+        let applied = decode_applied(&data, "snapshot")?;
         if applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot contents disagree with its metadata"));
         }
@@ -518,13 +551,13 @@ pub(crate) mod stored {
 
     /// A stored applied state (`keys::APPLIED`).
     pub(crate) fn applied(bytes: &[u8]) -> io::Result<()> {
-        decode::<Applied>(bytes, "applied state").map(drop)
+        decode_applied(bytes, "applied state").map(drop)
     }
 
     /// A stored snapshot (`keys::SNAPSHOT`), metadata and data.
     pub(crate) fn snapshot(bytes: &[u8]) -> io::Result<()> {
         let (_, data): Stored = decode(bytes, "snapshot")?;
-        decode::<Applied>(&data, "snapshot data").map(drop)
+        decode_applied(&data, "snapshot data").map(drop)
     }
 
     /// Valid encodings: a partition's applied state, and a snapshot of it.
@@ -544,5 +577,38 @@ pub(crate) mod stored {
         let applied = Applied { last_applied: last, membership: membership.clone(), state: GroupState::Partition(p) };
         let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last, last_membership: membership };
         vec![encode(&applied), encode(&(meta, encode(&applied)))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metadata snapshot written before share groups (the same bytes without the
+    /// state's last field, an empty map's one byte) still opens, with its groups.
+    #[test]
+    fn a_metadata_snapshot_from_before_share_groups_decodes() {
+        let mut state = MetadataState::new();
+        let join = flotilla_metadata::Command::Group {
+            name: "readers".into(),
+            op: flotilla_metadata::groups::GroupOp::Commit {
+                member: None,
+                offsets: vec![(("orders".into(), 0), 7, "m".into())],
+            },
+        };
+        state.apply(1, &join);
+        let applied =
+            Applied { last_applied: None, membership: Default::default(), state: GroupState::Metadata(state) };
+        let now = encode(&applied);
+        assert_eq!(now.last(), Some(&0), "an empty map of share groups is one zero byte, last");
+        let before = &now[..now.len() - 1];
+        assert!(decode::<Applied>(before, "snapshot").is_err(), "the current shape does not read it");
+        let read = decode_applied(before, "snapshot").expect("read through the older shape");
+        match (read.state, applied.state) {
+            (GroupState::Metadata(r), GroupState::Metadata(a)) => assert_eq!(r, a),
+            _ => panic!("a metadata state"),
+        }
+        // And the current shape still reads itself.
+        assert!(decode_applied(&now, "snapshot").is_ok());
     }
 }
