@@ -644,6 +644,32 @@ fn offset_commits(list: Vec<v1::OffsetCommit>) -> Result<Vec<OffsetCommit>, v1::
     Ok(out)
 }
 
+/// A member's subscription (consumer or share group): 1..=`GROUP_SUBSCRIPTION_TOPICS_MAX`
+/// valid topic names (none when it leaves).
+fn subscription(topics: Vec<String>, leave: bool) -> Result<BTreeSet<String>, v1::Error> {
+    if topics.len() > limits::GROUP_SUBSCRIPTION_TOPICS_MAX || (topics.is_empty() && !leave) {
+        return Err(invalid(format!(
+            "topics: {} given; a member subscribes to 1 to {}",
+            topics.len(),
+            limits::GROUP_SUBSCRIPTION_TOPICS_MAX
+        )));
+    }
+    topics.into_iter().map(topic_name).collect()
+}
+
+/// A member's session timeout: 0 is the default, else within its range.
+fn session_timeout(ms: u32) -> Result<u32, v1::Error> {
+    match ms {
+        0 => Ok(limits::SESSION_TIMEOUT_MS_DEFAULT),
+        ms if (limits::SESSION_TIMEOUT_MS_MIN..=limits::SESSION_TIMEOUT_MS_MAX).contains(&ms) => Ok(ms),
+        ms => Err(invalid(format!(
+            "session timeout {ms} ms is outside {}..={} ms",
+            limits::SESSION_TIMEOUT_MS_MIN,
+            limits::SESSION_TIMEOUT_MS_MAX
+        ))),
+    }
+}
+
 /// A consumer group member's heartbeat, checked: the plain data type lives in `types`.
 pub use flotilla_types::GroupHeartbeat;
 
@@ -654,25 +680,8 @@ impl TryFrom<v1::GroupHeartbeatRequest> for GroupHeartbeat {
         let member = member_text("member id", r.member_id, false)?;
         let client = member_text("client id", r.client_id, true)?;
         let zone = label("zone", r.zone, true)?;
-        if r.topics.len() > limits::GROUP_SUBSCRIPTION_TOPICS_MAX || (r.topics.is_empty() && !r.leave) {
-            return Err(invalid(format!(
-                "topics: {} given; a member subscribes to 1 to {}",
-                r.topics.len(),
-                limits::GROUP_SUBSCRIPTION_TOPICS_MAX
-            )));
-        }
-        let topics = r.topics.into_iter().map(topic_name).collect::<Result<BTreeSet<_>, _>>()?;
-        let session_timeout_ms = match r.session_timeout_ms {
-            0 => limits::SESSION_TIMEOUT_MS_DEFAULT,
-            ms if (limits::SESSION_TIMEOUT_MS_MIN..=limits::SESSION_TIMEOUT_MS_MAX).contains(&ms) => ms,
-            ms => {
-                return Err(invalid(format!(
-                    "session timeout {ms} ms is outside {}..={} ms",
-                    limits::SESSION_TIMEOUT_MS_MIN,
-                    limits::SESSION_TIMEOUT_MS_MAX
-                )));
-            }
-        };
+        let topics = subscription(r.topics, r.leave)?;
+        let session_timeout_ms = session_timeout(r.session_timeout_ms)?;
         let assignor = match r.assignor.as_str() {
             "" => Assignor::default(),
             a => Assignor::parse(a).map_err(invalid)?,
@@ -778,25 +787,8 @@ impl TryFrom<v1::ShareHeartbeatRequest> for ShareHeartbeat {
         let group = group_name(r.group)?;
         let member = member_text("member id", r.member_id, false)?;
         let client = member_text("client id", r.client_id, true)?;
-        if r.topics.len() > limits::GROUP_SUBSCRIPTION_TOPICS_MAX || (r.topics.is_empty() && !r.leave) {
-            return Err(invalid(format!(
-                "topics: {} given; a member subscribes to 1 to {}",
-                r.topics.len(),
-                limits::GROUP_SUBSCRIPTION_TOPICS_MAX
-            )));
-        }
-        let topics = r.topics.into_iter().map(topic_name).collect::<Result<BTreeSet<_>, _>>()?;
-        let session_timeout_ms = match r.session_timeout_ms {
-            0 => limits::SESSION_TIMEOUT_MS_DEFAULT,
-            ms if (limits::SESSION_TIMEOUT_MS_MIN..=limits::SESSION_TIMEOUT_MS_MAX).contains(&ms) => ms,
-            ms => {
-                return Err(invalid(format!(
-                    "session timeout {ms} ms is outside {}..={} ms",
-                    limits::SESSION_TIMEOUT_MS_MIN,
-                    limits::SESSION_TIMEOUT_MS_MAX
-                )));
-            }
-        };
+        let topics = subscription(r.topics, r.leave)?;
+        let session_timeout_ms = session_timeout(r.session_timeout_ms)?;
         let config = share_config(r.config)?;
         Ok(ShareHeartbeat { group, member, leave: r.leave, topics, client, session_timeout_ms, config })
     }
