@@ -524,7 +524,7 @@ async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
     for value in ["b", "c", "d"] {
         all_quiet(&nodes, &topic).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let leader = leader_of(&nodes, group).expect("a leader");
+        let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
         leader.produce("t", 0, batch(&[value])).await.unwrap_or_else(|e| panic!("write {value} refused: {e}"));
     }
     assert_eq!(read_all(&nodes, "t", 0).await, vec!["a", "b", "c", "d"]);
@@ -538,7 +538,9 @@ async fn t42_a_quiet_leader_takes_a_write_after_its_lease_lapsed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t44_quiet_followers_elect_when_the_leader_replica_stops() {
     let (Five { nodes, .. }, _, group) = one_quiet_partition(|_| {}).await;
-    let leader = leader_of(&nodes, group).expect("a leader").id();
+    // Under load the first leader may still be handing over (the leader balancer): wait
+    // for one rather than expect it at once.
+    let leader = eventually("a leader", async || leader_of(&nodes, group).map(|n| n.id())).await;
     let started = tokio::time::Instant::now();
     nodes[leader as usize - 1].groups().remove(group).await.unwrap();
     let others: Vec<Node<LocalTransport>> = nodes.iter().filter(|n| n.id() != leader).cloned().collect();
@@ -701,7 +703,7 @@ async fn t90_replica_destroyed_only_outside_committed_membership() {
     // Past the unlisted-replica delay, node 4 still hosts the replica its group counts.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(nodes[3].groups().get(group).is_some(), "node 4 destroyed a replica its group still counts as a voter");
-    let leader = leader_of(&nodes, group).expect("a leader");
-    assert!(voters(leader, group).unwrap().contains(&4));
+    let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
+    assert!(voters(&leader, group).unwrap().contains(&4));
     shutdown(&nodes).await;
 }

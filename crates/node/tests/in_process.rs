@@ -38,14 +38,24 @@ async fn t10_topic_produce_fetch_and_failover() {
     // A fetch at the high watermark waits (long poll) and returns as soon as a record
     // is committed.
     let group = topic.partitions[0].group;
-    let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
-    let leader_node = nodes.iter().find(|n| n.id() == leader).unwrap().clone();
+    // The long poll goes to the partition's leader; should leadership move while it
+    // waits (a slow machine), the waiter follows it rather than failing the test.
     let waiter = {
-        let n = leader_node.clone();
+        let nodes = nodes.clone();
         tokio::spawn(async move {
             let t0 = std::time::Instant::now();
-            let f = n.fetch("t", 0, 3, 1 << 20, Duration::from_secs(10), false).await.unwrap();
-            (f, t0.elapsed())
+            loop {
+                assert!(t0.elapsed() < EVENTUALLY, "no leader answered the long poll");
+                let Some(leader) = leader_of(&nodes, group).cloned() else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                match leader.fetch("t", 0, 3, 1 << 20, Duration::from_secs(10), false).await {
+                    Ok(f) => return (f, t0.elapsed()),
+                    Err(e) if e.code == ErrorCode::NotLeader => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => panic!("long poll: {e}"),
+                }
+            }
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -55,7 +65,12 @@ async fn t10_topic_produce_fetch_and_failover() {
     assert_eq!(fetched.batches[0].base_offset, 3);
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "waited {waited:?}");
     // With nothing new, it answers empty once max_wait has passed.
-    let empty = leader_node.fetch("t", 0, 4, 1 << 20, Duration::from_millis(200), false).await.unwrap();
+    let (leader, empty) = eventually("an empty long poll", async || {
+        let leader = leader_of(&nodes, group)?;
+        let f = leader.fetch("t", 0, 4, 1 << 20, Duration::from_millis(200), false).await.ok()?;
+        Some((leader.id(), f))
+    })
+    .await;
     assert!(empty.batches.is_empty());
     assert_eq!(empty.high_watermark, 4);
 
