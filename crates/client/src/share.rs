@@ -135,6 +135,13 @@ pub struct ShareConsumer {
     dead_letters: BTreeMap<String, Producer>,
     /// Every acknowledgement refused so far.
     refused_total: u64,
+    /// The number of the member's last acquisition or acknowledgement request. A
+    /// request's retries keep its number, so the coordinator answers them as it answered
+    /// the first attempt instead of applying them again.
+    seq: u64,
+    /// The acknowledgement request whose outcome is unknown (its number and how many of
+    /// `pending` it carried): the next commit sends it again, unchanged.
+    unanswered: Option<(u64, usize)>,
 }
 
 impl std::fmt::Debug for ShareConsumer {
@@ -236,6 +243,8 @@ impl Client {
             turn: 0,
             dead_letters: BTreeMap::new(),
             refused_total: 0,
+            seq: 0,
+            unanswered: None,
         })
     }
 
@@ -260,8 +269,8 @@ impl Client {
     }
 
     async fn share_acquire(&self, req: v1::ShareAcquireRequest) -> Result<v1::ShareAcquireResponse> {
-        // A retry after an unknown outcome at worst leaves records locked to this member
-        // until the lock times out: safe.
+        // A retry after an unknown outcome carries the request's number: the coordinator
+        // answers it with what the first attempt granted.
         let kind = Kind::Write { retry_indeterminate: true };
         self.inner
             .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
@@ -276,8 +285,8 @@ impl Client {
     }
 
     async fn share_ack(&self, req: v1::ShareAckRequest) -> Result<v1::ShareAckResponse> {
-        // Acknowledging again what was applied is refused per record ("not in flight"),
-        // never applied twice.
+        // A retry carries the request's number: the coordinator answers it as the first
+        // attempt, never applies it twice.
         let kind = Kind::Write { retry_indeterminate: true };
         self.inner
             .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
@@ -307,6 +316,14 @@ fn lower(next: &Mutex<BTreeMap<TopicPartition, Offset>>, redeliver: Vec<(TopicPa
         let at = next.entry(tp).or_insert(o);
         *at = (*at).min(o);
     }
+}
+
+/// Records fetched from one partition, to acquire.
+struct ToAcquire {
+    partition: TopicPartition,
+    from: Offset,
+    log_start: Offset,
+    records: Vec<(Offset, Record)>,
 }
 
 /// What one partition's fetch brought.
@@ -370,12 +387,16 @@ impl ShareConsumer {
         }
         let mut outcome = AckOutcome::default();
         while !self.pending.is_empty() {
-            let n = self.pending.len().min(limits::SHARE_ACKS_MAX);
+            let (seq, n) = match self.unanswered.take() {
+                Some((seq, n)) if n <= self.pending.len() => (seq, n),
+                _ => (self.next_seq(), self.pending.len().min(limits::SHARE_ACKS_MAX)),
+            };
             let chunk: Vec<_> = self.pending[..n].to_vec();
             let req = v1::ShareAckRequest {
                 group: self.group.clone(),
                 member_id: self.member.clone(),
                 acks: chunk.iter().map(|(tp, o, k)| request::share_ack_to_wire(tp, *o, k)).collect(),
+                request_seq: seq,
             };
             match self.client.share_ack(req).await {
                 Ok(r) => {
@@ -390,10 +411,20 @@ impl ShareConsumer {
                     outcome.refused.extend(self.pending.drain(..).map(|(tp, o, _)| (tp, o, e.to_string())));
                     self.rejoin().await?;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Perhaps applied: the same request goes again, so that it is not
+                    // refused as a whole ("not in flight") for having been applied.
+                    self.unanswered = Some((seq, n));
+                    return Err(e);
+                }
             }
         }
         Ok(outcome)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
     }
 
     async fn rejoin(&mut self) -> Result<()> {
@@ -450,8 +481,15 @@ impl ShareConsumer {
             tokio::time::sleep(max_wait).await;
             return Ok(Vec::new());
         }
+        // The first pass asks every partition for what it has now and waits for every
+        // answer, so that a partition with records never loses to another; the passes
+        // after it long-poll, and the first answer with records ends the wait.
+        let mut first_pass = true;
         loop {
-            let wait = deadline.saturating_duration_since(Instant::now()).min(self.config.fetch_max_wait);
+            let wait = match first_pass {
+                true => Duration::ZERO,
+                false => deadline.saturating_duration_since(Instant::now()).min(self.config.fetch_max_wait),
+            };
             let mut fetches = JoinSet::new();
             let n = partitions.len();
             for i in 0..n {
@@ -470,10 +508,17 @@ impl ShareConsumer {
                 });
             }
             self.turn = (self.turn + 1) % n;
-            // The first partition with records wins; the others' fetches are dropped.
-            let mut out = Vec::new();
+            // In a long-poll pass, the first fetch with records and every other that has
+            // answered by then are acquired together; the fetches still waiting are
+            // dropped.
+            let mut ready = Vec::new();
             let mut first_error = None;
-            while let Some(done) = fetches.join_next().await {
+            loop {
+                let done = match ready.is_empty() || first_pass {
+                    true => fetches.join_next().await,
+                    false => fetches.try_join_next(),
+                };
+                let Some(done) = done else { break };
                 let Ok(f) = done else { continue };
                 if let Some(o) = f.reset_to {
                     // The records there are gone: the coordinator drops them at the next
@@ -481,23 +526,27 @@ impl ShareConsumer {
                     self.next.lock().expect("share positions poisoned").insert(f.partition.clone(), o);
                 }
                 match f.records {
-                    Ok(records) if records.is_empty() => continue,
+                    Ok(records) if records.is_empty() => {}
                     Ok(records) => {
-                        let got = self.acquire(f.partition, f.from, f.log_start, records).await;
-                        match got {
-                            Ok(mut records) => out.append(&mut records),
-                            Err(e) => first_error = first_error.or(Some(e)),
-                        }
-                        if !out.is_empty() {
-                            break;
-                        }
+                        ready.push(ToAcquire { partition: f.partition, from: f.from, log_start: f.log_start, records })
                     }
                     Err(e) => first_error = first_error.or(Some(e)),
                 }
             }
             drop(fetches);
+            // Rounds of acquisitions until some records are given: a round may find every
+            // record held by other members.
+            let mut out = Vec::new();
+            while out.is_empty() && !ready.is_empty() {
+                let (got, error) = self.acquire(&mut ready).await?;
+                out = got;
+                first_error = first_error.or(error);
+            }
             if !out.is_empty() {
                 return Ok(out);
+            }
+            if std::mem::take(&mut first_pass) && first_error.is_none() {
+                continue;
             }
             if Instant::now() >= deadline {
                 return match first_error {
@@ -512,66 +561,96 @@ impl ShareConsumer {
         }
     }
 
-    /// Asks the coordinator for fetched `records` of `tp`; writes the dead-letter tasks it
-    /// gives to the dead-letter topic and answers the records for the application.
-    async fn acquire(
-        &mut self,
-        tp: TopicPartition,
-        from: Offset,
-        log_start: Offset,
-        mut records: Vec<(Offset, Record)>,
-    ) -> Result<Vec<ShareRecord>> {
-        records.retain(|(o, _)| *o >= from);
-        records.truncate(limits::SHARE_ACQUIRE_MAX);
-        let Some(last) = records.last().map(|(o, _)| *o) else { return Ok(Vec::new()) };
-        let req = v1::ShareAcquireRequest {
-            group: self.group.clone(),
-            member_id: self.member.clone(),
-            topic: tp.0.clone(),
-            partition: tp.1,
-            log_start,
-            from,
-            to: last + 1,
-            records: records
-                .iter()
-                .map(|(o, r)| v1::FetchedRecord {
-                    offset: *o,
-                    has_key: r.key.is_some(),
-                    key_hash: r.key.as_deref().map_or(0, key_hash),
-                })
-                .collect(),
-            max_records: self.config.max_records,
-        };
-        let answer = match self.client.share_acquire(req).await {
-            Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
-                self.rejoin().await?;
-                return Ok(Vec::new());
-            }
-            other => other?,
-        };
-        self.next.lock().expect("share positions poisoned").insert(tp.clone(), answer.next_offset);
-        let by_offset: BTreeMap<Offset, Record> = records.into_iter().collect();
-        let mut out = Vec::new();
-        for g in answer.granted {
-            let Some(record) = by_offset.get(&g.offset) else { continue };
-            if g.dead_letter {
-                match self.dead_letter(&tp, g.offset, g.deliveries, &g.error, record.clone()).await {
-                    Ok(()) => self.pending.push((tp.clone(), g.offset, ShareAckKind::DeadLettered)),
-                    // Not acknowledged: the lock times out and another member tries.
-                    Err(e) => tracing::warn!(group = self.group, error = %e, "writing to the dead-letter topic failed"),
-                }
-                continue;
-            }
-            self.outstanding.insert((tp.clone(), g.offset));
-            out.push(ShareRecord {
+    /// Asks the coordinator for the records fetched from the first partitions of
+    /// `fetched`, as many partitions at once as `max_records` covers (at least one), and
+    /// removes those from `fetched`; writes the dead-letter tasks it gives to the
+    /// dead-letter topic, and answers the records for the application and the first
+    /// error.
+    async fn acquire(&mut self, fetched: &mut Vec<ToAcquire>) -> Result<(Vec<ShareRecord>, Option<ClientError>)> {
+        let mut budget = self.config.max_records as usize;
+        let mut asks = Vec::new();
+        while budget > 0 && !fetched.is_empty() {
+            let ToAcquire { partition: tp, from, log_start, mut records } = fetched.remove(0);
+            records.retain(|(o, _)| *o >= from);
+            records.truncate(limits::SHARE_ACQUIRE_MAX);
+            let Some(last) = records.last().map(|(o, _)| *o) else { continue };
+            // At most what was fetched, so that the partitions after it get the rest.
+            let max = records.len().min(budget);
+            budget -= max;
+            let req = v1::ShareAcquireRequest {
+                group: self.group.clone(),
+                member_id: self.member.clone(),
                 topic: tp.0.clone(),
                 partition: tp.1,
-                offset: g.offset,
-                record: record.clone(),
-                deliveries: g.deliveries,
-            });
+                log_start,
+                from,
+                to: last + 1,
+                records: records
+                    .iter()
+                    .map(|(o, r)| v1::FetchedRecord {
+                        offset: *o,
+                        has_key: r.key.is_some(),
+                        key_hash: r.key.as_deref().map_or(0, key_hash),
+                    })
+                    .collect(),
+                max_records: max as u32,
+                request_seq: self.next_seq(),
+            };
+            asks.push((tp, records, req));
         }
-        Ok(out)
+        let mut calls = JoinSet::new();
+        for (i, (_, _, req)) in asks.iter().enumerate() {
+            let (client, req) = (self.client.clone(), req.clone());
+            calls.spawn(async move { (i, client.share_acquire(req).await) });
+        }
+        let mut answers: Vec<Option<Result<v1::ShareAcquireResponse>>> = (0..asks.len()).map(|_| None).collect();
+        while let Some(done) = calls.join_next().await {
+            if let Ok((i, answer)) = done {
+                answers[i] = Some(answer);
+            }
+        }
+        let (mut out, mut first_error, mut rejoin) = (Vec::new(), None, false);
+        for ((tp, records, _), answer) in asks.into_iter().zip(answers) {
+            let answer = match answer {
+                Some(Ok(a)) => a,
+                Some(Err(e)) if e.code() == Some(ErrorCode::UnknownMember) => {
+                    rejoin = true;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    first_error = first_error.or(Some(e));
+                    continue;
+                }
+                None => continue,
+            };
+            self.next.lock().expect("share positions poisoned").insert(tp.clone(), answer.next_offset);
+            let by_offset: BTreeMap<Offset, Record> = records.into_iter().collect();
+            for g in answer.granted {
+                let Some(record) = by_offset.get(&g.offset) else { continue };
+                if g.dead_letter {
+                    match self.dead_letter(&tp, g.offset, g.deliveries, &g.error, record.clone()).await {
+                        Ok(()) => self.pending.push((tp.clone(), g.offset, ShareAckKind::DeadLettered)),
+                        // Not acknowledged: the lock times out and another member tries.
+                        Err(e) => {
+                            tracing::warn!(group = self.group, error = %e, "writing to the dead-letter topic failed")
+                        }
+                    }
+                    continue;
+                }
+                self.outstanding.insert((tp.clone(), g.offset));
+                out.push(ShareRecord {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset: g.offset,
+                    record: record.clone(),
+                    deliveries: g.deliveries,
+                });
+            }
+        }
+        if rejoin {
+            self.rejoin().await?;
+        }
+        Ok((out, first_error))
     }
 
     /// Writes one record to its dead-letter topic (created on first use), with headers

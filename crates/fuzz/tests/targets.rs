@@ -210,6 +210,7 @@ fn t92_fuzz_client_and_admin_requests() {
                     v1::FetchedRecord { offset: 12, has_key: false, key_hash: 0 },
                 ],
                 max_records: 100,
+                request_seq: 3,
             }),
             checked::<v1::ShareAcquireRequest, request::ShareAcquire>,
         ),
@@ -222,6 +223,7 @@ fn t92_fuzz_client_and_admin_requests() {
                     v1::ShareAck { topic: "orders".into(), partition: 1, offset: 10, r#type: 1, error: "".into() },
                     v1::ShareAck { topic: "orders".into(), partition: 1, offset: 12, r#type: 3, error: "bad".into() },
                 ],
+                request_seq: 4,
             }),
             checked::<v1::ShareAckRequest, request::ShareAcks>,
         ),
@@ -460,6 +462,7 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
     let acquire = |member: &str, now_ms: u64| {
         share(ShareOp::Acquire {
             member: member.into(),
+            seq: now_ms + 1,
             partition: ("orders".into(), 0),
             now_ms,
             log_start: 0,
@@ -478,6 +481,7 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
         acquire("w2", 5_000),
         share(ShareOp::Ack {
             member: "w1".into(),
+            seq: 7,
             now_ms: 10,
             acks: vec![
                 (("orders".into(), 0), 0, ShareAckKind::Accept),

@@ -31,6 +31,64 @@ pub struct ShareMember {
     pub client: String,
     pub topics: BTreeSet<String>,
     pub session_timeout_ms: u32,
+    /// The member's last acquisition and acknowledgement, kept so that a request the
+    /// client sends again after an unknown outcome (the same request number) is
+    /// answered as it was the first time instead of applied twice.
+    pub last_acquire: Option<LastAcquire>,
+    pub last_ack: Option<LastAck>,
+}
+
+/// A member's last acquisition: its request number, the partition, the offsets granted
+/// and where the member was told to fetch next. A retry is granted those of the offsets
+/// the member still holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastAcquire {
+    pub seq: u64,
+    pub partition: TopicPartition,
+    pub granted: Vec<Offset>,
+    pub next: Offset,
+}
+
+/// A member's last acknowledgement: its request number, how many acknowledgements it
+/// carried, and which of them (by position) were refused and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastAck {
+    pub seq: u64,
+    pub count: u32,
+    pub refused: Vec<(u32, Refusal)>,
+}
+
+/// Why an acknowledgement was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The group tracks nothing of the record's partition.
+    NoPartition,
+    /// Done already, or never given.
+    NotInFlight,
+    /// The member's lock ran out now; the record is given again.
+    LockTimedOut,
+    /// Another member holds it (this member's lock ran out earlier).
+    HeldByAnother,
+    /// Nobody holds it (this member's lock ran out earlier).
+    NotHeld,
+    /// A dead-letter task acknowledged with `Accept`.
+    AcceptedDeadLetterTask,
+    /// `DeadLettered` for a record that is not a dead-letter task.
+    NotDeadLetterTask,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NoPartition => "the group holds no record of the partition",
+            Refusal::NotInFlight => "not in flight (already done, or never given)",
+            Refusal::LockTimedOut => "the lock timed out; the record is given again",
+            Refusal::HeldByAnother => "held by another member (this member's lock timed out)",
+            Refusal::NotHeld => "not held (the lock timed out)",
+            Refusal::AcceptedDeadLetterTask => "a dead-letter task is acknowledged with DeadLettered",
+            Refusal::NotDeadLetterTask => "not a dead-letter task",
+        }
+    }
 }
 
 /// Who may have a tracked record now.
@@ -88,9 +146,12 @@ pub enum ShareOp {
     Leave { member: String, reason: String },
     /// The member fetched `records` (offset and key hash), every record of `[from, to)`
     /// that exists, and asks for at most `max` of them. `log_start` is the partition's
-    /// first offset: tracked records below it were deleted and are dropped.
+    /// first offset: tracked records below it were deleted and are dropped. `seq` numbers
+    /// the member's requests (0: not numbered); a request numbered as the member's last
+    /// acquisition is a retry and is answered as that was.
     Acquire {
         member: String,
+        seq: u64,
         partition: TopicPartition,
         now_ms: u64,
         log_start: Offset,
@@ -99,8 +160,8 @@ pub enum ShareOp {
         records: Vec<(Offset, Option<u64>)>,
         max: u32,
     },
-    /// Acknowledges records the member holds.
-    Ack { member: String, now_ms: u64, acks: Vec<(TopicPartition, Offset, AckKind)> },
+    /// Acknowledges records the member holds; `seq` as for `Acquire`.
+    Ack { member: String, seq: u64, now_ms: u64, acks: Vec<(TopicPartition, Offset, AckKind)> },
     /// Deletes a share group with no members.
     Delete,
 }
@@ -194,12 +255,16 @@ pub(crate) fn apply(
                     format!("group '{name}' has {} members, the limit", limits::GROUP_MEMBERS_MAX),
                 );
             }
+            let last = group.members.remove(member).map(|m| (m.last_acquire, m.last_ack));
+            let (last_acquire, last_ack) = last.unwrap_or_default();
             group.members.insert(
                 member.clone(),
                 ShareMember {
                     client: client.clone(),
                     topics: subscribed.clone(),
                     session_timeout_ms: *session_timeout_ms,
+                    last_acquire,
+                    last_ack,
                 },
             );
             Response::Ok
@@ -218,8 +283,11 @@ pub(crate) fn apply(
             }
             Response::Ok
         }
-        ShareOp::Acquire { member, partition, now_ms, log_start, from, to, records, max } => {
+        ShareOp::Acquire { member, seq, partition, now_ms, log_start, from, to, records, max } => {
             let Some(m) = group.members.get(member) else { return unknown_member(member) };
+            if let Some(last) = m.last_acquire.as_ref().filter(|l| *seq != 0 && l.seq == *seq) {
+                return Response::Share(again(group, member, last));
+            }
             let (topic, p) = partition;
             if !m.topics.contains(topic) {
                 return error(ErrorCode::InvalidRequest, format!("member '{member}' does not subscribe to '{topic}'"));
@@ -240,11 +308,31 @@ pub(crate) fn apply(
             });
             let (granted, next) =
                 acquire(sp, &config, key_held, member, *now_ms, *log_start, *from, *to, records, *max);
+            if *seq != 0 {
+                let last = LastAcquire {
+                    seq: *seq,
+                    partition: partition.clone(),
+                    granted: granted.iter().map(|g| g.offset).collect(),
+                    next,
+                };
+                group.members.get_mut(member).expect("checked above").last_acquire = Some(last);
+            }
             Response::Share(ShareResponse::Acquired { granted, next })
         }
-        ShareOp::Ack { member, now_ms, acks } => {
-            if !group.members.contains_key(member) {
-                return unknown_member(member);
+        ShareOp::Ack { member, seq, now_ms, acks } => {
+            let Some(m) = group.members.get(member) else { return unknown_member(member) };
+            if let Some(last) =
+                m.last_ack.as_ref().filter(|l| *seq != 0 && l.seq == *seq && l.count as usize == acks.len())
+            {
+                // A retry of what was applied: the same answer, nothing applied again.
+                let refused = last
+                    .refused
+                    .iter()
+                    .filter_map(|(i, why)| {
+                        acks.get(*i as usize).map(|(tp, o, _)| (tp.clone(), *o, why.reason().into()))
+                    })
+                    .collect();
+                return Response::Share(ShareResponse::Acked { refused });
             }
             if acks.len() > limits::SHARE_ACKS_MAX {
                 return error(
@@ -254,9 +342,9 @@ pub(crate) fn apply(
             }
             let mut refused = Vec::new();
             let max = group.config.max_deliveries;
-            for (tp, offset, kind) in acks {
+            for (i, (tp, offset, kind)) in acks.iter().enumerate() {
                 let Some(sp) = group.partitions.get_mut(tp) else {
-                    refused.push((tp.clone(), *offset, "the group holds no record of the partition".to_string()));
+                    refused.push((i as u32, Refusal::NoPartition));
                     continue;
                 };
                 match ack(sp, max, member, *now_ms, *offset, kind) {
@@ -265,10 +353,21 @@ pub(crate) fn apply(
                         Done::DeadLettered => group.dead_lettered += 1,
                     },
                     Ok(None) => {}
-                    Err(reason) => refused.push((tp.clone(), *offset, reason)),
+                    Err(why) => refused.push((i as u32, why)),
                 }
             }
-            Response::Share(ShareResponse::Acked { refused })
+            let answer = refused
+                .iter()
+                .map(|(i, why)| {
+                    let (tp, o, _) = &acks[*i as usize];
+                    (tp.clone(), *o, why.reason().to_string())
+                })
+                .collect();
+            if *seq != 0 {
+                let last = LastAck { seq: *seq, count: acks.len() as u32, refused };
+                group.members.get_mut(member).expect("checked above").last_ack = Some(last);
+            }
+            Response::Share(ShareResponse::Acked { refused: answer })
         }
         ShareOp::Delete => {
             if !group.members.is_empty() {
@@ -319,6 +418,22 @@ pub fn redeliverable(group: &ShareGroup, topics: &BTreeSet<String>, now_ms: u64)
         }
     }
     out
+}
+
+/// The answer to a retried acquisition: what the first attempt granted that `member`
+/// still holds, as it stands now, and where it was told to fetch next.
+fn again(group: &ShareGroup, member: &str, last: &LastAcquire) -> ShareResponse {
+    let held = |t: &&Tracked| matches!(&t.lock, Lock::Held { member: m, .. } if m == member);
+    let granted = match group.partitions.get(&last.partition) {
+        Some(sp) => last
+            .granted
+            .iter()
+            .filter_map(|o| sp.records.get(o).filter(held).map(|t| (o, t)))
+            .map(|(o, t)| Grant { offset: *o, deliveries: t.deliveries, dead: t.dead, error: t.error.clone() })
+            .collect(),
+        None => Vec::new(),
+    };
+    ShareResponse::Acquired { granted, next: last.next }
 }
 
 /// Drops the partitions of topics that no longer exist (a topic created again under the
@@ -494,24 +609,24 @@ fn ack(
     now_ms: u64,
     offset: Offset,
     kind: &AckKind,
-) -> Result<Option<Done>, String> {
+) -> Result<Option<Done>, Refusal> {
     let Some(t) = sp.records.get_mut(&offset) else {
-        return Err("not in flight (already done, or never given)".into());
+        return Err(Refusal::NotInFlight);
     };
     match &t.lock {
         Lock::Held { member: m, until_ms } if m == member => {
             if *until_ms <= now_ms {
                 let why = format!("not acknowledged within the lock timeout (delivery {})", t.deliveries);
                 free(t, max, &why);
-                return Err("the lock timed out; the record is given again".into());
+                return Err(Refusal::LockTimedOut);
             }
         }
-        Lock::Held { .. } => return Err("held by another member (this member's lock timed out)".into()),
-        Lock::Free => return Err("not held (the lock timed out)".into()),
+        Lock::Held { .. } => return Err(Refusal::HeldByAnother),
+        Lock::Free => return Err(Refusal::NotHeld),
     }
     let done = match kind {
-        AckKind::Accept if t.dead => return Err("a dead-letter task is acknowledged with DeadLettered".into()),
-        AckKind::DeadLettered if !t.dead => return Err("not a dead-letter task".into()),
+        AckKind::Accept if t.dead => return Err(Refusal::AcceptedDeadLetterTask),
+        AckKind::DeadLettered if !t.dead => return Err(Refusal::NotDeadLetterTask),
         AckKind::Accept => Some(Done::Accepted),
         AckKind::DeadLettered => Some(Done::DeadLettered),
         AckKind::Release { error } => {
@@ -696,6 +811,7 @@ mod tests {
         assert_eq!(apply(&mut groups, "q", &join("b"), cg, &topics), Response::Ok);
         let acquire = |m: &str| ShareOp::Acquire {
             member: m.into(),
+            seq: 0,
             partition: ("t".into(), 0),
             now_ms: 0,
             log_start: 0,
@@ -716,6 +832,77 @@ mod tests {
             Response::Error { code: ErrorCode::GroupNotEmpty, .. }
         ));
         assert!(matches!(apply(&mut groups, "q", &join("c"), (1, true), &topics), Response::Error { .. }));
+    }
+
+    /// Regression (share bench with 4 members): a client retries an acquisition or an
+    /// acknowledgement whose answer it lost. Applied twice, the retried acquisition
+    /// found the records held (by this very member) and granted none, so they sat
+    /// locked, never handed out, until the lock timed out; the retried acknowledgement
+    /// was refused "not in flight" as a whole. The request number makes both answer as
+    /// the first time.
+    #[test]
+    fn a_retried_acquisition_or_acknowledgement_is_answered_as_the_first_time() {
+        let mut groups = BTreeMap::new();
+        let partition =
+            crate::PartitionAssignment { partition: 0, group: 1, replicas: vec![1], epoch: 0, moving: None };
+        let topic =
+            Topic { name: "t".into(), replication_factor: 1, policy: Default::default(), partitions: vec![partition] };
+        let topics = BTreeMap::from([("t".to_string(), topic)]);
+        let cg = (0, false);
+        let join = ShareOp::Join {
+            member: "a".into(),
+            client: "c".into(),
+            topics: ["t".to_string()].into(),
+            session_timeout_ms: 10_000,
+            config: ShareConfig::default(),
+        };
+        assert_eq!(apply(&mut groups, "q", &join, cg, &topics), Response::Ok);
+        let acquire = |seq: u64| ShareOp::Acquire {
+            member: "a".into(),
+            seq,
+            partition: ("t".into(), 0),
+            now_ms: 0,
+            log_start: 0,
+            from: 0,
+            to: 3,
+            records: vec![(0, None), (1, None), (2, None)],
+            max: 2,
+        };
+        let granted = |r: Response| match r {
+            Response::Share(ShareResponse::Acquired { granted, next }) => {
+                (granted.iter().map(|g| (g.offset, g.deliveries)).collect::<Vec<_>>(), next)
+            }
+            other => panic!("{other:?}"),
+        };
+        let first = granted(apply(&mut groups, "q", &acquire(1), cg, &topics));
+        assert_eq!(first, (vec![(0, 1), (1, 1)], 2));
+        assert_eq!(granted(apply(&mut groups, "q", &acquire(1), cg, &topics)), first, "the retry");
+        // A new request is a new acquisition: 0 and 1 are held, 2 is given.
+        assert_eq!(granted(apply(&mut groups, "q", &acquire(2), cg, &topics)), (vec![(2, 1)], 3));
+        // The member rejoining (a changed subscription) keeps its request history.
+        assert_eq!(apply(&mut groups, "q", &join, cg, &topics), Response::Ok);
+        assert_eq!(granted(apply(&mut groups, "q", &acquire(2), cg, &topics)), (vec![(2, 1)], 3));
+
+        let tp = ("t".to_string(), 0);
+        let acks = |seq: u64| ShareOp::Ack {
+            member: "a".into(),
+            seq,
+            now_ms: 1,
+            acks: vec![(tp.clone(), 0, AckKind::Accept), (tp.clone(), 7, AckKind::Accept)],
+        };
+        let refused = |r: Response| match r {
+            Response::Share(ShareResponse::Acked { refused }) => {
+                refused.into_iter().map(|(_, o, why)| (o, why)).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        let not_in_flight = Refusal::NotInFlight.reason().to_string();
+        let first = refused(apply(&mut groups, "q", &acks(3), cg, &topics));
+        assert_eq!(first, vec![(7, not_in_flight.clone())]);
+        assert_eq!(refused(apply(&mut groups, "q", &acks(3), cg, &topics)), first, "the retry");
+        assert_eq!(groups["q"].accepted, 1, "accepted once");
+        // Unnumbered requests are applied each time.
+        assert_eq!(refused(apply(&mut groups, "q", &acks(0), cg, &topics)).len(), 2);
     }
 
     #[test]

@@ -83,6 +83,7 @@ impl<T: RaftTransport> Node<T> {
         self.coordinating()?;
         let op = ShareOp::Acquire {
             member: a.member.clone(),
+            seq: a.seq,
             partition: a.partition,
             now_ms: self.inner.clock.now_ms(),
             log_start: a.log_start,
@@ -103,7 +104,7 @@ impl<T: RaftTransport> Node<T> {
     /// Applies a member's acknowledgements; answers those refused.
     pub async fn share_ack(&self, a: ShareAcks) -> Result<Vec<Refused>, ApiError> {
         self.coordinating()?;
-        let op = ShareOp::Ack { member: a.member.clone(), now_ms: self.inner.clock.now_ms(), acks: a.acks };
+        let op = ShareOp::Ack { member: a.member.clone(), seq: a.seq, now_ms: self.inner.clock.now_ms(), acks: a.acks };
         match self.share_write(&a.group, op).await? {
             MetaResponse::Share(ShareResponse::Acked { refused }) => {
                 self.inner.sessions.heard(&a.group, &a.member);

@@ -828,7 +828,17 @@ impl TryFrom<v1::ShareAcquireRequest> for ShareAcquire {
             0 => limits::SHARE_ACQUIRE_MAX as u32,
             n => n,
         };
-        Ok(ShareAcquire { group, member, partition, log_start: r.log_start, from: r.from, to: r.to, records, max })
+        Ok(ShareAcquire {
+            group,
+            member,
+            seq: r.request_seq,
+            partition,
+            log_start: r.log_start,
+            from: r.from,
+            to: r.to,
+            records,
+            max,
+        })
     }
 }
 
@@ -862,7 +872,7 @@ impl TryFrom<v1::ShareAckRequest> for ShareAcks {
             };
             acks.push(((topic_name(a.topic)?, a.partition), a.offset, kind));
         }
-        Ok(ShareAcks { group, member, acks })
+        Ok(ShareAcks { group, member, seq: r.request_seq, acks })
     }
 }
 

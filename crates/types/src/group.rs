@@ -82,6 +82,9 @@ pub struct ShareHeartbeat {
 pub struct ShareAcquire {
     pub group: String,
     pub member: String,
+    /// Numbers the member's requests (0: not numbered); a retry carries its first
+    /// attempt's number and is answered as that was.
+    pub seq: u64,
     pub partition: (String, PartitionId),
     pub log_start: Offset,
     pub from: Offset,
@@ -110,6 +113,8 @@ pub enum ShareAckKind {
 pub struct ShareAcks {
     pub group: String,
     pub member: String,
+    /// As [`ShareAcquire::seq`].
+    pub seq: u64,
     pub acks: Vec<((String, PartitionId), Offset, ShareAckKind)>,
 }
 
