@@ -31,16 +31,18 @@ pub struct ShareMember {
     pub client: String,
     pub topics: BTreeSet<String>,
     pub session_timeout_ms: u32,
-    /// The member's last acquisition and acknowledgement, kept so that a request the
-    /// client sends again after an unknown outcome (the same request number) is
-    /// answered as it was the first time instead of applied twice.
-    pub last_acquire: Option<LastAcquire>,
+    /// The member's latest acquisitions (oldest first; bounded by
+    /// `limits::SHARE_REMEMBERED_ACQUIRES` and `SHARE_ACQUIRE_MAX` offsets in all) and
+    /// its last acknowledgement, kept so that a request the client sends again after an
+    /// unknown outcome (the same request number) is answered as it was the first time
+    /// instead of applied twice.
+    pub recent_acquires: Vec<LastAcquire>,
     pub last_ack: Option<LastAck>,
 }
 
-/// A member's last acquisition: its request number, the partition, the offsets granted
-/// and where the member was told to fetch next. A retry is granted those of the offsets
-/// the member still holds.
+/// One of a member's latest acquisitions: its request number, the partition, the
+/// offsets granted and where the member was told to fetch next. A retry is granted those
+/// of the offsets the member still holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastAcquire {
     pub seq: u64,
@@ -255,15 +257,15 @@ pub(crate) fn apply(
                     format!("group '{name}' has {} members, the limit", limits::GROUP_MEMBERS_MAX),
                 );
             }
-            let last = group.members.remove(member).map(|m| (m.last_acquire, m.last_ack));
-            let (last_acquire, last_ack) = last.unwrap_or_default();
+            let last = group.members.remove(member).map(|m| (m.recent_acquires, m.last_ack));
+            let (recent_acquires, last_ack) = last.unwrap_or_default();
             group.members.insert(
                 member.clone(),
                 ShareMember {
                     client: client.clone(),
                     topics: subscribed.clone(),
                     session_timeout_ms: *session_timeout_ms,
-                    last_acquire,
+                    recent_acquires,
                     last_ack,
                 },
             );
@@ -285,7 +287,9 @@ pub(crate) fn apply(
         }
         ShareOp::Acquire { member, seq, partition, now_ms, log_start, from, to, records, max } => {
             let Some(m) = group.members.get(member) else { return unknown_member(member) };
-            if let Some(last) = m.last_acquire.as_ref().filter(|l| *seq != 0 && l.seq == *seq) {
+            if let Some(last) =
+                m.recent_acquires.iter().find(|l| *seq != 0 && l.seq == *seq && &l.partition == partition)
+            {
                 return Response::Share(again(group, member, last));
             }
             let (topic, p) = partition;
@@ -315,7 +319,7 @@ pub(crate) fn apply(
                     granted: granted.iter().map(|g| g.offset).collect(),
                     next,
                 };
-                group.members.get_mut(member).expect("checked above").last_acquire = Some(last);
+                remember(&mut group.members.get_mut(member).expect("checked above").recent_acquires, last);
             }
             Response::Share(ShareResponse::Acquired { granted, next })
         }
@@ -364,8 +368,12 @@ pub(crate) fn apply(
                 })
                 .collect();
             if *seq != 0 {
-                let last = LastAck { seq: *seq, count: acks.len() as u32, refused };
-                group.members.get_mut(member).expect("checked above").last_ack = Some(last);
+                let last = (refused.len() <= limits::SHARE_REMEMBERED_REFUSALS).then_some(LastAck {
+                    seq: *seq,
+                    count: acks.len() as u32,
+                    refused,
+                });
+                group.members.get_mut(member).expect("checked above").last_ack = last;
             }
             Response::Share(ShareResponse::Acked { refused: answer })
         }
@@ -418,6 +426,17 @@ pub fn redeliverable(group: &ShareGroup, topics: &BTreeSet<String>, now_ms: u64)
         }
     }
     out
+}
+
+/// Adds `last` to a member's latest acquisitions, forgetting the oldest past the bounds.
+fn remember(recent: &mut Vec<LastAcquire>, last: LastAcquire) {
+    recent.push(last);
+    let offsets = |r: &[LastAcquire]| r.iter().map(|l| l.granted.len()).sum::<usize>();
+    while recent.len() > 1
+        && (recent.len() > limits::SHARE_REMEMBERED_ACQUIRES || offsets(recent) > limits::SHARE_ACQUIRE_MAX)
+    {
+        recent.remove(0);
+    }
 }
 
 /// The answer to a retried acquisition: what the first attempt granted that `member`
@@ -843,10 +862,16 @@ mod tests {
     #[test]
     fn a_retried_acquisition_or_acknowledgement_is_answered_as_the_first_time() {
         let mut groups = BTreeMap::new();
-        let partition =
-            crate::PartitionAssignment { partition: 0, group: 1, replicas: vec![1], epoch: 0, moving: None };
-        let topic =
-            Topic { name: "t".into(), replication_factor: 1, policy: Default::default(), partitions: vec![partition] };
+        let partitions = (0..2)
+            .map(|p| crate::PartitionAssignment {
+                partition: p,
+                group: 1 + u64::from(p),
+                replicas: vec![1],
+                epoch: 0,
+                moving: None,
+            })
+            .collect();
+        let topic = Topic { name: "t".into(), replication_factor: 1, policy: Default::default(), partitions };
         let topics = BTreeMap::from([("t".to_string(), topic)]);
         let cg = (0, false);
         let join = ShareOp::Join {
@@ -857,10 +882,10 @@ mod tests {
             config: ShareConfig::default(),
         };
         assert_eq!(apply(&mut groups, "q", &join, cg, &topics), Response::Ok);
-        let acquire = |seq: u64| ShareOp::Acquire {
+        let acquire_in = |p: u32, seq: u64| ShareOp::Acquire {
             member: "a".into(),
             seq,
-            partition: ("t".into(), 0),
+            partition: ("t".into(), p),
             now_ms: 0,
             log_start: 0,
             from: 0,
@@ -868,6 +893,7 @@ mod tests {
             records: vec![(0, None), (1, None), (2, None)],
             max: 2,
         };
+        let acquire = |seq: u64| acquire_in(0, seq);
         let granted = |r: Response| match r {
             Response::Share(ShareResponse::Acquired { granted, next }) => {
                 (granted.iter().map(|g| (g.offset, g.deliveries)).collect::<Vec<_>>(), next)
@@ -879,6 +905,12 @@ mod tests {
         assert_eq!(granted(apply(&mut groups, "q", &acquire(1), cg, &topics)), first, "the retry");
         // A new request is a new acquisition: 0 and 1 are held, 2 is given.
         assert_eq!(granted(apply(&mut groups, "q", &acquire(2), cg, &topics)), (vec![(2, 1)], 3));
+        // One poll acquires partitions concurrently: a retry of the earlier one is still
+        // answered after the later one was applied.
+        let other = granted(apply(&mut groups, "q", &acquire_in(1, 4), cg, &topics));
+        assert_eq!(other, (vec![(0, 1), (1, 1)], 2));
+        assert_eq!(granted(apply(&mut groups, "q", &acquire(2), cg, &topics)), (vec![(2, 1)], 3));
+        assert_eq!(granted(apply(&mut groups, "q", &acquire_in(1, 4), cg, &topics)), other);
         // The member rejoining (a changed subscription) keeps its request history.
         assert_eq!(apply(&mut groups, "q", &join, cg, &topics), Response::Ok);
         assert_eq!(granted(apply(&mut groups, "q", &acquire(2), cg, &topics)), (vec![(2, 1)], 3));
@@ -903,6 +935,20 @@ mod tests {
         assert_eq!(groups["q"].accepted, 1, "accepted once");
         // Unnumbered requests are applied each time.
         assert_eq!(refused(apply(&mut groups, "q", &acks(0), cg, &topics)).len(), 2);
+    }
+
+    #[test]
+    fn a_member_remembers_a_bounded_number_of_acquisitions() {
+        let last =
+            |seq: u64, n: u64| LastAcquire { seq, partition: ("t".into(), 0), granted: (0..n).collect(), next: n };
+        let mut recent = Vec::new();
+        for seq in 1..=40 {
+            remember(&mut recent, last(seq, 1));
+        }
+        assert_eq!(recent.len(), limits::SHARE_REMEMBERED_ACQUIRES);
+        assert_eq!(recent[0].seq, 40 - limits::SHARE_REMEMBERED_ACQUIRES as u64 + 1, "the oldest are forgotten");
+        remember(&mut recent, last(41, limits::SHARE_ACQUIRE_MAX as u64));
+        assert_eq!(recent.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![41], "bounded in offsets too");
     }
 
     #[test]

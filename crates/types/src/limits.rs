@@ -195,6 +195,14 @@ pub const SHARE_LOCK_MS_MAX: u32 = 3_600_000;
 /// Share-group state (tracked records in every share group of the cluster) at most: it
 /// lives in the metadata snapshot, about 60 bytes a record.
 pub const SHARE_RECORDS_CLUSTER_MAX: usize = 50_000;
+/// What a share member's state remembers of its latest requests, so that a retry is
+/// answered as the first attempt (RFC 0007, "Retries"): its latest acquisitions (one
+/// poll acquires several partitions at once), at most this many and at most
+/// `SHARE_ACQUIRE_MAX` granted offsets in all, about 8 KiB a member...
+pub const SHARE_REMEMBERED_ACQUIRES: usize = 16;
+/// ...and the refusals of its latest acknowledgement, at most this many (a request
+/// refused more is not remembered: its retry is applied again, refused per record).
+pub const SHARE_REMEMBERED_REFUSALS: usize = 256;
 
 /// Checks a consumer group's name (the topic-name rules); returns why it is refused.
 pub fn check_group_name(name: &str) -> Result<(), String> {
