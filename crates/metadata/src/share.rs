@@ -149,8 +149,8 @@ pub enum ShareOp {
     /// The member fetched `records` (offset and key hash), every record of `[from, to)`
     /// that exists, and asks for at most `max` of them. `log_start` is the partition's
     /// first offset: tracked records below it were deleted and are dropped. `seq` numbers
-    /// the member's requests (0: not numbered); a request numbered as the member's last
-    /// acquisition is a retry and is answered as that was.
+    /// the member's requests (0: not numbered); a request numbered as one of the member's
+    /// latest acquisitions of the partition is a retry and is answered as that was.
     Acquire {
         member: String,
         seq: u64,
