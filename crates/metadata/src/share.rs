@@ -810,22 +810,37 @@ mod tests {
         assert_eq!(take(&mut sp, &c, &[2, 3].into(), "b", 5, 4, &f).0, vec![2]);
     }
 
-    #[test]
-    fn leaving_frees_what_the_member_held() {
-        let mut groups = BTreeMap::new();
-        let partition =
-            crate::PartitionAssignment { partition: 0, group: 1, replicas: vec![1], epoch: 0, moving: None };
-        let topic =
-            Topic { name: "t".into(), replication_factor: 1, policy: Default::default(), partitions: vec![partition] };
-        let topics = BTreeMap::from([("t".to_string(), topic)]);
-        let cg = (0, false);
-        let join = |m: &str| ShareOp::Join {
+    /// The cluster's topics for `apply`: "t" with `partitions` partitions.
+    fn topic_t(partitions: u32) -> BTreeMap<String, Topic> {
+        let partitions = (0..partitions)
+            .map(|p| crate::PartitionAssignment {
+                partition: p,
+                group: 1 + u64::from(p),
+                replicas: vec![1],
+                epoch: 0,
+                moving: None,
+            })
+            .collect();
+        let topic = Topic { name: "t".into(), replication_factor: 1, policy: Default::default(), partitions };
+        BTreeMap::from([("t".to_string(), topic)])
+    }
+
+    /// Member `m` joining to read "t".
+    fn join(m: &str) -> ShareOp {
+        ShareOp::Join {
             member: m.into(),
             client: "c".into(),
             topics: ["t".to_string()].into(),
             session_timeout_ms: 10_000,
             config: ShareConfig::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn leaving_frees_what_the_member_held() {
+        let mut groups = BTreeMap::new();
+        let topics = topic_t(1);
+        let cg = (0, false);
         assert_eq!(apply(&mut groups, "q", &join("a"), cg, &topics), Response::Ok);
         assert_eq!(apply(&mut groups, "q", &join("b"), cg, &topics), Response::Ok);
         let acquire = |m: &str| ShareOp::Acquire {
@@ -862,25 +877,9 @@ mod tests {
     #[test]
     fn a_retried_acquisition_or_acknowledgement_is_answered_as_the_first_time() {
         let mut groups = BTreeMap::new();
-        let partitions = (0..2)
-            .map(|p| crate::PartitionAssignment {
-                partition: p,
-                group: 1 + u64::from(p),
-                replicas: vec![1],
-                epoch: 0,
-                moving: None,
-            })
-            .collect();
-        let topic = Topic { name: "t".into(), replication_factor: 1, policy: Default::default(), partitions };
-        let topics = BTreeMap::from([("t".to_string(), topic)]);
+        let topics = topic_t(2);
         let cg = (0, false);
-        let join = ShareOp::Join {
-            member: "a".into(),
-            client: "c".into(),
-            topics: ["t".to_string()].into(),
-            session_timeout_ms: 10_000,
-            config: ShareConfig::default(),
-        };
+        let join = join("a");
         assert_eq!(apply(&mut groups, "q", &join, cg, &topics), Response::Ok);
         let acquire_in = |p: u32, seq: u64| ShareOp::Acquire {
             member: "a".into(),
