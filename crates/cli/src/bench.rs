@@ -958,11 +958,7 @@ async fn produce(client: &Client, a: BenchProduceArgs, output: Output) -> anyhow
                 .push(E2eMember::Group(client.group_consumer(g, &[a.topic.as_str()], config).await.map_err(one_line)?));
         }
         if let Some(g) = &a.e2e_share_group {
-            let config = flotilla_client::ShareGroupConfig {
-                client_id: "flotilla-bench".into(),
-                start: flotilla_client::OffsetReset::Latest,
-                ..Default::default()
-            };
+            let config = flotilla_client::ShareGroupConfig { client_id: "flotilla-bench".into(), ..Default::default() };
             members
                 .push(E2eMember::Share(client.share_consumer(g, &[a.topic.as_str()], config).await.map_err(one_line)?));
         }
@@ -1372,7 +1368,10 @@ async fn consume(client: &Client, a: BenchConsumeArgs, output: Output) -> anyhow
         for _ in 0..a.members {
             let config = flotilla_client::ShareGroupConfig {
                 client_id: "flotilla-bench".into(),
-                start: flotilla_client::OffsetReset::Earliest,
+                group: flotilla_client::ShareConfig {
+                    start: flotilla_client::ShareStart::Earliest,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let mut member = client.share_consumer(group, &[a.topic.as_str()], config).await.map_err(one_line)?;

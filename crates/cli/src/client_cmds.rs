@@ -389,10 +389,10 @@ pub struct ConsumeArgs {
     /// exit). Without `-f`, stops once no record came for 3 s.
     #[arg(long, short = 'G', conflicts_with = "partition")]
     pub group: Option<String>,
-    /// Read as a member of this share group (a queue): records go to any member, each
-    /// printed record is accepted, and records of partitions the group never read start
-    /// at the end (`-o beginning` for the beginning). Without `-f`, stops once no record
-    /// came for 3 s.
+    /// Read as a member of this share group (a queue): records go to any member and each
+    /// printed record is accepted. A group created here starts partitions it never read
+    /// at the end, or with `-o beginning` at the beginning; a later member reads on from
+    /// the group's position. Without `-f`, stops once no record came for 3 s.
     #[arg(long, conflicts_with_all = ["partition", "group"])]
     pub share_group: Option<String>,
     /// With --share-group, when it creates the group: deliveries before a record goes to

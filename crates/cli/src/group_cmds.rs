@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use flotilla_client::{
     AckMode, Client, ConsumedRecord, GroupConfig, GroupInfo, Offset, OffsetReset, PartitionId, ShareGroupConfig,
-    ShareInfo, TopicPartition,
+    ShareInfo, ShareStart, TopicPartition,
 };
 use serde::Serialize;
 
@@ -211,15 +211,24 @@ fn describe_text(info: &GroupInfo) -> String {
     s
 }
 
+fn start_name(s: ShareStart) -> &'static str {
+    match s {
+        ShareStart::Earliest => "beginning",
+        ShareStart::Latest => "end",
+    }
+}
+
 fn describe_share_text(info: &GroupInfo, share: &ShareInfo) -> String {
     let c = &share.config;
     let mut s = format!(
-        "share group {} ({} members; max deliveries {}, lock timeout {} ms{}; {} accepted, {} dead-lettered)\n",
+        "share group {} ({} members; max deliveries {}, lock timeout {} ms{}, new partitions from the {}; {} \
+         accepted, {} dead-lettered)\n",
         info.group,
         info.members.len(),
         c.max_deliveries,
         c.lock_timeout_ms,
         if c.key_ordered { ", key-ordered" } else { "" },
+        start_name(c.start),
         share.accepted,
         share.dead_lettered
     );
@@ -470,14 +479,15 @@ pub async fn consume_share(
 ) -> anyhow::Result<()> {
     let group = a.share_group.clone().expect("called with --share-group");
     let start = match a.offset {
-        Some(StartSpec::Beginning) => OffsetReset::Earliest,
-        _ if a.from_beginning => OffsetReset::Earliest,
-        None | Some(StartSpec::End) => OffsetReset::Latest,
+        Some(StartSpec::Beginning) => Some(ShareStart::Earliest),
+        _ if a.from_beginning => Some(ShareStart::Earliest),
+        Some(StartSpec::End) => Some(ShareStart::Latest),
+        None => None,
         Some(_) => {
             bail!("with --share-group, -o is only beginning or end (where partitions the group never read start)")
         }
     };
-    let mut group_config = flotilla_client::ShareConfig::default();
+    let mut group_config = flotilla_client::ShareConfig { start: start.unwrap_or_default(), ..Default::default() };
     if let Some(n) = a.max_deliveries {
         group_config.max_deliveries = n;
     }
@@ -489,12 +499,20 @@ pub async fn consume_share(
     let config = ShareGroupConfig {
         client_id: "flotilla-cli".into(),
         group: group_config,
-        start,
         ack_mode: AckMode::Explicit,
         max_records: max.clamp(1, 500) as u32,
         ..ShareGroupConfig::default()
     };
     let mut member = client.share_consumer(&group, &[a.topic.as_str()], config).await.map_err(one_line)?;
+    if let Some(asked) = start
+        && member.group_config().start != asked
+    {
+        eprintln!(
+            "note: share group '{group}' starts partitions it never read at the {}, as set when it was created; \
+             -o applies to a new group",
+            start_name(member.group_config().start)
+        );
+    }
     let idle_exit = Duration::from_secs(3);
     let mut idle_since = tokio::time::Instant::now();
     let mut printed = 0u64;

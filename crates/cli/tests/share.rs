@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use flotilla_client::{
-    AckMode, Client, ProducerConfig, ShareConfig, ShareConsumer, ShareGroupConfig, ShareRecord, StartAt, dlq_headers,
+    AckMode, Client, ProducerConfig, ShareConfig, ShareConsumer, ShareGroupConfig, ShareRecord, ShareStart, StartAt,
+    dlq_headers,
 };
 use flotilla_testkit::checker::share::{ShareHistory, Span, check_share};
 
@@ -54,8 +55,12 @@ fn rejected(value: &str) -> bool {
 
 fn config() -> ShareGroupConfig {
     ShareGroupConfig {
-        group: ShareConfig { max_deliveries: 3, lock_timeout_ms: LOCK_MS as u32, key_ordered: true },
-        start: flotilla_client::OffsetReset::Earliest,
+        group: ShareConfig {
+            max_deliveries: 3,
+            lock_timeout_ms: LOCK_MS as u32,
+            key_ordered: true,
+            start: ShareStart::Earliest,
+        },
         ack_mode: AckMode::Explicit,
         max_records: 100,
         session_timeout: Duration::from_secs(20),
@@ -309,7 +314,7 @@ async fn s2_the_cli_consumes_as_a_share_group_and_replays_dead_letters() {
             "rejecter",
             &["tasks"],
             ShareGroupConfig {
-                start: flotilla_client::OffsetReset::Earliest,
+                group: ShareConfig { start: ShareStart::Earliest, ..ShareConfig::default() },
                 ack_mode: AckMode::Explicit,
                 max_records: 10,
                 ..ShareGroupConfig::default()
@@ -356,4 +361,57 @@ async fn s2_the_cli_consumes_as_a_share_group_and_replays_dead_letters() {
     let refused = cli(&b, &["group", "delete", "cli-q"]).await;
     assert!(refused.status.success(), "{refused:?}");
     assert!(!cli_ok(&b, &["group", "list"]).await.contains("cli-q"));
+}
+
+/// The README's queue walk-through: a group created with `-o beginning` keeps reading
+/// from the beginning for a later member that gives no `-o`, also in partitions the
+/// first member took nothing from; and a group's position in a partition is fixed the
+/// first time a member reaches it, even when it takes nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_where_a_share_group_starts_is_the_groups_and_fixed_when_first_reached() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    let b = cluster.bootstrap();
+    create_topic(&client, "jobs", 3).await;
+    let p = client.producer("jobs", ProducerConfig::default());
+    for i in 0..600 {
+        p.send(keyed(&format!("k{i}"), &format!("j{i}"))).await.expect("produce");
+    }
+    let first = cli_ok(&b, &["consume", "jobs", "--share-group", "workers", "-o", "beginning", "-n", "100"]).await;
+    let rest = cli_ok(&b, &["consume", "jobs", "--share-group", "workers"]).await;
+    let (first, rest): (Vec<&str>, Vec<&str>) = (first.lines().collect(), rest.lines().collect());
+    assert_eq!(first.len(), 100, "{first:?}");
+    let mut all: BTreeSet<&str> = first.iter().copied().collect();
+    all.extend(rest.iter().copied());
+    assert_eq!((rest.len(), all.len()), (500, 600), "the second member reads every record the first left");
+    let described = cli_ok(&b, &["group", "describe", "workers"]).await;
+    assert!(described.contains("new partitions from the beginning"), "{described}");
+    // Asking for the end of a group that starts at the beginning says so.
+    let asked_end = cli(&b, &["consume", "jobs", "--share-group", "workers", "-o", "end"]).await;
+    assert!(String::from_utf8_lossy(&asked_end.stderr).contains("as set when it was created"), "{asked_end:?}");
+
+    // A group that starts at the end: its first member's first poll fixes the position
+    // in every partition, so records written after it are the group's even when that
+    // member leaves before taking them.
+    let late = ShareGroupConfig { max_records: 50, fetch_max_wait: Duration::from_millis(200), ..config() };
+    let late = ShareGroupConfig { group: ShareConfig { start: ShareStart::Latest, ..late.group }, ..late };
+    let mut one = client.share_consumer("late", &["jobs"], late.clone()).await.expect("join");
+    assert!(one.poll(Duration::from_millis(300)).await.expect("poll").is_empty(), "nothing after the end");
+    one.close().await.expect("leave");
+    for i in 0..30 {
+        p.send(keyed(&format!("k{i}"), &format!("late{i}"))).await.expect("produce");
+    }
+    let mut two = client.share_consumer("late", &["jobs"], late).await.expect("join");
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 30 {
+        assert!(Instant::now() < deadline, "only {} of the 30 later records came", got.len());
+        for r in two.poll(Duration::from_millis(300)).await.expect("poll") {
+            got.insert(String::from_utf8_lossy(&r.record.value).to_string());
+            two.accept(&r);
+        }
+    }
+    assert!(got.iter().all(|v| v.starts_with("late")), "{got:?}");
+    two.close().await.expect("leave");
 }

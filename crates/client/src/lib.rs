@@ -83,7 +83,7 @@ pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
 pub use flotilla_types::Assignor;
-pub use flotilla_types::group::ShareConfig;
+pub use flotilla_types::group::{ShareConfig, ShareStart};
 pub use flotilla_types::{Acks, Compression, ErrorCode, NodeId, Offset, PartitionId, Record};
 pub use group::{
     AssignmentEvent, GroupConfig, GroupConsumer, GroupInfo, GroupRecord, GroupSummary, MemberInfo, PartitionLag,

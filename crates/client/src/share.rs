@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_proto::{request, v1};
-use flotilla_types::group::{ShareAckKind, ShareConfig, key_hash};
+use flotilla_types::group::{ShareAckKind, ShareConfig, ShareStart, key_hash};
 use flotilla_types::{ErrorCode, Offset, PartitionId, Record, limits};
 use rand::Rng;
 use tokio::task::{JoinHandle, JoinSet};
@@ -64,13 +64,11 @@ pub struct ShareGroupConfig {
     /// from it for this long (1 s to 5 min; default 10 s).
     pub session_timeout: Duration,
     /// The group's configuration, when this member creates the group (later members
-    /// take the group's): deliveries before the dead-letter topic, lock timeout, key order.
+    /// take the group's): deliveries before the dead-letter topic, lock timeout, key
+    /// order, and where partitions the group never read start.
     pub group: ShareConfig,
     /// Records one poll hands out at most (1 to 1,000; default 500).
     pub max_records: u32,
-    /// Where a partition the group never read starts: `Latest` (the default, as
-    /// Kafka's share groups) or `Earliest`.
-    pub start: OffsetReset,
     /// The dead-letter topic of records of topic T; default `T.<group>.dlq`. It is
     /// created (one partition) when it does not exist.
     pub dead_letter_topic: Option<String>,
@@ -86,7 +84,6 @@ impl Default for ShareGroupConfig {
             session_timeout: Duration::from_millis(u64::from(limits::SESSION_TIMEOUT_MS_DEFAULT)),
             group: ShareConfig::default(),
             max_records: 500,
-            start: OffsetReset::Latest,
             dead_letter_topic: None,
             ack_mode: AckMode::Implicit,
             fetch_max_wait: Duration::from_millis(500),
@@ -445,19 +442,59 @@ impl ShareConsumer {
         Ok(out)
     }
 
-    /// Where to fetch `tp` from: where the coordinator said, or, for a partition this
-    /// member has not asked about, the configured start (the coordinator answers with
-    /// the group's position if it has one).
-    async fn fetch_from(&mut self, tp: &TopicPartition) -> Result<Offset> {
-        if let Some(o) = self.next.lock().expect("share positions poisoned").get(tp) {
-            return Ok(*o);
-        }
-        let (earliest, latest) = self.client.list_offsets(&tp.0, tp.1).await?;
-        let o = match self.config.start {
-            OffsetReset::Earliest => earliest,
-            _ => latest,
+    /// Learns where to fetch each of `partitions` this member has no position in yet:
+    /// asks the coordinator to acquire nothing at the group's start (the log start or the
+    /// high watermark), and the coordinator answers with the group's position. The first
+    /// member to reach a partition so fixes where the group starts it, and every member
+    /// reads on from there.
+    async fn learn_positions(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let unknown: Vec<TopicPartition> = {
+            let next = self.next.lock().expect("share positions poisoned");
+            partitions.iter().filter(|tp| !next.contains_key(*tp)).cloned().collect()
         };
-        Ok(*self.next.lock().expect("share positions poisoned").entry(tp.clone()).or_insert(o))
+        let start = self.group_config().start;
+        let mut calls = JoinSet::new();
+        for tp in unknown {
+            let (client, seq) = (self.client.clone(), self.next_seq());
+            let (group, member) = (self.group.clone(), self.member.clone());
+            calls.spawn(async move {
+                let (earliest, latest) = client.list_offsets(&tp.0, tp.1).await?;
+                let at = match start {
+                    ShareStart::Earliest => earliest,
+                    ShareStart::Latest => latest,
+                };
+                let req = v1::ShareAcquireRequest {
+                    group,
+                    member_id: member,
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    log_start: earliest,
+                    from: at,
+                    to: at,
+                    records: Vec::new(),
+                    max_records: 0,
+                    request_seq: seq,
+                };
+                let answer = client.share_acquire(req).await?;
+                Ok::<_, ClientError>((tp, answer.next_offset))
+            });
+        }
+        let (mut first_error, mut rejoin) = (None, false);
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok(Ok((tp, next))) => lower(&self.next, vec![(tp, next)]),
+                Ok(Err(e)) if e.code() == Some(ErrorCode::UnknownMember) => rejoin = true,
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(_) => {}
+            }
+        }
+        if rejoin {
+            self.rejoin().await?;
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Records given to this member, waiting up to `max_wait` for some. Sends the
@@ -481,6 +518,7 @@ impl ShareConsumer {
             tokio::time::sleep(max_wait).await;
             return Ok(Vec::new());
         }
+        self.learn_positions(&partitions).await?;
         // The first pass asks every partition for what it has now and waits for every
         // answer, so that a partition with records never loses to another; the passes
         // after it long-poll, and the first answer with records ends the wait.
@@ -494,7 +532,9 @@ impl ShareConsumer {
             let n = partitions.len();
             for i in 0..n {
                 let tp = partitions[(self.turn + i) % n].clone();
-                let from = self.fetch_from(&tp).await?;
+                let Some(from) = self.next.lock().expect("share positions poisoned").get(&tp).copied() else {
+                    continue;
+                };
                 let config = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
                 let mut consumer = Consumer::new(self.client.clone(), tp.0.clone(), tp.1, from, config);
                 fetches.spawn(async move {

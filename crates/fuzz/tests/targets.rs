@@ -190,7 +190,12 @@ fn t92_fuzz_client_and_admin_requests() {
                 member_id: "cli-00ff".into(),
                 topics: vec!["orders".into()],
                 session_timeout_ms: 10_000,
-                config: Some(v1::ShareGroupConfig { max_deliveries: 3, lock_timeout_ms: 2_000, key_ordered: true }),
+                config: Some(v1::ShareGroupConfig {
+                    max_deliveries: 3,
+                    lock_timeout_ms: 2_000,
+                    key_ordered: true,
+                    start: 1,
+                }),
                 ..Default::default()
             }),
             checked::<v1::ShareHeartbeatRequest, request::ShareHeartbeat>,
@@ -456,7 +461,12 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
             client: "fuzz".into(),
             topics: ["orders".to_string()].into(),
             session_timeout_ms: 10_000,
-            config: ShareConfig { max_deliveries: 2, lock_timeout_ms: 1_000, key_ordered: true },
+            config: ShareConfig {
+                max_deliveries: 2,
+                lock_timeout_ms: 1_000,
+                key_ordered: true,
+                ..ShareConfig::default()
+            },
         })
     };
     let acquire = |member: &str, now_ms: u64| {

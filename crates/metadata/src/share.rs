@@ -672,7 +672,7 @@ mod tests {
     const LOCK: u64 = 1_000;
 
     fn config(key_ordered: bool) -> ShareConfig {
-        ShareConfig { max_deliveries: 2, lock_timeout_ms: LOCK as u32, key_ordered }
+        ShareConfig { max_deliveries: 2, lock_timeout_ms: LOCK as u32, key_ordered, ..ShareConfig::default() }
     }
 
     fn fetched(from: Offset, to: Offset, key: impl Fn(Offset) -> Option<u64>) -> Vec<(Offset, Option<u64>)> {
@@ -874,6 +874,41 @@ mod tests {
     /// locked, never handed out, until the lock timed out; the retried acknowledgement
     /// was refused "not in flight" as a whole. The request number makes both answer as
     /// the first time.
+    #[test]
+    fn an_acquisition_of_nothing_fixes_where_the_group_reads_a_partition_it_never_reached() {
+        let mut groups = BTreeMap::new();
+        let topics = topic_t(1);
+        let cg = (0, false);
+        assert_eq!(apply(&mut groups, "q", &join("a"), cg, &topics), Response::Ok);
+        assert_eq!(apply(&mut groups, "q", &join("b"), cg, &topics), Response::Ok);
+        let at = |member: &str, seq: u64, offset: Offset, fetched: Vec<(Offset, Option<u64>)>| ShareOp::Acquire {
+            member: member.into(),
+            seq,
+            partition: ("t".into(), 0),
+            now_ms: 0,
+            log_start: 0,
+            from: offset,
+            to: fetched.last().map_or(offset, |(o, _)| o + 1),
+            records: fetched,
+            max: 1_000,
+        };
+        let answer = |r: Response| match r {
+            Response::Share(ShareResponse::Acquired { granted, next }) => (granted.len(), next),
+            other => panic!("{other:?}"),
+        };
+        // a reaches the partition at its end, 10, and takes nothing: the group starts there.
+        assert_eq!(answer(apply(&mut groups, "q", &at("a", 1, 10, vec![]), cg, &topics)), (0, 10));
+        let sp = &groups["q"].partitions[&("t".to_string(), 0)];
+        assert_eq!((sp.start, sp.end), (10, 10));
+        // b reaches it later, at the end 15 or at the log start: it is told the group's
+        // position, and nothing changes.
+        assert_eq!(answer(apply(&mut groups, "q", &at("b", 1, 15, vec![]), cg, &topics)), (0, 10));
+        assert_eq!(answer(apply(&mut groups, "q", &at("b", 2, 0, vec![]), cg, &topics)), (0, 10));
+        // Records 10..15 are the group's: b fetches them from there and gets them all.
+        let f = fetched(10, 15, |_| None);
+        assert_eq!(answer(apply(&mut groups, "q", &at("b", 3, 10, f), cg, &topics)), (5, 15));
+    }
+
     #[test]
     fn a_retried_acquisition_or_acknowledgement_is_answered_as_the_first_time() {
         let mut groups = BTreeMap::new();

@@ -757,7 +757,7 @@ impl TryFrom<v1::DeleteGroupRequest> for GroupName {
 }
 
 /// A share group member's heartbeat, checked: the plain data types live in `types`.
-pub use flotilla_types::group::{ShareAckKind, ShareAcks, ShareAcquire, ShareConfig, ShareHeartbeat};
+pub use flotilla_types::group::{ShareAckKind, ShareAcks, ShareAcquire, ShareConfig, ShareHeartbeat, ShareStart};
 
 /// A share group's configuration from the wire: unset fields take their defaults.
 pub fn share_config(c: Option<v1::ShareGroupConfig>) -> Result<ShareConfig, v1::Error> {
@@ -767,6 +767,11 @@ pub fn share_config(c: Option<v1::ShareGroupConfig>) -> Result<ShareConfig, v1::
         max_deliveries: if c.max_deliveries == 0 { d.max_deliveries } else { c.max_deliveries },
         lock_timeout_ms: if c.lock_timeout_ms == 0 { d.lock_timeout_ms } else { c.lock_timeout_ms },
         key_ordered: c.key_ordered,
+        start: match v1::ShareStart::try_from(c.start) {
+            Ok(v1::ShareStart::Latest) => ShareStart::Latest,
+            Ok(v1::ShareStart::Earliest) => ShareStart::Earliest,
+            Err(_) => return Err(invalid(format!("unknown share group start {}", c.start))),
+        },
     };
     config.check().map_err(invalid)?;
     Ok(config)
@@ -778,6 +783,10 @@ pub fn share_config_to_wire(c: &ShareConfig) -> v1::ShareGroupConfig {
         max_deliveries: c.max_deliveries,
         lock_timeout_ms: c.lock_timeout_ms,
         key_ordered: c.key_ordered,
+        start: match c.start {
+            ShareStart::Latest => v1::ShareStart::Latest,
+            ShareStart::Earliest => v1::ShareStart::Earliest,
+        } as i32,
     }
 }
 

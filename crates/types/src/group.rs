@@ -21,6 +21,18 @@ pub struct GroupHeartbeat {
     pub owned: Vec<(String, PartitionId)>,
 }
 
+/// Where a share group starts reading a partition it never read (Kafka's
+/// `share.auto.offset.reset`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ShareStart {
+    /// At the log start: every record still there.
+    Earliest,
+    /// At the high watermark when the group first reaches the partition: only records
+    /// written from then on (the default, as Kafka's share groups).
+    #[default]
+    Latest,
+}
+
 /// How a share group treats its records (RFC 0007); set by the member that creates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShareConfig {
@@ -30,6 +42,10 @@ pub struct ShareConfig {
     pub lock_timeout_ms: u32,
     /// At most one record of a key in flight in the group at a time, in offset order.
     pub key_ordered: bool,
+    /// Where the group starts a partition it never read. The group's position in a
+    /// partition is fixed the first time a member reaches it, so every member reads on
+    /// from there.
+    pub start: ShareStart,
 }
 
 impl Default for ShareConfig {
@@ -38,6 +54,7 @@ impl Default for ShareConfig {
             max_deliveries: limits::SHARE_DELIVERIES_DEFAULT,
             lock_timeout_ms: limits::SHARE_LOCK_MS_DEFAULT,
             key_ordered: false,
+            start: ShareStart::Latest,
         }
     }
 }
