@@ -4,7 +4,8 @@
 //! indeterminate failure and retries. With idempotence (the default) every record is in
 //! the partition exactly once and in order, across a leader kill; without it, the same
 //! transport writes duplicates (so the test can tell the two apart). e2: compressed and
-//! uncompressed producers on one topic.
+//! uncompressed producers on one topic. e3: `flotilla produce --format` with keys and
+//! headers per line, and `--acks leader`.
 
 mod common;
 

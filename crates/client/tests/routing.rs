@@ -1,5 +1,8 @@
-//! The client's routing and retry logic against tiny in-test brokers that answer as a
-//! script says: redirects, retries, backoff, and the definite/indeterminate verdicts.
+//! The client's logic against tiny in-test brokers that answer as a script says:
+//! routing (redirects, metadata refreshes, admin writes to the metadata leader, fetches
+//! from a follower in the consumer's zone), retries and backoff with the
+//! definite/indeterminate verdicts, and the producer and consumer on top (batching,
+//! partitioning, idempotent sequences with batches in flight, the buffer, checksums).
 //! (A fake server is the right tool here: the client's decisions are under test, not
 //! the server's.)
 

@@ -1017,9 +1017,9 @@ mod tests {
         assert!(matches!(s.apply(79, &add), Response::Error { code: ErrorCode::InvalidRequest, .. }));
     }
 
-    /// Issue item 10: a reassignment to fewer replicas than the topic's replication factor
-    /// (or to more) is refused where the command is applied, so a forwarded or raced
-    /// request is refused too; the message says how to change the factor.
+    /// A reassignment to fewer replicas than the topic's replication factor (or to more)
+    /// is refused where the command is applied, so a forwarded or raced request is
+    /// refused too; the message says how to change the factor.
     #[test]
     fn a_move_to_fewer_or_more_replicas_than_the_replication_factor_is_refused() {
         let mut s = three_brokers();

@@ -1,5 +1,5 @@
 //! The controller: control loops that run on whichever node leads the metadata group
-//! (design decision 5). Each tick it
+//! (design decision 5, docs/decisions.md). Each tick it
 //!
 //! 1. keeps every registered node a member of the metadata group (controllers are
 //!    voters, every other node a learner, so each node holds the metadata log), and

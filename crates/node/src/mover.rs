@@ -1,6 +1,6 @@
 //! What every node does for the partition groups it hosts, driven by the metadata it has
-//! applied (design decision 5: a partition's leader carries out its own membership
-//! change):
+//! applied (design decision 5, docs/decisions.md: a partition's leader carries out its
+//! own membership change):
 //!
 //! - **Moves.** Where this node leads a group whose desired voters (`desired()`: the
 //!   move's target, else the replicas) differ from the group's voters, it adds the

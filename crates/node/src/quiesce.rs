@@ -1,4 +1,4 @@
-//! Quiescing idle partition groups (DESIGN decision 7).
+//! Quiescing idle partition groups (design decision 7, docs/decisions.md).
 //!
 //! openraft ticks every replica about five times a heartbeat interval, and a leader
 //! heartbeats each follower every interval, written or not. A thousand partitions mostly

@@ -1,8 +1,8 @@
-//! Retention (design decision 13): the partition leader decides which prefix of the log
-//! has expired and proposes it as a `DeleteRecords` through Raft, so every replica deletes
-//! the same records; each replica then snapshots at its new retention point and purges
-//! its log up to it, and the storage engine compacts the deleted range, which is what
-//! gives the disk space back.
+//! Retention (design decision 13, docs/decisions.md): the partition leader decides which
+//! prefix of the log has expired and proposes it as a `DeleteRecords` through Raft, so
+//! every replica deletes the same records; each replica then snapshots at its new retention
+//! point and purges its log up to it, and the storage engine compacts the deleted range,
+//! which is what gives the disk space back.
 //!
 //! Every `retention-check-interval-ms`, for each partition hosted here:
 //! - **as leader**: the new log start is the greater of what `retention-ms` and

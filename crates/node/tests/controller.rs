@@ -1,6 +1,11 @@
-//! t30–t36: the controller, moves and the metadata group's membership, with five real
-//! `Node`s in one process (in-memory transport and engines). Real processes on RocksDB
-//! run the same scenarios in `crates/cli/tests/controller.rs`.
+//! The controller with five real `Node`s in one process (in-memory transport and
+//! engines; zones a, b, c, a, b). t30–t39: registration, reassignment, drain and removal,
+//! a dead node's replicas, the metadata group's membership, cancelled moves, elections
+//! on suspicion, a refused reassignment, follower fetches, a cut-off metadata leader.
+//! t40–t45: idle groups quiescing and what wakes them, leadership reports, the take-over
+//! of a killed node's partitions. t90: a replica deleted only outside its group's
+//! committed membership. Real processes on RocksDB run the main scenarios in
+//! `crates/cli/tests/controller.rs` (c10–c50).
 
 mod common;
 
@@ -648,13 +653,13 @@ async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own()
     shutdown(&nodes).await;
 }
 
-/// t90 (issue item 1): a replica is destroyed only outside its group's committed
-/// membership. Node 4 hosts a partition; the partition moves away from it, node 4
-/// applies that, and is then cut off from the metadata leader while the partition moves
-/// back to it. Its stale metadata says "not assigned" for longer than the 5 s delay, but
-/// the group's leader counts it as a voter again: it used to delete the replica on its
-/// local view alone (with the entries it acknowledged); it now asks the leader, and
-/// keeps it.
+/// t90 (docs/simulation.md, "Defects found by review"): a replica is destroyed only outside
+/// its group's committed membership. Node 4 hosts a partition; the partition moves away
+/// from it, node 4 applies that, and is then cut off from the metadata leader while the
+/// partition moves back to it. Its stale metadata says "not assigned" for longer than the
+/// 5 s delay, but the group's leader counts it as a voter again: it used to delete the
+/// replica on its local view alone (with the entries it acknowledged); it now asks the
+/// leader, and keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t90_replica_destroyed_only_outside_committed_membership() {
     // Node 4 stays alive in the controller's eyes while it is cut off (a dead node's

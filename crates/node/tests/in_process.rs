@@ -1,8 +1,10 @@
-//! t10: three real `Node`s in one process over an in-memory transport and `MemEngine`s.
+//! Three real `Node`s in one process over an in-memory transport and `MemEngine`s: a
+//! topic, produce, fetch and failover (t10); a power loss of every node (t20); acks=leader
+//! (t46); and regressions of the partition path (t91, t96, t99).
 //!
 //! Exercises the openraft glue, the metadata group, placement, the reconciler and the
 //! partition write/read path without gRPC or RocksDB (those are covered end to end in
-//! `crates/cli/tests/`). A node is cut off by making the transport refuse its traffic.
+//! `crates/cli/tests/`). A node is cut off by making the transport drop its traffic.
 
 mod common;
 
@@ -136,9 +138,9 @@ async fn t20_power_loss_of_every_node_keeps_acknowledged_records() {
     }
 }
 
-/// t96 (issue item 3): in sync means "acknowledged the leader within
-/// `replica-lag-time-max-ms`", not "within some entries of its log". With one
-/// follower's node cut off and almost nothing produced, the partition still reported
+/// t96 (docs/simulation.md, "Defects found by review"): in sync means "acknowledged the
+/// leader within `replica-lag-time-max-ms`", not "within some entries of its log". With
+/// one follower's node cut off and almost nothing produced, the partition still reported
 /// `under_replicated 0` (the dead follower stayed one entry behind forever); it now
 /// reports 1 once the lag time has passed, and 0 again once the follower is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,10 +188,11 @@ async fn t96_a_silent_follower_is_out_of_sync_after_the_lag_time_however_little_
     .await;
 }
 
-/// t99 (issue item 4): after a fatal storage error (a failed sync) a follower's replica
-/// stops, but follower fetches to it kept long-polling empty answers, so a consumer in
-/// that zone stalled. The stopped replica now answers a retriable error at once (the
-/// client then reads from the leader), and the node reports itself unhealthy.
+/// t99 (docs/simulation.md, "Defects found by review"): after a fatal storage error (a
+/// failed sync) a follower's replica stops, but follower fetches to it kept long-polling
+/// empty answers, so a consumer in that zone stalled. The stopped replica now answers a
+/// retriable error at once (the client then reads from the leader), and the node reports
+/// itself unhealthy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t99_a_stopped_replica_refuses_follower_fetches_and_the_node_says_it_is_unhealthy() {
     let net = LocalNet::default();
@@ -224,14 +227,14 @@ async fn t99_a_stopped_replica_refuses_follower_fetches_and_the_node_says_it_is_
     assert_eq!(produce(&nodes, "t", 0, &["c"]).await, 2);
 }
 
-/// t91 (issue item 9): a follower learns that an entry is committed only from the
-/// leader's next message. Here the leader's heartbeats (which carry the commit index)
-/// are dropped, a record is acknowledged, the leader is cut off, and a follower takes
-/// over while its appends cannot reach the other follower: the new leader holds the
-/// acknowledged record but has not applied it, and its high watermark is one behind what
-/// the old leader answered. It used to answer OFFSET_OUT_OF_RANGE (not retriable) for
-/// the offset a consumer had reached; it now answers a retriable error until it has
-/// applied an entry of its own term, and then serves that offset.
+/// t91 (docs/simulation.md, "Defects found by review"): a follower learns that an entry
+/// is committed only from the leader's next message. Here the leader's heartbeats (which
+/// carry the commit index) are dropped, a record is acknowledged, the leader is cut off,
+/// and a follower takes over while its appends cannot reach the other follower: the new
+/// leader holds the acknowledged record but has not applied it, and its high watermark
+/// is one behind what the old leader answered. It used to answer OFFSET_OUT_OF_RANGE (not
+/// retriable) for the offset a consumer had reached; it now answers a retriable error
+/// until it has applied an entry of its own term, and then serves that offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
     let net = LocalNet::default();

@@ -1,9 +1,12 @@
 //! The partition log's lifecycle on three in-process nodes (`MemEngine`s): delete-records
 //! and retention move the log start through Raft on every replica, each replica
 //! snapshots at its retention point and purges its log, a follower behind the leader's
-//! first entry catches up by snapshot, seeks by time use the time index, a node short of
-//! disk refuses writes and recovers by itself, and a restart reloads the applied state
-//! instead of replaying the log. (docs/rfcs/0003-log-lifecycle.md)
+//! first entry catches up by snapshot, the producer table survives a snapshot install
+//! and a leader change, seeks by time use the time index, a node short of disk refuses
+//! writes and recovers by itself, and a restart reloads the applied state instead of
+//! replaying the log (l10–l60); and a regression: records stamped like the last deleted
+//! one are neither skipped by a seek by time nor deleted by time retention (l70).
+//! (docs/rfcs/0003-log-lifecycle.md)
 
 mod common;
 

@@ -1,14 +1,14 @@
 //! The partition state machine: pure, synchronous and deterministic.
 //!
-//! The Raft log is the partition log (design decision 2): one produce batch is one Raft
-//! entry, and this state machine assigns the batch its offsets when the entry is applied
-//! (base offset = the partition's next offset). Its state is a handful of numbers (design
-//! decision 13): where each batch lives is not kept here but returned as an
-//! [`Effect::Indexed`] location, which the `raft` crate writes to the node's storage
-//! engine as the partition's offset and time index, so that a replica's memory does not
-//! grow with the data it holds. The log start moves only by a committed
-//! [`Command::DeleteRecords`] (retention, or an operator), so that every replica deletes
-//! the same prefix.
+//! The Raft log is the partition log (design decision 2, docs/decisions.md): one produce
+//! batch is one Raft entry, and this state machine assigns the batch its offsets when the
+//! entry is applied (base offset = the partition's next offset). Its state is a handful of
+//! numbers (design decision 13, docs/decisions.md): where each batch lives is not kept
+//! here but returned as an [`Effect::Indexed`] location, which the `raft` crate writes to
+//! the node's storage engine as the partition's offset and time index, so that a
+//! replica's memory does not grow with the data it holds. The log start moves only by a
+//! committed [`Command::DeleteRecords`] (retention, or an operator), so that every
+//! replica deletes the same prefix.
 //!
 //! Batches stamped by an idempotent producer are de-duplicated here, at apply: the
 //! [`ProducerTable`] (part of the state, so of every snapshot) decides whether a batch is

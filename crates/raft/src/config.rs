@@ -1,9 +1,10 @@
-//! Raft timings per kind of group (design decision 7: partitions heartbeat slowly, so
-//! that many groups per node stay cheap). A partition group whose leader's node dies does
-//! not wait for its own election timeout: once the metadata leader marks the node
-//! suspected (`suspect-after-ms`, 1.5 s by default), the live replicas start an
-//! election (`node::mover`). The partition timeout is the fallback for a leader cut off
-//! from its followers but not from the metadata leader.
+//! Raft timings per kind of group (design decision 7, docs/decisions.md: partitions
+//! heartbeat slowly, so that many groups per node stay cheap). A partition group whose
+//! leader's node dies does not wait for its own election timeout: once the node refuses
+//! its peers' node-level heartbeats (RFC 0006) or the metadata leader marks it suspected
+//! (`suspect-after-ms`, 1.5 s by default), the live replicas start an election
+//! (`node::mover`). The partition timeout is the fallback for a leader cut off from its
+//! followers but not from the metadata leader.
 
 use std::sync::Arc;
 

@@ -440,8 +440,8 @@ impl Group {
 
     /// Turns openraft's ticker on or off. Off, a leader sends no heartbeats and a follower
     /// never times out into an election; entries are still replicated as they are written.
-    /// This is how idle groups are quiesced (DESIGN decision 7); node liveness, not the
-    /// group's own timers, then notices a dead leader.
+    /// This is how idle groups are quiesced (design decision 7, docs/decisions.md); node
+    /// liveness, not the group's own timers, then notices a dead leader.
     pub fn set_ticking(&self, on: bool) {
         use std::sync::atomic::Ordering;
         if self.ticking.swap(on, Ordering::Relaxed) != on {

@@ -1,8 +1,8 @@
 //! Reads of a partition's offset and time index in the node's storage engine (design
-//! decision 13). The partition state machine says where each batch lives
-//! (`flotilla_partition::Effect`); the state machine store writes that here with the
-//! apply; fetches, seeks by time and retention read it back with a seek each, so a
-//! replica's memory does not grow with its data.
+//! decision 13, docs/decisions.md). The partition state machine says where each batch lives
+//! (`flotilla_partition::Effect`); the state machine store writes that here with the apply;
+//! fetches, seeks by time and retention read it back with a seek each, so a replica's
+//! memory does not grow with its data.
 //!
 //! - `OFFSETS`: base offset → `BatchLocation`. The batch holding offset `o` is the one
 //!   with the greatest base offset `<= o`: one backward seek.

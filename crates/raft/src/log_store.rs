@@ -4,7 +4,7 @@
 //! are flushed only when the engine reports them durable (the engine batches the syncs
 //! of every group on the node into one: group commit). The vote is durable before
 //! `save_vote` returns; the committed log id is saved so a restarted node re-applies
-//! what was committed (design decision 3).
+//! what was committed (design decision 3, docs/decisions.md).
 
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -485,11 +485,11 @@ mod tests {
         }
     }
 
-    /// t98 (issue item 6): saving a vote, truncating and deleting a group waited for
-    /// their sync on the runtime's worker thread, so an election storm across many
-    /// groups stalled every other task of the node. They now wait for the engine's
-    /// group commit without holding the thread: on a one-thread runtime, another task
-    /// keeps running while a vote is being made durable.
+    /// t98 (docs/simulation.md, "Defects found by review"): saving a vote, truncating and
+    /// deleting a group waited for their sync on the runtime's worker thread, so an
+    /// election storm across many groups stalled every other task of the node. They now
+    /// wait for the engine's group commit without holding the thread: on a one-thread
+    /// runtime, another task keeps running while a vote is being made durable.
     #[tokio::test(flavor = "current_thread")]
     async fn t98_durable_writes_do_not_block_the_runtime() {
         let engine: Arc<dyn Engine> = Arc::new(SlowSync(MemEngine::new()));
@@ -518,9 +518,9 @@ mod tests {
         assert!(tombstone(engine.as_ref(), 7).unwrap().unwrap().vote.is_some(), "the tombstone has the vote");
     }
 
-    /// t97 (issue item 5): a replication call read every entry of the range openraft asks
-    /// for (up to 256 entries of up to 4 MiB each), then sent at most
-    /// `RAFT_APPEND_BYTES_MAX`. It now reads only what it will send.
+    /// t97 (docs/simulation.md, "Defects found by review"): a replication call read every
+    /// entry of the range openraft asks for (up to 256 entries of up to 4 MiB each), then
+    /// sent at most `RAFT_APPEND_BYTES_MAX`. It now reads only what it will send.
     #[tokio::test]
     async fn t97_a_replication_read_is_bounded_by_what_one_message_sends() {
         const MIB: usize = 1 << 20;

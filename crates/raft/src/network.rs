@@ -1,7 +1,7 @@
 //! The transport seam: openraft messages become bytes here and cross the network through
 //! a `RaftTransport`, which the `rpc` crate implements over one gRPC connection per peer
 //! node and the simulator implements over its own network. Every message names its
-//! group, so all groups share the connection (design decision 8).
+//! group, so all groups share the connection (design decision 8, docs/decisions.md).
 
 use std::collections::BTreeSet;
 use std::future::Future;

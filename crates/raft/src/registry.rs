@@ -453,10 +453,10 @@ mod tests {
         }
     }
 
-    /// t95 (issue item 8): a forwarded write whose call times out may still be committed
-    /// by the leader, so it is a timeout (indeterminate), never `Unavailable` (definite,
-    /// which let a retried CreateTopic answer TOPIC_EXISTS without saying it may have
-    /// been the first try that applied).
+    /// t95 (docs/simulation.md, "Defects found by review"): a forwarded write whose call
+    /// times out may still be committed by the leader, so it is a timeout
+    /// (indeterminate), never `Unavailable` (definite, which let a retried CreateTopic
+    /// answer TOPIC_EXISTS without saying it may have been the first try that applied).
     #[tokio::test]
     async fn t95_a_forwarded_write_that_times_out_is_indeterminate() {
         let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
@@ -467,7 +467,7 @@ mod tests {
         assert!(matches!(r, Err(WriteError::Timeout { group: 0 })), "{r:?}");
     }
 
-    /// t95 (issue item 8): membership changes answer typed errors, and one that was
+    /// t95 (as above): membership changes answer typed errors, and one that was
     /// proposed but not committed in time is a timeout (it may still commit), not a
     /// string: a node without a leader refuses at once (`NotLeader`); a single voter
     /// asked to promote an unreachable learner proposes the joint configuration, which

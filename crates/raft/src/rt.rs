@@ -3,8 +3,8 @@
 //!
 //! In production the source is seeded from the operating system once per thread. The
 //! deterministic simulation calls [`seed_rng`] on its single thread before it builds a
-//! cluster, so a seed fixes every election timeout of the run (DESIGN decision 10: no
-//! `thread_rng` on simulated paths).
+//! cluster, so a seed fixes every election timeout of the run (design decision 10,
+//! docs/decisions.md: no `thread_rng` on simulated paths).
 
 use std::cell::Cell;
 use std::future::Future;

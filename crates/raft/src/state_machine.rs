@@ -1,6 +1,6 @@
 //! openraft's state machine over Flotilla's pure state machines, persisted in the node's
-//! storage engine (design decision 13), so that a restart replays only the tail of the
-//! log and a replica's memory does not grow with its data.
+//! storage engine (design decision 13, docs/decisions.md), so that a restart replays only
+//! the tail of the log and a replica's memory does not grow with its data.
 //!
 //! - A partition group's state is a few numbers (`PartitionState`); where each batch
 //!   lives goes to the offset and time index (`index`). Every apply writes the index

@@ -1,7 +1,7 @@
-//! What does this test do? Runs the storage conformance suite against `RocksEngine`, each
-//! case in a fresh temporary directory. A crash drops the engine without syncing and
-//! reopens the same directory: a process crash, after which unsynced WAL data may or may
-//! not be back, which the prefix property allows.
+//! The storage conformance suite (`flotilla_storage::conformance`) against
+//! `RocksEngine`, each case in a fresh temporary directory. A crash drops the engine
+//! without syncing and reopens the same directory: a process crash, after which unsynced
+//! WAL data may or may not be back, which the prefix property allows.
 
 use flotilla_storage::conformance;
 use flotilla_storage_rocksdb::RocksEngine;

@@ -1,5 +1,5 @@
-//! The history checker: what a run's [`History`] must not contain (CHECKER.md items 1–10),
-//! and how quickly the cluster recovered.
+//! The history checker: what a run's [`History`] must not contain (docs/checker.md items
+//! 1–10), and how quickly the cluster recovered.
 //!
 //! [`check`] judges a history; [`check_replicas`] judges the replicas' logs read at the end
 //! of a run. Every anomaly names its kind, partition, offsets, values and the history
@@ -73,7 +73,8 @@ pub enum AnomalyKind {
     PollSkip,
     /// Two replicas disagree below both their commit offsets.
     ReplicaDivergence,
-    /// A consumer group's committed offset of a partition went down (CHECKER.md item 9).
+    /// A consumer group's committed offset of a partition went down (docs/checker.md
+    /// item 9).
     CommitWentBack,
     /// A group member's commit succeeded although another member had been granted the
     /// partition at a later epoch before the commit was sent: a stale generation committed.
@@ -374,8 +375,8 @@ pub struct ReplicaLog {
     pub records: Vec<(u64, String)>,
 }
 
-/// Judges a history: every safety anomaly of CHECKER.md items 1–8, plus liveness figures
-/// and counts.
+/// Judges a history: every safety anomaly of docs/checker.md items 1–9, plus liveness
+/// figures and counts. Item 10 is [`check_replicas`]'s.
 pub fn check(history: &History) -> Verdict {
     let ops = ops::pair(history);
     let mut anomalies = vec![];
@@ -397,7 +398,7 @@ pub fn check(history: &History) -> Verdict {
     Verdict { anomalies, liveness: liveness::measure(history, &ops), stats }
 }
 
-/// Replica divergence (CHECKER.md item 10): for each partition, every pair of replicas
+/// Replica divergence (docs/checker.md item 10): for each partition, every pair of replicas
 /// agrees at every offset both hold below the lower of their commit offsets, so each
 /// one's committed log is a prefix of the other's. Offsets only one of them holds (a log
 /// start moved by a snapshot) are not compared. One anomaly per disagreeing pair.

@@ -34,9 +34,9 @@ pub enum Op {
     /// Records of one partition deleted below an offset (the invoke's offset; the
     /// completion's: the log start after it). Records below are deleted, not lost.
     DeleteRecords,
-    /// A consumer group member's poll of one partition (CHECKER.md item 9): ok carries
-    /// the records delivered, `epoch` the epoch the partition was granted to the member
-    /// at; the member is the process and session.
+    /// A consumer group member's poll of one partition (docs/checker.md item 9): ok carries
+    /// the records delivered, `epoch` the epoch the partition was granted to the member at;
+    /// the member is the process and session.
     GroupPoll,
     /// A group member's commit of one partition: the invoke's offset and `epoch` (the
     /// member epoch sent); ok's offset is the group's committed offset after it.

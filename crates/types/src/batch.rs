@@ -1,6 +1,6 @@
-//! The record-batch format: what a producer sends, what one Raft entry carries, and what
-//! a fetch returns. Offsets are not in the batch: the partition assigns them when the
-//! entry is applied (design decision 2), so a record's bytes are written once.
+//! The record-batch format: what a producer sends, what one Raft entry carries, and what a
+//! fetch returns. Offsets are not in the batch: the partition assigns them when the entry
+//! is applied (design decision 2, docs/decisions.md), so a record's bytes are written once.
 //!
 //! Layout, little-endian, format 2 (what every producer writes):
 //!

@@ -1,5 +1,5 @@
-//! Injected time (design decision 10). Simulated code paths take a `Clock` instead of
-//! reading `std::time`, so the simulator decides what time it is.
+//! Injected time (design decision 10, docs/decisions.md). Simulated code paths take a
+//! `Clock` instead of reading `std::time`, so the simulator decides what time it is.
 
 /// Wall-clock time for record timestamps and for reports.
 pub trait Clock: Send + Sync + 'static {

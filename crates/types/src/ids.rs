@@ -13,7 +13,7 @@ pub type PartitionId = u32;
 /// A record's position in its partition. The first record has offset 0.
 pub type Offset = u64;
 
-/// The metadata group's id (design decision 5).
+/// The metadata group's id (design decision 5, docs/decisions.md).
 pub const METADATA_GROUP: GroupId = 0;
 
 /// How a consumer group's coordinator spreads a group's partitions over its members.

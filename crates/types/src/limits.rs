@@ -1,4 +1,4 @@
-//! Every limit in one place (design decision 11). Units are named last.
+//! Every limit in one place (design decision 11, docs/decisions.md). Units are named last.
 //!
 //! A request over one of these is refused with `ErrorCode::InvalidRequest` or
 //! `ErrorCode::RecordTooLarge`; no allocation is ever sized by a client's number.

@@ -1,6 +1,6 @@
-//! Consumer groups (CHECKER.md item 9). A group is named in the `note` of its events; a
-//! member is a (process, session) pair, a new session for each time the workload's
-//! member joins.
+//! Consumer groups (docs/checker.md item 9). A group is named in the `note` of its events;
+//! a member is a (process, session) pair, a new session for each time the workload's member
+//! joins.
 //!
 //! - **Commit went back**: per partition, the committed offsets the group answered, in
 //!   the order the answers came, and the final one, never go down.

@@ -1,6 +1,6 @@
 //! Orders: monotonic sends within a producer session, contiguous batches, real-time
 //! order between sends, fresh high watermarks, and polls that continue where the last one
-//! ended (CHECKER.md items 6–8).
+//! ended (docs/checker.md items 6–8).
 
 use std::collections::HashMap;
 

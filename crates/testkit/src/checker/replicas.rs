@@ -1,4 +1,4 @@
-//! Replica divergence (CHECKER.md item 10): committed logs are prefixes of each other.
+//! Replica divergence (docs/checker.md item 10): committed logs are prefixes of each other.
 
 use std::collections::BTreeMap;
 

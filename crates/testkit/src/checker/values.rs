@@ -1,5 +1,5 @@
 //! Where each value was written and read: inconsistent offsets, duplicates, lost and
-//! unseen writes, unexpected and aborted reads (CHECKER.md items 1–5).
+//! unseen writes, unexpected and aborted reads (docs/checker.md items 1–5).
 
 use std::collections::{HashMap, HashSet};
 
