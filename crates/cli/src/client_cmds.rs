@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_client::{
-    Client, ClientConfig, ClientError, ClusterInfo, ControllersInfo, ErrorCode, MoveInfo, NodeId, NodeLabels,
-    PartitionId, PlanInfo, PlanScenario, ProducerConfig, Record, StartAt, TopicInfo, TopicPolicy,
+    Client, ClientConfig, ClientError, ClusterInfo, ControllersInfo, ErrorCode, Labels, MoveInfo, NodeId, PartitionId,
+    PlanInfo, PlanScenario, ProducerConfig, Record, StartAt, TopicInfo, TopicPolicy,
 };
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -678,7 +678,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
             show(output, &cluster_json(&info)?, || cluster_text(&info))
         }
         ClusterCmd::AddNode(a) => {
-            let labels = NodeLabels { region: a.region, zone: a.zone, rack: a.rack };
+            let labels = Labels { region: a.region, zone: a.zone, rack: a.rack };
             client.add_node(a.id, &a.addr, &labels).await.map_err(one_line)?;
             let json = serde_json::json!({ "added_node": a.id, "addr": a.addr, "labels": labels });
             show(output, &json, || {
@@ -774,7 +774,7 @@ async fn scenario(client: &Client, a: PlanArgs) -> anyhow::Result<PlanScenario> 
         (_, Some(id), ..) => PlanScenario::Dead(id),
         (_, _, Some(id), _) => PlanScenario::AddNode {
             id,
-            labels: NodeLabels { region: a.region, zone: a.zone.unwrap_or_default(), rack: a.rack.unwrap_or_default() },
+            labels: Labels { region: a.region, zone: a.zone.unwrap_or_default(), rack: a.rack.unwrap_or_default() },
         },
         (_, _, _, Some(name)) => {
             let replication_factor = match a.replication_factor {

@@ -1,6 +1,8 @@
 //! `flotilla`: the one binary. Runs a node (`node`), a local cluster (`dev`), and the
 //! client and admin commands (`topic`, `produce`, `consume`, `cluster`, `bench`).
 
+#![allow(clippy::disallowed_methods, reason = "the binary: real processes, real time")]
+
 mod bench;
 mod client_cmds;
 mod dev;

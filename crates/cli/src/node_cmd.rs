@@ -304,11 +304,8 @@ const JOIN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// address and labels), retrying with backoff until it succeeds. The metadata leader
 /// then adds it to the metadata group and gives it replicas.
 async fn join(via: String, config: NodeConfig) {
-    let labels = flotilla_client::NodeLabels {
-        region: config.region.clone(),
-        zone: config.zone.clone(),
-        rack: config.rack.clone(),
-    };
+    let labels =
+        flotilla_client::Labels { region: config.region.clone(), zone: config.zone.clone(), rack: config.rack.clone() };
     let mut backoff = JOIN_BACKOFF_INITIAL;
     let mut attempts = 0u64;
     loop {

@@ -2,6 +2,8 @@
 //! person typing the README's commands sees. Clusters run on free loopback ports in
 //! temporary directories; every process a test starts is stopped when it ends.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,6 +2,8 @@
 //! zones (a, b, c: nodes 1 and 4 in a, 2 and 5 in b, 3 and 6 in c). Nodes 1-3 vote in
 //! the metadata group; 4-6 are its learners.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,6 +2,8 @@
 //! fsync before acknowledgement. Each test starts its own three-node cluster on free
 //! loopback ports in a temporary directory (FLOTILLA_KEEP=1 keeps it for inspection).
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +56,40 @@ async fn t10_hundred_thousand_records_by_key_round_trip() {
         }
     }
     assert_eq!(seen.len(), N, "{} of {N} records consumed", seen.len());
+}
+
+/// t15: a fetch at the largest size a consumer may ask for (`FETCH_BYTES_MAX`), over
+/// many small batches, brings that much in one answer: the answer, batches and framing,
+/// is over the request limit, and the client accepts answers up to
+/// `FETCH_RESPONSE_BYTES_MAX`. The client once decoded no more than the request limit,
+/// and so cut every fetch to `BATCH_BYTES_MAX` (half what the node serves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_a_fetch_of_the_largest_size_reaches_the_consumer() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "small-batches", 1).await;
+    // One record of 1 KiB per batch: 9 MiB in all, more than one fetch holds.
+    let config = ProducerConfig { max_batch_records: 1, max_in_flight: 5, ..ProducerConfig::default() };
+    let producer = client.producer("small-batches", config);
+    let value = "v".repeat(1024);
+    let n = 9 * 1024;
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        acks.push(producer.enqueue(keyed(&i.to_string(), &value)).await.expect("enqueue"));
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    let config = flotilla_client::ConsumerConfig {
+        fetch_max_bytes: limits::FETCH_BYTES_MAX as u32,
+        ..flotilla_client::ConsumerConfig::default()
+    };
+    let mut consumer =
+        client.consumer_with("small-batches", 0, flotilla_client::StartAt::Beginning, config).await.expect("consumer");
+    let records = consumer.poll(Duration::from_secs(5)).await.expect("the largest fetch is decoded");
+    let bytes: usize = records.iter().map(|r| r.record.value.len()).sum();
+    assert!(bytes > 7 * 1024 * 1024, "one fetch brought {} records, {bytes} bytes", records.len());
 }
 
 /// t20: kill -9 the node leading the most partitions while a producer runs. The producer

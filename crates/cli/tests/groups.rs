@@ -11,6 +11,8 @@
 //! - g3: an online reset to a timestamp under a running member: it reads again from the
 //!   new offsets within a bound, skipping nothing after them.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

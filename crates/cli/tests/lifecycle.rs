@@ -3,6 +3,8 @@
 //! retention cycle, and a node whose filesystem fills up under a running producer.
 //! `crates/node/tests/log_lifecycle.rs` tests the same machinery in process.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::collections::BTreeSet;

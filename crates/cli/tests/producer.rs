@@ -7,6 +7,8 @@
 //! uncompressed producers on one topic. e3: `flotilla produce --format` with keys and
 //! headers per line, and `--acks leader`.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::io;

@@ -9,6 +9,8 @@
 //! - s2: the CLI: `consume --share-group` by two processes, `group describe` and `list`,
 //!   `group dlq replay` putting dead letters back, `group delete`.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,8 @@
 //! End-to-end: a node whose write-ahead log is corrupt refuses to start, and says where
 //! and what to do, instead of running without writes it had made durable.
 
+#![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
+
 use std::path::Path;
 use std::process::Command;
 use std::process::Stdio;

@@ -13,55 +13,12 @@ use flotilla_proto::{request, v1};
 use flotilla_types::{ErrorCode, GroupId, NodeId, PartitionId, limits};
 use serde::Serialize;
 
-use crate::client::{Client, Kind, Target, admin, answered, refused, rpc_err};
+use crate::client::Client;
 use crate::error::{ClientError, Result};
+use crate::router::{Kind, Target};
+use crate::wire::{admin, answered, refused, rpc_err};
 
-/// Where a topic's replicas may go and where its leaders should be. The default places
-/// replicas anywhere.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct TopicPolicy {
-    /// Replicas only in these regions; empty: any region.
-    pub allowed_regions: Vec<String>,
-    /// Preferred leaders in this region while it has a healthy replica.
-    pub preferred_leader_region: Option<String>,
-    /// Never place a replica on these nodes.
-    pub excluded_nodes: Vec<NodeId>,
-    /// Never place a replica in these zones.
-    pub excluded_zones: Vec<String>,
-    /// Retention: delete records older than this (ms); `None`: the node's default; 0:
-    /// keep forever.
-    pub retention_ms: Option<u64>,
-    /// Retention: keep at most this many bytes per partition; `None`: the node's
-    /// default; 0: no limit.
-    pub retention_bytes: Option<u64>,
-}
-
-impl From<&TopicPolicy> for v1::TopicPolicy {
-    fn from(p: &TopicPolicy) -> v1::TopicPolicy {
-        v1::TopicPolicy {
-            allowed_regions: p.allowed_regions.clone(),
-            preferred_leader_region: p.preferred_leader_region.clone(),
-            excluded_nodes: p.excluded_nodes.clone(),
-            excluded_zones: p.excluded_zones.clone(),
-            retention_ms: p.retention_ms,
-            retention_bytes: p.retention_bytes,
-        }
-    }
-}
-
-/// A node's failure domain, outermost first. Empty: not labelled.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct NodeLabels {
-    pub region: String,
-    pub zone: String,
-    pub rack: String,
-}
-
-impl From<&NodeLabels> for v1::Labels {
-    fn from(l: &NodeLabels) -> v1::Labels {
-        v1::Labels { region: l.region.clone(), zone: l.zone.clone(), rack: l.rack.clone() }
-    }
-}
+pub use flotilla_types::{Labels, TopicPolicy};
 
 /// What [`Client::plan`] asks about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,7 +31,7 @@ pub enum PlanScenario {
     /// If this node were dead.
     Dead(NodeId),
     /// If a node with these labels joined.
-    AddNode { id: NodeId, labels: NodeLabels },
+    AddNode { id: NodeId, labels: Labels },
     /// If the topic had this replication factor and policy.
     TopicConfig { name: String, replication_factor: u32, policy: TopicPolicy },
 }
@@ -294,7 +251,7 @@ pub(crate) fn merge_moves(answers: Vec<(NodeId, Vec<MoveInfo>)>, metadata_leader
 impl Client {
     /// Registers a node that joins the cluster (what `flotilla node --join` does).
     /// Idempotent: registering again updates its address and labels.
-    pub async fn add_node(&self, id: NodeId, addr: &str, labels: &NodeLabels) -> Result<()> {
+    pub async fn add_node(&self, id: NodeId, addr: &str, labels: &Labels) -> Result<()> {
         let wire = v1::AddNodeRequest { id, addr: addr.to_string(), labels: Some(labels.into()) };
         request::AddNode::try_from(wire.clone()).map_err(refused)?;
         self.admin_write(true, move |ch, addr| {
@@ -610,7 +567,7 @@ mod tests {
             PlanScenario::Now,
             PlanScenario::Drain(3),
             PlanScenario::Dead(2),
-            PlanScenario::AddNode { id: 9, labels: NodeLabels { zone: "c".into(), ..Default::default() } },
+            PlanScenario::AddNode { id: 9, labels: Labels { zone: "c".into(), ..Default::default() } },
             PlanScenario::TopicConfig { name: "t".into(), replication_factor: 5, policy: TopicPolicy::default() },
         ];
         for s in &scenarios {

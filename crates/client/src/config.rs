@@ -171,8 +171,9 @@ impl Default for ProducerConfig {
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     /// The batch bytes asked for per fetch (at least one batch comes back whatever its
-    /// size). Default 1 MiB; clamped to `limits::BATCH_BYTES_MAX` so an answer always fits
-    /// in one gRPC message.
+    /// size). Default 1 MiB; clamped to `limits::FETCH_BYTES_MAX`. The client accepts
+    /// answers up to `limits::FETCH_RESPONSE_BYTES_MAX`, which such a fetch's batches and
+    /// framing fit.
     pub fetch_max_bytes: u32,
     /// What to do when the position is no longer in the partition (deleted by
     /// retention): go to the log start (the default), to the end, or fail.

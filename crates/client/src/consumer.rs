@@ -1,13 +1,14 @@
 //! Reading one partition.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_types::{ErrorCode, Offset, PartitionId, Record};
 use serde::Serialize;
 
-use crate::client::Client;
 use crate::config::ConsumerConfig;
 use crate::error::{ClientError, Result};
+use crate::router::ClientInner;
 
 /// Where a new consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,7 +52,7 @@ pub struct ConsumedRecord {
 /// `max_wait`.
 #[derive(Debug)]
 pub struct Consumer {
-    client: Client,
+    client: Arc<ClientInner>,
     topic: String,
     partition: PartitionId,
     position: Offset,
@@ -63,7 +64,7 @@ pub struct Consumer {
 
 impl Consumer {
     pub(crate) fn new(
-        client: Client,
+        client: Arc<ClientInner>,
         topic: String,
         partition: PartitionId,
         position: Offset,
@@ -125,7 +126,7 @@ impl Consumer {
     /// `OFFSET_OUT_OF_RANGE` under `OffsetReset::None`.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>> {
         let fetched =
-            self.client.inner.fetch(&self.topic, self.partition, self.position, self.config.fetch_max_bytes, max_wait);
+            self.client.fetch(&self.topic, self.partition, self.position, self.config.fetch_max_bytes, max_wait);
         let resp = match fetched.await {
             Ok(resp) => resp,
             Err(e)

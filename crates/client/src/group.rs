@@ -23,10 +23,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::client::{Client, Kind, Target, admin, answered, flotilla, refused, rpc_err};
+use crate::client::Client;
 use crate::config::ConsumerConfig;
 use crate::consumer::OffsetReset;
 use crate::error::Result;
+use crate::router::{Kind, Target};
+use crate::wire::{admin, answered, flotilla, refused, rpc_err};
 
 /// A topic and one of its partitions.
 pub type TopicPartition = (String, PartitionId);
@@ -420,7 +422,7 @@ impl Client {
         let batch = fetched.decode().ok()?;
         let skip = next.saturating_sub(fetched.base_offset) as usize;
         let ts = batch.records().into_iter().nth(skip).map(|r| r.timestamp_ms)?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+        let now = self.inner.now_ms();
         Some(now.saturating_sub(ts) as f64 / 1000.0)
     }
 
@@ -739,7 +741,8 @@ impl GroupConsumer {
         r.generation = generation;
         let mut config = self.config.fetch.clone();
         config.offset_reset = self.config.auto_offset_reset;
-        let consumer = crate::consumer::Consumer::new(self.client.clone(), tp.0.clone(), tp.1, r.position, config);
+        let consumer =
+            crate::consumer::Consumer::new(self.client.inner.clone(), tp.0.clone(), tp.1, r.position, config);
         let (tx, wait, partition) = (self.tx.clone(), self.config.fetch_max_wait, tp.clone());
         r.task = Some(tokio::spawn(async move {
             let mut consumer = consumer;

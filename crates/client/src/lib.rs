@@ -73,10 +73,12 @@ mod group;
 mod metadata;
 pub mod partitioner;
 mod producer;
+mod router;
 mod share;
+mod wire;
 
 pub use admin::{
-    ActionKind, CatchUpInfo, ControllersInfo, MoveInfo, NodeLabels, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
+    ActionKind, CatchUpInfo, ControllersInfo, Labels, MoveInfo, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
 };
 pub use client::Client;
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};

@@ -42,10 +42,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientInner};
 use crate::config::ProducerConfig;
 use crate::error::{ClientError, Result};
 use crate::partitioner::partition_for_key;
+use crate::router::ClientInner;
 
 /// Sends records to one topic. Cheap to clone; clones share the batching queues and the
 /// buffer. Dropping the last clone lets the queues drain: records already queued are
@@ -83,7 +83,7 @@ struct Shared {
 /// What sends batches: shared by the producer and its partitions' tasks (which must not
 /// hold the queues, or the queues would never close).
 struct Writer {
-    client: Client,
+    client: Arc<ClientInner>,
     topic: String,
     config: ProducerConfig,
     /// The idempotent producer's id and epoch, once the metadata group issued them.
@@ -264,8 +264,8 @@ enum Room {
 }
 
 impl Producer {
-    pub(crate) fn new(client: Client, topic: String, config: ProducerConfig) -> Producer {
-        let seed = client.inner.config.seed.unwrap_or_else(rand::random::<u64>);
+    pub(crate) fn new(client: Arc<ClientInner>, topic: String, config: ProducerConfig) -> Producer {
+        let seed = client.config.seed.unwrap_or_else(rand::random::<u64>);
         let buffer_bytes = config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS);
         Producer {
             shared: Arc::new(Shared {
@@ -347,7 +347,7 @@ impl Producer {
 
     async fn queue_record(&self, partition: PartitionId, mut record: Record, size: usize, room: Room) -> Result<Ack> {
         if record.timestamp_ms == 0 {
-            record.timestamp_ms = self.shared.writer.client.inner.now_ms();
+            record.timestamp_ms = self.shared.writer.client.now_ms();
         }
         let queue = self.queue(partition).await?;
         let permit = self.reserve(size, room).await?;
@@ -374,7 +374,7 @@ impl Producer {
     /// of the first. Every record must pass the limits and the batch must fit in one batch
     /// (`limits::BATCH_BYTES_MAX`, `BATCH_RECORDS_MAX`), else nothing is sent.
     pub async fn send_batch(&self, partition: PartitionId, mut records: Vec<Record>) -> Result<Offset> {
-        let now = self.shared.writer.client.inner.now_ms();
+        let now = self.shared.writer.client.now_ms();
         let mut bytes = BATCH_HEADER_BYTES;
         for r in &mut records {
             bytes += check_record(r)?;
@@ -434,7 +434,7 @@ impl Producer {
             return Ok(q.clone());
         }
         // Checked before a task is spawned, so an unknown partition costs nothing.
-        self.shared.writer.client.inner.partition_info(&self.shared.writer.topic, partition).await?;
+        self.shared.writer.client.partition_info(&self.shared.writer.topic, partition).await?;
         let mut queues = self.shared.queues.lock().expect("queues lock");
         let q = queues.entry(partition).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -458,7 +458,7 @@ impl Producer {
 
 impl Writer {
     fn client(&self) -> &Arc<ClientInner> {
-        &self.client.inner
+        &self.client
     }
 
     /// The producer's id and epoch, from the metadata group on first use. A failure is

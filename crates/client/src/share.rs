@@ -24,12 +24,14 @@ use rand::Rng;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::client::{Client, Kind, Target, answered, flotilla, refused, rpc_err};
+use crate::client::Client;
 use crate::config::{ConsumerConfig, ProducerConfig};
 use crate::consumer::{Consumer, OffsetReset};
 use crate::error::{ClientError, Result};
 use crate::group::TopicPartition;
 use crate::producer::Producer;
+use crate::router::{Kind, Target};
+use crate::wire::{answered, flotilla, refused, rpc_err};
 
 /// The headers a dead-lettered record carries besides its own.
 pub mod dlq_headers {
@@ -536,7 +538,7 @@ impl ShareConsumer {
                     continue;
                 };
                 let config = ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
-                let mut consumer = Consumer::new(self.client.clone(), tp.0.clone(), tp.1, from, config);
+                let mut consumer = Consumer::new(self.client.inner.clone(), tp.0.clone(), tp.1, from, config);
                 fetches.spawn(async move {
                     let records = consumer.poll(wait).await;
                     let log_start = consumer.log_start_offset().unwrap_or(0);

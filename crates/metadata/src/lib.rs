@@ -17,15 +17,8 @@ pub mod share;
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_types::{ErrorCode, GroupId, NodeId, PartitionId, limits};
+pub use flotilla_types::{Labels, TopicPolicy};
 use serde::{Deserialize, Serialize};
-
-/// A node's failure domain, outermost first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Labels {
-    pub region: String,
-    pub zone: String,
-    pub rack: String,
-}
 
 /// Whether the metadata leader hears from a node (its lease), as last recorded in the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,27 +77,6 @@ impl Broker {
     pub fn accepts_replicas(&self) -> bool {
         self.admin == AdminState::Active && self.liveness == Liveness::Alive
     }
-}
-
-/// Where a topic's replicas may go and where its leaders should be.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicPolicy {
-    /// Replicas only in these regions; empty: any region.
-    pub allowed_regions: Vec<String>,
-    /// Preferred leaders in this region while it has a healthy replica.
-    pub preferred_leader_region: Option<String>,
-    /// Never place a replica on these nodes.
-    pub excluded_nodes: Vec<NodeId>,
-    /// Never place a replica in these zones.
-    pub excluded_zones: Vec<String>,
-    /// Retention: records older than this are deleted (ms); `None`: the node's default
-    /// (`retention-ms`); 0: kept forever.
-    #[serde(default)]
-    pub retention_ms: Option<u64>,
-    /// Retention: each partition keeps at most this many bytes of records; `None`: the
-    /// node's default (`retention-bytes`); 0: no limit.
-    #[serde(default)]
-    pub retention_bytes: Option<u64>,
 }
 
 /// A membership change of one partition in progress: the partition leader adds the new
@@ -457,7 +429,7 @@ impl MetadataState {
                 }
             }
             Command::SetTopicConfig { name, replication_factor, policy } => {
-                if let Err(e) = check_rf(*replication_factor).and_then(|_| check_policy(policy)) {
+                if let Err(e) = check_rf(*replication_factor).and_then(|_| policy.check()) {
                     return Response::error(ErrorCode::InvalidRequest, e);
                 }
                 if !self.topics.contains_key(name) {
@@ -620,7 +592,7 @@ impl MetadataState {
                 format!("partitions must be 1..={}, got {partitions}", limits::TOPIC_PARTITIONS_MAX),
             );
         }
-        if let Err(e) = check_rf(rf).and_then(|_| check_policy(policy)) {
+        if let Err(e) = check_rf(rf).and_then(|_| policy.check()) {
             return Response::error(ErrorCode::InvalidRequest, e);
         }
         let plan = match placement::place_topic(&self.brokers, &self.replica_load(), partitions, rf, policy) {
@@ -777,25 +749,6 @@ fn check_replica_count(rf: u32, current: usize, target: usize) -> Result<(), Str
     Ok(())
 }
 
-fn check_policy(p: &TopicPolicy) -> Result<(), String> {
-    let labels = p.allowed_regions.iter().chain(&p.excluded_zones).chain(p.preferred_leader_region.iter());
-    for l in labels {
-        if l.is_empty() || l.len() > limits::LABEL_BYTES_MAX {
-            return Err(format!("label '{l}' is empty or over {} bytes", limits::LABEL_BYTES_MAX));
-        }
-    }
-    if p.allowed_regions.len() + p.excluded_zones.len() + p.excluded_nodes.len() > limits::POLICY_ENTRIES_MAX {
-        return Err(format!("a policy lists at most {} regions, zones and nodes", limits::POLICY_ENTRIES_MAX));
-    }
-    if let Some(r) = &p.preferred_leader_region
-        && !p.allowed_regions.is_empty()
-        && !p.allowed_regions.contains(r)
-    {
-        return Err(format!("preferred leader region '{r}' is not among the allowed regions"));
-    }
-    Ok(())
-}
-
 fn check_broker(b: &Broker) -> Result<(), String> {
     if b.id == 0 {
         return Err("broker id 0 is reserved".into());
@@ -803,12 +756,7 @@ fn check_broker(b: &Broker) -> Result<(), String> {
     if b.addr.is_empty() || b.addr.len() > limits::LABEL_BYTES_MAX * 2 {
         return Err(format!("broker address '{}' is empty or too long", b.addr));
     }
-    for l in [&b.labels.region, &b.labels.zone, &b.labels.rack] {
-        if l.len() > limits::LABEL_BYTES_MAX {
-            return Err(format!("label over {} bytes", limits::LABEL_BYTES_MAX));
-        }
-    }
-    Ok(())
+    b.labels.check()
 }
 
 #[cfg(test)]

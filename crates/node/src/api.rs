@@ -33,43 +33,13 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PartitionView {
-    pub partition: PartitionId,
-    pub group: GroupId,
-    pub leader: Option<NodeId>,
-    pub replicas: Vec<NodeId>,
-    pub high_watermark: Option<Offset>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TopicView {
-    pub name: String,
-    pub replication_factor: u32,
-    pub partitions: Vec<PartitionView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BrokerView {
-    pub id: NodeId,
-    pub addr: String,
-    pub region: String,
-    pub zone: String,
-    pub rack: String,
-    /// alive, suspected, dead, draining or removed, as the metadata group records it.
-    pub state: String,
-    /// In the metadata group: voter, learner, or none (not yet added, or removed).
-    pub role: String,
-    /// Replicas and preferred leaderships assigned to it (move targets included).
-    pub replicas: u64,
-    pub preferred_leaders: u64,
-}
+pub use flotilla_types::cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterView {
-    pub brokers: Vec<BrokerView>,
+    pub brokers: Vec<BrokerInfo>,
     pub metadata_leader: Option<NodeId>,
-    pub topics: Vec<TopicView>,
+    pub topics: Vec<TopicInfo>,
     pub answered_by: NodeId,
     pub now_ms: u64,
 }
@@ -465,10 +435,10 @@ impl<T: RaftTransport> Node<T> {
         }
     }
 
-    fn topic_view(&self, t: &Topic) -> TopicView {
+    fn topic_view(&self, t: &Topic) -> TopicInfo {
         let alive: BTreeSet<NodeId> = self
             .with_metadata(|m| m.brokers().values().filter(|b| b.liveness == Liveness::Alive).map(|b| b.id).collect());
-        TopicView {
+        TopicInfo {
             name: t.name.clone(),
             replication_factor: t.replication_factor,
             partitions: t
@@ -482,9 +452,9 @@ impl<T: RaftTransport> Node<T> {
                         Some(g) => g.leader(),
                         None => self.groups().reported_leader(p.group).filter(|n| alive.contains(n)),
                     };
-                    PartitionView {
+                    PartitionInfo {
                         partition: p.partition,
-                        group: p.group,
+                        group_id: p.group,
                         leader,
                         replicas: p.replicas.clone(),
                         high_watermark: local.as_ref().map(|g| g.read(|s| s.high_watermark())),
@@ -496,7 +466,7 @@ impl<T: RaftTransport> Node<T> {
 
     /// Brokers and the named topics (all when `topics` is empty). Unknown names are
     /// returned as errors per topic.
-    pub fn metadata(&self, topics: &[String]) -> (Vec<BrokerView>, Vec<Result<TopicView, ApiError>>, Option<NodeId>) {
+    pub fn metadata(&self, topics: &[String]) -> (Vec<BrokerInfo>, Vec<Result<TopicInfo, ApiError>>, Option<NodeId>) {
         let all: Vec<Topic> = self.with_metadata(|m| m.topics().values().cloned().collect());
         let views = if topics.is_empty() {
             all.iter().map(|t| Ok(self.topic_view(t))).collect()
@@ -512,7 +482,7 @@ impl<T: RaftTransport> Node<T> {
         (self.broker_views(), views, self.metadata_group().leader())
     }
 
-    fn broker_views(&self) -> Vec<BrokerView> {
+    fn broker_views(&self) -> Vec<BrokerInfo> {
         let members = self.metadata_group().membership();
         let voters = members.voters();
         self.with_metadata(|m| {
@@ -528,7 +498,7 @@ impl<T: RaftTransport> Node<T> {
                         "none"
                     };
                     let l = load.get(&b.id).copied().unwrap_or_default();
-                    BrokerView {
+                    BrokerInfo {
                         id: b.id,
                         addr: b.addr.clone(),
                         region: b.labels.region.clone(),
@@ -568,7 +538,7 @@ impl<T: RaftTransport> Node<T> {
         partitions: u32,
         replication_factor: u32,
         policy: TopicPolicy,
-    ) -> Result<TopicView, ApiError> {
+    ) -> Result<TopicInfo, ApiError> {
         // The name, counts and policy are checked where the command is applied (the
         // metadata state machine), so every way in gets the same answer.
         let cmd = MetaCommand::CreateTopic { name: name.to_string(), partitions, replication_factor, policy };
@@ -624,7 +594,7 @@ impl<T: RaftTransport> Node<T> {
         })
     }
 
-    pub fn describe_topic(&self, name: &str) -> Result<TopicView, ApiError> {
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, ApiError> {
         let t = self.with_metadata(|m| m.topic(name).cloned());
         t.map(|t| self.topic_view(&t))
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")))

@@ -250,11 +250,7 @@ impl NodeConfig {
         if self.max_concurrent_moves == 0 || self.move_bytes_per_sec < 1024 {
             return Err("max-concurrent-moves must be positive and move-bytes-per-sec at least 1024".into());
         }
-        for (name, l) in [("region", &self.region), ("zone", &self.zone), ("rack", &self.rack)] {
-            if l.len() > limits::LABEL_BYTES_MAX {
-                return Err(format!("{name}: over {} bytes", limits::LABEL_BYTES_MAX));
-            }
-        }
+        self.labels().check()?;
         if self.produce_timeout_ms == 0 {
             return Err("produce-timeout-ms must be positive".into());
         }

@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_metadata::placement::{self, Action, Plan};
-use flotilla_metadata::{AdminState, Command as MetaCommand, Liveness};
-use flotilla_raft::RaftTransport;
+use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, Liveness};
+use flotilla_raft::{MembershipView, RaftTransport};
 use flotilla_types::NodeId;
 use tokio::time::Instant;
 
@@ -63,35 +63,92 @@ pub(crate) async fn controller_loop<T: RaftTransport>(node: Node<T>) {
     }
 }
 
-/// Registered, non-removed nodes join the metadata group as learners; removed nodes
-/// leave it (a removed voter stays until an operator changes the voters).
-async fn sync_metadata_members<T: RaftTransport>(node: &Node<T>) {
-    let group = node.metadata_group();
-    let members = group.membership();
+/// One change to the metadata group's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MetadataMembers {
+    AddLearner(NodeId),
+    RemoveLearners(BTreeSet<NodeId>),
+}
+
+/// The next change that keeps the metadata group's members the registered nodes:
+/// registered, non-removed nodes join as learners (one at a time); removed learners
+/// leave (a removed voter stays until an operator changes the voters). Nothing while a
+/// change is in flight.
+fn metadata_members_step(brokers: &BTreeMap<NodeId, Broker>, members: &MembershipView) -> Option<MetadataMembers> {
     if !members.committed {
-        return;
+        return None;
     }
-    let brokers = node.with_metadata(|m| m.brokers().clone());
-    for b in brokers.values() {
-        if b.admin != AdminState::Removed && !members.contains(b.id) {
-            match group.add_learner(b.id).await {
-                Ok(()) => tracing::info!(node = b.id, "added to the metadata group as a learner"),
-                Err(e) => tracing::warn!(node = b.id, error = %e, "cannot add to the metadata group"),
-            }
-            return; // one membership change at a time
-        }
+    if let Some(b) = brokers.values().find(|b| b.admin != AdminState::Removed && !members.contains(b.id)) {
+        return Some(MetadataMembers::AddLearner(b.id));
     }
     let gone: BTreeSet<NodeId> = brokers
         .values()
         .filter(|b| b.admin == AdminState::Removed && members.learners.contains(&b.id))
         .map(|b| b.id)
         .collect();
-    if !gone.is_empty() {
-        match group.remove_learners(gone.clone()).await {
+    (!gone.is_empty()).then_some(MetadataMembers::RemoveLearners(gone))
+}
+
+async fn sync_metadata_members<T: RaftTransport>(node: &Node<T>) {
+    let group = node.metadata_group();
+    let brokers = node.with_metadata(|m| m.brokers().clone());
+    match metadata_members_step(&brokers, &group.membership()) {
+        None => {}
+        Some(MetadataMembers::AddLearner(id)) => match group.add_learner(id).await {
+            Ok(()) => tracing::info!(node = id, "added to the metadata group as a learner"),
+            Err(e) => tracing::warn!(node = id, error = %e, "cannot add to the metadata group"),
+        },
+        Some(MetadataMembers::RemoveLearners(gone)) => match group.remove_learners(gone.clone()).await {
             Ok(()) => tracing::info!(?gone, "removed from the metadata group"),
             Err(e) => tracing::warn!(?gone, error = %e, "cannot remove from the metadata group"),
+        },
+    }
+}
+
+/// What the metadata leader knows of the nodes when it judges their leases.
+struct Leases<'a> {
+    me: NodeId,
+    brokers: &'a BTreeMap<NodeId, Broker>,
+    /// How long ago each node last acknowledged this leader (absent or none: never, or
+    /// not replicated to yet).
+    acked_ago: &'a BTreeMap<NodeId, Option<Duration>>,
+    /// How long each node that never acknowledged has been silent: since this leader
+    /// began, or since the node registered if that was later.
+    silent_for: &'a BTreeMap<NodeId, Duration>,
+    /// Nodes refusing this node's node-level heartbeats (their process is gone).
+    down: &'a BTreeSet<NodeId>,
+    /// This leader has led long enough to judge leases; until then only the heartbeats'
+    /// verdict counts, and only toward suspected.
+    leases_known: bool,
+    suspect_after: Duration,
+    dead_after: Duration,
+}
+
+/// The liveness each node should have now, where it differs from what is recorded:
+/// (node, the new liveness, its silence).
+fn judge(l: &Leases) -> Vec<(NodeId, Liveness, Duration)> {
+    let mut changes = Vec::new();
+    for b in l.brokers.values().filter(|b| b.admin != AdminState::Removed) {
+        let age = match (b.id == l.me, l.acked_ago.get(&b.id)) {
+            (true, _) => Duration::ZERO,
+            (false, Some(Some(age))) => *age,
+            (false, _) => l.silent_for.get(&b.id).copied().unwrap_or_default(),
+        };
+        let down = b.id != l.me && l.down.contains(&b.id);
+        let now = if !l.leases_known {
+            if down && b.liveness == Liveness::Alive { Liveness::Suspected } else { b.liveness }
+        } else if age < l.suspect_after && !down {
+            Liveness::Alive
+        } else if age < l.dead_after {
+            Liveness::Suspected
+        } else {
+            Liveness::Dead
+        };
+        if now != b.liveness {
+            changes.push((b.id, now, age));
         }
     }
+    changes
 }
 
 /// Records each node's liveness from how long ago it last acknowledged the metadata
@@ -104,46 +161,30 @@ async fn judge_leases<T: RaftTransport>(
     first_seen: &mut BTreeMap<NodeId, Instant>,
 ) {
     let group = node.metadata_group();
-    let Some(ages) = group.peer_ack_ages() else { return };
+    let Some(acked_ago) = group.peer_ack_ages() else { return };
     let brokers = node.with_metadata(|m| m.brokers().clone());
     let seen_at = Instant::now();
     first_seen.retain(|id, _| brokers.contains_key(id));
     for id in brokers.keys() {
         first_seen.entry(*id).or_insert(seen_at);
     }
-    let (suspect, dead) = (node.suspect_after(), Duration::from_millis(node.config().dead_after_ms));
-    for b in brokers.values() {
-        if b.admin == AdminState::Removed {
-            continue;
-        }
-        let age = if b.id == node.id() {
-            Duration::ZERO
-        } else {
-            match ages.get(&b.id) {
-                Some(Some(age)) => *age,
-                // Never acknowledged (or not replicated to yet): silent since this leader
-                // began, or since the node registered if that was later.
-                _ => leader_since.max(first_seen[&b.id]).elapsed(),
-            }
-        };
-        // A node refusing this leader's node-level heartbeats is suspected at once (its
-        // process is gone); silence alone waits for the lease.
-        let down = b.id != node.id() && node.peer_down(b.id);
-        let now = if !leases_known {
-            // Only the heartbeats' verdict, and only toward suspected.
-            if down && b.liveness == Liveness::Alive { Liveness::Suspected } else { b.liveness }
-        } else if age < suspect && !down {
-            Liveness::Alive
-        } else if age < dead {
-            Liveness::Suspected
-        } else {
-            Liveness::Dead
-        };
-        if now != b.liveness {
-            tracing::warn!(node = b.id, from = ?b.liveness, to = ?now, age_ms = age.as_millis() as u64, "node liveness");
-            if let Err(e) = node.metadata_write(MetaCommand::SetLiveness { node: b.id, liveness: now }).await {
-                tracing::warn!(node = b.id, error = %e, "cannot record liveness");
-            }
+    let silent_for = first_seen.iter().map(|(id, seen)| (*id, leader_since.max(*seen).elapsed())).collect();
+    let down = brokers.keys().copied().filter(|id| *id != node.id() && node.peer_down(*id)).collect();
+    let leases = Leases {
+        me: node.id(),
+        brokers: &brokers,
+        acked_ago: &acked_ago,
+        silent_for: &silent_for,
+        down: &down,
+        leases_known,
+        suspect_after: node.suspect_after(),
+        dead_after: Duration::from_millis(node.config().dead_after_ms),
+    };
+    for (id, now, age) in judge(&leases) {
+        let from = brokers[&id].liveness;
+        tracing::warn!(node = id, ?from, to = ?now, age_ms = age.as_millis() as u64, "node liveness");
+        if let Err(e) = node.metadata_write(MetaCommand::SetLiveness { node: id, liveness: now }).await {
+            tracing::warn!(node = id, error = %e, "cannot record liveness");
         }
     }
 }
@@ -174,4 +215,114 @@ pub(crate) async fn carry_out<T: RaftTransport>(node: &Node<T>, plan: &Plan) -> 
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_metadata::Labels;
+
+    fn broker(id: NodeId, liveness: Liveness, admin: AdminState) -> Broker {
+        Broker { liveness, admin, ..Broker::new(id, format!("n{id}:7070"), Labels::default()) }
+    }
+
+    fn members(voters: &[NodeId], learners: &[NodeId], committed: bool) -> MembershipView {
+        MembershipView {
+            configs: vec![voters.iter().copied().collect()],
+            learners: learners.iter().copied().collect(),
+            committed,
+        }
+    }
+
+    #[test]
+    fn the_metadata_group_gains_registered_nodes_one_at_a_time_and_loses_removed_learners() {
+        use AdminState::{Active, Draining, Removed};
+        use MetadataMembers::{AddLearner, RemoveLearners};
+        let brokers = |admin: &[(NodeId, AdminState)]| -> BTreeMap<NodeId, Broker> {
+            admin.iter().map(|(id, a)| (*id, broker(*id, Liveness::Alive, *a))).collect()
+        };
+        // (brokers, voters, learners, committed) → the step
+        let table: Vec<(BTreeMap<NodeId, Broker>, MembershipView, Option<MetadataMembers>)> = vec![
+            (brokers(&[(1, Active), (2, Active)]), members(&[1, 2], &[], true), None),
+            (brokers(&[(1, Active), (4, Active), (5, Draining)]), members(&[1], &[], true), Some(AddLearner(4))),
+            (brokers(&[(1, Active), (4, Active)]), members(&[1], &[], false), None), // a change in flight
+            (
+                brokers(&[(1, Active), (4, Removed), (5, Removed)]),
+                members(&[1], &[4, 5], true),
+                Some(RemoveLearners([4, 5].into())),
+            ),
+            // A removed voter stays until an operator changes the voters.
+            (brokers(&[(1, Active), (2, Removed)]), members(&[1, 2], &[], true), None),
+            // A removed node that is not a member is never added.
+            (brokers(&[(1, Active), (3, Removed)]), members(&[1], &[], true), None),
+        ];
+        for (brokers, members, want) in table {
+            assert_eq!(metadata_members_step(&brokers, &members), want, "{brokers:?} {members:?}");
+        }
+    }
+
+    #[test]
+    fn a_lease_judges_alive_suspected_and_dead_and_a_refusing_node_is_suspected_at_once() {
+        use Liveness::{Alive, Dead, Suspected};
+        let ms = Duration::from_millis;
+        // (recorded, acknowledged ago, never-acked silence, refusing heartbeats, leases known) → new liveness
+        let table = [
+            ((Alive, Some(ms(100)), None, false, true), Alive),
+            ((Alive, Some(ms(1_500)), None, false, true), Suspected),
+            ((Suspected, Some(ms(100)), None, false, true), Alive),
+            ((Suspected, Some(ms(30_000)), None, false, true), Dead),
+            ((Dead, Some(ms(10)), None, false, true), Alive),
+            ((Alive, Some(ms(10)), None, true, true), Suspected), // refusing: suspected at once
+            ((Alive, None, Some(ms(1_000)), false, true), Alive), // silent only since it registered
+            ((Alive, None, Some(ms(2_000)), false, true), Suspected),
+            // A new leader: only the heartbeats' verdict, and only toward suspected.
+            ((Alive, Some(ms(60_000)), None, false, false), Alive),
+            ((Alive, None, None, true, false), Suspected),
+            ((Suspected, Some(ms(10)), None, false, false), Suspected),
+        ];
+        for ((recorded, acked, silent, refusing, leases_known), want) in table {
+            let brokers = BTreeMap::from([
+                (1, broker(1, Alive, AdminState::Active)),
+                (2, broker(2, recorded, AdminState::Active)),
+            ]);
+            let acked_ago = acked.map(|a| BTreeMap::from([(2, Some(a))])).unwrap_or_default();
+            let silent_for = silent.map(|s| BTreeMap::from([(2, s)])).unwrap_or_default();
+            let down = if refusing { BTreeSet::from([2]) } else { BTreeSet::new() };
+            let leases = Leases {
+                me: 1,
+                brokers: &brokers,
+                acked_ago: &acked_ago,
+                silent_for: &silent_for,
+                down: &down,
+                leases_known,
+                suspect_after: ms(1_500),
+                dead_after: ms(30_000),
+            };
+            let got = judge(&leases).into_iter().find(|(id, ..)| *id == 2).map_or(recorded, |(_, l, _)| l);
+            assert_eq!(
+                got, want,
+                "recorded {recorded:?}, acked {acked:?} ago, silent {silent:?}, refusing {refusing}, known {leases_known}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_leader_judges_itself_alive_and_never_judges_removed_nodes() {
+        let brokers = BTreeMap::from([
+            (1, broker(1, Liveness::Suspected, AdminState::Active)),
+            (2, broker(2, Liveness::Alive, AdminState::Removed)),
+        ]);
+        let none = BTreeMap::new();
+        let leases = Leases {
+            me: 1,
+            brokers: &brokers,
+            acked_ago: &BTreeMap::new(),
+            silent_for: &none,
+            down: &BTreeSet::from([1, 2]),
+            leases_known: true,
+            suspect_after: Duration::from_millis(1_500),
+            dead_after: Duration::from_secs(30),
+        };
+        assert_eq!(judge(&leases), vec![(1, Liveness::Alive, Duration::ZERO)]);
+    }
 }

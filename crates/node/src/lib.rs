@@ -33,7 +33,7 @@ use flotilla_types::{Clock, METADATA_GROUP, NodeId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use api::{ApiError, BrokerView, ClusterView, Fetched, FetchedBatch, PartitionView, Produced, TopicView};
+pub use api::{ApiError, BrokerInfo, ClusterView, Fetched, FetchedBatch, PartitionInfo, Produced, TopicInfo};
 pub use config::NodeConfig;
 
 /// Node id → address of every known node. Shared with the transport, which dials by id.

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_metadata::{Broker, Command as MetaCommand, PartitionAssignment};
-use flotilla_raft::{Group, RaftTransport};
+use flotilla_raft::{Group, MembershipError, MembershipView, RaftTransport};
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use tokio::time::Instant;
 
-use crate::Node;
 use crate::quiesce::Quiescer;
+use crate::{ApiError, Node};
 
 const TICK: Duration = Duration::from_millis(250);
 /// The tick for `FAST_FOR` after a hosted group's leader is found gone (its take-over is
@@ -170,52 +170,97 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
     node.groups().router().throttle().set_pairs(throttled);
 }
 
-/// One step of the membership change toward `desired()`. Returns the learners still
-/// catching up (their appends are throttled).
+/// The next step of a leader's membership change toward its partition's `desired()`
+/// voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MembershipStep {
+    /// Nothing now: a change is in flight (openraft finishes it), this leader voted
+    /// itself out (a new leader among the voters carries on), or the voters are the
+    /// desired ones and no move is open.
+    Nothing,
+    /// Drop learners that are not desired.
+    RemoveLearners(BTreeSet<NodeId>),
+    /// The voters are the move's target: report it finished.
+    FinishMove(u64),
+    /// A missing replica joins as a learner first.
+    AddLearner(NodeId),
+    /// New voters still catching up: wait (their appends are throttled).
+    CatchingUp(Vec<NodeId>),
+    ChangeVoters(BTreeSet<NodeId>),
+}
+
+/// The next step for leader `me` of a group with `members`, toward `p.desired()`;
+/// `in_sync` says whether a replica has caught up with this leader.
+fn membership_step(
+    me: NodeId,
+    members: &MembershipView,
+    p: &PartitionAssignment,
+    in_sync: impl Fn(NodeId) -> bool,
+) -> MembershipStep {
+    let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+    // A leader that voted itself out keeps leading until it steps down; it must not start
+    // another change (openraft refuses, and a new leader among the voters will).
+    if !members.committed || !members.voters().contains(&me) {
+        return MembershipStep::Nothing;
+    }
+    if members.uniform_voters() == Some(&desired) {
+        let extra: BTreeSet<NodeId> = members.learners.difference(&desired).copied().collect();
+        return match (&p.moving, extra.is_empty()) {
+            (_, false) => MembershipStep::RemoveLearners(extra),
+            (Some(m), true) => MembershipStep::FinishMove(m.id),
+            (None, true) => MembershipStep::Nothing,
+        };
+    }
+    if let Some(n) = desired.iter().find(|n| !members.contains(**n)) {
+        return MembershipStep::AddLearner(*n);
+    }
+    let lagging: Vec<NodeId> = desired.difference(&members.voters()).copied().filter(|n| !in_sync(*n)).collect();
+    match lagging.is_empty() {
+        true => MembershipStep::ChangeVoters(desired),
+        false => MembershipStep::CatchingUp(lagging),
+    }
+}
+
+/// Why a step of a move did not happen; the next tick tries again from where the group is.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// `FinishMove` was not recorded.
+    #[error("cannot record the finished move: {0}")]
+    Finish(ApiError),
+}
+
+/// Carries out the next step of the membership change toward `desired()`. Returns the
+/// learners still catching up (their appends are throttled).
 async fn drive_membership<T: RaftTransport>(
     node: &Node<T>,
     group: &Group,
     p: &PartitionAssignment,
-) -> Result<Vec<NodeId>, String> {
-    let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+) -> Result<Vec<NodeId>, StepError> {
     let members = group.membership();
-    if !members.committed {
-        return Ok(Vec::new()); // a change is in flight; openraft finishes it
-    }
-    // A leader that voted itself out keeps leading until it steps down; it must not start
-    // another change (openraft refuses, and a new leader among the voters will).
-    if !members.voters().contains(&node.id()) {
-        return Ok(Vec::new());
-    }
-    let voters = members.voters();
-    if members.uniform_voters() == Some(&desired) {
-        let extra: BTreeSet<NodeId> = members.learners.difference(&desired).copied().collect();
-        if !extra.is_empty() {
-            group.remove_learners(extra).await?;
-            return Ok(Vec::new());
+    let lag = node.lag_time_max();
+    let step = membership_step(node.id(), &members, p, |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up));
+    match step {
+        MembershipStep::Nothing => {}
+        MembershipStep::RemoveLearners(extra) => group.remove_learners(extra).await?,
+        MembershipStep::FinishMove(move_id) => {
+            let cmd = MetaCommand::FinishMove { group: group.id(), move_id };
+            node.metadata_write(cmd).await.map_err(StepError::Finish)?;
+            tracing::info!(group = group.id(), move_id, voters = ?p.desired(), "move finished");
         }
-        if let Some(m) = &p.moving {
-            let cmd = MetaCommand::FinishMove { group: group.id(), move_id: m.id };
-            node.metadata_write(cmd).await.map_err(|e| e.to_string())?;
-            tracing::info!(group = group.id(), move_id = m.id, voters = ?desired, "move finished");
+        MembershipStep::AddLearner(n) => {
+            node.groups().router().throttle().add_pair(group.id(), n);
+            group.add_learner(n).await?;
+            tracing::info!(group = group.id(), node = n, "added learner");
+            return Ok(vec![n]);
         }
-        return Ok(Vec::new());
+        MembershipStep::CatchingUp(lagging) => return Ok(lagging),
+        MembershipStep::ChangeVoters(desired) => {
+            tracing::info!(group = group.id(), from = ?members.voters(), to = ?desired, "changing voters");
+            group.change_voters(desired, false).await?;
+        }
     }
-    // Missing replicas join as learners first.
-    if let Some(n) = desired.iter().find(|n| !members.contains(**n)) {
-        node.groups().router().throttle().add_pair(group.id(), *n);
-        group.add_learner(*n).await?;
-        tracing::info!(group = group.id(), node = n, "added learner");
-        return Ok(vec![*n]);
-    }
-    let new: Vec<NodeId> = desired.difference(&voters).copied().collect();
-    let lagging: Vec<NodeId> =
-        catch_up(group, &new, node.lag_time_max()).into_iter().filter(|c| !c.caught_up()).map(|c| c.node).collect();
-    if !lagging.is_empty() {
-        return Ok(lagging);
-    }
-    tracing::info!(group = group.id(), from = ?voters, to = ?desired, "changing voters");
-    group.change_voters(desired, false).await?;
     Ok(Vec::new())
 }
 
@@ -246,24 +291,51 @@ pub(crate) fn catch_up(group: &Group, nodes: &[NodeId], lag_time_max: Duration) 
         .collect()
 }
 
+/// The preferred replica (`desired()[0]`), when leader `leader` should hand leadership
+/// to it: it is another voter of a settled membership, on an active, live node, and in
+/// sync.
+fn handover_target(
+    leader: NodeId,
+    p: &PartitionAssignment,
+    members: &MembershipView,
+    brokers: &BTreeMap<NodeId, Broker>,
+    in_sync: impl Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let preferred = *p.desired().first()?;
+    let usable = preferred != leader
+        && brokers.get(&preferred).is_some_and(|b| b.accepts_replicas())
+        && members.committed
+        && members.uniform_voters().is_some_and(|v| v.contains(&preferred));
+    (usable && in_sync(preferred)).then_some(preferred)
+}
+
 /// Hands leadership to the preferred replica when it is a live, caught-up voter.
 async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, lag: Duration) {
-    let Some(&preferred) = p.desired().first() else { return };
-    if preferred == group.status().leader.unwrap_or(0) || !brokers.get(&preferred).is_some_and(|b| b.accepts_replicas())
-    {
-        return;
-    }
-    let members = group.membership();
-    if !members.committed || members.uniform_voters().is_none_or(|v| !v.contains(&preferred)) {
-        return;
-    }
-    if !catch_up(group, &[preferred], lag).iter().all(CatchUp::caught_up) {
-        return;
-    }
-    match group.transfer_leader(preferred).await {
-        Ok(()) => tracing::info!(group = group.id(), to = preferred, "handing leadership to the preferred replica"),
+    let leader = group.status().leader.unwrap_or(0);
+    let in_sync = |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up);
+    let Some(to) = handover_target(leader, p, &group.membership(), brokers, in_sync) else { return };
+    match group.transfer_leader(to).await {
+        Ok(()) => tracing::info!(group = group.id(), to, "handing leadership to the preferred replica"),
         Err(e) => tracing::debug!(group = group.id(), error = %e, "leader transfer refused"),
     }
+}
+
+/// Where leader `me` transfers leadership again after a transfer to `stuck` did not
+/// happen: another live, in-sync voter in preference order (the desired replicas, then
+/// the other voters), or `stuck` again when it is the only choice.
+fn retry_target(
+    me: NodeId,
+    stuck: NodeId,
+    p: &PartitionAssignment,
+    voters: &BTreeSet<NodeId>,
+    brokers: &BTreeMap<NodeId, Broker>,
+    in_sync: impl Fn(NodeId) -> bool,
+) -> Option<NodeId> {
+    let mut order: Vec<NodeId> = p.desired().to_vec();
+    let others: Vec<NodeId> = voters.iter().copied().filter(|v| !order.contains(v)).collect();
+    order.extend(others);
+    let usable = |n: &NodeId| *n != me && voters.contains(n) && crate::quiesce::alive(brokers, *n) && in_sync(*n);
+    order.iter().copied().filter(usable).find(|n| *n != stuck).or_else(|| usable(&stuck).then_some(stuck))
 }
 
 /// A transfer this leader started has not happened (its target is down, behind, or
@@ -278,18 +350,8 @@ async fn retry_transfer(
     lag: Duration,
 ) {
     let me = group.status().leader.unwrap_or(0);
-    let voters = group.membership().voters();
-    let mut order: Vec<NodeId> = p.desired().to_vec();
-    let others: Vec<NodeId> = voters.iter().copied().filter(|v| !order.contains(v)).collect();
-    order.extend(others);
-    let usable = |n: &NodeId| {
-        *n != me
-            && voters.contains(n)
-            && crate::quiesce::alive(brokers, *n)
-            && catch_up(group, &[*n], lag).iter().all(CatchUp::caught_up)
-    };
-    let to = order.iter().copied().filter(usable).find(|n| *n != stuck).or_else(|| usable(&stuck).then_some(stuck));
-    let Some(to) = to else { return };
+    let in_sync = |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up);
+    let Some(to) = retry_target(me, stuck, p, &group.membership().voters(), brokers, in_sync) else { return };
     tracing::info!(group = group.id(), stuck, to, "leadership transfer did not happen: transferring again");
     if let Err(e) = group.transfer_leader(to).await {
         tracing::debug!(group = group.id(), error = %e, "leader transfer refused");
@@ -330,17 +392,23 @@ fn wake_election<T: RaftTransport>(
     let noticed = *st.leader_gone_since.entry(group.id()).or_insert_with(Instant::now);
     let voters = group.membership().voters();
     let live: Vec<NodeId> = p.desired().iter().copied().filter(|n| !gone(n) && voters.contains(n)).collect();
-    let rank = live.iter().position(|n| *n == node.id())?;
-    let elapsed = noticed.elapsed();
-    let round = (elapsed.as_millis() / WAKE_ROUND.as_millis()) as u32;
-    let turn = (rank + live.len() - round as usize % live.len()) % live.len();
-    let into_round = elapsed - WAKE_ROUND * round;
-    if into_round < WAKE_STAGGER * turn as u32 || st.elected_in.get(&group.id()) == Some(&round) {
-        return None;
-    }
+    let round = campaign_round(node.id(), &live, noticed.elapsed(), st.elected_in.get(&group.id()).copied())?;
     st.elected_in.insert(group.id(), round);
     tracing::info!(group = group.id(), ?leader, "the leader's node is gone: taking over");
     Some(live.iter().copied().filter(|n| *n != node.id()).collect())
+}
+
+/// The round in which replica `me` campaigns now, if it does: `live` are the live voters
+/// in preference order, `elapsed` the time since the leader was found gone, and
+/// `last_round` the round this replica last campaigned in. Each round (`WAKE_ROUND`) the
+/// live voters take turns `WAKE_STAGGER` apart, in preference order rotated by the
+/// round number; each campaigns at most once a round.
+fn campaign_round(me: NodeId, live: &[NodeId], elapsed: Duration, last_round: Option<u32>) -> Option<u32> {
+    let rank = live.iter().position(|n| *n == me)?;
+    let round = (elapsed.as_millis() / WAKE_ROUND.as_millis()) as u32;
+    let turn = (rank + live.len() - round as usize % live.len()) % live.len();
+    let into_round = elapsed - WAKE_ROUND * round;
+    (into_round >= WAKE_STAGGER * turn as u32 && last_round != Some(round)).then_some(round)
 }
 
 #[cfg(test)]
@@ -366,5 +434,127 @@ mod tests {
         for ((matched, ago, last), want) in table {
             assert_eq!(in_sync(matched, ago, last, lag), want, "matched {matched:?}, acked {ago:?} ago, last {last}");
         }
+    }
+}
+
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use flotilla_metadata::{AdminState, Labels, Liveness, Move};
+
+    fn members(configs: &[&[NodeId]], learners: &[NodeId], committed: bool) -> MembershipView {
+        MembershipView {
+            configs: configs.iter().map(|c| c.iter().copied().collect()).collect(),
+            learners: learners.iter().copied().collect(),
+            committed,
+        }
+    }
+
+    fn partition(replicas: &[NodeId], target: Option<&[NodeId]>) -> PartitionAssignment {
+        PartitionAssignment {
+            partition: 0,
+            group: 7,
+            replicas: replicas.to_vec(),
+            epoch: 1,
+            moving: target.map(|t| Move { id: 42, target: t.to_vec(), reason: "test".into(), rolling_back: vec![] }),
+        }
+    }
+
+    fn brokers(states: &[(NodeId, Liveness, AdminState)]) -> BTreeMap<NodeId, Broker> {
+        states
+            .iter()
+            .map(|(id, l, a)| {
+                (*id, Broker { liveness: *l, admin: *a, ..Broker::new(*id, format!("n{id}:7070"), Labels::default()) })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_move_adds_learners_waits_for_them_changes_voters_drops_leftovers_and_finishes() {
+        use MembershipStep::*;
+        let moving = partition(&[1, 2, 3], Some(&[1, 2, 4]));
+        let all_in_sync = |_| true;
+        let four_behind = |n| n != 4;
+        // (leader, members, partition, 4 in sync) → step
+        let table: Vec<(NodeId, MembershipView, &PartitionAssignment, bool, MembershipStep)> = vec![
+            (1, members(&[&[1, 2, 3]], &[], true), &moving, true, AddLearner(4)),
+            (1, members(&[&[1, 2, 3]], &[4], true), &moving, false, CatchingUp(vec![4])),
+            (1, members(&[&[1, 2, 3]], &[4], true), &moving, true, ChangeVoters([1, 2, 4].into())),
+            (1, members(&[&[1, 2, 3], &[1, 2, 4]], &[], false), &moving, true, Nothing), // joint, in flight
+            (1, members(&[&[1, 2, 4]], &[3], true), &moving, true, RemoveLearners([3].into())),
+            (1, members(&[&[1, 2, 4]], &[], true), &moving, true, FinishMove(42)),
+            (3, members(&[&[1, 2, 4]], &[3], true), &moving, true, Nothing), // voted itself out
+        ];
+        for (me, m, p, four, want) in table {
+            let got = match four {
+                true => membership_step(me, &m, p, all_in_sync),
+                false => membership_step(me, &m, p, four_behind),
+            };
+            assert_eq!(got, want, "leader {me}, {m:?}");
+        }
+        let settled = partition(&[1, 2, 3], None);
+        assert_eq!(membership_step(1, &members(&[&[1, 2, 3]], &[], true), &settled, all_in_sync), Nothing);
+        assert_eq!(
+            membership_step(1, &members(&[&[1, 2, 3]], &[5], true), &settled, all_in_sync),
+            RemoveLearners([5].into())
+        );
+    }
+
+    #[test]
+    fn leadership_goes_to_the_preferred_replica_only_when_it_is_a_live_in_sync_voter() {
+        use AdminState::{Active, Draining};
+        use Liveness::{Alive, Suspected};
+        let p = partition(&[2, 1, 3], None);
+        let m = members(&[&[1, 2, 3]], &[], true);
+        let ok = brokers(&[(1, Alive, Active), (2, Alive, Active), (3, Alive, Active)]);
+        assert_eq!(handover_target(1, &p, &m, &ok, |_| true), Some(2));
+        assert_eq!(handover_target(2, &p, &m, &ok, |_| true), None, "it leads already");
+        assert_eq!(handover_target(1, &p, &m, &ok, |n| n != 2), None, "behind");
+        let suspected = brokers(&[(1, Alive, Active), (2, Suspected, Active), (3, Alive, Active)]);
+        assert_eq!(handover_target(1, &p, &m, &suspected, |_| true), None, "not alive");
+        let draining = brokers(&[(1, Alive, Active), (2, Alive, Draining), (3, Alive, Active)]);
+        assert_eq!(handover_target(1, &p, &m, &draining, |_| true), None, "draining");
+        assert_eq!(handover_target(1, &p, &members(&[&[1, 3]], &[2], true), &ok, |_| true), None, "a learner");
+        assert_eq!(handover_target(1, &p, &members(&[&[1, 2, 3]], &[], false), &ok, |_| true), None, "in flight");
+    }
+
+    #[test]
+    fn a_stalled_transfer_goes_to_the_next_usable_voter_or_the_same_one_again() {
+        use AdminState::Active;
+        use Liveness::{Alive, Dead};
+        let p = partition(&[2, 3, 1], None);
+        let voters = BTreeSet::from([1, 2, 3]);
+        let ok = brokers(&[(1, Alive, Active), (2, Alive, Active), (3, Alive, Active)]);
+        assert_eq!(retry_target(1, 2, &p, &voters, &ok, |_| true), Some(3));
+        assert_eq!(retry_target(1, 2, &p, &voters, &ok, |n| n != 3), Some(2), "the only choice");
+        let three_dead = brokers(&[(1, Alive, Active), (2, Alive, Active), (3, Dead, Active)]);
+        assert_eq!(retry_target(1, 2, &p, &voters, &three_dead, |_| true), Some(2));
+        assert_eq!(retry_target(1, 2, &p, &voters, &three_dead, |n| n != 2), None);
+        // A voter outside the desired replicas comes after them.
+        let voters4 = BTreeSet::from([1, 2, 3, 4]);
+        let four = brokers(&[(1, Alive, Active), (2, Alive, Active), (3, Dead, Active), (4, Alive, Active)]);
+        assert_eq!(retry_target(1, 2, &p, &voters4, &four, |_| true), Some(4));
+    }
+
+    #[test]
+    fn live_voters_campaign_in_turns_rotating_each_round_and_once_a_round() {
+        let ms = Duration::from_millis;
+        let live = [1, 2, 3];
+        // Round 0: 1 at once, 2 after one stagger, 3 after two.
+        assert_eq!(campaign_round(1, &live, ms(0), None), Some(0));
+        assert_eq!(campaign_round(2, &live, ms(50), None), None);
+        assert_eq!(campaign_round(2, &live, WAKE_STAGGER, None), Some(0));
+        assert_eq!(campaign_round(3, &live, WAKE_STAGGER, None), None);
+        assert_eq!(campaign_round(3, &live, WAKE_STAGGER * 2, None), Some(0));
+        assert_eq!(campaign_round(1, &live, ms(500), Some(0)), None, "once a round");
+        // Round 1: the order rotates (2, 3, 1), so a first voter that cannot win does
+        // not block the group for good.
+        let r1 = WAKE_ROUND;
+        assert_eq!(campaign_round(2, &live, r1, Some(0)), Some(1));
+        assert_eq!(campaign_round(3, &live, r1, Some(0)), None);
+        assert_eq!(campaign_round(3, &live, r1 + WAKE_STAGGER, Some(0)), Some(1));
+        assert_eq!(campaign_round(1, &live, r1 + WAKE_STAGGER, Some(0)), None);
+        assert_eq!(campaign_round(1, &live, r1 + WAKE_STAGGER * 2, Some(0)), Some(1));
+        assert_eq!(campaign_round(4, &live, r1 * 5, None), None, "not a live voter");
     }
 }

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_metadata::{Broker, Liveness, PartitionAssignment};
-use flotilla_raft::Group;
+use flotilla_raft::{Group, MembershipView};
 use flotilla_types::{GroupId, NodeId};
 use tokio::time::Instant;
 
@@ -73,7 +73,10 @@ impl Quiescer {
         let status = group.status();
         let now = Instant::now();
         let idle = self.idle(id, status.last_log_index);
-        if !idle || !settled(group, p, brokers, status.last_log_index, status.leader) {
+        let matched = group.replication_matched().unwrap_or_default();
+        let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+        let settled = settled(&group.membership(), &desired, brokers, &matched, status.last_log_index, status.leader);
+        if !idle || !settled {
             group.set_ticking(true);
             self.keepalive_at.remove(&id);
             return;
@@ -112,34 +115,17 @@ impl Quiescer {
     ) {
         self.keepalive_at.remove(&group.id());
         let idle = self.idle(group.id(), group.status().last_log_index);
-        let quiet = match group.leader() {
-            // Restarted, it remembers leading: the others may still wait for it.
-            Some(l) if l == me => false,
-            // While entries arrive the leader is busy and heartbeating: the follower keeps
-            // its own election timer, so a leader replica that stops (a failed disk) is
-            // replaced as fast as without quiescing. Once its log has been still as long
-            // as the leader waits before quiescing, it stops too, while:
-            // - the leader is still a voter (one that committed its own removal steps
-            //   down without a word to its followers);
-            // - its node's leadership report still claims the group (a leader replica can
-            //   stop or restart on a live node). Reports come every 2 s, so a restarted
-            //   follower does not ask for one during the start grace;
-            // - it was heard from within the backstop. A replica restarted with its vote
-            //   remembers the leader but has not heard from it yet: the time since the
-            //   start counts as the silence.
-            Some(l) => {
-                idle && alive(brokers, l)
-                    && group.membership().voters().contains(&l)
-                    && (leader_claims || self.started.elapsed() < self.start_grace())
-                    && group.since_last_append().unwrap_or_else(|| self.started.elapsed()) < self.backstop()
-            }
-            // This node may itself still be marked suspected after its restart.
-            None => {
-                self.started.elapsed() < self.start_grace()
-                    && preferred_voter(group, p) != Some(me)
-                    && group.membership().voters().iter().all(|v| *v == me || alive(brokers, *v))
-            }
+        let follower = Follower {
+            me,
+            leader: group.leader(),
+            idle,
+            voters: group.membership().voters(),
+            preferred: preferred_voter(group, p),
+            leader_claims,
+            since_start: self.started.elapsed(),
+            since_heard: group.since_last_append(),
         };
+        let quiet = follower.quiet(brokers, self.start_grace(), self.backstop());
         group.set_ticking(self.after.is_zero() || !quiet);
     }
 
@@ -161,6 +147,59 @@ impl Quiescer {
     }
 }
 
+/// What a follower replica knows when it decides whether its timers run.
+#[derive(Debug, Clone)]
+struct Follower {
+    me: NodeId,
+    /// The leader it knows.
+    leader: Option<NodeId>,
+    /// Its log has not grown for `quiesce-after-ms`.
+    idle: bool,
+    voters: BTreeSet<NodeId>,
+    /// The first desired replica that votes.
+    preferred: Option<NodeId>,
+    /// The leader's node still claims the group in its leadership report.
+    leader_claims: bool,
+    since_start: Duration,
+    /// Since it last heard from its leader (none: not since it started).
+    since_heard: Option<Duration>,
+}
+
+impl Follower {
+    /// Whether it stays quiet (its timers stopped).
+    fn quiet(&self, brokers: &BTreeMap<NodeId, Broker>, start_grace: Duration, backstop: Duration) -> bool {
+        match self.leader {
+            // Restarted, it remembers leading: the others may still wait for it.
+            Some(l) if l == self.me => false,
+            // While entries arrive the leader is busy and heartbeating: the follower keeps
+            // its own election timer, so a leader replica that stops (a failed disk) is
+            // replaced as fast as without quiescing. Once its log has been still as long
+            // as the leader waits before quiescing, it stops too, while:
+            // - the leader is still a voter (one that committed its own removal steps
+            //   down without a word to its followers);
+            // - its node's leadership report still claims the group (a leader replica can
+            //   stop or restart on a live node). Reports come every 2 s, so a restarted
+            //   follower does not ask for one during the start grace;
+            // - it was heard from within the backstop. A replica restarted with its vote
+            //   remembers the leader but has not heard from it yet: the time since the
+            //   start counts as the silence.
+            Some(l) => {
+                self.idle
+                    && alive(brokers, l)
+                    && self.voters.contains(&l)
+                    && (self.leader_claims || self.since_start < start_grace)
+                    && self.since_heard.unwrap_or(self.since_start) < backstop
+            }
+            // This node may itself still be marked suspected after its restart.
+            None => {
+                self.since_start < start_grace
+                    && self.preferred != Some(self.me)
+                    && self.voters.iter().all(|v| *v == self.me || alive(brokers, *v))
+            }
+        }
+    }
+}
+
 /// The first of the desired replicas that votes now (during a move the first desired
 /// replica may still be a learner, which cannot campaign).
 fn preferred_voter(group: &Group, p: &PartitionAssignment) -> Option<NodeId> {
@@ -173,22 +212,123 @@ pub(crate) fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
 }
 
 /// Nothing for the group's timers to do: its voters are the desired replicas, all on live
-/// nodes and all holding the leader's last entry, with no membership change in flight.
+/// nodes and all holding the leader's last entry (`last`; `matched` per replica), with no
+/// membership change in flight.
 fn settled(
-    group: &Group,
-    p: &PartitionAssignment,
+    members: &MembershipView,
+    desired: &BTreeSet<NodeId>,
     brokers: &BTreeMap<NodeId, Broker>,
+    matched: &BTreeMap<NodeId, Option<u64>>,
     last: Option<u64>,
     leader: Option<NodeId>,
 ) -> bool {
-    let members = group.membership();
-    let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
-    if !members.committed || !members.learners.is_empty() || members.uniform_voters() != Some(&desired) {
-        return false;
+    members.committed
+        && members.learners.is_empty()
+        && members.uniform_voters() == Some(desired)
+        && desired.iter().all(|n| alive(brokers, *n))
+        && desired.iter().filter(|n| Some(**n) != leader).all(|n| matched.get(n).copied().flatten() == last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_metadata::{AdminState, Labels};
+
+    fn brokers(states: &[(NodeId, Liveness)]) -> BTreeMap<NodeId, Broker> {
+        states
+            .iter()
+            .map(|(id, l)| {
+                let b = Broker::new(*id, format!("n{id}:7070"), Labels::default());
+                (*id, Broker { liveness: *l, admin: AdminState::Active, ..b })
+            })
+            .collect()
     }
-    if !desired.iter().all(|n| alive(brokers, *n)) {
-        return false;
+
+    fn members(configs: &[&[NodeId]], learners: &[NodeId], committed: bool) -> MembershipView {
+        MembershipView {
+            configs: configs.iter().map(|c| c.iter().copied().collect()).collect(),
+            learners: learners.iter().copied().collect(),
+            committed,
+        }
     }
-    let matched = group.replication_matched().unwrap_or_default();
-    desired.iter().filter(|n| Some(**n) != leader).all(|n| matched.get(n).copied().flatten() == last)
+
+    #[test]
+    fn a_leader_quiesces_only_a_settled_group() {
+        use Liveness::{Alive, Suspected};
+        let desired = BTreeSet::from([1, 2, 3]);
+        let live = brokers(&[(1, Alive), (2, Alive), (3, Alive)]);
+        let all = BTreeMap::from([(2, Some(9)), (3, Some(9))]);
+        let m = members(&[&[1, 2, 3]], &[], true);
+        assert!(settled(&m, &desired, &live, &all, Some(9), Some(1)));
+        let behind = BTreeMap::from([(2, Some(9)), (3, Some(8))]);
+        assert!(!settled(&m, &desired, &live, &behind, Some(9), Some(1)), "a follower lacks the last entry");
+        let unknown = BTreeMap::from([(2, Some(9))]);
+        assert!(!settled(&m, &desired, &live, &unknown, Some(9), Some(1)), "a follower not heard from");
+        let suspected = brokers(&[(1, Alive), (2, Alive), (3, Suspected)]);
+        assert!(!settled(&m, &desired, &suspected, &all, Some(9), Some(1)), "a voter's node is suspected");
+        assert!(!settled(&members(&[&[1, 2, 3]], &[4], true), &desired, &live, &all, Some(9), Some(1)), "a learner");
+        assert!(!settled(&members(&[&[1, 2, 3]], &[], false), &desired, &live, &all, Some(9), Some(1)), "in flight");
+        assert!(!settled(&members(&[&[1, 2, 4]], &[], true), &desired, &live, &all, Some(9), Some(1)), "a move");
+        assert!(!settled(&members(&[&[1, 2, 3], &[1, 2]], &[], true), &desired, &live, &all, Some(9), Some(1)));
+    }
+
+    #[test]
+    fn a_follower_is_quiet_while_it_has_a_live_claiming_leader_heard_lately() {
+        use Liveness::{Alive, Suspected};
+        let (grace, backstop) = (Duration::from_secs(4), Duration::from_secs(9));
+        let s = Duration::from_secs;
+        let live = brokers(&[(1, Alive), (2, Alive), (3, Alive)]);
+        let quiet_one = Follower {
+            me: 2,
+            leader: Some(1),
+            idle: true,
+            voters: BTreeSet::from([1, 2, 3]),
+            preferred: Some(1),
+            leader_claims: true,
+            since_start: s(60),
+            since_heard: Some(s(1)),
+        };
+        assert!(quiet_one.quiet(&live, grace, backstop));
+        // Each condition that wakes it:
+        let woken = [
+            Follower { idle: false, ..quiet_one.clone() },
+            Follower { leader: Some(2), ..quiet_one.clone() }, // it remembers leading
+            Follower { voters: BTreeSet::from([2, 3]), ..quiet_one.clone() }, // leader voted out
+            Follower { leader_claims: false, ..quiet_one.clone() },
+            Follower { since_heard: Some(backstop), ..quiet_one.clone() },
+            Follower { since_heard: None, ..quiet_one.clone() }, // silent since its start, 60 s
+        ];
+        for f in woken {
+            assert!(!f.quiet(&live, grace, backstop), "{f:?}");
+        }
+        assert!(!quiet_one.quiet(&brokers(&[(1, Suspected), (2, Alive), (3, Alive)]), grace, backstop));
+        // Just restarted: the report may not have come yet, and the leader may speak
+        // only at its next keepalive.
+        let restarted = Follower { leader_claims: false, since_start: s(1), since_heard: None, ..quiet_one.clone() };
+        assert!(restarted.quiet(&live, grace, backstop));
+    }
+
+    #[test]
+    fn a_restarted_replica_without_a_leader_waits_the_grace_unless_it_is_preferred() {
+        use Liveness::{Alive, Suspected};
+        let grace = Duration::from_secs(4);
+        let live = brokers(&[(1, Alive), (2, Alive), (3, Alive)]);
+        let f = Follower {
+            me: 2,
+            leader: None,
+            idle: false,
+            voters: BTreeSet::from([1, 2, 3]),
+            preferred: Some(1),
+            leader_claims: false,
+            since_start: Duration::from_secs(1),
+            since_heard: None,
+        };
+        assert!(f.quiet(&live, grace, grace));
+        assert!(!Follower { since_start: grace, ..f.clone() }.quiet(&live, grace, grace), "past the grace");
+        assert!(!Follower { preferred: Some(2), ..f.clone() }.quiet(&live, grace, grace), "the preferred ticks");
+        let one_down = brokers(&[(1, Suspected), (2, Suspected), (3, Alive)]);
+        assert!(!f.quiet(&one_down, grace, grace), "another voter's node is not alive");
+        let me_suspected = brokers(&[(1, Alive), (2, Suspected), (3, Alive)]);
+        assert!(f.quiet(&me_suspected, grace, grace), "this node may still be marked suspected");
+    }
 }

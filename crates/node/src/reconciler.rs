@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, Response as MetaResponse};
+use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, PartitionAssignment, Response as MetaResponse};
 use flotilla_raft::{GroupKind, RaftTransport, WriteError};
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
+
+use tokio::time::Instant;
 
 use crate::Node;
 
@@ -117,8 +119,48 @@ pub(crate) fn metadata_caught_up<T: RaftTransport>(node: &Node<T>) -> bool {
     s.leader.is_some() && s.applied.is_some() && s.applied >= s.committed
 }
 
+/// What reconciling the local replicas toward the assignment does now.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Steps {
+    /// Replicas to start, with the group's initial voters when this replica initialises
+    /// it: only the initial replicas of a group that never changed membership do; any
+    /// other replica starts empty and is added by the partition leader.
+    start: Vec<(GroupId, Option<BTreeSet<NodeId>>)>,
+    /// Replicas unlisted for `REMOVE_AFTER`: removed once their group's leader confirms.
+    remove: Vec<GroupId>,
+}
+
+/// The steps toward `desired` (the metadata's partitions on node `me`) from the replicas
+/// `running` here (the metadata group's aside). `unlisted` holds since when each running
+/// replica has not been in the metadata; it is updated for `now`.
+fn steps(
+    me: NodeId,
+    desired: &BTreeMap<GroupId, PartitionAssignment>,
+    running: &BTreeSet<GroupId>,
+    unlisted: &mut BTreeMap<GroupId, Instant>,
+    now: Instant,
+) -> Steps {
+    let start = desired
+        .iter()
+        .filter(|(g, _)| !running.contains(g))
+        .map(|(g, p)| {
+            let voters: BTreeSet<NodeId> = p.replicas.iter().copied().collect();
+            (*g, (p.epoch == 0 && voters.contains(&me)).then_some(voters))
+        })
+        .collect();
+    unlisted.retain(|g, _| running.contains(g) && !desired.contains_key(g));
+    let mut remove = Vec::new();
+    for g in running.iter().filter(|g| !desired.contains_key(g)) {
+        let since = *unlisted.entry(*g).or_insert(now);
+        if now.duration_since(since) >= REMOVE_AFTER {
+            remove.push(*g);
+        }
+    }
+    Steps { start, remove }
+}
+
 /// `unlisted`: since when each hosted replica has not been in the metadata.
-async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMap<GroupId, tokio::time::Instant>) {
+async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMap<GroupId, Instant>) {
     let me = node.id();
     let (desired, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
     for (id, b) in brokers {
@@ -126,43 +168,69 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMa
             node.addresses().set(id, b.addr);
         }
     }
-    for (group, p) in &desired {
-        if node.groups().get(*group).is_some() {
-            continue;
-        }
-        // Only the initial replicas of a group that never changed membership initialise
-        // it; any other replica starts empty and is added by the partition leader.
-        let voters: BTreeSet<NodeId> = p.replicas.iter().copied().collect();
-        let init = (p.epoch == 0 && voters.contains(&me)).then_some(&voters);
-        match node.groups().ensure(*group, GroupKind::Partition, init).await {
-            Ok(_) => tracing::info!(group, ?voters, initialised = init.is_some(), "started partition replica"),
+    let running: BTreeSet<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();
+    let steps = steps(me, &desired, &running, unlisted, Instant::now());
+    for (group, init) in &steps.start {
+        match node.groups().ensure(*group, GroupKind::Partition, init.as_ref()).await {
+            Ok(_) => tracing::info!(group, voters = ?init, initialised = init.is_some(), "started partition replica"),
             Err(e) => tracing::warn!(group, error = %e, "cannot start partition replica"),
         }
     }
-    let hosted: Vec<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();
-    unlisted.retain(|g, _| hosted.contains(g) && !desired.contains_key(g));
-    for group in hosted {
-        if desired.contains_key(&group) {
-            continue;
-        }
-        let since = *unlisted.entry(group).or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() >= REMOVE_AFTER {
-            // The local metadata may be stale. A group still in the metadata (its topic
-            // not deleted; group ids are never reused) loses this replica only once its
-            // leader confirms that its membership no longer holds this node.
-            let listed = node.with_metadata(|m| m.partition_of_group(group).map(|(_, p)| p.hosts()));
-            if let Some(hosts) = listed {
-                let candidates: Vec<NodeId> = hosts.into_iter().filter(|n| *n != me).collect();
-                if !node.groups().released_by_leader(group, &candidates).await {
-                    tracing::info!(group, "unlisted replica kept: its group's leader does not confirm it left");
-                    continue;
-                }
-            }
-            unlisted.remove(&group);
-            match node.groups().remove(group).await {
-                Ok(()) => tracing::info!(group, "removed partition replica"),
-                Err(e) => tracing::warn!(group, error = %e, "cannot remove partition replica"),
+    for group in steps.remove {
+        // The local metadata may be stale. A group still in the metadata (its topic
+        // not deleted; group ids are never reused) loses this replica only once its
+        // leader confirms that its membership no longer holds this node.
+        let listed = node.with_metadata(|m| m.partition_of_group(group).map(|(_, p)| p.hosts()));
+        if let Some(hosts) = listed {
+            let candidates: Vec<NodeId> = hosts.into_iter().filter(|n| *n != me).collect();
+            if !node.groups().released_by_leader(group, &candidates).await {
+                tracing::info!(group, "unlisted replica kept: its group's leader does not confirm it left");
+                continue;
             }
         }
+        unlisted.remove(&group);
+        match node.groups().remove(group).await {
+            Ok(()) => tracing::info!(group, "removed partition replica"),
+            Err(e) => tracing::warn!(group, error = %e, "cannot remove partition replica"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(group: GroupId, replicas: &[NodeId], epoch: u64) -> PartitionAssignment {
+        PartitionAssignment { partition: 0, group, replicas: replicas.to_vec(), epoch, moving: None }
+    }
+
+    #[test]
+    fn only_an_initial_replica_of_an_unchanged_group_initialises_it() {
+        let desired = BTreeMap::from([
+            (10, partition(10, &[1, 2, 3], 0)), // an initial replica: initialises
+            (11, partition(11, &[1, 2, 3], 2)), // after a move: starts empty
+            (12, partition(12, &[2, 3, 4], 0)), // this node is a move's new replica: empty
+            (13, partition(13, &[1, 2, 3], 0)), // running already
+        ]);
+        let steps = steps(1, &desired, &BTreeSet::from([13]), &mut BTreeMap::new(), Instant::now());
+        assert_eq!(steps.start, vec![(10, Some(BTreeSet::from([1, 2, 3]))), (11, None), (12, None)]);
+        assert!(steps.remove.is_empty());
+    }
+
+    #[test]
+    fn a_replica_is_removed_only_after_being_unlisted_for_a_while() {
+        let t0 = Instant::now();
+        let desired = BTreeMap::from([(10, partition(10, &[1, 2, 3], 0))]);
+        let running = BTreeSet::from([10, 20, 21]);
+        let mut unlisted = BTreeMap::new();
+        assert!(steps(1, &desired, &running, &mut unlisted, t0).remove.is_empty());
+        assert_eq!(unlisted.keys().copied().collect::<Vec<_>>(), vec![20, 21]);
+        let almost = t0 + REMOVE_AFTER - Duration::from_millis(1);
+        assert!(steps(1, &desired, &running, &mut unlisted, almost).remove.is_empty());
+        // 21 is listed again meanwhile (moved back): its clock starts over.
+        let desired_again = BTreeMap::from([(10, partition(10, &[1, 2, 3], 0)), (21, partition(21, &[1, 2, 3], 3))]);
+        assert!(steps(1, &desired_again, &running, &mut unlisted, almost).remove.is_empty());
+        assert_eq!(steps(1, &desired, &running, &mut unlisted, t0 + REMOVE_AFTER).remove, vec![20]);
+        assert_eq!(steps(1, &desired, &running, &mut unlisted, t0 + REMOVE_AFTER * 2).remove, vec![20, 21]);
     }
 }

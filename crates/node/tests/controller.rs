@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use flotilla_metadata::{Labels, TopicPolicy};
 use flotilla_node::admin::Scenario;
-use flotilla_node::{Node, NodeConfig, PartitionView, TopicView};
+use flotilla_node::{Node, NodeConfig, PartitionInfo, TopicInfo};
 use flotilla_storage::MemEngine;
 use flotilla_types::{ErrorCode, GroupId, NodeId};
 
@@ -56,13 +56,13 @@ impl Five {
 
 /// Creates topic `name` with `partitions` partitions of three replicas, through node 1
 /// once it knows a metadata leader.
-async fn create(nodes: &[Node<LocalTransport>], name: &str, partitions: u32) -> TopicView {
+async fn create(nodes: &[Node<LocalTransport>], name: &str, partitions: u32) -> TopicInfo {
     eventually("create", async || nodes[0].create_topic(name, partitions, 3, TopicPolicy::default()).await.ok()).await
 }
 
 /// The partitions of `topic` whose replica on `n` leads.
-fn led_by<'t>(n: &Node<LocalTransport>, topic: &'t TopicView) -> Vec<&'t PartitionView> {
-    topic.partitions.iter().filter(|p| n.groups().get(p.group).is_some_and(|g| g.is_leader())).collect()
+fn led_by<'t>(n: &Node<LocalTransport>, topic: &'t TopicInfo) -> Vec<&'t PartitionInfo> {
+    topic.partitions.iter().filter(|p| n.groups().get(p.group_id).is_some_and(|g| g.is_leader())).collect()
 }
 
 /// Waits until `group`'s leader has exactly `want` as voters.
@@ -167,7 +167,7 @@ async fn t30_listed_and_joining_nodes_become_learners_and_get_replicas() {
 async fn t31_reassign_moves_a_partition_without_losing_records() {
     let Five { nodes, .. } = Five::start(|c| c.auto_balance = false).await;
     let topic = create(&nodes, "t", 1).await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     let values: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
     for v in &values {
         produce(&nodes, "t", 0, &[v.as_str()]).await;
@@ -316,7 +316,7 @@ async fn t35_a_cancelled_move_rolls_back() {
     })
     .await;
     let topic = create(&nodes, "t", 1).await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     let big = "x".repeat(4000);
     for _ in 0..10 {
         produce(&nodes, "t", 0, &[big.as_str()]).await;
@@ -357,7 +357,7 @@ async fn t36_a_suspected_leaders_groups_elect_without_waiting_for_their_timeout(
     }
     // Node 4 is no controller, so the metadata leader survives and judges its lease.
     let led_by_4: Vec<GroupId> = eventually("node 4 leads a partition once leaders are balanced", async || {
-        let led: Vec<GroupId> = led_by(&nodes[3], &topic).iter().map(|p| p.group).collect();
+        let led: Vec<GroupId> = led_by(&nodes[3], &topic).iter().map(|p| p.group_id).collect();
         (!led.is_empty()).then_some(led)
     })
     .await;
@@ -393,7 +393,7 @@ async fn t38_a_follower_serves_committed_records_to_a_follower_fetch() {
     for v in ["a", "b", "c"] {
         produce(&nodes, "t", 0, &[v]).await;
     }
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     let follower = eventually("a follower that has applied all three", async || {
         nodes.iter().find(|n| {
             n.groups()
@@ -440,14 +440,14 @@ async fn t39_a_cut_off_metadata_leader_fails_a_membership_change_in_bounded_time
 }
 
 /// The groups a node hosts, by whether their Raft timers run: (ticking, quiet).
-fn ticking_and_quiet(n: &Node<LocalTransport>, topic: &TopicView) -> (usize, usize) {
+fn ticking_and_quiet(n: &Node<LocalTransport>, topic: &TopicInfo) -> (usize, usize) {
     let hosted: Vec<bool> =
-        topic.partitions.iter().filter_map(|p| n.groups().get(p.group)).map(|g| g.is_ticking()).collect();
+        topic.partitions.iter().filter_map(|p| n.groups().get(p.group_id)).map(|g| g.is_ticking()).collect();
     (hosted.iter().filter(|t| **t).count(), hosted.iter().filter(|t| !**t).count())
 }
 
 /// Waits until every replica of `topic` has stopped its Raft timers.
-async fn all_quiet(nodes: &[Node<LocalTransport>], topic: &TopicView) {
+async fn all_quiet(nodes: &[Node<LocalTransport>], topic: &TopicInfo) {
     eventually("every replica quiet", async || nodes.iter().all(|n| ticking_and_quiet(n, topic).0 == 0).then_some(()))
         .await;
 }
@@ -455,7 +455,7 @@ async fn all_quiet(nodes: &[Node<LocalTransport>], topic: &TopicView) {
 /// Five nodes whose node liveness never acts (a node is never suspected), with idle
 /// groups quiescing after 300 ms (plus `tune`), and one topic "t" of one partition holding
 /// "a" whose replicas have all gone quiet. Returns the nodes, the topic and its group.
-async fn one_quiet_partition(tune: impl Fn(&mut NodeConfig)) -> (Five, TopicView, GroupId) {
+async fn one_quiet_partition(tune: impl Fn(&mut NodeConfig)) -> (Five, TopicInfo, GroupId) {
     let five = Five::start(|c| {
         c.quiesce_after_ms = 300;
         c.suspect_after_ms = 600_000;
@@ -465,7 +465,7 @@ async fn one_quiet_partition(tune: impl Fn(&mut NodeConfig)) -> (Five, TopicView
     .await;
     let topic = create(&five.nodes, "t", 1).await;
     produce(&five.nodes, "t", 0, &["a"]).await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     all_quiet(&five.nodes, &topic).await;
     (five, topic, group)
 }
@@ -570,7 +570,7 @@ async fn t43_every_node_names_every_partitions_leader() {
     let truth = |group: GroupId| leader_of(&nodes, group).map(|n| n.id());
     let agree = || {
         topic.partitions.iter().all(|p| {
-            let leader = truth(p.group);
+            let leader = truth(p.group_id);
             leader.is_some()
                 && nodes
                     .iter()
@@ -579,13 +579,14 @@ async fn t43_every_node_names_every_partitions_leader() {
     };
     eventually("every node names every leader", async || agree().then_some(())).await;
     // Some node describes a partition it does not host.
-    assert!(topic.partitions.iter().any(|p| nodes.iter().any(|n| n.groups().get(p.group).is_none())));
+    assert!(topic.partitions.iter().any(|p| nodes.iter().any(|n| n.groups().get(p.group_id).is_none())));
     // Move one leadership (as the preferred leader, so it stays); every node follows.
     let p = &topic.partitions[0];
-    let from = truth(p.group).expect("a leader");
+    let from = truth(p.group_id).expect("a leader");
     let to = *p.replicas.iter().find(|r| **r != from).expect("another replica");
     eventually("transfer", async || nodes[0].transfer_leader("t", 0, to).await.ok()).await;
-    eventually("every node names the new leader", async || (truth(p.group) == Some(to) && agree()).then_some(())).await;
+    eventually("every node names the new leader", async || (truth(p.group_id) == Some(to) && agree()).then_some(()))
+        .await;
     shutdown(&nodes).await;
 }
 
@@ -671,7 +672,7 @@ async fn t90_replica_destroyed_only_outside_committed_membership() {
     })
     .await;
     let t = create(&nodes, "t", 1).await;
-    let group = t.partitions[0].group;
+    let group = t.partitions[0].group_id;
     let meta = eventually("a metadata leader", async || nodes[0].describe_cluster().metadata_leader).await;
     // Zones: a = 1, 4; b = 2, 5; c = 3. The partition leader is a zone-b node that does
     // not lead the metadata group, so node 4 can lose the one without the other.

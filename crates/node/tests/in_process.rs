@@ -6,6 +6,8 @@
 //! partition write/read path without gRPC or RocksDB (those are covered end to end in
 //! `crates/cli/tests/`). A node is cut off by making the transport drop its traffic.
 
+#![allow(clippy::disallowed_methods, reason = "tests wait in real time")]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -39,7 +41,7 @@ async fn t10_topic_produce_fetch_and_failover() {
 
     // A fetch at the high watermark waits (long poll) and returns as soon as a record
     // is committed.
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     // The long poll goes to the partition's leader; should leadership move while it
     // waits (a slow machine), the waiter follows it rather than failing the test.
     let waiter = {
@@ -93,7 +95,7 @@ async fn t10_topic_produce_fetch_and_failover() {
     eventually("delete topic", async || nodes[2].delete_topic("t").await.ok()).await;
     let gone = nodes[0].delete_topic("t").await.unwrap_err();
     assert_eq!(gone.code, ErrorCode::UnknownTopic);
-    let groups: BTreeSet<GroupId> = topic.partitions.iter().map(|p| p.group).collect();
+    let groups: BTreeSet<GroupId> = topic.partitions.iter().map(|p| p.group_id).collect();
     eventually("replicas removed", async || {
         nodes.iter().all(|n| n.groups().ids().iter().all(|g| !groups.contains(g))).then_some(())
     })
@@ -154,7 +156,7 @@ async fn t96_a_silent_follower_is_out_of_sync_after_the_lag_time_however_little_
         nodes.push(start_node(&net, config, &engines[id as usize - 1]).await);
     }
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     assert_eq!(produce(&nodes, "t", 0, &["a"]).await, 0);
     let under = |n: &Node<LocalTransport>| {
         let text = n.render_metrics();
@@ -199,7 +201,7 @@ async fn t99_a_stopped_replica_refuses_follower_fetches_and_the_node_says_it_is_
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = start_cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     assert_eq!(produce(&nodes, "t", 0, &["a"]).await, 0);
     let leader = eventually("a leader", async || nodes[0].groups().get(group).and_then(|g| g.leader())).await;
     let follower = *topic.partitions[0].replicas.iter().find(|r| **r != leader).unwrap();
@@ -241,7 +243,7 @@ async fn t91_a_new_leader_does_not_refuse_an_offset_a_consumer_reached() {
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = start_cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     produce(&nodes, "t", 0, &["a", "b"]).await;
     let old = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     let followers: Vec<_> = nodes.iter().filter(|n| n.id() != old.id()).cloned().collect();
@@ -292,7 +294,7 @@ async fn t46_acks_leader_answers_from_the_leaders_log_with_the_offsets_the_batch
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = start_cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     assert_eq!(produce(&nodes, "t", 0, &["a", "b"]).await, 0);
     let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     // Followers get nothing from here on: nothing the leader appends can commit.

@@ -79,7 +79,7 @@ async fn l10_delete_records_moves_the_log_start_on_every_replica_and_purges_the_
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     for i in 0..10 {
         produce(&nodes, "t", 0, &[&format!("a{i}"), &format!("b{i}")]).await;
     }
@@ -134,7 +134,7 @@ async fn l20_retention_bytes_keeps_at_most_that_many_bytes() {
     let one = batch(&[&value]).bytes().len() as u64;
     let policy = TopicPolicy { retention_bytes: Some(5 * one), ..TopicPolicy::default() };
     let topic = eventually("create topic", async || nodes[0].create_topic("t", 1, 3, policy.clone()).await.ok()).await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     for _ in 0..20 {
         produce(&nodes, "t", 0, &[&value]).await;
     }
@@ -157,7 +157,7 @@ async fn l30_retention_ms_deletes_old_batches_and_seek_by_time_uses_the_time_ind
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     let now = flotilla_types::SystemClock.now_ms();
     let hour = 3_600_000;
     // Three batches: two hours old, one hour old (with one record at 30 min), and now.
@@ -196,7 +196,7 @@ async fn l40_a_follower_behind_the_purged_log_catches_up_by_snapshot() {
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     produce(&nodes, "t", 0, &["a"]).await;
     let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     let behind = nodes.iter().find(|n| n.id() != leader.id()).unwrap().clone();
@@ -226,7 +226,7 @@ async fn l45_the_producer_table_survives_a_snapshot_install_and_a_leader_change(
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     let stamped = |seq: u32, values: &[&str]| {
         let records: Vec<Record> = values.iter().map(|v| Record::value(v.to_string())).collect();
         RecordBatch::encode_as(&records, Some(ProducerStamp { id: 77, epoch: 0, base_sequence: seq })).unwrap()
@@ -295,7 +295,7 @@ async fn l50_a_node_short_of_disk_refuses_writes_and_recovers() {
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     produce(&nodes, "t", 0, &["a"]).await;
     let leader = eventually("a leader", async || leader_of(&nodes, group).cloned()).await;
     leader.set_disk_full(Some("test: 1 byte free".into()));
@@ -317,7 +317,7 @@ async fn l60_a_restart_reloads_the_applied_state() {
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     for i in 0..30 {
         produce(&nodes, "t", 0, &[&format!("v{i}")]).await;
     }
@@ -365,7 +365,7 @@ async fn l70_records_stamped_like_the_last_deleted_one_are_neither_skipped_nor_d
     let engines: Vec<MemEngine> = (0..3).map(|_| MemEngine::new()).collect();
     let nodes = cluster(&net, &engines).await;
     let topic = one_partition_topic(&nodes, "t").await;
-    let group = topic.partitions[0].group;
+    let group = topic.partitions[0].group_id;
     let ts = flotilla_types::SystemClock.now_ms() - 1_000;
     for i in 0..10 {
         produce_batch(&nodes, "t", 0, &stamped(&[(&format!("v{i}"), ts)])).await;

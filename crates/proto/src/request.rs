@@ -49,15 +49,7 @@ fn node_ids(what: &str, ids: Vec<NodeId>, max: usize) -> Result<Vec<NodeId>, v1:
 /// A label value (region, zone, rack): at most `LABEL_BYTES_MAX` bytes, printable, no
 /// whitespace; empty only where `may_be_empty`.
 fn label(what: &str, value: String, may_be_empty: bool) -> Result<String, v1::Error> {
-    if value.is_empty() {
-        return if may_be_empty { Ok(value) } else { Err(invalid(format!("{what} is empty"))) };
-    }
-    if value.len() > limits::LABEL_BYTES_MAX {
-        return Err(invalid(format!("{what} is {} bytes, the limit is {}", value.len(), limits::LABEL_BYTES_MAX)));
-    }
-    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(format!("{what} {value:?} contains {c:?}")));
-    }
+    flotilla_types::policy::check_label(what, &value, may_be_empty).map_err(invalid)?;
     Ok(value)
 }
 
@@ -252,62 +244,29 @@ fn replication_factor(rf: u32) -> Result<u32, v1::Error> {
     Ok(rf)
 }
 
-/// A topic's placement policy, its labels and node ids well-formed. Whether the cluster
-/// can satisfy it is decided by the metadata group.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// Replicas only in these regions; empty: any region.
-    pub allowed_regions: Vec<String>,
-    /// Preferred leaders in this region; one of `allowed_regions` when those are given.
-    pub preferred_leader_region: Option<String>,
-    pub excluded_nodes: Vec<NodeId>,
-    pub excluded_zones: Vec<String>,
-    /// Retention in ms; `None`: the node's default; 0: keep forever.
-    pub retention_ms: Option<u64>,
-    /// Retention in bytes per partition; `None`: the node's default; 0: no limit.
-    pub retention_bytes: Option<u64>,
-}
+// A topic's placement and retention policy and a node's labels come from the wire
+// checked (`TopicPolicy::check`, `Labels::check`): labels and node ids well-formed.
+// Whether the cluster can satisfy a policy is decided by the metadata group.
+pub use flotilla_types::{Labels, TopicPolicy};
 
-impl TryFrom<v1::TopicPolicy> for Policy {
+impl TryFrom<v1::TopicPolicy> for TopicPolicy {
     type Error = v1::Error;
-    fn try_from(p: v1::TopicPolicy) -> Result<Policy, v1::Error> {
-        let entries = p.allowed_regions.len() + p.excluded_nodes.len() + p.excluded_zones.len();
-        if entries > POLICY_ENTRIES_MAX {
-            return Err(invalid(format!(
-                "the policy lists {entries} regions, zones and nodes; the limit is {POLICY_ENTRIES_MAX}"
-            )));
-        }
-        let labels = |what: &str, values: Vec<String>| -> Result<Vec<String>, v1::Error> {
-            values.into_iter().map(|v| label(what, v, false)).collect()
-        };
-        let allowed_regions = labels("an allowed region", p.allowed_regions)?;
-        let excluded_zones = labels("an excluded zone", p.excluded_zones)?;
-        let preferred_leader_region =
-            p.preferred_leader_region.map(|r| label("the preferred leader region", r, false)).transpose()?;
-        if let Some(r) = &preferred_leader_region
-            && !allowed_regions.is_empty()
-            && !allowed_regions.contains(r)
-        {
-            return Err(invalid(format!(
-                "the preferred leader region '{r}' is not among the allowed regions {allowed_regions:?}"
-            )));
-        }
-        for n in &p.excluded_nodes {
-            node_id("an excluded node", *n)?;
-        }
-        Ok(Policy {
-            allowed_regions,
-            preferred_leader_region,
+    fn try_from(p: v1::TopicPolicy) -> Result<TopicPolicy, v1::Error> {
+        let policy = TopicPolicy {
+            allowed_regions: p.allowed_regions,
+            preferred_leader_region: p.preferred_leader_region,
             excluded_nodes: p.excluded_nodes,
-            excluded_zones,
+            excluded_zones: p.excluded_zones,
             retention_ms: p.retention_ms,
             retention_bytes: p.retention_bytes,
-        })
+        };
+        policy.check().map_err(invalid)?;
+        Ok(policy)
     }
 }
 
-impl From<&Policy> for v1::TopicPolicy {
-    fn from(p: &Policy) -> v1::TopicPolicy {
+impl From<&TopicPolicy> for v1::TopicPolicy {
+    fn from(p: &TopicPolicy) -> v1::TopicPolicy {
         v1::TopicPolicy {
             allowed_regions: p.allowed_regions.clone(),
             preferred_leader_region: p.preferred_leader_region.clone(),
@@ -320,8 +279,8 @@ impl From<&Policy> for v1::TopicPolicy {
 }
 
 /// An absent policy is the empty one (no constraints).
-fn policy(p: Option<v1::TopicPolicy>) -> Result<Policy, v1::Error> {
-    p.map(Policy::try_from).transpose().map(Option::unwrap_or_default)
+fn policy(p: Option<v1::TopicPolicy>) -> Result<TopicPolicy, v1::Error> {
+    p.map(TopicPolicy::try_from).transpose().map(Option::unwrap_or_default)
 }
 
 /// A topic to create, its counts within the limits.
@@ -332,7 +291,7 @@ pub struct CreateTopic {
     pub partitions: u32,
     /// `1..=REPLICATION_FACTOR_MAX`.
     pub replication_factor: u32,
-    pub policy: Policy,
+    pub policy: TopicPolicy,
 }
 
 impl CreateTopic {
@@ -342,7 +301,7 @@ impl CreateTopic {
             name: topic_name(name.into())?,
             partitions: partition_count(partitions)?,
             replication_factor: self::replication_factor(replication_factor)?,
-            policy: Policy::default(),
+            policy: TopicPolicy::default(),
         })
     }
 }
@@ -361,7 +320,7 @@ impl From<&CreateTopic> for v1::CreateTopicRequest {
             name: c.name.clone(),
             partitions: c.partitions,
             replication_factor: c.replication_factor,
-            policy: (c.policy != Policy::default()).then(|| v1::TopicPolicy::from(&c.policy)),
+            policy: (c.policy != TopicPolicy::default()).then(|| v1::TopicPolicy::from(&c.policy)),
         }
     }
 }
@@ -372,7 +331,7 @@ pub struct TopicConfig {
     pub name: String,
     /// `1..=REPLICATION_FACTOR_MAX`.
     pub replication_factor: u32,
-    pub policy: Policy,
+    pub policy: TopicPolicy,
 }
 
 impl TopicConfig {
@@ -403,23 +362,17 @@ impl TryFrom<v1::AddPartitionsRequest> for AddPartitions {
     }
 }
 
-/// A node's failure-domain labels, each at most `LABEL_BYTES_MAX` bytes (may be empty).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeLabels {
-    pub region: String,
-    pub zone: String,
-    pub rack: String,
+/// A node's labels from the wire, checked (absent: none).
+pub fn labels(l: Option<v1::Labels>) -> Result<Labels, v1::Error> {
+    let l = l.unwrap_or_default();
+    let labels = Labels { region: l.region, zone: l.zone, rack: l.rack };
+    labels.check().map_err(invalid)?;
+    Ok(labels)
 }
 
-impl TryFrom<Option<v1::Labels>> for NodeLabels {
-    type Error = v1::Error;
-    fn try_from(l: Option<v1::Labels>) -> Result<NodeLabels, v1::Error> {
-        let l = l.unwrap_or_default();
-        Ok(NodeLabels {
-            region: label("the region", l.region, true)?,
-            zone: label("the zone", l.zone, true)?,
-            rack: label("the rack", l.rack, true)?,
-        })
+impl From<&Labels> for v1::Labels {
+    fn from(l: &Labels) -> v1::Labels {
+        v1::Labels { region: l.region.clone(), zone: l.zone.clone(), rack: l.rack.clone() }
     }
 }
 
@@ -429,7 +382,7 @@ pub struct AddNode {
     pub id: NodeId,
     /// `host:port`.
     pub addr: String,
-    pub labels: NodeLabels,
+    pub labels: Labels,
 }
 
 impl TryFrom<v1::AddNodeRequest> for AddNode {
@@ -438,7 +391,7 @@ impl TryFrom<v1::AddNodeRequest> for AddNode {
         Ok(AddNode {
             id: node_id("the node id", r.id)?,
             addr: host_port("the node address", r.addr)?,
-            labels: NodeLabels::try_from(r.labels)?,
+            labels: labels(r.labels)?,
         })
     }
 }
@@ -512,7 +465,7 @@ pub enum Scenario {
     /// If this node were dead.
     Dead(NodeId),
     /// If a node with these labels joined.
-    AddNode { id: NodeId, labels: NodeLabels },
+    AddNode { id: NodeId, labels: Labels },
     /// If the topic had this configuration.
     TopicConfig(TopicConfig),
 }
@@ -525,9 +478,7 @@ impl TryFrom<v1::PlanRequest> for Scenario {
             None | Some(S::Now(_)) => Scenario::Now,
             Some(S::DrainNode(id)) => Scenario::Drain(node_id("the node to drain", id)?),
             Some(S::DeadNode(id)) => Scenario::Dead(node_id("the dead node", id)?),
-            Some(S::AddNode(a)) => {
-                Scenario::AddNode { id: node_id("the new node", a.id)?, labels: NodeLabels::try_from(a.labels)? }
-            }
+            Some(S::AddNode(a)) => Scenario::AddNode { id: node_id("the new node", a.id)?, labels: labels(a.labels)? },
             Some(S::TopicConfig(t)) => Scenario::TopicConfig(TopicConfig::new(t.name, t.replication_factor, t.policy)?),
         })
     }
@@ -997,7 +948,7 @@ mod tests {
             retention_ms: Some(3_600_000),
             retention_bytes: None,
         };
-        let p = Policy::try_from(ok.clone()).unwrap();
+        let p = TopicPolicy::try_from(ok.clone()).unwrap();
         assert_eq!(v1::TopicPolicy::from(&p), ok, "round trip");
         let r = v1::CreateTopicRequest { name: "t".into(), partitions: 1, replication_factor: 3, policy: Some(ok) };
         let c = CreateTopic::try_from(r.clone()).unwrap();
@@ -1012,7 +963,7 @@ mod tests {
         let bad = |f: fn(&mut v1::TopicPolicy)| {
             let mut p = v1::TopicPolicy::default();
             f(&mut p);
-            message(Policy::try_from(p).unwrap_err())
+            message(TopicPolicy::try_from(p).unwrap_err())
         };
         assert!(bad(|p| p.allowed_regions = vec![String::new()]).contains("allowed region is empty"));
         assert!(bad(|p| p.excluded_zones = vec!["z".repeat(limits::LABEL_BYTES_MAX + 1)]).contains("limit is"));
@@ -1086,7 +1037,7 @@ mod tests {
         let cfg = |rf| {
             TopicConfig::try_from(v1::SetTopicConfigRequest { name: "t".into(), replication_factor: rf, policy: None })
         };
-        assert_eq!(cfg(5).unwrap().policy, Policy::default());
+        assert_eq!(cfg(5).unwrap().policy, TopicPolicy::default());
         assert!(message(cfg(0).unwrap_err()).contains("replication factor 0"));
         let add = |total| AddPartitions::try_from(v1::AddPartitionsRequest { name: "t".into(), total });
         assert_eq!(add(12).unwrap().total, 12);

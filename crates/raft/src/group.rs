@@ -53,10 +53,19 @@ pub enum MembershipError {
     Timeout { group: GroupId, after: Duration },
 }
 
-impl From<MembershipError> for String {
-    fn from(e: MembershipError) -> String {
-        e.to_string()
-    }
+/// Why an operation on one replica did not happen: a leadership transfer, a heartbeat,
+/// an election, a compaction, or its removal from this node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// openraft refused it (this replica does not lead, or is stopping): nothing changed.
+    #[error("group {group} refused: {reason}")]
+    Refused { group: GroupId, reason: String },
+    /// Another live voter holds a longer log: that one campaigns, not this replica.
+    #[error("group {group}: node {node} holds a longer log ({theirs} against {mine}): it goes first")]
+    LongerLogElsewhere { group: GroupId, node: NodeId, theirs: String, mine: String },
+    /// The storage engine failed.
+    #[error("group {group}: storage: {reason}")]
+    Storage { group: GroupId, reason: String },
 }
 
 /// A snapshot of a group's Raft status on this node.
@@ -403,8 +412,12 @@ impl Group {
 
     /// Asks openraft to take a snapshot at the retention point and purge the log up to
     /// it (`state_machine`): the space of deleted records is given back.
-    pub async fn compact_log(&self) -> Result<(), String> {
-        self.raft.trigger().snapshot().await.map_err(|e| e.to_string())
+    pub async fn compact_log(&self) -> Result<(), GroupError> {
+        self.raft.trigger().snapshot().await.map_err(|e| self.refused(e))
+    }
+
+    fn refused(&self, e: impl std::fmt::Display) -> GroupError {
+        GroupError::Refused { group: self.id, reason: e.to_string() }
     }
 
     /// The produce batch stored at `log_index`, read from the log.
@@ -417,9 +430,9 @@ impl Group {
 
     /// Asks the group to hand leadership to `to`. From then on this leader accepts no
     /// writes and sends no heartbeats; `to` campaigns once it has the leader's last entry.
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), String> {
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
         let term = self.status().term;
-        self.raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())?;
+        self.raft.trigger().transfer_leader(to).await.map_err(|e| self.refused(e))?;
         *self.transfer.lock().expect("transfer lock poisoned") =
             Some((to, term, <RtInstant as openraft::Instant>::now()));
         Ok(())
@@ -454,8 +467,8 @@ impl Group {
     }
 
     /// Sends one heartbeat to every follower now, ticking or not.
-    pub async fn heartbeat_now(&self) -> Result<(), String> {
-        self.raft.trigger().heartbeat().await.map_err(|e| e.to_string())
+    pub async fn heartbeat_now(&self) -> Result<(), GroupError> {
+        self.raft.trigger().heartbeat().await.map_err(|e| self.refused(e))
     }
 
     pub(crate) fn note_append(&self) {
@@ -607,13 +620,13 @@ impl Group {
     /// requests followers grant despite the lease (Raft dissertation 4.2.3). Safety does
     /// not rest on the lease (reads use ReadIndex), only the disruption of a live leader
     /// wrongly suspected.
-    pub async fn take_over(&self) -> Result<(), String> {
+    pub async fn take_over(&self) -> Result<(), GroupError> {
         let vote = self.raft.metrics().borrow_watched().vote;
         let req = openraft::raft::TransferLeaderRequest::new(vote, self.node, None);
         match self.raft.handle_transfer_leader(req).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(Err(e)) => Err(self.refused(e)),
+            Err(e) => Err(self.refused(e)),
         }
     }
 
@@ -654,4 +667,4 @@ impl Group {
 /// quorum does not learn that it was deposed until the partition heals, so without a
 /// bound the caller (an operator's request, the controller's or the mover's loop) would
 /// wait that long.
-pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_millis(flotilla_types::limits::MEMBERSHIP_TIMEOUT_MS);

@@ -29,7 +29,9 @@ pub mod wire;
 
 pub use command::{Command, Response};
 pub use config::GroupTimings;
-pub use group::{Group, GroupKind, GroupStatus, MEMBERSHIP_TIMEOUT, MembershipError, MembershipView, WriteError};
+pub use group::{
+    Group, GroupError, GroupKind, GroupStatus, MEMBERSHIP_TIMEOUT, MembershipError, MembershipView, WriteError,
+};
 pub use network::{MoveThrottle, RaftTransport, TransportError};
 pub use registry::Groups;
 pub use typed::{MetadataGroup, PartitionGroup};

@@ -468,6 +468,7 @@ mod tests {
             std::thread::sleep(SYNC);
             self.0.write_durable(batch)
         }
+        #[allow(clippy::disallowed_methods, reason = "a slow disk's callback comes from its own thread")]
         fn on_durable(&self, done: DurableCallback) {
             std::thread::spawn(move || {
                 std::thread::sleep(SYNC);

@@ -11,7 +11,7 @@ use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use openraft::error::{InitializeError, RaftError};
 
 use crate::config::GroupTimings;
-use crate::group::{Group, GroupKind};
+use crate::group::{Group, GroupError, GroupKind};
 use crate::log_store::{LogStore, decode, destroy, encode, restore_from_tombstone};
 use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Router, TransportError};
 use crate::state_machine::{GroupState, StateMachineStore};
@@ -139,7 +139,7 @@ impl<T: RaftTransport> Groups<T> {
     }
 
     /// Stops the group and deletes its data from this node.
-    pub async fn remove(&self, id: GroupId) -> Result<(), String> {
+    pub async fn remove(&self, id: GroupId) -> Result<(), GroupError> {
         assert_ne!(id, METADATA_GROUP, "the metadata group is never removed");
         let _guard = self.lifecycle.lock().await;
         let Some(group) = self.groups.write().expect("groups lock poisoned").remove(&id) else {
@@ -148,7 +148,9 @@ impl<T: RaftTransport> Groups<T> {
         if let Err(e) = group.raft.shutdown().await {
             tracing::warn!(group = id, error = %e, "group did not shut down cleanly");
         }
-        destroy(self.engine.as_ref(), id).await.map_err(|e| format!("group {id}: cannot delete its data: {e}"))?;
+        destroy(self.engine.as_ref(), id)
+            .await
+            .map_err(|e| GroupError::Storage { group: id, reason: format!("cannot delete its data: {e}") })?;
         tracing::info!(group = id, "removed group");
         Ok(())
     }
@@ -256,15 +258,21 @@ impl<T: RaftTransport> Groups<T> {
     /// replica refusing a vote for its shorter log does not move to the candidate's
     /// term, so it would lose its own election in that term too). A voter that does
     /// not answer in time is not waited for.
-    pub async fn take_over(&self, group: &Group, others: &[NodeId]) -> Result<(), String> {
+    pub async fn take_over(&self, group: &Group, others: &[NodeId]) -> Result<(), GroupError> {
         let timeout = std::time::Duration::from_millis(200);
-        let mine = group.log.last_log_id().map_err(|e| e.to_string())?;
+        let mine =
+            group.log.last_log_id().map_err(|e| GroupError::Storage { group: group.id, reason: e.to_string() })?;
         let asks = others.iter().map(|n| self.router.call(*n, group.id, &RaftRpc::LastLog, timeout));
         for (n, answer) in others.iter().zip(futures::future::join_all(asks).await) {
             if let Ok(RaftReply::LastLog(theirs)) = answer
                 && theirs > mine
             {
-                return Err(format!("node {n} holds a longer log ({theirs:?} against {mine:?}): it goes first"));
+                return Err(GroupError::LongerLogElsewhere {
+                    group: group.id,
+                    node: *n,
+                    theirs: format!("{theirs:?}"),
+                    mine: format!("{mine:?}"),
+                });
             }
         }
         group.take_over().await

@@ -6,6 +6,11 @@
 //! cluster, so a seed fixes every election timeout of the run (design decision 10,
 //! docs/decisions.md: no `thread_rng` on simulated paths).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the runtime adapter is where tokio and the seeded generator are plugged in"
+)]
+
 use std::cell::Cell;
 use std::future::Future;
 use std::io;

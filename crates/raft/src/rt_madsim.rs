@@ -11,6 +11,8 @@
 //! caught it). [`SimWatch`] is the same channel with one `Notify`: waiters wake in the
 //! order they waited. Nothing here starts an OS thread, which madsim refuses.
 
+#![allow(clippy::disallowed_methods, reason = "madsim serves these calls from the simulation")]
+
 use std::fmt;
 use std::future::Future;
 use std::io;

@@ -18,7 +18,7 @@ use crate::TypeConfig;
 type Entry = <TypeConfig as RaftTypeConfig>::Entry;
 
 /// The most a group's tail holds, in encoded bytes.
-pub const TAIL_BYTES_MAX: usize = 8 << 20;
+pub use flotilla_types::limits::RAFT_TAIL_BYTES_MAX as TAIL_BYTES_MAX;
 
 /// Whether `entry` is a produce of the batch whose bytes are at `key` (address, length).
 pub fn holds_batch(entry: &Entry, key: (usize, usize)) -> bool {

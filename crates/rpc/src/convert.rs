@@ -1,9 +1,8 @@
 //! Conversions between protobuf messages and the node's domain types.
 
 use flotilla_metadata::placement::{Action, Plan};
-use flotilla_metadata::{Labels, TopicPolicy};
 use flotilla_node::admin::{ControllersView, MoveView, Scenario};
-use flotilla_node::{ApiError, BrokerView, PartitionView, TopicView};
+use flotilla_node::{ApiError, BrokerInfo, PartitionInfo, TopicInfo};
 use flotilla_proto::{request, v1};
 
 pub(crate) fn error(e: &ApiError) -> v1::Error {
@@ -11,17 +10,17 @@ pub(crate) fn error(e: &ApiError) -> v1::Error {
     v1::Error { code: e.code.as_u32(), message: e.message.clone(), leader_id, leader_addr }
 }
 
-pub(crate) fn partition(p: &PartitionView) -> v1::PartitionMetadata {
+pub(crate) fn partition(p: &PartitionInfo) -> v1::PartitionMetadata {
     v1::PartitionMetadata {
         partition: p.partition,
-        group_id: p.group,
+        group_id: p.group_id,
         leader_id: p.leader.unwrap_or(0),
         replicas: p.replicas.clone(),
         high_watermark: p.high_watermark,
     }
 }
 
-pub(crate) fn topic(t: &TopicView) -> v1::TopicMetadata {
+pub(crate) fn topic(t: &TopicInfo) -> v1::TopicMetadata {
     v1::TopicMetadata {
         name: t.name.clone(),
         error: None,
@@ -30,7 +29,7 @@ pub(crate) fn topic(t: &TopicView) -> v1::TopicMetadata {
     }
 }
 
-pub(crate) fn broker(b: &BrokerView) -> v1::Broker {
+pub(crate) fn broker(b: &BrokerInfo) -> v1::Broker {
     v1::Broker {
         id: b.id,
         addr: b.addr.clone(),
@@ -44,29 +43,14 @@ pub(crate) fn broker(b: &BrokerView) -> v1::Broker {
     }
 }
 
-pub(crate) fn policy(p: request::Policy) -> TopicPolicy {
-    TopicPolicy {
-        allowed_regions: p.allowed_regions,
-        preferred_leader_region: p.preferred_leader_region,
-        excluded_nodes: p.excluded_nodes,
-        excluded_zones: p.excluded_zones,
-        retention_ms: p.retention_ms,
-        retention_bytes: p.retention_bytes,
-    }
-}
-
-pub(crate) fn labels(l: request::NodeLabels) -> Labels {
-    Labels { region: l.region, zone: l.zone, rack: l.rack }
-}
-
 pub(crate) fn scenario(s: request::Scenario) -> Scenario {
     match s {
         request::Scenario::Now => Scenario::Now,
         request::Scenario::Drain(id) => Scenario::Drain(id),
         request::Scenario::Dead(id) => Scenario::Dead(id),
-        request::Scenario::AddNode { id, labels: l } => Scenario::AddNode { id, labels: labels(l) },
+        request::Scenario::AddNode { id, labels } => Scenario::AddNode { id, labels },
         request::Scenario::TopicConfig(t) => {
-            Scenario::TopicConfig { name: t.name, replication_factor: t.replication_factor, policy: policy(t.policy) }
+            Scenario::TopicConfig { name: t.name, replication_factor: t.replication_factor, policy: t.policy }
         }
     }
 }

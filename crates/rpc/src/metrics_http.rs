@@ -10,12 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-/// The largest request head read; a longer one is answered 431 and closed.
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
-/// How long a client may take to send its request head, and to read the answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; further ones wait in the listen backlog.
-const CONNECTIONS_MAX: usize = 64;
+// The largest request head read, the time allowed, the connections served at once.
+use flotilla_types::limits::{
+    METRICS_CONNECTIONS_MAX as CONNECTIONS_MAX, METRICS_REQUEST_BYTES_MAX as REQUEST_BYTES_MAX,
+};
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(flotilla_types::limits::METRICS_REQUEST_TIMEOUT_MS);
 /// The Prometheus text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -364,8 +364,7 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         req: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         handle(&self.node, "create_topic", req, |r: request::CreateTopic| async move {
-            let policy = convert::policy(r.policy);
-            answer(self.node.create_topic(&r.name, r.partitions, r.replication_factor, policy).await, |t| {
+            answer(self.node.create_topic(&r.name, r.partitions, r.replication_factor, r.policy).await, |t| {
                 v1::CreateTopicResponse { error: None, topic: Some(convert::topic(&t)) }
             })
         })
@@ -427,9 +426,7 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
 
     async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Result<Response<v1::AddNodeResponse>, Status> {
         handle(&self.node, "add_node", req, |r: request::AddNode| async move {
-            answer(self.node.add_node(r.id, &r.addr, convert::labels(r.labels)).await, |()| {
-                v1::AddNodeResponse::default()
-            })
+            answer(self.node.add_node(r.id, &r.addr, r.labels).await, |()| v1::AddNodeResponse::default())
         })
         .await
     }
@@ -519,8 +516,7 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         req: Request<v1::SetTopicConfigRequest>,
     ) -> Result<Response<v1::SetTopicConfigResponse>, Status> {
         handle(&self.node, "set_topic_config", req, |r: request::TopicConfig| async move {
-            let policy = convert::policy(r.policy);
-            answer(self.node.set_topic_config(&r.name, r.replication_factor, policy).await, |()| {
+            answer(self.node.set_topic_config(&r.name, r.replication_factor, r.policy).await, |()| {
                 v1::SetTopicConfigResponse::default()
             })
         })
@@ -753,7 +749,7 @@ where
         .map_err(|e| ServeError::Serve(e.to_string()))?;
     let client = v1::flotilla_server::FlotillaServer::new(ClientApi { node: node.clone() })
         .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
-        .max_encoding_message_size(limits::FETCH_BYTES_MAX + limits::BATCH_BYTES_MAX + 64 * 1024);
+        .max_encoding_message_size(limits::FETCH_RESPONSE_BYTES_MAX);
     let admin = v1::admin_server::AdminServer::new(AdminApi { node: node.clone() })
         .max_decoding_message_size(limits::REQUEST_BYTES_MAX);
     let raft = raftpb::raft_server::RaftServer::new(RaftApi { node })

@@ -23,6 +23,8 @@
 //!   The modes compared, measured: `tests::wal_recovery_modes_on_a_torn_tail_and_on_a_corrupt_middle`
 //!   and docs/operating.md.
 
+#![allow(clippy::disallowed_methods, reason = "the RocksDB engine runs on real threads and is never simulated")]
+
 #[cfg(test)]
 mod tests;
 

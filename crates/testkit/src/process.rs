@@ -1,5 +1,7 @@
 //! A cluster of real node processes on 127.0.0.1.
 
+#![allow(clippy::disallowed_methods, reason = "starts and watches real processes in real time")]
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -6,14 +6,17 @@
 
 pub mod batch;
 pub mod clock;
+pub mod cluster;
 pub mod error;
 pub mod group;
 pub mod ids;
 pub mod limits;
 pub mod planted;
+pub mod policy;
 
 pub use batch::{BatchError, Compression, ProducerStamp, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};
 pub use error::ErrorCode;
 pub use group::GroupHeartbeat;
 pub use ids::{Acks, Assignor, GroupId, METADATA_GROUP, NodeId, Offset, PartitionId};
+pub use policy::{Labels, TopicPolicy};

@@ -24,6 +24,11 @@ pub const FETCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// The longest a Fetch may wait for new data.
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 
+/// The largest Fetch answer: `FETCH_BYTES_MAX` of batches (or one batch over it, as a
+/// fetch always returns at least one) with their framing. Servers encode and clients
+/// decode Fetch answers up to this, above the limit on requests.
+pub const FETCH_RESPONSE_BYTES_MAX: usize = FETCH_BYTES_MAX + BATCH_BYTES_MAX + 64 * 1024;
+
 /// Topic names: 1..=TOPIC_NAME_BYTES_MAX bytes of `[a-zA-Z0-9._-]`.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
@@ -84,6 +89,30 @@ const _: () = assert!(BATCH_BYTES_MAX < REQUEST_BYTES_MAX, "a full batch fits in
 const _: () = assert!(RAFT_APPEND_BYTES_MAX + BATCH_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX, "an append fits in a message");
 const _: () = assert!(DECODE_BYTES_MAX >= RAFT_MESSAGE_BYTES_MAX, "every message a node accepts decodes");
 const _: () = assert!(REQUEST_TIMEOUT_MS > FETCH_WAIT_MS_MAX && REQUEST_TIMEOUT_MS > RAFT_CALL_TIMEOUT_MS);
+const _: () = assert!(
+    FETCH_RESPONSE_BYTES_MAX >= FETCH_BYTES_MAX + BATCH_BYTES_MAX,
+    "a fetch answer at its byte limit, or of one batch at its limit, fits the answer limit"
+);
+const _: () = assert!(RAFT_TAIL_BYTES_MAX >= RAFT_APPEND_BYTES_MAX, "a full append can be sent from memory");
+const _: () = assert!(
+    MEMBERSHIP_TIMEOUT_MS > RAFT_CALL_TIMEOUT_MS,
+    "a membership change waits longer than one call that times out"
+);
+
+/// The most encoded bytes of recent entries a group keeps in memory, so that entries
+/// just written are replicated and applied without reading them back.
+pub const RAFT_TAIL_BYTES_MAX: usize = 8 << 20;
+
+/// How long a membership change (add a learner, change voters) may take to commit
+/// before it is reported indeterminate.
+pub const MEMBERSHIP_TIMEOUT_MS: u64 = 10_000;
+
+/// The metrics endpoint (`/metrics`): the largest request head read (a longer one is
+/// answered 431 and closed), how long a client may take to send it and read the
+/// answer, and the connections served at once (further ones wait in the backlog).
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+pub const METRICS_REQUEST_TIMEOUT_MS: u64 = 5_000;
+pub const METRICS_CONNECTIONS_MAX: usize = 64;
 
 /// A replica is in sync with its partition's leader when it acknowledged the leader
 /// within `replica-lag-time-max-ms` (Kafka's `replica.lag.time.max.ms`; this is its

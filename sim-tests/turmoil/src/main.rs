@@ -16,6 +16,8 @@
 //! runs on turmoil hosts, gRPC over turmoil's TCP, storage on `MemEngine` with its crash
 //! model, time from turmoil, every random choice from the seed.
 
+#![allow(clippy::disallowed_methods, reason = "the runner times whole runs in wall time, outside the simulation")]
+
 #[cfg(not(tokio_unstable))]
 compile_error!("the simulation needs --cfg tokio_unstable (set in .cargo/config.toml) so tokio's RNG is seeded");
 

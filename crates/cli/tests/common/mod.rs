@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: a cluster of real `flotilla node` processes on
 //! RocksDB, talking gRPC, and a client that waits for it to be ready.
 
+#![allow(clippy::disallowed_methods, reason = "test helpers wait in real time for real processes")]
+
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -98,7 +98,7 @@ pub fn leader_of(nodes: &[Node<LocalTransport>], group: GroupId) -> Option<&Node
 
 /// Once three brokers have registered, creates topic `name` with one partition of three
 /// replicas through the first node; its view.
-pub async fn one_partition_topic(nodes: &[Node<LocalTransport>], name: &str) -> flotilla_node::TopicView {
+pub async fn one_partition_topic(nodes: &[Node<LocalTransport>], name: &str) -> flotilla_node::TopicInfo {
     eventually("three brokers", async || (nodes[0].describe_cluster().brokers.len() == 3).then_some(())).await;
     eventually("create topic", async || {
         nodes[0].create_topic(name, 1, 3, flotilla_metadata::TopicPolicy::default()).await.ok()

@@ -1,5 +1,7 @@
 //! Hand-made histories: one per anomaly kind, and valid ones that look suspicious.
 
+#![allow(clippy::disallowed_methods, reason = "a test timing the checker in real time")]
+
 use super::*;
 use crate::history::Event;
 

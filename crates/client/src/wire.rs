@@ -1,0 +1,65 @@
+//! Wire helpers shared by every request: the gRPC stubs with Flotilla's message limits,
+//! in-band errors turned into `Err`, and broker addresses.
+
+use flotilla_proto::v1::{self, admin_client::AdminClient, flotilla_client::FlotillaClient};
+use flotilla_types::limits;
+use tonic::transport::Channel;
+
+use crate::error::{ClientError, Result};
+
+/// `host:port` from `host:port`, `http://host:port` or `http://host:port/`.
+pub(crate) fn normalize_addr(addr: &str) -> std::result::Result<String, String> {
+    let a = addr.trim();
+    if a.starts_with("https://") {
+        return Err(format!("{a:?}: TLS is not supported; use host:port or http://host:port"));
+    }
+    let a = a.strip_prefix("http://").unwrap_or(a).trim_end_matches('/');
+    let uri: tonic::transport::Uri =
+        format!("http://{a}").parse().map_err(|e| format!("{addr:?} is not a host:port address: {e}"))?;
+    match (uri.host(), uri.port_u16(), uri.path()) {
+        (Some(h), Some(_), "/" | "") if !h.is_empty() => Ok(a.to_string()),
+        (_, None, _) => Err(format!("{addr:?} has no port; expected host:port")),
+        _ => Err(format!("{addr:?} is not a host:port address")),
+    }
+}
+
+pub(crate) fn flotilla(ch: Channel) -> FlotillaClient<Channel> {
+    FlotillaClient::new(ch)
+        .max_decoding_message_size(limits::FETCH_RESPONSE_BYTES_MAX)
+        .max_encoding_message_size(limits::REQUEST_BYTES_MAX)
+}
+
+pub(crate) fn admin(ch: Channel) -> AdminClient<Channel> {
+    AdminClient::new(ch)
+        .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
+        .max_encoding_message_size(limits::REQUEST_BYTES_MAX)
+}
+
+/// Turns an in-band error into `Err`.
+pub(crate) fn answered(addr: &str, error: &Option<v1::Error>) -> Result<()> {
+    flotilla_proto::check(error).map_err(|e| ClientError::server(addr, e))
+}
+
+pub(crate) fn rpc_err(addr: &str) -> impl Fn(tonic::Status) -> ClientError + '_ {
+    move |s| ClientError::from_status(addr, &s)
+}
+
+pub(crate) fn refused(e: v1::Error) -> ClientError {
+    ClientError::refused(e.error_code(), e.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_normalised() {
+        assert_eq!(normalize_addr("127.0.0.1:7070").unwrap(), "127.0.0.1:7070");
+        assert_eq!(normalize_addr(" http://localhost:7070/ ").unwrap(), "localhost:7070");
+        assert_eq!(normalize_addr("[::1]:7070").unwrap(), "[::1]:7070");
+        assert!(normalize_addr("localhost").unwrap_err().contains("no port"));
+        assert!(normalize_addr("https://h:1").unwrap_err().contains("TLS"));
+        assert!(normalize_addr("h:1/path").is_err());
+        assert!(normalize_addr("").is_err());
+    }
+}
