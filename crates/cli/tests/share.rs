@@ -8,6 +8,9 @@
 //!   checker's share-group check judges).
 //! - s2: the CLI: `consume --share-group` by two processes, `group describe` and `list`,
 //!   `group dlq replay` putting dead letters back, `group delete`.
+//! - s3: where a group starts a partition it never read is the group's setting (the
+//!   README's walk-through: `-o beginning -n 100`, then a member without `-o` reads the
+//!   rest), and a group's position is fixed when a member first reaches the partition.
 
 #![allow(clippy::disallowed_methods, reason = "tests run real processes and wait in real time")]
 
