@@ -18,41 +18,8 @@ use crate::error::{ClientError, Result};
 use crate::router::{Kind, Target};
 use crate::wire::{admin, answered, refused, rpc_err};
 
+pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario};
 pub use flotilla_types::{Labels, TopicPolicy};
-
-/// What [`Client::plan`] asks about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanScenario {
-    /// What the controller would do now.
-    Now,
-    /// If this node were drained.
-    Drain(NodeId),
-    /// If this node were dead.
-    Dead(NodeId),
-    /// If a node with these labels joined.
-    AddNode { id: NodeId, labels: Labels },
-    /// If the topic had this replication factor and policy.
-    TopicConfig { name: String, replication_factor: u32, policy: TopicPolicy },
-}
-
-impl From<&PlanScenario> for v1::PlanRequest {
-    fn from(s: &PlanScenario) -> v1::PlanRequest {
-        use v1::plan_request::{self as pr, Scenario as S};
-        let scenario = match s {
-            PlanScenario::Now => S::Now(pr::Now {}),
-            PlanScenario::Drain(id) => S::DrainNode(*id),
-            PlanScenario::Dead(id) => S::DeadNode(*id),
-            PlanScenario::AddNode { id, labels } => S::AddNode(pr::AddNode { id: *id, labels: Some(labels.into()) }),
-            PlanScenario::TopicConfig { name, replication_factor, policy } => S::TopicConfig(pr::TopicConfig {
-                name: name.clone(),
-                replication_factor: *replication_factor,
-                policy: Some(policy.into()),
-            }),
-        };
-        v1::PlanRequest { scenario: Some(scenario) }
-    }
-}
 
 /// What a plan action does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,53 +52,6 @@ pub struct PlanAction {
 pub struct PlanInfo {
     pub actions: Vec<PlanAction>,
     pub notes: Vec<String>,
-}
-
-/// A replica catching up in a move, as the partition's leader sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CatchUpInfo {
-    pub node: NodeId,
-    /// The last log index it is known to hold; `None` until it has answered.
-    pub matched: Option<u64>,
-    /// The leader's last log index.
-    pub leader_last: u64,
-}
-
-impl CatchUpInfo {
-    /// How far it has caught up, 0 to 100 (0 until it has answered).
-    pub fn percent(&self) -> u64 {
-        let matched = self.matched.unwrap_or(0);
-        if self.leader_last == 0 {
-            return 100;
-        }
-        (u128::from(matched.min(self.leader_last)) * 100 / u128::from(self.leader_last)) as u64
-    }
-}
-
-/// A partition move in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MoveInfo {
-    pub topic: String,
-    pub partition: PartitionId,
-    pub group_id: GroupId,
-    pub move_id: u64,
-    pub from: Vec<NodeId>,
-    pub to: Vec<NodeId>,
-    pub reason: String,
-    /// The partition's leader, when a node that answered knew it.
-    pub leader: Option<NodeId>,
-    /// Catch-up of the new replicas; empty when no node that answered leads the partition.
-    pub progress: Vec<CatchUpInfo>,
-}
-
-/// The metadata group's members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ControllersInfo {
-    pub leader: Option<NodeId>,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    /// A membership change is in flight.
-    pub changing: bool,
 }
 
 /// Node ids from the wire: none 0, at most `max`.
@@ -350,7 +270,7 @@ impl Client {
     /// nodes for a policy) fails with the reason.
     pub async fn plan(&self, scenario: &PlanScenario) -> Result<PlanInfo> {
         let wire = v1::PlanRequest::from(scenario);
-        request::Scenario::try_from(wire.clone()).map_err(refused)?;
+        request::PlanScenario::try_from(wire.clone()).map_err(refused)?;
         self.inner
             .call(Target::MetadataLeader, Kind::Read, Duration::ZERO, None, |ch, addr| {
                 let wire = wire.clone();
@@ -571,9 +491,9 @@ mod tests {
             PlanScenario::TopicConfig { name: "t".into(), replication_factor: 5, policy: TopicPolicy::default() },
         ];
         for s in &scenarios {
-            assert!(request::Scenario::try_from(v1::PlanRequest::from(s)).is_ok(), "{s:?}");
+            assert!(request::PlanScenario::try_from(v1::PlanRequest::from(s)).is_ok(), "{s:?}");
         }
-        assert!(request::Scenario::try_from(v1::PlanRequest::from(&PlanScenario::Drain(0))).is_err());
+        assert!(request::PlanScenario::try_from(v1::PlanRequest::from(&PlanScenario::Drain(0))).is_err());
     }
 
     #[test]

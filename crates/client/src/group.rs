@@ -27,7 +27,7 @@ use crate::client::Client;
 use crate::config::ConsumerConfig;
 use crate::consumer::OffsetReset;
 use crate::error::Result;
-use crate::router::{Kind, Target};
+use crate::router::Kind;
 use crate::wire::{admin, answered, flotilla, refused, rpc_err};
 
 /// A topic and one of its partitions.
@@ -243,17 +243,8 @@ impl Client {
     /// One heartbeat at the coordinator: the answer and the heartbeat interval (ms).
     async fn heartbeat(&self, req: v1::GroupHeartbeatRequest) -> Result<(Answer, u32)> {
         let kind = Kind::Write { retry_indeterminate: true };
-        let r = self
-            .inner
-            .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
-                let req = req.clone();
-                async move {
-                    let r = flotilla(ch).group_heartbeat(req).await.map_err(rpc_err(&addr))?.into_inner();
-                    answered(&addr, &r.error)?;
-                    Ok(r)
-                }
-            })
-            .await?;
+        let r =
+            self.inner.to_coordinator(kind, req, |ch, r| async move { flotilla(ch).group_heartbeat(r).await }).await?;
         let revoking = r.revoking.into_iter().map(|tp| (tp.topic, tp.partition)).collect();
         let assigned = r
             .assigned
@@ -283,17 +274,8 @@ impl Client {
         request::CommitOffsets::try_from(req.clone()).map_err(refused)?;
         // Committing the same offsets again changes nothing: safe to retry.
         let kind = Kind::Write { retry_indeterminate: true };
-        let r = self
-            .inner
-            .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
-                let req = req.clone();
-                async move {
-                    let r = flotilla(ch).commit_offsets(req).await.map_err(rpc_err(&addr))?.into_inner();
-                    answered(&addr, &r.error)?;
-                    Ok(r)
-                }
-            })
-            .await?;
+        let r =
+            self.inner.to_coordinator(kind, req, |ch, r| async move { flotilla(ch).commit_offsets(r).await }).await?;
         Ok(r.committed.into_iter().map(|c| ((c.topic, c.partition), c.offset)).collect())
     }
 
@@ -301,11 +283,7 @@ impl Client {
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>> {
         let r = self
             .inner
-            .call(Target::MetadataLeader, Kind::Read, Duration::ZERO, None, |ch, addr| async move {
-                let r = admin(ch).list_groups(v1::ListGroupsRequest {}).await.map_err(rpc_err(&addr))?.into_inner();
-                answered(&addr, &r.error)?;
-                Ok(r)
-            })
+            .to_coordinator(Kind::Read, v1::ListGroupsRequest {}, |ch, r| async move { admin(ch).list_groups(r).await })
             .await?;
         Ok(r.groups
             .into_iter()
@@ -326,14 +304,7 @@ impl Client {
         request::GroupName::try_from(req.clone()).map_err(refused)?;
         let r = self
             .inner
-            .call(Target::MetadataLeader, Kind::Read, Duration::ZERO, None, |ch, addr| {
-                let req = req.clone();
-                async move {
-                    let r = admin(ch).describe_group(req).await.map_err(rpc_err(&addr))?.into_inner();
-                    answered(&addr, &r.error)?;
-                    Ok(r)
-                }
-            })
+            .to_coordinator(Kind::Read, req, |ch, r| async move { admin(ch).describe_group(r).await })
             .await?;
         let tp = |v: Vec<v1::TopicPartition>| v.into_iter().map(|t| (t.topic, t.partition)).collect::<Vec<_>>();
         let members: Vec<MemberInfo> = r

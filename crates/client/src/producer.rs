@@ -265,6 +265,7 @@ enum Room {
 
 impl Producer {
     pub(crate) fn new(client: Arc<ClientInner>, topic: String, config: ProducerConfig) -> Producer {
+        #[allow(clippy::disallowed_methods, reason = "an unseeded client draws its seed from the OS")]
         let seed = client.config.seed.unwrap_or_else(rand::random::<u64>);
         let buffer_bytes = config.buffer_bytes.clamp(1, Semaphore::MAX_PERMITS);
         Producer {

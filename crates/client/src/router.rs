@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::metadata::{self, Cache, PartitionInfo, TopicInfo};
-use crate::wire::{answered, flotilla, normalize_addr, rpc_err};
+use crate::wire::{InBand, answered, flotilla, normalize_addr, rpc_err};
 
 /// The most broker channels kept open; past it the pool is emptied (channels reconnect
 /// lazily), so a stream of bogus leader hints cannot grow it without bound.
@@ -613,6 +613,27 @@ impl ClientInner {
                     return Err(ClientError::protocol(&addr, "producer id 0 is reserved"));
                 }
                 Ok((r.producer_id, epoch))
+            }
+        })
+        .await
+    }
+
+    /// One request to the metadata leader (the group coordinator), retried as `kind`
+    /// allows; `send` makes one attempt with `req` on a channel. The answer's in-band
+    /// error comes back as `Err`.
+    pub(crate) async fn to_coordinator<Req, Resp, F, Fut>(&self, kind: Kind, req: Req, send: F) -> Result<Resp>
+    where
+        Req: Clone,
+        Resp: InBand,
+        F: Fn(Channel, Req) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
+            let sent = send(ch, req.clone());
+            async move {
+                let r = sent.await.map_err(rpc_err(&addr))?.into_inner();
+                answered(&addr, r.in_band_error())?;
+                Ok(r)
             }
         })
         .await

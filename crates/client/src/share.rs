@@ -30,8 +30,8 @@ use crate::consumer::{Consumer, OffsetReset};
 use crate::error::{ClientError, Result};
 use crate::group::TopicPartition;
 use crate::producer::Producer;
-use crate::router::{Kind, Target};
-use crate::wire::{answered, flotilla, refused, rpc_err};
+use crate::router::Kind;
+use crate::wire::{flotilla, refused};
 
 /// The headers a dead-lettered record carries besides its own.
 pub mod dlq_headers {
@@ -251,17 +251,8 @@ impl Client {
     /// heartbeat interval (ms).
     async fn share_heartbeat(&self, req: v1::ShareHeartbeatRequest) -> Result<Beat> {
         let kind = Kind::Write { retry_indeterminate: true };
-        let r = self
-            .inner
-            .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
-                let req = req.clone();
-                async move {
-                    let r = flotilla(ch).share_heartbeat(req).await.map_err(rpc_err(&addr))?.into_inner();
-                    answered(&addr, &r.error)?;
-                    Ok(r)
-                }
-            })
-            .await?;
+        let r =
+            self.inner.to_coordinator(kind, req, |ch, r| async move { flotilla(ch).share_heartbeat(r).await }).await?;
         let config = request::share_config(r.config).map_err(refused)?;
         let redeliver = r.redeliver.into_iter().map(|n| ((n.topic, n.partition), n.offset)).collect();
         Ok(Beat { config, interval_ms: r.heartbeat_interval_ms.max(100), redeliver })
@@ -271,32 +262,14 @@ impl Client {
         // A retry after an unknown outcome carries the request's number: the coordinator
         // answers it with what the first attempt granted.
         let kind = Kind::Write { retry_indeterminate: true };
-        self.inner
-            .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
-                let req = req.clone();
-                async move {
-                    let r = flotilla(ch).share_acquire(req).await.map_err(rpc_err(&addr))?.into_inner();
-                    answered(&addr, &r.error)?;
-                    Ok(r)
-                }
-            })
-            .await
+        self.inner.to_coordinator(kind, req, |ch, r| async move { flotilla(ch).share_acquire(r).await }).await
     }
 
     async fn share_ack(&self, req: v1::ShareAckRequest) -> Result<v1::ShareAckResponse> {
         // A retry carries the request's number: the coordinator answers it as the first
         // attempt, never applies it twice.
         let kind = Kind::Write { retry_indeterminate: true };
-        self.inner
-            .call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {
-                let req = req.clone();
-                async move {
-                    let r = flotilla(ch).share_ack(req).await.map_err(rpc_err(&addr))?.into_inner();
-                    answered(&addr, &r.error)?;
-                    Ok(r)
-                }
-            })
-            .await
+        self.inner.to_coordinator(kind, req, |ch, r| async move { flotilla(ch).share_ack(r).await }).await
     }
 }
 

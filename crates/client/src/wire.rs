@@ -48,6 +48,31 @@ pub(crate) fn refused(e: v1::Error) -> ClientError {
     ClientError::refused(e.error_code(), e.message)
 }
 
+/// A response that carries an in-band error (`error`), checked by [`answered`].
+pub(crate) trait InBand {
+    fn in_band_error(&self) -> &Option<v1::Error>;
+}
+
+macro_rules! in_band {
+    ($($t:ty),* $(,)?) => {
+        $(impl InBand for $t {
+            fn in_band_error(&self) -> &Option<v1::Error> {
+                &self.error
+            }
+        })*
+    };
+}
+
+in_band!(
+    v1::GroupHeartbeatResponse,
+    v1::CommitOffsetsResponse,
+    v1::ListGroupsResponse,
+    v1::DescribeGroupResponse,
+    v1::ShareHeartbeatResponse,
+    v1::ShareAcquireResponse,
+    v1::ShareAckResponse,
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,7 +306,7 @@ fn t92_fuzz_client_and_admin_requests() {
                     policy: Some(policy()),
                 })),
             }),
-            checked::<v1::PlanRequest, request::Scenario>,
+            checked::<v1::PlanRequest, request::PlanScenario>,
         ),
         (
             "set_controllers",

@@ -12,53 +12,13 @@ use flotilla_metadata::placement::{self, Plan};
 use flotilla_metadata::{
     AdminState, Broker, Command as MetaCommand, Labels, Liveness, MetadataState, Response as MetaResponse, TopicPolicy,
 };
-use flotilla_raft::{MembershipError, RaftTransport};
+use flotilla_raft::RaftTransport;
 use flotilla_types::{ErrorCode, GroupId, METADATA_GROUP, NodeId, PartitionId, limits};
-use serde::Serialize;
 
-use crate::mover::{CatchUp, catch_up};
+use crate::mover::catch_up;
 use crate::{ApiError, Node};
 
-/// A partition move in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MoveView {
-    pub topic: String,
-    pub partition: PartitionId,
-    pub group: GroupId,
-    pub move_id: u64,
-    pub from: Vec<NodeId>,
-    pub to: Vec<NodeId>,
-    pub reason: String,
-    /// The partition leader, as the answering node knows it.
-    pub leader: Option<NodeId>,
-    /// Catch-up of the new replicas, when the answering node leads the partition.
-    pub progress: Vec<CatchUp>,
-}
-
-/// What `flotilla cluster plan` asks about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scenario {
-    /// What the controller would do now.
-    Now,
-    /// If this node were drained.
-    Drain(NodeId),
-    /// If this node were dead.
-    Dead(NodeId),
-    /// If a node with these labels joined.
-    AddNode { id: NodeId, labels: Labels },
-    /// If the topic had this configuration.
-    TopicConfig { name: String, replication_factor: u32, policy: TopicPolicy },
-}
-
-/// The metadata group's members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ControllersView {
-    pub leader: Option<NodeId>,
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-    /// A membership change is in flight.
-    pub changing: bool,
-}
+pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario};
 
 /// Moves a plan may list at most (a dry run is not limited by the concurrency setting).
 const PLAN_MOVES_MAX: usize = 100_000;
@@ -162,17 +122,17 @@ impl<T: RaftTransport> Node<T> {
     }
 
     /// What the controller would do in `scenario`, without doing it.
-    pub fn plan(&self, scenario: &Scenario) -> Result<Plan, ApiError> {
+    pub fn plan(&self, scenario: &PlanScenario) -> Result<Plan, ApiError> {
         let mut state: MetadataState = self.with_metadata(|m| m.clone());
         let next = state.last_applied_index() + 1;
         let cmd = match scenario {
-            Scenario::Now => None,
-            Scenario::Drain(id) => Some(MetaCommand::SetAdmin { node: *id, admin: AdminState::Draining }),
-            Scenario::Dead(id) => Some(MetaCommand::SetLiveness { node: *id, liveness: Liveness::Dead }),
-            Scenario::AddNode { id, labels } => {
+            PlanScenario::Now => None,
+            PlanScenario::Drain(id) => Some(MetaCommand::SetAdmin { node: *id, admin: AdminState::Draining }),
+            PlanScenario::Dead(id) => Some(MetaCommand::SetLiveness { node: *id, liveness: Liveness::Dead }),
+            PlanScenario::AddNode { id, labels } => {
                 Some(MetaCommand::RegisterBroker(Broker::new(*id, format!("planned-node-{id}:0"), labels.clone())))
             }
-            Scenario::TopicConfig { name, replication_factor, policy } => Some(MetaCommand::SetTopicConfig {
+            PlanScenario::TopicConfig { name, replication_factor, policy } => Some(MetaCommand::SetTopicConfig {
                 name: name.clone(),
                 replication_factor: *replication_factor,
                 policy: policy.clone(),
@@ -187,7 +147,7 @@ impl<T: RaftTransport> Node<T> {
     }
 
     /// Every move in progress, with catch-up progress where this node leads.
-    pub fn moves(&self) -> Vec<MoveView> {
+    pub fn moves(&self) -> Vec<MoveInfo> {
         let moves: Vec<(String, flotilla_metadata::PartitionAssignment)> =
             self.with_metadata(|m| m.moves().into_iter().map(|(t, p)| (t.name.clone(), p.clone())).collect());
         moves
@@ -200,13 +160,16 @@ impl<T: RaftTransport> Node<T> {
                         let voters = g.membership().voters();
                         let new: Vec<NodeId> = m.target.iter().copied().filter(|n| !voters.contains(n)).collect();
                         catch_up(g, &new, self.lag_time_max())
+                            .into_iter()
+                            .map(|c| CatchUpInfo { node: c.node, matched: c.matched, leader_last: c.leader_last })
+                            .collect()
                     }
                     _ => Vec::new(),
                 };
-                Some(MoveView {
+                Some(MoveInfo {
                     topic,
                     partition: p.partition,
-                    group: p.group,
+                    group_id: p.group,
                     move_id: m.id,
                     from: p.replicas.clone(),
                     to: m.target.clone(),
@@ -234,10 +197,10 @@ impl<T: RaftTransport> Node<T> {
         self.metadata_write(MetaCommand::AddPartitions { name: name.to_string(), total }).await.map(|_| ())
     }
 
-    pub fn controllers(&self) -> ControllersView {
+    pub fn controllers(&self) -> ControllersInfo {
         let g = self.metadata_group();
         let m = g.membership();
-        ControllersView {
+        ControllersInfo {
             leader: g.leader(),
             voters: m.voters().into_iter().collect(),
             learners: m.learners.into_iter().collect(),
@@ -249,7 +212,7 @@ impl<T: RaftTransport> Node<T> {
     /// Only the metadata leader can; others answer NOT_LEADER naming it. Every new voter
     /// must be a registered, caught-up member; a quorum of the old and of the new voters
     /// must be reachable.
-    pub async fn set_controllers(&self, voters: Vec<NodeId>) -> Result<ControllersView, ApiError> {
+    pub async fn set_controllers(&self, voters: Vec<NodeId>) -> Result<ControllersInfo, ApiError> {
         let set: BTreeSet<NodeId> = voters.iter().copied().collect();
         if set.is_empty() || set.len() != voters.len() || set.len() > limits::CONTROLLERS_MAX {
             return Err(ApiError::new(
@@ -289,14 +252,7 @@ impl<T: RaftTransport> Node<T> {
                 ),
             ));
         }
-        g.change_voters(set, true).await.map_err(|e| match e {
-            MembershipError::NotLeader { leader, .. } => self.not_metadata_leader(leader),
-            MembershipError::Refused { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-            MembershipError::Timeout { .. } => ApiError::new(
-                ErrorCode::Timeout,
-                format!("{e}: the controllers may or may not have changed; see `flotilla cluster controllers`"),
-            ),
-        })?;
+        g.change_voters(set, true).await.map_err(|e| self.controllers_error(e))?;
         Ok(self.controllers())
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_metadata::{Command as MetaCommand, Liveness, Response as MetaResponse, Topic, TopicPolicy};
 use flotilla_partition::Response as PartResponse;
-use flotilla_raft::{Group, PartitionGroup, RaftTransport, WriteError};
+use flotilla_raft::{Group, MembershipError, PartitionGroup, RaftTransport, WriteError};
 use flotilla_types::planted::{self, Bug};
 use flotilla_types::{Acks, ErrorCode, GroupId, NodeId, Offset, PartitionId, RecordBatch, limits};
 use serde::Serialize;
@@ -97,6 +97,21 @@ impl<T: RaftTransport> Node<T> {
             .then_some(leader)
     }
 
+    /// A change of the metadata group's voters (`flotilla cluster controllers`) that
+    /// did not happen, or may not have.
+    pub(crate) fn controllers_error(&self, e: MembershipError) -> ApiError {
+        match e {
+            MembershipError::NotLeader { leader, .. } => self.not_metadata_leader(leader),
+            MembershipError::Refused { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+            MembershipError::Timeout { .. } => ApiError::new(
+                ErrorCode::Timeout,
+                format!("{e}: the controllers may or may not have changed; see `flotilla cluster controllers`"),
+            ),
+        }
+    }
+
+    // The raft layer's errors become error codes here (writes, membership changes) and in
+    // `storage_error`; nowhere else.
     fn write_error(&self, e: WriteError, what: &str) -> ApiError {
         match e {
             WriteError::NotLeader { group, leader } => self.leader_error(group, leader, ErrorCode::NotLeader, what),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use flotilla_metadata::{Labels, TopicPolicy};
-use flotilla_node::admin::Scenario;
+use flotilla_node::admin::PlanScenario;
 use flotilla_node::{Node, NodeConfig, PartitionInfo, TopicInfo};
 use flotilla_storage::MemEngine;
 use flotilla_types::{ErrorCode, GroupId, NodeId};
@@ -174,7 +174,7 @@ async fn t31_reassign_moves_a_partition_without_losing_records() {
     }
     let old = topic.partitions[0].replicas.clone();
     let target = same_zone_swap(&old);
-    let dry = nodes[2].plan(&Scenario::Now).unwrap();
+    let dry = nodes[2].plan(&PlanScenario::Now).unwrap();
     assert!(dry.actions.is_empty(), "auto balance is off and the cluster is balanced: {:?}", dry.actions);
     nodes[2].reassign("t", 0, target.clone()).await.unwrap();
     eventually("the move finished", async || {
@@ -208,7 +208,7 @@ async fn t32_a_drained_node_ends_empty_and_can_be_removed() {
     }
     let e = nodes[0].remove_node(4).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::PolicyViolation, "a node with replicas cannot be removed: {e}");
-    let plan = nodes[0].plan(&Scenario::Drain(4)).unwrap();
+    let plan = nodes[0].plan(&PlanScenario::Drain(4)).unwrap();
     assert!(!plan.actions.is_empty());
     nodes[1].drain_node(4).await.unwrap();
     eventually("node 4 empty", async || {

@@ -67,7 +67,11 @@ async fn t10_topic_produce_fetch_and_failover() {
     let (fetched, waited) = waiter.await.unwrap();
     assert_eq!(fetched.batches.len(), 1, "the long poll returns the new batch");
     assert_eq!(fetched.batches[0].base_offset, 3);
-    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "waited {waited:?}");
+    // It waited for the record, and returned with it before its 10 s were up (the batch
+    // above says it was the record, not the time, that ended the wait). How soon depends
+    // on the machine: on two cores shared with the other tests of this file the write
+    // took over 5 s once.
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(10), "waited {waited:?}");
     // With nothing new, it answers empty once max_wait has passed.
     let (leader, empty) = eventually("an empty long poll", async || {
         let leader = leader_of(&nodes, group)?;

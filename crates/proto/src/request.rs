@@ -455,32 +455,44 @@ impl TryFrom<v1::TransferLeaderRequest> for TransferLeader {
     }
 }
 
-/// What a Plan request asks about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scenario {
-    /// What the controller would do now.
-    Now,
-    /// If this node were drained.
-    Drain(NodeId),
-    /// If this node were dead.
-    Dead(NodeId),
-    /// If a node with these labels joined.
-    AddNode { id: NodeId, labels: Labels },
-    /// If the topic had this configuration.
-    TopicConfig(TopicConfig),
-}
+/// What a Plan request asks about, checked.
+pub use flotilla_types::cluster::PlanScenario;
 
-impl TryFrom<v1::PlanRequest> for Scenario {
+impl TryFrom<v1::PlanRequest> for PlanScenario {
     type Error = v1::Error;
-    fn try_from(r: v1::PlanRequest) -> Result<Scenario, v1::Error> {
+    fn try_from(r: v1::PlanRequest) -> Result<PlanScenario, v1::Error> {
         use v1::plan_request::Scenario as S;
         Ok(match r.scenario {
-            None | Some(S::Now(_)) => Scenario::Now,
-            Some(S::DrainNode(id)) => Scenario::Drain(node_id("the node to drain", id)?),
-            Some(S::DeadNode(id)) => Scenario::Dead(node_id("the dead node", id)?),
-            Some(S::AddNode(a)) => Scenario::AddNode { id: node_id("the new node", a.id)?, labels: labels(a.labels)? },
-            Some(S::TopicConfig(t)) => Scenario::TopicConfig(TopicConfig::new(t.name, t.replication_factor, t.policy)?),
+            None | Some(S::Now(_)) => PlanScenario::Now,
+            Some(S::DrainNode(id)) => PlanScenario::Drain(node_id("the node to drain", id)?),
+            Some(S::DeadNode(id)) => PlanScenario::Dead(node_id("the dead node", id)?),
+            Some(S::AddNode(a)) => {
+                PlanScenario::AddNode { id: node_id("the new node", a.id)?, labels: labels(a.labels)? }
+            }
+            Some(S::TopicConfig(t)) => {
+                let TopicConfig { name, replication_factor, policy } =
+                    TopicConfig::new(t.name, t.replication_factor, t.policy)?;
+                PlanScenario::TopicConfig { name, replication_factor, policy }
+            }
         })
+    }
+}
+
+impl From<&PlanScenario> for v1::PlanRequest {
+    fn from(s: &PlanScenario) -> v1::PlanRequest {
+        use v1::plan_request::{self as pr, Scenario as S};
+        let scenario = match s {
+            PlanScenario::Now => S::Now(pr::Now {}),
+            PlanScenario::Drain(id) => S::DrainNode(*id),
+            PlanScenario::Dead(id) => S::DeadNode(*id),
+            PlanScenario::AddNode { id, labels } => S::AddNode(pr::AddNode { id: *id, labels: Some(labels.into()) }),
+            PlanScenario::TopicConfig { name, replication_factor, policy } => S::TopicConfig(pr::TopicConfig {
+                name: name.clone(),
+                replication_factor: *replication_factor,
+                policy: Some(policy.into()),
+            }),
+        };
+        v1::PlanRequest { scenario: Some(scenario) }
     }
 }
 
@@ -1048,14 +1060,14 @@ mod tests {
     #[test]
     fn plan_scenarios_are_checked() {
         use v1::plan_request::{self as pr, Scenario as S};
-        let plan = |s: Option<S>| Scenario::try_from(v1::PlanRequest { scenario: s });
-        assert_eq!(plan(None).unwrap(), Scenario::Now);
-        assert_eq!(plan(Some(S::Now(pr::Now {}))).unwrap(), Scenario::Now);
-        assert_eq!(plan(Some(S::DrainNode(4))).unwrap(), Scenario::Drain(4));
-        assert_eq!(plan(Some(S::DeadNode(2))).unwrap(), Scenario::Dead(2));
+        let plan = |s: Option<S>| PlanScenario::try_from(v1::PlanRequest { scenario: s });
+        assert_eq!(plan(None).unwrap(), PlanScenario::Now);
+        assert_eq!(plan(Some(S::Now(pr::Now {}))).unwrap(), PlanScenario::Now);
+        assert_eq!(plan(Some(S::DrainNode(4))).unwrap(), PlanScenario::Drain(4));
+        assert_eq!(plan(Some(S::DeadNode(2))).unwrap(), PlanScenario::Dead(2));
         assert!(plan(Some(S::DeadNode(0))).is_err());
         let add = pr::AddNode { id: 9, labels: Some(v1::Labels { zone: "c".into(), ..Default::default() }) };
-        let Scenario::AddNode { id, labels } = plan(Some(S::AddNode(add))).unwrap() else { panic!() };
+        let PlanScenario::AddNode { id, labels } = plan(Some(S::AddNode(add))).unwrap() else { panic!() };
         assert_eq!((id, labels.zone.as_str()), (9, "c"));
         let tc = pr::TopicConfig { name: "t".into(), replication_factor: 9, policy: None };
         assert!(plan(Some(S::TopicConfig(tc))).is_err());

@@ -345,7 +345,9 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
         // cannot bounce between nodes: a NotLeader answer names the leader instead.
         RaftRpc::Write(c) => match check_forwarded(&c) {
             Err(why) => RaftReply::Refused(why),
-            Ok(()) => RaftReply::Write(g.write(c, std::time::Duration::from_secs(10)).await),
+            Ok(()) => RaftReply::Write(
+                g.write(c, std::time::Duration::from_millis(flotilla_types::limits::FORWARDED_WRITE_TIMEOUT_MS)).await,
+            ),
         },
         RaftRpc::Leading(_) | RaftRpc::Ping => refused(&"a node-wide message"),
         RaftRpc::Membership(node) => {

@@ -1,9 +1,9 @@
 //! Conversions between protobuf messages and the node's domain types.
 
 use flotilla_metadata::placement::{Action, Plan};
-use flotilla_node::admin::{ControllersView, MoveView, Scenario};
+use flotilla_node::admin::{ControllersInfo, MoveInfo};
 use flotilla_node::{ApiError, BrokerInfo, PartitionInfo, TopicInfo};
-use flotilla_proto::{request, v1};
+use flotilla_proto::v1;
 
 pub(crate) fn error(e: &ApiError) -> v1::Error {
     let (leader_id, leader_addr) = e.leader.clone().unwrap_or((0, String::new()));
@@ -43,18 +43,6 @@ pub(crate) fn broker(b: &BrokerInfo) -> v1::Broker {
     }
 }
 
-pub(crate) fn scenario(s: request::Scenario) -> Scenario {
-    match s {
-        request::Scenario::Now => Scenario::Now,
-        request::Scenario::Drain(id) => Scenario::Drain(id),
-        request::Scenario::Dead(id) => Scenario::Dead(id),
-        request::Scenario::AddNode { id, labels } => Scenario::AddNode { id, labels },
-        request::Scenario::TopicConfig(t) => {
-            Scenario::TopicConfig { name: t.name, replication_factor: t.replication_factor, policy: t.policy }
-        }
-    }
-}
-
 fn action(a: &Action) -> v1::PlanAction {
     use v1::plan_action::Kind;
     let text = a.to_string();
@@ -86,11 +74,11 @@ pub(crate) fn plan(p: &Plan) -> v1::Plan {
     v1::Plan { actions: p.actions.iter().map(action).collect(), notes: p.notes.clone() }
 }
 
-pub(crate) fn move_view(m: &MoveView) -> v1::Move {
+pub(crate) fn move_info(m: &MoveInfo) -> v1::Move {
     v1::Move {
         topic: m.topic.clone(),
         partition: m.partition,
-        group_id: m.group,
+        group_id: m.group_id,
         move_id: m.move_id,
         from: m.from.clone(),
         to: m.to.clone(),
@@ -104,7 +92,7 @@ pub(crate) fn move_view(m: &MoveView) -> v1::Move {
     }
 }
 
-pub(crate) fn controllers(c: &ControllersView) -> v1::Controllers {
+pub(crate) fn controllers(c: &ControllersInfo) -> v1::Controllers {
     v1::Controllers {
         leader_id: c.leader.unwrap_or(0),
         voters: c.voters.clone(),

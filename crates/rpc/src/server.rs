@@ -491,18 +491,15 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
     }
 
     async fn plan(&self, req: Request<v1::PlanRequest>) -> Result<Response<v1::PlanResponse>, Status> {
-        handle(&self.node, "plan", req, |s: request::Scenario| async move {
-            answer(self.node.plan(&convert::scenario(s)), |p| v1::PlanResponse {
-                error: None,
-                plan: Some(convert::plan(&p)),
-            })
+        handle(&self.node, "plan", req, |s: request::PlanScenario| async move {
+            answer(self.node.plan(&s), |p| v1::PlanResponse { error: None, plan: Some(convert::plan(&p)) })
         })
         .await
     }
 
     async fn list_moves(&self, _req: Request<v1::ListMovesRequest>) -> Result<Response<v1::ListMovesResponse>, Status> {
         let started = Instant::now();
-        let moves = self.node.moves().iter().map(convert::move_view).collect();
+        let moves = self.node.moves().iter().map(convert::move_info).collect();
         timed(
             &self.node,
             "list_moves",

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::{GroupId, NodeId, Offset, PartitionId};
+use crate::{GroupId, Labels, NodeId, Offset, PartitionId, TopicPolicy};
 
 /// A broker node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,4 +68,68 @@ pub struct TopicInfo {
     pub name: String,
     pub replication_factor: u32,
     pub partitions: Vec<PartitionInfo>,
+}
+
+/// A replica catching up in a move, as the partition's leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatchUpInfo {
+    pub node: NodeId,
+    /// The last log index it is known to hold; `None` until it has answered.
+    pub matched: Option<u64>,
+    /// The leader's last log index.
+    pub leader_last: u64,
+}
+
+impl CatchUpInfo {
+    /// How far it has caught up, 0 to 100 (0 until it has answered).
+    pub fn percent(&self) -> u64 {
+        let matched = self.matched.unwrap_or(0);
+        if self.leader_last == 0 {
+            return 100;
+        }
+        (u128::from(matched.min(self.leader_last)) * 100 / u128::from(self.leader_last)) as u64
+    }
+}
+
+/// A partition move in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MoveInfo {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub group_id: GroupId,
+    pub move_id: u64,
+    pub from: Vec<NodeId>,
+    pub to: Vec<NodeId>,
+    pub reason: String,
+    /// The partition's leader, when the node that answered knew it.
+    pub leader: Option<NodeId>,
+    /// Catch-up of the new replicas; empty when the node that answered does not lead the
+    /// partition.
+    pub progress: Vec<CatchUpInfo>,
+}
+
+/// The metadata group's members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ControllersInfo {
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// A membership change is in flight.
+    pub changing: bool,
+}
+
+/// What a plan (`flotilla cluster plan`) asks about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanScenario {
+    /// What the controller would do now.
+    Now,
+    /// If this node were drained.
+    Drain(NodeId),
+    /// If this node were dead.
+    Dead(NodeId),
+    /// If a node with these labels joined.
+    AddNode { id: NodeId, labels: Labels },
+    /// If the topic had this replication factor and policy.
+    TopicConfig { name: String, replication_factor: u32, policy: TopicPolicy },
 }

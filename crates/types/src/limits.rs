@@ -95,6 +95,10 @@ const _: () = assert!(
 );
 const _: () = assert!(RAFT_TAIL_BYTES_MAX >= RAFT_APPEND_BYTES_MAX, "a full append can be sent from memory");
 const _: () = assert!(
+    FORWARDED_WRITE_TIMEOUT_MS < REQUEST_TIMEOUT_MS,
+    "a forwarded write is answered before the server ends the request"
+);
+const _: () = assert!(
     MEMBERSHIP_TIMEOUT_MS > RAFT_CALL_TIMEOUT_MS,
     "a membership change waits longer than one call that times out"
 );
@@ -102,6 +106,10 @@ const _: () = assert!(
 /// The most encoded bytes of recent entries a group keeps in memory, so that entries
 /// just written are replicated and applied without reading them back.
 pub const RAFT_TAIL_BYTES_MAX: usize = 8 << 20;
+
+/// How long a node writing a command another node forwarded to it (it leads the group)
+/// waits for the commit before it answers TIMEOUT.
+pub const FORWARDED_WRITE_TIMEOUT_MS: u64 = 10_000;
 
 /// How long a membership change (add a learner, change voters) may take to commit
 /// before it is reported indeterminate.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flotilla_metadata::placement::Action;
 use flotilla_metadata::{AdminState, Liveness};
-use flotilla_node::admin::Scenario;
+use flotilla_node::admin::PlanScenario;
 use flotilla_node::{AddressBook, Node, NodeConfig};
 use flotilla_rpc::GrpcTransport;
 use flotilla_storage::MemEngine;
@@ -384,7 +384,7 @@ impl Cluster {
                 .collect();
             return Err(format!("moves in progress: {}", list.join("; ")));
         }
-        let plan = leader.plan(&Scenario::Now).map_err(|e| format!("cannot plan: {e}"))?;
+        let plan = leader.plan(&PlanScenario::Now).map_err(|e| format!("cannot plan: {e}"))?;
         let planned: Vec<String> = plan
             .actions
             .iter()

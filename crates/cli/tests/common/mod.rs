@@ -2,7 +2,6 @@
 //! RocksDB, talking gRPC, and a client that waits for it to be ready.
 
 #![allow(clippy::disallowed_methods, reason = "test helpers wait in real time for real processes")]
-
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
