@@ -240,7 +240,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }));
     let metrics = metrics_listener.map(|l| {
         let node = node.clone();
-        tokio::spawn(flotilla_rpc::serve_metrics(l, move || node.render_metrics()))
+        let ready = node.clone();
+        let endpoints = flotilla_rpc::Endpoints {
+            metrics: Box::new(move || node.render_metrics()),
+            ready: Box::new(move || ready.readiness()),
+        };
+        tokio::spawn(flotilla_rpc::serve_metrics(l, endpoints))
     });
     let joining = config.join.clone().map(|via| tokio::spawn(join(via, config.clone())));
     // A node whose metadata replica stopped (a fatal storage error) cannot serve at all:

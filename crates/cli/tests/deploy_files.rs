@@ -340,12 +340,12 @@ fn t30_kubernetes_manifests_are_whole_and_name_only_what_the_node_reads() {
         assert_eq!(c.peers.iter().cloned().collect::<BTreeSet<_>>(), advertised, "pod {ordinal}'s peers");
     }
 
-    let readiness = strings(&container["readinessProbe"]["exec"]["command"], "readinessProbe");
-    assert_eq!(readiness[0], "/usr/local/bin/flotilla");
-    assert_cli_accepts(&readiness[1..], "readinessProbe");
-    assert_eq!(flag_value(&readiness, "--bootstrap").map(port), Some(grpc.as_str()), "readiness asks this node");
+    // The paths the node's HTTP listener serves (`flotilla_rpc::metrics_http`).
+    let readiness = &container["readinessProbe"]["httpGet"];
+    assert_eq!(readiness["path"].as_str(), Some("/ready"));
+    assert_eq!(readiness["port"].as_str(), Some("metrics"));
     let liveness = &container["livenessProbe"]["httpGet"];
-    assert_eq!(liveness["path"].as_str(), Some("/metrics"), "the one path the node serves over HTTP");
+    assert_eq!(liveness["path"].as_str(), Some("/healthz"));
     assert_eq!(liveness["port"].as_str(), Some("metrics"));
 }
 

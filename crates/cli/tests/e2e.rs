@@ -311,3 +311,58 @@ async fn t40_bad_requests_get_documented_errors() {
     let consumed = drain(&client, "t", 1).await;
     assert_eq!(consumed[&0].last().unwrap(), &(o, "still-here".to_string()));
 }
+
+/// One HTTP GET; the status line's code and the body.
+fn http_status(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split(' ').nth(1)?.parse().ok()?;
+    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// t50: `/healthz` answers while the process serves HTTP; `/ready` answers 200 once the
+/// node serves (a metadata leader known, its replicas started) and 503 with the reason
+/// while it does not: a node started while the rest of its cluster is down is alive but
+/// not ready, and becomes ready once the others are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_health_and_readiness_endpoints() {
+    let _serial = serial().await;
+    let options = flotilla_testkit::ClusterOptions { metrics: true, ..Default::default() };
+    let mut cluster = flotilla_testkit::ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 3, options);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "h", 3).await;
+    let metrics = |c: &flotilla_testkit::ProcessCluster, id| c.metrics_addr(id).expect("metrics endpoint");
+    for id in cluster.ids() {
+        assert_eq!(http_status(&metrics(&cluster, id), "/healthz"), Some((200, "ok\n".into())));
+        eventually("ready", Duration::from_secs(30), async || match http_status(&metrics(&cluster, id), "/ready") {
+            Some((200, body)) if body == "ready\n" => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
+    }
+    // Alone, a restarted node knows no metadata leader: alive, not ready.
+    for id in cluster.ids() {
+        cluster.stop(id);
+    }
+    cluster.restart(1);
+    let addr = metrics(&cluster, 1);
+    eventually("alive", Duration::from_secs(30), async || {
+        http_status(&addr, "/healthz").filter(|(c, _)| *c == 200).ok_or("no answer")
+    })
+    .await;
+    let (code, body) = http_status(&addr, "/ready").expect("an answer");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+    eprintln!("node 1 alone: {body}");
+    cluster.restart(2);
+    cluster.restart(3);
+    eventually("ready again", Duration::from_secs(60), async || match http_status(&addr, "/ready") {
+        Some((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+}

@@ -187,6 +187,47 @@ impl<T: RaftTransport> Node<T> {
         self.groups().ids().into_iter().filter_map(|id| Some((id, self.groups().get(id)?.stopped()?))).collect()
     }
 
+    /// Whether this node serves (the `/ready` endpoint), or why not: it is in touch with
+    /// a metadata leader (it is one, acknowledged by a quorum within `suspect-after-ms`,
+    /// or it heard from one that recently) and has applied what it knows committed, it
+    /// runs a replica of every partition assigned to it and none has stopped, and its
+    /// disk is not full. A node that remembers a leader from before a restart but has
+    /// not heard from it is not ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        let meta = self.metadata_group();
+        let recent = self.suspect_after();
+        if meta.is_leader() {
+            let voters = meta.membership().voters();
+            let acked = meta.peer_ack_ages().unwrap_or_default();
+            let in_touch = voters
+                .iter()
+                .filter(|v| **v == self.id() || acked.get(v).copied().flatten().is_some_and(|a| a < recent));
+            if in_touch.count() * 2 <= voters.len() {
+                return Err("leading the metadata group without a quorum in touch".into());
+            }
+        } else if meta.leader().is_none() {
+            return Err("no metadata leader known".into());
+        } else if meta.since_last_append().is_none_or(|d| d >= recent) {
+            return Err("no word from the metadata leader lately".into());
+        }
+        if !reconciler::metadata_caught_up(self) {
+            return Err("catching up on the metadata log".into());
+        }
+        let me = self.id();
+        let assigned = self.with_metadata(|m| m.groups_on(me));
+        let missing = assigned.keys().filter(|g| self.groups().get(**g).is_none()).count();
+        if missing > 0 {
+            return Err(format!("{missing} of {} assigned partition replicas not started yet", assigned.len()));
+        }
+        if let Some((group, why)) = self.stopped_groups().into_iter().next() {
+            return Err(format!("the replica of group {group} stopped: {why}"));
+        }
+        if let Some(why) = self.disk_full() {
+            return Err(format!("disk full: {why}"));
+        }
+        Ok(())
+    }
+
     /// Why this node cannot serve at all (its replica of the metadata group stopped: it
     /// no longer learns the cluster's state), or `None`. The node binary exits on it.
     pub fn fatal(&self) -> Option<String> {

@@ -14,6 +14,6 @@ mod metrics_http;
 mod server;
 mod transport;
 
-pub use metrics_http::serve_metrics;
+pub use metrics_http::{Endpoints, serve_metrics};
 pub use server::{ServeError, serve, serve_with_incoming};
 pub use transport::GrpcTransport;

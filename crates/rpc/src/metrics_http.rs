@@ -1,5 +1,7 @@
-//! A minimal HTTP/1.1 server for Prometheus: `GET /metrics` answers the text exposition
-//! format, anything else 404. One request per connection (answered with
+//! A minimal HTTP/1.1 server for Prometheus and orchestrators: `GET /metrics` answers
+//! the text exposition format, `GET /healthz` 200 while the process serves HTTP at all
+//! (liveness), `GET /ready` 200 when the node serves and 503 with the reason when it
+//! does not (readiness: `Node::readiness`), anything else 404. One request per connection (answered with
 //! `Connection: close`), requests bounded in size and time, connections bounded in
 //! number: a scraper needs no more, and nothing a peer sends can grow it.
 
@@ -18,11 +20,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(flotilla_types::limits::
 /// The Prometheus text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `GET /metrics` on `listener` with the body `render` returns, until the task is
+/// What the endpoint answers with: the metrics text, and whether the node is ready (or
+/// why not).
+pub struct Endpoints {
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/ready` on `listener`, until the task is
 /// dropped or aborted. Accept errors (a full file table) are logged and retried after a
 /// pause; a bad request closes only its own connection.
-pub async fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send + Sync + 'static) {
-    let render = Arc::new(render);
+pub async fn serve_metrics(listener: TcpListener, endpoints: Endpoints) {
+    let render = Arc::new(endpoints);
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
     loop {
@@ -37,7 +46,7 @@ pub async fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + 
         };
         let render = render.clone();
         tokio::spawn(async move {
-            let served = tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, &*render)).await;
+            let served = tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, &render)).await;
             match served {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection failed"),
@@ -52,6 +61,8 @@ pub async fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + 
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Metrics,
+    Healthz,
+    Ready,
     NotFound,
     BadRequest,
 }
@@ -69,7 +80,12 @@ fn route(head: &[u8]) -> Route {
         return Route::BadRequest;
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if method == "GET" && path == "/metrics" { Route::Metrics } else { Route::NotFound }
+    match (method, path) {
+        ("GET", "/metrics") => Route::Metrics,
+        ("GET", "/healthz") => Route::Healthz,
+        ("GET", "/ready") => Route::Ready,
+        _ => Route::NotFound,
+    }
 }
 
 /// The end of the request head (the index after `\r\n\r\n` or `\n\n`), if it is in `buf`.
@@ -82,7 +98,7 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-async fn serve_one(mut stream: TcpStream, render: &(dyn Fn() -> String + Send + Sync)) -> std::io::Result<()> {
+async fn serve_one(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head_len = loop {
@@ -102,9 +118,14 @@ async fn serve_one(mut stream: TcpStream, render: &(dyn Fn() -> String + Send + 
         None => ("431 Request Header Fields Too Large", "text/plain", "request too large\n".to_string()),
         Some(Route::BadRequest) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         Some(Route::NotFound) => {
-            ("404 Not Found", "text/plain", "not found; metrics are at GET /metrics\n".to_string())
+            ("404 Not Found", "text/plain", "not found; GET /metrics, /healthz or /ready\n".to_string())
         }
-        Some(Route::Metrics) => ("200 OK", CONTENT_TYPE, render()),
+        Some(Route::Metrics) => ("200 OK", CONTENT_TYPE, (endpoints.metrics)()),
+        Some(Route::Healthz) => ("200 OK", "text/plain", "ok\n".to_string()),
+        Some(Route::Ready) => match (endpoints.ready)() {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+        },
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -123,6 +144,9 @@ mod tests {
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
         assert_eq!(route(b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n"), Route::Metrics);
         assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n"), Route::Healthz);
+        assert_eq!(route(b"GET /ready HTTP/1.1\r\n\r\n"), Route::Ready);
+        assert_eq!(route(b"POST /ready HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
         assert_eq!(route(b"GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
@@ -144,13 +168,30 @@ mod tests {
     async fn serves_metrics_and_404_over_tcp() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_metrics(listener, || "flotilla_up 1\n".to_string()));
+        let ready = Arc::new(std::sync::Mutex::new(Err("no metadata leader known".to_string())));
+        let endpoints = Endpoints {
+            metrics: Box::new(|| "flotilla_up 1\n".to_string()),
+            ready: Box::new({
+                let ready = ready.clone();
+                move || ready.lock().unwrap().clone()
+            }),
+        };
+        let server = tokio::spawn(serve_metrics(listener, endpoints));
 
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("Content-Type: text/plain; version=0.0.4"), "{ok}");
         assert!(ok.contains("Content-Length: 14\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nflotilla_up 1\n"), "{ok}");
+
+        let alive = get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert!(alive.starts_with("HTTP/1.1 200 OK\r\n") && alive.ends_with("ok\n"), "{alive}");
+        let not_ready = get(addr, b"GET /ready HTTP/1.1\r\n\r\n").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(not_ready.ends_with("not ready: no metadata leader known\n"), "{not_ready}");
+        *ready.lock().unwrap() = Ok(());
+        let now_ready = get(addr, b"GET /ready HTTP/1.1\r\n\r\n").await;
+        assert!(now_ready.starts_with("HTTP/1.1 200 OK\r\n") && now_ready.ends_with("ready\n"), "{now_ready}");
 
         let missing = get(addr, b"GET /other HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
