@@ -485,6 +485,7 @@ impl ClientInner {
                 avoid = Some(a);
             }
             if step.refresh {
+                // Only an unknown topic or partition refreshes and goes again at once.
                 refreshed_for_unknown |= step.next == Next::Now;
                 self.refresh_quietly(&target).await;
             }

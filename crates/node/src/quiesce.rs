@@ -73,10 +73,13 @@ impl Quiescer {
         let status = group.status();
         let now = Instant::now();
         let idle = self.idle(id, status.last_log_index);
-        let matched = group.replication_matched().unwrap_or_default();
-        let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
-        let settled = settled(&group.membership(), &desired, brokers, &matched, status.last_log_index, status.leader);
-        if !idle || !settled {
+        // Only an idle group's settledness matters (and it costs a look at every replica).
+        let settled = || {
+            let matched = group.replication_matched().unwrap_or_default();
+            let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+            settled(&group.membership(), &desired, brokers, &matched, status.last_log_index, status.leader)
+        };
+        if !idle || !settled() {
             group.set_ticking(true);
             self.keepalive_at.remove(&id);
             return;
