@@ -52,13 +52,22 @@ async fn layout(client: &Client, topic: &str) -> Result<(BTreeMap<u32, Vec<NodeI
 }
 
 /// Produces `n` records round-robin over the partitions; returns the acknowledged values.
+/// A record whose send fails is sent once more (it may have been appended: the value is
+/// the same, and only acknowledged values are checked); failures are printed.
 async fn produce_some(client: &Client, topic: &str, tag: &str, n: usize) -> Vec<String> {
     let producer = client.producer(topic, ProducerConfig::default());
     let mut acked = Vec::new();
     for i in 0..n {
         let v = format!("{tag}-{i}");
-        if producer.send_to((i % PARTITIONS as usize) as u32, keyed("k", &v)).await.is_ok() {
-            acked.push(v);
+        let partition = (i % PARTITIONS as usize) as u32;
+        let mut sent = producer.send_to(partition, keyed("k", &v)).await;
+        if let Err(e) = &sent {
+            eprintln!("{v} to partition {partition}: {e}; sending it again");
+            sent = producer.send_to(partition, keyed("k", &v)).await;
+        }
+        match sent {
+            Ok(_) => acked.push(v),
+            Err(e) => eprintln!("{v} to partition {partition}: {e}"),
         }
     }
     acked
