@@ -312,18 +312,6 @@ async fn t40_bad_requests_get_documented_errors() {
     assert_eq!(consumed[&0].last().unwrap(), &(o, "still-here".to_string()));
 }
 
-/// One HTTP GET; the status line's code and the body.
-fn http_status(addr: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split(' ').nth(1)?.parse().ok()?;
-    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
-}
-
 /// t50: `/healthz` answers while the process serves HTTP; `/ready` answers 200 once the
 /// node serves (a metadata leader known, its replicas started) and 503 with the reason
 /// while it does not: a node started while the rest of its cluster is down is alive but

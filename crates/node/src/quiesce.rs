@@ -74,12 +74,12 @@ impl Quiescer {
         let now = Instant::now();
         let idle = self.idle(id, status.last_log_index);
         // Only an idle group's settledness matters (and it costs a look at every replica).
-        let settled = || {
+        let is_settled = || {
             let matched = group.replication_matched().unwrap_or_default();
             let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
             settled(&group.membership(), &desired, brokers, &matched, status.last_log_index, status.leader)
         };
-        if !idle || !settled() {
+        if !idle || !is_settled() {
             group.set_ticking(true);
             self.keepalive_at.remove(&id);
             return;

@@ -317,12 +317,26 @@ pub async fn raw(
 }
 
 /// One HTTP GET over a plain TCP connection; the whole answer, headers included.
-pub fn http_get(addr: &str, path: &str) -> String {
+fn http_answer(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// One HTTP GET that must answer 200; the whole answer, headers included.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let out = http_answer(addr, path).expect("GET from the metrics endpoint");
     assert!(out.starts_with("HTTP/1.1 200"), "{}", &out[..out.len().min(200)]);
     out
+}
+
+/// One HTTP GET: the status code and the body (none: no answer).
+pub fn http_status(addr: &str, path: &str) -> Option<(u16, String)> {
+    let out = http_answer(addr, path).ok()?;
+    let code = out.split(' ').nth(1)?.parse().ok()?;
+    Some((code, out.split_once("\r\n\r\n")?.1.to_string()))
 }
