@@ -61,8 +61,9 @@ pub enum TopicCmd {
         /// The topic.
         name: String,
     },
-    /// Change a topic's replication factor and placement policy; the cluster then moves
-    /// the replicas that break it. The policy is replaced: flags not given are cleared.
+    /// Change a topic's replication factor, placement policy or retention; the cluster
+    /// then moves the replicas that break it. Only the keys given change (and those
+    /// named by --reset go back to their defaults); the others stay as they are.
     Config(TopicConfigArgs),
     /// Delete a partition's records below an offset (Kafka's DeleteRecords): its log
     /// start moves there on every replica, and the disk space is given back.
@@ -76,13 +77,18 @@ pub enum TopicCmd {
         #[arg(long)]
         before: u64,
     },
-    /// Grow a topic to a total number of partitions (never shrinks).
+    /// Add partitions to a topic (`--num N` adds N, as rpk does; `--total T` grows it
+    /// to T). Partitions are never removed.
+    #[command(group(clap::ArgGroup::new("count").args(["num", "total"]).required(true)))]
     AddPartitions {
         /// The topic.
         name: String,
+        /// How many partitions to add.
+        #[arg(long, short = 'n')]
+        num: Option<u32>,
         /// The partition count afterwards.
         #[arg(long)]
-        total: u32,
+        total: Option<u32>,
     },
 }
 
@@ -91,10 +97,10 @@ pub struct TopicCreateArgs {
     /// The topic's name: letters, digits, '.', '_' and '-'.
     pub name: String,
     /// Number of partitions.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, short = 'p', default_value_t = 1)]
     pub partitions: u32,
     /// Replicas per partition.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, short = 'r', default_value_t = 3)]
     pub replication_factor: u32,
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -105,10 +111,15 @@ pub struct TopicConfigArgs {
     /// The topic.
     pub name: String,
     /// Replicas per partition (default: unchanged).
-    #[arg(long)]
+    #[arg(long, short = 'r')]
     pub replication_factor: Option<u32>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Put these policy keys back to their defaults (repeatable): allowed-regions,
+    /// preferred-leader-region, exclude-nodes, exclude-zones, retention-ms,
+    /// retention-bytes.
+    #[arg(long, value_name = "KEY", value_delimiter = ',')]
+    pub reset: Vec<String>,
 }
 
 /// Where a topic's replicas may go and where its leaders should be.
@@ -541,6 +552,10 @@ pub enum ClusterCmd {
     Describe,
     /// Register a node that joins the cluster (what `flotilla node --join` does).
     AddNode(AddNodeArgs),
+    /// One-line verdict on the cluster with the reasons (nodes down, leaderless and
+    /// under-replicated partitions, no metadata leader); exits with status 1 when
+    /// unhealthy, like `rpk cluster health`.
+    Health,
     /// Move every replica off a node (or, with --undo, make it active again).
     Drain {
         /// The node.
@@ -548,6 +563,8 @@ pub enum ClusterCmd {
         /// Undrain: the node takes replicas again.
         #[arg(long)]
         undo: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Remove an empty node for good (drain it first; its id is never reused).
     Remove {
@@ -563,6 +580,8 @@ pub enum ClusterCmd {
         /// The replicas once moved.
         #[arg(long, value_delimiter = ',', required = true, value_name = "ID,...")]
         replicas: Vec<NodeId>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Make a replica the partition's preferred leader; leadership moves once it has
     /// caught up.
@@ -594,6 +613,17 @@ pub enum ClusterCmd {
         #[arg(long, value_delimiter = ',', value_name = "ID,...")]
         set: Option<Vec<NodeId>>,
     },
+}
+
+/// Waiting for a long operation to finish.
+#[derive(Args, Clone, Copy)]
+pub struct WaitArgs {
+    /// Wait until it is done, showing progress (replicas moved, catch-up).
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (the operation goes on).
+    #[arg(long, default_value_t = 600, value_name = "SECS", requires = "wait")]
+    pub timeout: u64,
 }
 
 #[derive(Args)]
@@ -692,13 +722,28 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
                 )
             })
         }
-        ClusterCmd::Drain { id, undo: false } => {
+        ClusterCmd::Health => {
+            let info = client.describe_cluster().await.map_err(one_line)?;
+            let health = crate::progress::health(&info);
+            show(output, &health, || health.text())?;
+            if !health.healthy {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        ClusterCmd::Drain { id, undo: false, wait } => {
             client.drain_node(id).await.map_err(one_line)?;
-            show(output, &serde_json::json!({ "draining": id }), || {
-                format!("draining node {id}: its replicas move to other nodes (see `flotilla cluster moves`)\n")
+            if wait.wait {
+                crate::progress::wait_drained(client, id, wait.timeout, output).await?;
+            }
+            show(output, &serde_json::json!({ "draining": id, "drained": wait.wait }), || match wait.wait {
+                true => format!("node {id} is drained: it holds no replicas\n"),
+                false => format!(
+                    "draining node {id}: its replicas move to other nodes (see `flotilla cluster moves`, or --wait)\n"
+                ),
             })
         }
-        ClusterCmd::Drain { id, undo: true } => {
+        ClusterCmd::Drain { id, undo: true, .. } => {
             client.undrain_node(id).await.map_err(one_line)?;
             show(output, &serde_json::json!({ "undrained": id }), || format!("node {id} takes replicas again\n"))
         }
@@ -706,8 +751,15 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
             client.remove_node(id).await.map_err(one_line)?;
             show(output, &serde_json::json!({ "removed_node": id }), || format!("removed node {id}\n"))
         }
-        ClusterCmd::Reassign { topic, partition, replicas } => {
+        ClusterCmd::Reassign { topic, partition, replicas, wait } => {
             let move_id = client.reassign(&topic, partition, &replicas).await.map_err(one_line)?;
+            if wait.wait {
+                crate::progress::wait_moved(client, &topic, partition, &replicas, wait.timeout, output).await?;
+                let json = serde_json::json!({ "topic": topic, "partition": partition, "replicas": replicas, "move_id": move_id, "done": true });
+                return show(output, &json, || {
+                    format!("moved {topic}/{partition} to replicas {} (move {move_id})\n", join_ids(&replicas))
+                });
+            }
             let json =
                 serde_json::json!({ "topic": topic, "partition": partition, "replicas": replicas, "move_id": move_id });
             show(output, &json, || {
@@ -1066,18 +1118,29 @@ async fn topic(client: &Client, cmd: TopicCmd, output: Output) -> anyhow::Result
             }
         }
         TopicCmd::Config(a) => {
-            let rf = match a.replication_factor {
-                Some(rf) => rf,
-                None => client.describe_topic(&a.name).await.map_err(one_line)?.replication_factor,
-            };
-            let policy = a.policy.policy();
-            client.set_topic_config(&a.name, rf, &policy).await.map_err(one_line)?;
-            let json = serde_json::json!({ "topic": a.name, "replication_factor": rf, "policy": policy });
+            let given = a.policy.policy();
+            if a.replication_factor.is_none() && given == TopicPolicy::default() && a.reset.is_empty() {
+                bail!("nothing to change: give --replication-factor, a policy flag or --reset KEY");
+            }
+            client.alter_topic_config(&a.name, a.replication_factor, &given, &a.reset).await.map_err(one_line)?;
+            let json = serde_json::json!({
+                "topic": a.name, "replication_factor": a.replication_factor, "changed": given, "reset": a.reset,
+            });
             show(output, &json, || {
+                let mut changed = Vec::new();
+                if let Some(rf) = a.replication_factor {
+                    changed.push(format!("replication factor {rf}"));
+                }
+                if given != TopicPolicy::default() {
+                    changed.push(policy_text(&given));
+                }
+                if !a.reset.is_empty() {
+                    changed.push(format!("reset {}", a.reset.join(", ")));
+                }
                 format!(
-                    "topic '{}': replication factor {rf}, {}; replicas that break it move (see `flotilla cluster moves`)\n",
+                    "topic '{}': {}; other keys unchanged; replicas that break it move (see `flotilla cluster moves`)\n",
                     a.name,
-                    policy_text(&policy)
+                    changed.join("; ")
                 )
             })
         }
@@ -1086,7 +1149,15 @@ async fn topic(client: &Client, cmd: TopicCmd, output: Output) -> anyhow::Result
             let json = serde_json::json!({ "topic": name, "partition": partition, "log_start_offset": start });
             show(output, &json, || format!("{name}/{partition}: records below {start} deleted; log start {start}\n"))
         }
-        TopicCmd::AddPartitions { name, total } => {
+        TopicCmd::AddPartitions { name, num, total } => {
+            let total = match (num, total) {
+                (_, Some(t)) => t,
+                (Some(n), None) => {
+                    let now = client.describe_topic(&name).await.map_err(one_line)?.partitions.len() as u32;
+                    now.checked_add(n).ok_or_else(|| anyhow::anyhow!("--num {n} is too many"))?
+                }
+                (None, None) => unreachable!("clap requires one of them"),
+            };
             client.add_partitions(&name, total).await.map_err(one_line)?;
             show(output, &serde_json::json!({ "topic": name, "partitions": total }), || {
                 format!("topic '{name}' now has {total} partitions\n")

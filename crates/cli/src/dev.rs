@@ -178,7 +178,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  seq 1 1000 | flotilla produce demo");
     println!("  flotilla consume demo -n 10");
     println!("  flotilla cluster describe");
+    println!("  flotilla cluster health");
     println!("  curl -s http://{}/metrics", nodes[0].metrics);
+    println!("The console: http://{}/", nodes[0].metrics);
     println!("Ctrl-C stops every node.");
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -8,8 +8,10 @@ mod client_cmds;
 mod dev;
 mod group_cmds;
 mod node_cmd;
+mod profile;
+mod progress;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client_cmds::{ClientCommand, Output};
 
@@ -21,9 +23,13 @@ pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7070,127.0.0.1:7071,127.0.0.1:707
 #[command(name = "flotilla", version, about = "Flotilla: a replicated message broker")]
 struct Cli {
     /// Nodes of the cluster (host:port, comma-separated); the client tries each in turn
-    /// until one answers. The default is the three nodes of `flotilla dev`.
-    #[arg(long, global = true, env = "FLOTILLA_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
-    bootstrap: String,
+    /// until one answers. Default: the profile's `bootstrap`, else the three nodes of
+    /// `flotilla dev` (127.0.0.1:7070-7072).
+    #[arg(long, short = 'b', global = true, env = "FLOTILLA_BOOTSTRAP")]
+    bootstrap: Option<String>,
+    /// The profile to use from the CLI's profile file (see `flotilla profile`).
+    #[arg(long, global = true, env = "FLOTILLA_PROFILE")]
+    profile: Option<String>,
     /// Output format of describe and list commands.
     #[arg(long, global = true, value_enum, default_value = "text")]
     output: Output,
@@ -39,18 +45,35 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Run a local cluster of node processes.
     Dev(dev::DevArgs),
+    /// Print a shell completion script: `flotilla completion bash > /etc/bash_completion.d/flotilla`,
+    /// or `source <(flotilla completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Show the CLI's profile file and the profile in use (bootstrap addresses).
+    Profile,
     #[command(flatten)]
     Client(ClientCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completion { shell } = &cli.command {
+        clap_complete::generate(*shell, &mut Cli::command(), "flotilla", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Node(args) => node_cmd::run(args).await,
             Command::Dev(args) => dev::run(args).await,
-            Command::Client(cmd) => client_cmds::run(cmd, &cli.bootstrap, cli.output).await,
+            Command::Completion { .. } => unreachable!("answered before the runtime starts"),
+            Command::Profile => profile::show(cli.profile.as_deref(), cli.bootstrap.as_deref()),
+            Command::Client(cmd) => {
+                let bootstrap = profile::bootstrap(cli.profile.as_deref(), cli.bootstrap)?;
+                client_cmds::run(cmd, &bootstrap, cli.output).await
+            }
         }
     });
     match result {

@@ -11,180 +11,167 @@ use flotilla_rpc::GrpcTransport;
 use flotilla_storage_rocksdb::RocksEngine;
 use flotilla_types::SystemClock;
 
-#[derive(clap::Args, Debug)]
+/// The node's flags. Each setting is also read from a `FLOTILLA_*` environment variable
+/// (the key in capitals, `-` as `_`: `FLOTILLA_DATA_DIR`) and from the configuration
+/// file; flags win over the environment, which wins over the file (`load_config`).
+#[derive(clap::Args, Debug, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct NodeArgs {
     /// A TOML file with the node's configuration (keys as in docs/configuration.md);
-    /// flags override it.
-    #[arg(long)]
+    /// the environment and flags override it.
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    #[serde(skip)]
     config: Option<PathBuf>,
+    /// Log lines as text, or as JSON objects (one per line) for log collectors.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value = "text")]
+    #[serde(skip)]
+    pub log_format: LogFormat,
     /// This node's id (1 or more).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
     /// Address to listen on (host:port).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     /// Address others reach this node at, if not --listen.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
     /// Data directory.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     /// The initial cluster, as ID=HOST:PORT, comma-separated or repeated.
     #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     peers: Vec<String>,
     /// The metadata group's voters (default: the first three peers).
     #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     controllers: Vec<u64>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<String>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     zone: Option<String>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     rack: Option<String>,
     /// Join a running cluster through this node (host:port): no static peers are needed;
     /// the node registers itself there, retrying until it succeeds.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     join: Option<String>,
     /// Controller: a node not heard from for this long is suspected.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     suspect_after_ms: Option<u64>,
     /// Controller: a node not heard from for this long is dead; its replicas are
     /// re-created elsewhere.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     dead_after_ms: Option<u64>,
     /// Controller: keep replicas and leaders balanced without being asked
     /// (`--auto-balance false` to turn off).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     auto_balance: Option<bool>,
     /// Controller: partition moves in progress at once.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_concurrent_moves: Option<usize>,
     /// Log bytes per second this node sends to replicas catching up in moves.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     move_bytes_per_sec: Option<u64>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
     /// Quiesce a partition group idle this long (no heartbeats, no election timers); 0:
     /// never.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     quiesce_after_ms: Option<u64>,
     /// A quiesced group's leader heartbeats this often; a quiet follower that hears
     /// nothing for three of these starts its own timers.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     quiesce_keepalive_ms: Option<u64>,
     /// A replica silent toward its partition's leader for this long is out of sync
     /// (default 15000; at least twice quiesce-keepalive-ms).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     replica_lag_time_max_ms: Option<u64>,
     /// Retention for topics that set none: delete records older than this (default 7
     /// days; 0: keep forever).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     retention_ms: Option<u64>,
     /// Retention for topics that set none: bytes kept per partition (default 0: no limit).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     retention_bytes: Option<u64>,
     /// How often partition leaders apply retention (default 5000).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     retention_check_interval_ms: Option<u64>,
     /// Refuse produce with DISK_FULL below this much free space on the data directory's
     /// filesystem (default 268435456; 0: never).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     disk_free_min_bytes: Option<u64>,
     /// Forget an idempotent producer idle for this long, per partition (default 86400000,
     /// one day; Kafka's producer.id.expiration.ms).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     producer_expiry_ms: Option<u64>,
     /// Idempotent producers one partition remembers at most (default 10000).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     partition_producers_max: Option<u32>,
 }
 
+/// The node's configuration: the defaults, then the file (`--config`), then
+/// `FLOTILLA_*` environment variables naming a key, then the flags given, each layer
+/// overriding the one before (figment). Without a data directory from any of them, node
+/// `N` keeps its data in `./.flotilla/node-N`.
 pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<NodeConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
-        }
-        None => NodeConfig::default(),
+    load_config_from(args, "FLOTILLA_")
+}
+
+/// [`load_config`] reading environment variables with `prefix`.
+fn load_config_from(args: &NodeArgs, prefix: &str) -> anyhow::Result<NodeConfig> {
+    use figment::Figment;
+    use figment::providers::{Env, Format, Serialized, Toml};
+
+    let defaults = NodeConfig::default();
+    let keys: std::collections::BTreeSet<String> = match serde_json::to_value(&defaults)? {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        _ => Default::default(),
     };
-    if let Some(id) = args.id {
-        config.id = id;
-        if args.data_dir.is_none() && args.config.is_none() {
-            config.data_dir = PathBuf::from(format!("./.flotilla/node-{id}"));
+    let mut figment = Figment::from(Serialized::defaults(&defaults));
+    if let Some(path) = &args.config {
+        if !path.exists() {
+            bail!("configuration file {} does not exist", path.display());
         }
+        figment = figment.merge(Toml::file_exact(path));
     }
-    if let Some(l) = &args.listen {
-        config.listen = l.clone();
-    }
-    if let Some(a) = &args.advertise {
-        config.advertise = Some(a.clone());
-    }
-    if let Some(d) = &args.data_dir {
-        config.data_dir = d.clone();
-    }
-    if !args.peers.is_empty() {
-        config.peers = args.peers.clone();
-    }
-    if !args.controllers.is_empty() {
-        config.controllers = args.controllers.clone();
-    }
-    if let Some(r) = &args.region {
-        config.region = r.clone();
-    }
-    if let Some(z) = &args.zone {
-        config.zone = z.clone();
-    }
-    if let Some(r) = &args.rack {
-        config.rack = r.clone();
-    }
-    if let Some(j) = &args.join {
-        config.join = Some(j.clone());
-    }
-    if let Some(ms) = args.suspect_after_ms {
-        config.suspect_after_ms = ms;
-    }
-    if let Some(ms) = args.dead_after_ms {
-        config.dead_after_ms = ms;
-    }
-    if let Some(b) = args.auto_balance {
-        config.auto_balance = b;
-    }
-    if let Some(n) = args.max_concurrent_moves {
-        config.max_concurrent_moves = n;
-    }
-    if let Some(n) = args.move_bytes_per_sec {
-        config.move_bytes_per_sec = n;
-    }
-    if let Some(m) = &args.metrics_listen {
-        config.metrics_listen = Some(m.clone());
-    }
-    if let Some(ms) = args.quiesce_after_ms {
-        config.quiesce_after_ms = ms;
-    }
-    if let Some(ms) = args.quiesce_keepalive_ms {
-        config.quiesce_keepalive_ms = ms;
-    }
-    if let Some(ms) = args.replica_lag_time_max_ms {
-        config.replica_lag_time_max_ms = ms;
-    }
-    if let Some(ms) = args.retention_ms {
-        config.retention_ms = ms;
-    }
-    if let Some(b) = args.retention_bytes {
-        config.retention_bytes = b;
-    }
-    if let Some(ms) = args.retention_check_interval_ms {
-        config.retention_check_interval_ms = ms;
-    }
-    if let Some(b) = args.disk_free_min_bytes {
-        config.disk_free_min_bytes = b;
-    }
-    if let Some(ms) = args.producer_expiry_ms {
-        config.producer_expiry_ms = ms;
-    }
-    if let Some(n) = args.partition_producers_max {
-        config.partition_producers_max = n;
+    // Only variables that name a key: others (FLOTILLA_BOOTSTRAP, for the client) are
+    // not the node's.
+    let env = Env::prefixed(prefix).filter_map(move |k| {
+        let key = k.as_str().to_ascii_lowercase().replace('_', "-");
+        keys.contains(&key).then(|| key.into())
+    });
+    figment = figment.merge(env).merge(Serialized::defaults(args));
+    let mut config: NodeConfig = figment.extract().map_err(|e| {
+        let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        anyhow::anyhow!("invalid configuration ({source}): {e}")
+    })?;
+    if config.data_dir == defaults.data_dir && config.id != defaults.id {
+        config.data_dir = PathBuf::from(format!("./.flotilla/node-{}", config.id));
     }
     if config.peers.is_empty() {
         // A single-node cluster of itself.
@@ -196,14 +183,27 @@ pub fn load_config(args: &NodeArgs) -> anyhow::Result<NodeConfig> {
     Ok(config)
 }
 
-pub fn init_tracing() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (time, level, message, fields, spans).
+    Json,
+}
+
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+    };
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing(args.log_format);
     let config = load_config(&args)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -241,9 +241,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let metrics = metrics_listener.map(|l| {
         let node = node.clone();
         let ready = node.clone();
+        let console = node.clone();
         let endpoints = flotilla_rpc::Endpoints {
             metrics: Box::new(move || node.render_metrics()),
             ready: Box::new(move || ready.readiness()),
+            console: Box::new(move || {
+                serde_json::to_string(&console.console_view()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            }),
         };
         tokio::spawn(flotilla_rpc::serve_metrics(l, endpoints))
     });
@@ -257,6 +261,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         let min_free = config.disk_free_min_bytes;
         async move {
             loop {
+                if let Some((total, free)) = disk_space(&data_dir) {
+                    node.metrics().set_disk_space(total, free);
+                }
                 node.set_disk_full(disk_short(&data_dir, min_free));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 if let Some(why) = node.fatal() {
@@ -352,12 +359,13 @@ pub(crate) fn disk_short(dir: &std::path::Path, min_free: u64) -> Option<String>
     if min_free == 0 {
         return None;
     }
-    let free = free_bytes(dir)?;
+    let (_, free) = disk_space(dir)?;
     (free < min_free).then(|| format!("{free} bytes free on {}, below disk-free-min-bytes {min_free}", dir.display()))
 }
 
-/// Bytes available to unprivileged users on the filesystem holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+/// The size of the filesystem holding `dir` and the bytes on it available to
+/// unprivileged users.
+fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -365,7 +373,8 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return None;
     }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let frsize = st.f_frsize as u64;
+    Some(((st.f_blocks as u64).saturating_mul(frsize), (st.f_bavail as u64).saturating_mul(frsize)))
 }
 
 #[cfg(test)]
@@ -375,6 +384,7 @@ mod tests {
     fn args() -> NodeArgs {
         NodeArgs {
             config: None,
+            log_format: LogFormat::Text,
             id: None,
             listen: None,
             advertise: None,
@@ -426,6 +436,49 @@ produce-timeout-ms = 5000
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/flotilla"));
         a.zone = Some("c".into());
         assert_eq!(load_config(&a).unwrap().zone, "c");
+    }
+
+    #[test]
+    fn environment_between_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "id = 2\nlisten = \"127.0.0.1:7071\"\nzone = \"file\"\nregion = \"file\"\nretention-ms = 1\n",
+        )
+        .unwrap();
+        let prefix = "FLOTILLA_TEST_ENV_";
+        let vars = [
+            ("ZONE", "env"),
+            ("RETENTION_MS", "60000"),
+            ("PEERS", "1=127.0.0.1:7070, 2=127.0.0.1:7071,3=127.0.0.1:7072"),
+            ("CONTROLLERS", "1,2"),
+            ("AUTO_BALANCE", "false"),
+            ("NOT_A_KEY", "ignored"),
+        ];
+        for (k, v) in vars {
+            // SAFETY: the variables have a prefix no other test reads.
+            unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
+        }
+        let mut a = args();
+        a.config = Some(path);
+        let c = load_config_from(&a, prefix).unwrap();
+        assert_eq!((c.id, c.region.as_str(), c.zone.as_str()), (2, "file", "env"), "the environment over the file");
+        assert_eq!(c.retention_ms, 60_000);
+        assert_eq!(c.peers.len(), 3, "a comma-separated list: {:?}", c.peers);
+        assert_eq!(c.controllers, vec![1, 2]);
+        assert!(!c.auto_balance);
+        assert_eq!(c.data_dir, PathBuf::from("./.flotilla/node-2"), "node N's own directory by default");
+        a.zone = Some("flag".into());
+        assert_eq!(load_config_from(&a, prefix).unwrap().zone, "flag", "flags over the environment");
+        // SAFETY: as above.
+        unsafe { std::env::set_var(format!("{prefix}RETENTION_MS"), "soon") };
+        let e = format!("{:#}", load_config_from(&a, prefix).unwrap_err());
+        assert!(e.to_lowercase().contains("retention-ms"), "the error names the key: {e}");
+        for (k, _) in vars {
+            // SAFETY: as above.
+            unsafe { std::env::remove_var(format!("{prefix}{k}")) };
+        }
     }
 
     #[test]

@@ -337,3 +337,66 @@ async fn t96_cli_reaches_dev_cluster_without_node_one() {
     assert!(text.starts_with("3 nodes"), "{text}");
     cli_ok(bootstrap, &["topic", "list"]).await;
 }
+
+/// t98: the operator's commands: `cluster health` says healthy with exit status 0, and
+/// unhealthy with the reasons and exit status 1 once a node is down; `cluster drain
+/// --wait` returns once the node holds no replica; `topic config` with one key and
+/// `--reset`, `add-partitions --num`; `completion bash`; `-b` for `--bootstrap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t98_health_drain_wait_and_topic_config_from_the_command_line() {
+    let _serial = serial().await;
+    let options = ClusterOptions { node_args: vec!["--dead-after-ms".into(), "60000".into()], ..Default::default() };
+    let mut cluster = ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 4, options);
+    let client = ready_client(&cluster, 4).await;
+    let b = cluster.bootstrap();
+    create_topic(&client, "ops", 4).await;
+
+    let healthy = eventually("healthy", Duration::from_secs(30), async || {
+        let out = cli(&b, &["cluster", "health"]).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() { Ok(text) } else { Err(text) }
+    })
+    .await;
+    assert!(healthy.starts_with("healthy: 4 nodes, 4 partitions"), "{healthy}");
+
+    // Drain node 4 and wait: when the command returns, node 4 holds nothing.
+    let out = cli_ok(&b, &["cluster", "drain", "4", "--wait", "--timeout", "120"]).await;
+    assert!(out.contains("node 4 is drained"), "{out}");
+    let info = client.describe_cluster().await.unwrap();
+    let on_4: Vec<_> = info.topics.iter().flat_map(|t| &t.partitions).filter(|p| p.replicas.contains(&4)).collect();
+    assert!(on_4.is_empty(), "still on node 4 after drain --wait: {on_4:?}");
+    cli_ok(&b, &["cluster", "drain", "4", "--undo"]).await;
+
+    // Only the keys given change; an unknown key to reset is refused.
+    let out = cli_ok(&b, &["topic", "config", "ops", "--retention-bytes", "1000000"]).await;
+    assert!(out.contains("other keys unchanged"), "{out}");
+    cli_ok(&b, &["topic", "config", "ops", "--reset", "retention-bytes,retention-ms"]).await;
+    let bad = cli(&b, &["topic", "config", "ops", "--reset", "retention"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a policy key"), "{bad:?}");
+    let nothing = cli(&b, &["topic", "config", "ops"]).await;
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to change"), "{nothing:?}");
+    cli_ok(&b, &["-b", &b, "topic", "add-partitions", "ops", "--num", "2"]).await;
+    assert_eq!(client.describe_topic("ops").await.unwrap().partitions.len(), 6);
+
+    let script = cli_ok(&b, &["completion", "bash"]).await;
+    assert!(script.contains("_flotilla") && script.contains("add-partitions"), "not a bash completion script");
+
+    // A node down: unhealthy, with the reason, and exit status 1.
+    cluster.kill(2);
+    let text = eventually("unhealthy", Duration::from_secs(30), async || {
+        let out = cli(&b, &["cluster", "health"]).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.code() {
+            Some(1) if text.contains("nodes down (suspected or dead): 2") => Ok(text),
+            _ => Err(text),
+        }
+    })
+    .await;
+    assert!(text.starts_with("unhealthy: 4 nodes"), "{text}");
+    assert!(text.contains("under-replicated partitions"), "{text}");
+    let json = cli(&b, &["cluster", "health", "--output", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["nodes_down"], serde_json::json!([2]));
+}

@@ -276,9 +276,22 @@ async fn c50_metadata_group_grows_to_five_and_shrinks_back() {
         "flotilla_partition_leader",
         "flotilla_partition_high_watermark",
         "flotilla_under_replicated_partitions",
-        "flotilla_moves_in_progress",
         "flotilla_request_duration_seconds_bucket",
     ] {
         assert!(text.contains(family), "/metrics lacks {family}:\n{}", &text[..text.len().min(2000)]);
     }
+    // Cluster-wide figures come from the metadata leader alone.
+    eventually("one exporter of the cluster-wide figures", Duration::from_secs(20), async || {
+        let exporters: Vec<u64> = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| cluster.is_running(*id))
+            .filter(|id| {
+                let text = http_get(&cluster.metrics_addr(*id).unwrap(), "/metrics");
+                text.lines().any(|l| l.starts_with("flotilla_moves_in_progress "))
+            })
+            .collect();
+        if exporters.len() == 1 { Ok(()) } else { Err(format!("exported by {exporters:?}")) }
+    })
+    .await;
 }

@@ -332,8 +332,37 @@ impl Client {
     /// Replaces a topic's replication factor and placement policy; the controller then
     /// moves the replicas that break it.
     pub async fn set_topic_config(&self, name: &str, replication_factor: u32, policy: &TopicPolicy) -> Result<()> {
-        let wire =
-            v1::SetTopicConfigRequest { name: name.to_string(), replication_factor, policy: Some(policy.into()) };
+        let wire = v1::SetTopicConfigRequest {
+            name: name.to_string(),
+            replication_factor,
+            policy: Some(policy.into()),
+            merge: false,
+            reset: Vec::new(),
+        };
+        self.topic_config_request(wire).await
+    }
+
+    /// Changes only what is given of a topic's config: the replication factor when
+    /// `Some`, the policy's lists when not empty and its values when `Some`, and clears
+    /// the keys named in `reset` (`retention-ms`, `allowed-regions`, ...).
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        replication_factor: Option<u32>,
+        policy: &TopicPolicy,
+        reset: &[String],
+    ) -> Result<()> {
+        let wire = v1::SetTopicConfigRequest {
+            name: name.to_string(),
+            replication_factor: replication_factor.unwrap_or(0),
+            policy: Some(policy.into()),
+            merge: true,
+            reset: reset.to_vec(),
+        };
+        self.topic_config_request(wire).await
+    }
+
+    async fn topic_config_request(&self, wire: v1::SetTopicConfigRequest) -> Result<()> {
         request::TopicConfig::try_from(wire.clone()).map_err(refused)?;
         self.admin_write(true, move |ch, addr| {
             let wire = wire.clone();

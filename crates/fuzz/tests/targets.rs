@@ -264,7 +264,13 @@ fn t92_fuzz_client_and_admin_requests() {
         ),
         (
             "set_topic_config",
-            enc(&v1::SetTopicConfigRequest { name: "orders".into(), replication_factor: 3, policy: Some(policy()) }),
+            enc(&v1::SetTopicConfigRequest {
+                name: "orders".into(),
+                replication_factor: 3,
+                policy: Some(policy()),
+                merge: true,
+                reset: vec!["retention-ms".into()],
+            }),
             checked::<v1::SetTopicConfigRequest, request::TopicConfig>,
         ),
         (

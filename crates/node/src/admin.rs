@@ -193,6 +193,12 @@ impl<T: RaftTransport> Node<T> {
         Ok(())
     }
 
+    /// A topic's replication factor and policy, as this node's metadata has them.
+    pub fn topic_config(&self, name: &str) -> Result<(u32, TopicPolicy), ApiError> {
+        self.with_metadata(|m| m.topic(name).map(|t| (t.replication_factor, t.policy.clone())))
+            .ok_or_else(|| ApiError::new(ErrorCode::UnknownTopic, format!("topic '{name}' does not exist")))
+    }
+
     pub async fn add_partitions(&self, name: &str, total: u32) -> Result<(), ApiError> {
         self.metadata_write(MetaCommand::AddPartitions { name: name.to_string(), total }).await.map(|_| ())
     }

@@ -66,6 +66,9 @@ pub struct Fetched {
     pub high_watermark: Offset,
     pub log_start_offset: Offset,
     pub batches: Vec<FetchedBatch>,
+    /// How long the fetch waited for records to arrive (its long poll): not part of the
+    /// time it took to serve.
+    pub waited: Duration,
 }
 
 /// How long a topic create waits for more brokers when the cluster cannot place it yet
@@ -192,6 +195,9 @@ impl<T: RaftTransport> Node<T> {
         match written {
             Ok(PartResponse::Produced { base_offset, records, duplicate }) => {
                 assert_eq!(records, batch.len(), "applied a different batch than proposed");
+                if !duplicate {
+                    self.inner.metrics.count_in(topic, u64::from(records), batch.bytes().len() as u64);
+                }
                 Ok(Produced { base_offset, records, duplicate, acks })
             }
             Ok(PartResponse::Refused(r)) => {
@@ -243,6 +249,7 @@ impl<T: RaftTransport> Node<T> {
         }
         let mut applied = group.state().subscribe();
         let deadline = tokio::time::Instant::now() + max_wait;
+        let mut waited = Duration::ZERO;
         // A new leader serves reads only once it has applied an entry of its own term
         // (everything committed before it is then applied): until then its high
         // watermark can be behind what the old leader answered.
@@ -290,11 +297,12 @@ impl<T: RaftTransport> Node<T> {
             if planted::armed(Bug::FetchPastCommit) && locations.is_empty() && offset == hw {
                 let uncommitted = Self::planted_uncommitted(&group, hw);
                 if !uncommitted.is_empty() {
-                    return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches: uncommitted });
+                    return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches: uncommitted, waited });
                 }
             }
             if !locations.is_empty() || tokio::time::Instant::now() >= deadline {
                 let mut batches = Vec::with_capacity(locations.len());
+                let (mut records, mut bytes_out) = (0u64, 0u64);
                 for loc in locations {
                     let bytes = match group.read_batch(loc.log_index).map_err(|e| self.storage_error(&what, e))? {
                         Some(bytes) => bytes,
@@ -318,21 +326,28 @@ impl<T: RaftTransport> Node<T> {
                         }
                     };
                     // Verified on read as on write: a corrupt batch is never served.
-                    RecordBatch::decode(bytes.clone()).map_err(|e| {
+                    let decoded = RecordBatch::decode(bytes.clone()).map_err(|e| {
                         tracing::error!(%what, offset = loc.base_offset, error = %e, "corrupt batch in the log");
                         ApiError::new(
                             ErrorCode::CorruptBatch,
                             format!("{what}: stored batch at {}: {e}", loc.base_offset),
                         )
                     })?;
+                    records += u64::from(decoded.len());
+                    bytes_out += bytes.len() as u64;
                     batches.push(FetchedBatch { base_offset: loc.base_offset, batch: bytes });
                 }
-                return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches });
+                self.inner.metrics.count_out(topic, records, bytes_out);
+                self.inner.metrics.observe_fetch_wait(waited);
+                return Ok(Fetched { high_watermark: hw, log_start_offset: start, batches, waited });
             }
             // Wake at least twice a second to notice a replica that stopped (its state
             // never changes again) or a leader that moved.
             let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
-            if let Ok(Err(_)) = tokio::time::timeout_at(wake, applied.changed()).await {
+            let slept = tokio::time::Instant::now();
+            let changed = tokio::time::timeout_at(wake, applied.changed()).await;
+            waited += slept.elapsed();
+            if let Ok(Err(_)) = changed {
                 return Err(self.stopped_replica(&what, "its state machine is gone"));
             }
             if let Some(why) = group.stopped() {

@@ -23,9 +23,12 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Where this node keeps its data.
     pub data_dir: PathBuf,
-    /// Every node of the initial cluster, this one included, as `ID=HOST:PORT`.
+    /// Every node of the initial cluster, this one included, as `ID=HOST:PORT` (a list,
+    /// or one comma-separated string as in `FLOTILLA_PEERS`).
+    #[serde(deserialize_with = "list_or_commas")]
     pub peers: Vec<String>,
     /// The metadata group's voters; defaults to the first three peers by id.
+    #[serde(deserialize_with = "list_or_commas")]
     pub controllers: Vec<NodeId>,
     pub region: String,
     pub zone: String,
@@ -90,6 +93,33 @@ pub struct NodeConfig {
     /// Idempotent producers: the most one partition remembers; the least recently active
     /// is forgotten first (10,000; at most 100,000).
     pub partition_producers_max: u32,
+}
+
+/// A list given as a list, or as one string of comma-separated items (how an
+/// environment variable gives it), or as one item.
+fn list_or_commas<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given<T> {
+        List(Vec<T>),
+        Text(String),
+        One(T),
+    }
+    match Given::<T>::deserialize(d)? {
+        Given::List(v) => Ok(v),
+        Given::One(v) => Ok(vec![v]),
+        Given::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<T>().map_err(|e| serde::de::Error::custom(format!("'{p}': {e}"))))
+            .collect(),
+    }
 }
 
 impl Default for NodeConfig {

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod console;
 mod controller;
 pub mod groups;
 pub mod metrics;
@@ -35,6 +36,13 @@ use tokio::task::JoinHandle;
 
 pub use api::{ApiError, BrokerInfo, ClusterView, Fetched, FetchedBatch, PartitionInfo, Produced, TopicInfo};
 pub use config::NodeConfig;
+
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build time),
+/// or `unknown` when it was built outside a git checkout.
+pub const BUILD_COMMIT: &str = match option_env!("FLOTILLA_BUILD_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// Node id → address of every known node. Shared with the transport, which dials by id.
 #[derive(Clone, Default)]
@@ -64,6 +72,8 @@ pub(crate) struct Inner<T: RaftTransport> {
     /// Wakes the controller for an immediate tick ("balance now").
     pub(crate) controller_kick: Arc<tokio::sync::Notify>,
     pub(crate) metrics: metrics::Registry,
+    /// The storage engine every group of this node writes to (for its sizes).
+    pub(crate) engine: Arc<dyn Engine>,
     /// Why the node refuses writes for lack of disk space (`set_disk_full`), if it does.
     pub(crate) disk_full: RwLock<Option<String>>,
     /// When the consumer group coordinator last heard from each member.
@@ -93,8 +103,9 @@ impl<T: RaftTransport> Node<T> {
         for (id, addr) in config.peer_map()? {
             addresses.set(id, addr);
         }
-        let groups =
-            Arc::new(Groups::new(config.id, engine, transport).with_partition_timings(config.partition_timings()));
+        let groups = Arc::new(
+            Groups::new(config.id, engine.clone(), transport).with_partition_timings(config.partition_timings()),
+        );
         groups.router().throttle().set_rate(config.move_bytes_per_sec);
         // A joining node, or one beyond the initial controllers, starts its metadata
         // replica empty; the metadata leader adds it as a learner once it is registered.
@@ -110,6 +121,7 @@ impl<T: RaftTransport> Node<T> {
                 shutdown,
                 controller_kick: Arc::new(tokio::sync::Notify::new()),
                 metrics: metrics::Registry::default(),
+                engine,
                 disk_full: RwLock::new(None),
                 sessions: groups::Sessions::default(),
                 peers: peers::PeerWatch::default(),

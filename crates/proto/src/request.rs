@@ -329,21 +329,131 @@ impl From<&CreateTopic> for v1::CreateTopicRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
     pub name: String,
-    /// `1..=REPLICATION_FACTOR_MAX`.
+    /// `1..=REPLICATION_FACTOR_MAX`; with `merge`, 0 keeps the topic's.
     pub replication_factor: u32,
     pub policy: TopicPolicy,
+    /// Change only what is given (`reset` names the keys to clear); else replace.
+    pub merge: bool,
+    pub reset: Vec<PolicyKey>,
+}
+
+/// A key of a topic's policy, as `SetTopicConfig`'s `reset` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PolicyKey {
+    AllowedRegions,
+    PreferredLeaderRegion,
+    ExcludeNodes,
+    ExcludeZones,
+    RetentionMs,
+    RetentionBytes,
+}
+
+impl PolicyKey {
+    pub const ALL: [(PolicyKey, &'static str); 6] = [
+        (PolicyKey::AllowedRegions, "allowed-regions"),
+        (PolicyKey::PreferredLeaderRegion, "preferred-leader-region"),
+        (PolicyKey::ExcludeNodes, "exclude-nodes"),
+        (PolicyKey::ExcludeZones, "exclude-zones"),
+        (PolicyKey::RetentionMs, "retention-ms"),
+        (PolicyKey::RetentionBytes, "retention-bytes"),
+    ];
+
+    pub fn parse(name: &str) -> Option<PolicyKey> {
+        PolicyKey::ALL.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+    }
+
+    /// `current` with this key back at its default.
+    pub fn reset(self, p: &mut TopicPolicy) {
+        match self {
+            PolicyKey::AllowedRegions => p.allowed_regions.clear(),
+            PolicyKey::PreferredLeaderRegion => p.preferred_leader_region = None,
+            PolicyKey::ExcludeNodes => p.excluded_nodes.clear(),
+            PolicyKey::ExcludeZones => p.excluded_zones.clear(),
+            PolicyKey::RetentionMs => p.retention_ms = None,
+            PolicyKey::RetentionBytes => p.retention_bytes = None,
+        }
+    }
+}
+
+impl TopicConfig {
+    /// The topic's policy once this change is applied to `current` (and its replication
+    /// factor, `current_rf` when this one keeps it).
+    pub fn merged(&self, current_rf: u32, current: &TopicPolicy) -> (u32, TopicPolicy) {
+        if !self.merge {
+            return (self.replication_factor, self.policy.clone());
+        }
+        let mut p = current.clone();
+        for k in &self.reset {
+            k.reset(&mut p);
+        }
+        let given = &self.policy;
+        if !given.allowed_regions.is_empty() {
+            p.allowed_regions = given.allowed_regions.clone();
+        }
+        if given.preferred_leader_region.is_some() {
+            p.preferred_leader_region = given.preferred_leader_region.clone();
+        }
+        if !given.excluded_nodes.is_empty() {
+            p.excluded_nodes = given.excluded_nodes.clone();
+        }
+        if !given.excluded_zones.is_empty() {
+            p.excluded_zones = given.excluded_zones.clone();
+        }
+        if given.retention_ms.is_some() {
+            p.retention_ms = given.retention_ms;
+        }
+        if given.retention_bytes.is_some() {
+            p.retention_bytes = given.retention_bytes;
+        }
+        let rf = if self.replication_factor == 0 { current_rf } else { self.replication_factor };
+        (rf, p)
+    }
 }
 
 impl TopicConfig {
     fn new(name: String, rf: u32, p: Option<v1::TopicPolicy>) -> Result<TopicConfig, v1::Error> {
-        Ok(TopicConfig { name: topic_name(name)?, replication_factor: replication_factor(rf)?, policy: policy(p)? })
+        Ok(TopicConfig {
+            name: topic_name(name)?,
+            replication_factor: replication_factor(rf)?,
+            policy: policy(p)?,
+            merge: false,
+            reset: Vec::new(),
+        })
     }
 }
 
 impl TryFrom<v1::SetTopicConfigRequest> for TopicConfig {
     type Error = v1::Error;
     fn try_from(r: v1::SetTopicConfigRequest) -> Result<TopicConfig, v1::Error> {
-        TopicConfig::new(r.name, r.replication_factor, r.policy)
+        if !r.merge {
+            return TopicConfig::new(r.name, r.replication_factor, r.policy);
+        }
+        if r.reset.len() > PolicyKey::ALL.len() {
+            return Err(invalid(format!("reset names {} keys; a policy has {}", r.reset.len(), PolicyKey::ALL.len())));
+        }
+        let mut reset = Vec::new();
+        for name in &r.reset {
+            let key = PolicyKey::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = PolicyKey::ALL.iter().map(|(_, n)| *n).collect();
+                invalid(format!(
+                    "reset: '{}' is not a policy key ({})",
+                    name.chars().take(64).collect::<String>(),
+                    known.join(", ")
+                ))
+            })?;
+            reset.push(key);
+        }
+        let rf = match r.replication_factor {
+            0 => 0,
+            rf => replication_factor(rf)?,
+        };
+        Ok(TopicConfig {
+            name: topic_name(r.name)?,
+            replication_factor: rf,
+            policy: policy(r.policy)?,
+            merge: true,
+            reset,
+        })
     }
 }
 
@@ -470,7 +580,7 @@ impl TryFrom<v1::PlanRequest> for PlanScenario {
                 PlanScenario::AddNode { id: node_id("the new node", a.id)?, labels: labels(a.labels)? }
             }
             Some(S::TopicConfig(t)) => {
-                let TopicConfig { name, replication_factor, policy } =
+                let TopicConfig { name, replication_factor, policy, .. } =
                     TopicConfig::new(t.name, t.replication_factor, t.policy)?;
                 PlanScenario::TopicConfig { name, replication_factor, policy }
             }
@@ -993,6 +1103,39 @@ mod tests {
     }
 
     #[test]
+    fn a_merged_topic_config_changes_only_what_it_is_given() {
+        let current = TopicPolicy {
+            allowed_regions: vec!["eu".into()],
+            preferred_leader_region: Some("eu".into()),
+            retention_ms: Some(1000),
+            ..TopicPolicy::default()
+        };
+        let req = |policy, reset: &[&str], rf| v1::SetTopicConfigRequest {
+            name: "t".into(),
+            replication_factor: rf,
+            policy: Some(policy),
+            merge: true,
+            reset: reset.iter().map(|s| s.to_string()).collect(),
+        };
+        let only_bytes = v1::TopicPolicy { retention_bytes: Some(5), ..Default::default() };
+        let c = TopicConfig::try_from(req(only_bytes.clone(), &[], 0)).unwrap();
+        let (rf, p) = c.merged(3, &current);
+        assert_eq!(rf, 3, "0 keeps the replication factor");
+        assert_eq!(p, TopicPolicy { retention_bytes: Some(5), ..current.clone() });
+        let c = TopicConfig::try_from(req(only_bytes, &["retention-ms", "preferred-leader-region"], 5)).unwrap();
+        let (rf, p) = c.merged(3, &current);
+        assert_eq!(
+            (rf, p.retention_ms, p.preferred_leader_region, p.allowed_regions),
+            (5, None, None, vec!["eu".to_string()])
+        );
+        let e = TopicConfig::try_from(req(v1::TopicPolicy::default(), &["retention"], 0)).unwrap_err();
+        assert!(message(e).contains("'retention' is not a policy key"));
+        // Without merge the policy is replaced, and a replication factor is required.
+        let replace = v1::SetTopicConfigRequest { merge: false, ..req(v1::TopicPolicy::default(), &[], 3) };
+        assert_eq!(TopicConfig::try_from(replace).unwrap().merged(1, &current), (3, TopicPolicy::default()));
+    }
+
+    #[test]
     fn node_requests_are_checked() {
         let labels = Some(v1::Labels { region: "eu".into(), zone: "eu-1a".into(), rack: String::new() });
         let a = AddNode::try_from(v1::AddNodeRequest { id: 4, addr: "10.0.0.4:7070".into(), labels }).unwrap();
@@ -1047,7 +1190,12 @@ mod tests {
     #[test]
     fn topic_config_and_partitions_are_checked() {
         let cfg = |rf| {
-            TopicConfig::try_from(v1::SetTopicConfigRequest { name: "t".into(), replication_factor: rf, policy: None })
+            TopicConfig::try_from(v1::SetTopicConfigRequest {
+                name: "t".into(),
+                replication_factor: rf,
+                policy: None,
+                ..Default::default()
+            })
         };
         assert_eq!(cfg(5).unwrap().policy, TopicPolicy::default());
         assert!(message(cfg(0).unwrap_err()).contains("replication factor 0"));

@@ -1,15 +1,23 @@
-//! A minimal HTTP/1.1 server for Prometheus and orchestrators: `GET /metrics` answers
-//! the text exposition format, `GET /healthz` 200 while the process serves HTTP at all
-//! (liveness), `GET /ready` 200 when the node serves and 503 with the reason when it
-//! does not (readiness: `Node::readiness`), anything else 404. One request per connection (answered with
-//! `Connection: close`), requests bounded in size and time, connections bounded in
-//! number: a scraper needs no more, and nothing a peer sends can grow it.
+//! The node's HTTP listener for Prometheus, orchestrators and people, served by axum:
+//! `GET /metrics` answers the Prometheus text exposition format, `GET /healthz` 200 while
+//! the process serves HTTP at all (liveness), `GET /ready` 200 when the node serves and
+//! 503 with the reason when it does not (readiness: `Node::readiness`), `GET /` the
+//! built-in console (a page that polls `GET /api/cluster`, the cluster as JSON), anything
+//! else 404. One request per connection, request heads bounded in size, connections in
+//! number and each in time: a scraper needs no more, and nothing a peer sends can grow
+//! it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 // The largest request head read, the time allowed, the connections served at once.
@@ -18,22 +26,55 @@ use flotilla_types::limits::{
 };
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(flotilla_types::limits::METRICS_REQUEST_TIMEOUT_MS);
 /// The Prometheus text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// The console: one page, its styles and script inline, nothing fetched from elsewhere.
+const CONSOLE_HTML: &str = include_str!("console.html");
 
-/// What the endpoint answers with: the metrics text, and whether the node is ready (or
-/// why not).
+/// What the endpoint answers with: the metrics text, whether the node is ready (or why
+/// not), and the console's view of the cluster as JSON.
 pub struct Endpoints {
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     pub ready: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    pub console: Box<dyn Fn() -> String + Send + Sync>,
 }
 
-/// Serves `GET /metrics`, `/healthz` and `/ready` on `listener`, until the task is
-/// dropped or aborted. Accept errors (a full file table) are logged and retried after a
-/// pause; a bad request closes only its own connection.
+/// The routes, over the node's answers.
+fn router(endpoints: Arc<Endpoints>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State(e): State<Arc<Endpoints>>| async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], (e.metrics)()) }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(|State(e): State<Arc<Endpoints>>| async move {
+                match (e.ready)() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                }
+            }),
+        )
+        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], CONSOLE_HTML) }))
+        .route(
+            "/api/cluster",
+            get(|State(e): State<Arc<Endpoints>>| async move {
+                ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], (e.console)())
+            }),
+        )
+        .fallback(|| async { not_found() })
+        .with_state(endpoints)
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found; GET /metrics, /healthz, /ready, / (the console) or /api/cluster\n")
+        .into_response()
+}
+
+/// Serves the routes on `listener`, until the task is dropped or aborted. Accept errors
+/// (a full file table) are logged and retried after a pause; a bad request closes only
+/// its own connection.
 pub async fn serve_metrics(listener: TcpListener, endpoints: Endpoints) {
-    let render = Arc::new(endpoints);
+    let service = TowerToHyperService::new(router(Arc::new(endpoints)));
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+    tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /healthz, /ready and the console at /");
     loop {
         let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (stream, peer) = match listener.accept().await {
@@ -44,10 +85,13 @@ pub async fn serve_metrics(listener: TcpListener, endpoints: Endpoints) {
                 continue;
             }
         };
-        let render = render.clone();
+        let service = service.clone();
         tokio::spawn(async move {
-            let served = tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, &render)).await;
-            match served {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(REQUEST_BYTES_MAX)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(REQUEST_TIMEOUT, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection failed"),
                 Err(_) => tracing::debug!(%peer, "metrics: connection timed out"),
@@ -57,104 +101,11 @@ pub async fn serve_metrics(listener: TcpListener, endpoints: Endpoints) {
     }
 }
 
-/// What a request head asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics,
-    Healthz,
-    Ready,
-    NotFound,
-    BadRequest,
-}
-
-/// Routes a request head (everything before the blank line).
-fn route(head: &[u8]) -> Route {
-    let Ok(head) = std::str::from_utf8(head) else { return Route::BadRequest };
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    match (method, path) {
-        ("GET", "/metrics") => Route::Metrics,
-        ("GET", "/healthz") => Route::Healthz,
-        ("GET", "/ready") => Route::Ready,
-        _ => Route::NotFound,
-    }
-}
-
-/// The end of the request head (the index after `\r\n\r\n` or `\n\n`), if it is in `buf`.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-async fn serve_one(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_len = loop {
-        if let Some(end) = head_end(&buf) {
-            break Some(end);
-        }
-        if buf.len() >= REQUEST_BYTES_MAX {
-            break None;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(()); // closed before a whole request came
-        }
-        buf.extend_from_slice(&chunk[..n.min(REQUEST_BYTES_MAX - buf.len())]);
-    };
-    let (status, content_type, body) = match head_len.map(|end| route(&buf[..end])) {
-        None => ("431 Request Header Fields Too Large", "text/plain", "request too large\n".to_string()),
-        Some(Route::BadRequest) => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
-        Some(Route::NotFound) => {
-            ("404 Not Found", "text/plain", "not found; GET /metrics, /healthz or /ready\n".to_string())
-        }
-        Some(Route::Metrics) => ("200 OK", CONTENT_TYPE, (endpoints.metrics)()),
-        Some(Route::Healthz) => ("200 OK", "text/plain", "ok\n".to_string()),
-        Some(Route::Ready) => match (endpoints.ready)() {
-            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
-        },
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_are_routed() {
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
-        assert_eq!(route(b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n"), Route::Metrics);
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"GET /healthz HTTP/1.1\r\n\r\n"), Route::Healthz);
-        assert_eq!(route(b"GET /ready HTTP/1.1\r\n\r\n"), Route::Ready);
-        assert_eq!(route(b"POST /ready HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
-        assert_eq!(route(b"\xff\xfe"), Route::BadRequest);
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(24));
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
-    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     async fn get(addr: std::net::SocketAddr, request: &[u8]) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -165,7 +116,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_metrics_and_404_over_tcp() {
+    async fn serves_metrics_health_console_and_404_over_tcp() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(std::sync::Mutex::new(Err("no metadata leader known".to_string())));
@@ -175,13 +126,14 @@ mod tests {
                 let ready = ready.clone();
                 move || ready.lock().unwrap().clone()
             }),
+            console: Box::new(|| "{\"answered_by\":1}".to_string()),
         };
         let server = tokio::spawn(serve_metrics(listener, endpoints));
 
         let ok = get(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("Content-Type: text/plain; version=0.0.4"), "{ok}");
-        assert!(ok.contains("Content-Length: 14\r\n"), "{ok}");
+        assert!(ok.to_lowercase().contains("content-type: text/plain; version=0.0.4"), "{ok}");
+        assert!(ok.to_lowercase().contains("content-length: 14\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nflotilla_up 1\n"), "{ok}");
 
         let alive = get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
@@ -193,8 +145,20 @@ mod tests {
         let now_ready = get(addr, b"GET /ready HTTP/1.1\r\n\r\n").await;
         assert!(now_ready.starts_with("HTTP/1.1 200 OK\r\n") && now_ready.ends_with("ready\n"), "{now_ready}");
 
+        let page = get(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.to_lowercase().contains("content-type: text/html"), "{page}");
+        assert!(page.contains("/api/cluster"), "the page polls the JSON");
+        let json = get(addr, b"GET /api/cluster HTTP/1.1\r\n\r\n").await;
+        assert!(json.to_lowercase().contains("content-type: application/json"), "{json}");
+        assert!(json.ends_with("{\"answered_by\":1}"), "{json}");
+
         let missing = get(addr, b"GET /other HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
+        let post = get(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        let junk = get(addr, b"\xff\xfe junk\r\n\r\n").await;
+        assert!(junk.is_empty() || junk.starts_with("HTTP/1.1 400"), "{junk}");
 
         // A request head over the limit is refused without waiting for its end.
         let mut huge = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();

@@ -273,21 +273,33 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
-        handle(&self.node, "fetch", req, |r: request::Fetch| async move {
-            let fetched =
-                self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
-            answer(fetched, |f| v1::FetchResponse {
-                error: None,
-                high_watermark: f.high_watermark,
-                log_start_offset: f.log_start_offset,
-                batches: f
-                    .batches
-                    .into_iter()
-                    .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
-                    .collect(),
-            })
-        })
-        .await
+        // Timed by hand: the long poll's wait is not part of the time to serve (it has
+        // its own histogram, flotilla_fetch_wait_seconds).
+        let started = Instant::now();
+        let mut waited = Duration::ZERO;
+        let resp = match request::Fetch::try_from(req.into_inner()) {
+            Ok(r) => {
+                let fetched =
+                    self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
+                answer(fetched, |f| {
+                    waited = f.waited;
+                    v1::FetchResponse {
+                        error: None,
+                        high_watermark: f.high_watermark,
+                        log_start_offset: f.log_start_offset,
+                        batches: f
+                            .batches
+                            .into_iter()
+                            .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
+                            .collect(),
+                    }
+                })
+            }
+            Err(e) => v1::FetchResponse::refused(e),
+        };
+        let took = started.elapsed().saturating_sub(waited);
+        self.node.metrics().observe("fetch", outcome(resp.error()), took);
+        Ok(Response::new(resp))
     }
 
     async fn list_offsets(
@@ -513,9 +525,13 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
         req: Request<v1::SetTopicConfigRequest>,
     ) -> Result<Response<v1::SetTopicConfigResponse>, Status> {
         handle(&self.node, "set_topic_config", req, |r: request::TopicConfig| async move {
-            answer(self.node.set_topic_config(&r.name, r.replication_factor, r.policy).await, |()| {
-                v1::SetTopicConfigResponse::default()
-            })
+            let done = async {
+                // A merge applies to the topic's config as this node's metadata has it.
+                let (rf, current) = self.node.topic_config(&r.name)?;
+                let (rf, policy) = r.merged(rf, &current);
+                self.node.set_topic_config(&r.name, rf, policy).await
+            };
+            answer(done.await, |()| v1::SetTopicConfigResponse::default())
         })
         .await
     }

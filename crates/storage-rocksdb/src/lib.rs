@@ -41,6 +41,7 @@ use std::thread::JoinHandle;
 
 use flotilla_storage::DurableCallback;
 use flotilla_storage::Engine;
+use flotilla_storage::EngineSizes;
 use flotilla_storage::KeyValue;
 use flotilla_storage::Op;
 use flotilla_storage::StorageError;
@@ -359,6 +360,14 @@ impl Engine for RocksEngine {
         }
         if let Some(tx) = self.compactions.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
             let _ = tx.send((start.to_vec(), end.to_vec()));
+        }
+    }
+
+    fn sizes(&self) -> EngineSizes {
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineSizes {
+            files_bytes: int("rocksdb.total-sst-files-size"),
+            memory_bytes: int("rocksdb.cur-size-all-mem-tables"),
         }
     }
 

@@ -81,6 +81,15 @@ pub type DurableCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send + 'st
 /// A key and its value, as a scan returns them.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// An engine's sizes ([`Engine::sizes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineSizes {
+    /// Bytes in the engine's sorted files (RocksDB's SST files).
+    pub files_bytes: u64,
+    /// Bytes in write buffers not yet flushed to files (RocksDB's memtables).
+    pub memory_bytes: u64,
+}
+
 /// The storage engine of one node. Shared by every Raft group on the node.
 ///
 /// Contract (checked by `conformance`):
@@ -119,6 +128,12 @@ pub trait Engine: Send + Sync + 'static {
     /// compaction rewrites the files that hold it). A hint: it returns at once, and an
     /// engine without such a cost does nothing.
     fn compact(&self, _start: &[u8], _end: &[u8]) {}
+
+    /// What the engine holds, for metrics: bytes in its files on disk and in memory
+    /// buffers not yet written to them. An engine that does not know answers zeros.
+    fn sizes(&self) -> EngineSizes {
+        EngineSizes::default()
+    }
 
     /// Pairs with `start <= key < end` in ascending key order, as `scan` gives them, but
     /// only while their values add up to at most `bytes_max` (always the first pair when
