@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::net::Net;
-use crate::powerfs::PowerFs;
+use crate::powerfs::{DiskFaults, PowerFs};
 use crate::registry;
 
 /// The port every node listens on, each in its own namespace.
@@ -198,6 +198,30 @@ impl Cluster {
             registry::remove_pid(c.id());
         }
         self.node_mut(id).paused = false;
+    }
+
+    /// SIGTERM, as an operator's restart or an orchestrator does: the node stops
+    /// gracefully; SIGKILL after `within` if it has not.
+    pub fn stop(&mut self, id: u64, within: Duration) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            registry::remove_pid(c.id());
+        }
+        self.node_mut(id).paused = false;
+    }
+
+    /// The fault switches of node `id`'s disk; `None` on the host's filesystem.
+    pub fn disk_faults(&self, id: u64) -> Option<&DiskFaults> {
+        self.disks.get((id - 1) as usize).map(|(fs, _)| fs.faults())
     }
 
     /// SIGSTOP: the process stays, silent, its sockets open.

@@ -12,6 +12,8 @@
 //! PID, and every namespace it creates (with its links and rules) it deletes, after a
 //! failure or a signal too (`registry`).
 
+#![allow(clippy::disallowed_methods, reason = "the runner drives real processes in real time")]
+
 mod cluster;
 mod net;
 mod powerfs;

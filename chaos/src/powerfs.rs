@@ -8,6 +8,11 @@
 //! operations (create, rename, unlink, mkdir) are durable at once, so a file created and
 //! never synced survives a power loss empty. Torn writes are not modelled.
 //!
+//! Two disk faults can be switched on and off while it is mounted ([`DiskFaults`]):
+//! failing syncs (`fsync` answers EIO and syncs nothing, as a dying disk or a lost
+//! network volume does), and a full disk (`statfs` reports no space left and every write
+//! that would grow a file answers ENOSPC).
+//!
 //! `lying_fsync` plants the defect of NATS 2.12 at the disk: fsync answers at once and
 //! syncs nothing; a writeback thread makes everything durable every
 //! `WRITEBACK_INTERVAL`, as an OS flushes its page cache. A power loss then loses what
@@ -16,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -104,11 +110,38 @@ struct State {
     next_ino: u64,
 }
 
+/// The faults the runner switches on and off while the filesystem is mounted.
+#[derive(Debug, Default)]
+pub struct DiskFaults {
+    /// `fsync` and `fdatasync` answer EIO and sync nothing.
+    pub failing_syncs: AtomicBool,
+    /// No space left: `statfs` reports none free, a write that grows a file answers
+    /// ENOSPC.
+    pub full: AtomicBool,
+}
+
+impl DiskFaults {
+    fn failing_syncs(&self) -> bool {
+        self.failing_syncs.load(Ordering::Relaxed)
+    }
+
+    fn full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Every fault off.
+    pub fn clear(&self) {
+        self.failing_syncs.store(false, Ordering::Relaxed);
+        self.full.store(false, Ordering::Relaxed);
+    }
+}
+
 /// One mounted instance's state, shared with the runner.
 #[derive(Clone)]
 pub struct PowerFs {
     state: Arc<Mutex<State>>,
     lying_fsync: bool,
+    faults: Arc<DiskFaults>,
 }
 
 const ROOT: u64 = 1;
@@ -117,7 +150,11 @@ impl PowerFs {
     pub fn new(lying_fsync: bool) -> PowerFs {
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, Inode::new(FileType::Directory, 0o755, ROOT));
-        let fs = PowerFs { state: Arc::new(Mutex::new(State { inodes, next_ino: ROOT + 1 })), lying_fsync };
+        let fs = PowerFs {
+            state: Arc::new(Mutex::new(State { inodes, next_ino: ROOT + 1 })),
+            lying_fsync,
+            faults: Arc::new(DiskFaults::default()),
+        };
         if lying_fsync {
             // Ends once the filesystem is gone.
             let state = Arc::downgrade(&fs.state);
@@ -131,6 +168,11 @@ impl PowerFs {
             });
         }
         fs
+    }
+
+    /// The switches of this filesystem's faults.
+    pub fn faults(&self) -> &DiskFaults {
+        &self.faults
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -246,6 +288,9 @@ impl Filesystem for PowerFs {
         if let Some(size) = size {
             if size > FILE_BYTES_MAX {
                 return reply.error(Errno::EFBIG);
+            }
+            if self.faults.full() && size as usize > i.data.len() {
+                return reply.error(Errno::ENOSPC);
             }
             i.data.resize(size as usize, 0);
             i.dirty(size as usize);
@@ -367,6 +412,9 @@ impl Filesystem for PowerFs {
             return reply.error(Errno::EFBIG);
         }
         let (offset, end) = (offset as usize, end as usize);
+        if self.faults.full() && end > i.data.len() {
+            return reply.error(Errno::ENOSPC);
+        }
         if i.data.len() < end {
             i.data.resize(end, 0);
         }
@@ -381,6 +429,9 @@ impl Filesystem for PowerFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if self.faults.failing_syncs() {
+            return reply.error(Errno::EIO);
+        }
         if !self.lying_fsync
             && let Some(i) = self.state().inodes.get_mut(&ino.0)
         {
@@ -433,6 +484,9 @@ impl Filesystem for PowerFs {
                 return reply.error(Errno::EFBIG);
             }
             if (i.data.len() as u64) < end {
+                if self.faults.full() {
+                    return reply.error(Errno::ENOSPC);
+                }
                 let from = i.data.len();
                 i.data.resize(end as usize, 0);
                 i.dirty(from);
@@ -442,9 +496,11 @@ impl Filesystem for PowerFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
-        // 64 GiB free in 4 KiB blocks: RocksDB checks for space before it writes.
+        // 64 GiB in 4 KiB blocks, all free unless full: RocksDB checks for space before
+        // it writes, and the node refuses produce below `disk-free-min-bytes`.
         let blocks = (64u64 << 30) / u64::from(BLOCK_BYTES);
-        reply.statfs(blocks, blocks, blocks, 1 << 20, 1 << 20, BLOCK_BYTES, 255, BLOCK_BYTES);
+        let free = if self.faults.full() { 0 } else { blocks };
+        reply.statfs(blocks, free, free, 1 << 20, 1 << 20, BLOCK_BYTES, 255, BLOCK_BYTES);
     }
 }
 
@@ -504,6 +560,34 @@ mod tests {
         std::thread::sleep(WRITEBACK_INTERVAL * 2);
         fs.power_loss();
         assert_eq!(std::fs::read(&path).unwrap(), b"later", "the writeback made it durable");
+        drop(session);
+        std::fs::remove_dir_all(&at).unwrap();
+    }
+
+    #[test]
+    fn failing_syncs_and_a_full_disk_answer_errors_until_cleared() {
+        let Some((fs, session, at)) = mounted(false) else { return };
+        let path = at.join("sst");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"before").unwrap();
+        fs.faults().failing_syncs.store(true, Ordering::Relaxed);
+        let e = f.sync_all().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        fs.faults().clear();
+        f.sync_all().unwrap();
+        fs.faults().full.store(true, Ordering::Relaxed);
+        let e = f.write_all(b"more").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(at.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        assert_eq!(st.f_bavail, 0, "a full disk reports no space");
+        fs.faults().clear();
+        f.write_all(b"more").unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        fs.power_loss();
+        assert_eq!(std::fs::read(&path).unwrap(), b"beforemore");
         drop(session);
         std::fs::remove_dir_all(&at).unwrap();
     }

@@ -41,6 +41,19 @@ pub enum Fault {
     /// A partition reassigned to another replica set (one replica swapped for the spare
     /// node), then its leader killed while the move runs.
     KillReassign,
+    /// Every node restarted gracefully (SIGTERM, start again), one after the other, as
+    /// an operator's rolling restart or upgrade does.
+    RollingRestart,
+    /// A node drained through the admin API (its replicas move to the others) under
+    /// load; undrained at the heal.
+    DrainUnderLoad,
+    /// A partition leader's disk fails every sync (EIO) ([`Disk::PowerFs`]); at the heal
+    /// the disk works again and the node is restarted, as an operator would after
+    /// replacing the volume.
+    FsyncErrors,
+    /// A partition leader's disk is full: no space reported, every write that grows a
+    /// file refused (ENOSPC); at the heal space is freed and the node restarted.
+    DiskFull,
 }
 
 /// One scenario of the suite.
@@ -137,6 +150,40 @@ pub const ALL: &[Scenario] = &[
         4,
         (3_000, 8_000),
     ),
+    scenario(
+        "rolling-restart",
+        "every node restarted gracefully (SIGTERM), one after the other",
+        Fault::RollingRestart,
+        3,
+        (500, 1_000),
+    ),
+    scenario(
+        "drain-under-load",
+        "four nodes; one drained through the admin API while the load runs, then undrained",
+        Fault::DrainUnderLoad,
+        4,
+        (8_000, 15_000),
+    ),
+    Scenario {
+        disk: Disk::PowerFs,
+        ..scenario(
+            "fsync-errors",
+            "a partition leader's disk fails every fsync (EIO), then works again; the node restarted",
+            Fault::FsyncErrors,
+            3,
+            (3_000, 6_000),
+        )
+    },
+    Scenario {
+        disk: Disk::PowerFs,
+        ..scenario(
+            "disk-full",
+            "a partition leader's disk is full (no space, writes refused with ENOSPC), then freed; the node restarted",
+            Fault::DiskFull,
+            3,
+            (3_000, 6_000),
+        )
+    },
 ];
 
 /// What `make chaos-ci` runs: a few minutes.
@@ -160,6 +207,10 @@ pub struct Injected {
     net: bool,
     /// For flapping: the link toggled while the fault holds.
     flap: Option<(NodeId, NodeId)>,
+    /// A node whose disk faults are cleared at the heal, and which is then restarted.
+    disk: Option<NodeId>,
+    /// A node drained by the fault, undrained at the heal.
+    undrain: Option<NodeId>,
 }
 
 /// What a scenario's faults act on.
@@ -406,6 +457,47 @@ impl Scenario {
                 ctx.recorder.fault(&i.note, i.nodes.clone());
                 blocking(|| ctx.cluster.kill(leader));
             }
+            Fault::RollingRestart => {
+                let mut order = ctx.cluster.ids();
+                rng.shuffle(&mut order);
+                i.affected = (0..ctx.partitions).collect();
+                i.nodes = order.clone();
+                i.note = format!("rolling restart (SIGTERM, start) in the order {order:?}");
+                ctx.recorder.fault(&i.note, order.clone());
+                for n in order {
+                    blocking(|| ctx.cluster.stop(n, Duration::from_secs(15)));
+                    tokio::time::sleep(rng.millis(500, 1_500)).await;
+                    blocking(|| ctx.cluster.restart(n))?;
+                    // As an operator waits for a node to be back before the next one.
+                    tokio::time::sleep(rng.millis(2_000, 4_000)).await;
+                }
+            }
+            Fault::DrainUnderLoad => {
+                let victim = rng.pick(&ctx.cluster.ids());
+                i.affected = ctx.led_by(&[victim]).await;
+                let answer = match tokio::time::timeout(Duration::from_secs(10), ctx.client.drain_node(victim)).await {
+                    Ok(Ok(())) => "draining".to_string(),
+                    Ok(Err(e)) => format!("refused: {e}"),
+                    Err(_) => "no answer in 10 s".to_string(),
+                };
+                i.note = format!("drain n{victim} ({answer})");
+                i.nodes = vec![victim];
+                i.undrain = Some(victim);
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+            }
+            Fault::FsyncErrors | Fault::DiskFull => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                let also = ctx.controller_note(leader).await;
+                let what = if self.fault == Fault::FsyncErrors { "fails every fsync" } else { "is full" };
+                i.note = format!("the disk of n{leader} (leader of partition {partition}{also}) {what}");
+                i.nodes = vec![leader];
+                i.disk = Some(leader);
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                let faults = ctx.cluster.disk_faults(leader).ok_or_else(|| anyhow::anyhow!("no faulty disk here"))?;
+                let switch = if self.fault == Fault::FsyncErrors { &faults.failing_syncs } else { &faults.full };
+                switch.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         i.at_ms = ctx.recorder.time_ms();
         Ok(i)
@@ -439,8 +531,22 @@ impl Scenario {
         for n in &i.resume {
             ctx.cluster.resume(*n);
         }
+        if let Some(n) = i.disk {
+            if let Some(f) = ctx.cluster.disk_faults(n) {
+                f.clear();
+            }
+            // Whatever the fault did to the node (a stopped replica, an exit), the
+            // operator restarts it on its data once the disk works.
+            blocking(|| ctx.cluster.kill(n));
+        }
+        if let Some(n) = i.undrain {
+            let undrained = tokio::time::timeout(Duration::from_secs(10), ctx.client.undrain_node(n)).await;
+            if !matches!(undrained, Ok(Ok(()))) {
+                anyhow::bail!("undrain n{n}: {undrained:?}");
+            }
+        }
         ctx.recorder.heal(format!("heal: {}", i.note));
-        for n in &i.restart {
+        for n in i.restart.iter().chain(&i.disk) {
             blocking(|| ctx.cluster.restart(*n))?;
         }
         Ok(())
@@ -451,6 +557,9 @@ impl Scenario {
 pub async fn heal_all(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ctx.cluster.net().heal()?;
     for n in ctx.cluster.ids() {
+        if let Some(f) = ctx.cluster.disk_faults(n) {
+            f.clear();
+        }
         match ctx.cluster.state(n) {
             State::Paused => ctx.cluster.resume(n),
             State::Down => blocking(|| ctx.cluster.restart(n))?,
