@@ -182,3 +182,34 @@ fn summary(name: &str, kind: &'static str, members: usize, lag: Vec<PartitionLag
         lag,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PartitionInfo;
+
+    #[test]
+    fn a_partition_is_leaderless_without_a_leader_on_a_serving_node() {
+        let broker = |id, state: &str| BrokerInfo { state: state.into(), ..BrokerInfo::bare(id, format!("h:{id}")) };
+        let part = |partition, leader| PartitionInfo {
+            partition,
+            group_id: u64::from(partition) + 1,
+            leader,
+            replicas: vec![1, 2, 3],
+            high_watermark: None,
+        };
+        let view = ClusterView {
+            brokers: vec![broker(1, "alive"), broker(2, "suspected"), broker(3, "draining")],
+            metadata_leader: Some(1),
+            topics: vec![TopicInfo {
+                name: "t".into(),
+                replication_factor: 3,
+                partitions: vec![part(0, Some(1)), part(1, Some(2)), part(2, None), part(3, Some(3))],
+            }],
+            answered_by: 1,
+            now_ms: 0,
+        };
+        let refs: Vec<PartitionId> = leaderless(&view).iter().map(|r| r.partition).collect();
+        assert_eq!(refs, vec![1, 2], "a suspected leader or none; a draining node still serves");
+    }
+}
