@@ -20,6 +20,9 @@ use crate::registry;
 pub const NODE_PORT: u16 = 7070;
 /// How long a started node may take to listen.
 const LISTEN_WITHIN: Duration = Duration::from_secs(30);
+/// libfaketime (Debian's `faketime` package), the thread-safe build: preloaded into a
+/// node, it offsets the wall clock by what the node's clock file says.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -54,11 +57,17 @@ pub struct Cluster {
     node_args: Vec<String>,
     /// Per node with a [`Disk::PowerFs`]: the filesystem and its mount (unmounted on drop).
     disks: Vec<(PowerFs, fuser::BackgroundSession)>,
+    /// With skewed clocks: the file each node's libfaketime reads its offset from.
+    clock_files: Option<PathBuf>,
 }
 
 impl Cluster {
     /// Starts `n` nodes of `bin` on `net`, data under `data`, logs under `logs`; returns
     /// once every node listens.
+    /// With `skewable_clocks`, every node runs under libfaketime reading its wall-clock
+    /// offset from a file ([`Cluster::set_clock`]); monotonic time is left alone, as NTP
+    /// leaves it.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         bin: &Path,
         net: Net,
@@ -67,6 +76,7 @@ impl Cluster {
         logs: &Path,
         node_args: Vec<String>,
         disk: Disk,
+        skewable_clocks: bool,
     ) -> anyhow::Result<Cluster> {
         let peers = (1..=n).map(|i| format!("{i}={}:{NODE_PORT}", net.node_ip(i))).collect::<Vec<_>>().join(",");
         let nodes = (1..=n)
@@ -77,7 +87,14 @@ impl Cluster {
                 log: logs.join(format!("node-{i}.log")),
             })
             .collect();
-        let mut c = Cluster { bin: bin.to_path_buf(), net, nodes, peers, node_args, disks: vec![] };
+        let clock_files = skewable_clocks.then(|| logs.to_path_buf());
+        if skewable_clocks && !Path::new(LIBFAKETIME).exists() {
+            bail!("{LIBFAKETIME} is missing: apt-get install faketime");
+        }
+        let mut c = Cluster { bin: bin.to_path_buf(), net, nodes, peers, node_args, disks: vec![], clock_files };
+        for id in c.ids() {
+            c.set_clock(id, 0)?;
+        }
         if disk != Disk::Host {
             for id in c.ids() {
                 let at = c.node(id).data_dir.clone();
@@ -138,6 +155,7 @@ impl Cluster {
         let netns_path = format!("/var/run/netns/{}", self.net.netns(id));
         let netns = File::open(&netns_path).with_context(|| format!("opening {netns_path}"))?;
         let (bin, peers, args) = (self.bin.clone(), self.peers.clone(), self.node_args.clone());
+        let clock_file = self.clock_file(id);
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&n.log).context("opening the node log")?;
@@ -151,6 +169,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(file) = clock_file {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         let fd = netns.as_raw_fd();
         // Safety: between fork and exec only setns(2), which is async-signal-safe, and the
         // file stays open in the parent until spawn returns.
@@ -217,6 +241,20 @@ impl Cluster {
             registry::remove_pid(c.id());
         }
         self.node_mut(id).paused = false;
+    }
+
+    fn clock_file(&self, id: u64) -> Option<PathBuf> {
+        self.clock_files.as_ref().map(|dir| dir.join(format!("clock-n{id}")))
+    }
+
+    /// Sets node `id`'s wall clock `offset_s` seconds off the real one (within about a
+    /// second: libfaketime reads the file at most once a second). Nothing without
+    /// skewable clocks.
+    pub fn set_clock(&self, id: u64, offset_s: i64) -> anyhow::Result<()> {
+        if let Some(file) = self.clock_file(id) {
+            std::fs::write(&file, format!("{offset_s:+}s\n")).with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
     }
 
     /// The fault switches of node `id`'s disk; `None` on the host's filesystem.

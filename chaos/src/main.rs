@@ -35,7 +35,7 @@ use crate::cluster::{Cluster, Disk};
 use crate::net::Net;
 use crate::report::{FaultRecord, ScenarioReport};
 use crate::rng::Rng;
-use crate::scenario::{Ctx, Scenario};
+use crate::scenario::{Ctx, Fault, Scenario};
 
 /// Load before the first fault.
 const WARMUP: Duration = Duration::from_secs(5);
@@ -320,7 +320,9 @@ async fn run_scenario(
     let subnet = ((pid as usize + index) % 200 + 20) as u8;
     let net = Net::create(&tag, subnet, s.nodes)?;
     std::fs::create_dir_all(data)?;
-    let mut cluster = tokio::task::block_in_place(|| Cluster::start(bin, net, s.nodes, data, dir, vec![], s.disk))?;
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start(bin, net, s.nodes, data, dir, vec![], s.disk, s.fault == Fault::ClockSkew)
+    })?;
     let client = ready_client(&cluster, s.nodes as usize, seed).await?;
     let recorder = Recorder::new(client.clone());
     let topic = format!("chaos-{}", s.name);

@@ -54,6 +54,10 @@ pub enum Fault {
     /// A partition leader's disk is full: no space reported, every write that grows a
     /// file refused (ENOSPC); at the heal space is freed and the node restarted.
     DiskFull,
+    /// A partition leader's wall clock skewed by up to five minutes either way, then
+    /// jumping about every 1–3 s while the fault holds (libfaketime); set right at the
+    /// heal. Monotonic time is untouched, as NTP leaves it.
+    ClockSkew,
 }
 
 /// One scenario of the suite.
@@ -184,6 +188,13 @@ pub const ALL: &[Scenario] = &[
             (3_000, 6_000),
         )
     },
+    scenario(
+        "clock-skew",
+        "a partition leader's wall clock skewed up to 5 minutes either way and jumping, then set right",
+        Fault::ClockSkew,
+        3,
+        (6_000, 10_000),
+    ),
 ];
 
 /// What `make chaos-ci` runs: a few minutes.
@@ -211,6 +222,8 @@ pub struct Injected {
     disk: Option<NodeId>,
     /// A node drained by the fault, undrained at the heal.
     undrain: Option<NodeId>,
+    /// A node whose wall clock jumps while the fault holds and is set right at the heal.
+    clock: Option<NodeId>,
 }
 
 /// What a scenario's faults act on.
@@ -498,6 +511,19 @@ impl Scenario {
                 let switch = if self.fault == Fault::FsyncErrors { &faults.failing_syncs } else { &faults.full };
                 switch.store(true, std::sync::atomic::Ordering::Relaxed);
             }
+            Fault::ClockSkew => {
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                let also = ctx.controller_note(leader).await;
+                let offset = skew(rng);
+                i.note = format!(
+                    "skew the wall clock of n{leader} (leader of partition {partition}{also}) by {offset:+} s, then jump it"
+                );
+                i.nodes = vec![leader];
+                i.clock = Some(leader);
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                ctx.cluster.set_clock(leader, offset)?;
+            }
         }
         i.at_ms = ctx.recorder.time_ms();
         Ok(i)
@@ -505,6 +531,16 @@ impl Scenario {
 
     /// Lets the fault hold for `d` (flapping toggles its link meanwhile).
     pub async fn hold(&self, ctx: &mut Ctx<'_>, i: &Injected, d: Duration, rng: &mut Rng) -> anyhow::Result<()> {
+        if let Some(n) = i.clock {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                tokio::time::sleep(rng.millis(1_000, 3_000).min(end.saturating_duration_since(Instant::now()))).await;
+                let offset = skew(rng);
+                ctx.cluster.set_clock(n, offset)?;
+                ctx.recorder.fault(format!("n{n}'s wall clock jumps to {offset:+} s"), vec![n]);
+            }
+            return Ok(());
+        }
         let Some((a, b)) = i.flap else {
             tokio::time::sleep(d).await;
             return Ok(());
@@ -539,6 +575,9 @@ impl Scenario {
             // operator restarts it on its data once the disk works.
             blocking(|| ctx.cluster.kill(n));
         }
+        if let Some(n) = i.clock {
+            ctx.cluster.set_clock(n, 0)?;
+        }
         if let Some(n) = i.undrain {
             let undrained = tokio::time::timeout(Duration::from_secs(10), ctx.client.undrain_node(n)).await;
             if !matches!(undrained, Ok(Ok(()))) {
@@ -553,6 +592,12 @@ impl Scenario {
     }
 }
 
+/// A wall-clock offset within five minutes either way, at least ten seconds off.
+fn skew(rng: &mut Rng) -> i64 {
+    let magnitude = rng.range(10, 300) as i64;
+    if rng.range(0, 1) == 0 { -magnitude } else { magnitude }
+}
+
 /// Undoes whatever may still be in force: every rule removed, every node running.
 pub async fn heal_all(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ctx.cluster.net().heal()?;
@@ -560,6 +605,7 @@ pub async fn heal_all(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         if let Some(f) = ctx.cluster.disk_faults(n) {
             f.clear();
         }
+        ctx.cluster.set_clock(n, 0)?;
         match ctx.cluster.state(n) {
             State::Paused => ctx.cluster.resume(n),
             State::Down => blocking(|| ctx.cluster.restart(n))?,
