@@ -131,40 +131,26 @@ impl<T: RaftTransport> Node<T> {
     }
 
     fn group_summaries(&self, hw: &BTreeMap<(String, PartitionId), Offset>) -> Vec<GroupSummary> {
+        // A group's position on a partition (a consumer group's committed offset, a
+        // share group's window start) against the high watermark this node knows.
+        let lag = |(topic, partition): &(String, PartitionId), at: Offset| {
+            let high = hw.get(&(topic.clone(), *partition)).copied();
+            PartitionLag {
+                topic: topic.clone(),
+                partition: *partition,
+                committed: Some(at),
+                high_watermark: high,
+                lag: high.map(|h| h.saturating_sub(at)),
+            }
+        };
         self.with_metadata(|m| {
             let consumer = m.groups().iter().map(|(name, g)| {
-                let lag: Vec<PartitionLag> = g
-                    .offsets
-                    .iter()
-                    .map(|((topic, partition), c)| {
-                        let high = hw.get(&(topic.clone(), *partition)).copied();
-                        PartitionLag {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            committed: Some(c.offset),
-                            high_watermark: high,
-                            lag: high.map(|h| h.saturating_sub(c.offset)),
-                        }
-                    })
-                    .collect();
-                summary(name, "consumer", g.members.len(), lag)
+                let rows = g.offsets.iter().map(|(tp, c)| lag(tp, c.offset)).collect();
+                summary(name, "consumer", g.members.len(), rows)
             });
             let share = m.share_groups().iter().map(|(name, g)| {
-                let lag: Vec<PartitionLag> = g
-                    .partitions
-                    .iter()
-                    .map(|((topic, partition), p)| {
-                        let high = hw.get(&(topic.clone(), *partition)).copied();
-                        PartitionLag {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            committed: Some(p.start),
-                            high_watermark: high,
-                            lag: high.map(|h| h.saturating_sub(p.start)),
-                        }
-                    })
-                    .collect();
-                summary(name, "share", g.members.len(), lag)
+                let rows = g.partitions.iter().map(|(tp, p)| lag(tp, p.start)).collect();
+                summary(name, "share", g.members.len(), rows)
             });
             consumer.chain(share).collect()
         })
