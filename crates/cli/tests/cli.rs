@@ -381,6 +381,19 @@ async fn t98_health_drain_wait_and_topic_config_from_the_command_line() {
 
     let script = cli_ok(&b, &["completion", "bash"]).await;
     assert!(script.contains("_flotilla") && script.contains("add-partitions"), "not a bash completion script");
+    // A reader that stops early (`flotilla completion zsh | head -2`) is not an error:
+    // the command once panicked on the closed pipe.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["completion", "zsh"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A node down: unhealthy, with the reason, and exit status 1.
     cluster.kill(2);
