@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use flotilla_client::{Client, ClusterInfo};
+use flotilla_types::cluster::Attention;
 use flotilla_types::{NodeId, PartitionId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -73,25 +74,12 @@ impl Health {
 /// nodes. (Whether each replica keeps up is its leader's to judge: the
 /// `flotilla_partition_under_replicated` metric.)
 pub fn health(info: &ClusterInfo) -> Health {
-    let serving: BTreeSet<NodeId> = info.brokers.iter().filter(|b| b.may_serve()).map(|b| b.id).collect();
     let nodes_down: Vec<NodeId> =
         info.brokers.iter().filter(|b| matches!(b.state.as_str(), "suspected" | "dead")).map(|b| b.id).collect();
-    let mut leaderless = Vec::new();
-    let mut under_replicated = Vec::new();
-    let mut partitions = 0;
-    for t in &info.topics {
-        for p in &t.partitions {
-            partitions += 1;
-            let name = format!("{}/{}", t.name, p.partition);
-            if !p.leader.is_some_and(|l| serving.contains(&l)) {
-                leaderless.push(name.clone());
-            }
-            let short = p.replicas.len() < t.replication_factor as usize;
-            if short || p.replicas.iter().any(|r| !serving.contains(r)) {
-                under_replicated.push(name);
-            }
-        }
-    }
+    let attention = Attention::of(&info.brokers, &info.topics);
+    let leaderless: Vec<String> = attention.leaderless.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+    let under_replicated: Vec<String> = attention.under_replicated.iter().map(|(t, p, _)| format!("{t}/{p}")).collect();
+    let partitions = info.topics.iter().map(|t| t.partitions.len()).sum();
     Health {
         healthy: info.metadata_leader.is_some()
             && nodes_down.is_empty()

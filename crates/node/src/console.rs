@@ -10,9 +10,8 @@ use serde::Serialize;
 use flotilla_raft::RaftTransport;
 use flotilla_types::{NodeId, Offset, PartitionId};
 
-use crate::api::ClusterView;
 use crate::{BrokerInfo, Node, TopicInfo};
-use flotilla_types::cluster::MoveInfo;
+use flotilla_types::cluster::{Attention, MoveInfo};
 
 /// A partition, by topic and number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,47 +69,40 @@ pub struct ConsoleView {
     pub groups: Vec<GroupSummary>,
 }
 
-/// The partitions of `view` with no leader known on a live node.
-pub fn leaderless(view: &ClusterView) -> Vec<PartitionRef> {
-    let serving: BTreeSet<NodeId> = view.brokers.iter().filter(|b| b.may_serve()).map(|b| b.id).collect();
-    view.topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .filter(|p| !p.leader.is_some_and(|l| serving.contains(&l)))
-                .map(|p| PartitionRef { topic: t.name.clone(), partition: p.partition })
-        })
-        .collect()
-}
-
 impl<T: RaftTransport> Node<T> {
     /// The console's view of the cluster.
     pub fn console_view(&self) -> ConsoleView {
         let view = self.describe_cluster();
-        let serving: BTreeSet<NodeId> = view.brokers.iter().filter(|b| b.may_serve()).map(|b| b.id).collect();
+        let attention = Attention::of(&view.brokers, &view.topics);
+        let mut missing: BTreeMap<(String, PartitionId), BTreeSet<NodeId>> = attention
+            .under_replicated
+            .into_iter()
+            .map(|(topic, partition, missing)| ((topic, partition), missing.into_iter().collect()))
+            .collect();
+        // Where this node leads, it also knows which replicas keep up.
         let me = self.id();
-        let mut under_replicated = Vec::new();
         for t in &view.topics {
-            for p in &t.partitions {
-                let mut missing: BTreeSet<NodeId> =
-                    p.replicas.iter().copied().filter(|r| !serving.contains(r)).collect();
-                if p.leader == Some(me)
-                    && let Some(g) = self.groups().partition(p.group_id)
-                {
-                    let others: Vec<NodeId> = p.replicas.iter().copied().filter(|r| *r != me).collect();
-                    let lagging = crate::mover::catch_up(&g, &others, self.lag_time_max());
-                    missing.extend(lagging.iter().filter(|c| !c.in_sync).map(|c| c.node));
-                }
-                if !missing.is_empty() || p.replicas.len() < t.replication_factor as usize {
-                    under_replicated.push(UnderReplicated {
-                        topic: t.name.clone(),
-                        partition: p.partition,
-                        missing: missing.into_iter().collect(),
-                    });
+            for p in t.partitions.iter().filter(|p| p.leader == Some(me)) {
+                let Some(g) = self.groups().partition(p.group_id) else { continue };
+                let others: Vec<NodeId> = p.replicas.iter().copied().filter(|r| *r != me).collect();
+                let lagging: Vec<NodeId> = crate::mover::catch_up(&g, &others, self.lag_time_max())
+                    .iter()
+                    .filter(|c| !c.in_sync)
+                    .map(|c| c.node)
+                    .collect();
+                if !lagging.is_empty() {
+                    missing.entry((t.name.clone(), p.partition)).or_default().extend(lagging);
                 }
             }
         }
+        let under_replicated = missing
+            .into_iter()
+            .map(|((topic, partition), missing)| UnderReplicated {
+                topic,
+                partition,
+                missing: missing.into_iter().collect(),
+            })
+            .collect();
         let hw: BTreeMap<(String, PartitionId), Offset> = view
             .topics
             .iter()
@@ -121,7 +113,11 @@ impl<T: RaftTransport> Node<T> {
             answered_by: view.answered_by,
             now_ms: view.now_ms,
             metadata_leader: view.metadata_leader,
-            leaderless: leaderless(&view),
+            leaderless: attention
+                .leaderless
+                .into_iter()
+                .map(|(topic, partition)| PartitionRef { topic, partition })
+                .collect(),
             under_replicated,
             moves: self.moves(),
             groups,
@@ -166,36 +162,5 @@ fn summary(name: &str, kind: &'static str, members: usize, lag: Vec<PartitionLag
         state: if members > 0 { "stable" } else { "empty" },
         total_lag: (!known.is_empty()).then(|| known.iter().sum()),
         lag,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::PartitionInfo;
-
-    #[test]
-    fn a_partition_is_leaderless_without_a_leader_on_a_serving_node() {
-        let broker = |id, state: &str| BrokerInfo { state: state.into(), ..BrokerInfo::bare(id, format!("h:{id}")) };
-        let part = |partition, leader| PartitionInfo {
-            partition,
-            group_id: u64::from(partition) + 1,
-            leader,
-            replicas: vec![1, 2, 3],
-            high_watermark: None,
-        };
-        let view = ClusterView {
-            brokers: vec![broker(1, "alive"), broker(2, "suspected"), broker(3, "draining")],
-            metadata_leader: Some(1),
-            topics: vec![TopicInfo {
-                name: "t".into(),
-                replication_factor: 3,
-                partitions: vec![part(0, Some(1)), part(1, Some(2)), part(2, None), part(3, Some(3))],
-            }],
-            answered_by: 1,
-            now_ms: 0,
-        };
-        let refs: Vec<PartitionId> = leaderless(&view).iter().map(|r| r.partition).collect();
-        assert_eq!(refs, vec![1, 2], "a suspected leader or none; a draining node still serves");
     }
 }

@@ -191,13 +191,12 @@ impl Scrape {
         family.get_or_create(&labels).set(value);
     }
 
-    /// A counter whose value is read from elsewhere (the name gets `_total`).
-    fn counter(&mut self, name: &'static str, help: &'static str, value: u64) {
-        self.registry.register(name, unstop(help), ConstCounter::new(value));
-    }
-
-    /// A counter of seconds (or another float) read from elsewhere.
-    fn counter_f(&mut self, name: &'static str, help: &'static str, value: f64) {
+    /// A counter whose value (a count, or seconds) is read from elsewhere (the name gets
+    /// `_total`).
+    fn counter<N>(&mut self, name: &'static str, help: &'static str, value: N)
+    where
+        ConstCounter<N>: prometheus_client::registry::Metric,
+    {
         self.registry.register(name, unstop(help), ConstCounter::new(value));
     }
 
@@ -430,7 +429,7 @@ impl<T: RaftTransport> Node<T> {
         }
         let view = self.describe_cluster();
         let partitions: usize = view.topics.iter().map(|t| t.partitions.len()).sum();
-        let leaderless = crate::console::leaderless(&view).len();
+        let leaderless = flotilla_types::cluster::Attention::of(&view.brokers, &view.topics).leaderless.len();
         s.gauge(
             "flotilla_cluster_topics",
             "Topics in the cluster (exported by the metadata leader).",
@@ -512,7 +511,7 @@ fn process_metrics(s: &mut Scrape) {
     // Clock ticks per second: 100 on every Linux this runs on (USER_HZ).
     const TICKS: f64 = 100.0;
     if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-        s.counter_f(
+        s.counter(
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds.",
             (utime + stime) as f64 / TICKS,
@@ -587,7 +586,7 @@ mod tests {
         s.gauge("flotilla_x", "help", vec![("a", "1".into())], 2);
         s.gauge("flotilla_x", "help", vec![("a", "2".into())], 3);
         s.gauge_f("flotilla_z", "help", vec![], 0.25);
-        s.counter("flotilla_y", "help", 9);
+        s.counter("flotilla_y", "help", 9u64);
         process_metrics(&mut s);
         let mut out = String::new();
         s.encode(&mut out);

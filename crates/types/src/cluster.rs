@@ -133,3 +133,69 @@ pub enum PlanScenario {
     /// If the topic had this replication factor and policy.
     TopicConfig { name: String, replication_factor: u32, policy: TopicPolicy },
 }
+
+/// The partitions that need attention, judged from what every node's metadata says
+/// (brokers' states, partitions' leaders and replicas): the one rule behind the console,
+/// `flotilla_cluster_leaderless_partitions` and `flotilla cluster health`. Whether each
+/// replica keeps up is its leader's to judge, which only the leader can add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attention {
+    /// (topic, partition) with no leader on a node that serves (`BrokerInfo::may_serve`).
+    pub leaderless: Vec<(String, PartitionId)>,
+    /// (topic, partition, replicas on nodes that do not serve), for each partition with
+    /// such a replica or fewer replicas than its topic's replication factor.
+    pub under_replicated: Vec<(String, PartitionId, Vec<NodeId>)>,
+}
+
+impl Attention {
+    pub fn of(brokers: &[BrokerInfo], topics: &[TopicInfo]) -> Attention {
+        let serving: std::collections::BTreeSet<NodeId> =
+            brokers.iter().filter(|b| b.may_serve()).map(|b| b.id).collect();
+        let mut out = Attention::default();
+        for t in topics {
+            for p in &t.partitions {
+                if !p.leader.is_some_and(|l| serving.contains(&l)) {
+                    out.leaderless.push((t.name.clone(), p.partition));
+                }
+                let missing: Vec<NodeId> = p.replicas.iter().copied().filter(|r| !serving.contains(r)).collect();
+                if !missing.is_empty() || p.replicas.len() < t.replication_factor as usize {
+                    out.under_replicated.push((t.name.clone(), p.partition, missing));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_names_leaderless_and_under_replicated_partitions() {
+        let broker = |id, state: &str| BrokerInfo { state: state.into(), ..BrokerInfo::bare(id, format!("h:{id}")) };
+        let part = |partition, leader, replicas: &[NodeId]| PartitionInfo {
+            partition,
+            group_id: u64::from(partition) + 1,
+            leader,
+            replicas: replicas.to_vec(),
+            high_watermark: None,
+        };
+        let brokers = [broker(1, "alive"), broker(2, "suspected"), broker(3, "draining"), broker(4, "alive")];
+        let topics = [TopicInfo {
+            name: "t".into(),
+            replication_factor: 3,
+            partitions: vec![
+                part(0, Some(1), &[1, 3, 4]),
+                part(1, Some(2), &[2, 3, 4]),
+                part(2, None, &[1, 3, 4]),
+                part(3, Some(3), &[3, 1]),
+            ],
+        }];
+        let a = Attention::of(&brokers, &topics);
+        // A suspected leader, or none; a draining node still serves.
+        assert_eq!(a.leaderless, vec![("t".to_string(), 1), ("t".to_string(), 2)]);
+        // A replica on a suspected node; fewer replicas than the replication factor.
+        assert_eq!(a.under_replicated, vec![("t".to_string(), 1, vec![2]), ("t".to_string(), 3, vec![])]);
+    }
+}
