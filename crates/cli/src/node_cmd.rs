@@ -261,10 +261,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         let min_free = config.disk_free_min_bytes;
         async move {
             loop {
-                if let Some((total, free)) = disk_space(&data_dir) {
+                // One look at the filesystem a second, for the metrics and the refusal.
+                let space = disk_space(&data_dir);
+                if let Some((total, free)) = space {
                     node.metrics().set_disk_space(total, free);
                 }
-                node.set_disk_full(disk_short(&data_dir, min_free));
+                node.set_disk_full(disk_short(&data_dir, space.map(|(_, free)| free), min_free));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 if let Some(why) = node.fatal() {
                     return why;
@@ -353,13 +355,14 @@ pub async fn wait_for_signal() -> &'static str {
     }
 }
 
-/// Why the filesystem holding `dir` is too full to accept writes (less than `min_free`
-/// bytes available to this user), or `None`. `min_free` 0 never refuses.
-pub(crate) fn disk_short(dir: &std::path::Path, min_free: u64) -> Option<String> {
+/// Why the filesystem holding `dir`, with `free` bytes available to this user (`None`:
+/// not known), is too full to accept writes (less than `min_free`), or `None`.
+/// `min_free` 0 never refuses.
+pub(crate) fn disk_short(dir: &std::path::Path, free: Option<u64>, min_free: u64) -> Option<String> {
     if min_free == 0 {
         return None;
     }
-    let (_, free) = disk_space(dir)?;
+    let free = free?;
     (free < min_free).then(|| format!("{free} bytes free on {}, below disk-free-min-bytes {min_free}", dir.display()))
 }
 
