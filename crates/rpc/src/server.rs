@@ -121,12 +121,30 @@ where
     R: Answer,
     Fut: std::future::Future<Output = R>,
 {
+    handle_waiting(node, method, req, move |p| async move { (run(p).await, Duration::ZERO) }).await
+}
+
+/// [`handle`] for a request that may wait for data (a long poll): `run` also says how
+/// long it waited, which is not part of the time recorded under `method`.
+async fn handle_waiting<T, Q, P, R, Fut>(
+    node: &Node<T>,
+    method: &'static str,
+    req: Request<Q>,
+    run: impl FnOnce(P) -> Fut,
+) -> Result<Response<R>, Status>
+where
+    T: RaftTransport,
+    P: TryFrom<Q, Error = v1::Error>,
+    R: Answer,
+    Fut: std::future::Future<Output = (R, Duration)>,
+{
     let started = Instant::now();
-    let resp = match P::try_from(req.into_inner()) {
+    let (resp, waited) = match P::try_from(req.into_inner()) {
         Ok(p) => run(p).await,
-        Err(e) => R::refused(e),
+        Err(e) => (R::refused(e), Duration::ZERO),
     };
-    timed(node, method, started, resp)
+    node.metrics().observe(method, outcome(resp.error()), started.elapsed().saturating_sub(waited));
+    Ok(Response::new(resp))
 }
 
 /// The answer `ok` makes of a node call's value, or the call's error.
@@ -273,33 +291,25 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
-        // Timed by hand: the long poll's wait is not part of the time to serve (it has
-        // its own histogram, flotilla_fetch_wait_seconds).
-        let started = Instant::now();
-        let mut waited = Duration::ZERO;
-        let resp = match request::Fetch::try_from(req.into_inner()) {
-            Ok(r) => {
-                let fetched =
-                    self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
-                answer(fetched, |f| {
-                    waited = f.waited;
-                    v1::FetchResponse {
-                        error: None,
-                        high_watermark: f.high_watermark,
-                        log_start_offset: f.log_start_offset,
-                        batches: f
-                            .batches
-                            .into_iter()
-                            .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
-                            .collect(),
-                    }
-                })
-            }
-            Err(e) => v1::FetchResponse::refused(e),
-        };
-        let took = started.elapsed().saturating_sub(waited);
-        self.node.metrics().observe("fetch", outcome(resp.error()), took);
-        Ok(Response::new(resp))
+        // The long poll's wait is not part of the time to serve (it has its own
+        // histogram, flotilla_fetch_wait_seconds).
+        handle_waiting(&self.node, "fetch", req, |r: request::Fetch| async move {
+            let fetched =
+                self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
+            let waited = fetched.as_ref().map_or(Duration::ZERO, |f| f.waited);
+            let resp = answer(fetched, |f| v1::FetchResponse {
+                error: None,
+                high_watermark: f.high_watermark,
+                log_start_offset: f.log_start_offset,
+                batches: f
+                    .batches
+                    .into_iter()
+                    .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
+                    .collect(),
+            });
+            (resp, waited)
+        })
+        .await
     }
 
     async fn list_offsets(
