@@ -92,6 +92,59 @@ async fn t15_a_fetch_of_the_largest_size_reaches_the_consumer() {
     assert!(bytes > 7 * 1024 * 1024, "one fetch brought {} records, {bytes} bytes", records.len());
 }
 
+/// t16: every replica of a partition, read on its own node (`Client::read_replica`, a
+/// follower fetch without fallback to the leader), holds the same records at the same
+/// offsets, up to the high watermark it reports; the chaos suite compares replicas this
+/// way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t16_each_replica_is_read_on_its_own_node() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "replicas", 1).await;
+    let producer = client.producer("replicas", ProducerConfig::default());
+    for i in 0..500 {
+        producer.send(keyed("k", &format!("v{i}"))).await.expect("acknowledged");
+    }
+    let topic = client.describe_topic("replicas").await.expect("describe");
+    let replicas = topic.partitions[0].replicas.clone();
+    assert_eq!(replicas.len(), 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in replicas {
+        let addr = cluster.addr(node);
+        let (high, values) = loop {
+            // A follower applies what the leader committed a moment later.
+            match read_all(&client, &addr).await {
+                Ok((high, values)) if high == 500 => break (high, values),
+                other if Instant::now() > deadline => panic!("node {node}: {other:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let expected: Vec<(u64, String)> = (0..500).map(|i| (i, format!("v{i}"))).collect();
+        assert_eq!(values, expected, "node {node} below its high watermark {high}");
+    }
+    // A topic the node does not know is an error, not an empty read.
+    let e = client.read_replica(&cluster.addr(1), "no-such-topic", 0, 0).await.expect_err("unknown topic");
+    assert_eq!(e.code(), Some(ErrorCode::UnknownTopic), "{e}");
+}
+
+/// Reads one replica from offset 0 to its high watermark.
+async fn read_all(
+    client: &flotilla_client::Client,
+    addr: &str,
+) -> Result<(u64, Vec<(u64, String)>), flotilla_client::ClientError> {
+    let mut out = vec![];
+    let mut position = 0;
+    loop {
+        let r = client.read_replica(addr, "replicas", 0, position).await?;
+        out.extend(r.records.into_iter().map(|c| (c.offset, String::from_utf8_lossy(&c.record.value).into_owned())));
+        if r.next >= r.high_watermark || r.next == position {
+            return Ok((r.high_watermark, out));
+        }
+        position = r.next;
+    }
+}
+
 /// t20: kill -9 the node leading the most partitions while a producer runs. The producer
 /// carries on after failover and every acknowledged record is consumed afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use tokio::time::Instant;
 
 use crate::config::{ClientConfig, ConsumerConfig, ProducerConfig};
-use crate::consumer::{Consumer, StartAt};
+use crate::consumer::{ConsumedRecord, Consumer, StartAt};
 use crate::error::{ClientError, Result};
 use crate::metadata::{self, ClusterInfo, TopicInfo, TopicSummary};
 use crate::producer::Producer;
@@ -130,6 +130,24 @@ impl Client {
                 }
             })
             .await
+    }
+
+    /// Reads one replica: the records of `topic`/`partition` from `offset` that the node
+    /// at `addr` has committed and applied, whether it leads or follows, in one fetch
+    /// without retries or waiting (up to the fetch size limit; call again from the
+    /// returned position for more). For checkers and operators comparing replicas; a
+    /// consumer reads through [`Client::consumer`]. A follower that has lost its leader
+    /// answers `NOT_LEADER`.
+    pub async fn read_replica(
+        &self,
+        addr: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<ReplicaRead> {
+        let resp = self.inner.fetch_replica(addr, topic, partition, offset).await?;
+        let (records, next) = crate::consumer::records_from(&resp, topic, partition, offset)?;
+        Ok(ReplicaRead { log_start: resp.log_start_offset, high_watermark: resp.high_watermark, records, next })
     }
 
     /// The number of partitions of `topic` (from the cache, refreshed when unknown).
@@ -311,4 +329,16 @@ impl Client {
             })
             .await
     }
+}
+
+/// One fetch from one replica ([`Client::read_replica`]).
+#[derive(Debug, Clone)]
+pub struct ReplicaRead {
+    /// The replica's log start: records below are deleted.
+    pub log_start: Offset,
+    /// The replica's high watermark: every offset below it is committed there.
+    pub high_watermark: Offset,
+    pub records: Vec<ConsumedRecord>,
+    /// The offset to read from next.
+    pub next: Offset,
 }

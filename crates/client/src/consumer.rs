@@ -151,33 +151,47 @@ impl Consumer {
         };
         self.high_watermark = Some(resp.high_watermark);
         self.log_start = Some(resp.log_start_offset);
-        let mut out = vec![];
-        for fetched in &resp.batches {
-            let batch = match fetched.decode() {
-                Ok(b) => b,
-                Err(e) if out.is_empty() => {
-                    return Err(ClientError::CorruptBatch {
-                        topic: self.topic.clone(),
-                        partition: self.partition,
-                        base_offset: fetched.base_offset,
-                        reason: e.to_string(),
-                    });
-                }
-                Err(_) => break,
-            };
-            let end = fetched.base_offset.saturating_add(u64::from(batch.len()));
-            if end <= self.position {
-                continue;
-            }
-            for (i, record) in batch.records().into_iter().enumerate() {
-                let offset = fetched.base_offset + i as u64;
-                if offset < self.position {
-                    continue;
-                }
-                out.push(ConsumedRecord { partition: self.partition, offset, record });
-            }
-            self.position = end;
-        }
+        let (out, next) = records_from(&resp, &self.topic, self.partition, self.position)?;
+        self.position = next;
         Ok(out)
     }
+}
+
+/// The records of a fetch answer at or after `position`, and the position after them.
+/// Every batch's checksum is verified: a corrupt first batch fails with `CORRUPT_BATCH`;
+/// a corrupt later one ends the answer before it.
+pub(crate) fn records_from(
+    resp: &flotilla_proto::v1::FetchResponse,
+    topic: &str,
+    partition: PartitionId,
+    mut position: Offset,
+) -> Result<(Vec<ConsumedRecord>, Offset)> {
+    let mut out = vec![];
+    for fetched in &resp.batches {
+        let batch = match fetched.decode() {
+            Ok(b) => b,
+            Err(e) if out.is_empty() => {
+                return Err(ClientError::CorruptBatch {
+                    topic: topic.to_string(),
+                    partition,
+                    base_offset: fetched.base_offset,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => break,
+        };
+        let end = fetched.base_offset.saturating_add(u64::from(batch.len()));
+        if end <= position {
+            continue;
+        }
+        for (i, record) in batch.records().into_iter().enumerate() {
+            let offset = fetched.base_offset + i as u64;
+            if offset < position {
+                continue;
+            }
+            out.push(ConsumedRecord { partition, offset, record });
+        }
+        position = end;
+    }
+    Ok((out, position))
 }

@@ -80,7 +80,7 @@ mod wire;
 pub use admin::{
     ActionKind, CatchUpInfo, ControllersInfo, Labels, MoveInfo, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
 };
-pub use client::Client;
+pub use client::{Client, ReplicaRead};
 pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};

@@ -682,6 +682,26 @@ impl ClientInner {
         .await
     }
 
+    /// One fetch, without waiting, from the replica of `topic`/`partition` at `addr`,
+    /// whether or not it leads: what that replica has committed and applied. No retries.
+    pub(crate) async fn fetch_replica(
+        &self,
+        addr: &str,
+        topic: &str,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<v1::FetchResponse> {
+        let req = v1::FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes: limits::FETCH_BYTES_MAX as u32,
+            max_wait_ms: 0,
+            from_follower: true,
+        };
+        self.fetch_once(addr, req, Duration::ZERO).await
+    }
+
     /// One attempt of `req` at `addr`, no retries.
     async fn fetch_once(&self, addr: &str, req: v1::FetchRequest, max_wait: Duration) -> Result<v1::FetchResponse> {
         let ch = self.channel(addr)?;
