@@ -14,6 +14,7 @@
 //! knows nothing of the client or the cluster: a simulator may write histories directly.
 
 pub mod checker;
+pub mod group;
 pub mod history;
 pub mod process;
 pub mod recorder;

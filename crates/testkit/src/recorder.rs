@@ -243,6 +243,17 @@ impl Recorder {
         }
     }
 
+    /// The log start of `partition`, recorded as a delete-records up to it: for topics
+    /// with retention, whose records below the log start the cluster deleted on its own.
+    /// The checker then counts them deleted, not lost, and lets a reader skip to it.
+    pub async fn retention_seen(&self, actor: Actor, topic: &str, partition: u32) -> Result<u64, ClientError> {
+        let (start, _) = self.log_range(actor, topic, partition).await?;
+        let event = |kind| self.event(actor, Op::DeleteRecords, kind).on(topic, partition).offset(start);
+        self.record(event(Kind::Invoke).note("retention: the log start seen"));
+        self.record(event(Kind::Ok));
+        Ok(start)
+    }
+
     /// The log start and high watermark of `partition`.
     pub async fn log_range(&self, actor: Actor, topic: &str, partition: u32) -> Result<(u64, u64), ClientError> {
         self.record(self.event(actor, Op::ListOffsets, Kind::Invoke).on(topic, partition));

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_client::{Client, ClientConfig, ErrorCode, GroupConfig, ProducerConfig};
-use flotilla_testkit::history::{Event, History, Kind, Op, Record as HRecord};
-use flotilla_testkit::recorder::{Actor, Recorder, failure_kind};
+use flotilla_client::{Client, ClientConfig, ErrorCode, ProducerConfig};
+use flotilla_testkit::group::{self, Ending, GroupPlan, MemberDice};
+use flotilla_testkit::history::History;
+use flotilla_testkit::recorder::{Actor, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -146,7 +147,10 @@ pub async fn run(plan: Plan, cluster_size: u64, history: Arc<Mutex<History>>) ->
     if groups(&plan) {
         for slot in 0..MEMBER_SLOTS {
             let rng = StdRng::seed_from_u64(plan.seed ^ (MEMBER_BASE + slot));
-            tasks.push(tokio::spawn(member(rec.clone(), MEMBER_BASE + slot, rng, stop_at)));
+            let slot = group::member(rec.clone(), MEMBER_BASE + slot, group_plan(), Dice(rng), move || {
+                Instant::now() < stop_at
+            });
+            tasks.push(tokio::spawn(slot));
         }
     }
     for t in tasks {
@@ -161,124 +165,35 @@ pub async fn run(plan: Plan, cluster_size: u64, history: Arc<Mutex<History>>) ->
     let topics = topics.lock().expect("topics poisoned").clone();
     drain(&rec, &topics, Instant::now() + DRAIN_BOUND).await?;
     if groups(&plan) {
-        group_offsets(&rec, plan.partitions).await;
+        group::group_offsets(&rec, DRAIN + 1, GROUP, MAIN_TOPIC, plan.partitions).await;
     }
     Ok(())
 }
 
-/// One slot of the consumer group: a member joins, reads and commits for a while, then
-/// leaves, dies (dropped without leaving: evicted when its session times out) or turns
-/// zombie (stops, and once surely evicted commits its positions at its old epoch, as a
-/// paused process would: the group must refuse it). Each join is a new session.
-async fn member(rec: Recorder, process: u64, mut rng: StdRng, stop_at: Instant) {
-    let mut session = 0;
-    while Instant::now() < stop_at {
-        session += 1;
-        let config = GroupConfig {
-            session_timeout: Duration::from_secs(2),
-            // Every commit is the workload's own, so that the history holds them all.
-            auto_commit_interval: None,
-            fetch_max_wait: POLL_WAIT,
-            client_id: format!("m{process}"),
-            ..GroupConfig::default()
-        };
-        let Ok(mut m) = rec.client().group_consumer(GROUP, &[MAIN_TOPIC], config).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        let actor = Actor::new(process, session);
-        let until = Instant::now() + Duration::from_millis(rng.random_range(2000..6000));
-        let mut last_commit = Instant::now();
-        while Instant::now() < until.min(stop_at) {
-            let records = m.poll(Duration::from_millis(200)).await.unwrap_or_default();
-            let grants = m.grants();
-            let mut by_partition: BTreeMap<u32, Vec<HRecord>> = BTreeMap::new();
-            for r in records {
-                let value = String::from_utf8_lossy(&r.record.value).into_owned();
-                by_partition.entry(r.partition).or_default().push(HRecord::at(r.offset, value));
-            }
-            // What one poll delivered, per partition: an invoke and its ok each, recorded
-            // when the poll returned (the checks use the ok's place in the history).
-            for (partition, records) in by_partition {
-                let epoch = grants.get(&(MAIN_TOPIC.to_string(), partition)).copied().unwrap_or(0);
-                let event =
-                    |kind| Event::new(process, session, Op::GroupPoll, kind, 0).on(MAIN_TOPIC, partition).note(GROUP);
-                rec.record(event(Kind::Invoke));
-                rec.record(event(Kind::Ok).epoch(epoch).records(records));
-            }
-            if last_commit.elapsed() >= Duration::from_millis(500) {
-                last_commit = Instant::now();
-                let (id, epoch) = (m.member_id().to_string(), m.member_epoch());
-                commit(&rec, actor, &id, epoch, m.positions()).await;
-            }
-        }
-        match rng.random_range(0..10) {
-            0..4 => {
-                let (id, epoch) = (m.member_id().to_string(), m.member_epoch());
-                commit(&rec, actor, &id, epoch, m.positions()).await;
-                let _ = m.close().await;
-            }
-            4..7 => drop(m),
-            _ => {
-                let (id, epoch, positions) = (m.member_id().to_string(), m.member_epoch(), m.positions());
-                drop(m);
-                tokio::time::sleep(Duration::from_millis(rng.random_range(3000..4000))).await;
-                commit(&rec, actor, &id, epoch, positions).await;
-            }
+/// One member slot's choices, from its own seed (the draws of the simulation's seeds).
+struct Dice(StdRng);
+
+impl MemberDice for Dice {
+    fn lifetime(&mut self) -> Duration {
+        Duration::from_millis(self.0.random_range(2000..6000))
+    }
+
+    fn ending(&mut self) -> Ending {
+        match self.0.random_range(0..10) {
+            0..4 => Ending::Leave,
+            4..7 => Ending::Die,
+            _ => Ending::Zombie { pause: Duration::from_millis(self.0.random_range(3000..4000)) },
         }
     }
 }
 
-/// Commits each position as member `id` at `epoch`, one partition per request, recorded.
-async fn commit(rec: &Recorder, actor: Actor, id: &str, epoch: u64, positions: BTreeMap<(String, u32), u64>) {
-    for ((topic, partition), offset) in positions {
-        rec.record(
-            Event::new(actor.process, actor.session, Op::GroupCommit, Kind::Invoke, 0)
-                .on(&topic, partition)
-                .note(GROUP)
-                .epoch(epoch)
-                .offset(offset),
-        );
-        let done =
-            |kind| Event::new(actor.process, actor.session, Op::GroupCommit, kind, 0).on(&topic, partition).note(GROUP);
-        match rec.client().commit_offsets(GROUP, Some((id, epoch)), &[((topic.clone(), partition), offset)]).await {
-            Ok(c) => {
-                let after = c.first().map_or(offset, |(_, o)| *o);
-                rec.record(done(Kind::Ok).offset(after));
-            }
-            Err(e) => {
-                rec.record(done(failure_kind(&e)).note(format!("{}: {e}", GROUP)));
-            }
-        }
-    }
-}
-
-/// The group's committed offsets at the end, with each partition's log start.
-async fn group_offsets(rec: &Recorder, partitions: u32) {
-    let me = Actor::new(DRAIN + 1, 0);
-    let Ok(info) = rec.client().describe_group(GROUP).await else { return };
-    for partition in 0..partitions {
-        let Some(committed) = info
-            .partitions
-            .iter()
-            .find(|p| p.topic == MAIN_TOPIC && p.partition == partition)
-            .and_then(|p| p.committed)
-        else {
-            continue;
-        };
-        let Ok((start, _)) = rec.log_range(me, MAIN_TOPIC, partition).await else { continue };
-        rec.record(
-            Event::new(me.process, 0, Op::GroupOffsets, Kind::Invoke, 0)
-                .on(MAIN_TOPIC, partition)
-                .note(GROUP)
-                .offset(start),
-        );
-        rec.record(
-            Event::new(me.process, 0, Op::GroupOffsets, Kind::Ok, 0)
-                .on(MAIN_TOPIC, partition)
-                .note(GROUP)
-                .offset(committed),
-        );
+fn group_plan() -> GroupPlan {
+    GroupPlan {
+        group: GROUP.to_string(),
+        topic: MAIN_TOPIC.to_string(),
+        session_timeout: Duration::from_secs(2),
+        poll_wait: POLL_WAIT,
+        commit_every: Duration::from_millis(500),
     }
 }
 
