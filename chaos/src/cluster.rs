@@ -36,6 +36,9 @@ struct NodeProc {
     paused: bool,
     data_dir: PathBuf,
     log: PathBuf,
+    /// A node that joined a running cluster: the address it joins through (instead of
+    /// the founding nodes' `--peers`).
+    join: Option<String>,
 }
 
 /// How the nodes' data directories are mounted.
@@ -50,6 +53,10 @@ pub enum Disk {
 }
 
 pub struct Cluster {
+    /// The nodes that are members now: the founders, plus nodes that joined, less nodes
+    /// retired. A node's namespace and directory exist from the start (spares for
+    /// replacements included).
+    members: Vec<u64>,
     bin: PathBuf,
     net: Net,
     nodes: Vec<NodeProc>,
@@ -79,19 +86,23 @@ impl Cluster {
         skewable_clocks: bool,
     ) -> anyhow::Result<Cluster> {
         let peers = (1..=n).map(|i| format!("{i}={}:{NODE_PORT}", net.node_ip(i))).collect::<Vec<_>>().join(",");
-        let nodes = (1..=n)
+        // Spares: the namespaces the network has beyond the founders.
+        let nodes = (1..=net.nodes())
             .map(|i| NodeProc {
                 child: None,
                 paused: false,
                 data_dir: data.join(format!("node-{i}")),
                 log: logs.join(format!("node-{i}.log")),
+                join: None,
             })
             .collect();
         let clock_files = skewable_clocks.then(|| logs.to_path_buf());
         if skewable_clocks && !Path::new(LIBFAKETIME).exists() {
             bail!("{LIBFAKETIME} is missing: apt-get install faketime");
         }
-        let mut c = Cluster { bin: bin.to_path_buf(), net, nodes, peers, node_args, disks: vec![], clock_files };
+        let members = (1..=n).collect();
+        let mut c =
+            Cluster { members, bin: bin.to_path_buf(), net, nodes, peers, node_args, disks: vec![], clock_files };
         for id in c.ids() {
             c.set_clock(id, 0)?;
         }
@@ -119,8 +130,98 @@ impl Cluster {
         &self.net
     }
 
+    /// The members' ids.
     pub fn ids(&self) -> Vec<u64> {
-        (1..=self.nodes.len() as u64).collect()
+        self.members.clone()
+    }
+
+    /// Starts spare node `id` on an empty directory, joining the cluster through member
+    /// `via`, as an operator adds a node; returns once it listens.
+    pub fn join(&mut self, id: u64, via: u64) -> anyhow::Result<()> {
+        assert!(!self.members.contains(&id), "node {id} is a member already");
+        let through = self.addr(via);
+        self.node_mut(id).join = Some(through);
+        self.members.push(id);
+        self.spawn(id)?;
+        self.wait_listening(id)
+    }
+
+    /// Node `id` is no longer a member (it was removed from the cluster); it must be down.
+    pub fn retire(&mut self, id: u64) {
+        assert!(self.node(id).child.is_none(), "node {id} retired while it runs");
+        self.members.retain(|m| *m != id);
+    }
+
+    /// The first spare: a node id with a namespace that was never a member.
+    pub fn spare(&self) -> Option<u64> {
+        (1..=self.nodes.len() as u64)
+            .find(|i| !self.members.contains(i) && self.node(*i).join.is_none() && *i > self.founders())
+    }
+
+    fn founders(&self) -> u64 {
+        self.peers.split(',').count() as u64
+    }
+
+    /// Damages one file of node `id`'s data directory while the node is down, as a disk
+    /// or a stray write would: a bit flipped in the newest WAL, in a table file (SST) or
+    /// in the MANIFEST, or a table file cut short. What was done, for the report.
+    pub fn corrupt(&self, id: u64, rng: &mut crate::rng::Rng) -> anyhow::Result<String> {
+        assert!(self.node(id).child.is_none(), "corrupting node {id}'s files while it runs");
+        let mut files = vec![];
+        let mut dirs = vec![self.node(id).data_dir.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+                let e = e?;
+                let meta = e.metadata()?;
+                if meta.is_dir() {
+                    dirs.push(e.path());
+                } else if meta.len() > 0 {
+                    files.push((e.path(), meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+        files.sort();
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let wal = |p: &Path| {
+            name(p).ends_with(".log") && name(p).trim_end_matches(".log").bytes().all(|b| b.is_ascii_digit())
+        };
+        let sst = |p: &Path| name(p).ends_with(".sst");
+        let manifest = |p: &Path| name(p).starts_with("MANIFEST-");
+        let first = rng.range(0, 3);
+        for k in 0..4 {
+            let kind = (first + k) % 4;
+            let mut candidates: Vec<&(PathBuf, u64, Option<std::time::SystemTime>)> = files
+                .iter()
+                .filter(|(p, _, _)| match kind {
+                    0 => wal(p),
+                    1 | 2 => sst(p),
+                    _ => manifest(p),
+                })
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let (path, len, _) = if kind == 0 {
+                // The newest WAL: the one a restart replays.
+                candidates.sort_by_key(|(_, _, m)| *m);
+                *candidates.last().expect("not empty")
+            } else {
+                candidates[rng.range(0, candidates.len() as u64 - 1) as usize]
+            };
+            let shown = path.strip_prefix(&self.node(id).data_dir).unwrap_or(path).display().to_string();
+            if kind == 2 {
+                let to = rng.range(0, len - 1);
+                File::options().write(true).open(path)?.set_len(to)?;
+                return Ok(format!("cut {shown} from {len} to {to} bytes"));
+            }
+            let at = rng.range(0, len - 1);
+            let bit = 1u8 << rng.range(0, 7);
+            let mut bytes = std::fs::read(path)?;
+            bytes[at as usize] ^= bit;
+            std::fs::write(path, &bytes)?;
+            return Ok(format!("flipped bit {} of byte {at} of {shown} ({len} bytes)", bit.trailing_zeros()));
+        }
+        bail!("node {id} has no WAL, table or MANIFEST file to damage")
     }
 
     /// The client address of node `id`.
@@ -155,14 +256,18 @@ impl Cluster {
         let netns_path = format!("/var/run/netns/{}", self.net.netns(id));
         let netns = File::open(&netns_path).with_context(|| format!("opening {netns_path}"))?;
         let (bin, peers, args) = (self.bin.clone(), self.peers.clone(), self.node_args.clone());
+        let join = self.node(id).join.clone();
         let clock_file = self.clock_file(id);
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&n.log).context("opening the node log")?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("node")
-            .args(["--id", &id.to_string(), "--listen", &addr, "--peers", &peers])
-            .arg("--data-dir")
+        cmd.arg("node").args(["--id", &id.to_string(), "--listen", &addr]);
+        match &join {
+            Some(via) => cmd.args(["--join", via]),
+            None => cmd.args(["--peers", &peers]),
+        };
+        cmd.arg("--data-dir")
             .arg(&n.data_dir)
             .args(&args)
             .env("RUST_LOG", std::env::var("FLOTILLA_CHAOS_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
@@ -316,6 +421,12 @@ impl Cluster {
         let text = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Lines containing `needle` in the logs of every node that ever ran here.
+    pub fn log_count(&self, needle: &str) -> usize {
+        let logs = self.nodes.iter().filter_map(|n| std::fs::read_to_string(&n.log).ok());
+        logs.map(|text| text.lines().filter(|l| l.contains(needle)).count()).sum()
     }
 
     /// Lines of node logs that say a node panicked or stopped a replica on an error.

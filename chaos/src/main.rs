@@ -17,7 +17,9 @@
 mod cluster;
 mod net;
 mod powerfs;
+mod proxy;
 mod registry;
+mod replicas;
 mod report;
 mod rng;
 mod scenario;
@@ -318,10 +320,15 @@ async fn run_scenario(
     let pid = std::process::id();
     let tag = format!("{:04x}{:02}", pid & 0xffff, index % 100);
     let subnet = ((pid as usize + index) % 200 + 20) as u8;
-    let net = Net::create(&tag, subnet, s.nodes)?;
+    let net = Net::create(&tag, subnet, s.nodes + s.spares)?;
     std::fs::create_dir_all(data)?;
+    let proxy = match s.fault.proxied() {
+        true => Some(proxy::Proxy::start(&net, s.nodes, cluster::NODE_PORT, seed ^ fnv1a(s.name)).await?),
+        false => None,
+    };
     let mut cluster = tokio::task::block_in_place(|| {
-        Cluster::start(bin, net, s.nodes, data, dir, vec![], s.disk, s.fault == Fault::ClockSkew)
+        let node_args = s.node_args.iter().map(|a| a.to_string()).collect();
+        Cluster::start(bin, net, s.nodes, data, dir, node_args, s.disk, s.fault == Fault::ClockSkew)
     })?;
     let client = ready_client(&cluster, s.nodes as usize, seed).await?;
     let recorder = Recorder::new(client.clone());
@@ -329,12 +336,18 @@ async fn run_scenario(
     create_topic(&recorder, &topic, s.partitions).await?;
 
     let mut rng = Rng::new(seed ^ fnv1a(s.name));
-    let load = workload::Workload::start(&recorder, &topic, s.partitions, seed);
+    let load = workload::Workload::start(&recorder, &topic, s.partitions, seed, s.load);
     tokio::time::sleep(WARMUP).await;
     let mut faults = vec![];
     let mut errors = vec![];
-    let mut ctx =
-        Ctx { cluster: &mut cluster, client: &client, recorder: &recorder, topic: &topic, partitions: s.partitions };
+    let mut ctx = Ctx {
+        cluster: &mut cluster,
+        client: &client,
+        recorder: &recorder,
+        topic: &topic,
+        partitions: s.partitions,
+        proxy: proxy.as_ref(),
+    };
     let nemesis: anyhow::Result<()> = async {
         for _ in 0..s.cycles {
             let injected = s.inject(&mut ctx, &mut rng).await?;
@@ -342,9 +355,9 @@ async fn run_scenario(
             let hold = rng.millis(s.fault_ms.0, s.fault_ms.1);
             s.hold(&mut ctx, &injected, hold, &mut rng).await?;
             let healed_ms = recorder.time_ms();
-            s.heal(&mut ctx, &injected).await?;
+            let did = s.heal(&mut ctx, &injected).await?;
             faults.push(FaultRecord {
-                note: injected.note.clone(),
+                note: did.map_or_else(|| injected.note.clone(), |d| format!("{}; then {d}", injected.note)),
                 nodes: injected.nodes.clone(),
                 affected: injected.affected.clone(),
                 at_ms: injected.at_ms,
@@ -368,18 +381,31 @@ async fn run_scenario(
     }
     tokio::time::sleep(RECOVER).await;
     load.stop().await;
-    if let Err(e) = workload::drain(&recorder, &topic, s.partitions).await {
+    if let Err(e) = workload::drain(&recorder, &topic, s.partitions, s.load).await {
         errors.push(format!("{e:#}"));
+    }
+    let replicas = replicas::compare(&client, &cluster, &topic, s.partitions).await;
+    for r in &replicas.unreadable {
+        errors.push(format!("replica not read: {r}"));
     }
     for (id, status) in cluster.exited() {
         errors.push(format!("node {id} exited by itself ({status}): {}", cluster.log_tail(id, 5)));
     }
     let history = recorder.history();
     history.save(dir.join("history.jsonl")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let verdict = check(&history);
+    let mut verdict = check(&history);
+    verdict.anomalies.extend(replicas.anomalies);
     let alarms = cluster.log_alarms();
+    let snapshots = cluster.log_count("installed a snapshot from the leader");
     drop(cluster);
     let r = report::build(s, seed, &history, &verdict, faults, errors, alarms, started.elapsed().as_secs_f64());
-    let summary = r.summary(&verdict);
+    let mut summary = format!(
+        "{}replicas compared: {}\nsnapshots installed from a leader: {snapshots}\n",
+        r.summary(&verdict),
+        replicas.read.join(", ")
+    );
+    if let Some(p) = &proxy {
+        summary.push_str(&format!("connections through the proxy: {}\n", p.connections()));
+    }
     Ok((r, summary))
 }

@@ -87,6 +87,11 @@ impl Net {
         format!("10.213.{}.254", self.subnet)
     }
 
+    /// How many node namespaces the network has.
+    pub fn nodes(&self) -> u64 {
+        self.nodes.len() as u64
+    }
+
     /// The namespace of node `id`.
     pub fn netns(&self, id: u64) -> &str {
         &self.nodes[(id - 1) as usize]
@@ -121,6 +126,14 @@ impl Net {
     pub fn cut_client(&self, id: u64) -> anyhow::Result<()> {
         self.iptables(id, &["-A", "INPUT", "-s", &self.host_ip(), "-j", "DROP"])?;
         self.iptables(id, &["-A", "OUTPUT", "-d", &self.host_ip(), "-j", "DROP"])
+    }
+
+    /// Sends node `id`'s TCP connections to `to_ip:to_port` to `via_ip:via_port` instead
+    /// (DNAT in its namespace's nat table; [`Net::heal`] leaves it in place).
+    pub fn dnat(&self, id: u64, to_ip: &str, to_port: u16, via_ip: &str, via_port: u16) -> anyhow::Result<()> {
+        let (port, via) = (to_port.to_string(), format!("{via_ip}:{via_port}"));
+        let rule = ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", to_ip, "--dport", &port, "-j", "DNAT"];
+        self.iptables(id, &[&rule[..], &["--to-destination", &via]].concat())
     }
 
     /// Removes every rule of every node.

@@ -8,7 +8,9 @@ use flotilla_client::{Client, NodeId};
 use flotilla_testkit::Recorder;
 
 use crate::cluster::{Cluster, Disk, State};
+use crate::proxy::{Proxy, Shape};
 use crate::rng::Rng;
+use crate::workload::Load;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -58,6 +60,23 @@ pub enum Fault {
     /// jumping about every 1–3 s while the fault holds (libfaketime); set right at the
     /// heal. Monotonic time is untouched, as NTP leaves it.
     ClockSkew,
+    /// Every node-to-node link delayed per chunk by a jittered delay (the TCP proxy):
+    /// messages on different connections overtake each other.
+    NetDelay,
+    /// The links to and from a partition leader lossy (the TCP proxy): chunks held for a
+    /// retransmission timeout, connections reset now and then.
+    NetLoss,
+    /// A node stopped (SIGTERM), one of its files damaged (a bit flipped in its WAL, a
+    /// table or the MANIFEST, or a table cut short), and started again; at the heal it
+    /// is replaced by a new node as docs/operating.md says for a corrupt store.
+    CorruptFile,
+}
+
+impl Fault {
+    /// Whether node-to-node traffic must pass through the [`Proxy`] from the start.
+    pub fn proxied(self) -> bool {
+        matches!(self, Fault::NetDelay | Fault::NetLoss)
+    }
 }
 
 /// One scenario of the suite.
@@ -76,10 +95,29 @@ pub struct Scenario {
     pub gap_ms: (u64, u64),
     /// The nodes' data directories.
     pub disk: Disk,
+    /// What runs besides the producers and readers.
+    pub load: Load,
+    /// Flags given to every node besides the runner's own.
+    pub node_args: &'static [&'static str],
+    /// Nodes that can join later (replacements), beyond `nodes`.
+    pub spares: u64,
 }
 
 const fn scenario(name: &'static str, about: &'static str, fault: Fault, nodes: u64, fault_ms: (u64, u64)) -> Scenario {
-    Scenario { name, about, fault, nodes, partitions: 3, cycles: 4, fault_ms, gap_ms: (3_000, 6_000), disk: Disk::Host }
+    Scenario {
+        name,
+        about,
+        fault,
+        nodes,
+        partitions: 3,
+        cycles: 4,
+        fault_ms,
+        gap_ms: (3_000, 6_000),
+        disk: Disk::Host,
+        load: Load::Plain,
+        node_args: &[],
+        spares: 0,
+    }
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -195,6 +233,53 @@ pub const ALL: &[Scenario] = &[
         3,
         (6_000, 10_000),
     ),
+    Scenario {
+        load: Load::Group,
+        ..scenario(
+            "group-member-kills",
+            "a consumer group whose members die, leave and come back as zombies; kill -9 of the metadata leader (the group coordinator)",
+            Fault::KillMetadataLeader,
+            3,
+            (3_000, 8_000),
+        )
+    },
+    Scenario {
+        load: Load::Retention,
+        // About 4 s of the workload's batches per partition: a follower killed for
+        // longer comes back behind the log start and catches up from a snapshot.
+        node_args: &["--retention-bytes", "16384", "--retention-check-interval-ms", "1000"],
+        ..scenario(
+            "retention-under-load",
+            "retention deleting the log as it is written (16 KiB per partition); kill -9 of a follower, restarted behind the log start",
+            Fault::KillFollower,
+            3,
+            (3_000, 8_000),
+        )
+    },
+    Scenario {
+        spares: 4,
+        ..scenario(
+            "corrupt-file",
+            "a node stopped, a bit flipped in its WAL, a table or the MANIFEST (or a table cut short), started; replaced by a new node",
+            Fault::CorruptFile,
+            3,
+            (2_000, 4_000),
+        )
+    },
+    scenario(
+        "net-delay",
+        "every node-to-node link delayed by up to 200 ms per chunk, jittered (a TCP proxy); streams overtake each other",
+        Fault::NetDelay,
+        3,
+        (6_000, 10_000),
+    ),
+    scenario(
+        "net-loss",
+        "the links of a partition leader lossy (a TCP proxy): stalls of 0.2-1 s as retransmissions, connections reset",
+        Fault::NetLoss,
+        3,
+        (6_000, 10_000),
+    ),
 ];
 
 /// What `make chaos-ci` runs: a few minutes.
@@ -224,6 +309,10 @@ pub struct Injected {
     undrain: Option<NodeId>,
     /// A node whose wall clock jumps while the fault holds and is set right at the heal.
     clock: Option<NodeId>,
+    /// The proxy shaped links: cleared at the heal.
+    proxy: bool,
+    /// A node whose store was damaged: replaced by a new node at the heal.
+    replace: Option<NodeId>,
 }
 
 /// What a scenario's faults act on.
@@ -233,6 +322,8 @@ pub struct Ctx<'a> {
     pub recorder: &'a Recorder,
     pub topic: &'a str,
     pub partitions: u32,
+    /// Node-to-node traffic's proxy, for the scenarios that shape it.
+    pub proxy: Option<&'a Proxy>,
 }
 
 /// Runs blocking cluster work (a restart waits for the node to listen) off the runtime's
@@ -524,6 +615,60 @@ impl Scenario {
                 ctx.recorder.fault(&i.note, i.nodes.clone());
                 ctx.cluster.set_clock(leader, offset)?;
             }
+            Fault::CorruptFile => {
+                let victim = rng.pick(&ctx.cluster.ids());
+                i.affected = ctx.led_by(&[victim]).await;
+                let also = ctx.controller_note(victim).await;
+                i.nodes = vec![victim];
+                i.replace = Some(victim);
+                let at = ctx.recorder.fault(format!("stop n{victim}{also} to damage its files"), vec![victim]);
+                blocking(|| ctx.cluster.stop(victim, Duration::from_secs(15)));
+                let damage = ctx.cluster.corrupt(victim, rng)?;
+                let started = match blocking(|| ctx.cluster.restart(victim)) {
+                    Ok(()) => "it started again".to_string(),
+                    Err(_) => format!("it refused to start: {}", refusal(&ctx.cluster.log_tail(victim, 5))),
+                };
+                i.note = format!("n{victim}{also} stopped (history #{at}), {damage}; {started}");
+                ctx.recorder.fault(&i.note, vec![victim]);
+            }
+            Fault::NetDelay => {
+                let proxy = ctx.proxy.ok_or_else(|| anyhow::anyhow!("no proxy in this cluster"))?;
+                let low = rng.range(1, 20);
+                let high = rng.range(60, 200);
+                let ids = ctx.cluster.ids();
+                i.affected = (0..ctx.partitions).collect();
+                i.note = format!("delay every node-to-node link {low}-{high} ms per chunk");
+                i.nodes = ids.clone();
+                i.proxy = true;
+                ctx.recorder.fault(&i.note, ids.clone());
+                for a in &ids {
+                    for b in ids.iter().filter(|b| *b != a) {
+                        proxy.shape(*a, *b, Shape { delay_ms: (low, high), ..Shape::default() });
+                    }
+                }
+            }
+            Fault::NetLoss => {
+                let proxy = ctx.proxy.ok_or_else(|| anyhow::anyhow!("no proxy in this cluster"))?;
+                let (leader, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[leader]).await;
+                let also = ctx.controller_note(leader).await;
+                let stall = rng.range(50, 250);
+                let reset = rng.range(5, 20);
+                let shape =
+                    Shape { delay_ms: (0, 5), stall_per_mille: stall, stall_ms: (200, 1_000), reset_per_mille: reset };
+                i.note = format!(
+                    "lossy links to and from n{leader} (leader of partition {partition}{also}): {:.1} % of chunks held 200-1000 ms, {:.1} % reset",
+                    stall as f64 / 10.0,
+                    reset as f64 / 10.0
+                );
+                i.nodes = vec![leader];
+                i.proxy = true;
+                ctx.recorder.fault(&i.note, i.nodes.clone());
+                for o in ctx.others(&[leader]) {
+                    proxy.shape(leader, o, shape);
+                    proxy.shape(o, leader, shape);
+                }
+            }
         }
         i.at_ms = ctx.recorder.time_ms();
         Ok(i)
@@ -559,10 +704,16 @@ impl Scenario {
         Ok(())
     }
 
-    /// Undoes a fault and records the heal.
-    pub async fn heal(&self, ctx: &mut Ctx<'_>, i: &Injected) -> anyhow::Result<()> {
+    /// Undoes a fault and records the heal; what the heal did besides undoing it (a
+    /// replacement), for the report.
+    pub async fn heal(&self, ctx: &mut Ctx<'_>, i: &Injected) -> anyhow::Result<Option<String>> {
         if i.net {
             ctx.cluster.net().heal()?;
+        }
+        if i.proxy
+            && let Some(p) = ctx.proxy
+        {
+            p.clear();
         }
         for n in &i.resume {
             ctx.cluster.resume(*n);
@@ -584,12 +735,74 @@ impl Scenario {
                 anyhow::bail!("undrain n{n}: {undrained:?}");
             }
         }
+        let mut did = None;
+        if let Some(victim) = i.replace {
+            let how = replace(ctx, victim).await?;
+            ctx.recorder.fault(&how, vec![victim]);
+            did = Some(how);
+        }
         ctx.recorder.heal(format!("heal: {}", i.note));
         for n in i.restart.iter().chain(&i.disk) {
             blocking(|| ctx.cluster.restart(*n))?;
         }
-        Ok(())
+        Ok(did)
     }
+}
+
+/// The line of a node's log that says why it would not start (the corruption it found),
+/// else its last line.
+fn refusal(log: &str) -> String {
+    let line = log.lines().rev().find(|l| l.contains("corrupt") || l.contains("Corruption")).or(log.lines().last());
+    line.unwrap_or("(no log)").chars().take(400).collect()
+}
+
+/// Gives a damaged node's place to a new node, as docs/operating.md ("A node whose
+/// storage is corrupt") tells an operator: the damaged node stays down, a spare joins on
+/// an empty directory, takes its metadata vote if it had one, the damaged node is
+/// drained (its replicas rebuilt from their peers) and removed. What happened.
+async fn replace(ctx: &mut Ctx<'_>, victim: NodeId) -> anyhow::Result<String> {
+    const WITHIN: Duration = Duration::from_secs(90);
+    blocking(|| ctx.cluster.kill(victim));
+    let new = ctx.cluster.spare().ok_or_else(|| anyhow::anyhow!("no spare node left to replace n{victim}"))?;
+    let via = ctx.others(&[victim]).first().copied().ok_or_else(|| anyhow::anyhow!("no other node"))?;
+    blocking(|| ctx.cluster.join(new, via))?;
+    let started = Instant::now();
+    let deadline = started + WITHIN;
+    let mut voter = false;
+    // Its metadata vote first: the new node must be a caught-up learner (retry until).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ctx.client.controllers()).await {
+            Ok(Ok(c)) if !c.voters.contains(&victim) => break,
+            Ok(Ok(c)) => {
+                voter = true;
+                let set: Vec<NodeId> = c.voters.iter().copied().filter(|v| *v != victim).chain([new]).collect();
+                let _ = tokio::time::timeout(Duration::from_secs(10), ctx.client.set_controllers(&set)).await;
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("replacing n{victim}: n{new} did not take its metadata vote within {WITHIN:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Then its replicas, and the node itself.
+    loop {
+        let _ = tokio::time::timeout(Duration::from_secs(5), ctx.client.drain_node(victim)).await;
+        let removed = tokio::time::timeout(Duration::from_secs(5), ctx.client.remove_node(victim)).await;
+        if matches!(removed, Ok(Ok(()))) {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("replacing n{victim}: not removable within {WITHIN:?}: {removed:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ctx.cluster.retire(victim);
+    let vote = if voter { ", took its metadata vote" } else { "" };
+    Ok(format!(
+        "n{victim} replaced: n{new} joined{vote}, n{victim} drained and removed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ))
 }
 
 /// A wall-clock offset within five minutes either way, at least ten seconds off.
@@ -601,6 +814,9 @@ fn skew(rng: &mut Rng) -> i64 {
 /// Undoes whatever may still be in force: every rule removed, every node running.
 pub async fn heal_all(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ctx.cluster.net().heal()?;
+    if let Some(p) = ctx.proxy {
+        p.clear();
+    }
     for n in ctx.cluster.ids() {
         if let Some(f) = ctx.cluster.disk_faults(n) {
             f.clear();

@@ -1,0 +1,89 @@
+//! Replica divergence, judged per replica (docs/checker.md item 10): at the end of a
+//! scenario every replica of every partition is read on its own node (a follower fetch
+//! of what that node has committed and applied, `Client::read_replica`), and testkit's
+//! `check_replicas` compares each pair below the lower of their commit offsets. The
+//! history checker sees only what clients were answered; this sees what each disk holds.
+
+use std::time::{Duration, Instant};
+
+use flotilla_client::Client;
+use flotilla_testkit::{Anomaly, ReplicaLog, check_replicas};
+
+use crate::cluster::{Cluster, State};
+
+/// How long a replica may stay unreadable (a follower that has not heard from its leader
+/// yet answers NOT_LEADER) before the scenario fails for it.
+const READ_WITHIN: Duration = Duration::from_secs(20);
+
+/// What the comparison found: anomalies, replicas read, and replicas that could not be.
+pub struct Outcome {
+    pub anomalies: Vec<Anomaly>,
+    pub read: Vec<String>,
+    pub unreadable: Vec<String>,
+}
+
+/// Reads every replica of every partition of `topic` and compares them.
+pub async fn compare(client: &Client, cluster: &Cluster, topic: &str, partitions: u32) -> Outcome {
+    let mut logs = vec![];
+    let mut read = vec![];
+    let mut unreadable = vec![];
+    for p in 0..partitions {
+        let replicas = match client.describe_topic(topic).await {
+            Ok(t) => t.partitions.get(p as usize).map(|i| i.replicas.clone()).unwrap_or_default(),
+            Err(e) => {
+                unreadable.push(format!("partition {p}: its replicas unknown ({e})"));
+                continue;
+            }
+        };
+        for node in replicas {
+            if cluster.state(node) != State::Running {
+                unreadable.push(format!("n{node} of partition {p}: not running"));
+                continue;
+            }
+            match read_one(client, &cluster.addr(node), topic, p).await {
+                Ok((commit_offset, records)) => {
+                    read.push(format!("n{node}/{p}: {} records below {commit_offset}", records.len()));
+                    logs.push(ReplicaLog { node, topic: topic.to_string(), partition: p, commit_offset, records });
+                }
+                Err(e) => unreadable.push(format!("n{node} of partition {p}: {e}")),
+            }
+        }
+    }
+    Outcome { anomalies: check_replicas(&logs), read, unreadable }
+}
+
+/// One replica's committed log from its log start: (its high watermark, the records).
+async fn read_one(client: &Client, addr: &str, topic: &str, p: u32) -> anyhow::Result<(u64, Vec<(u64, String)>)> {
+    let deadline = Instant::now() + READ_WITHIN;
+    loop {
+        // From the partition's log start as its leader reports it: a replica's own is
+        // not above it (the leader applies a deletion first), and below it a replica
+        // answers OFFSET_OUT_OF_RANGE.
+        let attempt = async {
+            let (mut position, _) = client.list_offsets(topic, p).await?;
+            let mut records = vec![];
+            let mut high = None;
+            loop {
+                let r = client.read_replica(addr, topic, p, position).await?;
+                // The first answer's high watermark bounds the read: only a prefix of
+                // a replica's committed log is compared.
+                let h = *high.get_or_insert(r.high_watermark);
+                records.extend(
+                    r.records
+                        .into_iter()
+                        .filter(|c| c.offset < h)
+                        .map(|c| (c.offset, String::from_utf8_lossy(&c.record.value).into_owned())),
+                );
+                if r.next >= h || r.next == position {
+                    return Ok::<_, flotilla_client::ClientError>((h.min(r.next), records));
+                }
+                position = r.next;
+            }
+        };
+        match attempt.await {
+            Ok(done) => return Ok(done),
+            Err(e) if Instant::now() > deadline => anyhow::bail!("not read within {READ_WITHIN:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
