@@ -398,14 +398,12 @@ async fn run_scenario(
     let alarms = cluster.log_alarms();
     let snapshots = cluster.log_count("installed a snapshot from the leader");
     drop(cluster);
-    let r = report::build(s, seed, &history, &verdict, faults, errors, alarms, started.elapsed().as_secs_f64());
-    let mut summary = format!(
-        "{}replicas compared: {}\nsnapshots installed from a leader: {snapshots}\n",
-        r.summary(&verdict),
-        replicas.read.join(", ")
-    );
+    let mut r = report::build(s, seed, &history, &verdict, faults, errors, alarms, started.elapsed().as_secs_f64());
+    r.replicas_compared = replicas.read;
+    r.notes.push(format!("snapshots installed from a leader: {snapshots}"));
     if let Some(p) = &proxy {
-        summary.push_str(&format!("connections through the proxy: {}\n", p.connections()));
+        r.notes.push(format!("connections through the proxy: {}", p.connections()));
     }
+    let summary = r.summary(&verdict);
     Ok((r, summary))
 }

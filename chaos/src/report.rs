@@ -59,6 +59,12 @@ pub struct ScenarioReport {
     pub liveness: String,
     /// Node log lines at ERROR or with a panic (reported, not judged).
     pub log_alarms: Vec<String>,
+    /// Replicas read on their own nodes and compared at the end (two that disagree are a
+    /// REPLICA DIVERGENCE among the anomalies above): `n<node>/<partition>: N records
+    /// below H`.
+    pub replicas_compared: Vec<String>,
+    /// What else the run saw: snapshots installed, connections through the proxy.
+    pub notes: Vec<String>,
     /// Records per second and ack latency per second: (second, records acked, p50 ms, max ms).
     pub timeline: Vec<(u64, u64, u64, u64)>,
 }
@@ -204,6 +210,8 @@ pub fn build(
         unavailable_s: unavailable(history, scenario.partitions),
         liveness: verdict.liveness.to_string(),
         log_alarms,
+        replicas_compared: vec![],
+        notes: vec![],
         timeline: timeline(history),
     }
 }
@@ -217,7 +225,7 @@ impl ScenarioReport {
     pub fn line(&self) -> String {
         let unavailable: Vec<String> = self.unavailable_s.iter().map(|(p, s)| format!("p{p} {s}s")).collect();
         format!(
-            "{:<22} {} seed={} {:.0}s ops={} acked={} lost={} duplicated={} anomalies={} failover p50={} p99={} unavailable [{}]{}",
+            "{:<22} {} seed={} {:.0}s ops={} acked={} lost={} duplicated={} anomalies={} replicas={} failover p50={} p99={} unavailable [{}]{}",
             self.scenario,
             if self.passed { "PASS" } else { "FAIL" },
             self.seed,
@@ -227,6 +235,7 @@ impl ScenarioReport {
             self.lost,
             self.duplicated,
             self.anomalies.len().max(self.anomaly_counts.values().sum()),
+            self.replicas_compared.len(),
             ms(self.failover_p50_ms),
             ms(self.failover_p99_ms),
             unavailable.join(", "),
@@ -261,6 +270,12 @@ impl ScenarioReport {
         }
         for e in &self.errors {
             let _ = writeln!(s, "error: {e}");
+        }
+        if !self.replicas_compared.is_empty() {
+            let _ = writeln!(s, "replicas compared: {}", self.replicas_compared.join(", "));
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "{n}");
         }
         if !self.log_alarms.is_empty() {
             let _ = writeln!(s, "node log lines at ERROR or panicking ({}):", self.log_alarms.len());

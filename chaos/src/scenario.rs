@@ -112,7 +112,7 @@ const fn scenario(name: &'static str, about: &'static str, fault: Fault, nodes: 
         partitions: 3,
         cycles: 4,
         fault_ms,
-        gap_ms: (3_000, 6_000),
+        gap_ms: (2_000, 4_000),
         disk: Disk::Host,
         load: Load::Plain,
         node_args: &[],
