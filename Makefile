@@ -165,7 +165,7 @@ CHAOS := $(CHAOS_TARGET_DIR)/debug/flotilla-chaos
 chaos-runner:
 	cd chaos && CARGO_TARGET_DIR=$(CHAOS_TARGET_DIR) $(CARGO) build
 
-## make chaos: every scenario (about 18 minutes on two cores); make chaos SCENARIO=name [SEED=s]: one;
+## make chaos: every scenario (about 21 minutes on two cores); make chaos SCENARIO=name [SEED=s]: one;
 ## PLANT=lying-fsync: fsync that syncs nothing, which the power-loss scenario must catch.
 ## Reports go to chaos/report/run-<time>/ (index.html, summary.txt, report.json).
 chaos: build chaos-runner

@@ -187,20 +187,18 @@ impl Cluster {
         };
         let sst = |p: &Path| name(p).ends_with(".sst");
         let manifest = |p: &Path| name(p).starts_with("MANIFEST-");
-        let first = rng.range(0, 3);
-        for k in 0..4 {
-            let kind = (first + k) % 4;
-            let mut candidates: Vec<&(PathBuf, u64, Option<std::time::SystemTime>)> = files
-                .iter()
-                .filter(|(p, _, _)| match kind {
-                    0 => wal(p),
-                    1 | 2 => sst(p),
-                    _ => manifest(p),
-                })
-                .collect();
-            if candidates.is_empty() {
-                continue;
-            }
+        // The kinds of damage this directory allows, one drawn evenly among them: 0 a
+        // bit of the newest WAL, 1 a bit of a table, 2 a table cut short, 3 a bit of the
+        // MANIFEST.
+        let of_kind = |kind: u64, p: &Path| match kind {
+            0 => wal(p),
+            1 | 2 => sst(p),
+            _ => manifest(p),
+        };
+        let kinds: Vec<u64> = (0..4).filter(|k| files.iter().any(|(p, _, _)| of_kind(*k, p))).collect();
+        if let Some(&kind) = kinds.get(rng.range(0, kinds.len().max(1) as u64 - 1) as usize) {
+            let mut candidates: Vec<&(PathBuf, u64, Option<std::time::SystemTime>)> =
+                files.iter().filter(|(p, _, _)| of_kind(kind, p)).collect();
             let (path, len, _) = if kind == 0 {
                 // The newest WAL: the one a restart replays.
                 candidates.sort_by_key(|(_, _, m)| *m);
