@@ -674,10 +674,12 @@ pub struct PlanArgs {
 }
 
 /// Runs one client command against the cluster at `bootstrap`.
-pub async fn run(cmd: ClientCommand, bootstrap: &str, output: Output) -> anyhow::Result<()> {
+/// `client_id` is the principal the cluster's quotas charge.
+pub async fn run(cmd: ClientCommand, bootstrap: &str, client_id: &str, output: Output) -> anyhow::Result<()> {
+    let config = ClientConfig { client_id: client_id.to_string(), ..ClientConfig::default() };
     let config = match &cmd {
-        ClientCommand::Consume(a) => ClientConfig { zone: a.zone.clone(), ..ClientConfig::default() },
-        _ => ClientConfig::default(),
+        ClientCommand::Consume(a) => ClientConfig { zone: a.zone.clone(), ..config },
+        _ => config,
     };
     let client = Client::connect_with(bootstrap, config).await.map_err(one_line)?;
     match cmd {

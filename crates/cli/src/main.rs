@@ -33,6 +33,10 @@ struct Cli {
     /// Output format of describe and list commands.
     #[arg(long, global = true, value_enum, default_value = "text")]
     output: Output,
+    /// Who this client is to the cluster's quotas (Kafka's client.id); clients with one
+    /// id share its quota.
+    #[arg(long, global = true, env = "FLOTILLA_CLIENT_ID", default_value = "")]
+    client_id: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,7 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Profile => profile::show(cli.profile.as_deref(), cli.bootstrap.as_deref()),
             Command::Client(cmd) => {
                 let bootstrap = profile::bootstrap(cli.profile.as_deref(), cli.bootstrap)?;
-                client_cmds::run(cmd, &bootstrap, cli.output).await
+                client_cmds::run(cmd, &bootstrap, &cli.client_id, cli.output).await
             }
         }
     });

@@ -132,6 +132,20 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     partition_producers_max: Option<u32>,
+    /// Quota: batch bytes per second one client id may produce to this node (default 0:
+    /// no limit; per client id in the file's `[quotas."ID"]`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_produce_bytes_per_sec: Option<u64>,
+    /// Quota: batch bytes per second one client id may fetch from this node (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_fetch_bytes_per_sec: Option<u64>,
+    /// Quota: produce and fetch requests per second one client id may make to this node
+    /// (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_requests_per_sec: Option<u64>,
 }
 
 /// The node's configuration: the defaults, then the file (`--config`), then
@@ -413,6 +427,9 @@ mod tests {
             disk_free_min_bytes: None,
             producer_expiry_ms: None,
             partition_producers_max: None,
+            quota_produce_bytes_per_sec: None,
+            quota_fetch_bytes_per_sec: None,
+            quota_requests_per_sec: None,
         }
     }
 

@@ -274,8 +274,12 @@ async fn t40_bad_requests_get_documented_errors() {
         .unwrap()
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20);
-    let produce =
-        |topic: &str, batch: bytes::Bytes| v1::ProduceRequest { topic: topic.into(), partition: 0, batch, acks: 0 };
+    let produce = |topic: &str, batch: bytes::Bytes| v1::ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        batch,
+        ..Default::default()
+    };
     let small = RecordBatch::encode(&[Record::value("x")]).unwrap().bytes().clone();
 
     // A batch over BATCH_BYTES_MAX but within the gRPC limit: RECORD_TOO_LARGE, in-band.

@@ -115,8 +115,13 @@ fn request_bodies(m: &mut Mutator, client: bool) -> Vec<Bytes> {
     let batch = RecordBatch::encode(&[Record::value("junk")]).unwrap();
     let seeds = if client {
         vec![
-            v1::ProduceRequest { topic: "safe".into(), partition: 0, batch: batch.bytes().clone(), acks: 0 }
-                .encode_to_vec(),
+            v1::ProduceRequest {
+                topic: "safe".into(),
+                partition: 0,
+                batch: batch.bytes().clone(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
             v1::FetchRequest {
                 topic: "safe".into(),
                 partition: 0,

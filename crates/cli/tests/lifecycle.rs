@@ -173,6 +173,7 @@ async fn l81_a_follower_down_through_a_retention_cycle_catches_up_by_snapshot_an
                 max_bytes: 1 << 20,
                 max_wait_ms: 0,
                 from_follower: true,
+                ..Default::default()
             };
             // One fetch (max_wait 0) that does not answer in 10 s is reported and tried
             // again on a new connection, so that a stuck call shows in the output.
@@ -215,6 +216,7 @@ async fn l81_a_follower_down_through_a_retention_cycle_catches_up_by_snapshot_an
             max_bytes: 1 << 20,
             max_wait_ms: 0,
             from_follower: true,
+            ..Default::default()
         };
         let below = to_follower.fetch(req).await.map_err(|e| e.to_string())?.into_inner();
         match below.error.map(|e| e.code) {
@@ -323,7 +325,12 @@ async fn l82_a_full_disk_refuses_writes_on_that_node_only_and_loses_nothing() {
     let batch = RecordBatch::encode(&[Record::value("refused?")]).unwrap().bytes().clone();
     let refused = eventually("DISK_FULL from the node short of space", Duration::from_secs(10), async || {
         let r = to_full
-            .produce(v1::ProduceRequest { topic: "d".into(), partition: on_full, batch: batch.clone(), acks: 0 })
+            .produce(v1::ProduceRequest {
+                topic: "d".into(),
+                partition: on_full,
+                batch: batch.clone(),
+                ..Default::default()
+            })
             .await
             .map_err(|e| e.to_string())?
             .into_inner();

@@ -244,6 +244,7 @@ async fn e2_compressed_and_uncompressed_producers_on_one_topic_read_back_identic
             max_bytes: 1 << 20,
             max_wait_ms: 0,
             from_follower: true,
+            ..Default::default()
         };
         let r = raw.fetch(req).await.expect("fetch").into_inner();
         assert!(r.error.is_none(), "{:?}", r.error);

@@ -38,6 +38,10 @@ pub struct ClientConfig {
     /// no replica there or the replica fails. Produce always goes to the leader.
     /// Default: none (every fetch goes to the leader).
     pub zone: Option<String>,
+    /// Who this client is to the cluster's quotas (Kafka's `client.id`), sent with every
+    /// produce and fetch: clients with the same id share a quota. At most 255 bytes.
+    /// Default: empty (the principal every client without an id shares).
+    pub client_id: String,
 }
 
 impl Default for ClientConfig {
@@ -53,6 +57,7 @@ impl Default for ClientConfig {
             seed: None,
             dialer: None,
             zone: None,
+            client_id: String::new(),
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("seed", &self.seed)
             .field("dialer", &self.dialer.as_ref().map(|_| "custom"))
             .field("zone", &self.zone)
+            .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
 }

@@ -567,7 +567,10 @@ impl ClientInner {
         retry_indeterminate: bool,
         deadline: Option<Instant>,
     ) -> Result<Offset> {
-        let req = v1::ProduceRequest::new(topic, partition, batch, acks);
+        let req = v1::ProduceRequest {
+            client_id: self.config.client_id.clone(),
+            ..v1::ProduceRequest::new(topic, partition, batch, acks)
+        };
         let count = batch.len();
         let target = Target::Partition { topic: topic.to_string(), partition };
         self.call(target, Kind::Write { retry_indeterminate }, Duration::ZERO, deadline, |ch, addr| {
@@ -659,6 +662,7 @@ impl ClientInner {
             max_bytes: max_bytes.min(limits::FETCH_BYTES_MAX as u32),
             max_wait_ms: max_wait.as_millis() as u32,
             from_follower: false,
+            client_id: self.config.client_id.clone(),
         };
         if let Some(addr) = self.zone_replica(topic, partition).await {
             let follower = v1::FetchRequest { from_follower: true, ..req.clone() };
@@ -698,6 +702,7 @@ impl ClientInner {
             max_bytes: limits::FETCH_BYTES_MAX as u32,
             max_wait_ms: 0,
             from_follower: true,
+            client_id: self.config.client_id.clone(),
         };
         self.fetch_once(addr, req, Duration::ZERO).await
     }

@@ -89,9 +89,14 @@ impl Broker {
                 table.appended(stamp, batch.len(), base, 0, Default::default());
                 None
             }
-            Verdict::Duplicate { base_offset } => {
-                Some(v1::ProduceResponse { error: None, base_offset, record_count: batch.len(), duplicate: true, acks })
-            }
+            Verdict::Duplicate { base_offset } => Some(v1::ProduceResponse {
+                error: None,
+                base_offset,
+                record_count: batch.len(),
+                duplicate: true,
+                acks,
+                throttle_time_ms: 0,
+            }),
             Verdict::OutOfOrder { .. } => refuse(ErrorCode::OutOfOrderSequence),
             Verdict::Fenced { .. } => refuse(ErrorCode::ProducerFenced),
         }
@@ -164,6 +169,7 @@ impl flotilla_server::Flotilla for Broker {
             record_count: batch.len(),
             duplicate: false,
             acks,
+            throttle_time_ms: 0,
         }))
     }
 
@@ -206,6 +212,7 @@ impl flotilla_server::Flotilla for Broker {
             high_watermark: s.next_offset,
             log_start_offset: 0,
             batches,
+            throttle_time_ms: 0,
         }))
     }
 

@@ -122,8 +122,13 @@ fn policy() -> v1::TopicPolicy {
 #[test]
 fn t92_fuzz_client_and_admin_requests() {
     let _s = serial();
-    let produce =
-        v1::ProduceRequest { topic: "orders".into(), partition: 2, batch: sample_batches()[1].clone().into(), acks: 0 };
+    let produce = v1::ProduceRequest {
+        topic: "orders".into(),
+        partition: 2,
+        batch: sample_batches()[1].clone().into(),
+        acks: 0,
+        client_id: "orders-app".into(),
+    };
     let fetch = v1::FetchRequest {
         topic: "orders".into(),
         partition: 1,
@@ -131,6 +136,7 @@ fn t92_fuzz_client_and_admin_requests() {
         max_bytes: 1 << 20,
         max_wait_ms: 500,
         from_follower: true,
+        client_id: "orders-app".into(),
     };
     let targets: Vec<(&str, Vec<u8>, Target)> = vec![
         ("produce", enc(&produce), checked::<v1::ProduceRequest, request::Produce>),
@@ -349,6 +355,7 @@ fn t92_fuzz_answers_the_client_decodes() {
             .enumerate()
             .map(|(i, b)| v1::FetchedBatch { base_offset: i as u64 * 3, batch: b.into() })
             .collect(),
+        throttle_time_ms: 0,
     };
     run("fetch_response", &[enc(&fetched)], ALLOCATION_MAX, |b| match v1::FetchResponse::decode(b) {
         Ok(r) => r.batches.into_iter().all(|f| RecordBatch::decode(f.batch).is_ok()),

@@ -9,6 +9,8 @@ use flotilla_raft::GroupTimings;
 use flotilla_types::{NodeId, limits};
 use serde::{Deserialize, Serialize};
 
+use crate::quota::QuotaLimits;
+
 /// How many of the first peers vote in the metadata group by default.
 pub const DEFAULT_CONTROLLERS: usize = 3;
 
@@ -93,6 +95,17 @@ pub struct NodeConfig {
     /// Idempotent producers: the most one partition remembers; the least recently active
     /// is forgotten first (10,000; at most 100,000).
     pub partition_producers_max: u32,
+    /// Quotas (docs/security.md): batch bytes per second one principal (client id) may
+    /// produce to this node's partitions, unless `quotas` gives it its own. 0: no limit.
+    pub quota_produce_bytes_per_sec: u64,
+    /// Quotas: batch bytes per second one principal may fetch from this node. 0: none.
+    pub quota_fetch_bytes_per_sec: u64,
+    /// Quotas: produce and fetch requests per second one principal may make to this
+    /// node. 0: no limit.
+    pub quota_requests_per_sec: u64,
+    /// Quotas of particular principals, by client id (`[quotas."client-id"]` in the
+    /// file), replacing the defaults above for the kinds they set.
+    pub quotas: BTreeMap<String, QuotaLimits>,
 }
 
 /// A list given as a list, or as one string of comma-separated items (how an
@@ -153,6 +166,10 @@ impl Default for NodeConfig {
             disk_free_min_bytes: 256 << 20,
             producer_expiry_ms: limits::PRODUCER_IDLE_EXPIRY_MS,
             partition_producers_max: limits::PARTITION_PRODUCERS_MAX as u32,
+            quota_produce_bytes_per_sec: 0,
+            quota_fetch_bytes_per_sec: 0,
+            quota_requests_per_sec: 0,
+            quotas: BTreeMap::new(),
         }
     }
 }
@@ -176,6 +193,16 @@ impl NodeConfig {
             election_min_ms: self.partition_election_timeout_ms,
             election_max_ms: self.partition_election_timeout_ms * 2,
         }
+    }
+
+    /// The quotas this node enforces.
+    pub fn quotas(&self) -> crate::quota::Quotas {
+        let defaults = QuotaLimits {
+            produce_bytes_per_sec: Some(self.quota_produce_bytes_per_sec),
+            fetch_bytes_per_sec: Some(self.quota_fetch_bytes_per_sec),
+            requests_per_sec: Some(self.quota_requests_per_sec),
+        };
+        crate::quota::Quotas::new(defaults, self.quotas.clone())
     }
 
     pub fn labels(&self) -> Labels {
@@ -252,6 +279,12 @@ impl NodeConfig {
             && !j.contains(':')
         {
             return Err(format!("join: '{j}' is not HOST:PORT"));
+        }
+        if let Some(id) = self.quotas.keys().find(|id| id.len() > limits::CLIENT_ID_BYTES_MAX) {
+            return Err(format!(
+                "quotas: client id '{id}' is over {} bytes; no request could carry it",
+                limits::CLIENT_ID_BYTES_MAX
+            ));
         }
         if self.suspect_after_ms == 0 || self.dead_after_ms < self.suspect_after_ms {
             return Err(format!(

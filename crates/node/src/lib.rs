@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mover;
 mod peers;
 mod quiesce;
+pub mod quota;
 mod reconciler;
 mod retention;
 pub mod share;
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use api::{ApiError, BrokerInfo, ClusterView, Fetched, FetchedBatch, PartitionInfo, Produced, TopicInfo};
 pub use config::NodeConfig;
+pub use quota::{QuotaKind, QuotaLimits};
 
 /// The commit this binary was built from (`git rev-parse --short HEAD` at build time),
 /// or `unknown` when it was built outside a git checkout.
@@ -80,6 +82,8 @@ pub(crate) struct Inner<T: RaftTransport> {
     pub(crate) sessions: groups::Sessions,
     /// The node-level heartbeats' judgement of each peer (`peers`).
     pub(crate) peers: peers::PeerWatch,
+    /// Each principal's produce, fetch and request allowance (`quota`).
+    pub(crate) quotas: quota::Quotas,
 }
 
 /// A running node. Cheap to clone.
@@ -112,6 +116,7 @@ impl<T: RaftTransport> Node<T> {
         let voters: Option<BTreeSet<NodeId>> = config.initial_metadata_voters()?.map(|v| v.into_iter().collect());
         groups.ensure(METADATA_GROUP, GroupKind::Metadata, voters.as_ref()).await?;
         let (shutdown, _) = watch::channel(false);
+        let quotas = config.quotas();
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -125,6 +130,7 @@ impl<T: RaftTransport> Node<T> {
                 disk_full: RwLock::new(None),
                 sessions: groups::Sessions::default(),
                 peers: peers::PeerWatch::default(),
+                quotas,
             }),
             tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
         };

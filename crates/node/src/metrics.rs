@@ -43,6 +43,9 @@ fn latency_histogram() -> Histogram {
 
 type RequestLabels = [(&'static str, &'static str); 2];
 type TopicLabels = [(&'static str, String); 1];
+type QuotaLabels = [(&'static str, &'static str); 1];
+/// A counter of fractional values (seconds).
+type FloatCounter = Counter<f64, AtomicU64>;
 /// A gauge read at scrape time with a fractional value (seconds).
 type FloatGauge = Gauge<f64, AtomicU64>;
 type Labels = Vec<(&'static str, String)>;
@@ -57,6 +60,8 @@ pub struct Registry {
     records_out: Family<TopicLabels, Counter>,
     bytes_out: Family<TopicLabels, Counter>,
     elections_woken: Counter,
+    quota_throttled: Family<QuotaLabels, Counter>,
+    quota_held: Family<QuotaLabels, FloatCounter>,
     /// The data directory's filesystem: total and free bytes (`set_disk_space`).
     disk_total: AtomicU64,
     disk_free: AtomicU64,
@@ -99,6 +104,18 @@ impl Default for Registry {
             "Elections started because the leader's node was suspected",
             elections_woken.clone(),
         );
+        let quota_throttled = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "flotilla_quota_throttled_requests",
+            "Produce and fetch answers held back because their principal was over a quota, by the kind of quota (produce_bytes, fetch_bytes)",
+            quota_throttled.clone(),
+        );
+        let quota_held = Family::<QuotaLabels, FloatCounter>::default();
+        registry.register(
+            "flotilla_quota_throttle_seconds",
+            "Time answers were held back for quotas, by the kind of request",
+            quota_held.clone(),
+        );
         Registry {
             registry,
             latency,
@@ -108,6 +125,8 @@ impl Default for Registry {
             records_out,
             bytes_out,
             elections_woken,
+            quota_throttled,
+            quota_held,
             disk_total: AtomicU64::new(0),
             disk_free: AtomicU64::new(0),
         }
@@ -147,6 +166,13 @@ impl Registry {
         let labels = [("topic", topic.to_string())];
         self.records_out.get_or_create(&labels).inc_by(records);
         self.bytes_out.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// An answer held back `held` for a quota of `kind`.
+    pub(crate) fn count_throttle(&self, kind: crate::quota::QuotaKind, held: Duration) {
+        let labels = [("kind", kind.name())];
+        self.quota_throttled.get_or_create(&labels).inc();
+        self.quota_held.get_or_create(&labels).inc_by(held.as_secs_f64());
     }
 
     /// The data directory's filesystem, as whoever watches it last read it.

@@ -95,6 +95,7 @@ mod tests {
             partition: 3,
             batch: bytes::Bytes::from_static(b"x"),
             acks: 0,
+            client_id: "app".into(),
         };
         let back = super::v1::ProduceRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         assert_eq!(req, back);

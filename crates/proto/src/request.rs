@@ -22,6 +22,18 @@ fn topic_name(name: String) -> Result<String, v1::Error> {
     Ok(name)
 }
 
+/// A client id within its limit; any bytes of valid UTF-8 (prost checks that).
+fn client_id(id: String) -> Result<String, v1::Error> {
+    if id.len() > limits::CLIENT_ID_BYTES_MAX {
+        return Err(invalid(format!(
+            "client id of {} bytes: at most {} are allowed",
+            id.len(),
+            limits::CLIENT_ID_BYTES_MAX
+        )));
+    }
+    Ok(id)
+}
+
 pub use flotilla_types::limits::{CONTROLLERS_MAX, POLICY_ENTRIES_MAX};
 
 fn node_id(what: &str, id: NodeId) -> Result<NodeId, v1::Error> {
@@ -74,6 +86,8 @@ pub struct Produce {
     pub partition: PartitionId,
     pub batch: RecordBatch,
     pub acks: Acks,
+    /// The principal its quota is charged to.
+    pub client_id: String,
 }
 
 impl TryFrom<v1::ProduceRequest> for Produce {
@@ -81,8 +95,9 @@ impl TryFrom<v1::ProduceRequest> for Produce {
     fn try_from(r: v1::ProduceRequest) -> Result<Produce, v1::Error> {
         let topic = topic_name(r.topic)?;
         let acks = acks_from_wire(r.acks)?;
+        let client_id = client_id(r.client_id)?;
         let batch = RecordBatch::decode(r.batch).map_err(|e| v1::Error::from(&e))?;
-        Ok(Produce { topic, partition: r.partition, batch, acks })
+        Ok(Produce { topic, partition: r.partition, batch, acks, client_id })
     }
 }
 
@@ -111,7 +126,13 @@ impl v1::ProduceRequest {
         batch: &RecordBatch,
         acks: Acks,
     ) -> v1::ProduceRequest {
-        v1::ProduceRequest { topic: topic.into(), partition, batch: batch.bytes().clone(), acks: acks_to_wire(acks) }
+        v1::ProduceRequest {
+            topic: topic.into(),
+            partition,
+            batch: batch.bytes().clone(),
+            acks: acks_to_wire(acks),
+            client_id: String::new(),
+        }
     }
 }
 
@@ -154,6 +175,8 @@ pub struct Fetch {
     pub max_wait: Duration,
     /// A replica that does not lead may answer with what it has committed.
     pub from_follower: bool,
+    /// The principal its quota is charged to.
+    pub client_id: String,
 }
 
 impl TryFrom<v1::FetchRequest> for Fetch {
@@ -166,6 +189,7 @@ impl TryFrom<v1::FetchRequest> for Fetch {
             max_bytes: (r.max_bytes as usize).min(limits::FETCH_BYTES_MAX),
             max_wait: Duration::from_millis(u64::from(r.max_wait_ms).min(limits::FETCH_WAIT_MS_MAX)),
             from_follower: r.from_follower,
+            client_id: client_id(r.client_id)?,
         })
     }
 }
@@ -1002,9 +1026,13 @@ mod tests {
         let mut bad = batch.bytes().to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        let e =
-            Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::from(bad), acks: 0 })
-                .unwrap_err();
+        let e = Produce::try_from(v1::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            batch: Bytes::from(bad),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::CorruptBatch);
         assert!(e.message.contains("checksum"), "{e}");
 
@@ -1012,12 +1040,17 @@ mod tests {
             topic: "a/b".into(),
             partition: 0,
             batch: batch.bytes().clone(),
-            acks: 0,
+            ..Default::default()
         })
         .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::InvalidRequest);
-        let e = Produce::try_from(v1::ProduceRequest { topic: "t".into(), partition: 0, batch: Bytes::new(), acks: 0 })
-            .unwrap_err();
+        let e = Produce::try_from(v1::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            batch: Bytes::new(),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.error_code(), ErrorCode::CorruptBatch);
     }
 
@@ -1030,9 +1063,19 @@ mod tests {
             max_bytes: u32::MAX,
             max_wait_ms: u32::MAX,
             from_follower: true,
+            client_id: "app".into(),
         })
         .unwrap();
         assert!(f.from_follower);
+        assert_eq!(f.client_id, "app");
+        let long = v1::FetchRequest {
+            topic: "t".into(),
+            client_id: "c".repeat(limits::CLIENT_ID_BYTES_MAX + 1),
+            ..Default::default()
+        };
+        let e = Fetch::try_from(long).unwrap_err();
+        assert_eq!(e.error_code(), ErrorCode::InvalidRequest);
+        assert!(e.message.contains("client id"), "{e}");
         assert_eq!(f.max_bytes, limits::FETCH_BYTES_MAX);
         assert_eq!(f.max_wait, Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
         assert!(Fetch::try_from(v1::FetchRequest::default()).is_err(), "empty topic name");

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_node::{ApiError, Node};
+use flotilla_node::{ApiError, Node, QuotaKind};
 use flotilla_proto::raft::v1 as raftpb;
 use flotilla_proto::{request, v1};
 use flotilla_raft::RaftTransport;
@@ -158,14 +158,22 @@ fn answer<V, R: Answer>(r: Result<V, ApiError>, ok: impl FnOnce(V) -> R) -> R {
 #[tonic::async_trait]
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
-        handle(&self.node, "produce", req, |r: request::Produce| async move {
-            answer(self.node.produce_with(&r.topic, r.partition, r.batch, r.acks).await, |p| v1::ProduceResponse {
+        // An answer held back for a quota is not part of the time to serve.
+        handle_waiting(&self.node, "produce", req, |r: request::Produce| async move {
+            let bytes = r.batch.bytes().len() as u64;
+            let produced = self.node.produce_with(&r.topic, r.partition, r.batch, r.acks).await;
+            let appended = if produced.is_ok() { bytes } else { 0 };
+            let mut resp = answer(produced, |p| v1::ProduceResponse {
                 error: None,
                 base_offset: p.base_offset,
                 record_count: p.records,
                 duplicate: p.duplicate,
                 acks: request::acks_to_wire(p.acks),
-            })
+                throttle_time_ms: 0,
+            });
+            let held = self.node.throttle(&r.client_id, QuotaKind::ProduceBytes, appended).await;
+            resp.throttle_time_ms = held.as_millis() as u32;
+            (resp, held)
         })
         .await
     }
@@ -297,7 +305,7 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
             let fetched =
                 self.node.fetch(&r.topic, r.partition, r.offset, r.max_bytes, r.max_wait, r.from_follower).await;
             let waited = fetched.as_ref().map_or(Duration::ZERO, |f| f.waited);
-            let resp = answer(fetched, |f| v1::FetchResponse {
+            let mut resp = answer(fetched, |f| v1::FetchResponse {
                 error: None,
                 high_watermark: f.high_watermark,
                 log_start_offset: f.log_start_offset,
@@ -306,8 +314,12 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                     .into_iter()
                     .map(|b| v1::FetchedBatch { base_offset: b.base_offset, batch: b.batch })
                     .collect(),
+                throttle_time_ms: 0,
             });
-            (resp, waited)
+            let bytes = resp.batches.iter().map(|b| b.batch.len() as u64).sum();
+            let held = self.node.throttle(&r.client_id, QuotaKind::FetchBytes, bytes).await;
+            resp.throttle_time_ms = held.as_millis() as u32;
+            (resp, waited + held)
         })
         .await
     }

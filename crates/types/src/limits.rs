@@ -32,6 +32,14 @@ pub const FETCH_RESPONSE_BYTES_MAX: usize = FETCH_BYTES_MAX + BATCH_BYTES_MAX + 
 /// Topic names: 1..=TOPIC_NAME_BYTES_MAX bytes of `[a-zA-Z0-9._-]`.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// A client id (the principal quotas apply to, until clients authenticate): at most this
+/// many bytes, as Kafka's `client.id` is in practice.
+pub const CLIENT_ID_BYTES_MAX: usize = 255;
+
+/// Principals a node keeps quota state for at once; beyond it, principals that are not
+/// being throttled are forgotten, and if that is not enough new ones share one account.
+pub const QUOTA_PRINCIPALS_MAX: usize = 10_000;
+
 /// The most partitions in one topic.
 pub const TOPIC_PARTITIONS_MAX: u32 = 4096;
 
