@@ -152,10 +152,9 @@ impl Cluster {
         self.members.retain(|m| *m != id);
     }
 
-    /// The first spare: a node id with a namespace that was never a member.
+    /// The first spare: a node id past the founders' that never joined.
     pub fn spare(&self) -> Option<u64> {
-        (1..=self.nodes.len() as u64)
-            .find(|i| !self.members.contains(i) && self.node(*i).join.is_none() && *i > self.founders())
+        (self.founders() + 1..=self.nodes.len() as u64).find(|i| self.node(*i).join.is_none())
     }
 
     fn founders(&self) -> u64 {

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use flotilla_client::Client;
+use flotilla_testkit::replica::read_replica_log;
 use flotilla_testkit::{Anomaly, ReplicaLog, check_replicas};
 
 use crate::cluster::{Cluster, State};
@@ -40,10 +41,10 @@ pub async fn compare(client: &Client, cluster: &Cluster, topic: &str, partitions
                 unreadable.push(format!("n{node} of partition {p}: not running"));
                 continue;
             }
-            match read_one(client, &cluster.addr(node), topic, p).await {
-                Ok((commit_offset, records)) => {
-                    read.push(format!("n{node}/{p}: {} records below {commit_offset}", records.len()));
-                    logs.push(ReplicaLog { node, topic: topic.to_string(), partition: p, commit_offset, records });
+            match read_one(client, node, &cluster.addr(node), topic, p).await {
+                Ok(log) => {
+                    read.push(format!("n{node}/{p}: {} records below {}", log.records.len(), log.commit_offset));
+                    logs.push(log);
                 }
                 Err(e) => unreadable.push(format!("n{node} of partition {p}: {e}")),
             }
@@ -52,36 +53,18 @@ pub async fn compare(client: &Client, cluster: &Cluster, topic: &str, partitions
     Outcome { anomalies: check_replicas(&logs), read, unreadable }
 }
 
-/// One replica's committed log from its log start: (its high watermark, the records).
-async fn read_one(client: &Client, addr: &str, topic: &str, p: u32) -> anyhow::Result<(u64, Vec<(u64, String)>)> {
+/// One replica's committed log from the partition's log start, retried for a while.
+async fn read_one(client: &Client, node: u64, addr: &str, topic: &str, p: u32) -> anyhow::Result<ReplicaLog> {
     let deadline = Instant::now() + READ_WITHIN;
     loop {
         // From the partition's log start as its leader reports it: a replica's own is
-        // not above it (the leader applies a deletion first), and below it a replica
-        // answers OFFSET_OUT_OF_RANGE.
+        // not above it (the leader applies a deletion first).
         let attempt = async {
-            let (mut position, _) = client.list_offsets(topic, p).await?;
-            let mut records = vec![];
-            let mut high = None;
-            loop {
-                let r = client.read_replica(addr, topic, p, position).await?;
-                // The first answer's high watermark bounds the read: only a prefix of
-                // a replica's committed log is compared.
-                let h = *high.get_or_insert(r.high_watermark);
-                records.extend(
-                    r.records
-                        .into_iter()
-                        .filter(|c| c.offset < h)
-                        .map(|c| (c.offset, String::from_utf8_lossy(&c.record.value).into_owned())),
-                );
-                if r.next >= h || r.next == position {
-                    return Ok::<_, flotilla_client::ClientError>((h.min(r.next), records));
-                }
-                position = r.next;
-            }
+            let (start, _) = client.list_offsets(topic, p).await?;
+            read_replica_log(client, node, addr, topic, p, start).await
         };
         match attempt.await {
-            Ok(done) => return Ok(done),
+            Ok(log) => return Ok(log),
             Err(e) if Instant::now() > deadline => anyhow::bail!("not read within {READ_WITHIN:?}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }

@@ -13,6 +13,7 @@ use common::*;
 use flotilla_client::{ErrorCode, ProducerConfig, Record};
 use flotilla_proto::v1;
 use flotilla_proto::v1::flotilla_client::FlotillaClient;
+use flotilla_testkit::replica::read_replica_log;
 use flotilla_types::{RecordBatch, limits};
 
 /// t10: 100,000 records produced by key to a six-partition topic are all consumed back,
@@ -114,8 +115,8 @@ async fn t16_each_replica_is_read_on_its_own_node() {
         let addr = cluster.addr(node);
         let (high, values) = loop {
             // A follower applies what the leader committed a moment later.
-            match read_all(&client, &addr).await {
-                Ok((high, values)) if high == 500 => break (high, values),
+            match read_replica_log(&client, node, &addr, "replicas", 0, 0).await {
+                Ok(log) if log.commit_offset == 500 => break (log.commit_offset, log.records),
                 other if Instant::now() > deadline => panic!("node {node}: {other:?}"),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -126,23 +127,6 @@ async fn t16_each_replica_is_read_on_its_own_node() {
     // A topic the node does not know is an error, not an empty read.
     let e = client.read_replica(&cluster.addr(1), "no-such-topic", 0, 0).await.expect_err("unknown topic");
     assert_eq!(e.code(), Some(ErrorCode::UnknownTopic), "{e}");
-}
-
-/// Reads one replica from offset 0 to its high watermark.
-async fn read_all(
-    client: &flotilla_client::Client,
-    addr: &str,
-) -> Result<(u64, Vec<(u64, String)>), flotilla_client::ClientError> {
-    let mut out = vec![];
-    let mut position = 0;
-    loop {
-        let r = client.read_replica(addr, "replicas", 0, position).await?;
-        out.extend(r.records.into_iter().map(|c| (c.offset, String::from_utf8_lossy(&c.record.value).into_owned())));
-        if r.next >= r.high_watermark || r.next == position {
-            return Ok((r.high_watermark, out));
-        }
-        position = r.next;
-    }
 }
 
 /// t20: kill -9 the node leading the most partitions while a producer runs. The producer

@@ -124,8 +124,9 @@ where
     handle_waiting(node, method, req, move |p| async move { (run(p).await, Duration::ZERO) }).await
 }
 
-/// [`handle`] for a request that may wait for data (a long poll): `run` also says how
-/// long it waited, which is not part of the time recorded under `method`.
+/// [`handle`] for a request whose answer may wait (a long poll for data, a quota's hold):
+/// `run` also says how long it waited, which is not part of the time recorded under
+/// `method`.
 async fn handle_waiting<T, Q, P, R, Fut>(
     node: &Node<T>,
     method: &'static str,

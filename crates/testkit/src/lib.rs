@@ -18,6 +18,7 @@ pub mod group;
 pub mod history;
 pub mod process;
 pub mod recorder;
+pub mod replica;
 
 pub use checker::{Anomaly, AnomalyKind, ReplicaLog, Verdict, check, check_replicas};
 pub use history::{Event, History, Kind, Op};
