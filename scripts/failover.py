@@ -19,7 +19,8 @@ import argparse, json, os, re, subprocess, sys, time, urllib.request
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/flotilla/target"))
 BIN = os.environ.get("FLOTILLA") or f"{TARGET}/release/flotilla"
 DIR = "/tmp/flotilla-failover"
-PEERS = ",".join(f"{i}=127.0.0.1:{7170+i}" for i in (1, 2, 3))
+# Each node listens for other nodes on its client port + 100 (`rpc-listen`).
+PEERS = ",".join(f"{i}=127.0.0.1:{7270+i}" for i in (1, 2, 3))
 BOOT = ",".join(f"127.0.0.1:{7170+i}" for i in (1, 2, 3))
 procs = {}
 

@@ -24,7 +24,8 @@ BIN = os.environ.get("FLOTILLA") or next(
     (p for p in (f"{TARGET}/release/flotilla", f"{TARGET}/debug/flotilla") if os.path.exists(p)), None)
 DIR = "/tmp/flotilla-lifecycle"
 PORT = 7170
-PEERS = ",".join(f"{i}=127.0.0.1:{PORT+i}" for i in (1, 2, 3))
+# Each node listens for other nodes on its client port + 100 (`rpc-listen`).
+PEERS = ",".join(f"{i}=127.0.0.1:{PORT+100+i}" for i in (1, 2, 3))
 BOOT = ",".join(f"127.0.0.1:{PORT+i}" for i in (1, 2, 3))
 procs = {}
 

@@ -16,7 +16,8 @@ import os, re, signal, subprocess, sys, time, urllib.request
 BIN = os.environ.get("FLOTILLA", "/root/.cache/flotilla/target/debug/flotilla")
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 DIR = "/tmp/flotilla-many"
-PEERS = ",".join(f"{i}=127.0.0.1:{7070+i}" for i in (1, 2, 3))
+# Each node listens for other nodes on its client port + 100 (`rpc-listen`).
+PEERS = ",".join(f"{i}=127.0.0.1:{7170+i}" for i in (1, 2, 3))
 procs = {}
 
 def start(i):

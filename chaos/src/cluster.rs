@@ -16,8 +16,11 @@ use crate::net::Net;
 use crate::powerfs::{DiskFaults, PowerFs};
 use crate::registry;
 
-/// The port every node listens on, each in its own namespace.
+/// The port every node listens on for clients, each in its own namespace.
 pub const NODE_PORT: u16 = 7070;
+/// The port every node listens on for other nodes (mutual TLS, certificates from
+/// `flotilla certs` in the data directory).
+pub const RPC_PORT: u16 = NODE_PORT + 100;
 /// How long a started node may take to listen.
 const LISTEN_WITHIN: Duration = Duration::from_secs(30);
 /// libfaketime (Debian's `faketime` package), the thread-safe build: preloaded into a
@@ -66,6 +69,8 @@ pub struct Cluster {
     disks: Vec<(PowerFs, fuser::BackgroundSession)>,
     /// With skewed clocks: the file each node's libfaketime reads its offset from.
     clock_files: Option<PathBuf>,
+    /// The cluster's certificate authority and every node's certificate.
+    certs: PathBuf,
 }
 
 impl Cluster {
@@ -85,7 +90,22 @@ impl Cluster {
         disk: Disk,
         skewable_clocks: bool,
     ) -> anyhow::Result<Cluster> {
-        let peers = (1..=n).map(|i| format!("{i}={}:{NODE_PORT}", net.node_ip(i))).collect::<Vec<_>>().join(",");
+        let peers = (1..=n).map(|i| format!("{i}={}:{RPC_PORT}", net.node_ip(i))).collect::<Vec<_>>().join(",");
+        // A new authority per run: a new cluster.
+        let certs = data.join("certs");
+        let _ = std::fs::remove_dir_all(&certs);
+        let make = |args: &[String]| -> anyhow::Result<()> {
+            let out = Command::new(bin).arg("certs").args(args).output().context("running flotilla certs")?;
+            if !out.status.success() {
+                bail!("flotilla certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let dir = certs.display().to_string();
+        make(&["ca".into(), "--dir".into(), dir.clone()])?;
+        for i in 1..=net.nodes() {
+            make(&["node".into(), "--id".into(), i.to_string(), "--ca-dir".into(), dir.clone()])?;
+        }
         // Spares: the namespaces the network has beyond the founders.
         let nodes = (1..=net.nodes())
             .map(|i| NodeProc {
@@ -101,8 +121,17 @@ impl Cluster {
             bail!("{LIBFAKETIME} is missing: apt-get install faketime");
         }
         let members = (1..=n).collect();
-        let mut c =
-            Cluster { members, bin: bin.to_path_buf(), net, nodes, peers, node_args, disks: vec![], clock_files };
+        let mut c = Cluster {
+            members,
+            bin: bin.to_path_buf(),
+            net,
+            nodes,
+            peers,
+            node_args,
+            disks: vec![],
+            clock_files,
+            certs,
+        };
         for id in c.ids() {
             c.set_clock(id, 0)?;
         }
@@ -253,13 +282,18 @@ impl Cluster {
         let netns_path = format!("/var/run/netns/{}", self.net.netns(id));
         let netns = File::open(&netns_path).with_context(|| format!("opening {netns_path}"))?;
         let (bin, peers, args) = (self.bin.clone(), self.peers.clone(), self.node_args.clone());
+        let rpc = format!("{}:{RPC_PORT}", self.net.node_ip(id));
+        let certs = self.certs.clone();
         let join = self.node(id).join.clone();
         let clock_file = self.clock_file(id);
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&n.log).context("opening the node log")?;
         let mut cmd = Command::new(&bin);
-        cmd.arg("node").args(["--id", &id.to_string(), "--listen", &addr]);
+        cmd.arg("node").args(["--id", &id.to_string(), "--listen", &addr, "--rpc-listen", &rpc]);
+        cmd.arg("--rpc-tls-ca").arg(certs.join("ca.pem"));
+        cmd.arg("--rpc-tls-cert").arg(certs.join(format!("node-{id}.pem")));
+        cmd.arg("--rpc-tls-key").arg(certs.join(format!("node-{id}.key")));
         match &join {
             Some(via) => cmd.args(["--join", via]),
             None => cmd.args(["--peers", &peers]),

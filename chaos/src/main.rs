@@ -323,7 +323,7 @@ async fn run_scenario(
     let net = Net::create(&tag, subnet, s.nodes + s.spares)?;
     std::fs::create_dir_all(data)?;
     let proxy = match s.fault.proxied() {
-        true => Some(proxy::Proxy::start(&net, s.nodes, cluster::NODE_PORT, seed ^ fnv1a(s.name)).await?),
+        true => Some(proxy::Proxy::start(&net, s.nodes, cluster::RPC_PORT, seed ^ fnv1a(s.name)).await?),
         false => None,
     };
     let mut cluster = tokio::task::block_in_place(|| {

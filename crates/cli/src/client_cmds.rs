@@ -631,9 +631,12 @@ pub struct AddNodeArgs {
     /// The node's id.
     #[arg(long)]
     pub id: NodeId,
-    /// The node's address (host:port).
+    /// The node's client address (host:port).
     #[arg(long)]
     pub addr: String,
+    /// The node's node-to-node address (host:port; default: --addr).
+    #[arg(long, default_value = "")]
+    pub rpc_addr: String,
     #[arg(long, default_value = "")]
     pub region: String,
     #[arg(long, default_value = "")]
@@ -675,8 +678,15 @@ pub struct PlanArgs {
 
 /// Runs one client command against the cluster at `bootstrap`.
 /// `client_id` is the principal the cluster's quotas charge.
-pub async fn run(cmd: ClientCommand, bootstrap: &str, client_id: &str, output: Output) -> anyhow::Result<()> {
-    let config = ClientConfig { client_id: client_id.to_string(), ..ClientConfig::default() };
+/// `tls`: TLS to the nodes (`--tls-ca`), or plaintext.
+pub async fn run(
+    cmd: ClientCommand,
+    bootstrap: &str,
+    client_id: &str,
+    tls: Option<flotilla_client::ClientTls>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let config = ClientConfig { client_id: client_id.to_string(), tls, ..ClientConfig::default() };
     let config = match &cmd {
         ClientCommand::Consume(a) => ClientConfig { zone: a.zone.clone(), ..config },
         _ => config,
@@ -711,7 +721,7 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
         }
         ClusterCmd::AddNode(a) => {
             let labels = Labels { region: a.region, zone: a.zone, rack: a.rack };
-            client.add_node(a.id, &a.addr, &labels).await.map_err(one_line)?;
+            client.add_node(a.id, &a.addr, &a.rpc_addr, &labels).await.map_err(one_line)?;
             let json = serde_json::json!({ "added_node": a.id, "addr": a.addr, "labels": labels });
             show(output, &json, || {
                 format!(
@@ -1687,6 +1697,7 @@ mod tests {
             role: "voter".into(),
             replicas: 2,
             preferred_leaders,
+            rpc_addr: format!("h:{}", id + 100),
         };
         let partition = |partition: u32, leader: Option<u64>| PartitionInfo {
             partition,

@@ -1,6 +1,8 @@
 //! `flotilla dev`: a local cluster of node processes on one machine, for trying
 //! Flotilla out. Data is kept under `--dir` across restarts. The first three nodes vote
 //! in the metadata group; any further ones are learners that only host partitions.
+//! Nodes talk to each other over mutual TLS, with a certificate authority and node
+//! certificates made in `--dir`/certs at the first start (`flotilla certs`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -24,8 +26,8 @@ pub struct DevArgs {
     /// Where the nodes keep their data and logs.
     #[arg(long, default_value = ".flotilla")]
     dir: PathBuf,
-    /// Node i listens on 127.0.0.1:(base-port + i - 1) and serves metrics on that port
-    /// plus 1000.
+    /// Node i listens for clients on 127.0.0.1:(base-port + i - 1), for other nodes on
+    /// that port plus 100, and serves metrics on that port plus 1000.
     #[arg(long, default_value_t = 7070)]
     base_port: u16,
     /// Zones to spread the nodes over: node i is in zone zones[(i - 1) % len] (region
@@ -36,6 +38,10 @@ pub struct DevArgs {
     /// elsewhere.
     #[arg(long, default_value_t = flotilla_node::NodeConfig::default().dead_after_ms)]
     dead_after_ms: u64,
+    /// Clients connect over TLS too (node certificates good for 127.0.0.1); client
+    /// commands then need `--tls-ca DIR/certs/ca.pem`.
+    #[arg(long)]
+    client_tls: bool,
 }
 
 impl DevArgs {
@@ -43,6 +49,12 @@ impl DevArgs {
     fn addrs(&self, i: u64) -> (String, String) {
         let port = u64::from(self.base_port) + i - 1;
         (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", port + METRICS_PORT_OFFSET))
+    }
+
+    /// Node `i`'s node-to-node address (the node's default: its client port + 100).
+    fn rpc_addr(&self, i: u64) -> String {
+        let port = u64::from(self.base_port) + i - 1 + u64::from(flotilla_node::config::RPC_PORT_OFFSET);
+        format!("127.0.0.1:{port}")
     }
 
     /// Every node's gRPC address, comma-separated: what clients bootstrap from.
@@ -129,7 +141,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     let bootstrap = args.bootstrap();
+    let ca = args.dir.join("certs").join("ca.pem");
+    let client_tls = match args.client_tls {
+        true => Some(flotilla_client::ClientTls::from_files(&ca, None)?),
+        false => None,
+    };
     println!("Flotilla dev cluster: {} nodes, data in {} (kept across restarts)", args.nodes, args.dir.display());
+    println!(
+        "  nodes talk to each other over mutual TLS (certificates in {}){}",
+        args.dir.join("certs").display(),
+        if args.client_tls { "; clients too" } else { "" }
+    );
     for n in &nodes {
         let zone = args.zone(n.id).map(|z| format!("  zone {z}")).unwrap_or_default();
         println!(
@@ -142,7 +164,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     let startup = tokio::select! {
-        r = wait_ready(&bootstrap, args.nodes as usize, Duration::from_secs(60)) => Startup::Ready(r),
+        r = wait_ready(&bootstrap, args.nodes as usize, client_tls.clone(), Duration::from_secs(60)) => Startup::Ready(r),
         (i, status) = first_exit(&mut nodes) => Startup::Exited(i, status),
         s = signals.recv() => Startup::Signal(s),
     };
@@ -172,6 +194,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  (the CLI's default: flotilla commands find this cluster without --bootstrap)");
     } else {
         println!("  (not the CLI's default; in other terminals: export FLOTILLA_BOOTSTRAP={bootstrap})");
+    }
+    if args.client_tls {
+        println!("Clients connect over TLS: in other terminals, export FLOTILLA_TLS_CA={}", ca.display());
     }
     println!("Next, in another terminal:");
     println!("  flotilla topic create demo --partitions 6 --replication-factor 3");
@@ -206,7 +231,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Starts every node, pushing each onto `nodes` as it starts.
 fn start_nodes(args: &DevArgs, exe: &std::path::Path, nodes: &mut Vec<Running>) -> anyhow::Result<()> {
-    let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", args.addrs(i).0)).collect();
+    let peers: Vec<String> = (1..=args.nodes).map(|i| format!("{i}={}", args.rpc_addr(i))).collect();
+    let certs = dev_certs(args)?;
     for i in 1..=args.nodes {
         let data = args.dir.join(format!("node-{i}"));
         let log = args.dir.join(format!("node-{i}.log"));
@@ -218,13 +244,23 @@ fn start_nodes(args: &DevArgs, exe: &std::path::Path, nodes: &mut Vec<Running>) 
         let (grpc, metrics) = args.addrs(i);
         let mut cmd = Command::new(exe);
         cmd.arg("node")
-            .args(["--id", &i.to_string(), "--listen", &grpc])
+            .args(["--id", &i.to_string(), "--listen", &grpc, "--rpc-listen", &args.rpc_addr(i)])
             .arg("--data-dir")
             .arg(&data)
+            .arg("--rpc-tls-ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--rpc-tls-cert")
+            .arg(certs.join(format!("node-{i}.pem")))
+            .arg("--rpc-tls-key")
+            .arg(certs.join(format!("node-{i}.key")))
             .args(["--peers", &peers.join(",")])
             .args(["--dead-after-ms", &args.dead_after_ms.to_string(), "--metrics-listen", &metrics]);
         if let Some(zone) = args.zone(i) {
             cmd.args(["--zone", zone]);
+        }
+        if args.client_tls {
+            cmd.arg("--tls-cert").arg(certs.join(format!("node-{i}.pem")));
+            cmd.arg("--tls-key").arg(certs.join(format!("node-{i}.key")));
         }
         let parent = std::process::id();
         // SAFETY: prctl and getppid are async-signal-safe. The node gets SIGTERM when
@@ -248,6 +284,24 @@ fn start_nodes(args: &DevArgs, exe: &std::path::Path, nodes: &mut Vec<Running>) 
         nodes.push(Running { id: i, addr: grpc, metrics, log, child, exited: false });
     }
     Ok(())
+}
+
+/// The certificates of the dev cluster's node-to-node TLS, in `--dir`/certs: the
+/// authority, made with a new cluster id at the first start, and each node's
+/// certificate, made when missing. Returns the directory.
+fn dev_certs(args: &DevArgs) -> anyhow::Result<PathBuf> {
+    let dir = args.dir.join("certs");
+    if !dir.join("ca.pem").exists() {
+        let cluster = crate::certs::new_cluster_id()?;
+        crate::certs::make_ca(&dir, &cluster)?;
+    }
+    for i in 1..=args.nodes {
+        if !dir.join(format!("node-{i}.pem")).exists() {
+            // Good for 127.0.0.1 too, the host clients dial (with --client-tls).
+            crate::certs::make_node(&dir, &dir, i, &["127.0.0.1".into(), "localhost".into()])?;
+        }
+    }
+    Ok(dir)
 }
 
 /// The first node to exit, and how.
@@ -317,11 +371,17 @@ fn log_tail(log: &std::path::Path, lines: usize) -> String {
 
 /// Waits until every node has registered and is alive and the metadata group has a
 /// leader (then a topic with replication factor `nodes` can be created); the leader.
-async fn wait_ready(bootstrap: &str, nodes: usize, within: Duration) -> anyhow::Result<u64> {
+async fn wait_ready(
+    bootstrap: &str,
+    nodes: usize,
+    tls: Option<flotilla_client::ClientTls>,
+    within: Duration,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + within;
     let mut last = String::from("no answer");
+    let config = flotilla_client::ClientConfig { tls, ..flotilla_client::ClientConfig::default() };
     while Instant::now() < deadline {
-        match flotilla_client::Client::connect(bootstrap).await {
+        match flotilla_client::Client::connect_with(bootstrap, config.clone()).await {
             Ok(client) => match client.describe_cluster().await {
                 Ok(c) => {
                     let alive = c.brokers.iter().filter(|b| b.state == "alive").count();

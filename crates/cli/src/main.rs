@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods, reason = "the binary: real processes, real time")]
 
 mod bench;
+mod certs;
 mod client_cmds;
 mod dev;
 mod group_cmds;
@@ -37,6 +38,16 @@ struct Cli {
     /// id share its quota.
     #[arg(long, global = true, env = "FLOTILLA_CLIENT_ID", default_value = "")]
     client_id: String,
+    /// Connect to the nodes over TLS, checking their certificates against this
+    /// authority (PEM); for clusters whose nodes set tls-cert (docs/security.md).
+    #[arg(long, global = true, env = "FLOTILLA_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With --tls-ca: this client's certificate (PEM), for nodes that require one.
+    #[arg(long, global = true, env = "FLOTILLA_TLS_CLIENT_CERT", value_name = "FILE", requires = "tls_ca")]
+    tls_client_cert: Option<std::path::PathBuf>,
+    /// With --tls-client-cert: its private key (PEM).
+    #[arg(long, global = true, env = "FLOTILLA_TLS_CLIENT_KEY", value_name = "FILE", requires = "tls_client_cert")]
+    tls_client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +60,9 @@ enum Command {
     Node(node_cmd::NodeArgs),
     /// Run a local cluster of node processes.
     Dev(dev::DevArgs),
+    /// Make the certificates of node-to-node mutual TLS (docs/security.md).
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// Print a shell completion script: `flotilla completion bash > /etc/bash_completion.d/flotilla`,
     /// or `source <(flotilla completion bash)`.
     Completion {
@@ -75,11 +89,21 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Node(args) => node_cmd::run(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Certs(cmd) => certs::run(cmd),
             Command::Completion { .. } => unreachable!("answered before the runtime starts"),
             Command::Profile => profile::show(cli.profile.as_deref(), cli.bootstrap.as_deref()),
             Command::Client(cmd) => {
                 let bootstrap = profile::bootstrap(cli.profile.as_deref(), cli.bootstrap)?;
-                client_cmds::run(cmd, &bootstrap, &cli.client_id, cli.output).await
+                let identity = match (&cli.tls_client_cert, &cli.tls_client_key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => anyhow::bail!("--tls-client-cert and --tls-client-key go together"),
+                };
+                let tls = match &cli.tls_ca {
+                    Some(ca) => Some(flotilla_client::ClientTls::from_files(ca, identity)?),
+                    None => None,
+                };
+                client_cmds::run(cmd, &bootstrap, &cli.client_id, tls, cli.output).await
             }
         }
     });

@@ -30,19 +30,54 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
-    /// Address to listen on (host:port).
+    /// Address to listen on for clients (host:port).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
-    /// Address others reach this node at, if not --listen.
+    /// Address clients reach this node at, if not --listen.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
+    /// Address to listen on for other nodes (host:port; default: --listen's port + 100).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpc_listen: Option<String>,
+    /// Address other nodes reach this node at, if not --advertise's host with
+    /// --rpc-listen's port.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpc_advertise: Option<String>,
+    /// Node-to-node mutual TLS: the cluster's certificate authority (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpc_tls_ca: Option<PathBuf>,
+    /// Node-to-node mutual TLS: this node's certificate (PEM; `flotilla certs node`).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpc_tls_cert: Option<PathBuf>,
+    /// Node-to-node mutual TLS: this node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpc_tls_key: Option<PathBuf>,
+    /// Client TLS: the certificate the client listener presents (PEM; it must name the
+    /// host clients dial).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// Client TLS: the private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
+    /// Client TLS: require clients to present a certificate this authority signed (PEM).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_client_ca: Option<PathBuf>,
     /// Data directory.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
-    /// The initial cluster, as ID=HOST:PORT, comma-separated or repeated.
+    /// The initial cluster, as ID=HOST:PORT (each node's node-to-node address),
+    /// comma-separated or repeated.
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     peers: Vec<String>,
@@ -187,9 +222,10 @@ fn load_config_from(args: &NodeArgs, prefix: &str) -> anyhow::Result<NodeConfig>
     if config.data_dir == defaults.data_dir && config.id != defaults.id {
         config.data_dir = PathBuf::from(format!("./.flotilla/node-{}", config.id));
     }
+    config.fill_rpc_listen().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     if config.peers.is_empty() {
         // A single-node cluster of itself.
-        config.peers = vec![format!("{}={}", config.id, config.advertised())];
+        config.peers = vec![format!("{}={}", config.id, config.rpc_advertised())];
     }
     if let Err(e) = config.validate() {
         bail!("invalid configuration: {e}");
@@ -234,9 +270,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("opening storage in {}", config.data_dir.display())),
     };
     let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engine);
+    let tls = node_tls(&config)?;
+    let client_tls = client_tls(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    let rpc_addr = config.rpc_listen.clone().context("rpc-listen is set by load_config")?;
+    let rpc_listener = tokio::net::TcpListener::bind(&rpc_addr)
+        .await
+        .with_context(|| format!("listening for other nodes on {rpc_addr}"))?;
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?,
@@ -244,14 +286,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let addresses = AddressBook::new();
-    let transport = GrpcTransport::new(config.id, addresses.clone());
+    let transport = match &tls {
+        Some(tls) => GrpcTransport::with_tls(config.id, addresses.clone(), tls.clone()),
+        None => GrpcTransport::new(config.id, addresses.clone()),
+    };
     let node = Node::start(config.clone(), engine.clone(), transport, addresses, Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(flotilla_rpc::serve(node.clone(), listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = tokio::spawn(flotilla_rpc::serve(node.clone(), listener, client_tls, stopped(stop_rx.clone())));
+    let rpc_server = tokio::spawn(flotilla_rpc::serve_nodes(node.clone(), rpc_listener, tls, stopped(stop_rx)));
     let metrics = metrics_listener.map(|l| {
         let node = node.clone();
         let ready = node.clone();
@@ -301,12 +348,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     for task in joining.iter().chain(&metrics) {
         task.abort();
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     node.shutdown().await;
-    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
-        Err(_) => tracing::warn!("server did not stop within 5 s"),
-        _ => {}
+    for server in [server, rpc_server] {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Err(_) => tracing::warn!("server did not stop within 5 s"),
+            _ => {}
+        }
     }
     // Make everything durable before exiting.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -324,6 +373,55 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The node-to-node TLS material, when the configuration names it. The cluster id in the
+/// node's certificate is recorded in the data directory (`cluster-id`) at the first start
+/// with TLS; a later start with a certificate of another cluster is refused, since the
+/// directory holds that cluster's data and votes.
+fn node_tls(config: &NodeConfig) -> anyhow::Result<Option<flotilla_rpc::NodeTls>> {
+    let (Some(ca), Some(cert), Some(key)) = (&config.rpc_tls_ca, &config.rpc_tls_cert, &config.rpc_tls_key) else {
+        tracing::warn!(
+            "node-to-node traffic is not authenticated (no rpc-tls-ca, rpc-tls-cert, rpc-tls-key): any process \
+             that reaches the rpc-listen port can speak as a node; see docs/security.md"
+        );
+        return Ok(None);
+    };
+    let tls =
+        flotilla_rpc::NodeTls::load(config.id, ca, cert, key).map_err(|e| anyhow::anyhow!("node-to-node TLS: {e}"))?;
+    let file = config.data_dir.join(CLUSTER_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(recorded) if recorded.trim() == tls.cluster() => {}
+        Ok(recorded) => bail!(
+            "data directory {} belongs to cluster {}, and this node's certificate ({}) is for cluster {}: \
+             a node never joins another cluster with its data",
+            config.data_dir.display(),
+            recorded.trim(),
+            cert.display(),
+            tls.cluster()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&file, format!("{}\n", tls.cluster()))
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    tracing::info!(cluster = tls.cluster(), "node-to-node traffic is mutual TLS");
+    Ok(Some(tls))
+}
+
+/// The client listener's TLS, when the configuration names a certificate.
+fn client_tls(config: &NodeConfig) -> anyhow::Result<Option<flotilla_rpc::tls::ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("client TLS: reading {}", p.display()));
+    let ca = config.tls_client_ca.as_deref().map(read).transpose()?;
+    tracing::info!(client_certificates = ca.is_some(), "clients connect over TLS");
+    Ok(Some(flotilla_rpc::tls::client_listener(&read(cert)?, &read(key)?, ca.as_deref())))
+}
+
+/// The file in a data directory naming the cluster it belongs to.
+pub const CLUSTER_ID_FILE: &str = "cluster-id";
+
 /// The first wait between attempts to join, doubling up to [`JOIN_BACKOFF_MAX`].
 const JOIN_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(200);
 const JOIN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
@@ -340,7 +438,7 @@ async fn join(via: String, config: NodeConfig) {
         attempts += 1;
         let attempt = async {
             let client = flotilla_client::Client::connect(&via).await?;
-            client.add_node(config.id, config.advertised(), &labels).await
+            client.add_node(config.id, config.advertised(), &config.rpc_advertised(), &labels).await
         };
         match attempt.await {
             Ok(()) => {
@@ -405,6 +503,14 @@ mod tests {
             id: None,
             listen: None,
             advertise: None,
+            rpc_listen: None,
+            rpc_advertise: None,
+            rpc_tls_ca: None,
+            rpc_tls_cert: None,
+            rpc_tls_key: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             data_dir: None,
             peers: vec![],
             controllers: vec![],
@@ -443,7 +549,7 @@ mod tests {
 id = 2
 listen = "127.0.0.1:7071"
 data-dir = "/var/lib/flotilla"
-peers = ["1=127.0.0.1:7070", "2=127.0.0.1:7071", "3=127.0.0.1:7072"]
+peers = ["1=127.0.0.1:7170", "2=127.0.0.1:7171", "3=127.0.0.1:7172"]
 zone = "b"
 produce-timeout-ms = 5000
 "#,
@@ -471,7 +577,7 @@ produce-timeout-ms = 5000
         let vars = [
             ("ZONE", "env"),
             ("RETENTION_MS", "60000"),
-            ("PEERS", "1=127.0.0.1:7070, 2=127.0.0.1:7071,3=127.0.0.1:7072"),
+            ("PEERS", "1=127.0.0.1:7170, 2=127.0.0.1:7171,3=127.0.0.1:7172"),
             ("CONTROLLERS", "1,2"),
             ("AUTO_BALANCE", "false"),
             ("NOT_A_KEY", "ignored"),
@@ -561,6 +667,14 @@ produce-timeout-ms = 5000
         assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:8073"));
         assert_eq!(c.initial_metadata_voters().unwrap(), None, "a joining node waits to be added");
         assert!(parse(&["--auto-balance"]).unwrap().auto_balance);
+        // Other nodes get their own listener: the client port + 100 unless said.
+        assert_eq!(c.rpc_listen.as_deref(), Some("127.0.0.1:7173"));
+        assert_eq!(c.rpc_advertised(), "127.0.0.1:7173");
+        let c = parse(&["--listen", "0.0.0.0:7070", "--advertise", "n1:7070", "--rpc-listen", "0.0.0.0:9000"]).unwrap();
+        assert_eq!(c.rpc_advertised(), "n1:9000");
+        assert_eq!(c.peer_map().unwrap()[&1], "n1:9000", "a single node lists itself at its rpc address");
+        let e = format!("{:#}", parse(&["--rpc-tls-ca", "ca.pem"]).unwrap_err());
+        assert!(e.contains("go together"), "{e}");
         let e = format!("{:#}", parse(&["--join", "nowhere"]).unwrap_err());
         assert!(e.contains("join"), "{e}");
     }

@@ -83,8 +83,9 @@ fn assert_node_flags(args: &[String], flags: &BTreeSet<String>, what: &str) {
 /// peers forms a cluster of itself) and validates it.
 fn node_config(text: &str, what: &str) -> NodeConfig {
     let mut c: NodeConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    c.fill_rpc_listen().unwrap_or_else(|e| panic!("{what}: {e}"));
     if c.peers.is_empty() {
-        c.peers = vec![format!("{}={}", c.id, c.advertised())];
+        c.peers = vec![format!("{}={}", c.id, c.rpc_advertised())];
     }
     c.validate().unwrap_or_else(|e| panic!("{what}: invalid: {e}"));
     c
@@ -201,7 +202,12 @@ fn t20_compose_files_pass_only_what_the_node_reads() {
             let listen = flag_value(&args, "--listen").expect("--listen");
             let peers = flag_value(&args, "--peers").expect("--peers");
             assert_eq!(peers.split(',').count(), nodes, "{what}: every node is a peer");
-            assert!(peers.split(',').any(|p| p == format!("{id}={listen}")), "{what}: peers do not list {id}={listen}");
+            let (host, client_port) = listen.rsplit_once(':').unwrap();
+            let rpc = flag_value(&args, "--rpc-listen").map(str::to_string).unwrap_or_else(|| {
+                format!("{host}:{}", client_port.parse::<u16>().unwrap() + flotilla_node::config::RPC_PORT_OFFSET)
+            });
+            assert!(peers.split(',').any(|p| p == format!("{id}={rpc}")), "{what}: peers do not list {id}={rpc}");
+            assert!(ports.insert(port(&rpc).to_string()), "{what}: port {rpc} used twice");
             assert!(ports.insert(port(listen).to_string()), "{what}: port {listen} used twice");
             let metrics = flag_value(&args, "--metrics-listen").expect("--metrics-listen");
             assert!(ports.insert(port(metrics).to_string()), "{what}: port {metrics} used twice");
@@ -334,7 +340,8 @@ fn t30_kubernetes_manifests_are_whole_and_name_only_what_the_node_reads() {
     for ordinal in 0..replicas {
         assert!(config_map["data"][format!("{name}-{ordinal}.toml")].is_string(), "no file for pod {ordinal}");
     }
-    let advertised: BTreeSet<String> = founders.iter().map(|(_, c)| format!("{}={}", c.id, c.advertised())).collect();
+    let advertised: BTreeSet<String> =
+        founders.iter().map(|(_, c)| format!("{}={}", c.id, c.rpc_advertised())).collect();
     for (ordinal, c) in &founders {
         assert!(*ordinal < replicas, "pod {ordinal} forms the cluster but is not started");
         assert_eq!(c.peers.iter().cloned().collect::<BTreeSet<_>>(), advertised, "pod {ordinal}'s peers");

@@ -55,12 +55,24 @@ impl Decoder for Raw {
 
 /// One gRPC call of `path` with `body` as its message; the status code, or OK.
 async fn raw_call(addr: &str, path: &'static str, body: Bytes) -> tonic::Code {
-    let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    raw_call_tls(addr, None, path, body).await
+}
+
+/// [`raw_call`] over TLS with `tls` when given.
+async fn raw_call_tls(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    path: &'static str,
+    body: Bytes,
+) -> tonic::Code {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .expect("endpoint")
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-    {
+        .timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).expect("tls config");
+    }
+    let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => panic!("cannot connect to {addr}: {e}"),
     };
@@ -177,9 +189,22 @@ async fn t94_junk_to_every_listener_crashes_nothing_and_loses_nothing() {
     let topic = client.describe_topic("safe").await.expect("describe");
     let groups: Vec<u64> = topic.partitions.iter().map(|p| p.group_id).collect();
 
+    // What a node holds to speak to node `to`: its certificate, as node `from`.
+    let certs = cluster.certs_dir();
+    let node_tls = |from: u64| {
+        let read = |f: String| std::fs::read(certs.join(f)).expect("certificate");
+        flotilla_rpc::NodeTls::from_pem(
+            from,
+            &read("ca.pem".into()),
+            &read(format!("node-{from}.pem")),
+            &read(format!("node-{from}.key")),
+        )
+        .expect("node certificate")
+    };
     let mut m = Mutator::new(0x6a75_6e6b);
     for id in cluster.ids() {
         let addr = cluster.addr(id);
+        let rpc = cluster.rpc_addr(id);
         // The client and admin services.
         for (methods, client) in [(&CLIENT_METHODS[..], true), (&ADMIN_METHODS[..], false)] {
             let bodies = request_bodies(&mut m, client);
@@ -195,9 +220,15 @@ async fn t94_junk_to_every_listener_crashes_nothing_and_loses_nothing() {
         let code = raw_call(&addr, CLIENT_METHODS[0], big).await;
         assert_eq!(code, tonic::Code::OutOfRange, "an oversized produce");
 
-        // The node-to-node service: garbled messages (for groups the node does not host,
-        // so a mutation that happens to decode is refused there too), random payloads
-        // for the groups it does host, and the message that once aborted a node.
+        // The client port does not serve the node-to-node service.
+        let req = raftpb::RaftRequest { group_id: groups[0], from_node: 1, payload: vec![7].into(), to_node: id };
+        let code = raw_call(&addr, "/flotilla.raft.v1.Raft/Call", req.encode_to_vec().into()).await;
+        assert_eq!(code, tonic::Code::Unimplemented, "the client port of node {id} served a Raft message");
+
+        // The node-to-node service, as a peer holding a node certificate (a node gone
+        // bad): garbled messages (for groups the node does not host, so a mutation that
+        // happens to decode is refused there too), random payloads for the groups it does
+        // host, and the message that once aborted a node.
         let samples = flotilla_raft::wire::sample_messages();
         for i in 0..200 {
             let (group_id, payload) = if i % 4 == 0 {
@@ -205,16 +236,19 @@ async fn t94_junk_to_every_listener_crashes_nothing_and_loses_nothing() {
             } else {
                 (1 << 40, m.input(&samples))
             };
-            let req = raftpb::RaftRequest { group_id, from_node: 1 + (i as u64 % 3), payload: payload.into() };
-            let code = raw_call(&addr, "/flotilla.raft.v1.Raft/Call", req.encode_to_vec().into()).await;
+            let from = 1 + (i as u64 % 3);
+            let req = raftpb::RaftRequest { group_id, from_node: from, payload: payload.into(), to_node: id };
+            let tls = node_tls(from).client(id);
+            let code = raw_call_tls(&rpc, Some(tls), "/flotilla.raft.v1.Raft/Call", req.encode_to_vec().into()).await;
             assert_ne!(code, tonic::Code::Unavailable, "raft call on node {id}: the node went away");
         }
         let mut exabyte = Vec::from([5u8, 1, 0]); // Write(Partition(Produce { batch: …
         exabyte.push(253);
         exabyte.extend_from_slice(&(1u64 << 60).to_le_bytes());
         for group_id in [0, groups[0], 1 << 40] {
-            let req = raftpb::RaftRequest { group_id, from_node: 2, payload: exabyte.clone().into() };
-            raw_call(&addr, "/flotilla.raft.v1.Raft/Call", req.encode_to_vec().into()).await;
+            let req = raftpb::RaftRequest { group_id, from_node: 2, payload: exabyte.clone().into(), to_node: 0 };
+            let tls = node_tls(2).client(id);
+            raw_call_tls(&rpc, Some(tls), "/flotilla.raft.v1.Raft/Call", req.encode_to_vec().into()).await;
         }
 
         // The raw socket: random bytes, the HTTP/2 preface then garbage, a frame header
@@ -226,10 +260,12 @@ async fn t94_junk_to_every_listener_crashes_nothing_and_loses_nothing() {
         raw.push(vec![0x16, 0x03, 0x01, 0x02, 0x00]); // a TLS hello to a plaintext port
         raw.push(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
         for bytes in raw {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
-                let _ = s.write_all(&bytes).await;
-                let mut sink = [0u8; 1024];
-                let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut sink)).await;
+            for to in [&addr, &rpc] {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(to).await {
+                    let _ = s.write_all(&bytes).await;
+                    let mut sink = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut sink)).await;
+                }
             }
         }
     }

@@ -51,7 +51,7 @@ fn t97_a_corrupt_wal_stops_the_node_from_starting() {
     let addr = format!("127.0.0.1:{port}");
     let stderr_path = dir.path().join("stderr");
     let mut node = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["node", "--id", "1", "--listen", &addr, "--peers", &format!("1={addr}")])
+        .args(["node", "--id", "1", "--listen", &addr])
         .arg("--data-dir")
         .arg(&data_dir)
         .stdin(Stdio::null())

@@ -169,10 +169,16 @@ pub(crate) fn merge_moves(answers: Vec<(NodeId, Vec<MoveInfo>)>, metadata_leader
 }
 
 impl Client {
-    /// Registers a node that joins the cluster (what `flotilla node --join` does).
-    /// Idempotent: registering again updates its address and labels.
-    pub async fn add_node(&self, id: NodeId, addr: &str, labels: &Labels) -> Result<()> {
-        let wire = v1::AddNodeRequest { id, addr: addr.to_string(), labels: Some(labels.into()) };
+    /// Registers a node that joins the cluster (what `flotilla node --join` does),
+    /// reached by clients at `addr` and by other nodes at `rpc_addr` (empty: `addr`).
+    /// Idempotent: registering again updates its addresses and labels.
+    pub async fn add_node(&self, id: NodeId, addr: &str, rpc_addr: &str, labels: &Labels) -> Result<()> {
+        let wire = v1::AddNodeRequest {
+            id,
+            addr: addr.to_string(),
+            rpc_addr: rpc_addr.to_string(),
+            labels: Some(labels.into()),
+        };
         request::AddNode::try_from(wire.clone()).map_err(refused)?;
         self.admin_write(true, move |ch, addr| {
             let wire = wire.clone();

@@ -42,6 +42,54 @@ pub struct ClientConfig {
     /// produce and fetch: clients with the same id share a quota. At most 255 bytes.
     /// Default: empty (the principal every client without an id shares).
     pub client_id: String,
+    /// TLS to the brokers' client listeners (docs/security.md). Default: none
+    /// (plaintext).
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS to the brokers: the authority that signed their certificates, and this client's
+/// own certificate when the brokers ask for one.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// PEM of the certificate authority a broker's certificate must chain to; a broker
+    /// is checked against the host of the address it is dialled at.
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate and key (PEM), for brokers that require clients to
+    /// present one (`tls-client-ca`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Reads the authority's certificate, and this client's certificate and key when
+    /// given, from PEM files.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<ClientTls> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display())))
+        };
+        let identity = match identity {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        Ok(ClientTls { ca_pem: read(ca)?, identity })
+    }
+
+    pub(crate) fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => config.identity(tonic::transport::Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("client_certificate", &self.identity.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientConfig {
@@ -58,6 +106,7 @@ impl Default for ClientConfig {
             dialer: None,
             zone: None,
             client_id: String::new(),
+            tls: None,
         }
     }
 }
@@ -75,6 +124,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("dialer", &self.dialer.as_ref().map(|_| "custom"))
             .field("zone", &self.zone)
             .field("client_id", &self.client_id)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }

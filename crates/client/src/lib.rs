@@ -81,7 +81,7 @@ pub use admin::{
     ActionKind, CatchUpInfo, ControllersInfo, Labels, MoveInfo, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
 };
 pub use client::{Client, ReplicaRead};
-pub use config::{ClientConfig, ConsumerConfig, ProducerConfig};
+pub use config::{ClientConfig, ClientTls, ConsumerConfig, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
 pub use flotilla_types::Assignor;

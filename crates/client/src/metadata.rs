@@ -46,6 +46,9 @@ pub(crate) fn broker_from_wire(b: &v1::Broker) -> Result<BrokerInfo, String> {
             return Err(format!("broker {} has a {what} label of {} bytes", b.id, v.len()));
         }
     }
+    if b.rpc_addr.len() > 2 * limits::LABEL_BYTES_MAX {
+        return Err(format!("broker {} has a node-to-node address of {} bytes", b.id, b.rpc_addr.len()));
+    }
     Ok(BrokerInfo {
         id: b.id,
         addr,
@@ -56,6 +59,7 @@ pub(crate) fn broker_from_wire(b: &v1::Broker) -> Result<BrokerInfo, String> {
         role: b.role.clone(),
         replicas: b.replicas,
         preferred_leaders: b.preferred_leaders,
+        rpc_addr: b.rpc_addr.clone(),
     })
 }
 

@@ -310,8 +310,16 @@ impl ClientInner {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClientError::refused(ErrorCode::InvalidRequest, format!("bad broker address {addr:?}: {e}")))?
+        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+            ClientError::refused(ErrorCode::InvalidRequest, format!("bad broker address {addr:?}: {e}"))
+        })?;
+        if let Some(tls) = &self.config.tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic())
+                .map_err(|e| ClientError::refused(ErrorCode::InvalidRequest, format!("TLS to broker {addr:?}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -7,13 +7,12 @@ use tonic::transport::Channel;
 
 use crate::error::{ClientError, Result};
 
-/// `host:port` from `host:port`, `http://host:port` or `http://host:port/`.
+/// `host:port` from `host:port`, `http://host:port`, `https://host:port` or the same with
+/// a final `/`. Whether the client uses TLS is its configuration's (`ClientConfig::tls`),
+/// not the address's.
 pub(crate) fn normalize_addr(addr: &str) -> std::result::Result<String, String> {
     let a = addr.trim();
-    if a.starts_with("https://") {
-        return Err(format!("{a:?}: TLS is not supported; use host:port or http://host:port"));
-    }
-    let a = a.strip_prefix("http://").unwrap_or(a).trim_end_matches('/');
+    let a = a.strip_prefix("https://").or_else(|| a.strip_prefix("http://")).unwrap_or(a).trim_end_matches('/');
     let uri: tonic::transport::Uri =
         format!("http://{a}").parse().map_err(|e| format!("{addr:?} is not a host:port address: {e}"))?;
     match (uri.host(), uri.port_u16(), uri.path()) {
@@ -83,7 +82,7 @@ mod tests {
         assert_eq!(normalize_addr(" http://localhost:7070/ ").unwrap(), "localhost:7070");
         assert_eq!(normalize_addr("[::1]:7070").unwrap(), "[::1]:7070");
         assert!(normalize_addr("localhost").unwrap_err().contains("no port"));
-        assert!(normalize_addr("https://h:1").unwrap_err().contains("TLS"));
+        assert_eq!(normalize_addr("https://h:1/").unwrap(), "h:1", "TLS is the configuration's, not the address's");
         assert!(normalize_addr("h:1/path").is_err());
         assert!(normalize_addr("").is_err());
     }

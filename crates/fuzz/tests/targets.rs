@@ -290,6 +290,7 @@ fn t92_fuzz_client_and_admin_requests() {
                 id: 4,
                 addr: "127.0.0.1:7073".into(),
                 labels: Some(v1::Labels { region: "eu".into(), zone: "a".into(), rack: "r1".into() }),
+                rpc_addr: "127.0.0.1:7173".into(),
             }),
             checked::<v1::AddNodeRequest, request::AddNode>,
         ),
@@ -392,6 +393,7 @@ fn t92_fuzz_node_to_node_messages_and_replies() {
         group_id: 3,
         from_node: 2,
         payload: wire::sample_messages().swap_remove(0).into(),
+        to_node: 1,
     };
     run("raft_envelope", &[enc(&envelope)], ALLOCATION_MAX, |b| {
         flotilla_proto::raft::v1::RaftRequest::decode(b).is_ok_and(|r| wire::message(&r.payload).is_ok())

@@ -48,8 +48,12 @@ pub enum AdminState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Broker {
     pub id: NodeId,
-    /// host:port of its gRPC endpoint.
+    /// host:port of its client API (produce, fetch, admin).
     pub addr: String,
+    /// host:port of its node-to-node listener (Raft messages, forwarded writes); empty
+    /// when it is the same as `addr` (a node that serves both on one listener, as the
+    /// simulator's do).
+    pub rpc_addr: String,
     pub labels: Labels,
     pub liveness: Liveness,
     pub admin: AdminState,
@@ -58,7 +62,26 @@ pub struct Broker {
 impl Broker {
     /// A newly registering broker: alive and active.
     pub fn new(id: NodeId, addr: impl Into<String>, labels: Labels) -> Broker {
-        Broker { id, addr: addr.into(), labels, liveness: Liveness::Alive, admin: AdminState::Active }
+        Broker {
+            id,
+            addr: addr.into(),
+            rpc_addr: String::new(),
+            labels,
+            liveness: Liveness::Alive,
+            admin: AdminState::Active,
+        }
+    }
+
+    /// The same broker, reached by other nodes at `rpc_addr` (empty: at `addr`).
+    pub fn with_rpc_addr(mut self, rpc_addr: impl Into<String>) -> Broker {
+        let rpc_addr = rpc_addr.into();
+        self.rpc_addr = if rpc_addr == self.addr { String::new() } else { rpc_addr };
+        self
+    }
+
+    /// Where other nodes send it Raft messages.
+    pub fn rpc_address(&self) -> &str {
+        if self.rpc_addr.is_empty() { &self.addr } else { &self.rpc_addr }
     }
 
     /// The one word `flotilla cluster describe` shows: removed, draining, dead, suspected
@@ -488,6 +511,27 @@ impl MetadataState {
         if let Err(e) = check_broker(b) {
             return Response::error(ErrorCode::InvalidRequest, e);
         }
+        // Two live nodes at one address would each receive the other's messages. A node
+        // that is gone (suspected, dead, removed) may be replaced at its address by a new
+        // one, as docs/operating.md does with a node whose storage is corrupt.
+        let clash = self.brokers.values().find(|o| {
+            o.id != b.id
+                && o.admin != AdminState::Removed
+                && o.liveness == Liveness::Alive
+                && [o.addr.as_str(), o.rpc_address()].iter().any(|a| *a == b.addr || *a == b.rpc_address())
+        });
+        if let Some(other) = clash {
+            return Response::error(
+                ErrorCode::PolicyViolation,
+                format!(
+                    "node {} cannot register at {} (node-to-node {}): node {} is registered there",
+                    b.id,
+                    b.addr,
+                    b.rpc_address(),
+                    other.id
+                ),
+            );
+        }
         match self.brokers.get_mut(&b.id) {
             Some(old) if old.admin == AdminState::Removed => Response::error(
                 ErrorCode::PolicyViolation,
@@ -495,11 +539,13 @@ impl MetadataState {
             ),
             Some(old) => {
                 old.addr = b.addr.clone();
+                old.rpc_addr = b.rpc_addr.clone();
                 old.labels = b.labels.clone();
                 Response::Ok
             }
             None => {
-                self.brokers.insert(b.id, Broker::new(b.id, b.addr.clone(), b.labels.clone()));
+                let new = Broker::new(b.id, b.addr.clone(), b.labels.clone()).with_rpc_addr(b.rpc_address());
+                self.brokers.insert(b.id, new);
                 Response::Ok
             }
         }
@@ -756,6 +802,9 @@ fn check_broker(b: &Broker) -> Result<(), String> {
     if b.addr.is_empty() || b.addr.len() > limits::LABEL_BYTES_MAX * 2 {
         return Err(format!("broker address '{}' is empty or too long", b.addr));
     }
+    if b.rpc_addr.len() > limits::LABEL_BYTES_MAX * 2 {
+        return Err(format!("broker rpc address '{}' is too long", b.rpc_addr));
+    }
     b.labels.check()
 }
 
@@ -777,6 +826,32 @@ mod tests {
         s.apply(2, &broker(2, "b"));
         s.apply(3, &broker(3, "c"));
         s
+    }
+
+    /// A live node's client or node-to-node address cannot be registered by another
+    /// node; a gone node's can (its replacement at the same address), and a node keeps
+    /// its own addresses, both of them, when it registers again.
+    #[test]
+    fn a_live_node_keeps_its_addresses() {
+        let mut s = three_brokers();
+        let at = |addr: &str, rpc: &str| Broker::new(4, addr, Labels::default()).with_rpc_addr(rpc);
+        let clashes = [("127.0.0.1:7071", "127.0.0.1:9"), ("127.0.0.1:9", "127.0.0.1:7072"), ("x:1", "127.0.0.1:7073")];
+        for (i, (addr, rpc)) in clashes.into_iter().enumerate() {
+            let r = s.apply(4 + i as u64, &Command::RegisterBroker(at(addr, rpc)));
+            assert!(matches!(&r, Response::Error { code: ErrorCode::PolicyViolation, .. }), "{addr} {rpc}: {r:?}");
+        }
+        s.apply(7, &Command::SetLiveness { node: 3, liveness: Liveness::Dead });
+        assert_eq!(s.apply(8, &Command::RegisterBroker(at("127.0.0.1:7073", "127.0.0.1:7173"))), Response::Ok);
+        assert_eq!(s.brokers()[&4].rpc_address(), "127.0.0.1:7173");
+        let again = Broker::new(1, "127.0.0.1:7071", Labels::default()).with_rpc_addr("127.0.0.1:7171");
+        assert_eq!(s.apply(9, &Command::RegisterBroker(again)), Response::Ok);
+        assert_eq!(
+            (s.brokers()[&1].addr.as_str(), s.brokers()[&1].rpc_address()),
+            ("127.0.0.1:7071", "127.0.0.1:7171")
+        );
+        // One listener for both: stored as one address.
+        let one = Broker::new(2, "127.0.0.1:7072", Labels::default()).with_rpc_addr("127.0.0.1:7072");
+        assert_eq!(one.rpc_addr, "");
     }
 
     #[test]

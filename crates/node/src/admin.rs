@@ -43,10 +43,12 @@ impl<T: RaftTransport> Node<T> {
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownNode, format!("node {id} is not registered")))
     }
 
-    /// Registers a node that is joining (`flotilla node --join`); the controller then adds
+    /// Registers a node that is joining (`flotilla node --join`), reached by clients at
+    /// `addr` and by other nodes at `rpc_addr` (empty: `addr`); the controller then adds
     /// it to the metadata group and gives it replicas.
-    pub async fn add_node(&self, id: NodeId, addr: &str, labels: Labels) -> Result<(), ApiError> {
-        self.metadata_write(MetaCommand::RegisterBroker(Broker::new(id, addr, labels))).await.map(|_| ())
+    pub async fn add_node(&self, id: NodeId, addr: &str, rpc_addr: &str, labels: Labels) -> Result<(), ApiError> {
+        let broker = Broker::new(id, addr, labels).with_rpc_addr(if rpc_addr.is_empty() { addr } else { rpc_addr });
+        self.metadata_write(MetaCommand::RegisterBroker(broker)).await.map(|_| ())
     }
 
     /// Moves every replica off the node (and stops giving it new ones).
@@ -263,7 +265,7 @@ impl<T: RaftTransport> Node<T> {
     }
 
     pub(crate) fn not_metadata_leader(&self, leader: Option<NodeId>) -> ApiError {
-        let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
+        let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.client_addr(l).map(|a| (l, a)));
         let message = match &leader {
             Some((id, addr)) => {
                 format!("node {} does not lead the metadata group; node {id} at {addr} does", self.id())

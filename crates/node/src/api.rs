@@ -83,7 +83,7 @@ impl<T: RaftTransport> Node<T> {
     /// leader yet).
     fn leader_error(&self, group: GroupId, leader: Option<NodeId>, code: ErrorCode, what: &str) -> ApiError {
         let leader = leader.or_else(|| self.reported_live_leader(group));
-        let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.addresses().get(l).map(|a| (l, a)));
+        let leader = leader.filter(|l| *l != self.id()).and_then(|l| self.client_addr(l).map(|a| (l, a)));
         let message = match &leader {
             Some((id, addr)) => {
                 format!("node {} does not lead {what} (group {group}); node {id} at {addr} does", self.id())
@@ -538,6 +538,7 @@ impl<T: RaftTransport> Node<T> {
                         role: role.to_string(),
                         replicas: l.replicas,
                         preferred_leaders: l.leaders,
+                        rpc_addr: b.rpc_address().to_string(),
                     }
                 })
                 .collect()

@@ -14,19 +14,49 @@ use crate::quota::QuotaLimits;
 /// How many of the first peers vote in the metadata group by default.
 pub const DEFAULT_CONTROLLERS: usize = 3;
 
+/// `flotilla node` listens for other nodes on its client port plus this, unless
+/// `rpc-listen` says otherwise.
+pub const RPC_PORT_OFFSET: u16 = 100;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeConfig {
     /// This node's id, 1 or more, unique in the cluster.
     pub id: NodeId,
-    /// Address to listen on for clients and peers (host:port).
+    /// Address to listen on for clients: the client and admin APIs (host:port).
     pub listen: String,
-    /// Address other nodes and clients use to reach this one; defaults to `listen`.
+    /// Address clients use to reach this one; defaults to `listen`.
     pub advertise: Option<String>,
+    /// Address to listen on for other nodes: Raft messages and forwarded writes, never
+    /// client requests. `flotilla node` defaults it to `listen`'s host and port + 100
+    /// (`RPC_PORT_OFFSET`); unset in a library user (the simulator), the node-to-node
+    /// service shares `listen`.
+    pub rpc_listen: Option<String>,
+    /// Address other nodes use to reach this one; defaults to `rpc-listen`.
+    pub rpc_advertise: Option<String>,
+    /// Mutual TLS between nodes (docs/security.md): the certificate authority that signs
+    /// every node's certificate (PEM). With it, the node-to-node listener takes only
+    /// connections that present a certificate it signed, and a message is refused unless
+    /// its sender's id is the one in that certificate.
+    pub rpc_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), naming it `node-ID.CLUSTER.flotilla`
+    /// (`flotilla certs node`).
+    pub rpc_tls_cert: Option<PathBuf>,
+    /// The private key of `rpc-tls-cert` (PEM).
+    pub rpc_tls_key: Option<PathBuf>,
+    /// TLS on the client listener (docs/security.md): the certificate clients check
+    /// (PEM; it must name the host clients dial, `advertise`'s). Unset: plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls-cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// With `tls-cert`: require every client to present a certificate signed by this
+    /// authority (PEM). Unset: clients need none.
+    pub tls_client_ca: Option<PathBuf>,
     /// Where this node keeps its data.
     pub data_dir: PathBuf,
-    /// Every node of the initial cluster, this one included, as `ID=HOST:PORT` (a list,
-    /// or one comma-separated string as in `FLOTILLA_PEERS`).
+    /// Every node of the initial cluster, this one included, as `ID=HOST:PORT` where
+    /// HOST:PORT is the node's node-to-node address (`rpc-advertise`; a list, or one
+    /// comma-separated string as in `FLOTILLA_PEERS`).
     #[serde(deserialize_with = "list_or_commas")]
     pub peers: Vec<String>,
     /// The metadata group's voters; defaults to the first three peers by id.
@@ -141,6 +171,14 @@ impl Default for NodeConfig {
             id: 1,
             listen: "127.0.0.1:7070".into(),
             advertise: None,
+            rpc_listen: None,
+            rpc_advertise: None,
+            rpc_tls_ca: None,
+            rpc_tls_cert: None,
+            rpc_tls_key: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             data_dir: PathBuf::from("./.flotilla/node-1"),
             peers: Vec::new(),
             controllers: Vec::new(),
@@ -175,8 +213,52 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// Where clients reach this node.
     pub fn advertised(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Where other nodes reach this node: `rpc-advertise`; else, with `rpc-listen`, the
+    /// host of `advertise` (or of `rpc-listen` when `advertise` is not set) and the port
+    /// of `rpc-listen`; else the client address (one shared listener).
+    pub fn rpc_advertised(&self) -> String {
+        if let Some(a) = &self.rpc_advertise {
+            return a.clone();
+        }
+        match (&self.rpc_listen, &self.advertise) {
+            (Some(rpc), Some(adv)) => match (adv.rsplit_once(':'), rpc.rsplit_once(':')) {
+                (Some((host, _)), Some((_, port))) => format!("{host}:{port}"),
+                _ => rpc.clone(),
+            },
+            (Some(rpc), None) => rpc.clone(),
+            (None, _) => self.advertised().to_string(),
+        }
+    }
+
+    /// The node-to-node listener `flotilla node` uses when `rpc-listen` is not set:
+    /// `listen`'s host, its port + `RPC_PORT_OFFSET`.
+    pub fn default_rpc_listen(&self) -> Result<String, String> {
+        let (host, port) =
+            self.listen.rsplit_once(':').ok_or_else(|| format!("listen: '{}' is not HOST:PORT", self.listen))?;
+        let port: u16 = port.parse().map_err(|_| format!("listen: '{}' has no port number", self.listen))?;
+        let rpc = port.checked_add(RPC_PORT_OFFSET).filter(|_| port != 0).ok_or_else(|| {
+            format!("listen: port {port} leaves no default for rpc-listen (port + {RPC_PORT_OFFSET}); set rpc-listen")
+        })?;
+        Ok(format!("{host}:{rpc}"))
+    }
+
+    /// Sets `rpc-listen` to its default (`default_rpc_listen`) when it is not set, as
+    /// `flotilla node` does: a node process always has its own node-to-node listener.
+    pub fn fill_rpc_listen(&mut self) -> Result<(), String> {
+        if self.rpc_listen.is_none() {
+            self.rpc_listen = Some(self.default_rpc_listen()?);
+        }
+        Ok(())
+    }
+
+    /// Whether node-to-node traffic is mutual TLS (all three files given).
+    pub fn rpc_tls(&self) -> bool {
+        self.rpc_tls_ca.is_some()
     }
 
     /// What a partition remembers of idempotent producers, as this node proposes it.
@@ -226,7 +308,7 @@ impl NodeConfig {
                 return Err(format!("peer id {id} is listed twice"));
             }
         }
-        out.entry(self.id).or_insert_with(|| self.advertised().to_string());
+        out.entry(self.id).or_insert_with(|| self.rpc_advertised());
         Ok(out)
     }
 
@@ -262,14 +344,32 @@ impl NodeConfig {
         if !self.listen.contains(':') {
             return Err(format!("listen: '{}' is not HOST:PORT", self.listen));
         }
+        if let Some(rpc) = &self.rpc_listen {
+            if !rpc.contains(':') {
+                return Err(format!("rpc-listen: '{rpc}' is not HOST:PORT"));
+            }
+            if *rpc == self.listen {
+                return Err(format!("rpc-listen: '{rpc}' is the client listener too; give other nodes their own"));
+            }
+        }
+        let tls = [&self.rpc_tls_ca, &self.rpc_tls_cert, &self.rpc_tls_key];
+        if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
+            return Err("rpc-tls-ca, rpc-tls-cert and rpc-tls-key go together: set all three or none".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("tls-cert and tls-key go together: set both or neither".into());
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("tls-client-ca needs tls-cert and tls-key: clients present certificates only over TLS".into());
+        }
         let peers = self.peer_map()?;
         if let Some(a) = peers.get(&self.id)
-            && a != self.advertised()
+            && *a != self.rpc_advertised()
         {
             return Err(format!(
-                "peers: this node ({}) is listed at {a} but advertises {}",
+                "peers: this node ({}) is listed at {a} but other nodes reach it at {} (rpc-advertise)",
                 self.id,
-                self.advertised()
+                self.rpc_advertised()
             ));
         }
         if self.join.is_none() {
@@ -364,6 +464,30 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("not a node id"));
         let mut c = three();
         c.listen = "127.0.0.1:9999".into();
-        assert!(c.validate().unwrap_err().contains("advertises"));
+        assert!(c.validate().unwrap_err().contains("rpc-advertise"));
+    }
+
+    /// Peers name node-to-node addresses: with its own listener, a node is listed at
+    /// `rpc-listen`, and `flotilla node`'s default for it is the client port + 100.
+    #[test]
+    fn peers_are_node_to_node_addresses() {
+        let mut c = three();
+        c.rpc_listen = Some("127.0.0.1:7171".into());
+        assert!(c.validate().unwrap_err().contains("7171"), "listed at 7071, reached at 7171");
+        c.peers[1] = "2=127.0.0.1:7171".into();
+        c.validate().unwrap();
+        assert_eq!(c.advertised(), "127.0.0.1:7071");
+        assert_eq!(c.rpc_advertised(), "127.0.0.1:7171");
+        c.advertise = Some("node2.example:7071".into());
+        assert_eq!(c.rpc_advertised(), "node2.example:7171", "advertise's host, rpc-listen's port");
+        c.rpc_advertise = Some("10.0.0.2:7171".into());
+        assert_eq!(c.rpc_advertised(), "10.0.0.2:7171");
+        assert_eq!(three().default_rpc_listen().unwrap(), "127.0.0.1:7171");
+        let no_room = NodeConfig { listen: "127.0.0.1:65500".into(), ..three() };
+        assert!(no_room.default_rpc_listen().unwrap_err().contains("set rpc-listen"));
+        let same = NodeConfig { rpc_listen: Some("127.0.0.1:7071".into()), ..three() };
+        assert!(same.validate().unwrap_err().contains("own"));
+        let half = NodeConfig { rpc_tls_ca: Some("ca.pem".into()), ..three() };
+        assert!(half.validate().unwrap_err().contains("go together"));
     }
 }

@@ -161,8 +161,15 @@ impl<T: RaftTransport> Node<T> {
         &self.inner.groups
     }
 
+    /// Node-to-node addresses, by node id (the transport's).
     pub fn addresses(&self) -> &AddressBook {
         &self.inner.addresses
+    }
+
+    /// Where clients reach node `id`, as the metadata group has it registered (what a
+    /// `NOT_LEADER` answer names; the address book holds node-to-node addresses).
+    pub fn client_addr(&self, id: NodeId) -> Option<String> {
+        self.with_metadata(|m| m.brokers().get(&id).map(|b| b.addr.clone()))
     }
 
     pub(crate) fn metadata_group(&self) -> MetadataGroup {

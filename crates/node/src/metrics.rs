@@ -62,6 +62,7 @@ pub struct Registry {
     elections_woken: Counter,
     quota_throttled: Family<QuotaLabels, Counter>,
     quota_held: Family<QuotaLabels, FloatCounter>,
+    node_refused: Family<QuotaLabels, Counter>,
     /// The data directory's filesystem: total and free bytes (`set_disk_space`).
     disk_total: AtomicU64,
     disk_free: AtomicU64,
@@ -116,8 +117,19 @@ impl Default for Registry {
             "Time answers were held back for quotas, by the kind of request",
             quota_held.clone(),
         );
+        let node_refused = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "flotilla_node_messages_refused",
+            "Node-to-node messages refused before reaching a Raft group, by reason (sender: the sender's certificate is not the node it claims to be; recipient: meant for another node)",
+            node_refused.clone(),
+        );
+        // Present from the first scrape, so that an alert can watch the rate.
+        for reason in ["sender", "recipient"] {
+            let _ = node_refused.get_or_create(&[("reason", reason)]);
+        }
         Registry {
             registry,
+            node_refused,
             latency,
             fetch_wait,
             records_in,
@@ -173,6 +185,12 @@ impl Registry {
         let labels = [("kind", kind.name())];
         self.quota_throttled.get_or_create(&labels).inc();
         self.quota_held.get_or_create(&labels).inc_by(held.as_secs_f64());
+    }
+
+    /// A node-to-node message refused before reaching a group: `sender` (its certificate
+    /// is not the node it claims to be) or `recipient` (meant for another node).
+    pub fn node_message_refused(&self, reason: &'static str) {
+        self.node_refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// The data directory's filesystem, as whoever watches it last read it.

@@ -32,12 +32,14 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// whose metadata replica does not know the leader yet (it is not a voter and has not
 /// been added as a learner) asks the configured peers, which name the leader.
 pub(crate) async fn register_loop<T: RaftTransport>(node: Node<T>) {
-    let me = Broker::new(node.id(), node.config().advertised(), node.config().labels());
+    let me = Broker::new(node.id(), node.config().advertised(), node.config().labels())
+        .with_rpc_addr(node.config().rpc_advertised());
     let peers: Vec<NodeId> = node.config().peer_map().map(|p| p.into_keys().collect()).unwrap_or_default();
     let mut attempt = 0usize;
     loop {
-        let known = node.with_metadata(|m| m.brokers().get(&me.id).map(|b| (b.addr.clone(), b.labels.clone())));
-        if known == Some((me.addr.clone(), me.labels.clone())) {
+        let known = node
+            .with_metadata(|m| m.brokers().get(&me.id).map(|b| (b.addr.clone(), b.rpc_addr.clone(), b.labels.clone())));
+        if known == Some((me.addr.clone(), me.rpc_addr.clone(), me.labels.clone())) {
             tracing::info!(node = me.id, "registered with the metadata group");
             return;
         }
@@ -164,8 +166,8 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMa
     let me = node.id();
     let (desired, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
     for (id, b) in brokers {
-        if id != me && node.addresses().get(id).as_deref() != Some(b.addr.as_str()) {
-            node.addresses().set(id, b.addr);
+        if id != me && node.addresses().get(id).as_deref() != Some(b.rpc_address()) {
+            node.addresses().set(id, b.rpc_address().to_string());
         }
     }
     let running: BTreeSet<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();

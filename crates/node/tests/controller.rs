@@ -126,7 +126,7 @@ async fn t30_listed_and_joining_nodes_become_learners_and_get_replicas() {
     c6.join = Some("127.0.0.1:17002".into());
     nodes.push(start_node(&net, c6, &engines[5]).await);
     let labels = Labels { region: "local".into(), zone: "c".into(), rack: String::new() };
-    nodes[1].add_node(6, "127.0.0.1:17006", labels).await.unwrap();
+    nodes[1].add_node(6, "127.0.0.1:17006", "", labels).await.unwrap();
     eventually("node 6 has the metadata log", async || {
         (nodes[5].with_metadata(|m| m.brokers().len()) == 6 && nodes[0].controllers().learners.contains(&6))
             .then_some(())

@@ -514,8 +514,10 @@ impl From<&Labels> for v1::Labels {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddNode {
     pub id: NodeId,
-    /// `host:port`.
+    /// Where clients reach it, `host:port`.
     pub addr: String,
+    /// Where other nodes reach it, `host:port` (empty: `addr`).
+    pub rpc_addr: String,
     pub labels: Labels,
 }
 
@@ -525,6 +527,11 @@ impl TryFrom<v1::AddNodeRequest> for AddNode {
         Ok(AddNode {
             id: node_id("the node id", r.id)?,
             addr: host_port("the node address", r.addr)?,
+            rpc_addr: if r.rpc_addr.is_empty() {
+                String::new()
+            } else {
+                host_port("the node's node-to-node address", r.rpc_addr)?
+            },
             labels: labels(r.labels)?,
         })
     }
@@ -1181,19 +1188,36 @@ mod tests {
     #[test]
     fn node_requests_are_checked() {
         let labels = Some(v1::Labels { region: "eu".into(), zone: "eu-1a".into(), rack: String::new() });
-        let a = AddNode::try_from(v1::AddNodeRequest { id: 4, addr: "10.0.0.4:7070".into(), labels }).unwrap();
+        let a = AddNode::try_from(v1::AddNodeRequest {
+            id: 4,
+            addr: "10.0.0.4:7070".into(),
+            labels,
+            rpc_addr: "10.0.0.4:7170".into(),
+        })
+        .unwrap();
         assert_eq!(
-            (a.id, a.addr.as_str(), a.labels.zone.as_str(), a.labels.rack.as_str()),
-            (4, "10.0.0.4:7070", "eu-1a", "")
+            (a.id, a.addr.as_str(), a.rpc_addr.as_str(), a.labels.zone.as_str(), a.labels.rack.as_str()),
+            (4, "10.0.0.4:7070", "10.0.0.4:7170", "eu-1a", "")
         );
-        let add = |id, addr: &str| AddNode::try_from(v1::AddNodeRequest { id, addr: addr.into(), labels: None });
+        let add =
+            |id, addr: &str| AddNode::try_from(v1::AddNodeRequest { id, addr: addr.into(), ..Default::default() });
+        // A node-to-node address is optional (the client address then), and checked.
+        assert_eq!(add(5, "h:1").unwrap().rpc_addr, "");
+        let bad_rpc = v1::AddNodeRequest { id: 5, addr: "h:1".into(), rpc_addr: "h".into(), ..Default::default() };
+        assert!(message(AddNode::try_from(bad_rpc).unwrap_err()).contains("node-to-node"));
         assert!(add(5, "[::1]:7070").is_ok());
         assert!(message(add(0, "h:1").unwrap_err()).contains("start at 1"));
         for addr in ["", "h", "h:", ":7070", "h:port", "h:70000", "a b:1"] {
             assert!(message(add(5, addr).unwrap_err()).contains("HOST:PORT"), "{addr:?}");
         }
         let long = v1::Labels { zone: "z".repeat(limits::LABEL_BYTES_MAX + 1), ..Default::default() };
-        let e = AddNode::try_from(v1::AddNodeRequest { id: 5, addr: "h:1".into(), labels: Some(long) }).unwrap_err();
+        let e = AddNode::try_from(v1::AddNodeRequest {
+            id: 5,
+            addr: "h:1".into(),
+            labels: Some(long),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(message(e).contains("zone"));
 
         assert_eq!(

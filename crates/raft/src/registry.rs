@@ -306,7 +306,13 @@ impl<T: RaftTransport> Groups<T> {
             Ok(RaftRpc::Ping) => RaftReply::Noted,
             Ok(rpc) => match self.get(group) {
                 None => RaftReply::Refused(format!("group {group} is not hosted on node {}", self.node)),
-                Some(g) => dispatch(&g, rpc).await,
+                Some(g) => match check_sender(from, &rpc, &g) {
+                    Err(why) => {
+                        tracing::warn!(from, group, why, "refused a message that names another sender");
+                        RaftReply::Refused(why)
+                    }
+                    Ok(()) => dispatch(&g, rpc).await,
+                },
             },
         };
         if let RaftReply::Refused(why) = &reply {
@@ -362,6 +368,39 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
 /// malformed one is refused here instead of reaching the state machines, whose
 /// assertions assume checked commands (a produce of zero records stops every replica).
 /// Metadata commands are checked by the metadata state machine itself.
+/// Refuses a message whose content speaks for a node other than `from`, its sender: a
+/// vote asked, entries appended, a snapshot installed or a leadership handed over in
+/// another node's name, a membership question about another node, or a registration
+/// that would change another registered node's addresses. With node-to-node TLS, `from`
+/// is the node the peer's certificate names (`flotilla_rpc`), so no process can speak
+/// as a node whose certificate it does not hold.
+pub(crate) fn check_sender(from: NodeId, rpc: &RaftRpc, g: &Group) -> Result<(), String> {
+    use openraft::vote::RaftLeaderId;
+    let claimed = match rpc {
+        RaftRpc::Append(r) => Some(*r.vote.leader_id.node_id()),
+        RaftRpc::Vote(r) | RaftRpc::PreVote(r) => Some(*r.vote.leader_id.node_id()),
+        RaftRpc::Snapshot { vote, .. } => Some(*vote.leader_id.node_id()),
+        RaftRpc::TransferLeader(r) => Some(*r.from_leader().leader_id.node_id()),
+        RaftRpc::Membership(node) => Some(*node),
+        RaftRpc::Write(crate::Command::Metadata(flotilla_metadata::Command::RegisterBroker(b))) if b.id != from => {
+            // Registering a new node is an operator's act (`AddNode`, forwarded by the
+            // node that took it); changing a registered node's addresses is its own.
+            let changes = g.read(|s| match s {
+                GroupState::Metadata(m) => {
+                    m.brokers().get(&b.id).is_some_and(|old| old.addr != b.addr || old.rpc_address() != b.rpc_address())
+                }
+                GroupState::Partition(_) => false,
+            });
+            changes.then_some(b.id)
+        }
+        _ => None,
+    };
+    match claimed {
+        Some(node) if node != from => Err(format!("node {from} sent a message in the name of node {node}")),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn check_forwarded(c: &crate::Command) -> Result<(), String> {
     match c {
         crate::Command::Partition(flotilla_partition::Command::Produce { batch, records, .. }) => {

@@ -96,6 +96,26 @@ pub fn encode_metadata_command(c: &flotilla_metadata::Command) -> Vec<u8> {
     encode(c)
 }
 
+/// A vote request of `candidate` in `term` to the group's other replicas, encoded as
+/// a node sends it (for tests that forge one).
+pub fn vote_request(candidate: flotilla_types::NodeId, term: u64) -> Vec<u8> {
+    encode(&RaftRpc::Vote(VoteRequest::new(Vote::new(term, candidate), None)))
+}
+
+/// A metadata write forwarded to the group's leader, encoded as a node sends it.
+pub fn forwarded_metadata_write(c: flotilla_metadata::Command) -> Vec<u8> {
+    encode(&RaftRpc::Write(Command::Metadata(c)))
+}
+
+/// Why a reply refuses its message, if it does (`None` for any other answer, or bytes
+/// that are not a reply).
+pub fn refusal(reply: &[u8]) -> Option<String> {
+    match decode::<RaftReply>(reply, "raft reply").ok()? {
+        RaftReply::Refused(why) => Some(why),
+        _ => None,
+    }
+}
+
 fn log_id_at(term: u64, index: u64) -> LogIdOf<TypeConfig> {
     openraft::testing::log_id::<TypeConfig>(term, 1, index)
 }

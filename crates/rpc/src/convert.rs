@@ -40,6 +40,7 @@ pub(crate) fn broker(b: &BrokerInfo) -> v1::Broker {
         role: b.role.clone(),
         replicas: b.replicas,
         preferred_leaders: b.preferred_leaders,
+        rpc_addr: b.rpc_addr.clone(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! gRPC for Flotilla: the client and admin services over a `Node`, the node-to-node Raft
-//! service, and `GrpcTransport`, the `RaftTransport` that carries every group's Raft
-//! messages to a peer over one HTTP/2 connection. Also the plain HTTP endpoint Prometheus
+//! service on its own listener (mutual TLS: `tls`), and `GrpcTransport`, the
+//! `RaftTransport` that carries every group's Raft messages to a peer over one HTTP/2
+//! connection. Also the plain HTTP endpoint Prometheus
 //! scrapes (`serve_metrics`); the server records every client and admin request's latency
 //! and outcome in the node's metrics.
 //!
@@ -12,8 +13,10 @@ mod convert;
 mod limit;
 mod metrics_http;
 mod server;
+pub mod tls;
 mod transport;
 
 pub use metrics_http::{Endpoints, serve_metrics};
-pub use server::{ServeError, serve, serve_with_incoming};
+pub use server::{ServeError, serve, serve_nodes, serve_with_incoming};
+pub use tls::NodeTls;
 pub use transport::GrpcTransport;

@@ -1,6 +1,9 @@
-//! The gRPC server of one node: client API, admin API, Raft transport, reflection.
+//! The gRPC servers of one node: the client listener (client API, admin API,
+//! reflection) and the node-to-node listener (Raft messages and forwarded writes, with
+//! mutual TLS when the node has certificates: `crate::tls`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_node::{ApiError, Node, QuotaKind};
@@ -12,6 +15,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
+use crate::tls::NodeTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -29,6 +33,9 @@ struct AdminApi<T: RaftTransport> {
 
 struct RaftApi<T: RaftTransport> {
     node: Node<T>,
+    /// With node-to-node TLS: every message's sender must be the node its connection's
+    /// certificate names.
+    tls: Option<Arc<NodeTls>>,
 }
 
 /// A response with the in-band error every Flotilla answer carries.
@@ -461,7 +468,7 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
 
     async fn add_node(&self, req: Request<v1::AddNodeRequest>) -> Result<Response<v1::AddNodeResponse>, Status> {
         handle(&self.node, "add_node", req, |r: request::AddNode| async move {
-            answer(self.node.add_node(r.id, &r.addr, r.labels).await, |()| v1::AddNodeResponse::default())
+            answer(self.node.add_node(r.id, &r.addr, &r.rpc_addr, r.labels).await, |()| v1::AddNodeResponse::default())
         })
         .await
     }
@@ -741,27 +748,82 @@ fn topic_partition((topic, partition): (String, flotilla_types::PartitionId)) ->
 #[tonic::async_trait]
 impl<T: RaftTransport> raftpb::raft_server::Raft for RaftApi<T> {
     async fn call(&self, req: Request<raftpb::RaftRequest>) -> Result<Response<raftpb::RaftResponse>, Status> {
+        if let Some(tls) = &self.tls {
+            let certs = req.peer_certs();
+            if let Err(why) = tls.check_sender(certs.as_deref().map(Vec::as_slice), req.get_ref().from_node) {
+                self.node.metrics().node_message_refused("sender");
+                tracing::warn!(from = req.get_ref().from_node, why, "refused a node-to-node message");
+                return Err(Status::permission_denied(why));
+            }
+        }
         let r = req.into_inner();
+        if r.to_node != 0 && r.to_node != self.node.id() {
+            self.node.metrics().node_message_refused("recipient");
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {}: the sender's address book is out of date",
+                self.node.id(),
+                r.to_node
+            )));
+        }
         let payload = self.node.handle_raft(r.from_node, r.group_id, &r.payload).await;
         Ok(Response::new(raftpb::RaftResponse { payload: payload.into() }))
     }
 }
 
-/// Serves the node's APIs on `listener` until `shutdown` completes.
+/// Serves the client and admin APIs on `listener` until `shutdown` completes (not the
+/// node-to-node service: `serve_nodes`), over TLS with `tls` (`tls::client_listener`).
 pub async fn serve<T: RaftTransport>(
     node: Node<T>,
     listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving gRPC");
+    tracing::info!(?addr, tls = tls.is_some(), "serving clients (gRPC)");
     // serve_with_incoming ignores the builder's nodelay: set it on the incoming stream.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    serve_with_incoming(node, incoming, shutdown).await
+    let mut server = builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).map_err(|e| ServeError::Serve(format!("client TLS: {e}")))?;
+    }
+    server
+        .add_routes(client_routes(&node)?)
+        .serve_with_incoming_shutdown(limited(incoming), shutdown)
+        .await
+        .map_err(|e| ServeError::Serve(e.to_string()))
 }
 
-/// Serves the node's APIs on the connections `incoming` yields until `shutdown`
-/// completes. The simulator passes the connections of its simulated network.
+/// Serves the node-to-node service on `listener` until `shutdown` completes: with `tls`,
+/// only to connections with a certificate the cluster's authority signed, and only
+/// messages from the node that certificate names.
+pub async fn serve_nodes<T: RaftTransport>(
+    node: Node<T>,
+    listener: tokio::net::TcpListener,
+    tls: Option<NodeTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(
+        ?addr,
+        tls = tls.is_some(),
+        cluster = tls.as_ref().map(|t| t.cluster()),
+        "serving other nodes (gRPC)"
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = builder();
+    if let Some(tls) = &tls {
+        server = server.tls_config(tls.server()).map_err(|e| ServeError::Serve(format!("node-to-node TLS: {e}")))?;
+    }
+    server
+        .add_service(raft_api(&node, tls.map(Arc::new)))
+        .serve_with_incoming_shutdown(limited(incoming), shutdown)
+        .await
+        .map_err(|e| ServeError::Serve(e.to_string()))
+}
+
+/// Serves every service of the node, clients' and other nodes', on the connections
+/// `incoming` yields until `shutdown` completes, without TLS. The simulator passes the
+/// connections of its simulated network.
 pub async fn serve_with_incoming<T, S, IO, E>(
     node: Node<T>,
     incoming: S,
@@ -774,28 +836,71 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
-    // Both reflection versions: grpcurl and other tools still ask for v1alpha first.
+    builder()
+        .add_routes(client_routes(&node)?.add_service(raft_api(&node, None)))
+        .serve_with_incoming_shutdown(limited(incoming), shutdown)
+        .await
+        .map_err(|e| ServeError::Serve(e.to_string()))
+}
+
+/// The client listener's services: the client API, the admin API and reflection (both
+/// versions: grpcurl and other tools still ask for v1alpha first).
+fn client_routes<T: RaftTransport>(node: &Node<T>) -> Result<tonic::service::Routes, ServeError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("flotilla.v1.Flotilla")
+        .with_service_name("flotilla.v1.Admin")
         .build_v1()
         .map_err(|e| ServeError::Serve(e.to_string()))?;
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("flotilla.v1.Flotilla")
+        .with_service_name("flotilla.v1.Admin")
         .build_v1alpha()
         .map_err(|e| ServeError::Serve(e.to_string()))?;
-    let client = v1::flotilla_server::FlotillaServer::new(ClientApi { node: node.clone() })
+    Ok(tonic::service::Routes::new(client_api(node))
+        .add_service(admin_api(node))
+        .add_service(reflection)
+        .add_service(reflection_alpha))
+}
+
+fn client_api<T: RaftTransport>(node: &Node<T>) -> v1::flotilla_server::FlotillaServer<ClientApi<T>> {
+    v1::flotilla_server::FlotillaServer::new(ClientApi { node: node.clone() })
         .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
-        .max_encoding_message_size(limits::FETCH_RESPONSE_BYTES_MAX);
-    let admin = v1::admin_server::AdminServer::new(AdminApi { node: node.clone() })
-        .max_decoding_message_size(limits::REQUEST_BYTES_MAX);
-    let raft = raftpb::raft_server::RaftServer::new(RaftApi { node })
+        .max_encoding_message_size(limits::FETCH_RESPONSE_BYTES_MAX)
+}
+
+fn admin_api<T: RaftTransport>(node: &Node<T>) -> v1::admin_server::AdminServer<AdminApi<T>> {
+    v1::admin_server::AdminServer::new(AdminApi { node: node.clone() })
+        .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
+}
+
+fn raft_api<T: RaftTransport>(
+    node: &Node<T>,
+    tls: Option<Arc<NodeTls>>,
+) -> raftpb::raft_server::RaftServer<RaftApi<T>> {
+    raftpb::raft_server::RaftServer::new(RaftApi { node: node.clone(), tls })
         .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
-    let incoming = crate::limit::limit_connections(
+        .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
+}
+
+/// At most `CONNECTIONS_MAX` connections, each greeting within `CONNECTION_GREETING_MS`.
+fn limited<S, IO, E>(incoming: S) -> impl futures::Stream<Item = Result<crate::limit::Limited<IO>, E>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: Send + 'static,
+    E: Send + 'static,
+{
+    crate::limit::limit_connections(
         incoming,
         limits::CONNECTIONS_MAX,
         Duration::from_millis(limits::CONNECTION_GREETING_MS),
-    );
+    )
+}
+
+/// Every listener's limits: streams per connection, request deadline, keepalive,
+/// header size (docs/security.md, "Wire safety").
+fn builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
@@ -804,12 +909,4 @@ where
         .http2_keepalive_interval(Some(Duration::from_millis(limits::KEEPALIVE_INTERVAL_MS)))
         .http2_keepalive_timeout(Some(Duration::from_millis(limits::KEEPALIVE_TIMEOUT_MS)))
         .http2_max_header_list_size(limits::HEADER_LIST_BYTES_MAX)
-        .add_service(client)
-        .add_service(admin)
-        .add_service(raft)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| ServeError::Serve(e.to_string()))
 }

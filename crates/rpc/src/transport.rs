@@ -1,5 +1,6 @@
 //! Node-to-node Raft messages over gRPC: one lazily connected HTTP/2 channel per peer
-//! node, shared by every group (each message carries its group id).
+//! node, shared by every group (each message carries its group id), over mutual TLS
+//! when the node has certificates (`crate::tls`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -35,11 +36,18 @@ pub struct GrpcTransport {
     addresses: AddressBook,
     channels: Arc<Mutex<Channels>>,
     dialer: Option<flotilla_proto::Dialer>,
+    tls: Option<crate::tls::NodeTls>,
 }
 
 impl GrpcTransport {
     pub fn new(me: NodeId, addresses: AddressBook) -> GrpcTransport {
-        GrpcTransport { me, addresses, channels: Arc::new(Mutex::new(BTreeMap::new())), dialer: None }
+        GrpcTransport { me, addresses, channels: Arc::new(Mutex::new(BTreeMap::new())), dialer: None, tls: None }
+    }
+
+    /// A transport that reaches its peers over mutual TLS: each peer must present the
+    /// certificate of the node it is dialled as, and this node presents its own.
+    pub fn with_tls(me: NodeId, addresses: AddressBook, tls: crate::tls::NodeTls) -> GrpcTransport {
+        GrpcTransport { tls: Some(tls), ..GrpcTransport::new(me, addresses) }
     }
 
     /// A transport that opens its connections through `dialer` (the simulator's network).
@@ -56,8 +64,15 @@ impl GrpcTransport {
         {
             return Ok(p.client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| TransportError::Unreachable(target, format!("bad address {addr}: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| TransportError::Unreachable(target, format!("bad address {addr}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client(target))
+                .map_err(|e| TransportError::Unreachable(target, format!("TLS to {addr}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_millis(1000))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -110,7 +125,12 @@ impl RaftTransport for GrpcTransport {
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         let mut client = self.client(target)?;
-        let mut req = tonic::Request::new(RaftRequest { group_id: group, from_node: self.me, payload: payload.into() });
+        let mut req = tonic::Request::new(RaftRequest {
+            group_id: group,
+            from_node: self.me,
+            payload: payload.into(),
+            to_node: target,
+        });
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.call(req)).await {
             Err(_) => {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 struct NodeProc {
     id: u64,
     addr: String,
+    /// Its node-to-node listener.
+    rpc_addr: String,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -34,6 +36,16 @@ pub struct ClusterOptions {
     /// Node `id`'s data directory when it is not the cluster's own (for example on a
     /// small filesystem the test mounted).
     pub data_dirs: Vec<(u64, PathBuf)>,
+    /// Node-to-node traffic without TLS. By default the nodes talk over mutual TLS, with
+    /// certificates `flotilla certs` makes in the cluster's directory, as `flotilla dev`
+    /// runs them.
+    pub plain_rpc: bool,
+    /// Clients connect over TLS too: every node's client listener presents its node
+    /// certificate (good for 127.0.0.1); clients need `certs_dir()/ca.pem`.
+    pub client_tls: bool,
+    /// With `client_tls`: every client must present a certificate from the cluster's
+    /// authority (`tls-client-ca`).
+    pub client_certs: bool,
 }
 
 /// Real `flotilla node` processes. Every node is killed when this is dropped.
@@ -64,11 +76,13 @@ impl ProcessCluster {
         let dir = tempfile::Builder::new().prefix("flotilla-cluster-").tempdir().expect("temp dir");
         // Every port at once: ports picked in separate calls can repeat, since each call
         // releases what it bound (a metrics listener would then take a node's gRPC port).
-        let per_node = if options.metrics { 2 } else { 1 };
-        let ports = free_ports(n as usize * per_node);
-        let addrs: Vec<String> = ports[..n as usize].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let metrics_ports = &ports[n as usize..];
-        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let k = n as usize;
+        let per_node = if options.metrics { 3 } else { 2 };
+        let ports = free_ports(k * per_node);
+        let addrs: Vec<String> = ports[..k].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let rpc_addrs: Vec<String> = ports[k..2 * k].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let metrics_ports = &ports[2 * k..];
+        let peers = rpc_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let nodes = addrs
             .iter()
             .enumerate()
@@ -77,6 +91,7 @@ impl ProcessCluster {
                 NodeProc {
                     id,
                     addr: a.clone(),
+                    rpc_addr: rpc_addrs[i].clone(),
                     data_dir: options
                         .data_dirs
                         .iter()
@@ -90,6 +105,9 @@ impl ProcessCluster {
             })
             .collect();
         let mut c = ProcessCluster { bin: bin.as_ref().to_path_buf(), dir, peers, nodes, options };
+        if !c.options.plain_rpc || c.options.client_tls {
+            c.certs(&["ca", "--dir"], &[]);
+        }
         let started: Vec<u64> = (1..=n).filter(|id| !c.options.deferred.contains(id)).collect();
         for id in &started {
             c.spawn(*id);
@@ -112,13 +130,15 @@ impl ProcessCluster {
     /// `zone`; returns its id once it listens.
     pub fn join(&mut self, zone: &str) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         let addr = format!("127.0.0.1:{}", ports[0]);
+        let rpc_addr = format!("127.0.0.1:{}", ports[2]);
         let mut args = vec!["--zone".to_string(), zone.to_string(), "--join".to_string(), self.bootstrap()];
         args.extend(self.options.node_args.iter().cloned());
         self.nodes.push(NodeProc {
             id,
             addr,
+            rpc_addr,
             data_dir: self.dir.path().join(format!("node-{id}")),
             log: self.dir.path().join(format!("node-{id}.log")),
             child: None,
@@ -130,15 +150,50 @@ impl ProcessCluster {
         id
     }
 
+    /// Runs `flotilla certs ARGS CERTS-DIR EXTRA` (the cluster's certificates).
+    fn certs(&self, args: &[&str], extra: &[&str]) {
+        let out = Command::new(&self.bin)
+            .arg("certs")
+            .args(args)
+            .arg(self.certs_dir())
+            .args(extra)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} certs: {e}", self.bin.display()));
+        assert!(out.status.success(), "flotilla certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Where the cluster's certificate authority and node certificates are.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
     fn spawn(&mut self, id: u64) {
         let bin = self.bin.clone();
         let peers = self.peers.clone();
+        let tls = !self.options.plain_rpc;
+        let certs = self.certs_dir();
+        if (tls || self.options.client_tls) && !certs.join(format!("node-{id}.pem")).exists() {
+            self.certs(&["node", "--id", &id.to_string(), "--ca-dir"], &["--name", "127.0.0.1"]);
+        }
+        let (client_tls, client_certs) = (self.options.client_tls, self.options.client_certs);
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&n.log).expect("open node log");
         let joins = n.args.iter().any(|a| a == "--join");
         let mut cmd = Command::new(&bin);
-        cmd.arg("node").args(["--id", &id.to_string(), "--listen", &n.addr]);
+        cmd.arg("node").args(["--id", &id.to_string(), "--listen", &n.addr, "--rpc-listen", &n.rpc_addr]);
+        if tls {
+            cmd.arg("--rpc-tls-ca").arg(certs.join("ca.pem"));
+            cmd.arg("--rpc-tls-cert").arg(certs.join(format!("node-{id}.pem")));
+            cmd.arg("--rpc-tls-key").arg(certs.join(format!("node-{id}.key")));
+        }
+        if client_tls {
+            cmd.arg("--tls-cert").arg(certs.join(format!("node-{id}.pem")));
+            cmd.arg("--tls-key").arg(certs.join(format!("node-{id}.key")));
+            if client_certs {
+                cmd.arg("--tls-client-ca").arg(certs.join("ca.pem"));
+            }
+        }
         if !joins {
             cmd.args(["--peers", &peers]);
         }
@@ -177,6 +232,11 @@ impl ProcessCluster {
 
     pub fn addr(&self, id: u64) -> String {
         self.node(id).addr.clone()
+    }
+
+    /// Node `id`'s node-to-node address.
+    pub fn rpc_addr(&self, id: u64) -> String {
+        self.node(id).rpc_addr.clone()
     }
 
     /// Where node `id` serves `/metrics` (with `ClusterOptions::metrics`).

@@ -25,6 +25,8 @@ pub struct BrokerInfo {
     pub replicas: u64,
     /// Partitions that prefer it as their leader.
     pub preferred_leaders: u64,
+    /// Where other nodes reach it, `host:port` (empty when not said).
+    pub rpc_addr: String,
 }
 
 impl BrokerInfo {
@@ -40,6 +42,7 @@ impl BrokerInfo {
             role: String::new(),
             replicas: 0,
             preferred_leaders: 0,
+            rpc_addr: String::new(),
         }
     }
 

@@ -183,13 +183,14 @@ pub async fn cli_ok(bootstrap: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// A base port for `flotilla dev --nodes n --base-port P`: P..P+n (gRPC) and
-/// P+1000..P+1000+n (metrics) were all free a moment ago. Below the ephemeral range.
+/// A base port for `flotilla dev --nodes n --base-port P`: P..P+n (gRPC), P+100..P+100+n
+/// (node-to-node) and P+1000..P+1000+n (metrics) were all free a moment ago. Below the
+/// ephemeral range.
 pub fn free_dev_base_port(n: u16) -> u16 {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let mut candidate = 10_000 + ((seed ^ std::process::id().wrapping_mul(2_654_435_761)) % 20_000) as u16;
     for _ in 0..500 {
-        let ports = (0..n).flat_map(|i| [candidate + i, candidate + 1000 + i]);
+        let ports = (0..n).flat_map(|i| [candidate + i, candidate + 100 + i, candidate + 1000 + i]);
         let held: Vec<_> = ports.map(|p| std::net::TcpListener::bind(("127.0.0.1", p))).collect();
         if held.iter().all(Result::is_ok) {
             return candidate;
