@@ -130,3 +130,74 @@ async fn x11_client_certificates_required() {
     let r = flotilla_proto::raft::v1::raft_client::RaftClient::new(channel).call(req).await;
     assert_eq!(r.expect_err("a client spoke as node 2").code(), tonic::Code::PermissionDenied);
 }
+
+/// x12: with client certificates, the quotas' principal is the certificate's common
+/// name, not the client id a request claims: two client ids on one certificate share
+/// one account, and another certificate has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x12_a_client_certificate_is_the_quota_principal() {
+    let _serial = serial().await;
+    let options = ClusterOptions {
+        client_tls: true,
+        client_certs: true,
+        node_args: vec!["--quota-requests-per-sec".into(), "1".into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 3, options);
+    let certs = cluster.certs_dir();
+    for name in ["app", "other"] {
+        let made = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["certs", "client", "--name", name, "--ca-dir"])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    let client = tls_client(&cluster, Some("app")).await.expect("connect");
+    eventually("three live nodes", Duration::from_secs(30), async || {
+        let c = client.describe_cluster().await.map_err(|e| e.to_string())?;
+        let alive = c.brokers.iter().filter(|b| b.state == "alive").count();
+        if c.metadata_leader.is_some() && alive == 3 { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
+    create_topic(&client, "q", 1).await;
+    let leader = client.describe_topic("q").await.unwrap().partitions[0].leader.expect("a leader");
+    let raw = |name: &'static str| {
+        let addr = cluster.addr(leader);
+        let certs = certs.clone();
+        async move {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(certs.join("ca.pem")).unwrap()))
+                .identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(certs.join(format!("client-{name}.pem"))).unwrap(),
+                    std::fs::read(certs.join(format!("client-{name}.key"))).unwrap(),
+                ));
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            flotilla_proto::v1::flotilla_client::FlotillaClient::new(channel)
+        }
+    };
+    let batch = flotilla_types::RecordBatch::encode(&[Record::value("v")]).unwrap();
+    let request = |id: &str| flotilla_proto::v1::ProduceRequest {
+        client_id: id.into(),
+        ..flotilla_proto::v1::ProduceRequest::new("q", 0, &batch, flotilla_types::Acks::All)
+    };
+    let mut app = raw("app").await;
+    // One request a second, with a second's burst: the third in a row is held.
+    let mut held = Vec::new();
+    for id in ["a", "a", "a", "b"] {
+        let answer = app.produce(request(id)).await.unwrap().into_inner();
+        assert!(answer.error.is_none(), "{:?}", answer.error);
+        held.push(answer.throttle_time_ms);
+    }
+    assert!(held[2] > 0, "app's third request was not held: {held:?}");
+    assert!(held[3] > 0, "client id b on app's certificate has an account of its own: {held:?}");
+    // Another certificate is another principal, whatever client id it claims.
+    let answer = raw("other").await.produce(request("a")).await.unwrap().into_inner();
+    assert_eq!(answer.throttle_time_ms, 0, "other was charged app's account");
+}

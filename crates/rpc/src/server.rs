@@ -155,6 +155,22 @@ where
     Ok(Response::new(resp))
 }
 
+/// The principal a client's certificate proves (its common name), when it presented
+/// one (client TLS with `tls-client-ca`): quotas charge it instead of the client id the
+/// request claims. Names longer than a client id may be are cut to that length.
+fn certified_principal<Q>(req: &Request<Q>) -> Option<String> {
+    let certs = req.peer_certs()?;
+    let mut cn = crate::tls::common_name(certs.first()?)?;
+    if cn.len() > limits::CLIENT_ID_BYTES_MAX {
+        let mut end = limits::CLIENT_ID_BYTES_MAX;
+        while !cn.is_char_boundary(end) {
+            end -= 1;
+        }
+        cn.truncate(end);
+    }
+    Some(cn)
+}
+
 /// The answer `ok` makes of a node call's value, or the call's error.
 fn answer<V, R: Answer>(r: Result<V, ApiError>, ok: impl FnOnce(V) -> R) -> R {
     match r {
@@ -166,6 +182,7 @@ fn answer<V, R: Answer>(r: Result<V, ApiError>, ok: impl FnOnce(V) -> R) -> R {
 #[tonic::async_trait]
 impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     async fn produce(&self, req: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
+        let certified = certified_principal(&req);
         // An answer held back for a quota is not part of the time to serve.
         handle_waiting(&self.node, "produce", req, |r: request::Produce| async move {
             let bytes = r.batch.bytes().len() as u64;
@@ -179,7 +196,8 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                 acks: request::acks_to_wire(p.acks),
                 throttle_time_ms: 0,
             });
-            let held = self.node.throttle(&r.client_id, QuotaKind::ProduceBytes, appended).await;
+            let principal = certified.as_deref().unwrap_or(&r.client_id);
+            let held = self.node.throttle(principal, QuotaKind::ProduceBytes, appended).await;
             resp.throttle_time_ms = held.as_millis() as u32;
             (resp, held)
         })
@@ -307,6 +325,7 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
     }
 
     async fn fetch(&self, req: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+        let certified = certified_principal(&req);
         // The long poll's wait is not part of the time to serve (it has its own
         // histogram, flotilla_fetch_wait_seconds).
         handle_waiting(&self.node, "fetch", req, |r: request::Fetch| async move {
@@ -325,7 +344,8 @@ impl<T: RaftTransport> v1::flotilla_server::Flotilla for ClientApi<T> {
                 throttle_time_ms: 0,
             });
             let bytes = resp.batches.iter().map(|b| b.batch.len() as u64).sum();
-            let held = self.node.throttle(&r.client_id, QuotaKind::FetchBytes, bytes).await;
+            let principal = certified.as_deref().unwrap_or(&r.client_id);
+            let held = self.node.throttle(principal, QuotaKind::FetchBytes, bytes).await;
             resp.throttle_time_ms = held.as_millis() as u32;
             (resp, waited + held)
         })

@@ -61,6 +61,13 @@ pub fn identity_of(cert_der: &[u8]) -> Result<(String, NodeId), String> {
         .ok_or_else(|| "the certificate names no node (a DNS name node-ID.CLUSTER.flotilla)".to_string())
 }
 
+/// The common name of a certificate (DER), if it has one that is UTF-8.
+pub fn common_name(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
 fn parse_node_name(name: &str) -> Option<(String, NodeId)> {
     let rest = name.strip_prefix("node-")?.strip_suffix(".flotilla")?;
     let (id, cluster) = rest.split_once('.')?;
