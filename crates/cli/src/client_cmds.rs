@@ -634,9 +634,10 @@ pub struct AddNodeArgs {
     /// The node's client address (host:port).
     #[arg(long)]
     pub addr: String,
-    /// The node's node-to-node address (host:port; default: --addr).
-    #[arg(long, default_value = "")]
-    pub rpc_addr: String,
+    /// The node's node-to-node address (host:port; default: --addr's host and port + 100,
+    /// what `flotilla node` listens on without --rpc-listen).
+    #[arg(long)]
+    pub rpc_addr: Option<String>,
     #[arg(long, default_value = "")]
     pub region: String,
     #[arg(long, default_value = "")]
@@ -702,6 +703,13 @@ pub async fn run(
     }
 }
 
+/// A node's node-to-node address when only its client address is given: the same host,
+/// the port + `RPC_PORT_OFFSET`, as `flotilla node` defaults `rpc-listen`.
+fn default_rpc_addr(addr: &str) -> anyhow::Result<String> {
+    let config = flotilla_node::NodeConfig { listen: addr.to_string(), ..flotilla_node::NodeConfig::default() };
+    config.default_rpc_listen().map_err(|e| anyhow::anyhow!("--addr: {e}; give --rpc-addr"))
+}
+
 /// Prints `value` as JSON, or `text` for people.
 pub(crate) fn show<T: Serialize>(output: Output, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     match output {
@@ -721,8 +729,13 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
         }
         ClusterCmd::AddNode(a) => {
             let labels = Labels { region: a.region, zone: a.zone, rack: a.rack };
-            client.add_node(a.id, &a.addr, &a.rpc_addr, &labels).await.map_err(one_line)?;
-            let json = serde_json::json!({ "added_node": a.id, "addr": a.addr, "labels": labels });
+            let rpc_addr = match &a.rpc_addr {
+                Some(r) => r.clone(),
+                None => default_rpc_addr(&a.addr)?,
+            };
+            client.add_node(a.id, &a.addr, &rpc_addr, &labels).await.map_err(one_line)?;
+            let json =
+                serde_json::json!({ "added_node": a.id, "addr": a.addr, "rpc_addr": rpc_addr, "labels": labels });
             show(output, &json, || {
                 format!(
                     "added node {} at {} (region {}, zone {}, rack {})\n",
