@@ -32,7 +32,8 @@ pub struct NodeConfig {
     /// (`RPC_PORT_OFFSET`); unset in a library user (the simulator), the node-to-node
     /// service shares `listen`.
     pub rpc_listen: Option<String>,
-    /// Address other nodes use to reach this one; defaults to `rpc-listen`.
+    /// Address other nodes use to reach this one; defaults to `advertise`'s host with
+    /// `rpc-listen`'s port, or to `rpc-listen` when `advertise` is not set.
     pub rpc_advertise: Option<String>,
     /// Mutual TLS between nodes (docs/security.md): the certificate authority that signs
     /// every node's certificate (PEM). With it, the node-to-node listener takes only
@@ -254,11 +255,6 @@ impl NodeConfig {
             self.rpc_listen = Some(self.default_rpc_listen()?);
         }
         Ok(())
-    }
-
-    /// Whether node-to-node traffic is mutual TLS (all three files given).
-    pub fn rpc_tls(&self) -> bool {
-        self.rpc_tls_ca.is_some()
     }
 
     /// What a partition remembers of idempotent producers, as this node proposes it.
