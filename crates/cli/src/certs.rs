@@ -87,44 +87,44 @@ pub fn new_cluster_id() -> anyhow::Result<String> {
 
 /// Writes a new authority for cluster `cluster` to `dir`; refuses to replace one.
 pub fn make_ca(dir: &Path, cluster: &str) -> anyhow::Result<()> {
-    let (pem, key) = flotilla_rpc::tls::make_ca(cluster).map_err(|e| anyhow::anyhow!(e))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (cert_file, key_file) = (dir.join("ca.pem"), dir.join("ca.key"));
-    if cert_file.exists() || key_file.exists() {
+    if dir.join("ca.pem").exists() || dir.join("ca.key").exists() {
         bail!("{} already holds a certificate authority; a new one would be a new cluster", dir.display());
     }
-    write_private(&key_file, &key)?;
-    std::fs::write(&cert_file, pem).with_context(|| format!("writing {}", cert_file.display()))?;
+    let (pem, key) = flotilla_rpc::tls::make_ca(cluster).map_err(|e| anyhow::anyhow!(e))?;
+    write_pair(dir, "ca", &pem, &key)?;
     Ok(())
 }
 
 /// Signs node `id`'s certificate with the authority in `ca_dir`, into `dir`, good also
 /// for `names` (hosts clients dial); returns the certificate's and the key's paths.
 pub fn make_node(ca_dir: &Path, dir: &Path, id: u64, names: &[String]) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let read = |name: &str| {
-        let p = ca_dir.join(name);
-        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-    };
-    let (ca_pem, ca_key) = (read("ca.pem")?, read("ca.key")?);
+    let (ca_pem, ca_key) = read_ca(ca_dir)?;
     let (pem, key) = flotilla_rpc::tls::make_node_cert(&ca_pem, &ca_key, id, names).map_err(|e| anyhow::anyhow!(e))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (cert_file, key_file) = (dir.join(format!("node-{id}.pem")), dir.join(format!("node-{id}.key")));
-    write_private(&key_file, &key)?;
-    std::fs::write(&cert_file, pem).with_context(|| format!("writing {}", cert_file.display()))?;
-    Ok((cert_file, key_file))
+    write_pair(dir, &format!("node-{id}"), &pem, &key)
 }
 
 /// Signs client `name`'s certificate with the authority in `ca_dir`, into `dir`.
 pub fn make_client(ca_dir: &Path, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let read = |f: &str| {
-        let p = ca_dir.join(f);
+    let (ca_pem, ca_key) = read_ca(ca_dir)?;
+    let (pem, key) = flotilla_rpc::tls::make_client_cert(&ca_pem, &ca_key, name).map_err(|e| anyhow::anyhow!(e))?;
+    write_pair(dir, &format!("client-{name}"), &pem, &key)
+}
+
+/// The authority in `ca_dir`: its certificate and key (PEM).
+fn read_ca(ca_dir: &Path) -> anyhow::Result<(String, String)> {
+    let read = |name: &str| {
+        let p = ca_dir.join(name);
         std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
     };
-    let (pem, key) = flotilla_rpc::tls::make_client_cert(&read("ca.pem")?, &read("ca.key")?, name)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((read("ca.pem")?, read("ca.key")?))
+}
+
+/// Writes `dir/STEM.key` (owner only) and `dir/STEM.pem`; returns their paths, the
+/// certificate's first.
+fn write_pair(dir: &Path, stem: &str, pem: &str, key: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (cert_file, key_file) = (dir.join(format!("client-{name}.pem")), dir.join(format!("client-{name}.key")));
-    write_private(&key_file, &key)?;
+    let (cert_file, key_file) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+    write_private(&key_file, key)?;
     std::fs::write(&cert_file, pem).with_context(|| format!("writing {}", cert_file.display()))?;
     Ok((cert_file, key_file))
 }

@@ -141,9 +141,7 @@ pub fn make_node_cert(
         return Err("node ids start at 1".into());
     }
     let cluster = ca_cluster(ca_pem.as_bytes())?;
-    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(|e| format!("the authority's key: {e}"))?;
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(|e| format!("the authority's certificate: {e}"))?;
+    let issuer = issuer(ca_pem, ca_key_pem)?;
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut names = vec![node_name(&cluster, node)];
     names.extend(extra_names.iter().cloned());
@@ -156,6 +154,12 @@ pub fn make_node_cert(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The authority (certificate and key, PEM) as the signer of new certificates.
+fn issuer(ca_pem: &str, ca_key_pem: &str) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, String> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(|e| format!("the authority's key: {e}"))?;
+    rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(|e| format!("the authority's certificate: {e}"))
+}
+
 /// A client's certificate signed by the authority (certificate and key, PEM): common
 /// name `name`, good for TLS client authentication only, naming no node (so the
 /// node-to-node listener serves it nothing).
@@ -166,9 +170,7 @@ pub fn make_client_cert(ca_pem: &str, ca_key_pem: &str, name: &str) -> Result<(S
             "client name '{name}' must be 1 to {CLUSTER_ID_BYTES_MAX} letters, digits, '-', '_' or '.' (not first)"
         ));
     }
-    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(|e| format!("the authority's key: {e}"))?;
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(|e| format!("the authority's certificate: {e}"))?;
+    let issuer = issuer(ca_pem, ca_key_pem)?;
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     params.distinguished_name.push(rcgen::DnType::CommonName, name);
