@@ -43,6 +43,15 @@ pub enum ClientCommand {
     /// Measure the cluster under a bounded load.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
+    /// The cluster's users: create (or change a password), delete, list.
+    #[command(subcommand)]
+    User(crate::security_cmds::UserCmd),
+    /// The cluster's ACL entries: add, remove, list (docs/security.md).
+    #[command(subcommand)]
+    Acl(crate::security_cmds::AclCmd),
+    /// Quotas set for the whole cluster: set, delete, list (docs/security.md).
+    #[command(subcommand)]
+    Quota(crate::security_cmds::QuotaCmd),
 }
 
 #[derive(Subcommand)]
@@ -677,17 +686,25 @@ pub struct PlanArgs {
     pub policy: PolicyArgs,
 }
 
-/// Runs one client command against the cluster at `bootstrap`.
-/// `client_id` is the principal the cluster's quotas charge.
-/// `tls`: TLS to the nodes (`--tls-ca`), or plaintext.
-pub async fn run(
-    cmd: ClientCommand,
-    bootstrap: &str,
-    client_id: &str,
-    tls: Option<flotilla_client::ClientTls>,
-    output: Output,
-) -> anyhow::Result<()> {
-    let config = ClientConfig { client_id: client_id.to_string(), tls, ..ClientConfig::default() };
+/// How client commands reach the cluster: `client_id` is what the cluster's quotas
+/// charge when no user is proven; `tls` is TLS to the nodes (`--tls-ca`), or
+/// plaintext; `credentials` the user to act as.
+pub struct Connection {
+    pub bootstrap: String,
+    pub client_id: String,
+    pub tls: Option<flotilla_client::ClientTls>,
+    pub credentials: Option<flotilla_client::Credentials>,
+}
+
+/// Runs one client command against the cluster.
+pub async fn run(cmd: ClientCommand, conn: Connection, output: Output) -> anyhow::Result<()> {
+    let config = ClientConfig {
+        client_id: conn.client_id,
+        tls: conn.tls,
+        credentials: conn.credentials,
+        ..ClientConfig::default()
+    };
+    let bootstrap = conn.bootstrap.as_str();
     let config = match &cmd {
         ClientCommand::Consume(a) => ClientConfig { zone: a.zone.clone(), ..config },
         _ => config,
@@ -700,6 +717,9 @@ pub async fn run(
         ClientCommand::Cluster(c) => cluster(&client, c, output).await,
         ClientCommand::Group(c) => crate::group_cmds::run(&client, c, output).await,
         ClientCommand::Bench(c) => crate::bench::run(&client, c, output).await,
+        ClientCommand::User(c) => crate::security_cmds::user(&client, c, output).await,
+        ClientCommand::Acl(c) => crate::security_cmds::acl(&client, c, output).await,
+        ClientCommand::Quota(c) => crate::security_cmds::quota(&client, c, output).await,
     }
 }
 

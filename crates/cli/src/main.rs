@@ -11,7 +11,9 @@ mod group_cmds;
 mod node_cmd;
 mod profile;
 mod progress;
+mod security_cmds;
 
+use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client_cmds::{ClientCommand, Output};
@@ -48,6 +50,13 @@ struct Cli {
     /// With --tls-client-cert: its private key (PEM).
     #[arg(long, global = true, env = "FLOTILLA_TLS_CLIENT_KEY", value_name = "FILE", requires = "tls_client_cert")]
     tls_client_key: Option<std::path::PathBuf>,
+    /// The user to act as (docs/security.md); its password from FLOTILLA_PASSWORD,
+    /// --password-file or the profile.
+    #[arg(long, global = true, env = "FLOTILLA_USER")]
+    user: Option<String>,
+    /// A file whose first line is --user's password.
+    #[arg(long, global = true, env = "FLOTILLA_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,17 +102,40 @@ fn main() -> std::process::ExitCode {
             Command::Completion { .. } => unreachable!("answered before the runtime starts"),
             Command::Profile => profile::show(cli.profile.as_deref(), cli.bootstrap.as_deref()),
             Command::Client(cmd) => {
-                let bootstrap = profile::bootstrap(cli.profile.as_deref(), cli.bootstrap)?;
-                let identity = match (&cli.tls_client_cert, &cli.tls_client_key) {
+                let profile = profile::selected(cli.profile.as_deref(), cli.bootstrap)?;
+                let cert = cli.tls_client_cert.or(profile.tls_client_cert.clone());
+                let key = cli.tls_client_key.or(profile.tls_client_key.clone());
+                let identity = match (&cert, &key) {
                     (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
                     (None, None) => None,
                     _ => anyhow::bail!("--tls-client-cert and --tls-client-key go together"),
                 };
-                let tls = match &cli.tls_ca {
-                    Some(ca) => Some(flotilla_client::ClientTls::from_files(ca, identity)?),
+                let tls = match cli.tls_ca.or(profile.tls_ca.clone()) {
+                    Some(ca) => Some(flotilla_client::ClientTls::from_files(&ca, identity)?),
+                    None if identity.is_some() => anyhow::bail!("a client certificate needs --tls-ca"),
                     None => None,
                 };
-                client_cmds::run(cmd, &bootstrap, &cli.client_id, tls, cli.output).await
+                let credentials = match cli.user.or(profile.user.clone()) {
+                    Some(user) => {
+                        let password = match (std::env::var("FLOTILLA_PASSWORD").ok(), &cli.password_file) {
+                            (Some(p), _) => Some(p),
+                            (None, Some(f)) => Some(profile::read_password(f)?),
+                            (None, None) => profile.password()?,
+                        };
+                        let password = password.with_context(|| {
+                            format!("user '{user}' needs a password: FLOTILLA_PASSWORD, --password-file or the profile")
+                        })?;
+                        Some(flotilla_client::Credentials::new(user, password))
+                    }
+                    None => None,
+                };
+                let conn = client_cmds::Connection {
+                    bootstrap: profile.bootstrap.unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_string()),
+                    client_id: cli.client_id,
+                    tls,
+                    credentials,
+                };
+                client_cmds::run(cmd, conn, cli.output).await
             }
         }
     });

@@ -181,6 +181,20 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_requests_per_sec: Option<u64>,
+    /// Check every client and admin request against the cluster's ACLs (default
+    /// false; docs/security.md).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization: Option<bool>,
+    /// Principals allowed everything, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    superusers: Vec<String>,
+    /// Create this user at the first start if the cluster has none of that name, with
+    /// the password in FLOTILLA_BOOTSTRAP_PASSWORD.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_user: Option<String>,
 }
 
 /// The node's configuration: the defaults, then the file (`--config`), then
@@ -252,6 +266,30 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// The bootstrap user and its password (`FLOTILLA_BOOTSTRAP_PASSWORD`), when the
+/// configuration names one.
+fn bootstrap_user(config: &NodeConfig) -> anyhow::Result<Option<(String, String)>> {
+    let Some(name) = &config.bootstrap_user else { return Ok(None) };
+    let password = std::env::var("FLOTILLA_BOOTSTRAP_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .with_context(|| format!("bootstrap-user '{name}' needs its password in FLOTILLA_BOOTSTRAP_PASSWORD"))?;
+    Ok(Some((name.clone(), password)))
+}
+
+/// Creates the bootstrap user once the metadata group takes writes, unless the cluster
+/// has a user of that name already (whose password it then leaves alone).
+async fn create_user(node: Node<GrpcTransport>, name: String, password: String) {
+    let credential = flotilla_rpc::auth::credential(&password);
+    while node.user_credential(&name).is_none() {
+        match node.put_user(&name, credential.clone(), true).await {
+            Ok(()) => tracing::info!(user = %name, "bootstrap user in place"),
+            Err(e) => tracing::debug!(user = %name, error = %e.message, "bootstrap user not created yet"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let config = load_config(&args)?;
@@ -313,6 +351,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         tokio::spawn(flotilla_rpc::serve_metrics(l, endpoints))
     });
     let joining = config.join.clone().map(|via| tokio::spawn(join(via, config.clone())));
+    let bootstrapping =
+        bootstrap_user(&config)?.map(|(name, password)| tokio::spawn(create_user(node.clone(), name, password)));
     // A node whose metadata replica stopped (a fatal storage error) cannot serve at all:
     // it stops, with an error, rather than answer from a state that no longer moves. A
     // node short of disk space refuses writes until retention frees some.
@@ -345,7 +385,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             Some(why)
         }
     };
-    for task in joining.iter().chain(&metrics) {
+    for task in joining.iter().chain(&metrics).chain(&bootstrapping) {
         task.abort();
     }
     let _ = stop_tx.send(true);
@@ -536,6 +576,9 @@ mod tests {
             quota_produce_bytes_per_sec: None,
             quota_fetch_bytes_per_sec: None,
             quota_requests_per_sec: None,
+            authorization: None,
+            superusers: Vec::new(),
+            bootstrap_user: None,
         }
     }
 

@@ -134,3 +134,65 @@ async fn q10_a_produce_quota_holds_one_principal_to_its_rate() {
     let long = raw.produce(request(&"c".repeat(256))).await.unwrap().into_inner();
     assert_eq!(long.error.map(|e| e.code), Some(flotilla_types::ErrorCode::InvalidRequest as u32));
 }
+
+/// q11: quotas set through the cluster (`flotilla quota set`) reach every node without a
+/// restart, come before the node's own, can be a default for every principal, and go
+/// away with `flotilla quota delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q11_quotas_set_through_the_cluster_apply_on_every_node_at_once() {
+    let _serial = serial().await;
+    let cluster = cluster(3);
+    let admin = ready_client(&cluster, 3).await;
+    create_topic(&admin, "q", 3).await;
+    let bootstrap = cluster.bootstrap();
+    cli_ok(&bootstrap, &["quota", "set", "--principal", "slow", "--requests-per-sec", "1"]).await;
+    let listed = cli_ok(&bootstrap, &["quota", "list"]).await;
+    assert!(listed.lines().any(|l| l.starts_with("slow") && l.trim_end().ends_with('1')), "{listed}");
+
+    let batch = RecordBatch::encode(&[Record::value("v")]).unwrap();
+    let request = |id: &str, partition| v1::ProduceRequest {
+        client_id: id.into(),
+        ..v1::ProduceRequest::new("q", partition, &batch, flotilla_types::Acks::All)
+    };
+    // Two requests in a row at each partition's leader: with one a second allowed, the
+    // second is held, on every node.
+    // (A leader may move meanwhile: then the partition is tried again at its leader.)
+    let held_at_each_leader = async |id: &str| {
+        let mut held = Vec::new();
+        for p in 0..3 {
+            let mut last = None;
+            for _attempt in 0..5 {
+                let Some(leader) = admin.describe_topic("q").await.unwrap().partitions[p as usize].leader else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                let mut raw = raw(&cluster, leader).await;
+                let first = raw.produce(request(id, p)).await.unwrap().into_inner();
+                let second = raw.produce(request(id, p)).await.unwrap().into_inner();
+                if first.error.is_none() && second.error.is_none() {
+                    last = Some(second.throttle_time_ms);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            held.push(last.expect("two requests answered by the leader"));
+        }
+        held
+    };
+    // Every node's metadata replica has the quota a moment after the command returns.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let slow = held_at_each_leader("slow").await;
+    assert!(slow.iter().all(|&ms| ms >= 500), "slow's second request was not held everywhere: {slow:?} ms");
+    assert!(held_at_each_leader("other").await.iter().all(|&ms| ms == 0), "another principal was held");
+
+    // A default for everyone without their own; then both removed.
+    cli_ok(&bootstrap, &["quota", "set", "--default", "--requests-per-sec", "1"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let others = held_at_each_leader("other").await;
+    assert!(others.iter().all(|&ms| ms >= 500), "the default did not hold another principal: {others:?}");
+    cli_ok(&bootstrap, &["quota", "delete", "--default"]).await;
+    cli_ok(&bootstrap, &["quota", "delete", "--principal", "slow"]).await;
+    assert_eq!(cli_ok(&bootstrap, &["quota", "list"]).await.lines().count(), 1, "only the header is left");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(held_at_each_leader("slow").await.iter().all(|&ms| ms == 0), "slow is still held");
+}

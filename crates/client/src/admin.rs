@@ -431,7 +431,7 @@ impl Client {
     /// rules; after an unknown outcome only when `idempotent`.
     pub(crate) async fn admin_write<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T>
     where
-        F: FnMut(tonic::transport::Channel, String) -> Fut,
+        F: FnMut(crate::wire::Conn, String) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let kind = Kind::Write { retry_indeterminate: idempotent };

@@ -45,6 +45,35 @@ pub struct ClientConfig {
     /// TLS to the brokers' client listeners (docs/security.md). Default: none
     /// (plaintext).
     pub tls: Option<ClientTls>,
+    /// The user this client acts as, proven by its password on every request (send it
+    /// over TLS). Default: none (the client certificate's user, if any, or anonymous).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl Credentials {
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Credentials {
+        Credentials { user: user.into(), password: password.into() }
+    }
+
+    /// The `authorization` header's value: `Basic base64(user:password)`.
+    pub(crate) fn header(&self) -> String {
+        use base64::Engine as _;
+        let pair = format!("{}:{}", self.user, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).finish_non_exhaustive()
+    }
 }
 
 /// TLS to the brokers: the authority that signed their certificates, and this client's
@@ -107,6 +136,7 @@ impl Default for ClientConfig {
             zone: None,
             client_id: String::new(),
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -125,6 +155,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("zone", &self.zone)
             .field("client_id", &self.client_id)
             .field("tls", &self.tls)
+            .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
 }

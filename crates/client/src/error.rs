@@ -146,6 +146,11 @@ impl ClientError {
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Aborted
             | tonic::Code::DataLoss => ClientError::Transport { addr: addr.to_string(), message: error_chain(status) },
+            // A request without a domain answer (Metadata) refused for its credentials.
+            tonic::Code::Unauthenticated => ClientError::server(
+                addr,
+                &flotilla_proto::v1::Error::new(ErrorCode::NotAuthenticated, status.message()),
+            ),
             code => ClientError::Rpc { addr: addr.to_string(), code, message: status.message().to_string() },
         }
     }

@@ -74,6 +74,7 @@ mod metadata;
 pub mod partitioner;
 mod producer;
 mod router;
+mod security;
 mod share;
 mod wire;
 
@@ -81,7 +82,7 @@ pub use admin::{
     ActionKind, CatchUpInfo, ControllersInfo, Labels, MoveInfo, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
 };
 pub use client::{Client, ReplicaRead};
-pub use config::{ClientConfig, ClientTls, ConsumerConfig, ProducerConfig};
+pub use config::{ClientConfig, ClientTls, ConsumerConfig, Credentials, ProducerConfig};
 pub use consumer::{ConsumedRecord, Consumer, OffsetReset, StartAt};
 pub use error::{ClientError, Result};
 pub use flotilla_types::Assignor;
@@ -93,6 +94,7 @@ pub use group::{
 };
 pub use metadata::{BrokerInfo, ClusterInfo, PartitionInfo, TopicInfo, TopicSummary};
 pub use producer::{Ack, Producer};
+pub use security::{AclEntry, Operation, PatternType, QuotaInfo, QuotaLimits, ResourceType, UserInfo};
 pub use share::{AckMode, AckOutcome, ShareConsumer, ShareGroupConfig, ShareRecord, dead_letter_topic, dlq_headers};
 
 /// Conveniences for building records.

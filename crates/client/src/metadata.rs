@@ -138,6 +138,9 @@ pub(crate) struct Cache {
     pub(crate) brokers: BTreeMap<NodeId, BrokerInfo>,
     pub(crate) topics: HashMap<String, TopicInfo>,
     pub(crate) metadata_leader: Option<NodeId>,
+    /// Topics the last answer refused to describe to this client (NOT_AUTHORIZED,
+    /// NOT_AUTHENTICATED): the error to give instead of "does not exist".
+    pub(crate) refused: HashMap<String, v1::Error>,
     /// Bumped by every applied refresh.
     pub(crate) generation: u64,
 }
@@ -161,11 +164,21 @@ impl Cache {
             self.topics.retain(|name, _| present.contains(name.as_str()));
         }
         for (name, e) in failed {
-            if e.error_code() == flotilla_types::ErrorCode::UnknownTopic {
-                self.topics.remove(&name);
+            use flotilla_types::ErrorCode::{NotAuthenticated, NotAuthorized, UnknownTopic};
+            match e.error_code() {
+                UnknownTopic => {
+                    self.topics.remove(&name);
+                    self.refused.remove(&name);
+                }
+                NotAuthorized | NotAuthenticated => {
+                    self.topics.remove(&name);
+                    self.refused.insert(name, e);
+                }
+                _ => {}
             }
         }
         for t in topics {
+            self.refused.remove(&t.name);
             self.topics.insert(t.name.clone(), t);
         }
         self.generation += 1;

@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
 use crate::metadata::{self, Cache, PartitionInfo, TopicInfo};
-use crate::wire::{InBand, answered, flotilla, normalize_addr, rpc_err};
+use crate::wire::{Auth, Conn, InBand, answered, flotilla, normalize_addr, rpc_err};
 
 /// The most broker channels kept open; past it the pool is emptied (channels reconnect
 /// lazily), so a stream of bogus leader hints cannot grow it without bound.
@@ -37,6 +37,8 @@ pub(crate) struct ClientInner {
     pub(crate) bootstrap: Vec<String>,
     pub(crate) cache: RwLock<Cache>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// What every request carries: the credentials' header.
+    auth: Auth,
     refresh_lock: tokio::sync::Mutex<()>,
     /// Topics this client routes requests for: what a refresh asks about.
     interest: Mutex<BTreeSet<String>>,
@@ -138,14 +140,15 @@ impl ClientInner {
     /// A client's core for `bootstrap` (normalised addresses), its metadata not loaded yet.
     pub(crate) fn new(config: ClientConfig, bootstrap: Vec<String>, rng: StdRng) -> ClientInner {
         ClientInner {
-            config,
             bootstrap,
             cache: RwLock::new(Cache::default()),
+            auth: Auth::new(config.credentials.as_ref()),
             channels: Mutex::new(HashMap::new()),
             refresh_lock: tokio::sync::Mutex::new(()),
             interest: Mutex::new(BTreeSet::new()),
             rng: Mutex::new(rng),
             follower_cooldown: Mutex::new(HashMap::new()),
+            config,
         }
     }
 
@@ -251,6 +254,10 @@ impl ClientInner {
         loop {
             let e = match self.refresh(topics).await {
                 Ok(()) => return Ok(()),
+                // Waiting will not change the credentials.
+                Err(e) if matches!(e.code(), Some(ErrorCode::NotAuthenticated | ErrorCode::NotAuthorized)) => {
+                    return Err(e);
+                }
                 Err(e) => e,
             };
             let delay = self.backoff_delay(&mut backoff);
@@ -279,13 +286,14 @@ impl ClientInner {
             return Ok(t.clone());
         }
         self.refresh_patiently(&[topic.to_string()]).await?;
-        self.cache
-            .read()
-            .expect("cache lock")
-            .topics
-            .get(topic)
-            .cloned()
-            .ok_or_else(|| ClientError::refused(ErrorCode::UnknownTopic, format!("topic '{topic}' does not exist")))
+        let cache = self.cache.read().expect("cache lock");
+        if let Some(t) = cache.topics.get(topic) {
+            return Ok(t.clone());
+        }
+        Err(match cache.refused.get(topic) {
+            Some(e) => ClientError::refused(e.error_code(), e.message.clone()),
+            None => ClientError::refused(ErrorCode::UnknownTopic, format!("topic '{topic}' does not exist")),
+        })
     }
 
     /// The partition from the cache; the topic is refreshed once when it is unknown or
@@ -304,11 +312,12 @@ impl ClientInner {
         })
     }
 
-    /// The channel to `addr` (`host:port`), opened lazily and kept.
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
+    /// The connection to `addr` (`host:port`), opened lazily and kept.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Conn> {
+        let conn = |channel: &Channel| Conn { channel: channel.clone(), auth: self.auth.clone() };
         let mut channels = self.channels.lock().expect("channels lock");
         if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
+            return Ok(conn(c));
         }
         let scheme = if self.config.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
@@ -329,7 +338,7 @@ impl ClientInner {
             channels.clear();
         }
         channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        Ok(conn(&channel))
     }
 
     /// Drops the channel to `addr` after a request on it got no answer in time, so the
@@ -437,7 +446,7 @@ impl ClientInner {
         mut f: F,
     ) -> Result<T>
     where
-        F: FnMut(Channel, String) -> Fut,
+        F: FnMut(Conn, String) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let start = Instant::now();
@@ -637,7 +646,7 @@ impl ClientInner {
     where
         Req: Clone,
         Resp: InBand,
-        F: Fn(Channel, Req) -> Fut,
+        F: Fn(Conn, Req) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         self.call(Target::MetadataLeader, kind, Duration::ZERO, None, |ch, addr| {

@@ -3,6 +3,8 @@
 
 use flotilla_proto::v1::{self, admin_client::AdminClient, flotilla_client::FlotillaClient};
 use flotilla_types::limits;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::error::{ClientError, Result};
@@ -22,14 +24,42 @@ pub(crate) fn normalize_addr(addr: &str) -> std::result::Result<String, String> 
     }
 }
 
-pub(crate) fn flotilla(ch: Channel) -> FlotillaClient<Channel> {
-    FlotillaClient::new(ch)
+/// A connection to one broker and what every request on it carries: the
+/// `authorization` header of the client's credentials, if it has any.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    pub(crate) channel: Channel,
+    pub(crate) auth: Auth,
+}
+
+/// Adds the `authorization` header to every request.
+#[derive(Clone, Default)]
+pub(crate) struct Auth(Option<AsciiMetadataValue>);
+
+impl Auth {
+    pub(crate) fn new(credentials: Option<&crate::config::Credentials>) -> Auth {
+        // "Basic " and base64 are visible ASCII: always a valid header value.
+        Auth(credentials.map(|c| c.header().parse().expect("base64 is a valid header value")))
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub(crate) fn flotilla(c: Conn) -> FlotillaClient<InterceptedService<Channel, Auth>> {
+    FlotillaClient::with_interceptor(c.channel, c.auth)
         .max_decoding_message_size(limits::FETCH_RESPONSE_BYTES_MAX)
         .max_encoding_message_size(limits::REQUEST_BYTES_MAX)
 }
 
-pub(crate) fn admin(ch: Channel) -> AdminClient<Channel> {
-    AdminClient::new(ch)
+pub(crate) fn admin(c: Conn) -> AdminClient<InterceptedService<Channel, Auth>> {
+    AdminClient::with_interceptor(c.channel, c.auth)
         .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
         .max_encoding_message_size(limits::REQUEST_BYTES_MAX)
 }

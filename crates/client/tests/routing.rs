@@ -456,6 +456,47 @@ impl admin_server::Admin for Broker {
         Err(Status::unimplemented("reset_offsets: not scripted"))
     }
 
+    async fn create_user(
+        &self,
+        _req: Request<v1::CreateUserRequest>,
+    ) -> Result<Response<v1::CreateUserResponse>, Status> {
+        Err(Status::unimplemented("create_user: not scripted"))
+    }
+
+    async fn delete_user(
+        &self,
+        _req: Request<v1::DeleteUserRequest>,
+    ) -> Result<Response<v1::DeleteUserResponse>, Status> {
+        Err(Status::unimplemented("delete_user: not scripted"))
+    }
+
+    async fn list_users(&self, _req: Request<v1::ListUsersRequest>) -> Result<Response<v1::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("list_users: not scripted"))
+    }
+
+    async fn add_acl(&self, _req: Request<v1::AclRequest>) -> Result<Response<v1::AclResponse>, Status> {
+        Err(Status::unimplemented("add_acl: not scripted"))
+    }
+
+    async fn remove_acl(&self, _req: Request<v1::AclRequest>) -> Result<Response<v1::AclResponse>, Status> {
+        Err(Status::unimplemented("remove_acl: not scripted"))
+    }
+
+    async fn list_acls(&self, _req: Request<v1::ListAclsRequest>) -> Result<Response<v1::ListAclsResponse>, Status> {
+        Err(Status::unimplemented("list_acls: not scripted"))
+    }
+
+    async fn set_quota(&self, _req: Request<v1::SetQuotaRequest>) -> Result<Response<v1::SetQuotaResponse>, Status> {
+        Err(Status::unimplemented("set_quota: not scripted"))
+    }
+
+    async fn list_quotas(
+        &self,
+        _req: Request<v1::ListQuotasRequest>,
+    ) -> Result<Response<v1::ListQuotasResponse>, Status> {
+        Err(Status::unimplemented("list_quotas: not scripted"))
+    }
+
     async fn set_controllers(
         &self,
         _req: Request<v1::SetControllersRequest>,

@@ -4,6 +4,7 @@
 //! documents (`flotilla_types::limits`).
 
 use flotilla_metadata::groups::GroupOp;
+use flotilla_metadata::security::{Credential, SecurityOp};
 use flotilla_metadata::share::{AckKind as ShareAckKind, ShareConfig, ShareOp};
 use std::sync::Mutex;
 
@@ -336,6 +337,34 @@ fn t92_fuzz_client_and_admin_requests() {
             enc(&v1::CancelMoveRequest { topic: "t".into(), partition: 3 }),
             checked::<v1::CancelMoveRequest, request::TopicPartition>,
         ),
+        (
+            "create_user",
+            enc(&v1::CreateUserRequest { name: "alice".into(), password: "s3cret".into() }),
+            checked::<v1::CreateUserRequest, request::CreateUser>,
+        ),
+        (
+            "delete_user",
+            enc(&v1::DeleteUserRequest { name: "alice".into() }),
+            checked::<v1::DeleteUserRequest, request::UserName>,
+        ),
+        (
+            "acl",
+            enc(&v1::AclRequest {
+                acl: Some(v1::Acl {
+                    principal: "User:alice".into(),
+                    resource_type: "topic".into(),
+                    pattern: "prefix".into(),
+                    resource_name: "orders.".into(),
+                    operation: "write".into(),
+                }),
+            }),
+            checked::<v1::AclRequest, request::AclChange>,
+        ),
+        (
+            "list_acls",
+            enc(&v1::ListAclsRequest { principal: "alice".into() }),
+            checked::<v1::ListAclsRequest, request::ListAcls>,
+        ),
     ];
     for (name, seed, target) in targets {
         run(name, &[seed], ALLOCATION_MAX, target);
@@ -501,6 +530,13 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
         let index = base.last_applied_index() + 1;
         base.apply(index, &c);
     }
+    let acl = flotilla_types::acl::AclEntry {
+        principal: "alice".into(),
+        resource: flotilla_types::acl::ResourceType::Topic,
+        pattern: flotilla_types::acl::PatternType::Literal,
+        name: "orders".into(),
+        operation: flotilla_types::acl::Operation::Write,
+    };
     let commands = vec![
         share_join("w2"),
         acquire("w2", 5_000),
@@ -547,6 +583,19 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
             policy: TopicPolicy::default(),
         },
         flotilla_metadata::Command::AddPartitions { name: "orders".into(), total: 5 },
+        flotilla_metadata::Command::Security(SecurityOp::PutUser {
+            name: "alice".into(),
+            credential: Credential {
+                salt: vec![7; 16],
+                iterations: 4096,
+                stored_key: vec![1; 32],
+                server_key: vec![2; 32],
+            },
+            only_if_absent: false,
+        }),
+        flotilla_metadata::Command::Security(SecurityOp::DeleteUser { name: "alice".into() }),
+        flotilla_metadata::Command::Security(SecurityOp::AddAcl(acl.clone())),
+        flotilla_metadata::Command::Security(SecurityOp::RemoveAcl(acl)),
     ];
     let seeds: Vec<Vec<u8>> = commands.iter().map(wire::encode_metadata_command).collect();
     run("metadata_command", &seeds, ALLOCATION_MAX, |b| match wire::metadata_command(b) {

@@ -12,6 +12,7 @@
 
 pub mod groups;
 pub mod placement;
+pub mod security;
 pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -232,6 +233,8 @@ pub enum Command {
         name: String,
         op: share::ShareOp,
     },
+    /// A change to users or ACLs (RFC 0009). Last, as every variant added after others.
+    Security(security::SecurityOp),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,7 +258,7 @@ pub enum Response {
 }
 
 impl Response {
-    fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> Response {
         Response::Error { code, message: message.into() }
     }
 }
@@ -275,8 +278,40 @@ pub struct MetadataState {
     /// Consumer groups by name.
     groups: BTreeMap<String, groups::ConsumerGroup>,
     /// Share groups by name (a name is a consumer group or a share group, not both).
-    /// Last: a snapshot written before it decodes through `MetadataStateV1`.
+    /// A snapshot written before it decodes through `MetadataStateV1`.
     share_groups: BTreeMap<String, share::ShareGroup>,
+    /// Users and ACLs. Last: a snapshot written before it decodes through
+    /// `MetadataStateV2`.
+    security: security::SecurityState,
+}
+
+/// The metadata state as written before users and ACLs (see `MetadataStateV1`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetadataStateV2 {
+    brokers: BTreeMap<NodeId, Broker>,
+    topics: BTreeMap<String, Topic>,
+    next_group: GroupId,
+    last_applied_index: u64,
+    next_producer_id: u64,
+    named_producers: BTreeMap<String, (u64, u16)>,
+    groups: BTreeMap<String, groups::ConsumerGroup>,
+    share_groups: BTreeMap<String, share::ShareGroup>,
+}
+
+impl From<MetadataStateV2> for MetadataState {
+    fn from(v: MetadataStateV2) -> MetadataState {
+        MetadataState {
+            brokers: v.brokers,
+            topics: v.topics,
+            next_group: v.next_group,
+            last_applied_index: v.last_applied_index,
+            next_producer_id: v.next_producer_id,
+            named_producers: v.named_producers,
+            groups: v.groups,
+            share_groups: v.share_groups,
+            security: security::SecurityState::default(),
+        }
+    }
 }
 
 /// The metadata state as written before share groups existed. Snapshots are bincode,
@@ -304,6 +339,7 @@ impl From<MetadataStateV1> for MetadataState {
             named_producers: v.named_producers,
             groups: v.groups,
             share_groups: BTreeMap::new(),
+            security: security::SecurityState::default(),
         }
     }
 }
@@ -319,6 +355,7 @@ impl Default for MetadataState {
             named_producers: BTreeMap::new(),
             groups: BTreeMap::new(),
             share_groups: BTreeMap::new(),
+            security: security::SecurityState::default(),
         }
     }
 }
@@ -383,6 +420,7 @@ impl MetadataState {
                 }
                 groups::apply(&mut self.groups, name, op, &self.topics, &self.brokers)
             }
+            Command::Security(op) => self.security.apply(op),
             Command::Share { name, op } => {
                 let consumer_groups = (self.groups.len(), self.groups.contains_key(name));
                 share::apply(&mut self.share_groups, name, op, consumer_groups, &self.topics)
@@ -485,6 +523,11 @@ impl MetadataState {
     }
 
     /// Share groups by name.
+    /// Users and ACLs.
+    pub fn security(&self) -> &security::SecurityState {
+        &self.security
+    }
+
     pub fn share_groups(&self) -> &BTreeMap<String, share::ShareGroup> {
         &self.share_groups
     }

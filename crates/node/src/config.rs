@@ -137,6 +137,20 @@ pub struct NodeConfig {
     /// Quotas of particular principals, by client id (`[quotas."client-id"]` in the
     /// file), replacing the defaults above for the kinds they set.
     pub quotas: BTreeMap<String, QuotaLimits>,
+    /// Check every client and admin request against the cluster's ACLs
+    /// (docs/security.md): what no entry allows is refused with NOT_AUTHORIZED, and a
+    /// request without credentials or a client certificate with NOT_AUTHENTICATED.
+    /// Default off: every request is allowed (credentials that are sent are still
+    /// checked).
+    pub authorization: bool,
+    /// Principals (user names, or client certificates' common names) allowed
+    /// everything, whatever the ACLs say (a list, or one comma-separated string).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub superusers: Vec<String>,
+    /// A user this node creates at its first start if the cluster has no user of that
+    /// name, with the password in the environment variable `FLOTILLA_BOOTSTRAP_PASSWORD`
+    /// (never a flag or the file): the first superuser of a cluster that uses passwords.
+    pub bootstrap_user: Option<String>,
 }
 
 /// A list given as a list, or as one string of comma-separated items (how an
@@ -209,6 +223,9 @@ impl Default for NodeConfig {
             quota_fetch_bytes_per_sec: 0,
             quota_requests_per_sec: 0,
             quotas: BTreeMap::new(),
+            authorization: false,
+            superusers: Vec::new(),
+            bootstrap_user: None,
         }
     }
 }
@@ -380,6 +397,17 @@ impl NodeConfig {
             return Err(format!(
                 "quotas: client id '{id}' is over {} bytes; no request could carry it",
                 limits::CLIENT_ID_BYTES_MAX
+            ));
+        }
+        if let Some(u) = self
+            .superusers
+            .iter()
+            .chain(&self.bootstrap_user)
+            .find(|u| u.is_empty() || u.len() > limits::USER_NAME_BYTES_MAX || *u == "*")
+        {
+            return Err(format!(
+                "superusers, bootstrap-user: '{u}' is not a user name (1..={} bytes, not '*')",
+                limits::USER_NAME_BYTES_MAX
             ));
         }
         if self.suspect_after_ms == 0 || self.dead_after_ms < self.suspect_after_ms {

@@ -22,6 +22,7 @@ mod quiesce;
 pub mod quota;
 mod reconciler;
 mod retention;
+pub mod security;
 pub mod share;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -63,6 +63,7 @@ pub struct Registry {
     quota_throttled: Family<QuotaLabels, Counter>,
     quota_held: Family<QuotaLabels, FloatCounter>,
     node_refused: Family<QuotaLabels, Counter>,
+    access_refused: Family<QuotaLabels, Counter>,
     /// The data directory's filesystem: total and free bytes (`set_disk_space`).
     disk_total: AtomicU64,
     disk_free: AtomicU64,
@@ -127,9 +128,19 @@ impl Default for Registry {
         for reason in ["sender", "recipient"] {
             let _ = node_refused.get_or_create(&[("reason", reason)]);
         }
+        let access_refused = Family::<QuotaLabels, Counter>::default();
+        registry.register(
+            "flotilla_requests_refused",
+            "Client and admin requests refused by authentication or authorization, by reason (unauthenticated: wrong credentials, or none while authorization is on; unauthorized: no ACL allows it)",
+            access_refused.clone(),
+        );
+        for reason in ["unauthenticated", "unauthorized"] {
+            let _ = access_refused.get_or_create(&[("reason", reason)]);
+        }
         Registry {
             registry,
             node_refused,
+            access_refused,
             latency,
             fetch_wait,
             records_in,
@@ -191,6 +202,11 @@ impl Registry {
     /// is not the node it claims to be) or `recipient` (meant for another node).
     pub fn node_message_refused(&self, reason: &'static str) {
         self.node_refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// A client or admin request refused: `unauthenticated` or `unauthorized`.
+    pub fn count_refused_access(&self, reason: &'static str) {
+        self.access_refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// The data directory's filesystem, as whoever watches it last read it.

@@ -4,11 +4,12 @@
 //! hold named in the answer (`throttle_time_ms`). A client that waits for its answers
 //! before sending more is slowed to its quota without an error.
 //!
-//! The principal is the client id the request carries (Kafka's `client.id` quotas);
-//! clients do not authenticate yet, so a client can claim any id: quotas guard against
-//! mistakes and runaway clients, not against an attacker. Limits are per node, as
-//! Kafka's are per broker: a principal producing to partitions led by three nodes may
-//! use three times its quota in all.
+//! The principal is the user the request proves (a password or a client certificate),
+//! else the client id it carries (Kafka's `client.id` quotas), which a client may claim
+//! freely. Limits come from the cluster (`flotilla quota set`, in the metadata group) or
+//! this node's configuration (`ClusterQuotas`, `Quotas::rate`). They are per node, as
+//! Kafka's are per broker: a principal producing to partitions led by three nodes may use
+//! three times its quota in all.
 //!
 //! Each (principal, kind) is an account with the time its allowance is used up to
 //! ("virtual scheduling", a token bucket of one second): a charge of `n` moves it on by
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use flotilla_raft::RaftTransport;
 use flotilla_types::limits;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::Node;
@@ -56,23 +56,23 @@ impl QuotaKind {
     }
 }
 
-/// One principal's limits; unset: the node's default for every principal (0: none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct QuotaLimits {
-    pub produce_bytes_per_sec: Option<u64>,
-    pub fetch_bytes_per_sec: Option<u64>,
-    pub requests_per_sec: Option<u64>,
+pub use flotilla_types::quota::QuotaLimits;
+
+/// One kind of a principal's limits.
+fn limit(l: &QuotaLimits, kind: QuotaKind) -> Option<u64> {
+    match kind {
+        QuotaKind::ProduceBytes => l.produce_bytes_per_sec,
+        QuotaKind::FetchBytes => l.fetch_bytes_per_sec,
+        QuotaKind::Requests => l.requests_per_sec,
+    }
 }
 
-impl QuotaLimits {
-    fn get(&self, kind: QuotaKind) -> Option<u64> {
-        match kind {
-            QuotaKind::ProduceBytes => self.produce_bytes_per_sec,
-            QuotaKind::FetchBytes => self.fetch_bytes_per_sec,
-            QuotaKind::Requests => self.requests_per_sec,
-        }
-    }
+/// The quotas set through the cluster (`flotilla quota set`, kept by the metadata
+/// group): per principal, and a default for every principal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterQuotas<'a> {
+    pub principal: Option<&'a QuotaLimits>,
+    pub default: Option<&'a QuotaLimits>,
 }
 
 /// Every principal's accounts on this node.
@@ -91,15 +91,30 @@ impl Quotas {
         Quotas { defaults, overrides, accounts: Mutex::default() }
     }
 
-    /// The rate `principal` may use of `kind` (per second); 0: no limit.
-    pub fn rate(&self, principal: &str, kind: QuotaKind) -> u64 {
-        self.overrides.get(principal).and_then(|l| l.get(kind)).or(self.defaults.get(kind)).unwrap_or(0)
+    /// The rate `principal` may use of `kind` (per second); 0: no limit. The first that
+    /// sets it of: the cluster's entry for the principal, this node's, the cluster's
+    /// default, this node's default.
+    pub fn rate(&self, principal: &str, kind: QuotaKind, cluster: ClusterQuotas<'_>) -> u64 {
+        cluster
+            .principal
+            .and_then(|l| limit(l, kind))
+            .or_else(|| self.overrides.get(principal).and_then(|l| limit(l, kind)))
+            .or_else(|| cluster.default.and_then(|l| limit(l, kind)))
+            .or(limit(&self.defaults, kind))
+            .unwrap_or(0)
     }
 
     /// Charges `amount` of `kind` to `principal` at `now`; how long its answer is to be
     /// held (not capped: [`THROTTLE_MAX`] is the caller's).
-    pub fn charge(&self, principal: &str, kind: QuotaKind, amount: u64, now: Instant) -> Duration {
-        let rate = self.rate(principal, kind);
+    pub fn charge(
+        &self,
+        principal: &str,
+        kind: QuotaKind,
+        amount: u64,
+        now: Instant,
+        cluster: ClusterQuotas<'_>,
+    ) -> Duration {
+        let rate = self.rate(principal, kind, cluster);
         if rate == 0 || amount == 0 {
             return Duration::ZERO;
         }
@@ -128,10 +143,18 @@ impl<T: RaftTransport> Node<T> {
     pub async fn throttle(&self, principal: &str, kind: QuotaKind, bytes: u64) -> Duration {
         let quotas = &self.inner.quotas;
         let now = Instant::now();
-        let hold = quotas
-            .charge(principal, kind, bytes, now)
-            .max(quotas.charge(principal, QuotaKind::Requests, 1, now))
-            .min(THROTTLE_MAX);
+        let hold = self.with_metadata(|m| {
+            let security = m.security();
+            let cluster = ClusterQuotas { principal: security.quota(principal), default: security.default_quota() };
+            quotas.charge(principal, kind, bytes, now, cluster).max(quotas.charge(
+                principal,
+                QuotaKind::Requests,
+                1,
+                now,
+                cluster,
+            ))
+        });
+        let hold = hold.min(THROTTLE_MAX);
         if !hold.is_zero() {
             self.metrics().count_throttle(kind, hold);
             tokio::time::sleep(hold).await;
@@ -144,6 +167,23 @@ impl<T: RaftTransport> Node<T> {
 mod tests {
     use super::*;
 
+    const NONE: ClusterQuotas<'static> = ClusterQuotas { principal: None, default: None };
+
+    #[test]
+    fn the_clusters_quotas_come_first_then_the_nodes() {
+        let q = quotas();
+        let mine = QuotaLimits { fetch_bytes_per_sec: Some(7), ..QuotaLimits::default() };
+        let everyone =
+            QuotaLimits { produce_bytes_per_sec: Some(50), requests_per_sec: Some(9), ..QuotaLimits::default() };
+        let cluster = ClusterQuotas { principal: Some(&mine), default: Some(&everyone) };
+        assert_eq!(q.rate("slow", QuotaKind::FetchBytes, cluster), 7, "the cluster's entry for the principal");
+        assert_eq!(q.rate("slow", QuotaKind::ProduceBytes, cluster), 100, "then the node's entry");
+        assert_eq!(q.rate("anyone", QuotaKind::ProduceBytes, cluster), 50, "then the cluster's default");
+        assert_eq!(q.rate("slow", QuotaKind::Requests, cluster), 2, "the node's entry before the cluster's default");
+        let only_default = ClusterQuotas { principal: None, default: Some(&mine) };
+        assert_eq!(q.rate("anyone", QuotaKind::ProduceBytes, only_default), 1_000, "then the node's default");
+    }
+
     fn quotas() -> Quotas {
         let defaults = QuotaLimits { produce_bytes_per_sec: Some(1_000), ..QuotaLimits::default() };
         let slow =
@@ -154,11 +194,11 @@ mod tests {
     #[test]
     fn an_override_replaces_the_default_for_its_kinds_only() {
         let q = quotas();
-        assert_eq!(q.rate("anyone", QuotaKind::ProduceBytes), 1_000);
-        assert_eq!(q.rate("slow", QuotaKind::ProduceBytes), 100);
-        assert_eq!(q.rate("slow", QuotaKind::Requests), 2);
-        assert_eq!(q.rate("anyone", QuotaKind::Requests), 0, "no default: no limit");
-        assert_eq!(q.rate("slow", QuotaKind::FetchBytes), 0);
+        assert_eq!(q.rate("anyone", QuotaKind::ProduceBytes, NONE), 1_000);
+        assert_eq!(q.rate("slow", QuotaKind::ProduceBytes, NONE), 100);
+        assert_eq!(q.rate("slow", QuotaKind::Requests, NONE), 2);
+        assert_eq!(q.rate("anyone", QuotaKind::Requests, NONE), 0, "no default: no limit");
+        assert_eq!(q.rate("slow", QuotaKind::FetchBytes, NONE), 0);
     }
 
     #[test]
@@ -166,38 +206,38 @@ mod tests {
         let q = quotas();
         let t0 = Instant::now();
         // An idle principal: one second's worth (1,000 bytes) passes without a hold.
-        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, t0), Duration::ZERO);
+        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, t0, NONE), Duration::ZERO);
         // The next 500 bytes at the same instant are half a second over.
-        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 500, t0), Duration::from_millis(500));
+        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 500, t0, NONE), Duration::from_millis(500));
         // A closed loop sending 100 bytes each time its answer comes is held 100 ms a
         // time: 1,000 bytes a second.
         let mut now = t0 + Duration::from_millis(500);
         let mut sent = 0;
         while now < t0 + Duration::from_secs(10) {
-            let hold = q.charge("a", QuotaKind::ProduceBytes, 100, now);
+            let hold = q.charge("a", QuotaKind::ProduceBytes, 100, now, NONE);
             assert_eq!(hold, Duration::from_millis(100));
             now += hold;
             sent += 100;
         }
         assert_eq!(sent, 9_500, "9.5 s at 1,000 bytes a second");
         // Another principal is not held back by a's account.
-        assert_eq!(q.charge("b", QuotaKind::ProduceBytes, 1_000, now), Duration::ZERO);
+        assert_eq!(q.charge("b", QuotaKind::ProduceBytes, 1_000, now, NONE), Duration::ZERO);
     }
 
     #[test]
     fn an_idle_principal_saves_no_more_than_one_second() {
         let q = quotas();
         let t0 = Instant::now();
-        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, t0), Duration::ZERO);
+        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, t0, NONE), Duration::ZERO);
         // A minute idle: still only one second's worth free.
         let later = t0 + Duration::from_secs(60);
-        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, later), Duration::ZERO);
-        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, later), Duration::from_secs(1));
+        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, later, NONE), Duration::ZERO);
+        assert_eq!(q.charge("a", QuotaKind::ProduceBytes, 1_000, later, NONE), Duration::from_secs(1));
     }
 
     #[test]
     fn no_limit_holds_nothing() {
         let q = Quotas::default();
-        assert_eq!(q.charge("a", QuotaKind::FetchBytes, u64::MAX, Instant::now()), Duration::ZERO);
+        assert_eq!(q.charge("a", QuotaKind::FetchBytes, u64::MAX, Instant::now(), NONE), Duration::ZERO);
     }
 }

@@ -1000,6 +1000,151 @@ pub fn share_ack_to_wire(tp: &(String, PartitionId), offset: Offset, kind: &Shar
     v1::ShareAck { topic: tp.0.clone(), partition: tp.1, offset, r#type: t as i32, error }
 }
 
+/// A user name: 1..=`USER_NAME_BYTES_MAX` bytes, not `*` (which ACLs use for everyone)
+/// and not `ANONYMOUS` (the principal of a request without identity).
+pub fn user_name(name: String) -> Result<String, v1::Error> {
+    if name.is_empty() || name.len() > limits::USER_NAME_BYTES_MAX || name == "*" || name == "ANONYMOUS" {
+        return Err(invalid(format!(
+            "a user name has 1..={} bytes and is neither '*' nor 'ANONYMOUS'",
+            limits::USER_NAME_BYTES_MAX
+        )));
+    }
+    Ok(name)
+}
+
+/// A new user and its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CreateUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl TryFrom<v1::CreateUserRequest> for CreateUser {
+    type Error = v1::Error;
+    fn try_from(r: v1::CreateUserRequest) -> Result<CreateUser, v1::Error> {
+        let name = user_name(r.name)?;
+        if r.password.is_empty() || r.password.len() > limits::PASSWORD_BYTES_MAX {
+            return Err(invalid(format!("a password has 1..={} bytes", limits::PASSWORD_BYTES_MAX)));
+        }
+        Ok(CreateUser { name, password: r.password })
+    }
+}
+
+/// A request naming one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName(pub String);
+
+impl TryFrom<v1::DeleteUserRequest> for UserName {
+    type Error = v1::Error;
+    fn try_from(r: v1::DeleteUserRequest) -> Result<UserName, v1::Error> {
+        Ok(UserName(user_name(r.name)?))
+    }
+}
+
+pub use flotilla_types::acl::AclEntry;
+
+/// An ACL entry from the wire, checked.
+pub fn acl_from_wire(a: v1::Acl) -> Result<AclEntry, v1::Error> {
+    let principal = a.principal.strip_prefix("User:").map(str::to_string).unwrap_or(a.principal);
+    let entry = AclEntry {
+        principal,
+        resource: a.resource_type.parse().map_err(|e| invalid(format!("resource type: {e}")))?,
+        pattern: if a.pattern.is_empty() {
+            flotilla_types::acl::PatternType::Literal
+        } else {
+            a.pattern.parse().map_err(|e| invalid(format!("pattern: {e}")))?
+        },
+        name: a.resource_name,
+        operation: a.operation.parse().map_err(|e| invalid(format!("operation: {e}")))?,
+    };
+    entry.validate().map_err(invalid)?;
+    Ok(entry)
+}
+
+pub fn acl_to_wire(e: &AclEntry) -> v1::Acl {
+    v1::Acl {
+        principal: e.principal.clone(),
+        resource_type: e.resource.word().into(),
+        pattern: e.pattern.word().into(),
+        resource_name: e.name.clone(),
+        operation: e.operation.word().into(),
+    }
+}
+
+/// An ACL entry to add or remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclChange(pub AclEntry);
+
+impl TryFrom<v1::AclRequest> for AclChange {
+    type Error = v1::Error;
+    fn try_from(r: v1::AclRequest) -> Result<AclChange, v1::Error> {
+        Ok(AclChange(acl_from_wire(r.acl.ok_or_else(|| invalid("an ACL request names an entry"))?)?))
+    }
+}
+
+/// A listing of ACL entries, of one principal or of all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListAcls {
+    pub principal: Option<String>,
+}
+
+impl TryFrom<v1::ListAclsRequest> for ListAcls {
+    type Error = v1::Error;
+    fn try_from(r: v1::ListAclsRequest) -> Result<ListAcls, v1::Error> {
+        let p = r.principal.strip_prefix("User:").map(str::to_string).unwrap_or(r.principal);
+        if p.len() > limits::USER_NAME_BYTES_MAX {
+            return Err(invalid(format!("a principal has at most {} bytes", limits::USER_NAME_BYTES_MAX)));
+        }
+        Ok(ListAcls { principal: (!p.is_empty()).then_some(p) })
+    }
+}
+
+/// A quota to set: for one principal, or (`None`) the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetQuota {
+    pub principal: Option<String>,
+    pub limits: flotilla_types::quota::QuotaLimits,
+}
+
+impl TryFrom<v1::SetQuotaRequest> for SetQuota {
+    type Error = v1::Error;
+    fn try_from(r: v1::SetQuotaRequest) -> Result<SetQuota, v1::Error> {
+        let (principal, limits) = quota_from_wire(r.quota.ok_or_else(|| invalid("a quota request names a quota"))?)?;
+        Ok(SetQuota { principal, limits })
+    }
+}
+
+/// A quota from the wire: its principal (`None`: the default) and limits.
+pub fn quota_from_wire(q: v1::Quota) -> Result<(Option<String>, flotilla_types::quota::QuotaLimits), v1::Error> {
+    let principal = match (q.default_quota, q.principal) {
+        (true, p) if p.is_empty() => None,
+        (true, _) => return Err(invalid("a quota is for one principal or the default, not both")),
+        (false, p) => Some(client_id(p.strip_prefix("User:").map(str::to_string).unwrap_or(p))?),
+    };
+    let limits = flotilla_types::quota::QuotaLimits {
+        produce_bytes_per_sec: q.produce_bytes_per_sec,
+        fetch_bytes_per_sec: q.fetch_bytes_per_sec,
+        requests_per_sec: q.requests_per_sec,
+    };
+    Ok((principal, limits))
+}
+
+pub fn quota_to_wire(principal: Option<&str>, l: &flotilla_types::quota::QuotaLimits) -> v1::Quota {
+    v1::Quota {
+        principal: principal.unwrap_or_default().to_string(),
+        default_quota: principal.is_none(),
+        produce_bytes_per_sec: l.produce_bytes_per_sec,
+        fetch_bytes_per_sec: l.fetch_bytes_per_sec,
+        requests_per_sec: l.requests_per_sec,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -1342,5 +1487,39 @@ mod tests {
         assert!(commit(vec![one.clone(), one.clone()]).is_err());
         let big = v1::OffsetCommit { metadata: "x".repeat(limits::COMMIT_METADATA_BYTES_MAX + 1), ..one };
         assert!(commit(vec![big]).is_err());
+    }
+
+    #[test]
+    fn users_and_acls_from_the_wire_are_checked() {
+        let ok = CreateUser::try_from(v1::CreateUserRequest { name: "alice".into(), password: "pw".into() }).unwrap();
+        assert!(!format!("{ok:?}").contains("pw"), "a password never shows in a debug line");
+        for (name, password) in [("", "pw"), ("*", "pw"), ("ANONYMOUS", "pw"), ("alice", "")] {
+            let r = v1::CreateUserRequest { name: name.into(), password: password.into() };
+            assert_eq!(CreateUser::try_from(r).unwrap_err().error_code(), ErrorCode::InvalidRequest);
+        }
+        let long = v1::CreateUserRequest { name: "a".into(), password: "p".repeat(limits::PASSWORD_BYTES_MAX + 1) };
+        assert!(CreateUser::try_from(long).is_err());
+        let wire = v1::Acl {
+            principal: "User:alice".into(),
+            resource_type: "topic".into(),
+            pattern: "prefix".into(),
+            resource_name: "orders.".into(),
+            operation: "write".into(),
+        };
+        let entry = acl_from_wire(wire.clone()).unwrap();
+        assert_eq!(entry.principal, "alice");
+        assert_eq!(acl_from_wire(acl_to_wire(&entry)).unwrap(), entry);
+        let spoil: [fn(&mut v1::Acl); 4] = [
+            |a| a.resource_type = "table".into(),
+            |a| a.operation = "fly".into(),
+            |a| a.resource_name = String::new(),
+            |a| a.principal = String::new(),
+        ];
+        for f in spoil {
+            let mut a = wire.clone();
+            f(&mut a);
+            assert_eq!(acl_from_wire(a).unwrap_err().error_code(), ErrorCode::InvalidRequest);
+        }
+        assert!(AclChange::try_from(v1::AclRequest { acl: None }).is_err());
     }
 }

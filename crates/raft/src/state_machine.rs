@@ -72,21 +72,48 @@ enum GroupStateV1 {
     Partition(PartitionState),
 }
 
-/// Decodes an applied state or snapshot, of this version or the one before share groups
-/// (which differs only in the metadata state's last field). Bytes of one version never
-/// decode as the other: `decode` refuses trailing and missing bytes.
+/// `Applied` as written before users and ACLs: its metadata state is `MetadataStateV2`.
+#[derive(Deserialize)]
+struct AppliedV2 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: GroupStateV2,
+}
+
+#[derive(Deserialize)]
+enum GroupStateV2 {
+    Metadata(flotilla_metadata::MetadataStateV2),
+    Partition(PartitionState),
+}
+
+/// Decodes an applied state or snapshot, of this version, the one before users and ACLs
+/// or the one before share groups (each differs from the next only in the metadata
+/// state's last field). Bytes of one version never decode as another: `decode` refuses
+/// trailing and missing bytes.
 fn decode_applied(bytes: &[u8], what: &str) -> io::Result<Applied> {
-    decode::<Applied>(bytes, what).or_else(|e| match decode::<AppliedV1>(bytes, what) {
-        Ok(v) => Ok(Applied {
-            last_applied: v.last_applied,
-            membership: v.membership,
-            state: match v.state {
-                GroupStateV1::Metadata(m) => GroupState::Metadata(m.into()),
-                GroupStateV1::Partition(p) => GroupState::Partition(p),
-            },
-        }),
-        Err(_) => Err(e),
-    })
+    decode::<Applied>(bytes, what)
+        .or_else(|e| match decode::<AppliedV2>(bytes, what) {
+            Ok(v) => Ok(Applied {
+                last_applied: v.last_applied,
+                membership: v.membership,
+                state: match v.state {
+                    GroupStateV2::Metadata(m) => GroupState::Metadata(m.into()),
+                    GroupStateV2::Partition(p) => GroupState::Partition(p),
+                },
+            }),
+            Err(_) => Err(e),
+        })
+        .or_else(|e| match decode::<AppliedV1>(bytes, what) {
+            Ok(v) => Ok(Applied {
+                last_applied: v.last_applied,
+                membership: v.membership,
+                state: match v.state {
+                    GroupStateV1::Metadata(m) => GroupState::Metadata(m.into()),
+                    GroupStateV1::Partition(p) => GroupState::Partition(p),
+                },
+            }),
+            Err(_) => Err(e),
+        })
 }
 
 /// A snapshot as kept in memory and under `keys::SNAPSHOT`.
@@ -584,10 +611,12 @@ pub(crate) mod stored {
 mod tests {
     use super::*;
 
-    /// A metadata snapshot written before share groups (the same bytes without the
-    /// state's last field, an empty map's one byte) still opens, with its groups.
+    /// Metadata snapshots written before users, ACLs and cluster quotas (the same bytes
+    /// without the state's last field: three empty collections and a `None`, one byte
+    /// each) and before share groups (one empty map's byte fewer again) still open, with
+    /// their groups.
     #[test]
-    fn a_metadata_snapshot_from_before_share_groups_decodes() {
+    fn a_metadata_snapshot_from_before_share_groups_or_users_decodes() {
         let mut state = MetadataState::new();
         let join = flotilla_metadata::Command::Group {
             name: "readers".into(),
@@ -600,13 +629,14 @@ mod tests {
         let applied =
             Applied { last_applied: None, membership: Default::default(), state: GroupState::Metadata(state) };
         let now = encode(&applied);
-        assert_eq!(now.last(), Some(&0), "an empty map of share groups is one zero byte, last");
-        let before = &now[..now.len() - 1];
-        assert!(decode::<Applied>(before, "snapshot").is_err(), "the current shape does not read it");
-        let read = decode_applied(before, "snapshot").expect("read through the older shape");
-        match (read.state, applied.state) {
-            (GroupState::Metadata(r), GroupState::Metadata(a)) => assert_eq!(r, a),
-            _ => panic!("a metadata state"),
+        assert!(now.ends_with(&[0; 5]), "empty share groups, users, ACLs, quotas, no default quota: a zero byte each");
+        for older in [&now[..now.len() - 4], &now[..now.len() - 5]] {
+            assert!(decode::<Applied>(older, "snapshot").is_err(), "the current shape does not read it");
+            let read = decode_applied(older, "snapshot").expect("read through an older shape");
+            match (read.state, &applied.state) {
+                (GroupState::Metadata(r), GroupState::Metadata(a)) => assert_eq!(&r, a),
+                _ => panic!("a metadata state"),
+            }
         }
         // And the current shape still reads itself.
         assert!(decode_applied(&now, "snapshot").is_ok());

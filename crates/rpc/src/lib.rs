@@ -9,6 +9,7 @@
 //! way in, answers converted on the way out. Junk is rejected in that conversion and
 //! nowhere else.
 
+pub mod auth;
 mod convert;
 mod limit;
 mod metrics_http;

@@ -46,6 +46,8 @@ pub struct ClusterOptions {
     /// With `client_tls`: every client must present a certificate from the cluster's
     /// authority (`tls-client-ca`).
     pub client_certs: bool,
+    /// Environment variables every node gets (for example `FLOTILLA_BOOTSTRAP_PASSWORD`).
+    pub node_env: Vec<(String, String)>,
 }
 
 /// Real `flotilla node` processes. Every node is killed when this is dropped.
@@ -176,6 +178,7 @@ impl ProcessCluster {
             self.certs(&["node", "--id", &id.to_string(), "--ca-dir"], &["--name", "127.0.0.1"]);
         }
         let (client_tls, client_certs) = (self.options.client_tls, self.options.client_certs);
+        let env = self.options.node_env.clone();
         let n = self.node_mut(id);
         assert!(n.child.is_none(), "node {id} is already running");
         let log = File::options().create(true).append(true).open(&n.log).expect("open node log");
@@ -205,6 +208,7 @@ impl ProcessCluster {
             .arg("--data-dir")
             .arg(&n.data_dir)
             .env("RUST_LOG", std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

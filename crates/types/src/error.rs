@@ -77,11 +77,18 @@ pub enum ErrorCode {
     GroupNotEmpty = 24,
     /// No consumer group has this name.
     UnknownGroup = 25,
+    /// The request's credentials are wrong (an unknown user or a wrong password), or
+    /// authorization is on and the request carries no identity at all (no credentials,
+    /// no client certificate): nothing was done.
+    NotAuthenticated = 26,
+    /// The request's principal has no ACL allowing this operation on this resource:
+    /// nothing was done.
+    NotAuthorized = 27,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and round-trip tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::None,
         ErrorCode::Internal,
         ErrorCode::InvalidRequest,
@@ -108,6 +115,8 @@ impl ErrorCode {
         ErrorCode::StaleMemberEpoch,
         ErrorCode::GroupNotEmpty,
         ErrorCode::UnknownGroup,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::NotAuthorized,
     ];
 
     /// The wire number.
@@ -149,6 +158,8 @@ impl ErrorCode {
             ErrorCode::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
             ErrorCode::GroupNotEmpty => "GROUP_NOT_EMPTY",
             ErrorCode::UnknownGroup => "UNKNOWN_GROUP",
+            ErrorCode::NotAuthenticated => "NOT_AUTHENTICATED",
+            ErrorCode::NotAuthorized => "NOT_AUTHORIZED",
         }
     }
 

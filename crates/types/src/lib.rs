@@ -4,6 +4,7 @@
 //! This crate knows nothing of networking, storage engines or consensus. Everything
 //! here is plain data plus pure functions, so every other crate may depend on it.
 
+pub mod acl;
 pub mod batch;
 pub mod clock;
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod ids;
 pub mod limits;
 pub mod planted;
 pub mod policy;
+pub mod quota;
 
 pub use batch::{BatchError, Compression, ProducerStamp, Record, RecordBatch};
 pub use clock::{Clock, SystemClock};

@@ -254,6 +254,21 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
     check_topic_name(name).map_err(|e| e.replacen("topic name", "group name", 1))
 }
 
+/// The longest user name (a principal), in bytes: as long as a client id may be, so a
+/// client certificate's common name is a principal too.
+pub const USER_NAME_BYTES_MAX: usize = CLIENT_ID_BYTES_MAX;
+/// The longest password, in bytes.
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// The most users the cluster stores.
+pub const USERS_MAX: usize = 10_000;
+/// The most ACL entries the cluster stores.
+pub const ACLS_MAX: usize = 10_000;
+/// PBKDF2 iterations of a stored password credential (SCRAM-SHA-256's minimum is 4096).
+pub const PASSWORD_ITERATIONS: u32 = 4096;
+/// The most PBKDF2 iterations a stored credential may ask for (bounds the work of one
+/// authentication).
+pub const PASSWORD_ITERATIONS_MAX: u32 = 1 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
