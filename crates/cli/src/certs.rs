@@ -18,8 +18,6 @@ pub enum CertsCmd {
         #[arg(long)]
         cluster_id: Option<String>,
     },
-    /// Sign node ID's certificate (DIR/node-ID.pem, DIR/node-ID.key) with the authority
-    /// in --ca-dir.
     /// Sign a client's certificate (DIR/client-NAME.pem, .key), for nodes that require
     /// client certificates (tls-client-ca).
     Client {
@@ -33,6 +31,8 @@ pub enum CertsCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Sign node ID's certificate (DIR/node-ID.pem, DIR/node-ID.key) with the authority
+    /// in --ca-dir.
     Node {
         /// The node's id.
         #[arg(long)]

@@ -185,6 +185,100 @@ async fn x20_only_the_cluster_nodes_speak_node_to_node_each_as_itself() {
     .await;
 }
 
+/// Stops and restarts each node in turn, waiting after each until it is alive and every
+/// partition of `topic` has a leader, and producing to `topic` throughout; the values
+/// acknowledged.
+async fn rolling_restart(
+    cluster: &mut flotilla_testkit::ProcessCluster,
+    client: &flotilla_client::Client,
+    topic: &str,
+    step: &str,
+) -> Vec<String> {
+    let producer = client.producer(topic, ProducerConfig::default());
+    let mut acked = Vec::new();
+    for id in cluster.ids() {
+        cluster.stop(id);
+        cluster.restart(id);
+        eventually(&format!("{step}: node {id} back, every partition led"), Duration::from_secs(60), async || {
+            let info = client.describe_cluster().await.map_err(|e| e.to_string())?;
+            let alive = info.brokers.iter().filter(|b| b.state == "alive").count();
+            let t = client.describe_topic(topic).await.map_err(|e| e.to_string())?;
+            if alive == 3 && t.partitions.iter().all(|p| p.leader.is_some()) {
+                Ok(())
+            } else {
+                Err(format!("{alive} alive, {t:?}"))
+            }
+        })
+        .await;
+        for i in 0..20 {
+            let value = format!("{step}-{id}-{i}");
+            producer.send(keyed(&value, &value)).await.unwrap_or_else(|e| panic!("{step}, node {id}: {e}"));
+            acked.push(value);
+        }
+    }
+    acked
+}
+
+/// x21: the cluster's authority is replaced with no pause in service, in three rolling
+/// restarts: every node trusts both authorities (both in its rpc-tls-ca file), then
+/// takes a certificate from the new one, then trusts the new one alone, after which a
+/// certificate from the old authority gets nothing. Every acknowledged record is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x21_the_authority_is_replaced_in_rolling_restarts() {
+    let _serial = serial().await;
+    let mut cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "rotated", 3).await;
+    let certs = cluster.certs_dir();
+    let old_ca = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+    let cluster_id = flotilla_rpc::tls::ca_cluster(old_ca.as_bytes()).unwrap();
+    let old = tempfile::tempdir().unwrap();
+    std::fs::copy(certs.join("ca.pem"), old.path().join("ca.pem")).unwrap();
+    std::fs::copy(certs.join("ca.key"), old.path().join("ca.key")).unwrap();
+    let new = tempfile::tempdir().unwrap();
+    flotilla_ok(&["certs", "ca", "--cluster-id", &cluster_id, "--dir"], new.path());
+    let new_ca = std::fs::read_to_string(new.path().join("ca.pem")).unwrap();
+
+    // 1. Trust both.
+    std::fs::write(certs.join("ca.pem"), format!("{old_ca}{new_ca}")).unwrap();
+    let mut acked = rolling_restart(&mut cluster, &client, "rotated", "both").await;
+    // 2. Certificates from the new authority.
+    for id in cluster.ids() {
+        let (id, dir) = (id.to_string(), certs.display().to_string());
+        flotilla_ok(&["certs", "node", "--id", &id, "--name", "127.0.0.1", "--dir", &dir, "--ca-dir"], new.path());
+    }
+    acked.extend(rolling_restart(&mut cluster, &client, "rotated", "new-certs").await);
+    // 3. Trust the new one alone.
+    std::fs::write(certs.join("ca.pem"), &new_ca).unwrap();
+    acked.extend(rolling_restart(&mut cluster, &client, "rotated", "new-only").await);
+
+    // A certificate from the old authority is refused now, one from the new accepted.
+    flotilla_ok(&["certs", "node", "--id", "2", "--ca-dir"], old.path());
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let stale = NodeTls::from_pem(
+        2,
+        new_ca.as_bytes(),
+        &read(old.path().join("node-2.pem")),
+        &read(old.path().join("node-2.key")),
+    )
+    .unwrap();
+    let probe = raftpb::RaftRequest { group_id: 0, from_node: 2, to_node: 1, payload: vec![0xff].into() };
+    let refused = call(&cluster.rpc_addr(1), Some((&stale, 1)), probe.clone()).await;
+    assert!(refused.is_err(), "a certificate of the old authority was served: {refused:?}");
+    let current = tls_of(&certs, 2);
+    // Served: whatever the group makes of the junk payload, the connection was made.
+    if let Err((tonic::Code::Unavailable, message)) = call(&cluster.rpc_addr(1), Some((&current, 1)), probe).await {
+        panic!("the new authority's certificate: {message}")
+    }
+
+    let values: std::collections::BTreeSet<String> =
+        drain(&client, "rotated", 3).await.values().flatten().map(|(_, v)| v.clone()).collect();
+    assert_eq!(acked.len(), 180);
+    for v in &acked {
+        assert!(values.contains(v), "{v} was acknowledged and is lost");
+    }
+}
+
 fn flotilla_ok(args: &[&str], dir: &Path) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla")).args(args).arg(dir).output().unwrap();
     assert!(out.status.success(), "flotilla {args:?}: {}", String::from_utf8_lossy(&out.stderr));
