@@ -266,6 +266,44 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// How long a node starting on an empty data directory waits for each peer's answer.
+const IDENTITY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuses to start a node whose data directory is empty while a peer's metadata records
+/// it as a registered broker: its data (its Raft votes among them) is gone, and voting
+/// again with forgotten votes could elect two leaders in one term. Peers that do not
+/// answer (down, or starting too, as in a new cluster's first start) do not hold it up.
+async fn refuse_forgotten_identity(
+    config: &NodeConfig,
+    transport: &GrpcTransport,
+    addresses: &AddressBook,
+) -> anyhow::Result<()> {
+    let peers = config.peer_map().map_err(|e| anyhow::anyhow!(e))?;
+    let asked: Vec<u64> = peers.keys().copied().filter(|p| *p != config.id).collect();
+    for (id, addr) in peers {
+        addresses.set(id, addr);
+    }
+    let answers = futures::future::join_all(
+        asked.iter().map(|p| flotilla_raft::registered_at(transport, *p, IDENTITY_CHECK_TIMEOUT)),
+    )
+    .await;
+    for (peer, answer) in asked.iter().zip(answers) {
+        match answer {
+            Ok(true) => bail!(
+                "node {peer} knows node {} as a registered broker, and this node's data directory {} is empty: \
+                 the data it had (its Raft votes among them) is gone, and it must not vote again with what it \
+                 forgot. Start it with a new id (docs/operating.md, \"A node whose storage is corrupt\"), or \
+                 restore its data directory",
+                config.id,
+                config.data_dir.display()
+            ),
+            Ok(false) => tracing::debug!(peer, "not registered there: a new node"),
+            Err(e) => tracing::debug!(peer, error = %e, "no answer about this node's registration"),
+        }
+    }
+    Ok(())
+}
+
 /// The bootstrap user and its password (`FLOTILLA_BOOTSTRAP_PASSWORD`), when the
 /// configuration names one.
 fn bootstrap_user(config: &NodeConfig) -> anyhow::Result<Option<(String, String)>> {
@@ -295,6 +333,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let fresh = !config.data_dir.join("db").exists();
+    let tls = node_tls(&config)?;
+    let addresses = AddressBook::new();
+    let transport = match &tls {
+        Some(tls) => GrpcTransport::with_tls(config.id, addresses.clone(), tls.clone()),
+        None => GrpcTransport::new(config.id, addresses.clone()),
+    };
+    if fresh && config.join.is_none() {
+        refuse_forgotten_identity(&config, &transport, &addresses).await?;
+    }
     let engine = match RocksEngine::open(config.data_dir.join("db")) {
         Ok(engine) => engine,
         // Starting without writes it had made durable (its Raft votes among them) could let
@@ -308,7 +356,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("opening storage in {}", config.data_dir.display())),
     };
     let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engine);
-    let tls = node_tls(&config)?;
     let client_tls = client_tls(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -322,11 +369,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?,
         ),
         None => None,
-    };
-    let addresses = AddressBook::new();
-    let transport = match &tls {
-        Some(tls) => GrpcTransport::with_tls(config.id, addresses.clone(), tls.clone()),
-        None => GrpcTransport::new(config.id, addresses.clone()),
     };
     let node = Node::start(config.clone(), engine.clone(), transport, addresses, Arc::new(SystemClock))
         .await
@@ -466,6 +508,32 @@ pub const CLUSTER_ID_FILE: &str = "cluster-id";
 const JOIN_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(200);
 const JOIN_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How a joining node reaches the cluster's client listeners: over TLS when its own
+/// client listener uses TLS (checking theirs against the cluster's authority,
+/// `rpc-tls-ca`, and presenting its node certificate, for nodes that require client
+/// certificates), as the user in `FLOTILLA_USER` / `FLOTILLA_PASSWORD` when set (with
+/// authorization on, one allowed `alter` on the cluster).
+fn join_client_config(config: &NodeConfig) -> flotilla_client::ClientConfig {
+    let tls = match (&config.tls_cert, &config.rpc_tls_ca) {
+        (Some(_), Some(ca)) => {
+            let identity = config.rpc_tls_cert.as_deref().zip(config.rpc_tls_key.as_deref());
+            match flotilla_client::ClientTls::from_files(ca, identity) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    tracing::warn!(error = %e, "joining without TLS");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let credentials = std::env::var("FLOTILLA_USER")
+        .ok()
+        .zip(std::env::var("FLOTILLA_PASSWORD").ok())
+        .map(|(user, password)| flotilla_client::Credentials::new(user, password));
+    flotilla_client::ClientConfig { tls, credentials, ..flotilla_client::ClientConfig::default() }
+}
+
 /// Registers this node with the cluster through `via` (AddNode with its id, advertised
 /// address and labels), retrying with backoff until it succeeds. The metadata leader
 /// then adds it to the metadata group and gives it replicas.
@@ -477,7 +545,7 @@ async fn join(via: String, config: NodeConfig) {
     loop {
         attempts += 1;
         let attempt = async {
-            let client = flotilla_client::Client::connect(&via).await?;
+            let client = flotilla_client::Client::connect_with(&via, join_client_config(&config)).await?;
             client.add_node(config.id, config.advertised(), &config.rpc_advertised(), &labels).await
         };
         match attempt.await {

@@ -279,6 +279,58 @@ async fn x21_the_authority_is_replaced_in_rolling_restarts() {
     }
 }
 
+/// x22: a node whose data directory was wiped does not start again under its id while
+/// its peers know it (it would vote again with the votes it forgot); with its data
+/// back, it does, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x22_a_wiped_node_does_not_come_back_under_its_old_id() {
+    let _serial = serial().await;
+    let mut cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "kept", 3).await;
+    let producer = client.producer("kept", ProducerConfig::default());
+    for i in 0..100 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
+    }
+    cluster.stop(3);
+    let data = cluster.data_dir(3);
+    let aside = data.with_extension("aside");
+    std::fs::rename(&data, &aside).unwrap();
+    let certs = cluster.certs_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["node", "--id", "3", "--listen", &cluster.addr(3), "--rpc-listen", &cluster.rpc_addr(3)])
+        .args(["--peers", cluster.peers()])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--rpc-tls-ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--rpc-tls-cert")
+        .arg(certs.join("node-3.pem"))
+        .arg("--rpc-tls-key")
+        .arg(certs.join("node-3.key"))
+        .output()
+        .expect("run flotilla node");
+    assert!(!out.status.success(), "node 3 started on an empty data directory under its old id");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("knows node 3 as a registered broker") && stderr.contains("new id"), "{stderr}");
+    assert!(!data.join("db").exists(), "the refused start left storage behind, which a second start would trust");
+
+    // Its data back, it rejoins and the records are all there.
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&aside, &data).unwrap();
+    cluster.restart(3);
+    eventually("node 3 back", Duration::from_secs(30), async || {
+        let info = client.describe_cluster().await.map_err(|e| e.to_string())?;
+        match info.brokers.iter().find(|b| b.id == 3) {
+            Some(b) if b.state == "alive" => Ok(()),
+            other => Err(format!("node 3: {other:?}")),
+        }
+    })
+    .await;
+    let read = drain(&client, "kept", 3).await;
+    assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
+}
+
 fn flotilla_ok(args: &[&str], dir: &Path) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla")).args(args).arg(dir).output().unwrap();
     assert!(out.status.success(), "flotilla {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -29,18 +29,18 @@ impl<T: RaftTransport> Node<T> {
     }
 
     /// Whether `principal` may have `access`: always with authorization off, for a
-    /// superuser, or when an ACL entry allows it.
+    /// superuser, or when an ACL entry allows a user it.
     pub fn may(&self, principal: &Principal, access: &Access) -> bool {
         !self.authorization()
             || self.is_superuser(principal)
-            || self.with_metadata(|m| m.security().allows(principal.name(), access))
+            || (*principal != Principal::Anonymous
+                && self.with_metadata(|m| m.security().allows(principal.name(), access)))
     }
 
     /// Refuses the request unless `principal` may have every access in `needs`:
-    /// `NOT_AUTHENTICATED` when it has no identity at all (with authorization on, a
-    /// request without one gets only what ACLs grant `ANONYMOUS` or `*`, and never a
-    /// request that needs nothing in particular, such as a listing),
-    /// `NOT_AUTHORIZED` else, naming the first access missing.
+    /// `NOT_AUTHENTICATED` when it has no identity at all (with authorization on, every
+    /// request needs one; `*` in an entry means every user), `NOT_AUTHORIZED` else,
+    /// naming the first access missing.
     pub fn authorize(&self, principal: &Principal, needs: &[Access]) -> Result<(), ApiError> {
         if !self.authorization() || self.is_superuser(principal) {
             return Ok(());
@@ -48,7 +48,6 @@ impl<T: RaftTransport> Node<T> {
         let missing = self.with_metadata(|m| needs.iter().find(|a| !m.security().allows(principal.name(), a)).cloned());
         let refusal = match (principal, missing) {
             (Principal::User(_), None) => return Ok(()),
-            (Principal::Anonymous, None) if !needs.is_empty() => return Ok(()),
             (Principal::Anonymous, missing) => ApiError::new(
                 ErrorCode::NotAuthenticated,
                 format!(

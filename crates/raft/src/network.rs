@@ -70,6 +70,9 @@ pub(crate) enum RaftRpc {
     /// The last log id of the group's replica on the target, asked by a replica about to
     /// take over from a dead leader (`Groups::take_over`).
     LastLog,
+    /// Node-wide: does the target's metadata record the sender as a registered broker?
+    /// Asked by a node starting on an empty data directory (`registered_at`).
+    Registered,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,6 +97,24 @@ pub(crate) enum RaftReply {
     },
     /// The answer to `LastLog`.
     LastLog(Option<openraft::alias::LogIdOf<TypeConfig>>),
+    /// The answer to `Registered`.
+    Registered(bool),
+}
+
+/// Whether `peer`'s metadata records this node (the transport's sender) as a registered
+/// broker: asked by a node whose data directory is empty before it takes part in any
+/// group, since a registered node that lost its data must not vote again with the votes
+/// it forgot. `Err` when the peer did not answer (or cannot tell yet).
+pub async fn registered_at<T: RaftTransport>(transport: &T, peer: NodeId, timeout: Duration) -> Result<bool, String> {
+    let bytes = transport
+        .call(peer, flotilla_types::METADATA_GROUP, encode(&RaftRpc::Registered), timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    match decode::<RaftReply>(&bytes, "raft reply").map_err(|e| e.to_string())? {
+        RaftReply::Registered(known) => Ok(known),
+        RaftReply::Refused(why) => Err(why),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
 }
 
 /// Caps the rate of log data sent to replicas that are catching up during a partition

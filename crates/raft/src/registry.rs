@@ -304,6 +304,13 @@ impl<T: RaftTransport> Groups<T> {
                 RaftReply::Noted
             }
             Ok(RaftRpc::Ping) => RaftReply::Noted,
+            Ok(RaftRpc::Registered) => match self.get(METADATA_GROUP) {
+                Some(g) => RaftReply::Registered(g.read(|s| match s {
+                    GroupState::Metadata(m) => m.brokers().contains_key(&from),
+                    GroupState::Partition(_) => false,
+                })),
+                None => RaftReply::Refused(format!("node {} hosts no metadata replica yet", self.node)),
+            },
             Ok(rpc) => match self.get(group) {
                 None => RaftReply::Refused(format!("group {group} is not hosted on node {}", self.node)),
                 Some(g) => match check_sender(from, &rpc, &g) {
@@ -355,7 +362,7 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
                 g.write(c, std::time::Duration::from_millis(flotilla_types::limits::FORWARDED_WRITE_TIMEOUT_MS)).await,
             ),
         },
-        RaftRpc::Leading(_) | RaftRpc::Ping => refused(&"a node-wide message"),
+        RaftRpc::Leading(_) | RaftRpc::Ping | RaftRpc::Registered => refused(&"a node-wide message"),
         RaftRpc::Membership(node) => {
             let (leads, keeps) = g.keeps_member(node).await;
             RaftReply::Membership { leads, keeps, leader: g.leader() }

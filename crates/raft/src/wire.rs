@@ -159,6 +159,7 @@ pub fn sample_messages() -> Vec<Vec<u8>> {
         encode(&RaftRpc::Leading(vec![(1, 3), (7, 2)])),
         encode(&RaftRpc::Ping),
         encode(&RaftRpc::LastLog),
+        encode(&RaftRpc::Registered),
     ]
 }
 
@@ -181,6 +182,7 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
         encode(&RaftReply::Refused("group 3 is not hosted on node 2".into())),
         encode(&RaftReply::Noted),
         encode(&RaftReply::LastLog(Some(log_id_at(2, 9)))),
+        encode(&RaftReply::Registered(true)),
     ]
 }
 

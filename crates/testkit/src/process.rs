@@ -164,6 +164,16 @@ impl ProcessCluster {
         assert!(out.status.success(), "flotilla certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The `--peers` every node of the initial cluster is started with.
+    pub fn peers(&self) -> &str {
+        &self.peers
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.clone()
+    }
+
     /// Where the cluster's certificate authority and node certificates are.
     pub fn certs_dir(&self) -> PathBuf {
         self.dir.path().join("certs")
