@@ -41,9 +41,11 @@ up() {
   while :; do
     local waiting=0 line
     for c in $containers; do
-      line=$(docker inspect --format '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c")
+      line=$(docker inspect --format '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.ExitCode}}{{end}}' "$c")
       case $line in
         *" running healthy") ;;
+        # The one-shot service that makes the certificates, done.
+        *certs*" exited 0") ;;
         *" running "*) waiting=$((waiting + 1)) ;;
         *)
           echo "cluster.sh: ${line# } (not running); its log:" >&2

@@ -24,7 +24,7 @@ command -v docker >/dev/null || { echo "build.sh: docker is not installed" >&2; 
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/flotilla-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
-mkdir -p "$root/usr/local/bin" "$root/etc/flotilla" "$root/tmp" "$ctx/data"
+mkdir -p "$root/usr/local/bin" "$root/etc/flotilla" "$root/tmp" "$ctx/data" "$ctx/tls"
 chmod 1777 "$root/tmp"
 
 cp "$bin" "$root/usr/local/bin/flotilla"

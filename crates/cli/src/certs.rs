@@ -18,6 +18,23 @@ pub enum CertsCmd {
         #[arg(long)]
         cluster_id: Option<String>,
     },
+    /// Make what a cluster's nodes need, as far as it is missing: the authority (and a
+    /// cluster id) in DIR, and DIR/node-ID.pem and .key for each node listed. Safe to
+    /// run again: what exists is kept (a container's start, `deploy/compose`).
+    Init {
+        /// Where the authority and the certificates are.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The nodes' ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u64>,
+        /// The cluster id of a new authority (default: 12 random hex digits).
+        #[arg(long)]
+        cluster_id: Option<String>,
+        /// Further names each node certificate is good for (client TLS; repeatable).
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
+    },
     /// Sign a client's certificate (DIR/client-NAME.pem, .key), for nodes that require
     /// client certificates (tls-client-ca).
     Client {
@@ -61,6 +78,16 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
             println!("cluster {cluster}: certificate authority in {}", dir.join("ca.pem").display());
             Ok(())
         }
+        CertsCmd::Init { dir, nodes, cluster_id, names } => {
+            let made = init(&dir, &nodes, cluster_id.as_deref(), &names)?;
+            let cluster =
+                flotilla_rpc::tls::ca_cluster(&std::fs::read(dir.join("ca.pem"))?).map_err(|e| anyhow::anyhow!(e))?;
+            println!("cluster {cluster} in {}: {} made, the rest kept", dir.display(), made.len());
+            for m in made {
+                println!("  {m}");
+            }
+            Ok(())
+        }
         CertsCmd::Client { name, ca_dir, dir } => {
             let dir = dir.unwrap_or_else(|| ca_dir.clone());
             let (cert, key) = make_client(&ca_dir, &dir, &name)?;
@@ -74,6 +101,28 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The authority in `dir` (made, with `cluster` or a new cluster id, when missing) and a
+/// certificate for each of `nodes` (made when missing, good also for `names`); what it
+/// made.
+pub fn init(dir: &Path, nodes: &[u64], cluster: Option<&str>, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut made = Vec::new();
+    if !dir.join("ca.pem").exists() {
+        let cluster = match cluster {
+            Some(c) => c.to_string(),
+            None => new_cluster_id()?,
+        };
+        make_ca(dir, &cluster)?;
+        made.push(format!("the authority of cluster {cluster}"));
+    }
+    for &id in nodes {
+        if !dir.join(format!("node-{id}.pem")).exists() {
+            make_node(dir, dir, id, names)?;
+            made.push(format!("node {id}'s certificate"));
+        }
+    }
+    Ok(made)
 }
 
 /// 12 hex digits from the operating system's randomness.

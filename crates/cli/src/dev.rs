@@ -291,16 +291,9 @@ fn start_nodes(args: &DevArgs, exe: &std::path::Path, nodes: &mut Vec<Running>) 
 /// certificate, made when missing. Returns the directory.
 fn dev_certs(args: &DevArgs) -> anyhow::Result<PathBuf> {
     let dir = args.dir.join("certs");
-    if !dir.join("ca.pem").exists() {
-        let cluster = crate::certs::new_cluster_id()?;
-        crate::certs::make_ca(&dir, &cluster)?;
-    }
-    for i in 1..=args.nodes {
-        if !dir.join(format!("node-{i}.pem")).exists() {
-            // Good for 127.0.0.1 too, the host clients dial (with --client-tls).
-            crate::certs::make_node(&dir, &dir, i, &["127.0.0.1".into(), "localhost".into()])?;
-        }
-    }
+    let nodes: Vec<u64> = (1..=args.nodes).collect();
+    // Good for 127.0.0.1 too, the host clients dial (with --client-tls).
+    crate::certs::init(&dir, &nodes, None, &["127.0.0.1".into(), "localhost".into()])?;
     Ok(dir)
 }
 

@@ -191,14 +191,39 @@ fn t20_compose_files_pass_only_what_the_node_reads() {
         let docs = yaml_docs(file);
         assert_eq!(docs.len(), 1, "{file}");
         let services = docs[0]["services"].as_mapping().unwrap_or_else(|| panic!("{file}: no services"));
-        assert_eq!(services.len(), nodes, "{file}");
+        assert_eq!(services.len(), nodes + 1, "{file}: the nodes and `certs`");
+        // The one-shot service that makes the node-to-node certificates.
+        let certs = strings(&docs[0]["services"]["certs"]["command"], file);
+        assert_eq!(certs[..2], ["certs".to_string(), "init".to_string()], "{file}: {certs:?}");
+        assert_cli_accepts(&certs, file);
+        let tls_dir = flag_value(&certs, "--dir").expect("--dir");
+        let certified: BTreeSet<u64> =
+            flag_value(&certs, "--nodes").expect("--nodes").split(',').map(|n| n.parse().unwrap()).collect();
         let mut zones: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let mut ports = BTreeSet::new();
-        for (name, s) in services {
+        for (name, s) in services.iter().filter(|(name, _)| name.as_str() != Some("certs")) {
             let what = format!("{file}: {}", name.as_str().unwrap());
             let args = strings(&s["command"], &what);
             assert_node_flags(&args, &flags, &what);
             let id: u64 = flag_value(&args, "--id").expect("--id").parse().unwrap();
+            // Node-to-node TLS with the certificate `certs` made for it, from its volume.
+            assert!(certified.contains(&id), "{what}: `certs` makes no certificate for node {id}");
+            assert_eq!(flag_value(&args, "--rpc-tls-ca"), Some(format!("{tls_dir}/ca.pem").as_str()), "{what}");
+            assert_eq!(
+                flag_value(&args, "--rpc-tls-cert"),
+                Some(format!("{tls_dir}/node-{id}.pem").as_str()),
+                "{what}"
+            );
+            assert_eq!(flag_value(&args, "--rpc-tls-key"), Some(format!("{tls_dir}/node-{id}.key").as_str()), "{what}");
+            assert!(
+                strings(&s["volumes"], &what).iter().any(|v| v.ends_with(&format!(":{tls_dir}:ro"))),
+                "{what}: the certificates' volume is not mounted read-only at {tls_dir}"
+            );
+            assert_eq!(
+                s["depends_on"]["certs"]["condition"].as_str(),
+                Some("service_completed_successfully"),
+                "{what}: starts before its certificate exists"
+            );
             let listen = flag_value(&args, "--listen").expect("--listen");
             let peers = flag_value(&args, "--peers").expect("--peers");
             assert_eq!(peers.split(',').count(), nodes, "{what}: every node is a peer");
