@@ -207,17 +207,8 @@ async fn z10_acls_decide_who_produces_fetches_and_drains() {
 /// A client of a cluster with client certificates required: certificate `name`
 /// (`flotilla certs client --name NAME`), and credentials when given.
 async fn cert_client(cluster: &ProcessCluster, name: &str, credentials: Option<Credentials>) -> Client {
-    let certs = cluster.certs_dir();
-    if !certs.join(format!("client-{name}.pem")).exists() {
-        let made = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["certs", "client", "--name", name, "--ca-dir"])
-            .arg(&certs)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    }
-    let (cert, key) = (certs.join(format!("client-{name}.pem")), certs.join(format!("client-{name}.key")));
-    let tls = ClientTls::from_files(&certs.join("ca.pem"), Some((&cert, &key))).expect("certificates");
+    let (cert, key) = cluster.client_cert(name);
+    let tls = ClientTls::from_files(&cluster.certs_dir().join("ca.pem"), Some((&cert, &key))).expect("certificates");
     let config = ClientConfig {
         tls: Some(tls),
         credentials,
@@ -229,9 +220,8 @@ async fn cert_client(cluster: &ProcessCluster, name: &str, credentials: Option<C
 
 /// A client configuration for `cluster` with certificate `app`.
 fn app_config(cluster: &ProcessCluster) -> ClientConfig {
-    let certs = cluster.certs_dir();
-    let (cert, key) = (certs.join("client-app.pem"), certs.join("client-app.key"));
-    let tls = ClientTls::from_files(&certs.join("ca.pem"), Some((&cert, &key))).expect("certificates");
+    let (cert, key) = cluster.client_cert("app");
+    let tls = ClientTls::from_files(&cluster.certs_dir().join("ca.pem"), Some((&cert, &key))).expect("certificates");
     ClientConfig { tls: Some(tls), retry_deadline: Duration::from_secs(5), ..ClientConfig::default() }
 }
 

@@ -146,12 +146,7 @@ async fn x12_a_client_certificate_is_the_quota_principal() {
     let cluster = ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 3, options);
     let certs = cluster.certs_dir();
     for name in ["app", "other"] {
-        let made = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["certs", "client", "--name", name, "--ca-dir"])
-            .arg(&certs)
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        cluster.client_cert(name);
     }
     let client = tls_client(&cluster, Some("app")).await.expect("connect");
     eventually("three live nodes", Duration::from_secs(30), async || {

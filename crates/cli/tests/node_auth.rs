@@ -175,14 +175,7 @@ async fn x20_only_the_cluster_nodes_speak_node_to_node_each_as_itself() {
     assert!(stderr.contains(&format!("belongs to cluster {cluster_id}")) && stderr.contains("other"), "{stderr}");
     // With its own certificate it comes back.
     cluster.restart(3);
-    eventually("node 3 back", Duration::from_secs(30), async || {
-        let info = client.describe_cluster().await.map_err(|e| e.to_string())?;
-        match info.brokers.iter().find(|b| b.id == 3) {
-            Some(b) if b.state == "alive" => Ok(()),
-            other => Err(format!("node 3: {other:?}")),
-        }
-    })
-    .await;
+    node_alive(&client, 3).await;
 }
 
 /// Stops and restarts each node in turn, waiting after each until it is alive and every
@@ -319,16 +312,21 @@ async fn x22_a_wiped_node_does_not_come_back_under_its_old_id() {
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::rename(&aside, &data).unwrap();
     cluster.restart(3);
-    eventually("node 3 back", Duration::from_secs(30), async || {
+    node_alive(&client, 3).await;
+    let read = drain(&client, "kept", 3).await;
+    assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
+}
+
+/// Waits (30 s at most) until the cluster sees node `id` alive.
+async fn node_alive(client: &flotilla_client::Client, id: u64) {
+    eventually(&format!("node {id} back"), Duration::from_secs(30), async || {
         let info = client.describe_cluster().await.map_err(|e| e.to_string())?;
-        match info.brokers.iter().find(|b| b.id == 3) {
+        match info.brokers.iter().find(|b| b.id == id) {
             Some(b) if b.state == "alive" => Ok(()),
-            other => Err(format!("node 3: {other:?}")),
+            other => Err(format!("node {id}: {other:?}")),
         }
     })
     .await;
-    let read = drain(&client, "kept", 3).await;
-    assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
 }
 
 fn flotilla_ok(args: &[&str], dir: &Path) {

@@ -330,7 +330,7 @@ pub struct MetadataStateV1 {
 
 impl From<MetadataStateV1> for MetadataState {
     fn from(v: MetadataStateV1) -> MetadataState {
-        MetadataState {
+        MetadataStateV2 {
             brokers: v.brokers,
             topics: v.topics,
             next_group: v.next_group,
@@ -339,8 +339,8 @@ impl From<MetadataStateV1> for MetadataState {
             named_producers: v.named_producers,
             groups: v.groups,
             share_groups: BTreeMap::new(),
-            security: security::SecurityState::default(),
         }
+        .into()
     }
 }
 

@@ -58,32 +58,35 @@ struct Applied {
     state: GroupState,
 }
 
-/// `Applied` as written before share groups: its metadata state is `MetadataStateV1`.
+/// `Applied` as written by an older version, whose metadata state is `M`
+/// (`MetadataStateV1` before share groups, `MetadataStateV2` before users and ACLs).
 #[derive(Deserialize)]
-struct AppliedV1 {
+struct AppliedBefore<M> {
     last_applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
-    state: GroupStateV1,
+    state: GroupStateBefore<M>,
 }
 
 #[derive(Deserialize)]
-enum GroupStateV1 {
-    Metadata(flotilla_metadata::MetadataStateV1),
+enum GroupStateBefore<M> {
+    Metadata(M),
     Partition(PartitionState),
 }
 
-/// `Applied` as written before users and ACLs: its metadata state is `MetadataStateV2`.
-#[derive(Deserialize)]
-struct AppliedV2 {
-    last_applied: Option<LogIdOf<TypeConfig>>,
-    membership: StoredMembershipOf<TypeConfig>,
-    state: GroupStateV2,
-}
-
-#[derive(Deserialize)]
-enum GroupStateV2 {
-    Metadata(flotilla_metadata::MetadataStateV2),
-    Partition(PartitionState),
+/// `bytes` as an applied state of the version whose metadata state is `M`, converted.
+fn decode_before<M>(bytes: &[u8], what: &str) -> io::Result<Applied>
+where
+    M: serde::de::DeserializeOwned + Into<MetadataState>,
+{
+    let v = decode::<AppliedBefore<M>>(bytes, what)?;
+    Ok(Applied {
+        last_applied: v.last_applied,
+        membership: v.membership,
+        state: match v.state {
+            GroupStateBefore::Metadata(m) => GroupState::Metadata(m.into()),
+            GroupStateBefore::Partition(p) => GroupState::Partition(p),
+        },
+    })
 }
 
 /// Decodes an applied state or snapshot, of this version, the one before users and ACLs
@@ -92,28 +95,8 @@ enum GroupStateV2 {
 /// trailing and missing bytes.
 fn decode_applied(bytes: &[u8], what: &str) -> io::Result<Applied> {
     decode::<Applied>(bytes, what)
-        .or_else(|e| match decode::<AppliedV2>(bytes, what) {
-            Ok(v) => Ok(Applied {
-                last_applied: v.last_applied,
-                membership: v.membership,
-                state: match v.state {
-                    GroupStateV2::Metadata(m) => GroupState::Metadata(m.into()),
-                    GroupStateV2::Partition(p) => GroupState::Partition(p),
-                },
-            }),
-            Err(_) => Err(e),
-        })
-        .or_else(|e| match decode::<AppliedV1>(bytes, what) {
-            Ok(v) => Ok(Applied {
-                last_applied: v.last_applied,
-                membership: v.membership,
-                state: match v.state {
-                    GroupStateV1::Metadata(m) => GroupState::Metadata(m.into()),
-                    GroupStateV1::Partition(p) => GroupState::Partition(p),
-                },
-            }),
-            Err(_) => Err(e),
-        })
+        .or_else(|e| decode_before::<flotilla_metadata::MetadataStateV2>(bytes, what).map_err(|_| e))
+        .or_else(|e| decode_before::<flotilla_metadata::MetadataStateV1>(bytes, what).map_err(|_| e))
 }
 
 /// A snapshot as kept in memory and under `keys::SNAPSHOT`.

@@ -164,6 +164,17 @@ impl ProcessCluster {
         assert!(out.status.success(), "flotilla certs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Client `name`'s certificate and key (PEM) from the cluster's authority, made with
+    /// `flotilla certs client` when missing, for nodes that require client certificates.
+    pub fn client_cert(&self, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.certs_dir();
+        let (cert, key) = (dir.join(format!("client-{name}.pem")), dir.join(format!("client-{name}.key")));
+        if !cert.exists() {
+            self.certs(&["client", "--name", name, "--ca-dir"], &[]);
+        }
+        (cert, key)
+    }
+
     /// The `--peers` every node of the initial cluster is started with.
     pub fn peers(&self) -> &str {
         &self.peers
