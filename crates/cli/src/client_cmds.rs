@@ -580,6 +580,17 @@ pub enum ClusterCmd {
         /// The node.
         id: NodeId,
     },
+    /// Take back a node that lost its data under its old id: stop it, run this, and once
+    /// it says ready start the node on an empty data directory (docs/operating.md).
+    ReplaceNode {
+        /// The node.
+        id: NodeId,
+        /// Only report how far its replacement got.
+        #[arg(long)]
+        status: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Move a partition to new replicas; the first becomes its preferred leader.
     Reassign {
         /// The topic.
@@ -633,6 +644,29 @@ pub struct WaitArgs {
     /// Give up waiting after this many seconds (the operation goes on).
     #[arg(long, default_value_t = 600, value_name = "SECS", requires = "wait")]
     pub timeout: u64,
+}
+
+/// What `flotilla cluster replace-node` says of a replacement, and what to do next.
+fn replacement_text(r: &flotilla_client::ReplacementInfo) -> String {
+    let id = r.node;
+    match r.state.as_str() {
+        "ready" => format!(
+            "node {id}'s old replica has left every group: start node {id} now on an empty data directory, \
+             with its id, addresses and certificate; it comes back as a new replica of each of its groups{}\n",
+            if r.metadata_voter { " and votes in the metadata group again once caught up" } else { "" }
+        ),
+        "removing" => {
+            let groups: Vec<String> = r.groups_left.iter().take(10).map(|g| g.to_string()).collect();
+            format!(
+                "replacing node {id}: its old replica is still in {} groups ({}{}); keep the node stopped, and \
+                 start it on an empty data directory once this says ready (--wait waits)\n",
+                r.groups_left.len(),
+                groups.join(", "),
+                if r.groups_left.len() > 10 { ", ..." } else { "" }
+            )
+        }
+        _ => format!("node {id} is not being replaced\n"),
+    }
 }
 
 #[derive(Args)]
@@ -791,6 +825,13 @@ async fn cluster(client: &Client, cmd: ClusterCmd, output: Output) -> anyhow::Re
         ClusterCmd::Drain { id, undo: true, .. } => {
             client.undrain_node(id).await.map_err(one_line)?;
             show(output, &serde_json::json!({ "undrained": id }), || format!("node {id} takes replicas again\n"))
+        }
+        ClusterCmd::ReplaceNode { id, status, wait } => {
+            let mut r = client.replace_node(id, status).await.map_err(one_line)?;
+            if wait.wait && r.state == "removing" {
+                r = crate::progress::wait_replaceable(client, id, wait.timeout, output).await?;
+            }
+            show(output, &r, || replacement_text(&r))
         }
         ClusterCmd::Remove { id } => {
             client.remove_node(id).await.map_err(one_line)?;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use flotilla_node::{AddressBook, Node, NodeConfig};
+use flotilla_raft::Registration;
 use flotilla_rpc::GrpcTransport;
 use flotilla_storage_rocksdb::RocksEngine;
-use flotilla_types::SystemClock;
+use flotilla_types::{GroupId, SystemClock};
 
 /// The node's flags. Each setting is also read from a `FLOTILLA_*` environment variable
 /// (the key in capitals, `-` as `_`: `FLOTILLA_DATA_DIR`) and from the configuration
@@ -273,11 +274,14 @@ const IDENTITY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// it as a registered broker: its data (its Raft votes among them) is gone, and voting
 /// again with forgotten votes could elect two leaders in one term. Peers that do not
 /// answer (down, or starting too, as in a new cluster's first start) do not hold it up.
+/// A node being replaced (`flotilla cluster replace-node`) may start once a peer says its
+/// replacement is ready and none says otherwise: then the first group id it may
+/// initialise is returned.
 async fn refuse_forgotten_identity(
     config: &NodeConfig,
     transport: &GrpcTransport,
     addresses: &AddressBook,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<GroupId>> {
     let peers = config.peer_map().map_err(|e| anyhow::anyhow!(e))?;
     let asked: Vec<u64> = peers.keys().copied().filter(|p| *p != config.id).collect();
     for (id, addr) in peers {
@@ -287,21 +291,59 @@ async fn refuse_forgotten_identity(
         asked.iter().map(|p| flotilla_raft::registered_at(transport, *p, IDENTITY_CHECK_TIMEOUT)),
     )
     .await;
+    let (id, dir) = (config.id, config.data_dir.display());
+    let mut replaceable = None;
     for (peer, answer) in asked.iter().zip(answers) {
         match answer {
-            Ok(true) => bail!(
-                "node {peer} knows node {} as a registered broker, and this node's data directory {} is empty: \
-                 the data it had (its Raft votes among them) is gone, and it must not vote again with what it \
-                 forgot. Start it with a new id (docs/operating.md, \"A node whose storage is corrupt\"), or \
-                 restore its data directory",
-                config.id,
-                config.data_dir.display()
+            Ok(Registration::Registered) => bail!(
+                "node {peer} knows node {id} as a registered broker, and this node's data directory {dir} is \
+                 empty: the data it had (its Raft votes among them) is gone, and it must not vote again with \
+                 what it forgot. Replace it under its id (`flotilla cluster replace-node {id}`, then start it \
+                 again), start it with a new id, or restore its data directory (docs/operating.md, \"A node \
+                 whose storage is corrupt\")"
             ),
-            Ok(false) => tracing::debug!(peer, "not registered there: a new node"),
+            Ok(Registration::Replacing { groups_left }) => bail!(
+                "node {id} is being replaced, but node {peer} says its old replica is still in {groups_left} \
+                 groups: start it once `flotilla cluster replace-node {id} --status` says ready"
+            ),
+            Ok(Registration::Replaceable { first_new_group }) => {
+                tracing::info!(peer, "this node is being replaced: it starts empty and rejoins every group");
+                replaceable = Some(first_new_group);
+            }
+            Ok(Registration::Unknown) => tracing::debug!(peer, "not registered there: a new node"),
             Err(e) => tracing::debug!(peer, error = %e, "no answer about this node's registration"),
         }
     }
-    Ok(())
+    Ok(replaceable)
+}
+
+/// `data-dir/replaced`: written when a node starts empty as its own replacement, with the
+/// first group id it may initialise (`NodeConfig::replaced_below`); read at every start.
+const REPLACED_FILE: &str = "replaced";
+
+/// Records durably that this node replaces itself from group `first` on.
+fn mark_replaced(data_dir: &std::path::Path, first: GroupId) -> anyhow::Result<()> {
+    let path = data_dir.join(REPLACED_FILE);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut f, format!("{first}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// The first group id this node may initialise, when it replaced itself.
+fn replaced_below(data_dir: &std::path::Path) -> anyhow::Result<Option<GroupId>> {
+    let path = data_dir.join(REPLACED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let first = text.trim().parse().with_context(|| format!("{} holds no group id", path.display()))?;
+            Ok(Some(first))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// The bootstrap user and its password (`FLOTILLA_BOOTSTRAP_PASSWORD`), when the
@@ -330,7 +372,7 @@ async fn create_user(node: Node<GrpcTransport>, name: String, password: String) 
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
-    let config = load_config(&args)?;
+    let mut config = load_config(&args)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let fresh = !config.data_dir.join("db").exists();
@@ -340,9 +382,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(tls) => GrpcTransport::with_tls(config.id, addresses.clone(), tls.clone()),
         None => GrpcTransport::new(config.id, addresses.clone()),
     };
-    if fresh && config.join.is_none() {
-        refuse_forgotten_identity(&config, &transport, &addresses).await?;
+    if fresh
+        && config.join.is_none()
+        && let Some(first) = refuse_forgotten_identity(&config, &transport, &addresses).await?
+    {
+        mark_replaced(&config.data_dir, first)?;
     }
+    config.replaced_below = replaced_below(&config.data_dir)?;
     let engine = match RocksEngine::open(config.data_dir.join("db")) {
         Ok(engine) => engine,
         // Starting without writes it had made durable (its Raft votes among them) could let

@@ -150,6 +150,39 @@ pub async fn wait_drained(client: &Client, id: NodeId, timeout_s: u64, output: O
     }
 }
 
+/// Waits until node `id`'s replacement is ready (its old replica left every group),
+/// showing the groups left; returns the last report.
+pub async fn wait_replaceable(
+    client: &Client,
+    id: NodeId,
+    timeout_s: u64,
+    output: Output,
+) -> anyhow::Result<flotilla_client::ReplacementInfo> {
+    let started = Instant::now();
+    let first = client.replace_node(id, true).await.map_err(one_line)?;
+    let total = first.groups_left.len() as u64;
+    let bar = bar(total, output);
+    loop {
+        let r = client.replace_node(id, true).await.map_err(one_line)?;
+        if r.state != "removing" {
+            bar.finish_and_clear();
+            return Ok(r);
+        }
+        let left = r.groups_left.len() as u64;
+        bar.set_length(total.max(left));
+        bar.set_position(total.saturating_sub(left));
+        bar.set_message(format!("groups node {id}'s old replica has left"));
+        if started.elapsed() > Duration::from_secs(timeout_s) {
+            bar.abandon();
+            bail!(
+                "node {id}'s old replica is still in {left} groups after {timeout_s} s (their leaders remove it; \
+                 a group without a leader waits for one); the replacement goes on"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Waits until `topic/partition` has no move in progress and its replicas are
 /// `replicas`, showing the new replicas' catch-up.
 pub async fn wait_moved(

@@ -317,6 +317,90 @@ async fn x22_a_wiped_node_does_not_come_back_under_its_old_id() {
     assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
 }
 
+/// x23: a node whose data directory was wiped comes back under its old id through
+/// `flotilla cluster replace-node` (RFC 0008): refused while the node is alive; once it
+/// is stopped, its old replica leaves every group (the metadata group's voters too) while
+/// the others keep taking writes; the node then starts on an empty data directory, is
+/// caught up as a new replica everywhere and votes again: with another node stopped, it
+/// and the third commit writes in every partition and in the metadata group, and every
+/// record acknowledged is read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x23_a_wiped_node_is_replaced_under_its_old_id() {
+    let _serial = serial().await;
+    let options = flotilla_testkit::ClusterOptions { metrics: true, ..Default::default() };
+    let mut cluster = flotilla_testkit::ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 3, options);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "kept", 3).await;
+    let producer = client.producer("kept", ProducerConfig::default());
+    for i in 0..100 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
+    }
+    let bootstrap = cluster.bootstrap();
+    let out = cli(&bootstrap, &["cluster", "replace-node", "3"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("node 3 is alive"), "{stderr}");
+
+    cluster.stop(3);
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    let stdout = eventually("replace-node 3", Duration::from_secs(60), async || {
+        let out = cli(&bootstrap, &["cluster", "replace-node", "3", "--wait", "--timeout", "50"]).await;
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).to_string()),
+            false => Err(String::from_utf8_lossy(&out.stderr).to_string()),
+        }
+    })
+    .await;
+    assert!(stdout.contains("start node 3 now"), "{stdout}");
+    let during = client.controllers().await.expect("controllers");
+    assert_eq!(during.voters, vec![1, 2], "node 3 left the metadata group's voters");
+    for i in 100..150 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged without node 3");
+    }
+
+    cluster.restart(3);
+    node_alive(&client, 3).await;
+    assert!(cluster.data_dir(3).join("replaced").exists(), "the node records that it replaced itself");
+    eventually("replacement finished, node 3 a metadata voter again", Duration::from_secs(60), async || {
+        let r = client.replace_node(3, true).await.map_err(|e| e.to_string())?;
+        let c = client.controllers().await.map_err(|e| e.to_string())?;
+        match r.state == "none" && c.voters == [1, 2, 3] && !c.changing {
+            true => Ok(()),
+            false => Err(format!("{r:?} {c:?}")),
+        }
+    })
+    .await;
+    eventually("every partition has three in-sync voters", Duration::from_secs(60), async || {
+        let mut under = 0;
+        for id in cluster.ids() {
+            let text = http_get(&cluster.metrics_addr(id).unwrap(), "/metrics");
+            let line = text.lines().find(|l| l.starts_with("flotilla_under_replicated_partitions "));
+            under += line.and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).ok_or("no figure")?;
+        }
+        if under == 0 { Ok(()) } else { Err(format!("{under} under-replicated")) }
+    })
+    .await;
+
+    // Node 3 votes again: without node 1, nodes 2 and 3 commit everywhere.
+    cluster.stop(1);
+    let c2 = eventually("client", Duration::from_secs(30), async || {
+        flotilla_client::Client::connect(&cluster.addr(2)).await
+    })
+    .await;
+    let producer = c2.producer("kept", ProducerConfig::default());
+    for i in 150..200 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged by nodes 2 and 3");
+    }
+    eventually("a metadata write by nodes 2 and 3", Duration::from_secs(30), async || {
+        c2.create_topic("after", 1, 2).await
+    })
+    .await;
+    let read = drain(&c2, "kept", 3).await;
+    let values: std::collections::BTreeSet<String> = read.values().flatten().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len(), 200, "every acknowledged record is read back");
+    assert_eq!(read.values().map(Vec::len).sum::<usize>(), 200, "and only once");
+    cluster.restart(1);
+}
+
 /// Waits (30 s at most) until the cluster sees node `id` alive.
 async fn node_alive(client: &flotilla_client::Client, id: u64) {
     eventually(&format!("node {id} back"), Duration::from_secs(30), async || {

@@ -18,7 +18,7 @@ use crate::error::{ClientError, Result};
 use crate::router::{Kind, Target};
 use crate::wire::{admin, answered, refused, rpc_err};
 
-pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario};
+pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario, ReplacementInfo};
 pub use flotilla_types::{Labels, TopicPolicy};
 
 /// What a plan action does.
@@ -215,6 +215,30 @@ impl Client {
             answered(&addr, &admin(ch).remove_node(wire).await.map_err(rpc_err(&addr))?.into_inner().error)
         })
         .await
+    }
+
+    /// Starts replacing node `id`, which lost its data, under its old id (RFC 0008), or
+    /// with `status_only` only reports how far its replacement got. The node must be
+    /// stopped. Once the answer says `ready`, start it on an empty data directory.
+    pub async fn replace_node(&self, id: NodeId, status_only: bool) -> Result<ReplacementInfo> {
+        let wire = v1::ReplaceNodeRequest { id, status_only };
+        request::ReplaceNode::try_from(wire).map_err(refused)?;
+        let kind = if status_only { Kind::Read } else { Kind::Write { retry_indeterminate: true } };
+        self.inner
+            .call(Target::MetadataLeader, kind, Duration::ZERO, None, move |ch, addr| async move {
+                let r = admin(ch).replace_node(wire).await.map_err(rpc_err(&addr))?.into_inner();
+                answered(&addr, &r.error)?;
+                if !matches!(r.state.as_str(), "none" | "removing" | "ready") {
+                    return Err(ClientError::protocol(&addr, format!("unknown replacement state '{}'", r.state)));
+                }
+                Ok(ReplacementInfo {
+                    node: id,
+                    state: r.state,
+                    groups_left: r.groups_left,
+                    metadata_voter: r.metadata_voter,
+                })
+            })
+            .await
     }
 
     /// Moves a partition to `replicas` (the first becomes its preferred leader); the id

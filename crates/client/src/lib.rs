@@ -79,7 +79,8 @@ mod share;
 mod wire;
 
 pub use admin::{
-    ActionKind, CatchUpInfo, ControllersInfo, Labels, MoveInfo, PlanAction, PlanInfo, PlanScenario, TopicPolicy,
+    ActionKind, CatchUpInfo, ControllersInfo, Labels, MoveInfo, PlanAction, PlanInfo, PlanScenario, ReplacementInfo,
+    TopicPolicy,
 };
 pub use client::{Client, ReplicaRead};
 pub use config::{ClientConfig, ClientTls, ConsumerConfig, Credentials, ProducerConfig};

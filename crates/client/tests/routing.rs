@@ -377,6 +377,13 @@ impl admin_server::Admin for Broker {
         Err(Status::unimplemented("remove_node: not scripted"))
     }
 
+    async fn replace_node(
+        &self,
+        _req: Request<v1::ReplaceNodeRequest>,
+    ) -> Result<Response<v1::ReplaceNodeResponse>, Status> {
+        Err(Status::unimplemented("replace_node: not scripted"))
+    }
+
     async fn reassign(&self, _req: Request<v1::ReassignRequest>) -> Result<Response<v1::ReassignResponse>, Status> {
         Err(Status::unimplemented("reassign: not scripted"))
     }

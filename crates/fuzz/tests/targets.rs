@@ -4,6 +4,7 @@
 //! documents (`flotilla_types::limits`).
 
 use flotilla_metadata::groups::GroupOp;
+use flotilla_metadata::replace::ReplaceOp;
 use flotilla_metadata::security::{Credential, SecurityOp};
 use flotilla_metadata::share::{AckKind as ShareAckKind, ShareConfig, ShareOp};
 use std::sync::Mutex;
@@ -302,6 +303,11 @@ fn t92_fuzz_client_and_admin_requests() {
         ),
         ("remove_node", enc(&v1::RemoveNodeRequest { id: 2 }), checked::<v1::RemoveNodeRequest, request::NodeRef>),
         (
+            "replace_node",
+            enc(&v1::ReplaceNodeRequest { id: 2, status_only: true }),
+            checked::<v1::ReplaceNodeRequest, request::ReplaceNode>,
+        ),
+        (
             "reassign",
             enc(&v1::ReassignRequest { topic: "t".into(), partition: 1, replicas: vec![1, 2, 4] }),
             checked::<v1::ReassignRequest, request::Reassign>,
@@ -596,6 +602,9 @@ fn t92_fuzz_metadata_commands_decode_and_apply() {
         flotilla_metadata::Command::Security(SecurityOp::DeleteUser { name: "alice".into() }),
         flotilla_metadata::Command::Security(SecurityOp::AddAcl(acl.clone())),
         flotilla_metadata::Command::Security(SecurityOp::RemoveAcl(acl)),
+        flotilla_metadata::Command::Replace { node: 2, op: ReplaceOp::Start { metadata_voter: true } },
+        flotilla_metadata::Command::Replace { node: 2, op: ReplaceOp::ReplicaGone { group: 1 } },
+        flotilla_metadata::Command::Replace { node: 2, op: ReplaceOp::Finish },
     ];
     let seeds: Vec<Vec<u8>> = commands.iter().map(wire::encode_metadata_command).collect();
     run("metadata_command", &seeds, ALLOCATION_MAX, |b| match wire::metadata_command(b) {

@@ -12,6 +12,7 @@
 
 pub mod groups;
 pub mod placement;
+pub mod replace;
 pub mod security;
 pub mod share;
 
@@ -233,8 +234,14 @@ pub enum Command {
         name: String,
         op: share::ShareOp,
     },
-    /// A change to users or ACLs (RFC 0009). Last, as every variant added after others.
+    /// A change to users or ACLs (RFC 0009).
     Security(security::SecurityOp),
+    /// A step of replacing a node that lost its data (RFC 0008). Last, as every variant
+    /// added after others.
+    Replace {
+        node: NodeId,
+        op: replace::ReplaceOp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,9 +287,42 @@ pub struct MetadataState {
     /// Share groups by name (a name is a consumer group or a share group, not both).
     /// A snapshot written before it decodes through `MetadataStateV1`.
     share_groups: BTreeMap<String, share::ShareGroup>,
-    /// Users and ACLs. Last: a snapshot written before it decodes through
-    /// `MetadataStateV2`.
+    /// Users and ACLs. A snapshot written before it decodes through `MetadataStateV2`.
     security: security::SecurityState,
+    /// Nodes being replaced after losing their data. Last: a snapshot written before it
+    /// decodes through `MetadataStateV3`.
+    replacements: BTreeMap<NodeId, replace::Replacement>,
+}
+
+/// The metadata state as written before node replacement (see `MetadataStateV1`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetadataStateV3 {
+    brokers: BTreeMap<NodeId, Broker>,
+    topics: BTreeMap<String, Topic>,
+    next_group: GroupId,
+    last_applied_index: u64,
+    next_producer_id: u64,
+    named_producers: BTreeMap<String, (u64, u16)>,
+    groups: BTreeMap<String, groups::ConsumerGroup>,
+    share_groups: BTreeMap<String, share::ShareGroup>,
+    security: security::SecurityState,
+}
+
+impl From<MetadataStateV3> for MetadataState {
+    fn from(v: MetadataStateV3) -> MetadataState {
+        MetadataState {
+            brokers: v.brokers,
+            topics: v.topics,
+            next_group: v.next_group,
+            last_applied_index: v.last_applied_index,
+            next_producer_id: v.next_producer_id,
+            named_producers: v.named_producers,
+            groups: v.groups,
+            share_groups: v.share_groups,
+            security: v.security,
+            replacements: BTreeMap::new(),
+        }
+    }
 }
 
 /// The metadata state as written before users and ACLs (see `MetadataStateV1`).
@@ -300,7 +340,7 @@ pub struct MetadataStateV2 {
 
 impl From<MetadataStateV2> for MetadataState {
     fn from(v: MetadataStateV2) -> MetadataState {
-        MetadataState {
+        MetadataStateV3 {
             brokers: v.brokers,
             topics: v.topics,
             next_group: v.next_group,
@@ -311,6 +351,7 @@ impl From<MetadataStateV2> for MetadataState {
             share_groups: v.share_groups,
             security: security::SecurityState::default(),
         }
+        .into()
     }
 }
 
@@ -356,6 +397,7 @@ impl Default for MetadataState {
             groups: BTreeMap::new(),
             share_groups: BTreeMap::new(),
             security: security::SecurityState::default(),
+            replacements: BTreeMap::new(),
         }
     }
 }
@@ -399,7 +441,9 @@ impl MetadataState {
                 r
             }
             Command::DeleteTopic { name } => match self.topics.remove(name) {
-                Some(_) => {
+                Some(t) => {
+                    let gone = t.partitions.iter().map(|p| p.group).collect();
+                    replace::forget_groups(&mut self.replacements, &gone);
                     // A topic created again under the name starts with no group offsets.
                     for g in self.groups.values_mut() {
                         g.offsets.retain(|(t, _), _| t != name);
@@ -421,6 +465,15 @@ impl MetadataState {
                 groups::apply(&mut self.groups, name, op, &self.topics, &self.brokers)
             }
             Command::Security(op) => self.security.apply(op),
+            Command::Replace { node, op } => replace::apply(
+                &mut self.replacements,
+                log_index,
+                *node,
+                op,
+                &self.brokers,
+                &self.topics,
+                self.next_group,
+            ),
             Command::Share { name, op } => {
                 let consumer_groups = (self.groups.len(), self.groups.contains_key(name));
                 share::apply(&mut self.share_groups, name, op, consumer_groups, &self.topics)
@@ -522,7 +575,11 @@ impl MetadataState {
         }
     }
 
-    /// Share groups by name.
+    /// Nodes being replaced after losing their data (RFC 0008).
+    pub fn replacements(&self) -> &BTreeMap<NodeId, replace::Replacement> {
+        &self.replacements
+    }
+
     /// Users and ACLs.
     pub fn security(&self) -> &security::SecurityState {
         &self.security

@@ -18,7 +18,7 @@ use flotilla_types::{ErrorCode, GroupId, METADATA_GROUP, NodeId, PartitionId, li
 use crate::mover::catch_up;
 use crate::{ApiError, Node};
 
-pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario};
+pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario, ReplacementInfo};
 
 /// Moves a plan may list at most (a dry run is not limited by the concurrency setting).
 const PLAN_MOVES_MAX: usize = 100_000;
@@ -76,6 +76,34 @@ impl<T: RaftTransport> Node<T> {
             ));
         }
         self.metadata_write(MetaCommand::SetAdmin { node: id, admin: AdminState::Removed }).await.map(|_| ())
+    }
+
+    /// Starts replacing node `id`, which lost its data, under its old id (unless
+    /// `status_only`), and reports how far the replacement got (RFC 0008). The node must
+    /// be stopped: the cluster must not hear from it. Idempotent.
+    pub async fn replace_node(&self, id: NodeId, status_only: bool) -> Result<ReplacementInfo, ApiError> {
+        self.known_node(id)?;
+        if !status_only {
+            let metadata_voter = self.metadata_group().membership().voters().contains(&id);
+            let op = flotilla_metadata::replace::ReplaceOp::Start { metadata_voter };
+            self.metadata_write(MetaCommand::Replace { node: id, op }).await?;
+            // This node's replica applies the command shortly after the leader answered.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while self.with_metadata(|m| !m.replacements().contains_key(&id)) && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            self.inner.controller_kick.notify_one();
+        }
+        Ok(self.with_metadata(|m| match m.replacements().get(&id) {
+            None => ReplacementInfo { node: id, state: "none".into(), groups_left: vec![], metadata_voter: false },
+            Some(r) => ReplacementInfo {
+                node: id,
+                state: if r.ready() { "ready" } else { "removing" }.into(),
+                groups_left: r.pending.iter().copied().collect(),
+                metadata_voter: r.metadata_voter,
+            },
+        }))
     }
 
     /// Moves a partition to `replicas` (the first becomes its preferred leader).

@@ -151,6 +151,12 @@ pub struct NodeConfig {
     /// name, with the password in the environment variable `FLOTILLA_BOOTSTRAP_PASSWORD`
     /// (never a flag or the file): the first superuser of a cluster that uses passwords.
     pub bootstrap_user: Option<String>,
+    /// Set when this node came back on an empty disk as a replacement of itself
+    /// (`flotilla cluster replace-node`, RFC 0008; kept in `data-dir/replaced`): the first
+    /// group id it may initialise. It never initialises the metadata group, and joins
+    /// every older group as a learner. Not a configuration key.
+    #[serde(skip)]
+    pub replaced_below: Option<flotilla_types::GroupId>,
 }
 
 /// A list given as a list, or as one string of comma-separated items (how an
@@ -226,6 +232,7 @@ impl Default for NodeConfig {
             authorization: false,
             superusers: Vec::new(),
             bootstrap_user: None,
+            replaced_below: None,
         }
     }
 }
@@ -326,10 +333,10 @@ impl NodeConfig {
     }
 
     /// The voters this node initialises the metadata group with when its storage has
-    /// none, or `None` when it must wait to be added by the metadata leader (it joins, or
-    /// it is not one of the initial controllers).
+    /// none, or `None` when it must wait to be added by the metadata leader (it joins, it
+    /// is not one of the initial controllers, or it replaces itself).
     pub fn initial_metadata_voters(&self) -> Result<Option<Vec<NodeId>>, String> {
-        if self.join.is_some() {
+        if self.join.is_some() || self.replaced_below.is_some() {
             return Ok(None);
         }
         let voters = self.controller_ids()?;

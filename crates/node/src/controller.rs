@@ -18,9 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_metadata::placement::{self, Action, Plan};
+use flotilla_metadata::replace::{ReplaceOp, Replacement};
 use flotilla_metadata::{AdminState, Broker, Command as MetaCommand, Liveness};
 use flotilla_raft::{MembershipView, RaftTransport};
-use flotilla_types::NodeId;
+use flotilla_types::{METADATA_GROUP, NodeId};
 use tokio::time::Instant;
 
 use crate::Node;
@@ -68,17 +69,49 @@ pub(crate) async fn controller_loop<T: RaftTransport>(node: Node<T>) {
 enum MetadataMembers {
     AddLearner(NodeId),
     RemoveLearners(BTreeSet<NodeId>),
+    /// A node being replaced leaves the voters (and the group) before it comes back.
+    RemoveVoter(NodeId),
+    /// A replaced node, back and caught up, votes again.
+    PromoteVoter(NodeId),
+    /// A replacement step to record: the node's old replica left the metadata group, or
+    /// the node is back (RFC 0008).
+    Record(NodeId, ReplaceOp),
 }
 
 /// The next change that keeps the metadata group's members the registered nodes:
 /// registered, non-removed nodes join as learners (one at a time); removed learners
-/// leave (a removed voter stays until an operator changes the voters). Nothing while a
-/// change is in flight.
-fn metadata_members_step(brokers: &BTreeMap<NodeId, Broker>, members: &MembershipView) -> Option<MetadataMembers> {
+/// leave (a removed voter stays until an operator changes the voters). A node being
+/// replaced leaves first, and is not added back until its replacement is ready; once it
+/// is back and in sync (`in_sync`), it votes again if it did, and the replacement is
+/// finished. Nothing while a change is in flight.
+fn metadata_members_step(
+    brokers: &BTreeMap<NodeId, Broker>,
+    replacements: &BTreeMap<NodeId, Replacement>,
+    members: &MembershipView,
+    in_sync: impl Fn(NodeId) -> bool,
+) -> Option<MetadataMembers> {
     if !members.committed {
         return None;
     }
-    if let Some(b) = brokers.values().find(|b| b.admin != AdminState::Removed && !members.contains(b.id)) {
+    let voters = members.voters();
+    for (id, r) in replacements {
+        let step = match (r.pending.contains(&METADATA_GROUP), r.ready()) {
+            (true, _) if voters.contains(id) => MetadataMembers::RemoveVoter(*id),
+            (true, _) if members.learners.contains(id) => MetadataMembers::RemoveLearners([*id].into()),
+            (true, _) => MetadataMembers::Record(*id, ReplaceOp::ReplicaGone { group: METADATA_GROUP }),
+            // Other groups still hold the old replica: it stays out.
+            (false, false) => continue,
+            (false, true) if !members.learners.contains(id) && !voters.contains(id) => continue,
+            (false, true) if !in_sync(*id) => continue,
+            (false, true) if r.metadata_voter && !voters.contains(id) => MetadataMembers::PromoteVoter(*id),
+            (false, true) => MetadataMembers::Record(*id, ReplaceOp::Finish),
+        };
+        return Some(step);
+    }
+    let leaving = |id: &NodeId| replacements.get(id).is_some_and(|r| !r.ready());
+    if let Some(b) =
+        brokers.values().find(|b| b.admin != AdminState::Removed && !members.contains(b.id) && !leaving(&b.id))
+    {
         return Some(MetadataMembers::AddLearner(b.id));
     }
     let gone: BTreeSet<NodeId> = brokers
@@ -91,17 +124,30 @@ fn metadata_members_step(brokers: &BTreeMap<NodeId, Broker>, members: &Membershi
 
 async fn sync_metadata_members<T: RaftTransport>(node: &Node<T>) {
     let group = node.metadata_group();
-    let brokers = node.with_metadata(|m| m.brokers().clone());
-    match metadata_members_step(&brokers, &group.membership()) {
-        None => {}
-        Some(MetadataMembers::AddLearner(id)) => match group.add_learner(id).await {
-            Ok(()) => tracing::info!(node = id, "added to the metadata group as a learner"),
-            Err(e) => tracing::warn!(node = id, error = %e, "cannot add to the metadata group"),
-        },
-        Some(MetadataMembers::RemoveLearners(gone)) => match group.remove_learners(gone.clone()).await {
-            Ok(()) => tracing::info!(?gone, "removed from the metadata group"),
-            Err(e) => tracing::warn!(?gone, error = %e, "cannot remove from the metadata group"),
-        },
+    let (brokers, replacements) = node.with_metadata(|m| (m.brokers().clone(), m.replacements().clone()));
+    let members = group.membership();
+    let lag = node.lag_time_max();
+    let in_sync = |n| crate::mover::catch_up(&group, &[n], lag).iter().all(|c| c.in_sync);
+    let Some(step) = metadata_members_step(&brokers, &replacements, &members, in_sync) else { return };
+    let done = match &step {
+        MetadataMembers::AddLearner(id) => group.add_learner(*id).await.map_err(|e| e.to_string()),
+        MetadataMembers::RemoveLearners(gone) => group.remove_learners(gone.clone()).await.map_err(|e| e.to_string()),
+        MetadataMembers::RemoveVoter(id) => {
+            let rest = members.voters().into_iter().filter(|v| v != id).collect();
+            group.change_voters(rest, false).await.map_err(|e| e.to_string())
+        }
+        MetadataMembers::PromoteVoter(id) => {
+            let all = members.voters().into_iter().chain([*id]).collect();
+            group.change_voters(all, true).await.map_err(|e| e.to_string())
+        }
+        MetadataMembers::Record(id, op) => {
+            let cmd = MetaCommand::Replace { node: *id, op: op.clone() };
+            node.metadata_write(cmd).await.map(|_| ()).map_err(|e| e.message)
+        }
+    };
+    match done {
+        Ok(()) => tracing::info!(?step, "metadata group members changed"),
+        Err(e) => tracing::warn!(?step, error = %e, "cannot change the metadata group's members"),
     }
 }
 
@@ -221,6 +267,7 @@ pub(crate) async fn carry_out<T: RaftTransport>(node: &Node<T>, plan: &Plan) -> 
 mod tests {
     use super::*;
     use flotilla_metadata::Labels;
+    use flotilla_types::GroupId;
 
     fn broker(id: NodeId, liveness: Liveness, admin: AdminState) -> Broker {
         Broker { liveness, admin, ..Broker::new(id, format!("n{id}:7070"), Labels::default()) }
@@ -257,7 +304,47 @@ mod tests {
             (brokers(&[(1, Active), (3, Removed)]), members(&[1], &[], true), None),
         ];
         for (brokers, members, want) in table {
-            assert_eq!(metadata_members_step(&brokers, &members), want, "{brokers:?} {members:?}");
+            let none = BTreeMap::new();
+            assert_eq!(metadata_members_step(&brokers, &none, &members, |_| true), want, "{brokers:?} {members:?}");
+        }
+    }
+
+    /// A node being replaced leaves the metadata group (as a voter or a learner), its
+    /// leaving is recorded, it is not added back while other groups still hold its old
+    /// replica, and once ready it comes back as a learner, votes again once in sync if it
+    /// did, and the replacement is finished.
+    #[test]
+    fn a_replaced_node_leaves_the_metadata_group_and_comes_back_to_vote() {
+        use MetadataMembers::*;
+        let brokers: BTreeMap<NodeId, Broker> =
+            (1..=3).map(|id| (id, broker(id, Liveness::Alive, AdminState::Active))).collect();
+        let replacing = |pending: &[GroupId], voter: bool| {
+            let r = Replacement {
+                id: 9,
+                pending: pending.iter().copied().collect(),
+                metadata_voter: voter,
+                first_new_group: 5,
+            };
+            BTreeMap::from([(3, r)])
+        };
+        let record = |op| Some(Record(3, op));
+        let gone = ReplaceOp::ReplicaGone { group: METADATA_GROUP };
+        // (replacement, members, 3 in sync) → the step
+        let table = vec![
+            (replacing(&[0, 7], true), members(&[1, 2, 3], &[], true), true, Some(RemoveVoter(3))),
+            (replacing(&[0, 7], false), members(&[1, 2], &[3], true), true, Some(RemoveLearners([3].into()))),
+            (replacing(&[0, 7], true), members(&[1, 2], &[], true), true, record(gone)),
+            (replacing(&[7], true), members(&[1, 2], &[], true), true, None), // group 7 still holds it
+            (replacing(&[], true), members(&[1, 2], &[], true), true, Some(AddLearner(3))),
+            (replacing(&[], true), members(&[1, 2], &[3], true), false, None), // catching up
+            (replacing(&[], true), members(&[1, 2], &[3], true), true, Some(PromoteVoter(3))),
+            (replacing(&[], true), members(&[1, 2, 3], &[], true), true, record(ReplaceOp::Finish)),
+            (replacing(&[], false), members(&[1, 2], &[3], true), true, record(ReplaceOp::Finish)),
+            (replacing(&[0], true), members(&[1, 2, 3], &[], false), true, None), // a change in flight
+        ];
+        for (replacements, m, in_sync, want) in table {
+            let got = metadata_members_step(&brokers, &replacements, &m, |_| in_sync);
+            assert_eq!(got, want, "{replacements:?} {m:?}");
         }
     }
 

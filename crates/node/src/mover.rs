@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_metadata::replace::ReplaceOp;
 use flotilla_metadata::{Broker, Command as MetaCommand, PartitionAssignment};
 use flotilla_raft::{Group, MembershipError, MembershipView, RaftTransport};
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
@@ -124,7 +125,8 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         return;
     }
     let me = node.id();
-    let (hosted, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
+    let (hosted, brokers, replacing) =
+        node.with_metadata(|m| (m.groups_on(me), m.brokers().clone(), Replacing::of(m.replacements())));
     let mut throttled = BTreeSet::new();
     let mut take_overs = vec![];
     for (id, assignment) in &hosted {
@@ -132,7 +134,7 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         if group.is_leader() {
             st.elected_in.remove(id);
             let since = *st.leading_since.entry(*id).or_insert_with(Instant::now);
-            match drive_membership(node, &group, assignment).await {
+            match drive_membership(node, &group, assignment, &replacing).await {
                 Ok(catching_up) => throttled.extend(catching_up.into_iter().map(|n| (*id, n))),
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
             }
@@ -191,24 +193,29 @@ enum MembershipStep {
 
 /// The next step for leader `me` of a group with `members`, toward `p.desired()`;
 /// `in_sync` says whether a replica has caught up with this leader.
+/// `leaving` are nodes being replaced whose old replicas must leave every group first
+/// (RFC 0008): they are not desired until their replacement is ready.
 fn membership_step(
     me: NodeId,
     members: &MembershipView,
     p: &PartitionAssignment,
+    leaving: &BTreeSet<NodeId>,
     in_sync: impl Fn(NodeId) -> bool,
 ) -> MembershipStep {
-    let desired: BTreeSet<NodeId> = p.desired().iter().copied().collect();
+    let desired: BTreeSet<NodeId> = p.desired().iter().copied().filter(|n| !leaving.contains(n)).collect();
     // A leader that voted itself out keeps leading until it steps down; it must not start
     // another change (openraft refuses, and a new leader among the voters will).
-    if !members.committed || !members.voters().contains(&me) {
+    if !members.committed || !members.voters().contains(&me) || desired.is_empty() {
         return MembershipStep::Nothing;
     }
     if members.uniform_voters() == Some(&desired) {
         let extra: BTreeSet<NodeId> = members.learners.difference(&desired).copied().collect();
+        // A move whose target holds a leaving node is finished once that node is back.
+        let whole = desired.len() == p.desired().len();
         return match (&p.moving, extra.is_empty()) {
             (_, false) => MembershipStep::RemoveLearners(extra),
-            (Some(m), true) => MembershipStep::FinishMove(m.id),
-            (None, true) => MembershipStep::Nothing,
+            (Some(m), true) if whole => MembershipStep::FinishMove(m.id),
+            (_, true) => MembershipStep::Nothing,
         };
     }
     if let Some(n) = desired.iter().find(|n| !members.contains(**n)) {
@@ -237,10 +244,13 @@ async fn drive_membership<T: RaftTransport>(
     node: &Node<T>,
     group: &Group,
     p: &PartitionAssignment,
+    replacing: &Replacing,
 ) -> Result<Vec<NodeId>, StepError> {
     let members = group.membership();
+    report_gone(node, group, &members, replacing).await;
     let lag = node.lag_time_max();
-    let step = membership_step(node.id(), &members, p, |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up));
+    let in_sync = |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up);
+    let step = membership_step(node.id(), &members, p, &replacing.leaving, in_sync);
     match step {
         MembershipStep::Nothing => {}
         MembershipStep::RemoveLearners(extra) => group.remove_learners(extra).await?,
@@ -262,6 +272,45 @@ async fn drive_membership<T: RaftTransport>(
         }
     }
     Ok(Vec::new())
+}
+
+/// Nodes being replaced after losing their data (RFC 0008), as this node's metadata has
+/// it.
+#[derive(Debug, Default)]
+struct Replacing {
+    /// Those whose old replica has not left every group yet: no leader adds them.
+    leaving: BTreeSet<NodeId>,
+    /// For each group, the nodes whose old replica it still has to report gone.
+    pending: BTreeMap<GroupId, Vec<NodeId>>,
+}
+
+impl Replacing {
+    fn of(replacements: &BTreeMap<NodeId, flotilla_metadata::replace::Replacement>) -> Replacing {
+        let mut out = Replacing::default();
+        for (node, r) in replacements.iter().filter(|(_, r)| !r.ready()) {
+            out.leaving.insert(*node);
+            for g in &r.pending {
+                out.pending.entry(*g).or_default().push(*node);
+            }
+        }
+        out
+    }
+}
+
+/// Reports each node being replaced that this group's committed membership no longer
+/// holds (`ReplicaGone`): its old replica is out of the group.
+async fn report_gone<T: RaftTransport>(node: &Node<T>, group: &Group, members: &MembershipView, r: &Replacing) {
+    let Some(nodes) = r.pending.get(&group.id()) else { return };
+    if !members.committed {
+        return;
+    }
+    for n in nodes.iter().filter(|n| !members.contains(**n)) {
+        let cmd = MetaCommand::Replace { node: *n, op: ReplaceOp::ReplicaGone { group: group.id() } };
+        match node.metadata_write(cmd).await {
+            Ok(_) => tracing::info!(group = group.id(), node = n, "the replaced node's old replica left the group"),
+            Err(e) => tracing::debug!(group = group.id(), node = n, error = %e.message, "cannot report yet"),
+        }
+    }
 }
 
 impl CatchUp {
@@ -473,6 +522,7 @@ mod decisions {
     fn a_move_adds_learners_waits_for_them_changes_voters_drops_leftovers_and_finishes() {
         use MembershipStep::*;
         let moving = partition(&[1, 2, 3], Some(&[1, 2, 4]));
+        let none = BTreeSet::new();
         let all_in_sync = |_| true;
         let four_behind = |n| n != 4;
         // (leader, members, partition, 4 in sync) → step
@@ -487,17 +537,46 @@ mod decisions {
         ];
         for (me, m, p, four, want) in table {
             let got = match four {
-                true => membership_step(me, &m, p, all_in_sync),
-                false => membership_step(me, &m, p, four_behind),
+                true => membership_step(me, &m, p, &none, all_in_sync),
+                false => membership_step(me, &m, p, &none, four_behind),
             };
             assert_eq!(got, want, "leader {me}, {m:?}");
         }
         let settled = partition(&[1, 2, 3], None);
-        assert_eq!(membership_step(1, &members(&[&[1, 2, 3]], &[], true), &settled, all_in_sync), Nothing);
+        assert_eq!(membership_step(1, &members(&[&[1, 2, 3]], &[], true), &settled, &none, all_in_sync), Nothing);
         assert_eq!(
-            membership_step(1, &members(&[&[1, 2, 3]], &[5], true), &settled, all_in_sync),
+            membership_step(1, &members(&[&[1, 2, 3]], &[5], true), &settled, &none, all_in_sync),
             RemoveLearners([5].into())
         );
+    }
+
+    /// A node being replaced leaves each group (voter or learner), is not added back
+    /// while its replacement waits for other groups, and comes back as a learner, caught
+    /// up and promoted once the replacement is ready. A move toward it waits for it.
+    #[test]
+    fn a_replaced_node_leaves_the_group_and_comes_back_as_a_new_learner() {
+        use MembershipStep::*;
+        let settled = partition(&[1, 2, 3], None);
+        let three = BTreeSet::from([3]);
+        let none = BTreeSet::new();
+        let all = |_| true;
+        // (members, leaving) → step
+        let table: Vec<(MembershipView, &BTreeSet<NodeId>, MembershipStep)> = vec![
+            (members(&[&[1, 2, 3]], &[], true), &three, ChangeVoters([1, 2].into())),
+            (members(&[&[1, 2, 3], &[1, 2]], &[], false), &three, Nothing),
+            (members(&[&[1, 2]], &[3], true), &three, RemoveLearners([3].into())),
+            (members(&[&[1, 2]], &[], true), &three, Nothing),
+            // Ready: it is an ordinary new replica.
+            (members(&[&[1, 2]], &[], true), &none, AddLearner(3)),
+            (members(&[&[1, 2]], &[3], true), &none, ChangeVoters([1, 2, 3].into())),
+        ];
+        for (m, leaving, want) in table {
+            assert_eq!(membership_step(1, &m, &settled, leaving, all), want, "{m:?}, leaving {leaving:?}");
+        }
+        let moving = partition(&[1, 2, 4], Some(&[1, 2, 3]));
+        assert_eq!(membership_step(1, &members(&[&[1, 2]], &[], true), &moving, &three, all), Nothing);
+        let lone = partition(&[3], None);
+        assert_eq!(membership_step(1, &members(&[&[1]], &[], true), &lone, &three, all), Nothing);
     }
 
     #[test]

@@ -134,9 +134,12 @@ struct Steps {
 
 /// The steps toward `desired` (the metadata's partitions on node `me`) from the replicas
 /// `running` here (the metadata group's aside). `unlisted` holds since when each running
-/// replica has not been in the metadata; it is updated for `now`.
+/// replica has not been in the metadata; it is updated for `now`. A node that replaced
+/// itself on an empty disk initialises no group below `replaced_below`: their other
+/// replicas have the data, and the leader adds this one as a learner.
 fn steps(
     me: NodeId,
+    replaced_below: Option<GroupId>,
     desired: &BTreeMap<GroupId, PartitionAssignment>,
     running: &BTreeSet<GroupId>,
     unlisted: &mut BTreeMap<GroupId, Instant>,
@@ -147,7 +150,8 @@ fn steps(
         .filter(|(g, _)| !running.contains(g))
         .map(|(g, p)| {
             let voters: BTreeSet<NodeId> = p.replicas.iter().copied().collect();
-            (*g, (p.epoch == 0 && voters.contains(&me)).then_some(voters))
+            let initial = p.epoch == 0 && voters.contains(&me) && replaced_below.is_none_or(|first| *g >= first);
+            (*g, initial.then_some(voters))
         })
         .collect();
     unlisted.retain(|g, _| running.contains(g) && !desired.contains_key(g));
@@ -171,7 +175,7 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMa
         }
     }
     let running: BTreeSet<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();
-    let steps = steps(me, &desired, &running, unlisted, Instant::now());
+    let steps = steps(me, node.config().replaced_below, &desired, &running, unlisted, Instant::now());
     for (group, init) in &steps.start {
         match node.groups().ensure(*group, GroupKind::Partition, init.as_ref()).await {
             Ok(_) => tracing::info!(group, voters = ?init, initialised = init.is_some(), "started partition replica"),
@@ -214,9 +218,16 @@ mod tests {
             (12, partition(12, &[2, 3, 4], 0)), // this node is a move's new replica: empty
             (13, partition(13, &[1, 2, 3], 0)), // running already
         ]);
-        let steps = steps(1, &desired, &BTreeSet::from([13]), &mut BTreeMap::new(), Instant::now());
-        assert_eq!(steps.start, vec![(10, Some(BTreeSet::from([1, 2, 3]))), (11, None), (12, None)]);
-        assert!(steps.remove.is_empty());
+        let first = steps(1, None, &desired, &BTreeSet::from([13]), &mut BTreeMap::new(), Instant::now());
+        assert_eq!(first.start, vec![(10, Some(BTreeSet::from([1, 2, 3]))), (11, None), (12, None)]);
+        assert!(first.remove.is_empty());
+        // Back on an empty disk as its own replacement from group 11 on, node 1 does not
+        // initialise group 10, even while its metadata still shows it unchanged.
+        let replaced = steps(1, Some(11), &desired, &BTreeSet::from([13]), &mut BTreeMap::new(), Instant::now());
+        assert_eq!(replaced.start, vec![(10, None), (11, None), (12, None)]);
+        let newer = BTreeMap::from([(14, partition(14, &[1, 2, 3], 0))]);
+        let replaced = steps(1, Some(11), &newer, &BTreeSet::new(), &mut BTreeMap::new(), Instant::now());
+        assert_eq!(replaced.start, vec![(14, Some(BTreeSet::from([1, 2, 3])))], "created after: it initialises");
     }
 
     #[test]
@@ -225,14 +236,14 @@ mod tests {
         let desired = BTreeMap::from([(10, partition(10, &[1, 2, 3], 0))]);
         let running = BTreeSet::from([10, 20, 21]);
         let mut unlisted = BTreeMap::new();
-        assert!(steps(1, &desired, &running, &mut unlisted, t0).remove.is_empty());
+        assert!(steps(1, None, &desired, &running, &mut unlisted, t0).remove.is_empty());
         assert_eq!(unlisted.keys().copied().collect::<Vec<_>>(), vec![20, 21]);
         let almost = t0 + REMOVE_AFTER - Duration::from_millis(1);
-        assert!(steps(1, &desired, &running, &mut unlisted, almost).remove.is_empty());
+        assert!(steps(1, None, &desired, &running, &mut unlisted, almost).remove.is_empty());
         // 21 is listed again meanwhile (moved back): its clock starts over.
         let desired_again = BTreeMap::from([(10, partition(10, &[1, 2, 3], 0)), (21, partition(21, &[1, 2, 3], 3))]);
-        assert!(steps(1, &desired_again, &running, &mut unlisted, almost).remove.is_empty());
-        assert_eq!(steps(1, &desired, &running, &mut unlisted, t0 + REMOVE_AFTER).remove, vec![20]);
-        assert_eq!(steps(1, &desired, &running, &mut unlisted, t0 + REMOVE_AFTER * 2).remove, vec![20, 21]);
+        assert!(steps(1, None, &desired_again, &running, &mut unlisted, almost).remove.is_empty());
+        assert_eq!(steps(1, None, &desired, &running, &mut unlisted, t0 + REMOVE_AFTER).remove, vec![20]);
+        assert_eq!(steps(1, None, &desired, &running, &mut unlisted, t0 + REMOVE_AFTER * 2).remove, vec![20, 21]);
     }
 }

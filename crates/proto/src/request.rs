@@ -562,6 +562,20 @@ impl TryFrom<v1::RemoveNodeRequest> for NodeRef {
     }
 }
 
+/// A node to replace, or only to report on (ReplaceNode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplaceNode {
+    pub id: NodeId,
+    pub status_only: bool,
+}
+
+impl TryFrom<v1::ReplaceNodeRequest> for ReplaceNode {
+    type Error = v1::Error;
+    fn try_from(r: v1::ReplaceNodeRequest) -> Result<ReplaceNode, v1::Error> {
+        Ok(ReplaceNode { id: node_id("the node id", r.id)?, status_only: r.status_only })
+    }
+}
+
 /// A partition to move to `replicas` (distinct, `1..=REPLICATION_FACTOR_MAX` of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reassign {
@@ -1372,6 +1386,9 @@ mod tests {
         assert!(DrainNode::try_from(v1::DrainNodeRequest { id: 0, undo: false }).is_err());
         assert!(NodeRef::try_from(v1::RemoveNodeRequest { id: 0 }).is_err());
         assert_eq!(NodeRef::try_from(v1::RemoveNodeRequest { id: 2 }).unwrap(), NodeRef(2));
+        assert!(ReplaceNode::try_from(v1::ReplaceNodeRequest { id: 0, status_only: true }).is_err());
+        let r = ReplaceNode::try_from(v1::ReplaceNodeRequest { id: 3, status_only: false }).unwrap();
+        assert_eq!(r, ReplaceNode { id: 3, status_only: false });
     }
 
     #[test]

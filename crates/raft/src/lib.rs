@@ -32,7 +32,7 @@ pub use config::GroupTimings;
 pub use group::{
     Group, GroupError, GroupKind, GroupStatus, MEMBERSHIP_TIMEOUT, MembershipError, MembershipView, WriteError,
 };
-pub use network::{MoveThrottle, RaftTransport, TransportError, registered_at};
+pub use network::{MoveThrottle, RaftTransport, Registration, TransportError, registered_at};
 pub use registry::Groups;
 pub use typed::{MetadataGroup, PartitionGroup};
 

@@ -98,14 +98,33 @@ pub(crate) enum RaftReply {
     /// The answer to `LastLog`.
     LastLog(Option<openraft::alias::LogIdOf<TypeConfig>>),
     /// The answer to `Registered`.
-    Registered(bool),
+    Registered(Registration),
 }
 
-/// Whether `peer`'s metadata records this node (the transport's sender) as a registered
-/// broker: asked by a node whose data directory is empty before it takes part in any
-/// group, since a registered node that lost its data must not vote again with the votes
-/// it forgot. `Err` when the peer did not answer (or cannot tell yet).
-pub async fn registered_at<T: RaftTransport>(transport: &T, peer: NodeId, timeout: Duration) -> Result<bool, String> {
+/// What a peer's metadata says of a node starting on an empty data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Registration {
+    /// Not a registered broker: a new node.
+    Unknown,
+    /// A registered broker: its data is gone, so it must not take part under this id.
+    Registered,
+    /// Being replaced (`replace-node`), but its old replica is still in `groups_left`
+    /// groups: not yet.
+    Replacing { groups_left: u64 },
+    /// Being replaced, and its old replica has left every group: it may start empty and
+    /// must initialise no group below `first_new_group`.
+    Replaceable { first_new_group: GroupId },
+}
+
+/// What `peer`'s metadata records of this node (the transport's sender): asked by a node
+/// whose data directory is empty before it takes part in any group, since a registered
+/// node that lost its data must not vote again with the votes it forgot unless it is
+/// being replaced. `Err` when the peer did not answer (or cannot tell yet).
+pub async fn registered_at<T: RaftTransport>(
+    transport: &T,
+    peer: NodeId,
+    timeout: Duration,
+) -> Result<Registration, String> {
     let bytes = transport
         .call(peer, flotilla_types::METADATA_GROUP, encode(&RaftRpc::Registered), timeout)
         .await

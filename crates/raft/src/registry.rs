@@ -13,7 +13,7 @@ use openraft::error::{InitializeError, RaftError};
 use crate::config::GroupTimings;
 use crate::group::{Group, GroupError, GroupKind};
 use crate::log_store::{LogStore, decode, destroy, encode, restore_from_tombstone};
-use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Router, TransportError};
+use crate::network::{NetworkFactory, RaftReply, RaftRpc, RaftTransport, Registration, Router, TransportError};
 use crate::state_machine::{GroupState, StateMachineStore};
 use crate::{Raft, TypeConfig};
 
@@ -306,8 +306,8 @@ impl<T: RaftTransport> Groups<T> {
             Ok(RaftRpc::Ping) => RaftReply::Noted,
             Ok(RaftRpc::Registered) => match self.get(METADATA_GROUP) {
                 Some(g) => RaftReply::Registered(g.read(|s| match s {
-                    GroupState::Metadata(m) => m.brokers().contains_key(&from),
-                    GroupState::Partition(_) => false,
+                    GroupState::Metadata(m) => registration(m, from),
+                    GroupState::Partition(_) => Registration::Unknown,
                 })),
                 None => RaftReply::Refused(format!("node {} hosts no metadata replica yet", self.node)),
             },
@@ -368,6 +368,16 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
             RaftReply::Membership { leads, keeps, leader: g.leader() }
         }
         RaftRpc::LastLog => g.log.last_log_id().map(RaftReply::LastLog).unwrap_or_else(|e| refused(&e)),
+    }
+}
+
+/// What metadata state `m` says of node `node`, for its start on an empty disk.
+fn registration(m: &MetadataState, node: NodeId) -> Registration {
+    match (m.brokers().contains_key(&node), m.replacements().get(&node)) {
+        (false, _) => Registration::Unknown,
+        (true, None) => Registration::Registered,
+        (true, Some(r)) if r.ready() => Registration::Replaceable { first_new_group: r.first_new_group },
+        (true, Some(r)) => Registration::Replacing { groups_left: r.pending.len() as u64 },
     }
 }
 

@@ -59,7 +59,8 @@ struct Applied {
 }
 
 /// `Applied` as written by an older version, whose metadata state is `M`
-/// (`MetadataStateV1` before share groups, `MetadataStateV2` before users and ACLs).
+/// (`MetadataStateV1` before share groups, `MetadataStateV2` before users and ACLs,
+/// `MetadataStateV3` before node replacement).
 #[derive(Deserialize)]
 struct AppliedBefore<M> {
     last_applied: Option<LogIdOf<TypeConfig>>,
@@ -89,12 +90,13 @@ where
     })
 }
 
-/// Decodes an applied state or snapshot, of this version, the one before users and ACLs
-/// or the one before share groups (each differs from the next only in the metadata
+/// Decodes an applied state or snapshot, of this version, the one before node
+/// replacement, the one before users and ACLs or the one before share groups (each differs from the next only in the metadata
 /// state's last field). Bytes of one version never decode as another: `decode` refuses
 /// trailing and missing bytes.
 fn decode_applied(bytes: &[u8], what: &str) -> io::Result<Applied> {
     decode::<Applied>(bytes, what)
+        .or_else(|e| decode_before::<flotilla_metadata::MetadataStateV3>(bytes, what).map_err(|_| e))
         .or_else(|e| decode_before::<flotilla_metadata::MetadataStateV2>(bytes, what).map_err(|_| e))
         .or_else(|e| decode_before::<flotilla_metadata::MetadataStateV1>(bytes, what).map_err(|_| e))
 }
@@ -594,12 +596,12 @@ pub(crate) mod stored {
 mod tests {
     use super::*;
 
-    /// Metadata snapshots written before users, ACLs and cluster quotas (the same bytes
-    /// without the state's last field: three empty collections and a `None`, one byte
-    /// each) and before share groups (one empty map's byte fewer again) still open, with
-    /// their groups.
+    /// Metadata snapshots written before node replacement (the same bytes without the
+    /// state's last field, an empty map: one byte), before users, ACLs and cluster quotas
+    /// (three empty collections and a `None` fewer, one byte each) and before share groups
+    /// (one empty map's byte fewer again) still open, with their groups.
     #[test]
-    fn a_metadata_snapshot_from_before_share_groups_or_users_decodes() {
+    fn a_metadata_snapshot_from_before_share_groups_users_or_replacement_decodes() {
         let mut state = MetadataState::new();
         let join = flotilla_metadata::Command::Group {
             name: "readers".into(),
@@ -612,8 +614,11 @@ mod tests {
         let applied =
             Applied { last_applied: None, membership: Default::default(), state: GroupState::Metadata(state) };
         let now = encode(&applied);
-        assert!(now.ends_with(&[0; 5]), "empty share groups, users, ACLs, quotas, no default quota: a zero byte each");
-        for older in [&now[..now.len() - 4], &now[..now.len() - 5]] {
+        assert!(
+            now.ends_with(&[0; 6]),
+            "empty share groups, users, ACLs, quotas, no default quota, no replacements: a zero byte each"
+        );
+        for older in [&now[..now.len() - 1], &now[..now.len() - 5], &now[..now.len() - 6]] {
             assert!(decode::<Applied>(older, "snapshot").is_err(), "the current shape does not read it");
             let read = decode_applied(older, "snapshot").expect("read through an older shape");
             match (read.state, &applied.state) {

@@ -182,7 +182,9 @@ pub fn sample_replies() -> Vec<Vec<u8>> {
         encode(&RaftReply::Refused("group 3 is not hosted on node 2".into())),
         encode(&RaftReply::Noted),
         encode(&RaftReply::LastLog(Some(log_id_at(2, 9)))),
-        encode(&RaftReply::Registered(true)),
+        encode(&RaftReply::Registered(crate::network::Registration::Registered)),
+        encode(&RaftReply::Registered(crate::network::Registration::Replacing { groups_left: 4 })),
+        encode(&RaftReply::Registered(crate::network::Registration::Replaceable { first_new_group: 12 })),
     ]
 }
 

@@ -78,6 +78,7 @@ answers!(
     v1::AddNodeResponse,
     v1::DrainNodeResponse,
     v1::RemoveNodeResponse,
+    v1::ReplaceNodeResponse,
     v1::ReassignResponse,
     v1::TransferLeaderResponse,
     v1::CancelMoveResponse,
@@ -691,6 +692,25 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
                 answer(self.node.remove_node(id).await, |()| v1::RemoveNodeResponse::default())
             },
         )
+        .await
+    }
+
+    async fn replace_node(
+        &self,
+        req: Request<v1::ReplaceNodeRequest>,
+    ) -> Result<Response<v1::ReplaceNodeResponse>, Status> {
+        // Reporting needs `describe` on the cluster, starting one `alter`.
+        fn needs(r: &request::ReplaceNode) -> Vec<Access> {
+            vec![Access::cluster(if r.status_only { Op::Describe } else { Op::Alter })]
+        }
+        handle(&self.node, &self.auth, "replace_node", req, needs, |r: request::ReplaceNode| async move {
+            answer(self.node.replace_node(r.id, r.status_only).await, |info| v1::ReplaceNodeResponse {
+                error: None,
+                state: info.state,
+                groups_left: info.groups_left,
+                metadata_voter: info.metadata_voter,
+            })
+        })
         .await
     }
 

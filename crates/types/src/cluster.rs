@@ -202,3 +202,16 @@ mod tests {
         assert_eq!(a.under_replicated, vec![("t".to_string(), 1, vec![2]), ("t".to_string(), 3, vec![])]);
     }
 }
+
+/// How far a node's replacement got (`flotilla cluster replace-node`, RFC 0008).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplacementInfo {
+    pub node: NodeId,
+    /// `none` (no replacement in progress: never started, or finished), `removing` (its
+    /// old replica is still in `groups_left`; 0 is the metadata group) or `ready` (the
+    /// node may start on an empty data directory).
+    pub state: String,
+    pub groups_left: Vec<GroupId>,
+    /// Whether it votes in the metadata group again once back.
+    pub metadata_voter: bool,
+}
