@@ -291,21 +291,13 @@ async fn refuse_forgotten_identity(
         asked.iter().map(|p| flotilla_raft::registered_at(transport, *p, IDENTITY_CHECK_TIMEOUT)),
     )
     .await;
-    let (id, dir) = (config.id, config.data_dir.display());
     let mut replaceable = None;
     for (peer, answer) in asked.iter().zip(answers) {
         match answer {
-            Ok(Registration::Registered) => bail!(
-                "node {peer} knows node {id} as a registered broker, and this node's data directory {dir} is \
-                 empty: the data it had (its Raft votes among them) is gone, and it must not vote again with \
-                 what it forgot. Replace it under its id (`flotilla cluster replace-node {id}`, then start it \
-                 again), start it with a new id, or restore its data directory (docs/operating.md, \"A node \
-                 whose storage is corrupt\")"
-            ),
-            Ok(Registration::Replacing { groups_left }) => bail!(
-                "node {id} is being replaced, but node {peer} says its old replica is still in {groups_left} \
-                 groups: start it once `flotilla cluster replace-node {id} --status` says ready"
-            ),
+            Ok(Registration::Registered) => return Err(forgotten_identity(config, &format!("node {peer}"))),
+            Ok(Registration::Replacing { groups_left }) => {
+                return Err(replacement_not_ready(config, &format!("node {peer}"), groups_left));
+            }
             Ok(Registration::Replaceable { first_new_group }) => {
                 tracing::info!(peer, "this node is being replaced: it starts empty and rejoins every group");
                 replaceable = Some(first_new_group);
@@ -315,6 +307,60 @@ async fn refuse_forgotten_identity(
         }
     }
     Ok(replaceable)
+}
+
+/// The same check for a node that joins (`--join`), which knows no peer's node-to-node
+/// address: it asks the node it joins through, over the client API, with the
+/// credentials it joins with. No answer does not hold it up, as with peers.
+async fn refuse_forgotten_identity_via(config: &NodeConfig, via: &str) -> anyhow::Result<Option<GroupId>> {
+    let id = config.id;
+    let asked = async {
+        let client = flotilla_client::Client::connect_with(via, join_client_config(config)).await?;
+        let cluster = client.describe_cluster().await?;
+        if !cluster.brokers.iter().any(|b| b.id == id) {
+            return Ok(None);
+        }
+        client.replace_node(id, true).await.map(Some)
+    };
+    match tokio::time::timeout(IDENTITY_CHECK_TIMEOUT * 5, asked).await {
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(r))) => match r.state.as_str() {
+            "ready" => {
+                tracing::info!(via, "this node is being replaced: it starts empty and rejoins every group");
+                Ok(Some(r.first_new_group))
+            }
+            "removing" => Err(replacement_not_ready(config, via, r.groups_left.len() as u64)),
+            _ => Err(forgotten_identity(config, via)),
+        },
+        Ok(Err(e)) => {
+            tracing::debug!(via, error = %e, "no answer about this node's registration");
+            Ok(None)
+        }
+        Err(_) => {
+            tracing::debug!(via, "no answer about this node's registration in time");
+            Ok(None)
+        }
+    }
+}
+
+/// Why a node on an empty data directory must not start under an id `who` knows.
+fn forgotten_identity(config: &NodeConfig, who: &str) -> anyhow::Error {
+    let (id, dir) = (config.id, config.data_dir.display());
+    anyhow::anyhow!(
+        "{who} knows node {id} as a registered broker, and this node's data directory {dir} is empty: the data \
+         it had (its Raft votes among them) is gone, and it must not vote again with what it forgot. Replace it \
+         under its id (`flotilla cluster replace-node {id}`, then start it again), start it with a new id, or \
+         restore its data directory (docs/operating.md, \"A node whose storage is corrupt\")"
+    )
+}
+
+/// Why a node being replaced must wait: `who` says its old replica is still in groups.
+fn replacement_not_ready(config: &NodeConfig, who: &str, groups_left: u64) -> anyhow::Error {
+    let id = config.id;
+    anyhow::anyhow!(
+        "node {id} is being replaced, but {who} says its old replica is still in {groups_left} groups: start it \
+         once `flotilla cluster replace-node {id} --status` says ready"
+    )
 }
 
 /// `data-dir/replaced`: written when a node starts empty as its own replacement, with the
@@ -382,11 +428,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(tls) => GrpcTransport::with_tls(config.id, addresses.clone(), tls.clone()),
         None => GrpcTransport::new(config.id, addresses.clone()),
     };
-    if fresh
-        && config.join.is_none()
-        && let Some(first) = refuse_forgotten_identity(&config, &transport, &addresses).await?
-    {
-        mark_replaced(&config.data_dir, first)?;
+    if fresh {
+        let replaceable = match &config.join {
+            None => refuse_forgotten_identity(&config, &transport, &addresses).await?,
+            Some(via) => refuse_forgotten_identity_via(&config, via).await?,
+        };
+        if let Some(first) = replaceable {
+            mark_replaced(&config.data_dir, first)?;
+        }
     }
     config.replaced_below = replaced_below(&config.data_dir)?;
     let engine = match RocksEngine::open(config.data_dir.join("db")) {

@@ -401,6 +401,63 @@ async fn x23_a_wiped_node_is_replaced_under_its_old_id() {
     cluster.restart(1);
 }
 
+/// x24: the same for a node that joined with `--join` (which knows no peer's node-to-node
+/// address and asks the node it joins through): wiped, it is refused under its id; after
+/// `replace-node` it starts empty under it and is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x24_a_wiped_joined_node_is_refused_then_replaced() {
+    let _serial = serial().await;
+    let mut cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    let four = cluster.join("z");
+    node_alive(&client, four).await;
+    eventually("topic on four nodes", Duration::from_secs(30), async || client.create_topic("joined", 8, 3).await)
+        .await;
+    let producer = client.producer("joined", ProducerConfig::default());
+    for i in 0..100 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
+    }
+    cluster.stop(four);
+    std::fs::remove_dir_all(cluster.data_dir(four)).unwrap();
+    let certs = cluster.certs_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["node", "--id", "4", "--listen", &cluster.addr(four), "--rpc-listen", &cluster.rpc_addr(four)])
+        .args(["--zone", "z", "--join", &cluster.bootstrap()])
+        .arg("--data-dir")
+        .arg(cluster.data_dir(four))
+        .arg("--rpc-tls-ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--rpc-tls-cert")
+        .arg(certs.join("node-4.pem"))
+        .arg("--rpc-tls-key")
+        .arg(certs.join("node-4.key"))
+        .output()
+        .expect("run flotilla node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a joined node started on an empty data directory under its old id");
+    assert!(stderr.contains("knows node 4 as a registered broker"), "{stderr}");
+    assert!(!cluster.data_dir(four).join("db").exists(), "the refused start left storage behind");
+
+    eventually("replace-node 4", Duration::from_secs(60), async || {
+        let out = cli(&cluster.bootstrap(), &["cluster", "replace-node", "4", "--wait", "--timeout", "50"]).await;
+        match out.status.success() {
+            true => Ok(()),
+            false => Err(String::from_utf8_lossy(&out.stderr).to_string()),
+        }
+    })
+    .await;
+    cluster.restart(four);
+    node_alive(&client, four).await;
+    eventually("replacement finished", Duration::from_secs(60), async || {
+        let r = client.replace_node(four, true).await.map_err(|e| e.to_string())?;
+        if r.state == "none" { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    assert!(cluster.data_dir(four).join("replaced").exists());
+    let read = drain(&client, "joined", 8).await;
+    assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
+}
+
 /// Waits (30 s at most) until the cluster sees node `id` alive.
 async fn node_alive(client: &flotilla_client::Client, id: u64) {
     eventually(&format!("node {id} back"), Duration::from_secs(30), async || {

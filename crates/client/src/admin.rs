@@ -236,6 +236,7 @@ impl Client {
                     state: r.state,
                     groups_left: r.groups_left,
                     metadata_voter: r.metadata_voter,
+                    first_new_group: r.first_new_group,
                 })
             })
             .await

@@ -96,12 +96,19 @@ impl<T: RaftTransport> Node<T> {
             self.inner.controller_kick.notify_one();
         }
         Ok(self.with_metadata(|m| match m.replacements().get(&id) {
-            None => ReplacementInfo { node: id, state: "none".into(), groups_left: vec![], metadata_voter: false },
+            None => ReplacementInfo {
+                node: id,
+                state: "none".into(),
+                groups_left: vec![],
+                metadata_voter: false,
+                first_new_group: 0,
+            },
             Some(r) => ReplacementInfo {
                 node: id,
                 state: if r.ready() { "ready" } else { "removing" }.into(),
                 groups_left: r.pending.iter().copied().collect(),
                 metadata_voter: r.metadata_voter,
+                first_new_group: r.first_new_group,
             },
         }))
     }

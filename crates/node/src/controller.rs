@@ -146,8 +146,8 @@ async fn sync_metadata_members<T: RaftTransport>(node: &Node<T>) {
         }
     };
     match done {
-        Ok(()) => tracing::info!(?step, "metadata group members changed"),
-        Err(e) => tracing::warn!(?step, error = %e, "cannot change the metadata group's members"),
+        Ok(()) => tracing::info!(?step, "metadata group membership step done"),
+        Err(e) => tracing::warn!(?step, error = %e, "metadata group membership step not done"),
     }
 }
 

@@ -709,6 +709,7 @@ impl<T: RaftTransport> v1::admin_server::Admin for AdminApi<T> {
                 state: info.state,
                 groups_left: info.groups_left,
                 metadata_voter: info.metadata_voter,
+                first_new_group: info.first_new_group,
             })
         })
         .await

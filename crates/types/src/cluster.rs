@@ -214,4 +214,7 @@ pub struct ReplacementInfo {
     pub groups_left: Vec<GroupId>,
     /// Whether it votes in the metadata group again once back.
     pub metadata_voter: bool,
+    /// The first group id created after the replacement started (0 when none is in
+    /// progress): back on an empty disk, the node initialises no group below it.
+    pub first_new_group: GroupId,
 }
