@@ -20,6 +20,7 @@ use flotilla_raft::RaftTransport;
 use flotilla_types::acl::Principal;
 use flotilla_types::{ErrorCode, limits};
 use ring::{digest, hmac, pbkdf2, rand::SecureRandom};
+use tokio::time::Instant;
 use tonic::Request;
 
 /// The header a password travels in.
@@ -105,6 +106,34 @@ struct Remembered {
 pub(crate) struct Authenticator {
     /// By user.
     remembered: Mutex<HashMap<String, Remembered>>,
+    /// What is left of this second's password checks (`limits::PASSWORD_CHECKS_PER_SEC`).
+    budget: Mutex<CheckBudget>,
+}
+
+/// A token bucket of password checks: `PASSWORD_CHECKS_PER_SEC` a second, as many at
+/// once.
+#[derive(Debug, Default)]
+struct CheckBudget {
+    tokens: f64,
+    /// When `tokens` was last topped up (none: never; the bucket starts full).
+    at: Option<Instant>,
+}
+
+impl CheckBudget {
+    /// Takes one check at `now`, if one is left.
+    fn take(&mut self, now: Instant) -> bool {
+        let rate = f64::from(limits::PASSWORD_CHECKS_PER_SEC);
+        self.tokens = match self.at {
+            None => rate,
+            Some(at) => (self.tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate),
+        };
+        self.at = Some(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 impl Authenticator {
@@ -152,6 +181,16 @@ impl Authenticator {
                 return if same(&r.fingerprint, &fingerprint) { Ok(user.to_string()) } else { Err(wrong()) };
             }
         }
+        if !self.budget.lock().expect("authenticator lock").take(Instant::now()) {
+            node.metrics().count_refused_access("password_checks");
+            return Err(v1::Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this node checks at most {} passwords a second, and more came just now; retry",
+                    limits::PASSWORD_CHECKS_PER_SEC
+                ),
+            ));
+        }
         if !verify(&c, password) {
             return Err(wrong());
         }
@@ -197,6 +236,25 @@ mod tests {
     /// RFC 7677's example exchange (user "user", password "pencil", its salt, 4096
     /// rounds): the ServerKey we store signs the exchange as the RFC's server did, and
     /// the StoredKey we store accepts the RFC's client proof.
+    /// Password checks beyond the budget wait for it to refill: a burst of
+    /// `PASSWORD_CHECKS_PER_SEC`, then one per 1/rate seconds.
+    #[test]
+    fn password_checks_are_limited_per_second() {
+        let rate = limits::PASSWORD_CHECKS_PER_SEC;
+        let t0 = Instant::now();
+        let mut b = CheckBudget::default();
+        for i in 0..rate {
+            assert!(b.take(t0), "check {i} of the first burst");
+        }
+        assert!(!b.take(t0), "over the budget");
+        let step = std::time::Duration::from_secs_f64(1.0 / f64::from(rate));
+        assert!(b.take(t0 + step), "one more after 1/rate s");
+        assert!(!b.take(t0 + step));
+        // Idle for long, it holds no more than one burst.
+        let later = t0 + std::time::Duration::from_secs(60);
+        assert_eq!((0..rate * 2).filter(|_| b.take(later)).count(), rate as usize);
+    }
+
     #[test]
     fn keys_match_rfc_7677() {
         let b64 = base64::engine::general_purpose::STANDARD;

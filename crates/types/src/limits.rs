@@ -259,6 +259,11 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
 pub const USER_NAME_BYTES_MAX: usize = CLIENT_ID_BYTES_MAX;
 /// The longest password, in bytes.
 pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// Password checks (PBKDF2 over the stored salt, 4096 rounds each) a node makes per
+/// second at most, burst included, beyond the passwords it remembers: wrong passwords
+/// sent as fast as a peer can cost a node no more CPU than this many checks. A check
+/// over the budget is answered UNAVAILABLE, which clients retry.
+pub const PASSWORD_CHECKS_PER_SEC: u32 = 64;
 /// The most users the cluster stores.
 pub const USERS_MAX: usize = 10_000;
 /// The most ACL entries the cluster stores.
