@@ -416,6 +416,18 @@ impl Cluster {
         n.paused = false;
     }
 
+    /// Empties a stopped node's data directory, as a lost disk leaves it.
+    pub fn wipe(&self, id: u64) -> anyhow::Result<()> {
+        assert!(self.node(id).child.is_none(), "wiping node {id}'s data while it runs");
+        let dir = &self.node(id).data_dir;
+        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = e?.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Starts a killed node again on its data; returns once it listens.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         if self.node(id).child.is_some() {

@@ -70,6 +70,10 @@ pub enum Fault {
     /// table or the MANIFEST, or a table cut short), and started again; at the heal it
     /// is replaced by a new node as docs/operating.md says for a corrupt store.
     CorruptFile,
+    /// A partition leader killed and its data directory emptied (a lost disk); its start
+    /// on the empty directory must be refused; it is replaced under its old id
+    /// (`replace-node`) and, at the heal, started empty and caught up (RFC 0008).
+    WipeReplace,
 }
 
 impl Fault {
@@ -267,6 +271,13 @@ pub const ALL: &[Scenario] = &[
         )
     },
     scenario(
+        "wipe-replace",
+        "a partition leader's disk lost (kill -9, directory emptied), refused under its id, replaced with replace-node, started empty",
+        Fault::WipeReplace,
+        3,
+        (2_000, 4_000),
+    ),
+    scenario(
         "net-delay",
         "every node-to-node link delayed by up to 200 ms per chunk, jittered (a TCP proxy); streams overtake each other",
         Fault::NetDelay,
@@ -313,6 +324,9 @@ pub struct Injected {
     proxy: bool,
     /// A node whose store was damaged: replaced by a new node at the heal.
     replace: Option<NodeId>,
+    /// A node replaced under its own id: at the heal it starts empty, and the heal waits
+    /// for its replacement to finish.
+    rejoin: Option<NodeId>,
 }
 
 /// What a scenario's faults act on.
@@ -631,6 +645,30 @@ impl Scenario {
                 i.note = format!("n{victim}{also} stopped (history #{at}), {damage}; {started}");
                 ctx.recorder.fault(&i.note, vec![victim]);
             }
+            Fault::WipeReplace => {
+                let (victim, _) = ctx.leader(partition, rng).await;
+                i.affected = ctx.led_by(&[victim]).await;
+                let also = ctx.controller_note(victim).await;
+                i.nodes = vec![victim];
+                let at = ctx
+                    .recorder
+                    .fault(format!("kill -9 n{victim} (leader of partition {partition}{also}), disk lost"), vec![victim]);
+                blocking(|| ctx.cluster.kill(victim));
+                ctx.cluster.wipe(victim)?;
+                if blocking(|| ctx.cluster.restart(victim)).is_ok() {
+                    anyhow::bail!("n{victim} started on an empty data directory under its id, not replaced");
+                }
+                let started = Instant::now();
+                let ready = replace_in_place(ctx, victim).await?;
+                i.rejoin = Some(victim);
+                i.restart = vec![victim];
+                i.note = format!(
+                    "n{victim}{also} killed (history #{at}), its data directory emptied; its start refused; \
+                     replace-node ready in {:.1} s ({ready})",
+                    started.elapsed().as_secs_f64()
+                );
+                ctx.recorder.fault(&i.note, vec![victim]);
+            }
             Fault::NetDelay => {
                 let proxy = ctx.proxy.ok_or_else(|| anyhow::anyhow!("no proxy in this cluster"))?;
                 let low = rng.range(1, 20);
@@ -745,7 +783,56 @@ impl Scenario {
         for n in i.restart.iter().chain(&i.disk) {
             blocking(|| ctx.cluster.restart(*n))?;
         }
+        if let Some(n) = i.rejoin {
+            did = Some(rejoined(ctx, n).await?);
+        }
         Ok(did)
+    }
+}
+
+/// Starts replacing `victim` under its id and waits until its old replica has left every
+/// group; what the replacement waited for.
+async fn replace_in_place(ctx: &mut Ctx<'_>, victim: NodeId) -> anyhow::Result<String> {
+    const WITHIN: Duration = Duration::from_secs(60);
+    let deadline = Instant::now() + WITHIN;
+    let mut first = None;
+    loop {
+        // Refused while the cluster still hears from the node (for a moment after the kill).
+        let started = first.is_some();
+        match tokio::time::timeout(Duration::from_secs(10), ctx.client.replace_node(victim, started)).await {
+            Ok(Ok(r)) if r.state == "ready" => {
+                let groups = first.unwrap_or(r.groups_left.len());
+                return Ok(format!("{groups} groups to leave"));
+            }
+            Ok(Ok(r)) if r.state == "removing" => {
+                first.get_or_insert(r.groups_left.len());
+            }
+            Ok(Ok(r)) if started => anyhow::bail!("replacing n{victim}: the replacement vanished: {r:?}"),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("replacing n{victim}: not ready within {WITHIN:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `n`, started empty after its replacement was ready, is back: the
+/// replacement finished (it is in the metadata group again, a voter if it was one).
+async fn rejoined(ctx: &mut Ctx<'_>, n: NodeId) -> anyhow::Result<String> {
+    const WITHIN: Duration = Duration::from_secs(60);
+    let started = Instant::now();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), ctx.client.replace_node(n, true)).await;
+        if let Ok(Ok(r)) = &r
+            && r.state == "none"
+        {
+            return Ok(format!("n{n} back under its id, replacement finished {:.1} s after its start", started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() > WITHIN {
+            anyhow::bail!("n{n} started empty but its replacement did not finish within {WITHIN:?}: {r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
