@@ -114,13 +114,7 @@ impl<T: RaftTransport> Node<T> {
         groups.router().throttle().set_rate(config.move_bytes_per_sec);
         // A joining node, or one beyond the initial controllers, starts its metadata
         // replica empty; the metadata leader adds it as a learner once it is registered.
-        let mut voters: Option<BTreeSet<NodeId>> = config.initial_metadata_voters()?.map(|v| v.into_iter().collect());
-        // Not sure yet that the cluster does not know it: no vote, no entry, no initial
-        // membership until `confirm_identity`.
-        if config.identity_unconfirmed {
-            groups.set_admitting(false);
-            voters = None;
-        }
+        let voters: Option<BTreeSet<NodeId>> = config.initial_metadata_voters()?.map(|v| v.into_iter().collect());
         groups.ensure(METADATA_GROUP, GroupKind::Metadata, voters.as_ref()).await?;
         let (shutdown, _) = watch::channel(false);
         let quotas = config.quotas();
@@ -158,17 +152,6 @@ impl<T: RaftTransport> Node<T> {
 
     pub fn id(&self) -> NodeId {
         self.inner.config.id
-    }
-
-    /// For a node started with `identity_unconfirmed`, once a peer has answered that the
-    /// cluster does not know it (a new cluster forming): serves Raft messages from now on
-    /// and initialises the metadata group as an initial controller would.
-    pub async fn confirm_identity(&self) -> Result<(), String> {
-        self.inner.groups.set_admitting(true);
-        match self.inner.config.initial_metadata_voters()? {
-            Some(voters) => self.metadata_group().initialize(voters.into_iter().collect()).await,
-            None => Ok(()),
-        }
     }
 
     pub fn config(&self) -> &NodeConfig {

@@ -28,10 +28,6 @@ pub struct Groups<T: RaftTransport> {
     /// The partition groups other nodes say they lead (`report_leadership`).
     reports: RwLock<LeaderReports>,
     partition_timings: GroupTimings,
-    /// Whether groups' Raft messages are served. Off while a node that started on an
-    /// empty data directory, none of its peers answering, waits to learn whether the
-    /// cluster knows it (`set_admitting`): until then it must not vote or accept entries.
-    admitting: std::sync::atomic::AtomicBool,
 }
 
 impl<T: RaftTransport> Groups<T> {
@@ -44,15 +40,7 @@ impl<T: RaftTransport> Groups<T> {
             lifecycle: tokio::sync::Mutex::new(()),
             reports: RwLock::new(LeaderReports::default()),
             partition_timings: GroupTimings::PARTITION,
-            admitting: std::sync::atomic::AtomicBool::new(true),
         }
-    }
-
-    /// Serves groups' Raft messages (votes, appends, snapshots, forwarded writes), or
-    /// refuses them all; node-wide messages (`Registered`, pings, leadership reports) are
-    /// answered either way.
-    pub fn set_admitting(&self, admitting: bool) {
-        self.admitting.store(admitting, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Partition groups' heartbeat and election timings (default `GroupTimings::PARTITION`).
@@ -323,10 +311,6 @@ impl<T: RaftTransport> Groups<T> {
                 })),
                 None => RaftReply::Refused(format!("node {} hosts no metadata replica yet", self.node)),
             },
-            Ok(_) if !self.admitting.load(std::sync::atomic::Ordering::SeqCst) => RaftReply::Refused(format!(
-                "node {} started on an empty data directory and has not yet learned whether the cluster knows it",
-                self.node
-            )),
             Ok(rpc) => match self.get(group) {
                 None => RaftReply::Refused(format!("group {group} is not hosted on node {}", self.node)),
                 Some(g) => match check_sender(from, &rpc, &g) {
