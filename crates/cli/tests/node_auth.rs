@@ -289,20 +289,7 @@ async fn x22_a_wiped_node_does_not_come_back_under_its_old_id() {
     let data = cluster.data_dir(3);
     let aside = data.with_extension("aside");
     std::fs::rename(&data, &aside).unwrap();
-    let certs = cluster.certs_dir();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["node", "--id", "3", "--listen", &cluster.addr(3), "--rpc-listen", &cluster.rpc_addr(3)])
-        .args(["--peers", cluster.peers()])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--rpc-tls-ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--rpc-tls-cert")
-        .arg(certs.join("node-3.pem"))
-        .arg("--rpc-tls-key")
-        .arg(certs.join("node-3.key"))
-        .output()
-        .expect("run flotilla node");
+    let out = run_node(&cluster, 3, &["--peers", cluster.peers()]);
     assert!(!out.status.success(), "node 3 started on an empty data directory under its old id");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("knows node 3 as a registered broker") && stderr.contains("new id"), "{stderr}");
@@ -419,20 +406,7 @@ async fn x24_a_wiped_joined_node_is_refused_then_replaced() {
     }
     cluster.stop(four);
     std::fs::remove_dir_all(cluster.data_dir(four)).unwrap();
-    let certs = cluster.certs_dir();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["node", "--id", "4", "--listen", &cluster.addr(four), "--rpc-listen", &cluster.rpc_addr(four)])
-        .args(["--zone", "z", "--join", &cluster.bootstrap()])
-        .arg("--data-dir")
-        .arg(cluster.data_dir(four))
-        .arg("--rpc-tls-ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--rpc-tls-cert")
-        .arg(certs.join("node-4.pem"))
-        .arg("--rpc-tls-key")
-        .arg(certs.join("node-4.key"))
-        .output()
-        .expect("run flotilla node");
+    let out = run_node(&cluster, four, &["--zone", "z", "--join", &cluster.bootstrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a joined node started on an empty data directory under its old id");
     assert!(stderr.contains("knows node 4 as a registered broker"), "{stderr}");
@@ -456,6 +430,25 @@ async fn x24_a_wiped_joined_node_is_refused_then_replaced() {
     assert!(cluster.data_dir(four).join("replaced").exists());
     let read = drain(&client, "joined", 8).await;
     assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
+}
+
+/// Runs `flotilla node` as node `id` of `cluster` (its addresses, data directory and
+/// certificate, then `extra`) until it exits: for starts that must be refused.
+fn run_node(cluster: &flotilla_testkit::ProcessCluster, id: u64, extra: &[&str]) -> std::process::Output {
+    let certs = cluster.certs_dir();
+    std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["node", "--id", &id.to_string(), "--listen", &cluster.addr(id), "--rpc-listen", &cluster.rpc_addr(id)])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(cluster.data_dir(id))
+        .arg("--rpc-tls-ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--rpc-tls-cert")
+        .arg(certs.join(format!("node-{id}.pem")))
+        .arg("--rpc-tls-key")
+        .arg(certs.join(format!("node-{id}.key")))
+        .output()
+        .expect("run flotilla node")
 }
 
 /// Waits (30 s at most) until the cluster sees node `id` alive.
