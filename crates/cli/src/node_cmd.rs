@@ -270,28 +270,52 @@ pub fn init_tracing(format: LogFormat) {
 /// How long a node starting on an empty data directory waits for each peer's answer.
 const IDENTITY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Refuses to start a node whose data directory is empty while a peer's metadata records
-/// it as a registered broker: its data (its Raft votes among them) is gone, and voting
-/// again with forgotten votes could elect two leaders in one term. Peers that do not
-/// answer (down, or starting too, as in a new cluster's first start) do not hold it up.
-/// A node being replaced (`flotilla cluster replace-node`) may start once a peer says its
-/// replacement is ready and none says otherwise: then the first group id it may
-/// initialise is returned.
-async fn refuse_forgotten_identity(
+/// What a node starting on an empty data directory learned about its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// The cluster does not know it: a new node (or a new cluster forming).
+    New,
+    /// It is being replaced and may start: the first group id it may initialise.
+    Replacement(GroupId),
+    /// No one answered: it cannot tell yet.
+    Unanswered,
+}
+
+/// Asks whether the cluster knows this node, which starts on an empty data directory: its
+/// peers (over the node-to-node listener), or for a node that joins the node it joins
+/// through (over the client API). A registered node that lost its data must not vote
+/// again with the votes it forgot, so that is an error, naming what to do; so is a
+/// replacement that is not ready yet.
+async fn check_identity(
     config: &NodeConfig,
     transport: &GrpcTransport,
     addresses: &AddressBook,
-) -> anyhow::Result<Option<GroupId>> {
+) -> anyhow::Result<Identity> {
+    match &config.join {
+        None => identity_from_peers(config, transport, addresses).await,
+        Some(via) => identity_via(config, via).await,
+    }
+}
+
+/// [`check_identity`] through the peers. A node with no peer but itself is new.
+async fn identity_from_peers(
+    config: &NodeConfig,
+    transport: &GrpcTransport,
+    addresses: &AddressBook,
+) -> anyhow::Result<Identity> {
     let peers = config.peer_map().map_err(|e| anyhow::anyhow!(e))?;
     let asked: Vec<u64> = peers.keys().copied().filter(|p| *p != config.id).collect();
     for (id, addr) in peers {
         addresses.set(id, addr);
     }
+    if asked.is_empty() {
+        return Ok(Identity::New);
+    }
     let answers = futures::future::join_all(
         asked.iter().map(|p| flotilla_raft::registered_at(transport, *p, IDENTITY_CHECK_TIMEOUT)),
     )
     .await;
-    let mut replaceable = None;
+    let mut identity = Identity::Unanswered;
     for (peer, answer) in asked.iter().zip(answers) {
         match answer {
             Ok(Registration::Registered) => return Err(forgotten_identity(config, &format!("node {peer}"))),
@@ -300,19 +324,24 @@ async fn refuse_forgotten_identity(
             }
             Ok(Registration::Replaceable { first_new_group }) => {
                 tracing::info!(peer, "this node is being replaced: it starts empty and rejoins every group");
-                replaceable = Some(first_new_group);
+                identity = Identity::Replacement(first_new_group);
             }
-            Ok(Registration::Unknown) => tracing::debug!(peer, "not registered there: a new node"),
+            Ok(Registration::Unknown) => {
+                tracing::debug!(peer, "not registered there: a new node");
+                if identity == Identity::Unanswered {
+                    identity = Identity::New;
+                }
+            }
             Err(e) => tracing::debug!(peer, error = %e, "no answer about this node's registration"),
         }
     }
-    Ok(replaceable)
+    Ok(identity)
 }
 
-/// The same check for a node that joins (`--join`), which knows no peer's node-to-node
-/// address: it asks the node it joins through, over the client API, with the
-/// credentials it joins with. No answer does not hold it up, as with peers.
-async fn refuse_forgotten_identity_via(config: &NodeConfig, via: &str) -> anyhow::Result<Option<GroupId>> {
+/// [`check_identity`] for a node that joins (`--join`), which knows no peer's
+/// node-to-node address: it asks the node it joins through, over the client API, with
+/// the credentials it joins with.
+async fn identity_via(config: &NodeConfig, via: &str) -> anyhow::Result<Identity> {
     let id = config.id;
     let asked = async {
         let client = flotilla_client::Client::connect_with(via, join_client_config(config)).await?;
@@ -323,25 +352,67 @@ async fn refuse_forgotten_identity_via(config: &NodeConfig, via: &str) -> anyhow
         client.replace_node(id, true).await.map(Some)
     };
     match tokio::time::timeout(IDENTITY_CHECK_TIMEOUT * 5, asked).await {
-        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(None)) => Ok(Identity::New),
         Ok(Ok(Some(r))) => match r.state.as_str() {
             "ready" => {
                 tracing::info!(via, "this node is being replaced: it starts empty and rejoins every group");
-                Ok(Some(r.first_new_group))
+                Ok(Identity::Replacement(r.first_new_group))
             }
             "removing" => Err(replacement_not_ready(config, via, r.groups_left.len() as u64)),
             _ => Err(forgotten_identity(config, via)),
         },
         Ok(Err(e)) => {
             tracing::debug!(via, error = %e, "no answer about this node's registration");
-            Ok(None)
+            Ok(Identity::Unanswered)
         }
         Err(_) => {
             tracing::debug!(via, "no answer about this node's registration in time");
-            Ok(None)
+            Ok(Identity::Unanswered)
         }
     }
 }
+
+/// How often a node that could not tell whether the cluster knows it asks again.
+const IDENTITY_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// For a node started with `identity_unconfirmed`: asks again until someone answers.
+/// Once the answer is that the cluster does not know it, the node takes part from then
+/// on (`Node::confirm_identity`) and this never returns; otherwise it returns why the
+/// node must stop.
+async fn confirm_identity(node: Node<GrpcTransport>, transport: GrpcTransport, addresses: AddressBook) -> String {
+    let config = node.config().clone();
+    if !config.identity_unconfirmed {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(IDENTITY_RETRY).await;
+        match check_identity(&config, &transport, &addresses).await {
+            Ok(Identity::Unanswered) => continue,
+            Ok(Identity::New) => break,
+            Ok(Identity::Replacement(_)) => {
+                return format!(
+                    "node {} is being replaced and its replacement is ready: start it again, and it rejoins \
+                     as the replacement",
+                    config.id
+                );
+            }
+            Err(e) => return format!("{e:#}"),
+        }
+    }
+    if let Err(e) = node.confirm_identity().await {
+        return e;
+    }
+    if let Err(e) = std::fs::remove_file(config.data_dir.join(UNCONFIRMED_FILE)) {
+        tracing::warn!(error = %e, "cannot remove the identity marker");
+    }
+    tracing::info!("a peer answered that the cluster does not know this node: it takes part from now on");
+    std::future::pending().await
+}
+
+/// `data-dir/unconfirmed`: written when a node starts on an empty data directory and no
+/// one answers whether the cluster knows it, removed once someone does. While it exists
+/// the node counts as starting empty, whatever its storage holds.
+const UNCONFIRMED_FILE: &str = "unconfirmed";
 
 /// Why a node on an empty data directory must not start under an id `who` knows.
 fn forgotten_identity(config: &NodeConfig, who: &str) -> anyhow::Error {
@@ -369,10 +440,15 @@ const REPLACED_FILE: &str = "replaced";
 
 /// Records durably that this node replaces itself from group `first` on.
 fn mark_replaced(data_dir: &std::path::Path, first: GroupId) -> anyhow::Result<()> {
-    let path = data_dir.join(REPLACED_FILE);
+    write_durably(data_dir, REPLACED_FILE, &format!("{first}\n"))
+}
+
+/// Writes `text` to `data_dir/name` and syncs it and the directory.
+fn write_durably(data_dir: &std::path::Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let path = data_dir.join(name);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&path)?;
-        std::io::Write::write_all(&mut f, format!("{first}\n").as_bytes())?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
         f.sync_all()?;
         std::fs::File::open(data_dir)?.sync_all()
     };
@@ -421,7 +497,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = load_config(&args)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let fresh = !config.data_dir.join("db").exists();
+    let unconfirmed = config.data_dir.join(UNCONFIRMED_FILE);
+    let fresh = !config.data_dir.join("db").exists() || unconfirmed.exists();
     let tls = node_tls(&config)?;
     let addresses = AddressBook::new();
     let transport = match &tls {
@@ -429,12 +506,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         None => GrpcTransport::new(config.id, addresses.clone()),
     };
     if fresh {
-        let replaceable = match &config.join {
-            None => refuse_forgotten_identity(&config, &transport, &addresses).await?,
-            Some(via) => refuse_forgotten_identity_via(&config, via).await?,
-        };
-        if let Some(first) = replaceable {
-            mark_replaced(&config.data_dir, first)?;
+        match check_identity(&config, &transport, &addresses).await? {
+            Identity::New => {}
+            Identity::Replacement(first) => mark_replaced(&config.data_dir, first)?,
+            Identity::Unanswered => {
+                tracing::info!(
+                    "this node starts on an empty data directory and none of its peers answered whether the \
+                     cluster knows it (as at a new cluster's first start): it takes part in no group until one does"
+                );
+                write_durably(&config.data_dir, UNCONFIRMED_FILE, "")?;
+                config.identity_unconfirmed = true;
+            }
+        }
+        if !config.identity_unconfirmed && unconfirmed.exists() {
+            std::fs::remove_file(&unconfirmed).with_context(|| format!("removing {}", unconfirmed.display()))?;
         }
     }
     config.replaced_below = replaced_below(&config.data_dir)?;
@@ -465,7 +550,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let node = Node::start(config.clone(), engine.clone(), transport, addresses, Arc::new(SystemClock))
+    let identity_transport = transport.clone();
+    let node = Node::start(config.clone(), engine.clone(), transport, addresses.clone(), Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -487,9 +573,23 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         };
         tokio::spawn(flotilla_rpc::serve_metrics(l, endpoints))
     });
-    let joining = config.join.clone().map(|via| tokio::spawn(join(via, config.clone())));
-    let bootstrapping =
-        bootstrap_user(&config)?.map(|(name, password)| tokio::spawn(create_user(node.clone(), name, password)));
+    // Both write into the cluster in this node's name: not before it knows the cluster
+    // does not know it from before (a registration would be the answer it hears next).
+    let joining = config.join.clone().map(|via| {
+        let node = node.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            node.identity_confirmed().await;
+            join(via, config).await
+        })
+    });
+    let bootstrapping = bootstrap_user(&config)?.map(|(name, password)| {
+        let node = node.clone();
+        tokio::spawn(async move {
+            node.identity_confirmed().await;
+            create_user(node, name, password).await
+        })
+    });
     // A node whose metadata replica stopped (a fatal storage error) cannot serve at all:
     // it stops, with an error, rather than answer from a state that no longer moves. A
     // node short of disk space refuses writes until retention frees some.
@@ -519,6 +619,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         why = fatal => {
             tracing::error!(reason = %why, "this node cannot serve: shutting down");
+            Some(why)
+        }
+        why = confirm_identity(node.clone(), identity_transport, addresses) => {
+            tracing::error!(reason = %why, "this node must not take part under its id: shutting down");
             Some(why)
         }
     };

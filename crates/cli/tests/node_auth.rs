@@ -451,6 +451,50 @@ fn run_node(cluster: &flotilla_testkit::ProcessCluster, id: u64, extra: &[&str])
         .expect("run flotilla node")
 }
 
+/// x25: a wiped node that starts while none of its peers is up (the whole cluster
+/// restarting) takes part in nothing until one answers, and stops once one says the
+/// cluster knows it; the others come back and keep every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x25_a_wiped_node_alone_waits_for_its_peers_and_stops() {
+    let _serial = serial().await;
+    let mut cluster = cluster(3);
+    let client = ready_client(&cluster, 3).await;
+    create_topic(&client, "kept", 3).await;
+    let producer = client.producer("kept", ProducerConfig::default());
+    for i in 0..100 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
+    }
+    drop(producer);
+    drop(client);
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+    }
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    let initialised =
+        |c: &flotilla_testkit::ProcessCluster| c.log_tail(3, 1_000_000).matches("initialised group").count();
+    let before = initialised(&cluster);
+    // Alone, it starts (it cannot tell) but waits.
+    cluster.restart(3);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = cluster.log_tail(3, 50);
+    assert!(log.contains("none of its peers answered"), "{log}");
+    assert!(cluster.data_dir(3).join("unconfirmed").exists());
+    cluster.restart(1);
+    cluster.restart(2);
+    eventually("node 3 stops", Duration::from_secs(30), async || {
+        let log = cluster.log_tail(3, 50);
+        match log.contains("knows node 3 as a registered broker") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    })
+    .await;
+    assert_eq!(initialised(&cluster), before, "the wiped node initialised a group");
+    let client = ready_client(&cluster, 3).await;
+    let read = drain(&client, "kept", 3).await;
+    assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
+}
+
 /// Waits (30 s at most) until the cluster sees node `id` alive.
 async fn node_alive(client: &flotilla_client::Client, id: u64) {
     eventually(&format!("node {id} back"), Duration::from_secs(30), async || {

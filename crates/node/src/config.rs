@@ -157,6 +157,11 @@ pub struct NodeConfig {
     /// every older group as a learner. Not a configuration key.
     #[serde(skip)]
     pub replaced_below: Option<flotilla_types::GroupId>,
+    /// Set when this node started on an empty data directory and none of its peers
+    /// answered whether the cluster knows it: it serves no Raft message and initialises
+    /// nothing until `Node::confirm_identity`. Not a configuration key.
+    #[serde(skip)]
+    pub identity_unconfirmed: bool,
 }
 
 /// A list given as a list, or as one string of comma-separated items (how an
@@ -233,6 +238,7 @@ impl Default for NodeConfig {
             superusers: Vec::new(),
             bootstrap_user: None,
             replaced_below: None,
+            identity_unconfirmed: false,
         }
     }
 }

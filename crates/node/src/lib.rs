@@ -85,6 +85,10 @@ pub(crate) struct Inner<T: RaftTransport> {
     pub(crate) peers: peers::PeerWatch,
     /// Each principal's produce, fetch and request allowance (`quota`).
     pub(crate) quotas: quota::Quotas,
+    /// False while a node that started on an empty data directory has not learned
+    /// whether the cluster knows it (`NodeConfig::identity_unconfirmed`): it must not
+    /// register meanwhile, or its own registration would be the answer it hears next.
+    pub(crate) identity_confirmed: watch::Sender<bool>,
 }
 
 /// A running node. Cheap to clone.
@@ -114,9 +118,16 @@ impl<T: RaftTransport> Node<T> {
         groups.router().throttle().set_rate(config.move_bytes_per_sec);
         // A joining node, or one beyond the initial controllers, starts its metadata
         // replica empty; the metadata leader adds it as a learner once it is registered.
-        let voters: Option<BTreeSet<NodeId>> = config.initial_metadata_voters()?.map(|v| v.into_iter().collect());
+        let mut voters: Option<BTreeSet<NodeId>> = config.initial_metadata_voters()?.map(|v| v.into_iter().collect());
+        // Not sure yet that the cluster does not know it: no vote, no entry, no initial
+        // membership until `confirm_identity`.
+        if config.identity_unconfirmed {
+            groups.set_admitting(false);
+            voters = None;
+        }
         groups.ensure(METADATA_GROUP, GroupKind::Metadata, voters.as_ref()).await?;
         let (shutdown, _) = watch::channel(false);
+        let (identity_confirmed, _) = watch::channel(!config.identity_unconfirmed);
         let quotas = config.quotas();
         let node = Node {
             inner: Arc::new(Inner {
@@ -132,6 +143,7 @@ impl<T: RaftTransport> Node<T> {
                 sessions: groups::Sessions::default(),
                 peers: peers::PeerWatch::default(),
                 quotas,
+                identity_confirmed,
             }),
             tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
@@ -152,6 +164,28 @@ impl<T: RaftTransport> Node<T> {
 
     pub fn id(&self) -> NodeId {
         self.inner.config.id
+    }
+
+    /// For a node started with `identity_unconfirmed`, once a peer has answered that the
+    /// cluster does not know it (a new cluster forming): serves Raft messages from now on
+    /// and initialises the metadata group as an initial controller would.
+    pub async fn confirm_identity(&self) -> Result<(), String> {
+        self.inner.groups.set_admitting(true);
+        if let Some(voters) = self.inner.config.initial_metadata_voters()? {
+            self.metadata_group().initialize(voters.into_iter().collect()).await?;
+        }
+        self.inner.identity_confirmed.send_replace(true);
+        Ok(())
+    }
+
+    /// Returns once this node knows the cluster does not know it from before (at once
+    /// unless it started with `identity_unconfirmed`): what it writes into the cluster
+    /// in its own name (its registration, its joining) waits for this.
+    pub async fn identity_confirmed(&self) {
+        let mut confirmed = self.inner.identity_confirmed.subscribe();
+        if confirmed.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn config(&self) -> &NodeConfig {

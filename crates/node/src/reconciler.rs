@@ -30,8 +30,10 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Registers this node (address and labels) until the metadata group has it. A node
 /// whose metadata replica does not know the leader yet (it is not a voter and has not
-/// been added as a learner) asks the configured peers, which name the leader.
+/// been added as a learner) asks the configured peers, which name the leader. A node
+/// not yet sure the cluster does not know it (`Node::confirm_identity`) waits first.
 pub(crate) async fn register_loop<T: RaftTransport>(node: Node<T>) {
+    node.identity_confirmed().await;
     let me = Broker::new(node.id(), node.config().advertised(), node.config().labels())
         .with_rpc_addr(node.config().rpc_advertised());
     let peers: Vec<NodeId> = node.config().peer_map().map(|p| p.into_keys().collect()).unwrap_or_default();

@@ -561,6 +561,19 @@ impl Group {
         m.replication.as_ref().map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect())
     }
 
+    /// Initialises the group with `voters` if its storage holds nothing yet (a replica
+    /// that has state keeps it).
+    pub async fn initialize(&self, voters: std::collections::BTreeSet<NodeId>) -> Result<(), String> {
+        match self.raft.initialize(voters.clone()).await {
+            Ok(()) => {
+                tracing::info!(group = self.id, ?voters, "initialised group");
+                Ok(())
+            }
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(format!("group {}: cannot initialise: {e}", self.id)),
+        }
+    }
+
     /// On the leader: starts replicating to `node` as a learner (returns once the
     /// membership entry is committed, not when the learner caught up).
     pub async fn add_learner(&self, node: NodeId) -> Result<(), MembershipError> {

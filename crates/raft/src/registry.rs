@@ -28,6 +28,10 @@ pub struct Groups<T: RaftTransport> {
     /// The partition groups other nodes say they lead (`report_leadership`).
     reports: RwLock<LeaderReports>,
     partition_timings: GroupTimings,
+    /// Whether groups' Raft messages are served. Off while a node that started on an
+    /// empty data directory, none of its peers answering, waits to learn whether the
+    /// cluster knows it (`set_admitting`): until then it must not vote or accept entries.
+    admitting: std::sync::atomic::AtomicBool,
 }
 
 impl<T: RaftTransport> Groups<T> {
@@ -40,7 +44,15 @@ impl<T: RaftTransport> Groups<T> {
             lifecycle: tokio::sync::Mutex::new(()),
             reports: RwLock::new(LeaderReports::default()),
             partition_timings: GroupTimings::PARTITION,
+            admitting: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Serves groups' Raft messages (votes, appends, snapshots, forwarded writes), or
+    /// refuses them all; node-wide messages (`Registered`, pings, leadership reports) are
+    /// answered either way.
+    pub fn set_admitting(&self, admitting: bool) {
+        self.admitting.store(admitting, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Partition groups' heartbeat and election timings (default `GroupTimings::PARTITION`).
@@ -305,12 +317,21 @@ impl<T: RaftTransport> Groups<T> {
             }
             Ok(RaftRpc::Ping) => RaftReply::Noted,
             Ok(RaftRpc::Registered) => match self.get(METADATA_GROUP) {
+                // A replica that restarted applies its committed log again first: until
+                // then "unknown" could be a registration not applied yet.
+                Some(g) if g.status().applied < g.status().committed => {
+                    RaftReply::Refused(format!("node {}'s metadata replica is still applying its log", self.node))
+                }
                 Some(g) => RaftReply::Registered(g.read(|s| match s {
                     GroupState::Metadata(m) => registration(m, from),
                     GroupState::Partition(_) => Registration::Unknown,
                 })),
                 None => RaftReply::Refused(format!("node {} hosts no metadata replica yet", self.node)),
             },
+            Ok(_) if !self.admitting.load(std::sync::atomic::Ordering::SeqCst) => RaftReply::Refused(format!(
+                "node {} started on an empty data directory and has not yet learned whether the cluster knows it",
+                self.node
+            )),
             Ok(rpc) => match self.get(group) {
                 None => RaftReply::Refused(format!("group {group} is not hosted on node {}", self.node)),
                 Some(g) => match check_sender(from, &rpc, &g) {
