@@ -1234,7 +1234,7 @@ pub async fn serve_nodes<T: RaftTransport>(
         "serving other nodes (gRPC)"
     );
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut server = builder();
+    let mut server = node_builder();
     if let Some(tls) = &tls {
         server = server.tls_config(tls.server()).map_err(|e| ServeError::Serve(format!("node-to-node TLS: {e}")))?;
     }
@@ -1260,7 +1260,7 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
-    builder()
+    node_builder()
         .add_routes(client_routes(&node)?.add_service(raft_api(&node, None)))
         .serve_with_incoming_shutdown(limited(incoming), shutdown)
         .await
@@ -1330,6 +1330,12 @@ where
 
 /// Every listener's limits: streams per connection, request deadline, keepalive,
 /// header size (docs/security.md, "Wire safety").
+/// [`builder`] for a listener other nodes speak to: it lets them reset more calls before
+/// they are accepted (`limits::NODE_RESET_STREAMS_MAX`).
+pub(crate) fn node_builder() -> tonic::transport::Server {
+    builder().http2_max_pending_accept_reset_streams(Some(limits::NODE_RESET_STREAMS_MAX))
+}
+
 fn builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -170,12 +170,14 @@ mod tests {
     }
 
     async fn peer() -> (GrpcTransport, NodeId) {
+        peer_served_by(tonic::transport::Server::builder()).await
+    }
+
+    async fn peer_served_by(mut server: tonic::transport::Server) -> (GrpcTransport, NodeId) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tokio::spawn(
-            tonic::transport::Server::builder().add_service(RaftServer::new(HalfDeaf)).serve_with_incoming(incoming),
-        );
+        tokio::spawn(server.add_service(RaftServer::new(HalfDeaf)).serve_with_incoming(incoming));
         let book = AddressBook::new();
         book.set(2, addr.to_string());
         (GrpcTransport::new(1, book), 2)
@@ -206,5 +208,64 @@ mod tests {
 
         // The next call dials afresh and is answered.
         assert_eq!(t.call(peer, 1, b"again".to_vec(), Duration::from_secs(5)).await.unwrap(), b"again");
+    }
+
+    /// Answers group 1 at once; group 2 never; group 3 after stalling its whole thread
+    /// for a second (a node too busy to read its connections).
+    struct Stalling;
+
+    #[tonic::async_trait]
+    impl Raft for Stalling {
+        async fn call(&self, req: tonic::Request<RaftRequest>) -> Result<tonic::Response<RaftResponse>, tonic::Status> {
+            match req.get_ref().group_id {
+                2 => std::future::pending::<()>().await,
+                3 => std::thread::sleep(Duration::from_secs(1)),
+                _ => {}
+            }
+            Ok(tonic::Response::new(RaftResponse { payload: req.into_inner().payload }))
+        }
+    }
+
+    /// A node that a busy peer's listener does not read for a while resets the calls
+    /// it stops waiting for, and the peer then finds them reset before it accepted
+    /// them. HTTP/2's default allows only 20 such resets before the listener closes the
+    /// connection, failing every group's calls on it; thousands of groups electing at
+    /// once did that again and again (a topic of 10,000 partitions). The node-to-node
+    /// listener allows `NODE_RESET_STREAMS_MAX`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_reset_before_a_busy_node_accepts_them_do_not_close_its_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        // The peer's listener on a thread of its own, so that stalling it stalls all of it.
+        #[allow(clippy::disallowed_methods)] // a real thread: the test stalls it
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener).unwrap());
+                crate::server::node_builder()
+                    .add_service(RaftServer::new(Stalling))
+                    .serve_with_incoming(incoming)
+                    .await
+                    .unwrap();
+            });
+        });
+        let book = AddressBook::new();
+        book.set(2, addr.to_string());
+        let t = GrpcTransport::new(1, book);
+        assert_eq!(t.call(2, 1, b"hello".to_vec(), Duration::from_secs(5)).await.unwrap(), b"hello");
+        let stall = tokio::spawn({
+            let t = t.clone();
+            async move { t.call(2, 3, vec![], Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Sent while the peer stalls, and reset before it reads them.
+        let calls = (0..100).map(|_| t.call(2, 2, vec![], Duration::from_millis(200)));
+        for r in futures::future::join_all(calls).await {
+            assert!(matches!(r, Err(TransportError::Timeout(_))), "{r:?}");
+        }
+        assert!(stall.await.unwrap().is_ok(), "the stalled call is answered");
+        assert_eq!(t.call(2, 1, b"again".to_vec(), Duration::from_secs(5)).await.unwrap(), b"again");
     }
 }

@@ -41,7 +41,7 @@ pub const CLIENT_ID_BYTES_MAX: usize = 255;
 pub const QUOTA_PRINCIPALS_MAX: usize = 10_000;
 
 /// The most partitions in one topic.
-pub const TOPIC_PARTITIONS_MAX: u32 = 4096;
+pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
 
 /// The most topics in a cluster.
 pub const TOPICS_MAX: usize = 10_000;
@@ -77,6 +77,15 @@ pub const CONNECTIONS_MAX: usize = 4096;
 /// Requests in flight on one connection (HTTP/2 concurrent streams); the client queues
 /// the rest. Node-to-node traffic of every group shares one connection per peer.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+/// Streams a peer may open and reset before the node-to-node listener has accepted them
+/// (HTTP/2's defence against "rapid reset" floods; 20 by default, which the client
+/// listener keeps). A node resets the calls it stops waiting for, elections' vote
+/// requests among them: with thousands of groups electing at once that was more than 20
+/// at a time, and the listener then closed the whole connection, failing every group's
+/// call on it (10,000 partitions never settled). With node TLS only the cluster's nodes
+/// reach this listener.
+pub const NODE_RESET_STREAMS_MAX: usize = STREAMS_PER_CONNECTION_MAX as usize;
 
 /// The longest any request may run on the server: a fetch's longest wait and more.
 pub const REQUEST_TIMEOUT_MS: u64 = 2 * FETCH_WAIT_MS_MAX;
