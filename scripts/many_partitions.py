@@ -81,7 +81,7 @@ dt, l = wait("all led", all_led, 600, every=5)
 print(f"every partition led {time.time()-t0:.1f}s after the create command started: {l}", flush=True)
 even = lambda l: all_led(l) and max(l.values()) - min(l.values()) <= 1
 dt, l = wait("balanced", even, 600)
-print(f"leaders balanced {l} {dt:.1f}s after create", flush=True)
+print(f"leaders balanced {l} {dt:.1f}s after that", flush=True)
 time.sleep(10)
 c0 = {i: cpu(i) for i in procs}; t = time.time(); time.sleep(20)
 use = {i: round(100 * (cpu(i) - c0[i]) / (time.time() - t), 1) for i in procs}
