@@ -280,11 +280,7 @@ async fn x22_a_wiped_node_does_not_come_back_under_its_old_id() {
     let _serial = serial().await;
     let mut cluster = cluster(3);
     let client = ready_client(&cluster, 3).await;
-    create_topic(&client, "kept", 3).await;
-    let producer = client.producer("kept", ProducerConfig::default());
-    for i in 0..100 {
-        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
-    }
+    let _producer = hundred_records(&client, "kept").await;
     cluster.stop(3);
     let data = cluster.data_dir(3);
     let aside = data.with_extension("aside");
@@ -317,11 +313,7 @@ async fn x23_a_wiped_node_is_replaced_under_its_old_id() {
     let options = flotilla_testkit::ClusterOptions { metrics: true, ..Default::default() };
     let mut cluster = flotilla_testkit::ProcessCluster::start_with(env!("CARGO_BIN_EXE_flotilla"), 3, options);
     let client = ready_client(&cluster, 3).await;
-    create_topic(&client, "kept", 3).await;
-    let producer = client.producer("kept", ProducerConfig::default());
-    for i in 0..100 {
-        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
-    }
+    let producer = hundred_records(&client, "kept").await;
     let bootstrap = cluster.bootstrap();
     let out = cli(&bootstrap, &["cluster", "replace-node", "3"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -459,11 +451,7 @@ async fn x25_a_wiped_node_alone_waits_for_its_peers_and_stops() {
     let _serial = serial().await;
     let mut cluster = cluster(3);
     let client = ready_client(&cluster, 3).await;
-    create_topic(&client, "kept", 3).await;
-    let producer = client.producer("kept", ProducerConfig::default());
-    for i in 0..100 {
-        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
-    }
+    let producer = hundred_records(&client, "kept").await;
     drop(producer);
     drop(client);
     for id in [1, 2, 3] {
@@ -493,6 +481,17 @@ async fn x25_a_wiped_node_alone_waits_for_its_peers_and_stops() {
     let client = ready_client(&cluster, 3).await;
     let read = drain(&client, "kept", 3).await;
     assert_eq!(read.values().map(Vec::len).sum::<usize>(), 100);
+}
+
+/// Creates `topic` (three partitions) and has 100 records acknowledged into it, keyed
+/// k0..k99 with values v0..v99; returns the producer, for more of the same.
+async fn hundred_records(client: &flotilla_client::Client, topic: &str) -> flotilla_client::Producer {
+    create_topic(client, topic, 3).await;
+    let producer = client.producer(topic, ProducerConfig::default());
+    for i in 0..100 {
+        producer.send(keyed(&format!("k{i}"), &format!("v{i}"))).await.expect("acknowledged");
+    }
+    producer
 }
 
 /// Waits (30 s at most) until the cluster sees node `id` alive.
