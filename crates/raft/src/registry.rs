@@ -319,13 +319,15 @@ impl<T: RaftTransport> Groups<T> {
             Ok(RaftRpc::Registered) => match self.get(METADATA_GROUP) {
                 // A replica that restarted applies its committed log again first: until
                 // then "unknown" could be a registration not applied yet.
-                Some(g) if g.status().applied < g.status().committed => {
-                    RaftReply::Refused(format!("node {}'s metadata replica is still applying its log", self.node))
-                }
-                Some(g) => RaftReply::Registered(g.read(|s| match s {
-                    GroupState::Metadata(m) => registration(m, from),
-                    GroupState::Partition(_) => Registration::Unknown,
-                })),
+                Some(g) => match g.status() {
+                    s if s.applied < s.committed => {
+                        RaftReply::Refused(format!("node {}'s metadata replica is still applying its log", self.node))
+                    }
+                    _ => RaftReply::Registered(g.read(|s| match s {
+                        GroupState::Metadata(m) => registration(m, from),
+                        GroupState::Partition(_) => Registration::Unknown,
+                    })),
+                },
                 None => RaftReply::Refused(format!("node {} hosts no metadata replica yet", self.node)),
             },
             Ok(_) if !self.admitting.load(std::sync::atomic::Ordering::SeqCst) => RaftReply::Refused(format!(
