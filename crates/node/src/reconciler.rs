@@ -21,6 +21,10 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// deleted and re-created empty, its leader would find its log gone back (a log
 /// reversion, simulation seed 754).
 const REMOVE_AFTER: Duration = Duration::from_secs(5);
+/// A new group is initialised at once by its preferred replica only; another initial
+/// replica still empty this long after it started (the preferred one's node is slow, or
+/// went down after the assignment) initialises the group itself.
+const INITIALISE_AFTER: Duration = Duration::from_secs(6);
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// How often a node checks what it leads; it reports at once on a change.
 const LEADING_POLL: Duration = Duration::from_millis(250);
@@ -83,8 +87,9 @@ pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
         }
     }
     let mut unlisted = BTreeMap::new();
+    let mut deferred = BTreeMap::new();
     loop {
-        reconcile_once(&node, &mut unlisted).await;
+        reconcile_once(&node, &mut unlisted, &mut deferred).await;
         tokio::select! {
             _ = applied.changed() => {}
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
@@ -167,23 +172,46 @@ fn steps(
     Steps { start, remove }
 }
 
-/// `unlisted`: since when each hosted replica has not been in the metadata.
-async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMap<GroupId, Instant>) {
+/// Whether a new group's replica on node `me` initialises it at once: only the preferred
+/// replica does, while its node is alive. openraft starts an election the moment a replica
+/// initialises, so three initial replicas initialising together campaign together and
+/// split the votes (with thousands of groups created at once, again and again). The
+/// others start empty: the leader's first message gives them the group's membership.
+fn initialises_at_once(me: NodeId, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>) -> bool {
+    match p.replicas.first() {
+        Some(first) => *first == me || !crate::quiesce::alive(brokers, *first),
+        None => true,
+    }
+}
+
+/// `unlisted`: since when each hosted replica has not been in the metadata. `deferred`:
+/// the new groups this node's replica has not initialised (`initialises_at_once`), with
+/// their voters and since when.
+async fn reconcile_once<T: RaftTransport>(
+    node: &Node<T>,
+    unlisted: &mut BTreeMap<GroupId, Instant>,
+    deferred: &mut BTreeMap<GroupId, (BTreeSet<NodeId>, Instant)>,
+) {
     let me = node.id();
     let (desired, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
-    for (id, b) in brokers {
-        if id != me && node.addresses().get(id).as_deref() != Some(b.rpc_address()) {
-            node.addresses().set(id, b.rpc_address().to_string());
+    for (id, b) in &brokers {
+        if *id != me && node.addresses().get(*id).as_deref() != Some(b.rpc_address()) {
+            node.addresses().set(*id, b.rpc_address().to_string());
         }
     }
     let running: BTreeSet<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();
     let steps = steps(me, node.config().replaced_below, &desired, &running, unlisted, Instant::now());
     for (group, init) in &steps.start {
+        let mut init = init.clone();
+        if init.is_some() && desired.get(group).is_some_and(|p| !initialises_at_once(me, p, &brokers)) {
+            deferred.insert(*group, (init.take().unwrap_or_default(), Instant::now()));
+        }
         match node.groups().ensure(*group, GroupKind::Partition, init.as_ref()).await {
             Ok(_) => tracing::info!(group, voters = ?init, initialised = init.is_some(), "started partition replica"),
             Err(e) => tracing::warn!(group, error = %e, "cannot start partition replica"),
         }
     }
+    initialise_deferred(node, &desired, deferred).await;
     for group in steps.remove {
         // The local metadata may be stale. A group still in the metadata (its topic
         // not deleted; group ids are never reused) loses this replica only once its
@@ -200,6 +228,39 @@ async fn reconcile_once<T: RaftTransport>(node: &Node<T>, unlisted: &mut BTreeMa
         match node.groups().remove(group).await {
             Ok(()) => tracing::info!(group, "removed partition replica"),
             Err(e) => tracing::warn!(group, error = %e, "cannot remove partition replica"),
+        }
+    }
+}
+
+/// Initialises the deferred groups whose replica here is still empty after
+/// `INITIALISE_AFTER`, and forgets those that have a log (the leader reached it) or are
+/// no longer assigned here.
+async fn initialise_deferred<T: RaftTransport>(
+    node: &Node<T>,
+    desired: &BTreeMap<GroupId, PartitionAssignment>,
+    deferred: &mut BTreeMap<GroupId, (BTreeSet<NodeId>, Instant)>,
+) {
+    let mut due = Vec::new();
+    deferred.retain(|g, (voters, since)| {
+        let Some(group) = node.groups().get(*g).filter(|_| desired.contains_key(g)) else { return false };
+        // A replica that has voted (a term) waits for the leader it voted for; openraft
+        // would not initialise it anyway. (Should that leader's node be lost before its
+        // first message arrives, the group waits for it, as it did when all three
+        // replicas initialised and this one's vote reached it first.)
+        let s = group.status();
+        if s.last_log_index.is_some() || s.term > 0 {
+            return false;
+        }
+        if since.elapsed() < INITIALISE_AFTER {
+            return true;
+        }
+        due.push((group, voters.clone()));
+        false
+    });
+    for (group, voters) in due {
+        match group.initialize(voters).await {
+            Ok(()) => tracing::info!(group = group.id(), "no leader reached this replica in time: initialised it"),
+            Err(e) => tracing::warn!(group = group.id(), error = %e, "cannot initialise partition replica"),
         }
     }
 }

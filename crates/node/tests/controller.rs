@@ -654,6 +654,66 @@ async fn t41_quiet_followers_that_stop_hearing_their_leader_elect_on_their_own()
     shutdown(&nodes).await;
 }
 
+/// A new group is elected by its preferred replica: only that replica initialises it at
+/// once (openraft starts an election the moment a replica initialises); the others start
+/// empty and get the group's membership from the leader. All three used to initialise and
+/// campaign together, and about two groups in three were first led by another replica
+/// (and handed over later); with thousands of groups created at once, their elections
+/// split the votes again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t46_a_new_groups_first_leader_is_its_preferred_replica() {
+    let Five { nodes, .. } = Five::start(|_| {}).await;
+    let topic = create(&nodes, "t", 20).await;
+    let first_leaders = eventually("every partition led", async || {
+        let mut led = BTreeMap::new();
+        for p in &topic.partitions {
+            let leader = nodes.iter().find(|n| n.groups().get(p.group_id).is_some_and(|g| g.is_leader()))?;
+            led.insert(p.partition, leader.id());
+        }
+        Some(led)
+    })
+    .await;
+    for p in &topic.partitions {
+        assert_eq!(first_leaders[&p.partition], p.replicas[0], "partition {} (replicas {:?})", p.partition, p.replicas);
+    }
+    // The other replicas have the group's membership from the leader.
+    for p in &topic.partitions {
+        voters_become(&nodes, p.group_id, &p.replicas).await;
+        for r in &p.replicas {
+            eventually("every replica knows the voters", async || {
+                let g = nodes[*r as usize - 1].groups().get(p.group_id)?;
+                (g.membership().voters() == p.replicas.iter().copied().collect()).then_some(())
+            })
+            .await;
+        }
+    }
+    shutdown(&nodes).await;
+}
+
+/// The other side of t46: when a new group's preferred replica is on a node that is cut
+/// off but not yet suspected, the group's other replicas initialise it themselves after
+/// a while (`INITIALISE_AFTER`, 6 s) and elect one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t47_a_new_group_whose_preferred_replica_is_cut_off_is_led_by_another() {
+    let Five { net, nodes, .. } = Five::start(|c| {
+        c.suspect_after_ms = 600_000;
+        c.dead_after_ms = 600_000;
+    })
+    .await;
+    net.cut.write().unwrap().insert(1);
+    let live: Vec<Node<LocalTransport>> = nodes[1..].to_vec();
+    let topic = create(&live, "t", 10).await;
+    let cut_off: Vec<&PartitionInfo> = topic.partitions.iter().filter(|p| p.replicas[0] == 1).collect();
+    assert!(!cut_off.is_empty(), "node 1 is the preferred replica of some partition: {:?}", topic.partitions);
+    for p in cut_off {
+        let leader =
+            eventually("a leader for a partition preferring node 1", async || leader_of(&live, p.group_id)).await;
+        assert_ne!(leader.id(), 1);
+    }
+    net.cut.write().unwrap().clear();
+    shutdown(&nodes).await;
+}
+
 /// t90 (docs/simulation.md, "Defects found by review"): a replica is destroyed only outside
 /// its group's committed membership. Node 4 hosts a partition; the partition moves away
 /// from it, node 4 applies that, and is then cut off from the metadata leader while the

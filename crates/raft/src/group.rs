@@ -105,6 +105,14 @@ pub struct Group {
     pub(crate) leaving: std::sync::atomic::AtomicBool,
 }
 
+/// The leader a replica's metrics name. openraft initialises a replica with a committed
+/// vote for itself at term 0 and names it the leader; no election has happened yet, so
+/// there is none (taken at its word, the quiescer thought such a replica remembered
+/// leading).
+fn known_leader(m: &openraft::RaftMetrics<TypeConfig>) -> Option<NodeId> {
+    if m.current_term == 0 { None } else { m.current_leader }
+}
+
 type RtInstant = <crate::rt::Runtime as openraft_rt::AsyncRuntime>::Instant;
 
 impl Group {
@@ -118,7 +126,7 @@ impl Group {
 
     /// The leader as this replica knows it.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
+        known_leader(&self.raft.metrics().borrow_watched())
     }
 
     /// A replica that stopped (openraft hit a fatal error, such as a failed sync) leads
@@ -167,7 +175,7 @@ impl Group {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         GroupStatus {
-            leader: m.current_leader,
+            leader: known_leader(&m),
             is_leader: m.running_state.is_ok() && m.state == ServerState::Leader,
             term: m.current_term,
             last_log_index: m.last_log_index,
