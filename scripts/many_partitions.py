@@ -5,6 +5,8 @@ and every leader moved by a preferred-region change.
 Usage: scripts/many_partitions.py [PARTITIONS] [extra `flotilla node` flags...]
   (idle scale: scripts/many_partitions.py 10000, with FLOTILLA naming the release build)
   e.g. scripts/many_partitions.py 1000 --quiesce-after-ms 3000
+  LED_LIMIT=S gives up (and stops the nodes) if not every partition has a leader S seconds
+  after the topic's creation (default 600).
 Starts three `flotilla node` processes (ports 7071-7073, metrics 8071-8073, data in
 /tmp/flotilla-many), creates one topic, and prints: partitions without a leader every
 5 s until all have one, when leaders are even, idle CPU and resident memory per node
@@ -63,6 +65,8 @@ def wait(what, cond, limit=300, every=None):
             led = sum(v or 0 for v in l.values())
             print(f"  {shown-t0:5.1f}s: {N - led} of {N} partitions without a leader", flush=True)
         time.sleep(0.25)
+    for p in procs.values():
+        p.send_signal(signal.SIGKILL)
     raise SystemExit(f"{what}: not within {limit}s: {leaders()}")
 
 EXTRA = sys.argv[2:]
@@ -77,7 +81,7 @@ subprocess.run([BIN, "--bootstrap", "127.0.0.1:7071", "topic", "create", "many",
                 "--replication-factor", "3"], check=True)
 print(f"topic of {N} partitions created in {time.time()-t0:.1f}s", flush=True)
 all_led = lambda l: None not in l.values() and sum(l.values()) == N
-dt, l = wait("all led", all_led, 600, every=5)
+dt, l = wait("all led", all_led, float(os.environ.get("LED_LIMIT", 600)), every=5)
 print(f"every partition led {time.time()-t0:.1f}s after the create command started: {l}", flush=True)
 even = lambda l: all_led(l) and max(l.values()) - min(l.values()) <= 1
 dt, l = wait("balanced", even, 600)
