@@ -7,9 +7,10 @@
 //! already tracks — stands in for its failure detection: a replica whose leader's node is
 //! suspected wakes up and campaigns (`mover::wake_election`).
 //!
-//! - **A leader** quiesces once its log has not grown for `quiesce-after-ms`, every voter
-//!   holds its last entry, no membership change is pending and every voter's node is
-//!   alive. It ticks again as soon as an entry is written (the write itself is replicated
+//! - **A leader** quiesces once its log has not grown for `quiesce-after-ms`, no
+//!   membership change is pending, and the voters on live nodes, a majority, hold its
+//!   last entry (a voter whose node is suspected or dead is left out; its return wakes
+//!   the group). It ticks again as soon as an entry is written (the write itself is replicated
 //!   at once, ticking or not). While quiet it sends one heartbeat every keepalive
 //!   (`quiesce-keepalive-ms`).
 //! - **A follower** stops ticking once its own log has been still as long, while it knows a
@@ -171,6 +172,11 @@ struct Follower {
 impl Follower {
     /// Whether it stays quiet (its timers stopped).
     fn quiet(&self, brokers: &BTreeMap<NodeId, Broker>, start_grace: Duration, backstop: Duration) -> bool {
+        // No membership yet (a new group's replica waiting for its leader, or for its
+        // turn to initialise the group): there is no election its timers could start.
+        if self.voters.is_empty() {
+            return true;
+        }
         match self.leader {
             // Restarted, it remembers leading: the others may still wait for it.
             Some(l) if l == self.me => false,
@@ -214,9 +220,13 @@ pub(crate) fn alive(brokers: &BTreeMap<NodeId, Broker>, n: NodeId) -> bool {
     brokers.get(&n).is_some_and(|b| b.liveness == Liveness::Alive)
 }
 
-/// Nothing for the group's timers to do: its voters are the desired replicas, all on live
-/// nodes and all holding the leader's last entry (`last`; `matched` per replica), with no
-/// membership change in flight.
+/// Nothing for the group's timers to do: its voters are the desired replicas, with no
+/// membership change in flight, and those on live nodes, a majority, all hold the
+/// leader's last entry (`last`; `matched` per replica). A replica on a node that is not
+/// alive is left out: its node's return wakes the group (its replica then lags). Waiting
+/// for it kept every group that a killed node had a replica of ticking until the node
+/// came back; with thousands of them, the survivors' heartbeats to each other alone
+/// overloaded them.
 fn settled(
     members: &MembershipView,
     desired: &BTreeSet<NodeId>,
@@ -228,8 +238,11 @@ fn settled(
     members.committed
         && members.learners.is_empty()
         && members.uniform_voters() == Some(desired)
-        && desired.iter().all(|n| alive(brokers, *n))
-        && desired.iter().filter(|n| Some(**n) != leader).all(|n| matched.get(n).copied().flatten() == last)
+        && 2 * desired.iter().filter(|n| alive(brokers, **n)).count() > desired.len()
+        && desired
+            .iter()
+            .filter(|n| Some(**n) != leader && alive(brokers, **n))
+            .all(|n| matched.get(n).copied().flatten() == last)
 }
 
 #[cfg(test)]
@@ -267,8 +280,14 @@ mod tests {
         assert!(!settled(&m, &desired, &live, &behind, Some(9), Some(1)), "a follower lacks the last entry");
         let unknown = BTreeMap::from([(2, Some(9))]);
         assert!(!settled(&m, &desired, &live, &unknown, Some(9), Some(1)), "a follower not heard from");
+        // A voter's node not alive: left out while the others are a majority and hold
+        // the last entry.
         let suspected = brokers(&[(1, Alive), (2, Alive), (3, Suspected)]);
-        assert!(!settled(&m, &desired, &suspected, &all, Some(9), Some(1)), "a voter's node is suspected");
+        assert!(settled(&m, &desired, &suspected, &behind, Some(9), Some(1)), "node 3 is left out");
+        let behind_2 = BTreeMap::from([(2, Some(8)), (3, Some(9))]);
+        assert!(!settled(&m, &desired, &suspected, &behind_2, Some(9), Some(1)), "node 2 is live and behind");
+        let two_down = brokers(&[(1, Alive), (2, Suspected), (3, Liveness::Dead)]);
+        assert!(!settled(&m, &desired, &two_down, &all, Some(9), Some(1)), "no live majority");
         assert!(!settled(&members(&[&[1, 2, 3]], &[4], true), &desired, &live, &all, Some(9), Some(1)), "a learner");
         assert!(!settled(&members(&[&[1, 2, 3]], &[], false), &desired, &live, &all, Some(9), Some(1)), "in flight");
         assert!(!settled(&members(&[&[1, 2, 4]], &[], true), &desired, &live, &all, Some(9), Some(1)), "a move");
@@ -329,6 +348,8 @@ mod tests {
         assert!(f.quiet(&live, grace, grace));
         assert!(!Follower { since_start: grace, ..f.clone() }.quiet(&live, grace, grace), "past the grace");
         assert!(!Follower { preferred: Some(2), ..f.clone() }.quiet(&live, grace, grace), "the preferred ticks");
+        let empty = Follower { voters: BTreeSet::new(), since_start: grace * 10, ..f.clone() };
+        assert!(empty.quiet(&live, grace, grace), "no membership yet: nothing to time out for");
         let one_down = brokers(&[(1, Suspected), (2, Suspected), (3, Alive)]);
         assert!(!f.quiet(&one_down, grace, grace), "another voter's node is not alive");
         let me_suspected = brokers(&[(1, Alive), (2, Suspected), (3, Alive)]);

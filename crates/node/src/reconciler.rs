@@ -21,10 +21,20 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// deleted and re-created empty, its leader would find its log gone back (a log
 /// reversion, simulation seed 754).
 const REMOVE_AFTER: Duration = Duration::from_secs(5);
-/// A new group is initialised at once by its preferred replica only; another initial
-/// replica still empty this long after it started (the preferred one's node is slow, or
-/// went down after the assignment) initialises the group itself.
-const INITIALISE_AFTER: Duration = Duration::from_secs(6);
+/// A new group's other initial replicas initialise it themselves, rather than wait for its
+/// preferred replica's leader, when the preferred one's node is gone (refusing
+/// connections, or dead in the metadata), or when they are still empty this long after
+/// they started (its node is cut off, or never initialised the group). A node merely
+/// suspected is not enough: a node busy creating thousands of replicas answers the
+/// metadata leader late, and all its groups' replicas elsewhere campaigning at once
+/// was what kept the cluster from settling.
+const INITIALISE_AFTER: Duration = Duration::from_secs(60);
+/// At most this many of the new groups this node initialises may be electing and
+/// settling at once (each initialised less than `SETTLE_WITHIN` ago and still ticking).
+/// Thousands of groups created at once, all electing together, overloaded the nodes:
+/// heartbeats came late, followers campaigned, and the cluster never settled.
+const INITIALISING_MAX: usize = 500;
+const SETTLE_WITHIN: Duration = Duration::from_secs(10);
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// How often a node checks what it leads; it reports at once on a change.
 const LEADING_POLL: Duration = Duration::from_millis(250);
@@ -87,9 +97,9 @@ pub(crate) async fn reconcile_loop<T: RaftTransport>(node: Node<T>) {
         }
     }
     let mut unlisted = BTreeMap::new();
-    let mut deferred = BTreeMap::new();
+    let mut new_groups = NewGroups::default();
     loop {
-        reconcile_once(&node, &mut unlisted, &mut deferred).await;
+        reconcile_once(&node, &mut unlisted, &mut new_groups).await;
         tokio::select! {
             _ = applied.changed() => {}
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
@@ -131,9 +141,9 @@ pub(crate) fn metadata_caught_up<T: RaftTransport>(node: &Node<T>) -> bool {
 /// What reconciling the local replicas toward the assignment does now.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Steps {
-    /// Replicas to start, with the group's initial voters when this replica initialises
-    /// it: only the initial replicas of a group that never changed membership do; any
-    /// other replica starts empty and is added by the partition leader.
+    /// Replicas to start, with the group's initial voters when this replica may
+    /// initialise it (`NewGroups`): only the initial replicas of a group that never
+    /// changed membership may; any other replica is added by the partition leader.
     start: Vec<(GroupId, Option<BTreeSet<NodeId>>)>,
     /// Replicas unlisted for `REMOVE_AFTER`: removed once their group's leader confirms.
     remove: Vec<GroupId>,
@@ -172,25 +182,28 @@ fn steps(
     Steps { start, remove }
 }
 
-/// Whether a new group's replica on node `me` initialises it at once: only the preferred
-/// replica does, while its node is alive. openraft starts an election the moment a replica
-/// initialises, so three initial replicas initialising together campaign together and
-/// split the votes (with thousands of groups created at once, again and again). The
-/// others start empty: the leader's first message gives them the group's membership.
-fn initialises_at_once(me: NodeId, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>) -> bool {
-    match p.replicas.first() {
-        Some(first) => *first == me || !crate::quiesce::alive(brokers, *first),
-        None => true,
-    }
+/// The new groups whose replica here is empty and that this node has not initialised yet,
+/// and those it initialised lately.
+///
+/// Only a new group's preferred replica (the first) initialises it, paced: openraft
+/// starts an election the moment a replica initialises, so three initial replicas
+/// initialising together campaign together and split the votes, and thousands of
+/// groups initialised at once elect together. The others start empty (the leader's first
+/// message gives them the membership), or initialise it themselves when the preferred
+/// replica's node is gone or after `INITIALISE_AFTER`.
+#[derive(Default)]
+struct NewGroups {
+    /// Not initialised yet: the group's voters, and since when.
+    waiting: BTreeMap<GroupId, (BTreeSet<NodeId>, Instant)>,
+    /// Initialised here by the preferred replica, and when.
+    initialised: BTreeMap<GroupId, Instant>,
 }
 
-/// `unlisted`: since when each hosted replica has not been in the metadata. `deferred`:
-/// the new groups this node's replica has not initialised (`initialises_at_once`), with
-/// their voters and since when.
+/// `unlisted`: since when each hosted replica has not been in the metadata.
 async fn reconcile_once<T: RaftTransport>(
     node: &Node<T>,
     unlisted: &mut BTreeMap<GroupId, Instant>,
-    deferred: &mut BTreeMap<GroupId, (BTreeSet<NodeId>, Instant)>,
+    new_groups: &mut NewGroups,
 ) {
     let me = node.id();
     let (desired, brokers) = node.with_metadata(|m| (m.groups_on(me), m.brokers().clone()));
@@ -201,17 +214,31 @@ async fn reconcile_once<T: RaftTransport>(
     }
     let running: BTreeSet<GroupId> = node.groups().ids().into_iter().filter(|g| *g != METADATA_GROUP).collect();
     let steps = steps(me, node.config().replaced_below, &desired, &running, unlisted, Instant::now());
-    for (group, init) in &steps.start {
-        let mut init = init.clone();
-        if init.is_some() && desired.get(group).is_some_and(|p| !initialises_at_once(me, p, &brokers)) {
-            deferred.insert(*group, (init.take().unwrap_or_default(), Instant::now()));
+    for (i, (group, init)) in steps.start.iter().enumerate() {
+        // Thousands of replicas to start (a large topic created): let the node's other
+        // work (the metadata group's heartbeats above all) run in between.
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
         }
-        match node.groups().ensure(*group, GroupKind::Partition, init.as_ref()).await {
-            Ok(_) => tracing::info!(group, voters = ?init, initialised = init.is_some(), "started partition replica"),
+        // It starts empty; `initialise_new_groups` initialises it if it is to.
+        match node.groups().ensure(*group, GroupKind::Partition, None).await {
+            Ok(g) => {
+                tracing::info!(group, voters = ?init, initial = init.is_some(), "started partition replica");
+                if let Some(voters) = init {
+                    // Until it is initialised or hears from a leader, an empty replica's
+                    // timers have nothing to do; ten thousand of them ticking were a
+                    // node's whole CPU.
+                    let s = g.status();
+                    if s.last_log_index.is_none() && s.term == 0 {
+                        g.set_ticking(false);
+                    }
+                    new_groups.waiting.insert(*group, (voters.clone(), Instant::now()));
+                }
+            }
             Err(e) => tracing::warn!(group, error = %e, "cannot start partition replica"),
         }
     }
-    initialise_deferred(node, &desired, deferred).await;
+    initialise_new_groups(node, &desired, &brokers, new_groups).await;
     for group in steps.remove {
         // The local metadata may be stale. A group still in the metadata (its topic
         // not deleted; group ids are never reused) loses this replica only once its
@@ -232,17 +259,26 @@ async fn reconcile_once<T: RaftTransport>(
     }
 }
 
-/// Initialises the deferred groups whose replica here is still empty after
-/// `INITIALISE_AFTER`, and forgets those that have a log (the leader reached it) or are
-/// no longer assigned here.
-async fn initialise_deferred<T: RaftTransport>(
+/// Initialises the waiting new groups that this node is to initialise now: as the
+/// preferred replica while fewer than `INITIALISING_MAX` of those it initialised are
+/// still settling, or as another initial replica once the preferred one's node is gone
+/// or after `INITIALISE_AFTER`. Forgets those that have a log or a vote (a leader
+/// or a candidate reached them) or are no longer new groups of this node.
+async fn initialise_new_groups<T: RaftTransport>(
     node: &Node<T>,
     desired: &BTreeMap<GroupId, PartitionAssignment>,
-    deferred: &mut BTreeMap<GroupId, (BTreeSet<NodeId>, Instant)>,
+    brokers: &BTreeMap<NodeId, Broker>,
+    new_groups: &mut NewGroups,
 ) {
+    let me = node.id();
+    new_groups
+        .initialised
+        .retain(|g, at| at.elapsed() < SETTLE_WITHIN && node.groups().get(*g).is_some_and(|group| group.is_ticking()));
+    let mut slots = INITIALISING_MAX.saturating_sub(new_groups.initialised.len());
     let mut due = Vec::new();
-    deferred.retain(|g, (voters, since)| {
-        let Some(group) = node.groups().get(*g).filter(|_| desired.contains_key(g)) else { return false };
+    new_groups.waiting.retain(|g, (voters, since)| {
+        let Some(p) = desired.get(g).filter(|p| p.epoch == 0 && p.replicas.contains(&me)) else { return false };
+        let Some(group) = node.groups().get(*g) else { return false };
         // A replica that has voted (a term) waits for the leader it voted for; openraft
         // would not initialise it anyway. (Should that leader's node be lost before its
         // first message arrives, the group waits for it, as it did when all three
@@ -251,15 +287,32 @@ async fn initialise_deferred<T: RaftTransport>(
         if s.last_log_index.is_some() || s.term > 0 {
             return false;
         }
-        if since.elapsed() < INITIALISE_AFTER {
-            return true;
+        let preferred = p.replicas.first().copied();
+        let now = if preferred == Some(me) {
+            let free = slots > 0;
+            slots = slots.saturating_sub(1);
+            free
+        } else {
+            let gone = |n: NodeId| {
+                node.peer_down(n) || brokers.get(&n).is_none_or(|b| b.liveness == flotilla_metadata::Liveness::Dead)
+            };
+            preferred.is_none_or(gone) || since.elapsed() >= INITIALISE_AFTER
+        };
+        if now {
+            due.push((group, voters.clone(), preferred == Some(me)));
         }
-        due.push((group, voters.clone()));
-        false
+        !now
     });
-    for (group, voters) in due {
+    for (group, voters, preferred) in due {
+        if preferred {
+            new_groups.initialised.insert(group.id(), Instant::now());
+        }
+        group.set_ticking(true);
         match group.initialize(voters).await {
-            Ok(()) => tracing::info!(group = group.id(), "no leader reached this replica in time: initialised it"),
+            Ok(()) if preferred => {}
+            Ok(()) => {
+                tracing::info!(group = group.id(), "the preferred replica did not initialise the group: initialised it")
+            }
             Err(e) => tracing::warn!(group = group.id(), error = %e, "cannot initialise partition replica"),
         }
     }
