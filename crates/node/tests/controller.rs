@@ -691,8 +691,8 @@ async fn t46_a_new_groups_first_leader_is_its_preferred_replica() {
 }
 
 /// The other side of t46: when a new group's preferred replica is on a node that is cut
-/// off, the group's other replicas initialise it themselves once that node is suspected,
-/// and elect one of them.
+/// off, the group's other replicas initialise it themselves once their node-level
+/// heartbeats take that node for down, and elect one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t47_a_new_group_whose_preferred_replica_is_cut_off_is_led_by_another() {
     let Five { net, nodes, .. } = Five::start(|_| {}).await;
