@@ -226,8 +226,8 @@ async fn reconcile_once<T: RaftTransport>(
                 tracing::info!(group, voters = ?init, initial = init.is_some(), "started partition replica");
                 if let Some(voters) = init {
                     // Until it is initialised or hears from a leader, an empty replica's
-                    // timers have nothing to do; ten thousand of them ticking were a
-                    // node's whole CPU.
+                    // timers have nothing to do (no membership, no election to start);
+                    // a topic of 10,000 partitions left 10,000 of them ticking per node.
                     let s = g.status();
                     if s.last_log_index.is_none() && s.term == 0 {
                         g.set_ticking(false);
