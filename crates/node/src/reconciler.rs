@@ -228,8 +228,7 @@ async fn reconcile_once<T: RaftTransport>(
                     // Until it is initialised or hears from a leader, an empty replica's
                     // timers have nothing to do (no membership, no election to start);
                     // a topic of 10,000 partitions left 10,000 of them ticking per node.
-                    let s = g.status();
-                    if s.last_log_index.is_none() && s.term == 0 {
+                    if untouched(&g) {
                         g.set_ticking(false);
                     }
                     new_groups.waiting.insert(*group, (voters.clone(), Instant::now()));
@@ -259,6 +258,13 @@ async fn reconcile_once<T: RaftTransport>(
     }
 }
 
+/// Whether `group`'s replica here is as it started: no log, and no vote in any term (no
+/// leader or candidate has reached it).
+fn untouched(group: &flotilla_raft::Group) -> bool {
+    let s = group.status();
+    s.last_log_index.is_none() && s.term == 0
+}
+
 /// Initialises the waiting new groups that this node is to initialise now: as the
 /// preferred replica while fewer than `INITIALISING_MAX` of those it initialised are
 /// still settling, or as another initial replica once the preferred one's node is gone
@@ -283,8 +289,7 @@ async fn initialise_new_groups<T: RaftTransport>(
         // would not initialise it anyway. (Should that leader's node be lost before its
         // first message arrives, the group waits for it, as it did when all three
         // replicas initialised and this one's vote reached it first.)
-        let s = group.status();
-        if s.last_log_index.is_some() || s.term > 0 {
+        if !untouched(&group) {
             return false;
         }
         let preferred = p.replicas.first().copied();

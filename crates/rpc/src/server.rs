@@ -1328,14 +1328,14 @@ where
     )
 }
 
-/// Every listener's limits: streams per connection, request deadline, keepalive,
-/// header size (docs/security.md, "Wire safety").
 /// [`builder`] for a listener other nodes speak to: it lets them reset more calls before
 /// they are accepted (`limits::NODE_RESET_STREAMS_MAX`).
 pub(crate) fn node_builder() -> tonic::transport::Server {
     builder().http2_max_pending_accept_reset_streams(Some(limits::NODE_RESET_STREAMS_MAX))
 }
 
+/// Every listener's limits: streams per connection, request deadline, keepalive,
+/// header size (docs/security.md, "Wire safety").
 fn builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

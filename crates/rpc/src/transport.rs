@@ -170,14 +170,12 @@ mod tests {
     }
 
     async fn peer() -> (GrpcTransport, NodeId) {
-        peer_served_by(tonic::transport::Server::builder()).await
-    }
-
-    async fn peer_served_by(mut server: tonic::transport::Server) -> (GrpcTransport, NodeId) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tokio::spawn(server.add_service(RaftServer::new(HalfDeaf)).serve_with_incoming(incoming));
+        tokio::spawn(
+            tonic::transport::Server::builder().add_service(RaftServer::new(HalfDeaf)).serve_with_incoming(incoming),
+        );
         let book = AddressBook::new();
         book.set(2, addr.to_string());
         (GrpcTransport::new(1, book), 2)
