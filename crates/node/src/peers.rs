@@ -1,11 +1,14 @@
 //! Node-level heartbeats: a fast failure detector for dead processes. Every node pings
 //! every other registered node (one small message per pair, whatever the number of
 //! groups they share) and judges a peer **down** once `DOWN_AFTER_REFUSALS` pings in a
-//! row failed outright: the call could not even reach a process (the connection was
-//! reset or refused), which is what a node killed or crashed looks like within
-//! milliseconds. A ping that merely gets no answer in time proves nothing (a loaded node,
-//! a paused one, a lossy link) and changes nothing here: those are judged by the metadata
-//! leader's lease (`suspect-after-ms`), as before. So load cannot make a peer "down".
+//! row found nothing accepting connections at its address (connection refused), which
+//! is what a node killed or crashed looks like within milliseconds: its connections
+//! break, and the redial is refused. A broken or closed connection alone proves nothing
+//! (an HTTP/2 error on a busy link closes one too): it only makes the next ping come
+//! sooner, to redial. A ping that merely gets no answer in time proves nothing either (a
+//! loaded node, a paused one, a lossy link) and changes nothing here: those are judged by
+//! the metadata leader's lease (`suspect-after-ms`), as before. So load cannot make a
+//! peer "down".
 //!
 //! A peer judged down counts as gone for the partition groups it leads
 //! (`mover::wake_election` starts the take-over at once instead of waiting for the lease)
@@ -36,8 +39,10 @@ pub(crate) const DOWN_AFTER_REFUSALS: u32 = 2;
 pub(crate) enum Ping {
     /// The peer's process answered (whatever it said).
     Answered,
-    /// The call failed without reaching a process: reset, refused, no route.
+    /// Nothing accepted the connection.
     Refused,
+    /// The call failed without an answer otherwise: the connection broke or was closed.
+    Broken,
     /// No answer in time.
     Silent,
 }
@@ -46,7 +51,8 @@ impl Ping {
     pub(crate) fn of(r: &Result<(), TransportError>) -> Ping {
         match r {
             Ok(()) => Ping::Answered,
-            Err(TransportError::Unreachable(..)) => Ping::Refused,
+            Err(TransportError::Refused(..)) => Ping::Refused,
+            Err(TransportError::Unreachable(..)) => Ping::Broken,
             Err(TransportError::Timeout(_)) => Ping::Silent,
         }
     }
@@ -57,14 +63,15 @@ pub(crate) fn refusals_after(refusals: u32, ping: Ping) -> u32 {
     match ping {
         Ping::Answered => 0,
         Ping::Refused => refusals.saturating_add(1),
-        Ping::Silent => refusals,
+        Ping::Silent | Ping::Broken => refusals,
     }
 }
 
 /// What this node's pings say of each peer.
 #[derive(Default)]
 pub(crate) struct PeerWatch {
-    refusals: Mutex<BTreeMap<NodeId, u32>>,
+    /// Per peer: refusals in a row, and what the last ping found.
+    refusals: Mutex<BTreeMap<NodeId, (u32, Ping)>>,
     /// Notified when a peer is newly judged down (the mover, its one waiter, acts at once).
     pub(crate) went_down: tokio::sync::Notify,
 }
@@ -72,7 +79,7 @@ pub(crate) struct PeerWatch {
 impl PeerWatch {
     /// Whether `peer`'s process is gone, as this node's own pings say.
     pub(crate) fn down(&self, peer: NodeId) -> bool {
-        self.refusals.lock().expect("peer watch poisoned").get(&peer).is_some_and(|r| *r >= DOWN_AFTER_REFUSALS)
+        self.refusals.lock().expect("peer watch poisoned").get(&peer).is_some_and(|(r, _)| *r >= DOWN_AFTER_REFUSALS)
     }
 
     /// Records one round of pings; returns the peers newly judged down. Peers not in
@@ -82,22 +89,26 @@ impl PeerWatch {
         refusals.retain(|id, _| results.iter().any(|(p, _)| p == id));
         let mut newly_down = vec![];
         for (peer, ping) in results {
-            let before = refusals.get(peer).copied().unwrap_or(0);
+            let before = refusals.get(peer).map_or(0, |(r, _)| *r);
             let after = refusals_after(before, *ping);
             if before < DOWN_AFTER_REFUSALS && after >= DOWN_AFTER_REFUSALS {
                 newly_down.push(*peer);
             } else if before >= DOWN_AFTER_REFUSALS && after == 0 {
                 tracing::info!(peer, "node answers again");
             }
-            refusals.insert(*peer, after);
+            refusals.insert(*peer, (after, *ping));
         }
         newly_down
     }
 
-    /// Whether any peer has failed outright but is not judged down yet (ping it again
-    /// soon).
+    /// Whether any peer has refused but is not judged down yet, or its connection just
+    /// broke (ping it again soon).
     fn undecided(&self) -> bool {
-        self.refusals.lock().expect("peer watch poisoned").values().any(|r| (1..DOWN_AFTER_REFUSALS).contains(r))
+        self.refusals
+            .lock()
+            .expect("peer watch poisoned")
+            .values()
+            .any(|(r, last)| (1..DOWN_AFTER_REFUSALS).contains(r) || *last == Ping::Broken)
     }
 }
 
@@ -154,7 +165,7 @@ mod tests {
     fn only_outright_failures_in_a_row_make_a_peer_down_and_one_answer_clears_it() {
         use Ping::*;
         // (pings in order) → down at the end
-        let table: [(&[Ping], bool); 7] = [
+        let table: [(&[Ping], bool); 10] = [
             (&[Refused], false),
             (&[Refused, Refused], true),
             (&[Refused, Silent, Refused], true), // silence neither counts nor clears
@@ -162,6 +173,12 @@ mod tests {
             (&[Refused, Answered, Refused], false),
             (&[Refused, Refused, Answered], false),
             (&[Refused, Refused, Refused, Silent], true),
+            // A connection closed under load (an HTTP/2 error on a busy link) is no
+            // evidence: it neither counts nor clears. A killed node's broken connection
+            // is followed by refused redials.
+            (&[Broken, Broken, Broken, Broken], false),
+            (&[Broken, Refused, Refused], true),
+            (&[Refused, Broken, Refused], true),
         ];
         for (pings, want) in table {
             let watch = PeerWatch::default();
@@ -182,5 +199,10 @@ mod tests {
         assert!(!watch.undecided());
         watch.record(&[(3, Ping::Answered)]);
         assert!(!watch.down(2));
+        // A broken connection makes the next round come soon, to redial.
+        watch.record(&[(3, Ping::Broken)]);
+        assert!(watch.undecided());
+        watch.record(&[(3, Ping::Answered)]);
+        assert!(!watch.undecided());
     }
 }

@@ -28,6 +28,14 @@ use crate::{Command, Response, TypeConfig};
 /// Why a call to a peer did not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
+    /// Nothing accepts connections at the node's address (connection refused): its
+    /// process is gone, or not started yet. The node-level heartbeats count only this
+    /// as evidence of a dead node (`node::peers`).
+    #[error("node {0} refused the connection: {1}")]
+    Refused(NodeId, String),
+    /// The call failed without an answer for another reason: the connection broke or
+    /// was closed (by a peer that exited, or by an HTTP/2 error on a busy link), or the
+    /// answer could not be read. Proves nothing about the peer's process on its own.
     #[error("node {0} is unreachable: {1}")]
     Unreachable(NodeId, String),
     #[error("call to node {0} timed out")]
@@ -210,7 +218,7 @@ pub struct Router<T: RaftTransport> {
     transport: T,
     throttle: Arc<MoveThrottle>,
     /// Notified whenever a call other than a ping fails outright
-    /// (`TransportError::Unreachable`), with the peers it failed to: the node-level
+    /// (`TransportError::Refused` or `Unreachable`), with the peers it failed to: the node-level
     /// heartbeats probe them at once instead of at their next round.
     refused: Arc<tokio::sync::Notify>,
     refused_peers: Arc<std::sync::Mutex<BTreeSet<NodeId>>>,
@@ -251,7 +259,9 @@ impl<T: RaftTransport> Router<T> {
         let bytes = match self.transport.call(target, group, encode(rpc), timeout).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                if matches!(e, TransportError::Unreachable(..)) && !matches!(rpc, RaftRpc::Ping) {
+                if matches!(e, TransportError::Refused(..) | TransportError::Unreachable(..))
+                    && !matches!(rpc, RaftRpc::Ping)
+                {
                     self.refused_peers.lock().expect("refused peers poisoned").insert(target);
                     self.refused.notify_one();
                 }

@@ -76,7 +76,12 @@ impl GrpcTransport {
             .connect_timeout(Duration::from_millis(1000))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            // A busy peer answers calls this node gave up on; such answers are dropped,
+            // not taken for the peer's protocol errors (which close the connection).
+            .http2_max_concurrent_reset_streams(limits::NODE_RESET_CALLS_REMEMBERED)
+            .http2_reset_stream_duration(Duration::from_millis(limits::NODE_RESET_CALLS_REMEMBERED_MS))
+            .http2_max_local_error_reset_streams(limits::NODE_LATE_FRAMES_MAX);
         let client = RaftClient::new(flotilla_proto::dial(endpoint, self.dialer.as_ref()))
             .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);
@@ -116,6 +121,41 @@ fn is_timeout(status: &tonic::Status) -> bool {
     }
 }
 
+/// Whether a call failed because nothing accepted the connection: an I/O error of kind
+/// `ConnectionRefused` among the status's causes (tonic keeps the connector's error as
+/// the source of an UNAVAILABLE status). A connection that breaks or is closed, by a
+/// peer that exited or by an HTTP/2 error on a busy link, is not a refusal.
+fn refused(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// A status's message with its innermost cause ("h2 protocol error: http2 error" says
+/// little without the reason under it).
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    let mut last = None;
+    while let Some(e) = cause {
+        last = Some(e.to_string());
+        cause = e.source();
+    }
+    if let Some(last) = last
+        && !text.contains(&last)
+    {
+        text = format!("{text} ({last})");
+    }
+    text
+}
+
 impl RaftTransport for GrpcTransport {
     async fn call(
         &self,
@@ -141,7 +181,8 @@ impl RaftTransport for GrpcTransport {
                 self.timed_out(target);
                 Err(TransportError::Timeout(target))
             }
-            Ok(Err(status)) => Err(TransportError::Unreachable(target, status.message().to_string())),
+            Ok(Err(status)) if refused(&status) => Err(TransportError::Refused(target, status.to_string())),
+            Ok(Err(status)) => Err(TransportError::Unreachable(target, status_text(&status))),
             Ok(Ok(resp)) => {
                 self.answered(target);
                 Ok(resp.into_inner().payload.into())
@@ -265,5 +306,86 @@ mod tests {
         }
         assert!(stall.await.unwrap().is_ok(), "the stalled call is answered");
         assert_eq!(t.call(2, 1, b"again".to_vec(), Duration::from_secs(5)).await.unwrap(), b"again");
+    }
+
+    /// Forwards one connection at a time to `to`, passing the answers back `delay` late
+    /// (in order), and counts the connections it accepted.
+    async fn slow_answers_proxy(to: std::net::SocketAddr, delay: Duration) -> (std::net::SocketAddr, Arc<Mutex<u32>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                *count.lock().unwrap() += 1;
+                let server = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut client_rx, &mut server_tx).await });
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_rx.read(&mut buf).await {
+                        if n == 0 || tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    while let Some((at, bytes)) = rx.recv().await {
+                        tokio::time::sleep_until(at).await;
+                        if client_tx.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// A busy peer answers, by the thousand, calls this node has stopped waiting for.
+    /// HTTP/2 remembers only 50 reset calls for a second by default, takes an answer to
+    /// a forgotten one for the peer's protocol error, and after 1,024 of those closed the
+    /// connection, failing every group's calls on it (a topic of 3,000 partitions never
+    /// settled). The answers are dropped, and the connection stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_to_calls_given_up_on_do_not_close_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            crate::server::node_builder().add_service(RaftServer::new(HalfDeaf)).serve_with_incoming(incoming),
+        );
+        let (proxy, accepted) = slow_answers_proxy(server, Duration::from_millis(300)).await;
+        let book = AddressBook::new();
+        book.set(2, proxy.to_string());
+        let t = GrpcTransport::new(1, book);
+        assert_eq!(t.call(2, 1, b"hello".to_vec(), Duration::from_secs(5)).await.unwrap(), b"hello");
+        for _ in 0..6 {
+            // Answered at once by the peer, 300 ms late here: after this node gave up.
+            let calls = (0..300).map(|_| t.call(2, 1, vec![], Duration::from_millis(100)));
+            for r in futures::future::join_all(calls).await {
+                assert!(matches!(r, Err(TransportError::Timeout(_))), "{r:?}");
+            }
+            assert_eq!(t.call(2, 1, b"again".to_vec(), Duration::from_secs(5)).await.unwrap(), b"again");
+        }
+        assert_eq!(*accepted.lock().unwrap(), 1, "the connection was closed and dialled again");
+    }
+
+    /// A call to an address where nothing listens is a refusal (the node-level heartbeats
+    /// count only those toward "down"); one that timed out is not.
+    #[tokio::test]
+    async fn a_closed_port_is_a_refusal() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let book = AddressBook::new();
+        book.set(2, addr.to_string());
+        let t = GrpcTransport::new(1, book);
+        let r = t.call(2, 1, vec![], Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(TransportError::Refused(2, _))), "{r:?}");
     }
 }

@@ -83,9 +83,28 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// listener keeps). A node resets the calls it stops waiting for, elections' vote
 /// requests among them: with thousands of groups electing at once that was more than 20
 /// at a time, and the listener then closed the whole connection, failing every group's
-/// call on it (10,000 partitions never settled). With node TLS only the cluster's nodes
-/// reach this listener.
-pub const NODE_RESET_STREAMS_MAX: usize = STREAMS_PER_CONNECTION_MAX as usize;
+/// call on it (10,000 partitions never settled). A reset stream no longer counts toward
+/// `STREAMS_PER_CONNECTION_MAX`, so a peer whose calls time out while this node is too
+/// busy to accept them resets more than that before it catches up: 1,024 closed the
+/// connection again under a topic of 3,000 partitions. With node TLS only the cluster's
+/// nodes reach this listener; each stream waiting costs a few hundred bytes.
+pub const NODE_RESET_STREAMS_MAX: usize = 16 * STREAMS_PER_CONNECTION_MAX as usize;
+
+/// Calls a node remembers having reset (stopped waiting for) on one peer connection, and
+/// for how long: an answer that arrives for one of them is dropped quietly. HTTP/2's
+/// defaults are 50 for one second; beyond them a late answer counts as a protocol error
+/// of the peer, and after 1,024 of those (over the connection's life) the node closed
+/// the connection, failing every group's calls on it. A busy peer answers late by the
+/// thousand: a topic of 3,000 partitions never settled. Each remembered call costs a few
+/// hundred bytes.
+pub const NODE_RESET_CALLS_REMEMBERED: usize = 16_384;
+pub const NODE_RESET_CALLS_REMEMBERED_MS: u64 = 2 * RAFT_CALL_TIMEOUT_MS;
+
+/// Frames from a peer node on calls this node no longer knows, after which it closes
+/// the connection (HTTP/2's defence against a peer that makes it reset streams; 1,024 by
+/// default, over the connection's whole life). Answers later than
+/// `NODE_RESET_CALLS_REMEMBERED_MS` count here.
+pub const NODE_LATE_FRAMES_MAX: usize = 1 << 20;
 
 /// The longest any request may run on the server: a fetch's longest wait and more.
 pub const REQUEST_TIMEOUT_MS: u64 = 2 * FETCH_WAIT_MS_MAX;

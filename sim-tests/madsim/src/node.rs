@@ -75,6 +75,9 @@ impl RaftTransport for SimTransport {
         match self.endpoint.call_timeout(addr_of(target), msg, timeout).await {
             Ok(reply) => Ok(reply),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(TransportError::Timeout(target)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(TransportError::Refused(target, e.to_string()))
+            }
             Err(e) => Err(TransportError::Unreachable(target, e.to_string())),
         }
     }

@@ -1,7 +1,7 @@
 //! The in-process harness: real `Node`s over an in-memory transport and `MemEngine`s.
 //! A node or a link is cut off by making the transport drop its traffic (the call gets no
 //! answer: `TransportError::Timeout`, as a network partition looks); a node stopped and
-//! taken out of `LocalNet::nodes` refuses every call (`Unreachable`, as a killed
+//! taken out of `LocalNet::nodes` refuses every call (`Refused`, as a killed
 //! process's closed port does).
 #![allow(dead_code)] // each test file uses part of it
 
@@ -58,7 +58,8 @@ impl RaftTransport for LocalTransport {
         let node = self.net.nodes.read().unwrap().get(&target).cloned();
         match node {
             Some(n) => Ok(n.handle_raft(self.me, group, &payload).await),
-            None => Err(TransportError::Unreachable(target, "down".into())),
+            // A stopped node's address accepts no connection.
+            None => Err(TransportError::Refused(target, "down".into())),
         }
     }
 }
