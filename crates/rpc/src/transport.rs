@@ -121,39 +121,29 @@ fn is_timeout(status: &tonic::Status) -> bool {
     }
 }
 
+/// A status's causes, outermost first (tonic keeps the transport's error as the source).
+fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
+}
+
 /// Whether a call failed because nothing accepted the connection: an I/O error of kind
-/// `ConnectionRefused` among the status's causes (tonic keeps the connector's error as
-/// the source of an UNAVAILABLE status). A connection that breaks or is closed, by a
-/// peer that exited or by an HTTP/2 error on a busy link, is not a refusal.
+/// `ConnectionRefused` among the status's causes (the connector's error, under an
+/// UNAVAILABLE status). A connection that breaks or is closed, by a peer that exited or
+/// by an HTTP/2 error on a busy link, is not a refusal.
 fn refused(status: &tonic::Status) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    causes(status).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
 }
 
 /// A status's message with its innermost cause ("h2 protocol error: http2 error" says
 /// little without the reason under it).
 fn status_text(status: &tonic::Status) -> String {
-    let mut text = status.message().to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    let mut last = None;
-    while let Some(e) = cause {
-        last = Some(e.to_string());
-        cause = e.source();
+    let text = status.message().to_string();
+    match causes(status).last().map(|e| e.to_string()) {
+        Some(last) if !text.contains(&last) => format!("{text} ({last})"),
+        _ => text,
     }
-    if let Some(last) = last
-        && !text.contains(&last)
-    {
-        text = format!("{text} ({last})");
-    }
-    text
 }
 
 impl RaftTransport for GrpcTransport {
@@ -181,7 +171,7 @@ impl RaftTransport for GrpcTransport {
                 self.timed_out(target);
                 Err(TransportError::Timeout(target))
             }
-            Ok(Err(status)) if refused(&status) => Err(TransportError::Refused(target, status.to_string())),
+            Ok(Err(status)) if refused(&status) => Err(TransportError::Refused(target, status_text(&status))),
             Ok(Err(status)) => Err(TransportError::Unreachable(target, status_text(&status))),
             Ok(Ok(resp)) => {
                 self.answered(target);
