@@ -290,6 +290,12 @@ fn lower(next: &Mutex<BTreeMap<TopicPartition, Offset>>, redeliver: Vec<(TopicPa
     }
 }
 
+/// Whether a lock asked for at `asked` may have run out by `now`: the coordinator starts
+/// it later than `asked`, so one not `lock` old by the member's clock still holds.
+fn lock_ran_out(asked: Instant, lock: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(asked) >= lock
+}
+
 /// Records fetched from one partition, to acquire.
 struct ToAcquire {
     partition: TopicPartition,
@@ -613,6 +619,9 @@ impl ShareConsumer {
             };
             asks.push((tp, records, req));
         }
+        // The coordinator stamps each lock after this: a lock runs out no sooner than
+        // the lock timeout from now, whatever the two clocks read.
+        let asked = Instant::now();
         let mut calls = JoinSet::new();
         for (i, (_, _, req)) in asks.iter().enumerate() {
             let (client, req) = (self.client.clone(), req.clone());
@@ -661,6 +670,25 @@ impl ShareConsumer {
                     deliveries: g.deliveries,
                 });
             }
+        }
+        // Writing dead letters (creating their topic first) may take longer than a lock:
+        // a record whose lock may have run out meanwhile is not handed out, for another
+        // member may hold it by now. It is free at the coordinator, and fetched again.
+        let lock = Duration::from_millis(u64::from(self.group_config().lock_timeout_ms));
+        if lock_ran_out(asked, lock, Instant::now()) && !out.is_empty() {
+            tracing::debug!(
+                group = self.group,
+                records = out.len(),
+                "locks ran out before the records were handed out"
+            );
+            let again: Vec<(TopicPartition, Offset)> = out
+                .drain(..)
+                .map(|r| ((r.topic, r.partition), r.offset))
+                .inspect(|at| {
+                    self.outstanding.remove(at);
+                })
+                .collect();
+            lower(&self.next, again);
         }
         if rejoin {
             self.rejoin().await?;
@@ -747,6 +775,16 @@ mod tests {
         let checked = request::ShareHeartbeat::try_from(req).unwrap();
         assert_eq!(checked.config, ShareConfig::default());
         assert_eq!(checked.session_timeout_ms, limits::SESSION_TIMEOUT_MS_DEFAULT);
+    }
+
+    #[test]
+    fn a_record_is_handed_out_only_while_its_lock_surely_holds() {
+        let asked = Instant::now();
+        let lock = Duration::from_millis(2_000);
+        assert!(!lock_ran_out(asked, lock, asked));
+        assert!(!lock_ran_out(asked, lock, asked + Duration::from_millis(1_999)));
+        assert!(lock_ran_out(asked, lock, asked + lock));
+        assert!(lock_ran_out(asked, lock, asked + Duration::from_secs(5)));
     }
 
     #[test]
