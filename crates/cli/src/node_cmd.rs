@@ -933,7 +933,7 @@ produce-timeout-ms = 5000
         let mut a = args();
         a.quiesce_keepalive_ms = Some(100);
         let e = format!("{:#}", load_config(&a).unwrap_err());
-        assert!(e.contains("quiesce-keepalive-ms (100) must be at least partition-heartbeat-ms (500)"), "{e}");
+        assert!(e.contains("quiesce-keepalive-ms (100) must be at least partition-heartbeat-ms (1000)"), "{e}");
         a.quiesce_keepalive_ms = Some(2000);
         assert_eq!(load_config(&a).unwrap().quiesce_keepalive_ms, 2000);
     }

@@ -23,8 +23,15 @@ pub struct GroupTimings {
 
 impl GroupTimings {
     pub const METADATA: GroupTimings = GroupTimings { heartbeat_ms: 150, election_min_ms: 600, election_max_ms: 1200 };
+    /// A busy group's leader heartbeats each follower every second, and openraft ticks
+    /// each replica about five times a heartbeat: per group, that is the node's cost
+    /// until the group quiesces, and the cost was too much at a topic of 3,000 partitions
+    /// on two cores with 500 ms (never settled; with a second, led in 9 s: docs/perf.md,
+    /// "Connections that survive load"). The election timeout matters only for a leader
+    /// cut off from its followers but not from the metadata leader: a dead leader's node
+    /// is found by the node-level heartbeats and the lease, which wake elections at once.
     pub const PARTITION: GroupTimings =
-        GroupTimings { heartbeat_ms: 500, election_min_ms: 1500, election_max_ms: 3000 };
+        GroupTimings { heartbeat_ms: 1000, election_min_ms: 3000, election_max_ms: 6000 };
 
     pub(crate) fn openraft_config(&self, name: String, kind: crate::GroupKind) -> Arc<openraft::Config> {
         // The Raft log is the partition log: a partition's snapshot is taken only at its

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_raft::{Command, GroupKind, Groups, RaftTransport, Response, TransportError, WriteError};
+use flotilla_raft::{Command, GroupKind, GroupTimings, Groups, RaftTransport, Response, TransportError, WriteError};
 use flotilla_storage::{Engine, MemEngine};
 use flotilla_types::{GroupId, METADATA_GROUP, NodeId};
 use madsim::net::Endpoint;
@@ -95,7 +95,16 @@ pub async fn run(id: NodeId, engine: MemEngine, flush_ms: Arc<AtomicU64>, spec: 
     let disk = GroupCommitDisk::new(engine, flush_ms);
     let endpoint = Endpoint::bind(addr_of(id)).await.expect("the node's address is free");
     let transport = SimTransport { me: id, endpoint: endpoint.clone() };
-    let groups = Arc::new(Groups::new(id, disk.clone() as Arc<dyn Engine>, transport));
+    // This tier has no node-level failure detector, so partition groups elect on their
+    // own timeouts: shorter ones than a node's default (`GroupTimings::PARTITION`), which
+    // the pause fault and the bounds in `spec` are sized for, keep the faults' elections
+    // frequent.
+    let groups =
+        Arc::new(Groups::new(id, disk.clone() as Arc<dyn Engine>, transport).with_partition_timings(GroupTimings {
+            heartbeat_ms: 500,
+            election_min_ms: 1500,
+            election_max_ms: 3000,
+        }));
 
     let g = groups.clone();
     endpoint.add_rpc_handler(move |m: RaftMsg| {

@@ -11,8 +11,9 @@ use madsim::rand::Rng;
 /// The cluster is three voters: every group has a replica on each.
 pub const NODES: [NodeId; 3] = [1, 2, 3];
 
-/// Upper bound of the partition groups' election timeout (`GroupTimings::PARTITION`):
-/// a pause longer than this lets the others elect a new leader.
+/// Just over the partition groups' shortest election timeout (1.5 s of a randomised
+/// 1.5–3 s, set in `node::run`): a pause longer than this lets the others elect a new
+/// leader, sooner or later.
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1600);
 
 /// After the faults stop, every group must take a write within this much simulated time.
