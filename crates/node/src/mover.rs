@@ -31,6 +31,11 @@ use crate::quiesce::Quiescer;
 use crate::{ApiError, Node};
 
 const TICK: Duration = Duration::from_millis(250);
+/// A tick visits only the groups whose Raft timers run; every group, quiet ones too, is
+/// visited when the metadata changed, when a peer was found down, and at least this
+/// often. A quiet group has nothing to do between its keepalives (seconds apart), and
+/// visiting thousands of them four times a second was most of an idle node's CPU.
+const QUIET_VISIT: Duration = Duration::from_secs(2);
 /// The tick for `FAST_FOR` after a hosted group's leader is found gone (its take-over is
 /// staggered in steps of `WAKE_STAGGER`). Not longer: a group that cannot elect (its
 /// other voters gone too) must not keep the node ticking fast through a long outage.
@@ -88,6 +93,15 @@ struct LoopState {
     /// request forgets the leader, but must still take part).
     last_leader: BTreeMap<GroupId, NodeId>,
     quiescer: Quiescer,
+    /// The metadata this node last looked at (its applied index): the groups it hosts,
+    /// the brokers and the replacements under way.
+    seen: Option<(u64, Arc<Seen>)>,
+}
+
+struct Seen {
+    hosted: BTreeMap<GroupId, PartitionAssignment>,
+    brokers: BTreeMap<NodeId, Broker>,
+    replacing: Replacing,
 }
 
 pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
@@ -103,57 +117,83 @@ pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
             Duration::from_millis(config.quiesce_after_ms),
             Duration::from_millis(config.quiesce_keepalive_ms),
         ),
+        seen: None,
     };
+    // Every group is visited first, and after anything that may concern a quiet one.
+    let (mut everything, mut last_full) = (true, Instant::now());
     loop {
-        tick(&node, &mut st).await;
         let fast = st.leader_gone_since.values().any(|since| since.elapsed() < FAST_FOR);
+        let full = everything || fast || last_full.elapsed() >= QUIET_VISIT;
+        if tick(&node, &mut st, full).await && full {
+            (everything, last_full) = (false, Instant::now());
+        }
         let wait = if fast { FAST_TICK } else { TICK };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = applied.changed() => {}
-            _ = node.inner.peers.went_down.notified() => {}
+            _ = applied.changed() => everything = true,
+            _ = node.inner.peers.went_down.notified() => everything = true,
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
+/// One pass over the groups hosted here: all of them (`full`), or those whose Raft
+/// timers run (the others are quiet: `quiesce`). False when the metadata is not caught up
+/// and nothing was done.
+async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState, full: bool) -> bool {
     // Acting on stale metadata would drive a group toward a move already finished or
     // cancelled (adding a learner the node no longer hosts, whose replica is later
     // re-created empty: a log reversion for this leader).
     if !crate::reconciler::metadata_caught_up(node) {
-        return;
+        return false;
     }
     let me = node.id();
-    let (hosted, brokers, replacing) =
-        node.with_metadata(|m| (m.groups_on(me), m.brokers().clone(), Replacing::of(m.replacements())));
+    let applied = node.metadata_group().state().applied_index();
+    let seen = match &st.seen {
+        Some((at, seen)) if *at == applied => seen.clone(),
+        _ => {
+            let seen = Arc::new(node.with_metadata(|m| Seen {
+                hosted: m.groups_on(me),
+                brokers: m.brokers().clone(),
+                replacing: Replacing::of(m.replacements()),
+            }));
+            st.seen = Some((applied, seen.clone()));
+            seen
+        }
+    };
+    let (hosted, brokers, replacing) = (&seen.hosted, &seen.brokers, &seen.replacing);
+    let visit: Vec<GroupId> = match full {
+        true => hosted.keys().copied().collect(),
+        false => node.groups().ticking().into_iter().filter(|id| hosted.contains_key(id)).collect(),
+    };
     let mut throttled = BTreeSet::new();
     let mut take_overs = vec![];
-    for (id, assignment) in &hosted {
+    for id in &visit {
+        let assignment = &hosted[id];
         let Some(group) = node.groups().get(*id) else { continue };
         if group.is_leader() {
             st.elected_in.remove(id);
             let since = *st.leading_since.entry(*id).or_insert_with(Instant::now);
-            match drive_membership(node, &group, assignment, &replacing).await {
+            match drive_membership(node, &group, assignment, replacing).await {
                 Ok(catching_up) => throttled.extend(catching_up.into_iter().map(|n| (*id, n))),
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
             }
             if let Some(stuck) = group.stalled_transfer(TRANSFER_PATIENCE) {
-                retry_transfer(&group, assignment, &brokers, stuck, node.lag_time_max()).await;
+                retry_transfer(&group, assignment, brokers, stuck, node.lag_time_max()).await;
             } else if since.elapsed() >= LEAD_BEFORE_HANDOVER {
-                hand_over(&group, assignment, &brokers, node.lag_time_max()).await;
+                hand_over(&group, assignment, brokers, node.lag_time_max()).await;
             }
-            st.quiescer.leader(&group, assignment, &brokers).await;
+            st.quiescer.leader(&group, assignment, brokers).await;
         } else {
             st.leading_since.remove(id);
-            if let Some(others) = wake_election(node, &group, assignment, &brokers, st) {
+            if let Some(others) = wake_election(node, &group, assignment, brokers, st) {
                 take_overs.push((group.clone(), others));
             }
             // Whether the leader this replica knows still says it leads (its leadership
             // report): a leader replica that stopped (a failed disk) or restarted on a
             // live node says otherwise within a report.
             let claimed = group.leader().is_some_and(|l| node.groups().reported_leader(*id) == Some(l));
-            st.quiescer.follower(me, &group, assignment, &brokers, claimed);
+            st.quiescer.follower(me, &group, assignment, brokers, claimed);
         }
     }
     // The take-overs at once: each first asks the other voters for their logs.
@@ -164,12 +204,16 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState) {
         }
     });
     futures::future::join_all(elections).await;
-    st.quiescer.retain(&hosted.keys().copied().collect());
-    st.leading_since.retain(|g, _| hosted.contains_key(g));
-    st.elected_in.retain(|g, _| hosted.contains_key(g));
-    st.leader_gone_since.retain(|g, _| hosted.contains_key(g));
-    st.last_leader.retain(|g, _| hosted.contains_key(g));
+    if full {
+        st.quiescer.retain(&hosted.keys().copied().collect());
+        st.leading_since.retain(|g, _| hosted.contains_key(g));
+        st.elected_in.retain(|g, _| hosted.contains_key(g));
+        st.leader_gone_since.retain(|g, _| hosted.contains_key(g));
+        st.last_leader.retain(|g, _| hosted.contains_key(g));
+    }
+    // A group with a learner catching up is never quiet, so every tick sees them all.
     node.groups().router().throttle().set_pairs(throttled);
+    true
 }
 
 /// The next step of a leader's membership change toward its partition's `desired()`

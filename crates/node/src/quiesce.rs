@@ -20,6 +20,12 @@
 //!   replica that stopped (a failed disk) or restarted on a live node; the keepalive and
 //!   the backstop cover what neither sees: a leader's node that reaches the metadata
 //!   leader but not this follower.
+//! - **How often.** The mover visits a quiet group only every `QUIET_VISIT` (2 s), on
+//!   a metadata change and when a peer is found down (a visit to each of ten thousand
+//!   groups four times a second was most of an idle node's CPU), so what makes a group
+//!   busy wakes its timers where it happens: a write, entries arriving at a follower,
+//!   a transfer naming it (`flotilla_raft`). Keepalives are due every keepalive, looked
+//!   at every visit.
 //! - **A restarted node** knows no leader yet; its replicas wait the start grace (one
 //!   keepalive and a second) for their leaders' keepalives rather than campaign
 //!   (`Quiescer::follower`).

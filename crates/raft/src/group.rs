@@ -137,6 +137,14 @@ impl Group {
         m.running_state.is_ok() && m.state == ServerState::Leader && m.current_leader == Some(self.node)
     }
 
+    /// The term this replica leads in, when it leads (`is_leader`).
+    pub fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let leads = m.running_state.is_ok() && m.state == ServerState::Leader && m.current_leader == Some(self.node);
+        leads.then_some(m.current_term)
+    }
+
     /// Why this replica stopped (a fatal storage error), or `None` while it runs. A
     /// stopped replica serves nothing: its state no longer moves.
     pub fn stopped(&self) -> Option<String> {
@@ -211,6 +219,8 @@ impl Group {
             if !self.is_leader() {
                 return Err(WriteError::NotLeader { group: self.id, leader: self.leader() });
             }
+            // A write wakes a quiet group at once (`quiesce` looks at quiet ones seldom).
+            self.set_ticking(true);
             return match self.raft.client_write(command.clone()).await {
                 Ok(r) => Ok(r.data),
                 // A leader accepts writes only while a quorum acknowledged it within the

@@ -73,6 +73,11 @@ impl<T: RaftTransport> Groups<T> {
         self.groups.read().expect("groups lock poisoned").get(&id).cloned()
     }
 
+    /// The groups whose Raft timers run (`Group::set_ticking`): those not quiet.
+    pub fn ticking(&self) -> Vec<GroupId> {
+        self.groups.read().expect("groups lock poisoned").values().filter(|g| g.is_ticking()).map(|g| g.id).collect()
+    }
+
     /// The partition group `id`, typed; `None` when it does not run here (or is not a
     /// partition group).
     pub fn partition(&self, id: GroupId) -> Option<crate::PartitionGroup> {
@@ -292,13 +297,29 @@ impl<T: RaftTransport> Groups<T> {
 
     /// The partition groups this node leads, with their terms.
     pub fn leading(&self) -> Vec<(GroupId, u64)> {
-        self.groups
-            .read()
-            .expect("groups lock poisoned")
-            .values()
-            .filter(|g| g.id != METADATA_GROUP && g.is_leader())
-            .map(|g| (g.id, g.status().term))
-            .collect()
+        let mut known = BTreeMap::new();
+        self.update_leading(&mut known, true);
+        known.into_iter().collect()
+    }
+
+    /// Brings `known` (the partition groups this node leads, with their terms) up to
+    /// date: for every group when `all`, else only for those whose timers run. A quiet
+    /// replica takes leadership only when its own timers run, when it is woken to take
+    /// over (`quiesce`), or when a transfer names it (which wakes it: `dispatch`); what
+    /// that misses (a quiet leader stepping down for another's election, a replica that
+    /// stopped, a group created or deleted) waits for the next `all`, and a report of a
+    /// higher term from the new leader's node wins meanwhile.
+    pub fn update_leading(&self, known: &mut BTreeMap<GroupId, u64>, all: bool) {
+        let groups = self.groups.read().expect("groups lock poisoned");
+        if all {
+            known.retain(|id, _| groups.contains_key(id));
+        }
+        for g in groups.values().filter(|g| g.id != METADATA_GROUP && (all || g.is_ticking())) {
+            match g.leading_term() {
+                Some(term) => known.insert(g.id, term),
+                None => known.remove(&g.id),
+            };
+        }
     }
 
     /// The node whose latest leadership report claims `group` (for a group hosted here
@@ -360,6 +381,11 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
     match rpc {
         RaftRpc::Append(r) => {
             g.note_append();
+            // Entries arriving: the group is busy, and a quiet follower's timers run
+            // again (as `quiesce` would decide at its next look).
+            if !r.entries.is_empty() {
+                g.set_ticking(true);
+            }
             g.raft.append_entries(r).await.map(RaftReply::Append).unwrap_or_else(|e| refused(&e))
         }
         RaftRpc::Vote(r) => match g.refuse_below_floor(r.last_log_id.as_ref()) {
@@ -375,6 +401,7 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
             g.raft.install_full_snapshot(vote, snapshot).await.map(RaftReply::Snapshot).unwrap_or_else(|e| refused(&e))
         }
         RaftRpc::TransferLeader(r) => {
+            g.set_ticking(true);
             g.raft.handle_transfer_leader(r).await.map(RaftReply::TransferLeader).unwrap_or_else(|e| refused(&e))
         }
         // A forwarded write is written here or refused (`Group::write` never forwards), so it

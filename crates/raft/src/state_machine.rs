@@ -127,6 +127,11 @@ impl SharedState {
         self.applied_tx.subscribe()
     }
 
+    /// The last applied log index (0: none yet).
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_tx.borrow()
+    }
+
     /// The last applied index and a copy of the state there.
     pub(crate) fn applied_copy(&self) -> (u64, GroupState) {
         let inner = self.inner.read().expect("state lock poisoned");
