@@ -130,7 +130,7 @@ impl ClientError {
     /// connection lost, reset or cancelled mid-request is indeterminate; a status the
     /// node's gRPC layer answered with (size limits, unknown method) is definite.
     pub(crate) fn from_status(addr: &str, status: &tonic::Status) -> ClientError {
-        if causes(status).any(|e| e.downcast_ref::<tonic::ConnectError>().is_some()) {
+        if flotilla_proto::status_causes(status).any(|e| e.downcast_ref::<tonic::ConnectError>().is_some()) {
             return ClientError::Connect { addr: addr.to_string(), message: error_chain(status) };
         }
         match status.code() {
@@ -151,18 +151,13 @@ impl ClientError {
     }
 }
 
-/// The errors under a status, outermost first.
-fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    std::iter::successors(std::error::Error::source(status), |e| e.source())
-}
-
 /// A status's message and the messages of its sources, deduplicated.
 fn error_chain(status: &tonic::Status) -> String {
     let mut parts: Vec<String> = vec![];
     if !status.message().is_empty() {
         parts.push(status.message().to_string());
     }
-    for e in causes(status) {
+    for e in flotilla_proto::status_causes(status) {
         let s = e.to_string();
         if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);

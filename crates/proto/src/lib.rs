@@ -38,6 +38,12 @@ pub fn dial(endpoint: tonic::transport::Endpoint, dialer: Option<&Dialer>) -> to
     }
 }
 
+/// The errors under a gRPC status, outermost first (tonic keeps a transport error, such
+/// as the connector's, as the status's source).
+pub fn status_causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
+}
+
 /// The encoded `FileDescriptorSet` of `flotilla.v1` and `flotilla.raft.v1`, for
 /// `tonic-reflection`'s `register_encoded_file_descriptor_set`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));

@@ -132,12 +132,10 @@ impl Group {
     /// A replica that stopped (openraft hit a fatal error, such as a failed sync) leads
     /// nothing, whatever its last metrics said.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        m.running_state.is_ok() && m.state == ServerState::Leader && m.current_leader == Some(self.node)
+        self.leading_term().is_some()
     }
 
-    /// The term this replica leads in, when it leads (`is_leader`).
+    /// The term this replica leads in, when it leads.
     pub fn leading_term(&self) -> Option<u64> {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
@@ -231,7 +229,6 @@ impl Group {
                     if f.reason == ForwardReason::LeaseExpired && !renewed =>
                 {
                     renewed = true;
-                    self.set_ticking(true);
                     self.linearizable_barrier().await?;
                     continue;
                 }

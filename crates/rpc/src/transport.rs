@@ -121,17 +121,12 @@ fn is_timeout(status: &tonic::Status) -> bool {
     }
 }
 
-/// A status's causes, outermost first (tonic keeps the transport's error as the source).
-fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    std::iter::successors(std::error::Error::source(status), |e| e.source())
-}
-
 /// Whether a call failed because nothing accepted the connection: an I/O error of kind
 /// `ConnectionRefused` among the status's causes (the connector's error, under an
 /// UNAVAILABLE status). A connection that breaks or is closed, by a peer that exited or
 /// by an HTTP/2 error on a busy link, is not a refusal.
 fn refused(status: &tonic::Status) -> bool {
-    causes(status).any(|e| {
+    flotilla_proto::status_causes(status).any(|e| {
         e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
     })
 }
@@ -140,7 +135,7 @@ fn refused(status: &tonic::Status) -> bool {
 /// little without the reason under it).
 fn status_text(status: &tonic::Status) -> String {
     let text = status.message().to_string();
-    match causes(status).last().map(|e| e.to_string()) {
+    match flotilla_proto::status_causes(status).last().map(|e| e.to_string()) {
         Some(last) if !text.contains(&last) => format!("{text} ({last})"),
         _ => text,
     }
