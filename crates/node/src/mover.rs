@@ -537,7 +537,7 @@ async fn retry_transfer(
 }
 
 /// One take-over, unless the group found a leader while it waited for its slot; waits
-/// (at most `TAKE_OVER_WAIT`) for the election to conclude, so that the slot paces them.
+/// (at most `ELECTION_WAIT`) for the election to conclude, so that the slot paces them.
 /// `term` is the group's term when the take-over was decided.
 async fn take_over<T: RaftTransport>(node: &Node<T>, group: &Arc<Group>, others: &[NodeId], term: u64) {
     let now = group.status().term;

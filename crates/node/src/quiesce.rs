@@ -28,7 +28,9 @@
 //!   at every visit.
 //! - **A restarted node** knows no leader yet; its replicas wait the start grace (one
 //!   keepalive and a second) for their leaders' keepalives rather than campaign
-//!   (`Quiescer::follower`).
+//!   (`Quiescer::follower`), and past it, as long as the backstop, while another live
+//!   voter's node claims the group in its leadership report. A quiet follower refuses
+//!   pre-votes while its leader's node claims the group (`flotilla_raft`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
