@@ -72,8 +72,6 @@ pub(crate) fn refusals_after(refusals: u32, ping: Ping) -> u32 {
 pub(crate) struct PeerWatch {
     /// Per peer: refusals in a row, and what the last ping found.
     refusals: Mutex<BTreeMap<NodeId, (u32, Ping)>>,
-    /// Per peer: when its last answer came.
-    answered: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
     /// Notified when a peer is newly judged down (the mover, its one waiter, acts at once).
     pub(crate) went_down: tokio::sync::Notify,
 }
@@ -84,28 +82,11 @@ impl PeerWatch {
         self.refusals.lock().expect("peer watch poisoned").get(&peer).is_some_and(|(r, _)| *r >= DOWN_AFTER_REFUSALS)
     }
 
-    /// Whether `peer` answered a ping within `within`: evidence that its process runs
-    /// and reaches this node, whatever the metadata leader's lease says.
-    pub(crate) fn answered_within(&self, peer: NodeId, within: Duration) -> bool {
-        self.answered.lock().expect("peer watch poisoned").get(&peer).is_some_and(|t| t.elapsed() <= within)
-    }
-
-    /// The peers judged down now.
-    pub(crate) fn down_set(&self) -> std::collections::BTreeSet<NodeId> {
-        let refusals = self.refusals.lock().expect("peer watch poisoned");
-        refusals.iter().filter(|(_, (r, _))| *r >= DOWN_AFTER_REFUSALS).map(|(p, _)| *p).collect()
-    }
-
     /// Records one round of pings; returns the peers newly judged down. Peers not in
     /// `results` are forgotten (no longer registered).
     fn record(&self, results: &[(NodeId, Ping)]) -> Vec<NodeId> {
         let mut refusals = self.refusals.lock().expect("peer watch poisoned");
         refusals.retain(|id, _| results.iter().any(|(p, _)| p == id));
-        let mut answered = self.answered.lock().expect("peer watch poisoned");
-        answered.retain(|id, _| results.iter().any(|(p, _)| p == id));
-        for (peer, _) in results.iter().filter(|(_, ping)| *ping == Ping::Answered) {
-            answered.insert(*peer, tokio::time::Instant::now());
-        }
         let mut newly_down = vec![];
         for (peer, ping) in results {
             let before = refusals.get(peer).map_or(0, |(r, _)| *r);
@@ -166,7 +147,6 @@ pub(crate) async fn ping_loop<T: RaftTransport>(node: Node<T>) {
         let results: Vec<(NodeId, Ping)> =
             peers.iter().copied().zip(futures::future::join_all(pings).await.iter().map(Ping::of)).collect();
         let newly_down = node.inner.peers.record(&results);
-        node.groups().router().set_down(node.inner.peers.down_set());
         if !newly_down.is_empty() {
             tracing::warn!(peers = ?newly_down, "node-level heartbeat: connection refused, taken for down");
             node.inner.peers.went_down.notify_one();
@@ -207,27 +187,6 @@ mod tests {
             }
             assert_eq!(watch.down(7), want, "{pings:?}");
         }
-    }
-
-    /// Regression (10,000 partitions, a killed node restarted): under load a node's
-    /// metadata heartbeats came late, the metadata leader suspected it, and the others
-    /// took over its thousands of quiet groups though it answered them. An answer to this
-    /// node's own heartbeats is kept as evidence that the peer lives.
-    #[tokio::test(start_paused = true)]
-    async fn an_answer_is_evidence_for_as_long_as_asked() {
-        let watch = PeerWatch::default();
-        let d = Duration::from_millis(1500);
-        assert!(!watch.answered_within(2, d), "never answered");
-        watch.record(&[(2, Ping::Answered), (3, Ping::Silent)]);
-        assert!(watch.answered_within(2, d));
-        assert!(!watch.answered_within(3, d), "silence is no answer");
-        tokio::time::advance(Duration::from_millis(1000)).await;
-        watch.record(&[(2, Ping::Silent), (3, Ping::Silent)]);
-        assert!(watch.answered_within(2, d), "one late ping does not erase the answer before it");
-        tokio::time::advance(Duration::from_millis(501)).await;
-        assert!(!watch.answered_within(2, d), "silent longer than asked");
-        watch.record(&[(3, Ping::Answered)]);
-        assert!(!watch.answered_within(2, d), "forgotten once no longer registered");
     }
 
     #[test]
