@@ -16,6 +16,8 @@ pub mod config;
 pub mod group;
 pub mod index;
 pub mod keys;
+#[cfg(not(madsim))]
+pub mod lazy_mpsc;
 pub mod log_store;
 pub mod network;
 pub mod registry;

@@ -1,5 +1,6 @@
 //! The async runtime openraft runs on: tokio, with the one random choice openraft makes
-//! (election timeouts, tick phases) drawn from a seedable source.
+//! (election timeouts, tick phases) drawn from a seedable source, and channels that
+//! allocate only for what they hold ([`crate::lazy_mpsc`]).
 //!
 //! In production the source is seeded from the operating system once per thread. The
 //! deterministic simulation calls [`seed_rng`] on its single thread before it builds a
@@ -54,7 +55,8 @@ fn next_seed() -> u64 {
     })
 }
 
-/// [`TokioRuntime`] with a seedable `thread_rng`; everything else is tokio's.
+/// [`TokioRuntime`] with a seedable `thread_rng` and lazy channels; everything else is
+/// tokio's.
 #[derive(Debug)]
 pub struct Runtime {
     inner: TokioRuntime,
@@ -101,7 +103,7 @@ impl AsyncRuntime for Runtime {
         SmallRng::seed_from_u64(next_seed())
     }
 
-    type Mpsc = <TokioRuntime as AsyncRuntime>::Mpsc;
+    type Mpsc = crate::lazy_mpsc::LazyMpsc;
     type Watch = <TokioRuntime as AsyncRuntime>::Watch;
     type Oneshot = <TokioRuntime as AsyncRuntime>::Oneshot;
     type Mutex<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::Mutex<T>;
