@@ -131,13 +131,13 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     quiesce_after_ms: Option<u64>,
-    /// A quiesced group's leader heartbeats this often; a quiet follower that hears
-    /// nothing for three of these starts its own timers.
+    /// A quiesced group's leader heartbeats this often (default 20000); between
+    /// keepalives the node-level heartbeat stands in for them.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     quiesce_keepalive_ms: Option<u64>,
     /// A replica silent toward its partition's leader for this long is out of sync
-    /// (default 15000; at least twice quiesce-keepalive-ms).
+    /// (default 15000).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     replica_lag_time_max_ms: Option<u64>,

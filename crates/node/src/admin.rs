@@ -196,7 +196,7 @@ impl<T: RaftTransport> Node<T> {
                     Some(g) if g.is_leader() => {
                         let voters = g.membership().voters();
                         let new: Vec<NodeId> = m.target.iter().copied().filter(|n| !voters.contains(n)).collect();
-                        catch_up(g, &new, self.lag_time_max())
+                        catch_up(g, &new, self.lag_time_max(), |p| self.peer_answered_ago(p))
                             .into_iter()
                             .map(|c| CatchUpInfo { node: c.node, matched: c.matched, leader_last: c.leader_last })
                             .collect()
@@ -284,7 +284,9 @@ impl<T: RaftTransport> Node<T> {
             ));
         }
         let new: Vec<NodeId> = set.iter().copied().filter(|v| !members.voters().contains(v)).collect();
-        if let Some(lag) = catch_up(&g, &new, self.lag_time_max()).into_iter().find(|c| !c.in_sync) {
+        if let Some(lag) =
+            catch_up(&g, &new, self.lag_time_max(), |p| self.peer_answered_ago(p)).into_iter().find(|c| !c.in_sync)
+        {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(

@@ -306,6 +306,16 @@ impl<T: RaftTransport> Node<T> {
         self.inner.peers.down(peer)
     }
 
+    /// How long ago `peer` last answered this node's node-level heartbeat.
+    pub(crate) fn peer_answered_ago(&self, peer: NodeId) -> Option<Duration> {
+        self.inner.peers.answered_ago(peer)
+    }
+
+    /// When `peer` last answered again after this node judged it down.
+    pub(crate) fn peer_returned_at(&self, peer: NodeId) -> Option<tokio::time::Instant> {
+        self.inner.peers.returned_at(peer)
+    }
+
     pub(crate) fn suspect_after(&self) -> Duration {
         Duration::from_millis(self.inner.config.suspect_after_ms)
     }

@@ -179,11 +179,11 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState, full: bool) 
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
             }
             if let Some(stuck) = group.stalled_transfer(TRANSFER_PATIENCE) {
-                retry_transfer(&group, assignment, brokers, stuck, node.lag_time_max()).await;
+                retry_transfer(node, &group, assignment, brokers, stuck).await;
             } else if since.elapsed() >= LEAD_BEFORE_HANDOVER {
-                hand_over(&group, assignment, brokers, node.lag_time_max()).await;
+                hand_over(node, &group, assignment, brokers).await;
             }
-            st.quiescer.leader(&group, assignment, brokers).await;
+            st.quiescer.leader(&group, assignment, brokers, |n| node.peer_returned_at(n)).await;
         } else {
             st.leading_since.remove(id);
             if let Some(others) = wake_election(node, &group, assignment, brokers, st) {
@@ -193,7 +193,8 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState, full: bool) 
             // report): a leader replica that stopped (a failed disk) or restarted on a
             // live node says otherwise within a report.
             let claimed = group.leader().is_some_and(|l| node.groups().reported_leader(*id) == Some(l));
-            st.quiescer.follower(me, &group, assignment, brokers, claimed);
+            let answered = group.leader().and_then(|l| node.peer_answered_ago(l));
+            st.quiescer.follower(me, &group, assignment, brokers, claimed, answered);
         }
     }
     // The take-overs at once: each first asks the other voters for their logs.
@@ -293,7 +294,7 @@ async fn drive_membership<T: RaftTransport>(
     let members = group.membership();
     report_gone(node, group, &members, replacing).await;
     let lag = node.lag_time_max();
-    let in_sync = |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up);
+    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
     let step = membership_step(node.id(), &members, p, &replacing.leaving, in_sync);
     match step {
         MembershipStep::Nothing => {}
@@ -363,8 +364,34 @@ impl CatchUp {
     }
 }
 
+/// How long ago a replica last showed that it is alive and holds what its leader holds:
+/// its last acknowledgement (`acked`), or, while it holds the leader's last entry, its
+/// node's latest answer to this node's node-level heartbeat (`answered`). A quiet
+/// group's leader heartbeats its followers only every `quiesce-keepalive-ms`
+/// (`quiesce`); a replica with nothing left to receive is not lagging while its node
+/// answers, as a Kafka follower that has fetched up to the log end stays in sync.
+pub fn synced_ago(
+    acked: Option<Duration>,
+    answered: Option<Duration>,
+    matched: Option<u64>,
+    leader_last: u64,
+) -> Option<Duration> {
+    match (matched == Some(leader_last), acked, answered) {
+        (true, Some(a), Some(p)) => Some(a.min(p)),
+        (true, a, p) => a.or(p),
+        (false, a, _) => a,
+    }
+}
+
 /// On the leader: how far each of `nodes` has caught up, and whether it is in sync.
-pub(crate) fn catch_up(group: &Group, nodes: &[NodeId], lag_time_max: Duration) -> Vec<CatchUp> {
+/// `answered`: how long ago a node last answered this node's node-level heartbeat
+/// (`Node::peer_answered_ago`).
+pub(crate) fn catch_up(
+    group: &Group,
+    nodes: &[NodeId],
+    lag_time_max: Duration,
+    answered: impl Fn(NodeId) -> Option<Duration>,
+) -> Vec<CatchUp> {
     let matched = group.replication_matched().unwrap_or_default();
     let acked = group.peer_ack_ages().unwrap_or_default();
     let leader_last = group.status().last_log_index.unwrap_or(0);
@@ -372,12 +399,13 @@ pub(crate) fn catch_up(group: &Group, nodes: &[NodeId], lag_time_max: Duration) 
         .iter()
         .map(|n| {
             let m = matched.get(n).copied().flatten();
-            let ago = acked.get(n).copied().flatten();
+            let acked_ago = acked.get(n).copied().flatten();
+            let ago = synced_ago(acked_ago, answered(*n), m, leader_last);
             CatchUp {
                 node: *n,
                 matched: m,
                 leader_last,
-                acked_ms_ago: ago.map(|a| a.as_millis() as u64),
+                acked_ms_ago: acked_ago.map(|a| a.as_millis() as u64),
                 in_sync: in_sync(m, ago, leader_last, lag_time_max),
             }
         })
@@ -403,9 +431,15 @@ fn handover_target(
 }
 
 /// Hands leadership to the preferred replica when it is a live, caught-up voter.
-async fn hand_over(group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>, lag: Duration) {
+async fn hand_over<T: RaftTransport>(
+    node: &Node<T>,
+    group: &Group,
+    p: &PartitionAssignment,
+    brokers: &BTreeMap<NodeId, Broker>,
+) {
     let leader = group.status().leader.unwrap_or(0);
-    let in_sync = |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up);
+    let lag = node.lag_time_max();
+    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
     let Some(to) = handover_target(leader, p, &group.membership(), brokers, in_sync) else { return };
     match group.transfer_leader(to).await {
         Ok(()) => tracing::info!(group = group.id(), to, "handing leadership to the preferred replica"),
@@ -435,15 +469,16 @@ fn retry_target(
 /// never got the request), and meanwhile the group takes no writes: hand leadership to
 /// another live, caught-up voter in preference order, or to the same one again when it
 /// is the only choice.
-async fn retry_transfer(
+async fn retry_transfer<T: RaftTransport>(
+    node: &Node<T>,
     group: &Group,
     p: &PartitionAssignment,
     brokers: &BTreeMap<NodeId, Broker>,
     stuck: NodeId,
-    lag: Duration,
 ) {
     let me = group.status().leader.unwrap_or(0);
-    let in_sync = |n| catch_up(group, &[n], lag).iter().all(CatchUp::caught_up);
+    let lag = node.lag_time_max();
+    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
     let Some(to) = retry_target(me, stuck, p, &group.membership().voters(), brokers, in_sync) else { return };
     tracing::info!(group = group.id(), stuck, to, "leadership transfer did not happen: transferring again");
     if let Err(e) = group.transfer_leader(to).await {
@@ -507,6 +542,27 @@ fn campaign_round(me: NodeId, live: &[NodeId], elapsed: Duration, last_round: Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A quiet group's follower is acknowledged only every keepalive; while it holds the
+    /// leader's last entry, its node's answers to the node-level heartbeat count as well,
+    /// and never while it lacks entries (a follower that stopped taking appends on a
+    /// live node falls out of sync as before).
+    #[test]
+    fn a_caught_up_follower_is_synced_as_recently_as_its_node_answered() {
+        let s = |ms: u64| Some(Duration::from_millis(ms));
+        // (acked ago, answered ago, matched, leader's last) → synced ago
+        let table = [
+            ((s(20_000), s(150), Some(9), 9), s(150)),
+            ((s(100), s(150), Some(9), 9), s(100)),
+            ((None, s(150), Some(9), 9), s(150)), // not acknowledged since this leader began
+            ((s(20_000), None, Some(9), 9), s(20_000)),
+            ((s(20_000), s(150), Some(8), 9), s(20_000)), // behind: acknowledgements only
+            ((None, s(150), None, 9), None),
+        ];
+        for ((acked, answered, matched, last), want) in table {
+            assert_eq!(synced_ago(acked, answered, matched, last), want, "{acked:?} {answered:?} {matched:?} {last}");
+        }
+    }
 
     #[test]
     fn in_sync_needs_a_recent_acknowledgement_and_the_log_but_for_a_few_entries() {

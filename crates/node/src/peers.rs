@@ -21,6 +21,7 @@ use std::time::Duration;
 use flotilla_metadata::AdminState;
 use flotilla_raft::{RaftTransport, TransportError};
 use flotilla_types::NodeId;
+use tokio::time::Instant;
 
 use crate::Node;
 
@@ -72,8 +73,17 @@ pub(crate) fn refusals_after(refusals: u32, ping: Ping) -> u32 {
 pub(crate) struct PeerWatch {
     /// Per peer: refusals in a row, and what the last ping found.
     refusals: Mutex<BTreeMap<NodeId, (u32, Ping)>>,
+    /// Per peer: when it last answered a ping, and when it last answered after having
+    /// been judged down (it came back: a restarted node).
+    answers: Mutex<BTreeMap<NodeId, Answers>>,
     /// Notified when a peer is newly judged down (the mover, its one waiter, acts at once).
     pub(crate) went_down: tokio::sync::Notify,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Answers {
+    last: Option<Instant>,
+    returned: Option<Instant>,
 }
 
 impl PeerWatch {
@@ -85,20 +95,40 @@ impl PeerWatch {
     /// Records one round of pings; returns the peers newly judged down. Peers not in
     /// `results` are forgotten (no longer registered).
     fn record(&self, results: &[(NodeId, Ping)]) -> Vec<NodeId> {
+        let now = Instant::now();
         let mut refusals = self.refusals.lock().expect("peer watch poisoned");
+        let mut answers = self.answers.lock().expect("peer watch poisoned");
         refusals.retain(|id, _| results.iter().any(|(p, _)| p == id));
+        answers.retain(|id, _| results.iter().any(|(p, _)| p == id));
         let mut newly_down = vec![];
         for (peer, ping) in results {
             let before = refusals.get(peer).map_or(0, |(r, _)| *r);
             let after = refusals_after(before, *ping);
+            let a = answers.entry(*peer).or_default();
+            if *ping == Ping::Answered {
+                a.last = Some(now);
+            }
             if before < DOWN_AFTER_REFUSALS && after >= DOWN_AFTER_REFUSALS {
                 newly_down.push(*peer);
             } else if before >= DOWN_AFTER_REFUSALS && after == 0 {
                 tracing::info!(peer, "node answers again");
+                a.returned = Some(now);
             }
             refusals.insert(*peer, (after, *ping));
         }
         newly_down
+    }
+
+    /// How long ago `peer` last answered one of this node's pings (none: never).
+    pub(crate) fn answered_ago(&self, peer: NodeId) -> Option<Duration> {
+        let answers = self.answers.lock().expect("peer watch poisoned");
+        answers.get(&peer).and_then(|a| a.last).map(|t| t.elapsed())
+    }
+
+    /// When `peer` last answered again after being judged down (it restarted, or came
+    /// back from a cut): its replicas of quiet groups need their leaders' keepalives now.
+    pub(crate) fn returned_at(&self, peer: NodeId) -> Option<Instant> {
+        self.answers.lock().expect("peer watch poisoned").get(&peer).and_then(|a| a.returned)
     }
 
     /// Whether any peer has refused but is not judged down yet, or its connection just
@@ -187,6 +217,31 @@ mod tests {
             }
             assert_eq!(watch.down(7), want, "{pings:?}");
         }
+    }
+
+    /// What quiet groups rely on instead of a keepalive per group: when each peer last
+    /// answered, and when it came back after being judged down.
+    #[tokio::test(start_paused = true)]
+    async fn answers_and_returns_are_timed() {
+        let watch = PeerWatch::default();
+        assert_eq!(watch.answered_ago(2), None);
+        watch.record(&[(2, Ping::Answered)]);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(watch.answered_ago(2), Some(Duration::from_secs(3)));
+        watch.record(&[(2, Ping::Silent)]);
+        assert_eq!(watch.answered_ago(2), Some(Duration::from_secs(3)), "silence is no answer");
+        assert_eq!(watch.returned_at(2), None, "never down");
+        watch.record(&[(2, Ping::Refused)]);
+        watch.record(&[(2, Ping::Refused)]);
+        assert!(watch.down(2));
+        assert_eq!(watch.returned_at(2), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let back = Instant::now();
+        watch.record(&[(2, Ping::Answered)]);
+        assert_eq!(watch.returned_at(2), Some(back));
+        assert_eq!(watch.answered_ago(2), Some(Duration::ZERO));
+        watch.record(&[(3, Ping::Answered)]);
+        assert_eq!(watch.answered_ago(2), None, "forgotten once no longer registered");
     }
 
     #[test]

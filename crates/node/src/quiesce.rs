@@ -12,23 +12,27 @@
 //!   last entry (a voter whose node is suspected or dead is left out; its return wakes
 //!   the group). It ticks again as soon as an entry is written (the write itself is replicated
 //!   at once, ticking or not). While quiet it sends one heartbeat every keepalive
-//!   (`quiesce-keepalive-ms`).
+//!   (`quiesce-keepalive-ms`, 20 s), and every 3 s for 10 s after a voter's node comes
+//!   back (a restarted node's replicas learn their leader from it).
 //! - **A follower** stops ticking once its own log has been still as long, while it knows a
 //!   leader on a live node that is still a voter and still claims the group in its node's
-//!   leadership report, and has heard from it within the backstop (three keepalives);
+//!   leadership report, and has heard from it within the backstop (15 s): a keepalive, or
+//!   an answer from the leader's node to this node's node-level heartbeat (every
+//!   200 ms, `peers`), which is what stands in for the group's own heartbeats between
+//!   keepalives, for a few messages per node pair instead of a round per group;
 //!   otherwise it ticks, and its own election timeout runs. The report covers a leader
-//!   replica that stopped (a failed disk) or restarted on a live node; the keepalive and
+//!   replica that stopped (a failed disk) or restarted on a live node; the pings and
 //!   the backstop cover what neither sees: a leader's node that reaches the metadata
-//!   leader but not this follower.
+//!   leader but not this follower. On the leader, such a follower stays in sync while
+//!   it holds the last entry and its node answers (`mover::synced_ago`).
 //! - **How often.** The mover visits a quiet group only every `QUIET_VISIT` (2 s), on
 //!   a metadata change and when a peer is found down (a visit to each of ten thousand
 //!   groups four times a second was most of an idle node's CPU), so what makes a group
 //!   busy wakes its timers where it happens: a write, entries arriving at a follower,
 //!   a transfer naming it (`flotilla_raft`). Keepalives are due every keepalive, looked
 //!   at every visit.
-//! - **A restarted node** knows no leader yet; its replicas wait the start grace (one
-//!   keepalive and a second) for their leaders' keepalives rather than campaign
-//!   (`Quiescer::follower`).
+//! - **A restarted node** knows no leader yet; its replicas wait the start grace (6 s)
+//!   for their leaders' keepalives rather than campaign (`Quiescer::follower`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -38,11 +42,25 @@ use flotilla_raft::{Group, MembershipView};
 use flotilla_types::{GroupId, NodeId};
 use tokio::time::Instant;
 
+/// The silences a quiet follower tolerates are counted in these, or in keepalives when
+/// they are shorter: three of them without a word from its leader or its leader's node
+/// (the backstop), and one and a second after this node starts (the start grace).
+const SILENCE_UNIT: Duration = Duration::from_secs(5);
+
+/// For this long after a voter's node came back (`Node::peer_returned_at`), a quiet
+/// group's leader sends its keepalive every `RETURN_KEEPALIVE_EVERY`, not every
+/// keepalive: the returned node answers pings before it has opened all its groups, and
+/// a keepalive to a group not open yet is lost.
+const RETURN_WINDOW: Duration = Duration::from_secs(10);
+const RETURN_KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
+
 pub(crate) struct Quiescer {
     /// A group whose log has not grown for this long may quiesce (zero: never).
     after: Duration,
     /// A quiesced leader's heartbeat period.
     keepalive: Duration,
+    /// `SILENCE_UNIT`, or the keepalive when shorter.
+    unit: Duration,
     started: Instant,
     /// Groups led here: the last log index seen, and since when it has not changed.
     unchanged_since: BTreeMap<GroupId, (Option<u64>, Instant)>,
@@ -55,27 +73,40 @@ impl Quiescer {
         Quiescer {
             after,
             keepalive,
+            unit: keepalive.min(SILENCE_UNIT),
             started: Instant::now(),
             unchanged_since: BTreeMap::new(),
             keepalive_at: BTreeMap::new(),
         }
     }
 
-    /// A quiesced follower that has heard nothing from its leader for this long ticks
-    /// again: three keepalives, so one or two lost ones do not wake it.
+    /// A quiesced follower that has heard nothing from its leader, nor had an answer from
+    /// its leader's node, for this long ticks again: three units, so one or two lost
+    /// messages do not wake it.
     fn backstop(&self) -> Duration {
-        3 * self.keepalive
+        3 * self.unit
     }
 
-    /// After this node starts, a replica that knows no leader yet waits this long (one
-    /// keepalive and a margin) to hear from one before its own timers run, unless it is
-    /// the group's preferred leader or a voter's node is not alive.
+    /// After this node starts, a replica that knows no leader yet waits this long (a unit
+    /// and a margin) to hear from one before its own timers run, unless it is the group's
+    /// preferred leader or a voter's node is not alive. Leaders send a keepalive to a
+    /// returned node's replicas at once (`leader`).
     fn start_grace(&self) -> Duration {
-        self.keepalive + Duration::from_secs(1)
+        self.unit + Duration::from_secs(1)
     }
 
     /// On a group's leader: quiesce it when idle and settled, wake it otherwise.
-    pub(crate) async fn leader(&mut self, group: &Group, p: &PartitionAssignment, brokers: &BTreeMap<NodeId, Broker>) {
+    /// `returned`: when a peer node last came back after this node judged it down
+    /// (`Node::peer_returned_at`); for `RETURN_WINDOW` after one of its voters came
+    /// back, a quiet group sends its keepalive every `RETURN_KEEPALIVE_EVERY`, so that a
+    /// restarted replica learns its leader within seconds rather than a keepalive.
+    pub(crate) async fn leader(
+        &mut self,
+        group: &Group,
+        p: &PartitionAssignment,
+        brokers: &BTreeMap<NodeId, Broker>,
+        returned: impl Fn(NodeId) -> Option<Instant>,
+    ) {
         let id = group.id();
         let status = group.status();
         let now = Instant::now();
@@ -97,7 +128,17 @@ impl Quiescer {
             tracing::debug!(group = id, "quiesced");
             return;
         }
-        let due = self.keepalive_at.get(&id).is_none_or(|t| now.duration_since(*t) >= self.keepalive);
+        let returned_lately = || {
+            group
+                .membership()
+                .voters()
+                .iter()
+                .any(|v| returned(*v).is_some_and(|r| now.duration_since(r) < RETURN_WINDOW))
+        };
+        let due = self.keepalive_at.get(&id).is_none_or(|t| {
+            let since = now.duration_since(*t);
+            since >= self.keepalive || (since >= RETURN_KEEPALIVE_EVERY && returned_lately())
+        });
         if due {
             self.keepalive_at.insert(id, now);
             if let Err(e) = group.heartbeat_now().await {
@@ -122,9 +163,16 @@ impl Quiescer {
         p: &PartitionAssignment,
         brokers: &BTreeMap<NodeId, Broker>,
         leader_claims: bool,
+        leader_answered_ago: Option<Duration>,
     ) {
         self.keepalive_at.remove(&group.id());
         let idle = self.idle(group.id(), group.status().last_log_index);
+        // Between keepalives, the leader's node answering this node's node-level
+        // heartbeat (every 200 ms) while it claims the group counts as hearing from it.
+        let since_heard = match (group.since_last_append(), leader_answered_ago.filter(|_| leader_claims)) {
+            (Some(a), Some(p)) => Some(a.min(p)),
+            (a, p) => a.or(p),
+        };
         let follower = Follower {
             me,
             leader: group.leader(),
@@ -133,7 +181,7 @@ impl Quiescer {
             preferred: preferred_voter(group, p),
             leader_claims,
             since_start: self.started.elapsed(),
-            since_heard: group.since_last_append(),
+            since_heard,
         };
         let quiet = follower.quiet(brokers, self.start_grace(), self.backstop());
         group.set_ticking(self.after.is_zero() || !quiet);
