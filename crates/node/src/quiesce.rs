@@ -90,7 +90,7 @@ impl Quiescer {
     /// After this node starts, a replica that knows no leader yet waits this long (a unit
     /// and a margin) to hear from one before its own timers run, unless it is the group's
     /// preferred leader or a voter's node is not alive. Leaders send a keepalive to a
-    /// returned node's replicas at once (`leader`).
+    /// returned node's replicas within a visit (`leader`).
     fn start_grace(&self) -> Duration {
         self.unit + Duration::from_secs(1)
     }
