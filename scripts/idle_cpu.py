@@ -9,36 +9,17 @@ partition has a leader, rests 30 s, and prints each node's CPU (user + system, f
 /proc) over the next 20 s, as a percentage of one core. PERF=1 also records node 2 with
 `perf record --call-graph dwarf` for 10 s of that time, into /tmp/idle-cpu-perf.data.
 """
-import os, re, subprocess, sys, time, urllib.request
+import os, subprocess, sys, time
+
+from local_cluster import BOOTSTRAP as B, cpu_seconds, metric, start
 
 BIN = os.environ.get("FLOTILLA", "/root/.cache/flotilla/target/release/flotilla")
 N = int(sys.argv[1])
-EXTRA = sys.argv[2:]
-DIR = "/tmp/flotilla-idle-cpu"
-PEERS = ",".join(f"{i}=127.0.0.1:{7170+i}" for i in (1, 2, 3))
-subprocess.run(["rm", "-rf", DIR])
-os.makedirs(DIR)
-procs = {i: subprocess.Popen([BIN, "node", "--id", str(i), "--listen", f"127.0.0.1:{7070+i}",
-                              "--data-dir", f"{DIR}/node-{i}", "--peers", PEERS,
-                              "--metrics-listen", f"127.0.0.1:{8070+i}"] + EXTRA,
-                             stdout=open(f"{DIR}/node-{i}.log", "w"), stderr=subprocess.STDOUT)
-         for i in (1, 2, 3)}
-
-def metric(i, name):
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{8070+i}/metrics", timeout=5).read().decode()
-    except Exception:
-        return None
-    m = re.search(rf"^{name} (\d+)", text, re.M)
-    return int(m.group(1)) if m else None
-
-def cpu(i):
-    f = open(f"/proc/{procs[i].pid}/stat").read().split(")")[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+procs = start(BIN, "/tmp/flotilla-idle-cpu", sys.argv[2:])
+cpu = lambda i: cpu_seconds(procs[i])
 
 try:
     time.sleep(3)
-    B = ["--bootstrap", "127.0.0.1:7071,127.0.0.1:7072,127.0.0.1:7073"]
     t0 = time.time()
     subprocess.run([BIN, *B, "topic", "create", "many", "--partitions", str(N), "--replication-factor", "3"],
                    check=True)

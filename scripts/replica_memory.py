@@ -12,32 +12,19 @@ IDLE_MINUTES=M, no load: once a minute for M minutes instead (LOAD_SECS is ignor
 """
 import os, subprocess, sys, time
 
+from local_cluster import BOOTSTRAP as B, rss_kib, start
+
 BIN = os.environ.get("FLOTILLA", "/root/.cache/flotilla/target/release/flotilla")
 N, SECS = int(sys.argv[1]), sys.argv[2]
 PRODUCERS = sys.argv[3] if len(sys.argv) > 3 else "300"
-DIR = "/tmp/flotilla-replica-memory"
-PEERS = ",".join(f"{i}=127.0.0.1:{7170+i}" for i in (1, 2, 3))
-subprocess.run(["rm", "-rf", DIR])
-os.makedirs(DIR)
-procs = {i: subprocess.Popen([BIN, "node", "--id", str(i), "--listen", f"127.0.0.1:{7070+i}",
-                              "--data-dir", f"{DIR}/node-{i}", "--peers", PEERS,
-                              "--metrics-listen", f"127.0.0.1:{8070+i}"],
-                             stdout=open(f"{DIR}/node-{i}.log", "w"), stderr=subprocess.STDOUT)
-         for i in (1, 2, 3)}
-
-def rss_kib(i):
-    for line in open(f"/proc/{procs[i].pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+procs = start(BIN, "/tmp/flotilla-replica-memory")
 
 def per_replica(base):
-    return {i: round((rss_kib(i) - base[i]) / N, 1) for i in procs}
+    return {i: round((rss_kib(procs[i]) - base[i]) / N, 1) for i in procs}
 
 try:
     time.sleep(3)
-    base = {i: rss_kib(i) for i in procs}
-    B = ["--bootstrap", "127.0.0.1:7071,127.0.0.1:7072,127.0.0.1:7073"]
+    base = {i: rss_kib(procs[i]) for i in procs}
     subprocess.run([BIN, *B, "topic", "create", "many", "--partitions", str(N), "--replication-factor", "3"],
                    check=True)
     time.sleep(30)
