@@ -71,74 +71,74 @@ pub(crate) fn refusals_after(refusals: u32, ping: Ping) -> u32 {
 /// What this node's pings say of each peer.
 #[derive(Default)]
 pub(crate) struct PeerWatch {
-    /// Per peer: refusals in a row, and what the last ping found.
-    refusals: Mutex<BTreeMap<NodeId, (u32, Ping)>>,
-    /// Per peer: when it last answered a ping, and when it last answered after having
-    /// been judged down (it came back: a restarted node).
-    answers: Mutex<BTreeMap<NodeId, Answers>>,
+    peers: Mutex<BTreeMap<NodeId, Peer>>,
     /// Notified when a peer is newly judged down (the mover, its one waiter, acts at once).
     pub(crate) went_down: tokio::sync::Notify,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Answers {
-    last: Option<Instant>,
+/// What this node's pings found of one peer.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    /// Outright failures in a row.
+    refusals: u32,
+    /// What the last ping found.
+    last: Ping,
+    /// When it last answered.
+    answered: Option<Instant>,
+    /// When it last answered after having been judged down (it came back: a restart).
     returned: Option<Instant>,
 }
 
 impl PeerWatch {
     /// Whether `peer`'s process is gone, as this node's own pings say.
     pub(crate) fn down(&self, peer: NodeId) -> bool {
-        self.refusals.lock().expect("peer watch poisoned").get(&peer).is_some_and(|(r, _)| *r >= DOWN_AFTER_REFUSALS)
+        self.peers.lock().expect("peer watch poisoned").get(&peer).is_some_and(|p| p.refusals >= DOWN_AFTER_REFUSALS)
     }
 
     /// Records one round of pings; returns the peers newly judged down. Peers not in
     /// `results` are forgotten (no longer registered).
     fn record(&self, results: &[(NodeId, Ping)]) -> Vec<NodeId> {
         let now = Instant::now();
-        let mut refusals = self.refusals.lock().expect("peer watch poisoned");
-        let mut answers = self.answers.lock().expect("peer watch poisoned");
-        refusals.retain(|id, _| results.iter().any(|(p, _)| p == id));
-        answers.retain(|id, _| results.iter().any(|(p, _)| p == id));
+        let mut peers = self.peers.lock().expect("peer watch poisoned");
+        peers.retain(|id, _| results.iter().any(|(p, _)| p == id));
         let mut newly_down = vec![];
         for (peer, ping) in results {
-            let before = refusals.get(peer).map_or(0, |(r, _)| *r);
+            let p = peers.entry(*peer).or_insert(Peer { refusals: 0, last: *ping, answered: None, returned: None });
+            let before = p.refusals;
             let after = refusals_after(before, *ping);
-            let a = answers.entry(*peer).or_default();
             if *ping == Ping::Answered {
-                a.last = Some(now);
+                p.answered = Some(now);
             }
             if before < DOWN_AFTER_REFUSALS && after >= DOWN_AFTER_REFUSALS {
                 newly_down.push(*peer);
             } else if before >= DOWN_AFTER_REFUSALS && after == 0 {
                 tracing::info!(peer, "node answers again");
-                a.returned = Some(now);
+                p.returned = Some(now);
             }
-            refusals.insert(*peer, (after, *ping));
+            (p.refusals, p.last) = (after, *ping);
         }
         newly_down
     }
 
     /// How long ago `peer` last answered one of this node's pings (none: never).
     pub(crate) fn answered_ago(&self, peer: NodeId) -> Option<Duration> {
-        let answers = self.answers.lock().expect("peer watch poisoned");
-        answers.get(&peer).and_then(|a| a.last).map(|t| t.elapsed())
+        self.peers.lock().expect("peer watch poisoned").get(&peer).and_then(|p| p.answered).map(|t| t.elapsed())
     }
 
     /// When `peer` last answered again after being judged down (it restarted, or came
     /// back from a cut): its replicas of quiet groups need their leaders' keepalives now.
     pub(crate) fn returned_at(&self, peer: NodeId) -> Option<Instant> {
-        self.answers.lock().expect("peer watch poisoned").get(&peer).and_then(|a| a.returned)
+        self.peers.lock().expect("peer watch poisoned").get(&peer).and_then(|p| p.returned)
     }
 
     /// Whether any peer has refused but is not judged down yet, or its connection just
     /// broke (ping it again soon).
     fn undecided(&self) -> bool {
-        self.refusals
+        self.peers
             .lock()
             .expect("peer watch poisoned")
             .values()
-            .any(|(r, last)| (1..DOWN_AFTER_REFUSALS).contains(r) || *last == Ping::Broken)
+            .any(|p| (1..DOWN_AFTER_REFUSALS).contains(&p.refusals) || p.last == Ping::Broken)
     }
 }
 
