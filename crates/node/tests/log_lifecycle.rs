@@ -61,16 +61,31 @@ async fn catch_up_by_snapshot(
     group: GroupId,
     want: (u64, u64),
 ) {
-    eventually("the other replicas purged their logs", async || {
-        let behind_last = behind.groups().get(group)?.status().last_log_index?;
-        for n in nodes.iter().filter(|n| n.id() != behind.id()) {
-            let first = first_log_index(&engines[n.id() as usize - 1], group)?;
-            if first <= behind_last + 1 {
-                return None;
-            }
+    let explain = || {
+        let mut s = String::new();
+        for n in nodes {
+            let first = first_log_index(&engines[n.id() as usize - 1], group);
+            let metrics = n.groups().get(group).map(|g| g.raft_metrics());
+            s += &format!("\nnode {}: first log index {first:?}, {metrics:?}", n.id());
         }
-        Some(())
-    })
+        s
+    };
+    eventually_explained(
+        "the other replicas purged their logs",
+        async || {
+            // Cut off before the leader's first append reached it, its replica holds no
+            // entry at all (`None`): it is behind the leader's first entry all the same.
+            let behind_last = behind.groups().get(group)?.status().last_log_index.unwrap_or(0);
+            for n in nodes.iter().filter(|n| n.id() != behind.id()) {
+                let first = first_log_index(&engines[n.id() as usize - 1], group)?;
+                if first <= behind_last + 1 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+        explain,
+    )
     .await;
     net.cut.write().unwrap().remove(&behind.id());
     eventually("the follower caught up by snapshot", async || (range(behind, group)? == want).then_some(())).await;

@@ -191,6 +191,12 @@ impl Group {
         }
     }
 
+    /// openraft's view of this replica (role, vote, log, snapshot, purged, and as leader
+    /// each replica's matched entry), for diagnostics.
+    pub fn raft_metrics(&self) -> String {
+        self.raft.metrics().borrow_watched().to_string()
+    }
+
     /// The applied state (never hold across an await).
     pub fn state(&self) -> &SharedState {
         &self.shared

@@ -84,6 +84,11 @@ pub async fn start_cluster(net: &LocalNet, engines: &[MemEngine]) -> Vec<Node<Lo
 
 /// Starts one node on `engine` and puts it on the network.
 pub async fn start_node(net: &LocalNet, config: NodeConfig, engine: &MemEngine) -> Node<LocalTransport> {
+    // `RUST_LOG=...` shows the nodes' logs with a failing test's output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let filter = tracing_subscriber::EnvFilter::from_default_env();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    }
     let id = config.id;
     let transport = LocalTransport { me: id, net: net.clone() };
     let engine: Arc<dyn flotilla_storage::Engine> = Arc::new(engine.clone());
@@ -109,16 +114,26 @@ pub async fn one_partition_topic(nodes: &[Node<LocalTransport>], name: &str) -> 
 
 /// Retries `f` every 50 ms until it gives a value. The whole wait, including an attempt
 /// that never returns, is bounded: a test fails with `what` rather than hanging.
-pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_explained(what, f, String::new).await
+}
+
+/// `eventually`, and on a timeout the failure message ends with `explain()`: the state
+/// that was waited on, so a failure under load can be read without a rerun.
+pub async fn eventually_explained<T>(
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+    explain: impl Fn() -> String,
+) -> T {
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
     loop {
         match tokio::time::timeout_at(deadline, f()).await {
             Ok(Some(v)) => return v,
             Ok(None) => {}
-            Err(_) => panic!("timed out waiting for {what} (an attempt was still running)"),
+            Err(_) => panic!("timed out waiting for {what} (an attempt was still running){}", explain()),
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting for {what}{}", explain());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
