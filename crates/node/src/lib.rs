@@ -316,6 +316,11 @@ impl<T: RaftTransport> Node<T> {
         self.inner.peers.returned_at(peer)
     }
 
+    /// Whether `peer` answered one of this node's node-level heartbeats within `within`.
+    pub(crate) fn peer_answered_within(&self, peer: NodeId, within: Duration) -> bool {
+        self.inner.peers.answered_within(peer, within)
+    }
+
     pub(crate) fn suspect_after(&self) -> Duration {
         Duration::from_millis(self.inner.config.suspect_after_ms)
     }

@@ -53,6 +53,20 @@ const WAKE_ROUND: Duration = Duration::from_secs(1);
 /// behind cannot win, and its own vote would block the others in its term. The
 /// rotation covers a voter that could not be asked.
 const WAKE_STAGGER: Duration = Duration::from_millis(100);
+/// At most this many elections that this node starts (take-overs and handovers) run at
+/// once, each until it concludes or `ELECTION_WAIT` passes. A killed node leaves the
+/// survivors thousands of groups to take over, and its restart thousands of groups to
+/// hand back; started all at once, their elections (and the vote requests, appends and
+/// fsyncs each brings) overloaded the nodes until votes timed out, elections were
+/// retried in higher terms, and groups that had leaders lost them too (10,000
+/// partitions: up to 6,600 leaderless).
+const ELECTIONS_AT_ONCE: usize = 64;
+const ELECTION_WAIT: Duration = Duration::from_secs(2);
+/// Leadership goes back to a node that returned (restarted, or reachable again) only
+/// once it has been alive this long, as this node sees it: a node restarted with
+/// thousands of replicas is busy starting them and catching them up, and handovers
+/// then were what overloaded it.
+const RETURNED_SETTLE: Duration = Duration::from_secs(5);
 /// A leadership transfer that has not happened this long after it started is retried
 /// toward another voter (a transfer normally completes within a few round trips).
 const TRANSFER_PATIENCE: Duration = Duration::from_secs(1);
@@ -96,6 +110,35 @@ struct LoopState {
     /// The metadata this node last looked at (its applied index): the groups it hosts,
     /// the brokers and the replacements under way.
     seen: Option<(u64, Arc<Seen>)>,
+    elections: Elections,
+    /// Since when each live node has been alive, as this node sees it.
+    alive_since: BTreeMap<NodeId, Instant>,
+}
+
+/// The elections this node starts, paced (`ELECTIONS_AT_ONCE`): the groups with one
+/// under way or waiting for a slot.
+#[derive(Clone)]
+struct Elections {
+    pending: Arc<std::sync::Mutex<BTreeSet<GroupId>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Elections {
+    fn pending(&self, group: GroupId) -> bool {
+        self.pending.lock().expect("elections lock poisoned").contains(&group)
+    }
+
+    /// Runs `election` off the mover's loop (keepalives and moves go on meanwhile) once
+    /// a slot is free; it checks that it is still wanted when it runs.
+    fn start(&self, group: GroupId, election: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.pending.lock().expect("elections lock poisoned").insert(group);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = this.slots.acquire().await;
+            election.await;
+            this.pending.lock().expect("elections lock poisoned").remove(&group);
+        });
+    }
 }
 
 struct Seen {
@@ -118,6 +161,11 @@ pub(crate) async fn mover_loop<T: RaftTransport>(node: Node<T>) {
             Duration::from_millis(config.quiesce_keepalive_ms),
         ),
         seen: None,
+        elections: Elections {
+            pending: Arc::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(ELECTIONS_AT_ONCE)),
+        },
+        alive_since: BTreeMap::new(),
     };
     // Every group is visited first, and after anything that may concern a quiet one.
     let (mut everything, mut last_full) = (true, Instant::now());
@@ -166,6 +214,13 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState, full: bool) 
         true => hosted.keys().copied().collect(),
         false => node.groups().ticking().into_iter().filter(|id| hosted.contains_key(id)).collect(),
     };
+    let now = Instant::now();
+    st.alive_since.retain(|n, _| crate::quiesce::alive(brokers, *n) && !node.peer_down(*n));
+    for n in brokers.keys().filter(|n| crate::quiesce::alive(brokers, **n) && !node.peer_down(**n)) {
+        st.alive_since.entry(*n).or_insert(now);
+    }
+    let returning: BTreeSet<NodeId> =
+        st.alive_since.iter().filter(|(_, t)| t.elapsed() < RETURNED_SETTLE).map(|(n, _)| *n).collect();
     let mut throttled = BTreeSet::new();
     let mut take_overs = vec![];
     for id in &visit {
@@ -178,33 +233,39 @@ async fn tick<T: RaftTransport>(node: &Node<T>, st: &mut LoopState, full: bool) 
                 Ok(catching_up) => throttled.extend(catching_up.into_iter().map(|n| (*id, n))),
                 Err(e) => tracing::debug!(group = id, error = %e, "membership change not done yet"),
             }
-            if let Some(stuck) = group.stalled_transfer(TRANSFER_PATIENCE) {
+            if st.elections.pending(*id) {
+                // A handover under way or waiting for its turn.
+            } else if let Some(stuck) = group.stalled_transfer(TRANSFER_PATIENCE) {
                 retry_transfer(node, &group, assignment, brokers, stuck).await;
-            } else if since.elapsed() >= LEAD_BEFORE_HANDOVER {
-                hand_over(node, &group, assignment, brokers).await;
+            } else if since.elapsed() >= LEAD_BEFORE_HANDOVER
+                && let Some(to) = handover_to(node, &group, assignment, brokers)
+                && !returning.contains(&to)
+            {
+                let (node, group, seen) = (node.clone(), group.clone(), seen.clone());
+                st.elections.start(*id, async move {
+                    if let Some(p) = seen.hosted.get(&group.id()) {
+                        hand_over(&node, &group, p, &seen.brokers, to).await;
+                    }
+                });
             }
             st.quiescer.leader(&group, assignment, brokers, |n| node.peer_returned_at(n)).await;
         } else {
             st.leading_since.remove(id);
             if let Some(others) = wake_election(node, &group, assignment, brokers, st) {
-                take_overs.push((group.clone(), others));
+                take_overs.push((group.clone(), others, group.status().term));
             }
-            // Whether the leader this replica knows still says it leads (its leadership
-            // report): a leader replica that stopped (a failed disk) or restarted on a
-            // live node says otherwise within a report.
-            let claimed = group.leader().is_some_and(|l| node.groups().reported_leader(*id) == Some(l));
+            // Who says it leads (the leadership reports): a leader replica that stopped
+            // (a failed disk) or restarted on a live node says otherwise within a report.
+            let reported = node.groups().reported_leader(*id);
             let answered = group.leader().and_then(|l| node.peer_answered_ago(l));
-            st.quiescer.follower(me, &group, assignment, brokers, claimed, answered);
+            st.quiescer.follower(me, &group, assignment, brokers, reported, answered);
         }
     }
-    // The take-overs at once: each first asks the other voters for their logs.
-    let elections = take_overs.iter().map(|(group, others)| async move {
-        match node.groups().take_over(group, others).await {
-            Ok(()) => node.metrics().count_woken_election(),
-            Err(e) => tracing::info!(group = group.id(), error = %e, "not starting an election"),
-        }
-    });
-    futures::future::join_all(elections).await;
+    // The take-overs, paced: each first asks the other voters for their logs.
+    for (group, others, term) in take_overs {
+        let node = node.clone();
+        st.elections.start(group.id(), async move { take_over(&node, &group, &others, term).await });
+    }
     if full {
         st.quiescer.retain(&hosted.keys().copied().collect());
         st.leading_since.retain(|g, _| hosted.contains_key(g));
@@ -430,19 +491,39 @@ fn handover_target(
     (usable && in_sync(preferred)).then_some(preferred)
 }
 
-/// Hands leadership to the preferred replica when it is a live, caught-up voter.
+/// Where this leader should hand leadership now: the preferred replica, when it is a
+/// live, caught-up voter (`handover_target`).
+fn handover_to<T: RaftTransport>(
+    node: &Node<T>,
+    group: &Group,
+    p: &PartitionAssignment,
+    brokers: &BTreeMap<NodeId, Broker>,
+) -> Option<NodeId> {
+    let leader = group.status().leader.unwrap_or(0);
+    let lag = node.lag_time_max();
+    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
+    handover_target(leader, p, &group.membership(), brokers, in_sync)
+}
+
+/// Hands leadership to `to` if this replica still leads and `to` is still the target
+/// (it may have waited for its turn), and waits (at most `ELECTION_WAIT`) for the
+/// transfer to conclude.
 async fn hand_over<T: RaftTransport>(
     node: &Node<T>,
     group: &Group,
     p: &PartitionAssignment,
     brokers: &BTreeMap<NodeId, Broker>,
+    to: NodeId,
 ) {
-    let leader = group.status().leader.unwrap_or(0);
-    let lag = node.lag_time_max();
-    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
-    let Some(to) = handover_target(leader, p, &group.membership(), brokers, in_sync) else { return };
+    if !group.is_leader() || handover_to(node, group, p, brokers) != Some(to) {
+        return;
+    }
+    let term = group.status().term;
     match group.transfer_leader(to).await {
-        Ok(()) => tracing::info!(group = group.id(), to, "handing leadership to the preferred replica"),
+        Ok(()) => {
+            tracing::info!(group = group.id(), to, "handing leadership to the preferred replica");
+            group.wait_led_after(term, ELECTION_WAIT).await;
+        }
         Err(e) => tracing::debug!(group = group.id(), error = %e, "leader transfer refused"),
     }
 }
@@ -486,6 +567,23 @@ async fn retry_transfer<T: RaftTransport>(
     }
 }
 
+/// One take-over, unless the group found a leader while it waited for its slot; waits
+/// (at most `TAKE_OVER_WAIT`) for the election to conclude, so that the slot paces them.
+/// `term` is the group's term when the take-over was decided.
+async fn take_over<T: RaftTransport>(node: &Node<T>, group: &Arc<Group>, others: &[NodeId], term: u64) {
+    let now = group.status().term;
+    if now > term && (group.leader().is_some() || group.voted_for_candidate().is_some()) {
+        return;
+    }
+    match node.groups().take_over(group, others).await {
+        Ok(()) => {
+            node.metrics().count_woken_election();
+            group.wait_led_after(now, ELECTION_WAIT).await;
+        }
+        Err(e) => tracing::info!(group = group.id(), error = %e, "not starting an election"),
+    }
+}
+
 /// Whether to start an election now, and if so the other live voters to ask first: when
 /// the leader this replica knows is on a node the metadata group marks suspected or dead
 /// and this replica has not heard from it lately either, or on a node refusing this
@@ -497,9 +595,15 @@ fn wake_election<T: RaftTransport>(
     brokers: &BTreeMap<NodeId, Broker>,
     st: &mut LoopState,
 ) -> Option<Vec<NodeId>> {
-    // Gone: suspected or dead in the metadata, or refusing connections to this node's
-    // own heartbeats (a dead process, known within milliseconds: `peers`).
-    let gone = |n: &NodeId| !crate::quiesce::alive(brokers, *n) || node.peer_down(*n);
+    // Gone: refusing connections to this node's own heartbeats (a dead process, known
+    // within milliseconds: `peers`), or suspected or dead in the metadata and silent to
+    // those heartbeats for as long. A node whose metadata heartbeats come late under load
+    // but that answers this node's is not gone: taking its quiet groups over (a restart
+    // at 10,000 partitions: thousands at once) is what overloaded the cluster further.
+    let gone = |n: &NodeId| {
+        node.peer_down(*n)
+            || (!crate::quiesce::alive(brokers, *n) && !node.peer_answered_within(*n, node.suspect_after()))
+    };
     let leader = match group.leader() {
         Some(l) => {
             st.last_leader.insert(group.id(), l);
@@ -518,6 +622,10 @@ fn wake_election<T: RaftTransport>(
         return None;
     }
     let noticed = *st.leader_gone_since.entry(group.id()).or_insert_with(Instant::now);
+    // A take-over already under way or waiting its turn.
+    if st.elections.pending(group.id()) {
+        return None;
+    }
     let voters = group.membership().voters();
     let live: Vec<NodeId> = p.desired().iter().copied().filter(|n| !gone(n) && voters.contains(n)).collect();
     let round = campaign_round(node.id(), &live, noticed.elapsed(), st.elected_in.get(&group.id()).copied())?;
@@ -562,6 +670,39 @@ mod tests {
         for ((acked, answered, matched, last), want) in table {
             assert_eq!(synced_ago(acked, answered, matched, last), want, "{acked:?} {answered:?} {matched:?} {last}");
         }
+    }
+
+    /// Regression (10,000 partitions, a node killed, then restarted): thousands of
+    /// take-overs, then of handovers, started at once overloaded the nodes until groups
+    /// that had leaders lost them too. Elections are paced: at most `ELECTIONS_AT_ONCE`
+    /// run at a time, a group is pending from its start until its election concludes,
+    /// and every one runs.
+    #[tokio::test]
+    async fn elections_run_at_most_so_many_at_once_and_all_of_them_run() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let elections =
+            Elections { pending: Arc::default(), slots: Arc::new(tokio::sync::Semaphore::new(ELECTIONS_AT_ONCE)) };
+        let (running, most, done) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let n = 3 * ELECTIONS_AT_ONCE as u64 + 5;
+        for g in 0..n {
+            let (running, most, done) = (running.clone(), most.clone(), done.clone());
+            elections.start(g, async move {
+                most.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                running.fetch_sub(1, SeqCst);
+                done.fetch_add(1, SeqCst);
+            });
+            assert!(elections.pending(g));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.load(SeqCst) < n as usize {
+            assert!(Instant::now() < deadline, "{} of {n} elections ran", done.load(SeqCst));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(most.load(SeqCst), ELECTIONS_AT_ONCE, "at most so many at once, and that many when there are more");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!((0..n).all(|g| !elections.pending(g)), "a concluded election is no longer pending");
     }
 
     #[test]

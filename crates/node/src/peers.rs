@@ -95,6 +95,18 @@ impl PeerWatch {
         self.peers.lock().expect("peer watch poisoned").get(&peer).is_some_and(|p| p.refusals >= DOWN_AFTER_REFUSALS)
     }
 
+    /// Whether `peer` answered a ping within `within`: evidence that its process runs
+    /// and reaches this node, whatever the metadata leader's lease says.
+    pub(crate) fn answered_within(&self, peer: NodeId, within: Duration) -> bool {
+        self.answered_ago(peer).is_some_and(|ago| ago <= within)
+    }
+
+    /// The peers judged down now.
+    pub(crate) fn down_set(&self) -> std::collections::BTreeSet<NodeId> {
+        let peers = self.peers.lock().expect("peer watch poisoned");
+        peers.iter().filter(|(_, p)| p.refusals >= DOWN_AFTER_REFUSALS).map(|(id, _)| *id).collect()
+    }
+
     /// Records one round of pings; returns the peers newly judged down. Peers not in
     /// `results` are forgotten (no longer registered).
     fn record(&self, results: &[(NodeId, Ping)]) -> Vec<NodeId> {
@@ -177,6 +189,7 @@ pub(crate) async fn ping_loop<T: RaftTransport>(node: Node<T>) {
         let results: Vec<(NodeId, Ping)> =
             peers.iter().copied().zip(futures::future::join_all(pings).await.iter().map(Ping::of)).collect();
         let newly_down = node.inner.peers.record(&results);
+        node.groups().router().set_down(node.inner.peers.down_set());
         if !newly_down.is_empty() {
             tracing::warn!(peers = ?newly_down, "node-level heartbeat: connection refused, taken for down");
             node.inner.peers.went_down.notify_one();
@@ -242,6 +255,27 @@ mod tests {
         assert_eq!(watch.answered_ago(2), Some(Duration::ZERO));
         watch.record(&[(3, Ping::Answered)]);
         assert_eq!(watch.answered_ago(2), None, "forgotten once no longer registered");
+    }
+
+    /// Regression (10,000 partitions, a killed node restarted): under load a node's
+    /// metadata heartbeats came late, the metadata leader suspected it, and the others
+    /// took over its thousands of quiet groups though it answered them. An answer to this
+    /// node's own heartbeats is kept as evidence that the peer lives.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_evidence_for_as_long_as_asked() {
+        let watch = PeerWatch::default();
+        let d = Duration::from_millis(1500);
+        assert!(!watch.answered_within(2, d), "never answered");
+        watch.record(&[(2, Ping::Answered), (3, Ping::Silent)]);
+        assert!(watch.answered_within(2, d));
+        assert!(!watch.answered_within(3, d), "silence is no answer");
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        watch.record(&[(2, Ping::Silent), (3, Ping::Silent)]);
+        assert!(watch.answered_within(2, d), "one late ping does not erase the answer before it");
+        tokio::time::advance(Duration::from_millis(501)).await;
+        assert!(!watch.answered_within(2, d), "silent longer than asked");
+        watch.record(&[(3, Ping::Answered)]);
+        assert!(!watch.answered_within(2, d), "forgotten once no longer registered");
     }
 
     #[test]

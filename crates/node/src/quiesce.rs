@@ -162,11 +162,13 @@ impl Quiescer {
         group: &Group,
         p: &PartitionAssignment,
         brokers: &BTreeMap<NodeId, Broker>,
-        leader_claims: bool,
+        reported: Option<NodeId>,
         leader_answered_ago: Option<Duration>,
     ) {
         self.keepalive_at.remove(&group.id());
         let idle = self.idle(group.id(), group.status().last_log_index);
+        let leader = group.leader();
+        let leader_claims = leader.is_some() && reported == leader;
         // Between keepalives, the leader's node answering this node's node-level
         // heartbeat (every 200 ms) while it claims the group counts as hearing from it.
         let since_heard = match (group.since_last_append(), leader_answered_ago.filter(|_| leader_claims)) {
@@ -175,11 +177,12 @@ impl Quiescer {
         };
         let follower = Follower {
             me,
-            leader: group.leader(),
+            leader,
             idle,
             voters: group.membership().voters(),
             preferred: preferred_voter(group, p),
             leader_claims,
+            reported,
             since_start: self.started.elapsed(),
             since_heard,
         };
@@ -218,6 +221,8 @@ struct Follower {
     preferred: Option<NodeId>,
     /// The leader's node still claims the group in its leadership report.
     leader_claims: bool,
+    /// The node whose latest leadership report claims the group.
+    reported: Option<NodeId>,
     since_start: Duration,
     /// Since it last heard from its leader (none: not since it started).
     since_heard: Option<Duration>,
@@ -231,9 +236,19 @@ impl Follower {
         if self.voters.is_empty() {
             return true;
         }
+        // Another live voter's node says it leads the group, and this replica has not
+        // waited the backstop for it yet: that leader's keepalive will come. A restarted
+        // node's replicas otherwise ran their timers once the start grace passed (those
+        // that remembered leading at once): at 10,000 partitions, thousands of timers
+        // and pre-votes, which overloaded the node until the metadata leader suspected
+        // it and the cluster lost leaders.
+        let claimed_elsewhere =
+            self.reported.is_some_and(|r| r != self.me && alive(brokers, r) && self.voters.contains(&r));
+        let waited = self.since_heard.unwrap_or(self.since_start) >= backstop;
         match self.leader {
-            // Restarted, it remembers leading: the others may still wait for it.
-            Some(l) if l == self.me => false,
+            // Restarted, it remembers leading: the others may still wait for it, unless
+            // another claims the group.
+            Some(l) if l == self.me => claimed_elsewhere && !waited,
             // While entries arrive the leader is busy and heartbeating: the follower keeps
             // its own election timer, so a leader replica that stops (a failed disk) is
             // replaced as fast as without quiescing. Once its log has been still as long
@@ -255,9 +270,10 @@ impl Follower {
             }
             // This node may itself still be marked suspected after its restart.
             None => {
-                self.since_start < start_grace
-                    && self.preferred != Some(self.me)
-                    && self.voters.iter().all(|v| *v == self.me || alive(brokers, *v))
+                (claimed_elsewhere && !waited)
+                    || (self.since_start < start_grace
+                        && self.preferred != Some(self.me)
+                        && self.voters.iter().all(|v| *v == self.me || alive(brokers, *v)))
             }
         }
     }
@@ -361,6 +377,7 @@ mod tests {
             voters: BTreeSet::from([1, 2, 3]),
             preferred: Some(1),
             leader_claims: true,
+            reported: Some(1),
             since_start: s(60),
             since_heard: Some(s(1)),
         };
@@ -368,9 +385,10 @@ mod tests {
         // Each condition that wakes it:
         let woken = [
             Follower { idle: false, ..quiet_one.clone() },
-            Follower { leader: Some(2), ..quiet_one.clone() }, // it remembers leading
+            // It remembers leading, and nobody else claims the group.
+            Follower { leader: Some(2), leader_claims: false, reported: None, ..quiet_one.clone() },
             Follower { voters: BTreeSet::from([2, 3]), ..quiet_one.clone() }, // leader voted out
-            Follower { leader_claims: false, ..quiet_one.clone() },
+            Follower { leader_claims: false, reported: None, ..quiet_one.clone() },
             Follower { since_heard: Some(backstop), ..quiet_one.clone() },
             Follower { since_heard: None, ..quiet_one.clone() }, // silent since its start, 60 s
         ];
@@ -380,8 +398,56 @@ mod tests {
         assert!(!quiet_one.quiet(&brokers(&[(1, Suspected), (2, Alive), (3, Alive)]), grace, backstop));
         // Just restarted: the report may not have come yet, and the leader may speak
         // only at its next keepalive.
-        let restarted = Follower { leader_claims: false, since_start: s(1), since_heard: None, ..quiet_one.clone() };
+        let restarted = Follower {
+            leader_claims: false,
+            reported: None,
+            since_start: s(1),
+            since_heard: None,
+            ..quiet_one.clone()
+        };
         assert!(restarted.quiet(&live, grace, backstop));
+    }
+
+    /// Regression (10,000 partitions, a killed node restarted): past the start grace,
+    /// the restarted node's replicas that had not heard from their leader yet ran their
+    /// timers, those that remembered leading at once; thousands of timers and pre-votes
+    /// overloaded the node until the metadata leader suspected it and the cluster lost
+    /// leaders. While another live voter's node claims the group, a replica that knows
+    /// no leader, or remembers leading, stays quiet until the backstop.
+    #[test]
+    fn a_restarted_replica_stays_quiet_while_another_live_voter_claims_the_group() {
+        use Liveness::{Alive, Suspected};
+        let (grace, backstop) = (Duration::from_secs(4), Duration::from_secs(9));
+        let s = Duration::from_secs;
+        let live = brokers(&[(1, Alive), (2, Alive), (3, Alive)]);
+        let f = Follower {
+            me: 2,
+            leader: None,
+            idle: false,
+            voters: BTreeSet::from([1, 2, 3]),
+            preferred: Some(2),
+            leader_claims: false,
+            reported: Some(3),
+            since_start: s(6),
+            since_heard: None,
+        };
+        assert!(
+            f.quiet(&live, grace, backstop),
+            "claimed by node 3, though this replica is preferred and past the grace"
+        );
+        let remembers = Follower { leader: Some(2), ..f.clone() };
+        assert!(remembers.quiet(&live, grace, backstop), "it remembers leading, but node 3 leads now");
+        for woken in [
+            Follower { since_start: backstop, ..f.clone() },
+            Follower { since_start: backstop, ..remembers.clone() },
+            Follower { reported: None, ..f.clone() },
+            Follower { reported: Some(2), ..remembers.clone() },
+            Follower { reported: Some(4), ..f.clone() }, // not a voter
+        ] {
+            assert!(!woken.quiet(&live, grace, backstop), "{woken:?}");
+        }
+        let claimer_suspected = brokers(&[(1, Alive), (2, Alive), (3, Suspected)]);
+        assert!(!f.quiet(&claimer_suspected, grace, backstop), "the claiming node is not alive");
     }
 
     #[test]
@@ -396,6 +462,7 @@ mod tests {
             voters: BTreeSet::from([1, 2, 3]),
             preferred: Some(1),
             leader_claims: false,
+            reported: None,
             since_start: Duration::from_secs(1),
             since_heard: None,
         };

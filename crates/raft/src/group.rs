@@ -63,6 +63,10 @@ pub enum GroupError {
     /// Another live voter holds a longer log: that one campaigns, not this replica.
     #[error("group {group}: node {node} holds a longer log ({theirs} against {mine}): it goes first")]
     LongerLogElsewhere { group: GroupId, node: NodeId, theirs: String, mine: String },
+    /// Another live voter campaigns with this replica's vote, and its log is as long:
+    /// a take-over here would void that election.
+    #[error("group {group}: node {node} campaigns with this replica's vote: it goes first")]
+    CampaigningElsewhere { group: GroupId, node: NodeId },
     /// The storage engine failed.
     #[error("group {group}: storage: {reason}")]
     Storage { group: GroupId, reason: String },
@@ -143,6 +147,17 @@ impl Group {
         leads.then_some(m.current_term)
     }
 
+    /// The other replica this one granted its vote to in a term whose leader is not
+    /// established yet: a candidate campaigning now, which a take-over of this replica's
+    /// own would only disrupt (its higher term voids the election this vote helps).
+    pub fn voted_for_candidate(&self) -> Option<NodeId> {
+        use openraft::vote::RaftLeaderId;
+        let m = self.raft.metrics();
+        let vote = m.borrow_watched().vote;
+        let candidate = *vote.leader_id.node_id();
+        (!vote.is_committed() && candidate != self.node).then_some(candidate)
+    }
+
     /// Why this replica stopped (a fatal storage error), or `None` while it runs. A
     /// stopped replica serves nothing: its state no longer moves.
     pub fn stopped(&self) -> Option<String> {
@@ -175,6 +190,13 @@ impl Group {
         };
         self.raft.wait(Some(timeout)).metrics(ready, "leader applied its own term").await.is_ok()
             && self.applied_own_term()
+    }
+
+    /// Waits up to `timeout` for the group to have a leader this replica knows of in a
+    /// term after `term` (an election it took part in concluded); false if none came.
+    pub async fn wait_led_after(&self, term: u64, timeout: Duration) -> bool {
+        let led = move |m: &openraft::RaftMetrics<TypeConfig>| m.current_term > term && known_leader(m).is_some();
+        self.raft.wait(Some(timeout)).metrics(led, "a leader after a take-over").await.is_ok()
     }
 
     pub fn status(&self) -> GroupStatus {
@@ -505,6 +527,25 @@ impl Group {
 }
 
 impl Group {
+    /// The refusal of a pre-vote while this replica follows with its timers stopped
+    /// (`set_ticking`) a leader whose node still claims the group in its leadership
+    /// report (`leader_claims`): it relies on that leader (`node::quiesce`), and refuses
+    /// as a ticking follower that heard from its leader within the election timeout
+    /// does. A quiet follower hears nothing between keepalives, so openraft alone would
+    /// grant any pre-vote; a restarted replica that remembered leading then won its old
+    /// groups back from their quiet leaders (10,000 partitions: thousands at once, and
+    /// the nodes overloaded). Votes are not refused: take-overs and transfers ask for
+    /// those.
+    pub(crate) fn refuse_pre_vote_while_led(&self, leader_claims: bool) -> Option<VoteResponse<TypeConfig>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let led = leader_claims
+            && !self.is_ticking()
+            && m.state == ServerState::Follower
+            && known_leader(&m).is_some_and(|l| l != self.node);
+        led.then(|| VoteResponse::new(m.vote, self.log.last_log_id().ok().flatten(), false))
+    }
+
     /// The answer to a vote request from a candidate whose last log id is
     /// `candidate_last`, when this re-created replica must refuse it without asking
     /// openraft: the candidate's log is shorter than the one the removed replica held

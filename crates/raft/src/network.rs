@@ -222,6 +222,11 @@ pub struct Router<T: RaftTransport> {
     /// heartbeats probe them at once instead of at their next round.
     refused: Arc<tokio::sync::Notify>,
     refused_peers: Arc<std::sync::Mutex<BTreeSet<NodeId>>>,
+    /// Peers the node-level heartbeats judge down (`set_down`): every call to them but a
+    /// ping fails at once. Without this, each group's replication to a killed node
+    /// dialled it afresh every backoff: at thousands of groups, thousands of refused
+    /// connections a second, on the survivors that must take those groups over.
+    down: Arc<RwLock<BTreeSet<NodeId>>>,
 }
 
 impl<T: RaftTransport> Router<T> {
@@ -231,7 +236,21 @@ impl<T: RaftTransport> Router<T> {
             throttle: Arc::new(MoveThrottle::new(limits::MOVE_BYTES_PER_SEC_DEFAULT)),
             refused: Arc::new(tokio::sync::Notify::new()),
             refused_peers: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+            down: Arc::new(RwLock::new(BTreeSet::new())),
         }
+    }
+
+    /// The peers judged down by the node-level heartbeats (replaces the previous set);
+    /// calls to them other than pings fail at once until a ping clears them.
+    pub fn set_down(&self, peers: BTreeSet<NodeId>) {
+        let mut down = self.down.write().expect("down peers lock poisoned");
+        if *down != peers {
+            *down = peers;
+        }
+    }
+
+    fn is_down(&self, peer: NodeId) -> bool {
+        self.down.read().expect("down peers lock poisoned").contains(&peer)
     }
 
     /// Notified when a call to a peer failed outright (reset, refused, no route); the
@@ -256,6 +275,9 @@ impl<T: RaftTransport> Router<T> {
         rpc: &RaftRpc,
         timeout: Duration,
     ) -> Result<RaftReply, TransportError> {
+        if !matches!(rpc, RaftRpc::Ping) && self.is_down(target) {
+            return Err(TransportError::Refused(target, "judged down by the node-level heartbeats".into()));
+        }
         let bytes = match self.transport.call(target, group, encode(rpc), timeout).await {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -398,8 +420,13 @@ impl<T: RaftTransport> GroupRouter<TypeConfig, GroupId> for Router<T> {
         }
     }
 
+    /// Between failed messages to one peer: 200 ms, doubling to at most 1 s. A peer
+    /// judged down fails every call at once (`Router::set_down`), and each group's
+    /// stream to it retries once a second until a ping clears it.
     fn backoff(&self) -> Option<Backoff> {
-        Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+        Some(Backoff::new(std::iter::successors(Some(Duration::from_millis(200)), |d| {
+            Some((*d * 2).min(Duration::from_secs(1)))
+        })))
     }
 }
 

@@ -270,7 +270,8 @@ impl<T: RaftTransport> Groups<T> {
     }
 
     /// Starts an election for `group` at once (its leader's node is gone), unless one of
-    /// `others` (the other live voters) holds a longer log: that one is the replica
+    /// `others` (the other live voters) campaigns with this replica's vote and a log as
+    /// long, or holds a longer log: that one is the replica
     /// that can win, and a candidate behind it would only take the term it needs (a
     /// replica refusing a vote for its shorter log does not move to the candidate's
     /// term, so it would lose its own election in that term too). A voter that does
@@ -280,16 +281,22 @@ impl<T: RaftTransport> Groups<T> {
         let mine =
             group.log.last_log_id().map_err(|e| GroupError::Storage { group: group.id, reason: e.to_string() })?;
         let asks = others.iter().map(|n| self.router.call(*n, group.id, &RaftRpc::LastLog, timeout));
-        for (n, answer) in others.iter().zip(futures::future::join_all(asks).await) {
-            if let Ok(RaftReply::LastLog(theirs)) = answer
-                && theirs > mine
-            {
+        let answers = futures::future::join_all(asks).await;
+        let candidate = group.voted_for_candidate();
+        for (n, answer) in others.iter().zip(answers) {
+            let Ok(RaftReply::LastLog(theirs)) = answer else { continue };
+            if theirs > mine {
                 return Err(GroupError::LongerLogElsewhere {
                     group: group.id,
                     node: *n,
                     theirs: format!("{theirs:?}"),
                     mine: format!("{mine:?}"),
                 });
+            }
+            // A vote this replica holds for a candidate with a shorter log was not
+            // granted but taken from a higher term seen in a reply; that one cannot win.
+            if candidate == Some(*n) && theirs >= mine {
+                return Err(GroupError::CampaigningElsewhere { group: group.id, node: *n });
             }
         }
         group.take_over().await
@@ -362,7 +369,12 @@ impl<T: RaftTransport> Groups<T> {
                         tracing::warn!(from, group, why, "refused a message that names another sender");
                         RaftReply::Refused(why)
                     }
-                    Ok(()) => dispatch(&g, rpc).await,
+                    Ok(()) => {
+                        // Whether the leader this replica knows still claims the group
+                        // in its node's leadership report.
+                        let claimed = g.leader().is_some_and(|l| self.reported_leader(group) == Some(l));
+                        dispatch(&g, rpc, claimed).await
+                    }
                 },
             },
         };
@@ -373,7 +385,7 @@ impl<T: RaftTransport> Groups<T> {
     }
 }
 
-async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
+async fn dispatch(g: &Group, rpc: RaftRpc, leader_claims: bool) -> RaftReply {
     let refused = |e: &dyn std::fmt::Display| RaftReply::Refused(e.to_string());
     if g.leaving.load(std::sync::atomic::Ordering::SeqCst) && !matches!(rpc, RaftRpc::Membership(_)) {
         return refused(&format!("the replica of group {} on node {} is being deleted", g.id, g.node));
@@ -392,10 +404,12 @@ async fn dispatch(g: &Group, rpc: RaftRpc) -> RaftReply {
             Some(no) => RaftReply::Vote(no),
             None => g.raft.vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
         },
-        RaftRpc::PreVote(r) => match g.refuse_below_floor(r.last_log_id.as_ref()) {
-            Some(no) => RaftReply::Vote(no),
-            None => g.raft.pre_vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
-        },
+        RaftRpc::PreVote(r) => {
+            match g.refuse_below_floor(r.last_log_id.as_ref()).or_else(|| g.refuse_pre_vote_while_led(leader_claims)) {
+                Some(no) => RaftReply::Vote(no),
+                None => g.raft.pre_vote(r).await.map(RaftReply::Vote).unwrap_or_else(|e| refused(&e)),
+            }
+        }
         RaftRpc::Snapshot { vote, meta, data } => {
             let snapshot = openraft::alias::SnapshotOf::<TypeConfig, _> { meta, snapshot: std::io::Cursor::new(data) };
             g.raft.install_full_snapshot(vote, snapshot).await.map(RaftReply::Snapshot).unwrap_or_else(|e| refused(&e))
@@ -559,6 +573,42 @@ mod tests {
         assert_eq!(r.by_group.get(&12), Some(&(1, 3)));
     }
 
+    /// Counts the calls that reach it; nothing listens behind it.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl RaftTransport for Counting {
+        async fn call(&self, target: NodeId, _: GroupId, _: Vec<u8>, _: Duration) -> Result<Vec<u8>, TransportError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(TransportError::Refused(target, "nothing listens".into()))
+        }
+    }
+
+    /// Regression (10,000 partitions, a node killed): every group's replication to the
+    /// killed node dialled it afresh each backoff, thousands of refused connections a
+    /// second on the survivors. A peer judged down by the node-level heartbeats is no
+    /// longer dialled but by the pings that can clear it.
+    #[tokio::test]
+    async fn calls_to_a_peer_judged_down_fail_at_once_but_pings_still_go() {
+        let counting = Counting::default();
+        let reached = || counting.0.load(std::sync::atomic::Ordering::SeqCst);
+        let groups = Groups::new(1, Arc::new(MemEngine::new()), counting.clone());
+        let router = groups.router();
+        let t = Duration::from_millis(100);
+        assert!(matches!(router.call(2, 7, &RaftRpc::LastLog, t).await, Err(TransportError::Refused(2, _))));
+        assert_eq!(reached(), 1);
+        router.set_down(BTreeSet::from([2]));
+        assert!(matches!(router.call(2, 7, &RaftRpc::LastLog, t).await, Err(TransportError::Refused(2, _))));
+        assert_eq!(reached(), 1, "a call to a peer judged down does not reach the transport");
+        let _ = router.call(3, 7, &RaftRpc::LastLog, t).await;
+        assert_eq!(reached(), 2, "other peers are called as before");
+        let _ = groups.ping(2, t).await;
+        assert_eq!(reached(), 3, "pings still go, to clear the judgement");
+        router.set_down(BTreeSet::new());
+        let _ = router.call(2, 7, &RaftRpc::LastLog, t).await;
+        assert_eq!(reached(), 4);
+    }
+
     /// Every call times out: the message may or may not have arrived.
     #[derive(Clone)]
     struct Silent;
@@ -613,7 +663,7 @@ mod tests {
     }
 
     async fn ask_vote(g: &Group, req: VoteRequest<TypeConfig>) -> bool {
-        match dispatch(g, RaftRpc::Vote(req)).await {
+        match dispatch(g, RaftRpc::Vote(req), false).await {
             RaftReply::Vote(r) => r.vote_granted,
             other => panic!("unexpected reply {other:?}"),
         }

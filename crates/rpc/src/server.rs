@@ -1329,9 +1329,12 @@ where
 }
 
 /// [`builder`] for a listener other nodes speak to: it lets them reset more calls before
-/// they are accepted (`limits::NODE_RESET_STREAMS_MAX`).
+/// they are accepted (`limits::NODE_RESET_STREAMS_MAX`), and hold more small frames
+/// unread (`limits::NODE_CONNECTION_WINDOW_BYTES`).
 pub(crate) fn node_builder() -> tonic::transport::Server {
-    builder().http2_max_pending_accept_reset_streams(Some(limits::NODE_RESET_STREAMS_MAX))
+    builder()
+        .http2_max_pending_accept_reset_streams(Some(limits::NODE_RESET_STREAMS_MAX))
+        .initial_connection_window_size(limits::NODE_CONNECTION_WINDOW_BYTES)
 }
 
 /// Every listener's limits: streams per connection, request deadline, keepalive,

@@ -81,7 +81,8 @@ impl GrpcTransport {
             // not taken for the peer's protocol errors (which close the connection).
             .http2_max_concurrent_reset_streams(limits::NODE_RESET_CALLS_REMEMBERED)
             .http2_reset_stream_duration(Duration::from_millis(limits::NODE_RESET_CALLS_REMEMBERED_MS))
-            .http2_max_local_error_reset_streams(limits::NODE_LATE_FRAMES_MAX);
+            .http2_max_local_error_reset_streams(limits::NODE_LATE_FRAMES_MAX)
+            .initial_connection_window_size(limits::NODE_CONNECTION_WINDOW_BYTES);
         let client = RaftClient::new(flotilla_proto::dial(endpoint, self.dialer.as_ref()))
             .max_decoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX);

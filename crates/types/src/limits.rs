@@ -100,6 +100,15 @@ pub const NODE_RESET_STREAMS_MAX: usize = 16 * STREAMS_PER_CONNECTION_MAX as usi
 pub const NODE_RESET_CALLS_REMEMBERED: usize = 16_384;
 pub const NODE_RESET_CALLS_REMEMBERED_MS: u64 = 2 * RAFT_CALL_TIMEOUT_MS;
 
+/// The HTTP/2 connection window between nodes. HTTP/2 (the `h2` crate) closes a
+/// connection (GOAWAY, ENHANCE_YOUR_CALM "too_many_data_frames") once the small DATA
+/// frames it holds unread, and those of calls reset before they were read, pass a budget
+/// of half the connection window: 512 KiB by default, which a restart at 10,000
+/// partitions passed within seconds, failing every call on the connection at once. The
+/// window bounds nothing else here: each call's own window (1 MiB) and the streams per
+/// connection (`STREAMS_PER_CONNECTION_MAX`) do.
+pub const NODE_CONNECTION_WINDOW_BYTES: u32 = 256 << 20;
+
 /// Frames from a peer node on calls this node no longer knows, after which it closes
 /// the connection (HTTP/2's defence against a peer that makes it reset streams; 1,024 by
 /// default, over the connection's whole life). Answers later than
