@@ -15,7 +15,6 @@ use flotilla_metadata::{
 use flotilla_raft::RaftTransport;
 use flotilla_types::{ErrorCode, GroupId, METADATA_GROUP, NodeId, PartitionId, limits};
 
-use crate::mover::catch_up;
 use crate::{ApiError, Node};
 
 pub use flotilla_types::cluster::{CatchUpInfo, ControllersInfo, MoveInfo, PlanScenario, ReplacementInfo};
@@ -196,7 +195,7 @@ impl<T: RaftTransport> Node<T> {
                     Some(g) if g.is_leader() => {
                         let voters = g.membership().voters();
                         let new: Vec<NodeId> = m.target.iter().copied().filter(|n| !voters.contains(n)).collect();
-                        catch_up(g, &new, self.lag_time_max(), |p| self.peer_answered_ago(p))
+                        self.catch_up(g, &new)
                             .into_iter()
                             .map(|c| CatchUpInfo { node: c.node, matched: c.matched, leader_last: c.leader_last })
                             .collect()
@@ -284,9 +283,7 @@ impl<T: RaftTransport> Node<T> {
             ));
         }
         let new: Vec<NodeId> = set.iter().copied().filter(|v| !members.voters().contains(v)).collect();
-        if let Some(lag) =
-            catch_up(&g, &new, self.lag_time_max(), |p| self.peer_answered_ago(p)).into_iter().find(|c| !c.in_sync)
-        {
+        if let Some(lag) = self.catch_up(&g, &new).into_iter().find(|c| !c.in_sync) {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(

@@ -86,11 +86,7 @@ impl<T: RaftTransport> Node<T> {
                 let Some(g) = self.groups().partition(p.group_id) else { continue };
                 let others: Vec<NodeId> = p.replicas.iter().copied().filter(|r| *r != me).collect();
                 let lagging: Vec<NodeId> =
-                    crate::mover::catch_up(&g, &others, self.lag_time_max(), |p| self.peer_answered_ago(p))
-                        .iter()
-                        .filter(|c| !c.in_sync)
-                        .map(|c| c.node)
-                        .collect();
+                    self.catch_up(&g, &others).iter().filter(|c| !c.in_sync).map(|c| c.node).collect();
                 if !lagging.is_empty() {
                     missing.entry((t.name.clone(), p.partition)).or_default().extend(lagging);
                 }

@@ -126,9 +126,7 @@ async fn sync_metadata_members<T: RaftTransport>(node: &Node<T>) {
     let group = node.metadata_group();
     let (brokers, replacements) = node.with_metadata(|m| (m.brokers().clone(), m.replacements().clone()));
     let members = group.membership();
-    let lag = node.lag_time_max();
-    let in_sync =
-        |n| crate::mover::catch_up(&group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(|c| c.in_sync);
+    let in_sync = |n| node.in_sync(&group, n);
     let Some(step) = metadata_members_step(&brokers, &replacements, &members, in_sync) else { return };
     let done = match &step {
         MetadataMembers::AddLearner(id) => group.add_learner(*id).await.map_err(|e| e.to_string()),

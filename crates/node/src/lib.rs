@@ -311,6 +311,18 @@ impl<T: RaftTransport> Node<T> {
         self.inner.peers.answered_ago(peer)
     }
 
+    /// Where `nodes`' replicas of `group` (led here) stand against this leader's log; a
+    /// caught-up replica's node answering this node's pings counts as contact
+    /// (`mover::catch_up`).
+    pub(crate) fn catch_up(&self, group: &flotilla_raft::Group, nodes: &[NodeId]) -> Vec<mover::CatchUp> {
+        mover::catch_up(group, nodes, self.lag_time_max(), |p| self.peer_answered_ago(p))
+    }
+
+    /// Whether `node`'s replica of `group` (led here) is in sync (`catch_up`).
+    pub(crate) fn in_sync(&self, group: &flotilla_raft::Group, node: NodeId) -> bool {
+        self.catch_up(group, &[node]).iter().all(|c| c.in_sync)
+    }
+
     /// When `peer` last answered again after this node judged it down.
     pub(crate) fn peer_returned_at(&self, peer: NodeId) -> Option<tokio::time::Instant> {
         self.inner.peers.returned_at(peer)

@@ -418,11 +418,7 @@ impl<T: RaftTransport> Node<T> {
                 // leader itself and those `mover::in_sync` accepts) than the replication
                 // factor.
                 let others: Vec<u64> = g.membership().voters().into_iter().filter(|v| *v != me).collect();
-                let in_sync =
-                    1 + crate::mover::catch_up(&g, &others, self.lag_time_max(), |p| self.peer_answered_ago(p))
-                        .iter()
-                        .filter(|c| c.in_sync)
-                        .count();
+                let in_sync = 1 + self.catch_up(&g, &others).iter().filter(|c| c.in_sync).count();
                 let under = in_sync < *rf;
                 under_total += u64::from(under);
                 s.gauge(

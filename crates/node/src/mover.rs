@@ -354,8 +354,7 @@ async fn drive_membership<T: RaftTransport>(
 ) -> Result<Vec<NodeId>, StepError> {
     let members = group.membership();
     report_gone(node, group, &members, replacing).await;
-    let lag = node.lag_time_max();
-    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
+    let in_sync = |n| node.in_sync(group, n);
     let step = membership_step(node.id(), &members, p, &replacing.leaving, in_sync);
     match step {
         MembershipStep::Nothing => {}
@@ -416,12 +415,6 @@ async fn report_gone<T: RaftTransport>(node: &Node<T>, group: &Group, members: &
             Ok(_) => tracing::info!(group = group.id(), node = n, "the replaced node's old replica left the group"),
             Err(e) => tracing::debug!(group = group.id(), node = n, error = %e.message, "cannot report yet"),
         }
-    }
-}
-
-impl CatchUp {
-    fn caught_up(&self) -> bool {
-        self.in_sync
     }
 }
 
@@ -500,8 +493,7 @@ fn handover_to<T: RaftTransport>(
     brokers: &BTreeMap<NodeId, Broker>,
 ) -> Option<NodeId> {
     let leader = group.status().leader.unwrap_or(0);
-    let lag = node.lag_time_max();
-    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
+    let in_sync = |n| node.in_sync(group, n);
     handover_target(leader, p, &group.membership(), brokers, in_sync)
 }
 
@@ -558,8 +550,7 @@ async fn retry_transfer<T: RaftTransport>(
     stuck: NodeId,
 ) {
     let me = group.status().leader.unwrap_or(0);
-    let lag = node.lag_time_max();
-    let in_sync = |n| catch_up(group, &[n], lag, |p| node.peer_answered_ago(p)).iter().all(CatchUp::caught_up);
+    let in_sync = |n| node.in_sync(group, n);
     let Some(to) = retry_target(me, stuck, p, &group.membership().voters(), brokers, in_sync) else { return };
     tracing::info!(group = group.id(), stuck, to, "leadership transfer did not happen: transferring again");
     if let Err(e) = group.transfer_leader(to).await {
