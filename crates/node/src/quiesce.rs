@@ -181,7 +181,6 @@ impl Quiescer {
             idle,
             voters: group.membership().voters(),
             preferred: preferred_voter(group, p),
-            leader_claims,
             reported,
             since_start: self.started.elapsed(),
             since_heard,
@@ -219,9 +218,8 @@ struct Follower {
     voters: BTreeSet<NodeId>,
     /// The first desired replica that votes.
     preferred: Option<NodeId>,
-    /// The leader's node still claims the group in its leadership report.
-    leader_claims: bool,
-    /// The node whose latest leadership report claims the group.
+    /// The node whose latest leadership report claims the group (the leader's node, while
+    /// it still leads).
     reported: Option<NodeId>,
     since_start: Duration,
     /// Since it last heard from its leader (none: not since it started).
@@ -265,7 +263,7 @@ impl Follower {
                 self.idle
                     && alive(brokers, l)
                     && self.voters.contains(&l)
-                    && (self.leader_claims || self.since_start < start_grace)
+                    && (self.reported == Some(l) || self.since_start < start_grace)
                     && self.since_heard.unwrap_or(self.since_start) < backstop
             }
             // This node may itself still be marked suspected after its restart.
@@ -376,7 +374,6 @@ mod tests {
             idle: true,
             voters: BTreeSet::from([1, 2, 3]),
             preferred: Some(1),
-            leader_claims: true,
             reported: Some(1),
             since_start: s(60),
             since_heard: Some(s(1)),
@@ -386,9 +383,9 @@ mod tests {
         let woken = [
             Follower { idle: false, ..quiet_one.clone() },
             // It remembers leading, and nobody else claims the group.
-            Follower { leader: Some(2), leader_claims: false, reported: None, ..quiet_one.clone() },
+            Follower { leader: Some(2), reported: None, ..quiet_one.clone() },
             Follower { voters: BTreeSet::from([2, 3]), ..quiet_one.clone() }, // leader voted out
-            Follower { leader_claims: false, reported: None, ..quiet_one.clone() },
+            Follower { reported: None, ..quiet_one.clone() },
             Follower { since_heard: Some(backstop), ..quiet_one.clone() },
             Follower { since_heard: None, ..quiet_one.clone() }, // silent since its start, 60 s
         ];
@@ -398,13 +395,7 @@ mod tests {
         assert!(!quiet_one.quiet(&brokers(&[(1, Suspected), (2, Alive), (3, Alive)]), grace, backstop));
         // Just restarted: the report may not have come yet, and the leader may speak
         // only at its next keepalive.
-        let restarted = Follower {
-            leader_claims: false,
-            reported: None,
-            since_start: s(1),
-            since_heard: None,
-            ..quiet_one.clone()
-        };
+        let restarted = Follower { reported: None, since_start: s(1), since_heard: None, ..quiet_one.clone() };
         assert!(restarted.quiet(&live, grace, backstop));
     }
 
@@ -426,7 +417,6 @@ mod tests {
             idle: false,
             voters: BTreeSet::from([1, 2, 3]),
             preferred: Some(2),
-            leader_claims: false,
             reported: Some(3),
             since_start: s(6),
             since_heard: None,
@@ -461,7 +451,6 @@ mod tests {
             idle: false,
             voters: BTreeSet::from([1, 2, 3]),
             preferred: Some(1),
-            leader_claims: false,
             reported: None,
             since_start: Duration::from_secs(1),
             since_heard: None,
